@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Installs normserve's build, test and run dependencies from Debian's package
+# registry. Idempotent: packages already present are not reinstalled and apt is
+# not touched at all when nothing is missing. Needs root (or sudo) only when
+# something is missing.
+set -euo pipefail
+
+packages=(
+  build-essential cmake ninja-build pkg-config
+  # gRPC, protobuf, Abseil: the service and its wire format.
+  libgrpc++-dev libgrpc-dev protobuf-compiler-grpc libprotobuf-dev
+  protobuf-compiler libabsl-dev
+  # Metrics.
+  prometheus-cpp-dev
+  # SIMD with runtime dispatch.
+  libhwy-dev
+  # Tests and benchmarks.
+  libgtest-dev libgmock-dev libbenchmark-dev
+  # Python example and test clients (system interpreter).
+  python3 python3-venv python3-grpcio python3-protobuf python3-grpc-tools
+  python3-numpy
+  # Integration tests: HTTP scrape of /metrics.
+  curl grpc-proto
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+
+echo "install-deps: installing ${missing[*]}"
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+  SUDO="sudo"
+fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"

@@ -1,0 +1,138 @@
+#include "server/batcher.h"
+
+#include <utility>
+
+#include "server/internal/batch_queues.h"
+
+namespace normserve {
+
+Clock* Clock::Real() {
+  class RealClock : public Clock {
+   public:
+    absl::Time Now() override { return absl::Now(); }
+  };
+  static RealClock* const clock = new RealClock;
+  return clock;
+}
+
+absl::StatusOr<std::unique_ptr<Batcher>> Batcher::Create(Options options) {
+  if (options.num_workers <= 0) {
+    return absl::InvalidArgumentError("batcher num_workers must be > 0");
+  }
+  if (!options.runner) {
+    return absl::InvalidArgumentError("batcher runner is required");
+  }
+  return std::unique_ptr<Batcher>(new Batcher(std::move(options)));
+}
+
+Batcher::Batcher(Options options)
+    : options_(std::move(options)),
+      clock_(options_.clock != nullptr ? options_.clock : Clock::Real()),
+      queues_(std::make_unique<internal::BatchQueues>()) {
+  workers_.reserve(static_cast<size_t>(options_.num_workers));
+  for (int i = 0; i < options_.num_workers; ++i) {
+    workers_.emplace_back([this] { WorkerLoop(); });
+  }
+}
+
+Batcher::~Batcher() { Stop(); }
+
+absl::Status Batcher::Submit(std::unique_ptr<Job> job) {
+  int64_t depth;
+  {
+    absl::MutexLock lock(&mu_);
+    if (stopping_) {
+      return absl::UnavailableError("server is shutting down");
+    }
+    const absl::Status s = queues_->Add(std::move(job), clock_->Now());
+    if (!s.ok()) return s;
+    depth = queues_->size();
+    wake_.Signal();
+  }
+  if (options_.observer != nullptr) options_.observer->OnQueueDepth(depth);
+  return absl::OkStatus();
+}
+
+void Batcher::Stop() {
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+    wake_.SignalAll();
+  }
+  absl::MutexLock lock(&stop_mu_);
+  if (joined_) return;
+  for (std::thread& t : workers_) t.join();
+  joined_ = true;
+}
+
+int64_t Batcher::queued_jobs() const {
+  absl::MutexLock lock(&mu_);
+  return queues_->size();
+}
+
+void Batcher::TEST_Wake() {
+  absl::MutexLock lock(&mu_);
+  wake_.SignalAll();
+}
+
+void Batcher::WorkerLoop() {
+  for (;;) {
+    internal::BatchQueues::Popped popped;
+    int64_t depth;
+    {
+      absl::MutexLock lock(&mu_);
+      for (;;) {
+        const absl::Time now = clock_->Now();
+        auto ready = queues_->PopReady(now, stopping_);
+        if (ready.has_value()) {
+          popped = *std::move(ready);
+          break;
+        }
+        if (stopping_ && queues_->empty()) return;
+        const absl::Time next = queues_->NextReadyTime();
+        if (next == absl::InfiniteFuture()) {
+          wake_.Wait(&mu_);
+        } else {
+          // Sleep until the earliest queue's delay runs out, or a Submit.
+          wake_.WaitWithTimeout(&mu_, next - now);
+        }
+      }
+      depth = queues_->size();
+      // Another worker may have a batch waiting behind this one.
+      if (!queues_->empty()) wake_.Signal();
+    }
+    if (options_.observer != nullptr) options_.observer->OnQueueDepth(depth);
+
+    const absl::Time start = clock_->Now();
+    for (auto& job : popped.expired) {
+      job->done(absl::DeadlineExceededError(
+                    "deadline passed while the request was queued"),
+                JobTimings{start - job->enqueue_time, absl::ZeroDuration()});
+    }
+    for (auto& job : popped.cancelled) {
+      job->done(absl::CancelledError("call cancelled while queued"),
+                JobTimings{start - job->enqueue_time, absl::ZeroDuration()});
+    }
+    if (popped.batch.empty()) continue;
+
+    std::vector<Job*> batch;
+    batch.reserve(popped.batch.size());
+    int64_t rows = 0;
+    for (auto& job : popped.batch) {
+      batch.push_back(job.get());
+      rows += job->rows;
+    }
+    const absl::Status status = options_.runner(batch);
+    const absl::Time end = clock_->Now();
+    if (options_.observer != nullptr) {
+      options_.observer->OnBatch(batch.front()->key, rows,
+                                 static_cast<int64_t>(batch.size()),
+                                 end - start);
+    }
+    for (auto& job : popped.batch) {
+      job->done(status, JobTimings{start - job->enqueue_time, end - start});
+    }
+  }
+}
+
+}  // namespace normserve

@@ -1,0 +1,92 @@
+#include "server/internal/batch_queues.h"
+
+#include "absl/strings/str_cat.h"
+
+namespace normserve::internal {
+
+absl::Status BatchQueues::Add(std::unique_ptr<Job> job, absl::Time now) {
+  const QueueOptions& o = job->queue;
+  if (o.max_batch_rows <= 0 || o.max_queue_requests <= 0 ||
+      o.max_queue_delay < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "queue options: max_batch_rows = ", o.max_batch_rows,
+        ", max_queue_requests = ", o.max_queue_requests,
+        ", max_queue_delay = ", absl::FormatDuration(o.max_queue_delay),
+        ": expected positive sizes and a non-negative delay"));
+  }
+  auto it = queues_.find(job->key);
+  if (it == queues_.end()) {
+    it = queues_.emplace(job->key, Queue{}).first;
+    it->second.options = o;
+  }
+  Queue& q = it->second;
+  if (static_cast<int64_t>(q.jobs.size()) >= q.options.max_queue_requests) {
+    if (q.jobs.empty()) queues_.erase(it);
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "queue for model '", job->key.model, "' (D = ", job->key.dim,
+        ") is full: ", q.options.max_queue_requests,
+        " requests waiting; retry later"));
+  }
+  job->enqueue_time = now;
+  q.rows += job->rows;
+  q.jobs.push_back(std::move(job));
+  ++size_;
+  return absl::OkStatus();
+}
+
+bool BatchQueues::Ready(const Queue& q, absl::Time now) const {
+  return q.rows >= q.options.max_batch_rows ||
+         now >= q.jobs.front()->enqueue_time + q.options.max_queue_delay;
+}
+
+std::optional<BatchQueues::Popped> BatchQueues::PopReady(absl::Time now,
+                                                         bool flush) {
+  auto best = queues_.end();
+  for (auto it = queues_.begin(); it != queues_.end(); ++it) {
+    if (!flush && !Ready(it->second, now)) continue;
+    if (best == queues_.end() || it->second.jobs.front()->enqueue_time <
+                                     best->second.jobs.front()->enqueue_time) {
+      best = it;
+    }
+  }
+  if (best == queues_.end()) return std::nullopt;
+
+  Queue& q = best->second;
+  Popped out;
+  int64_t rows = 0;
+  while (!q.jobs.empty()) {
+    Job& front = *q.jobs.front();
+    const bool expired = now >= front.deadline;
+    const bool cancelled =
+        !expired && front.is_cancelled && front.is_cancelled();
+    if (!expired && !cancelled && !out.batch.empty() &&
+        rows + front.rows > q.options.max_batch_rows) {
+      break;
+    }
+    std::unique_ptr<Job> job = std::move(q.jobs.front());
+    q.jobs.pop_front();
+    q.rows -= job->rows;
+    --size_;
+    if (expired) {
+      out.expired.push_back(std::move(job));
+    } else if (cancelled) {
+      out.cancelled.push_back(std::move(job));
+    } else {
+      rows += job->rows;
+      out.batch.push_back(std::move(job));
+    }
+  }
+  if (q.jobs.empty()) queues_.erase(best);
+  return out;
+}
+
+absl::Time BatchQueues::NextReadyTime() const {
+  absl::Time next = absl::InfiniteFuture();
+  for (const auto& [key, q] : queues_) {
+    const absl::Time t = q.jobs.front()->enqueue_time + q.options.max_queue_delay;
+    if (t < next) next = t;
+  }
+  return next;
+}
+
+}  // namespace normserve::internal

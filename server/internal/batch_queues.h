@@ -1,0 +1,62 @@
+// The batching policy without threads: per-key queues, when a queue is
+// ready, and how a batch is cut. Batcher wraps it with workers and a lock;
+// tests drive it directly with explicit times.
+//
+// Not thread-safe: the owner serializes every call.
+#ifndef NORMSERVE_SERVER_INTERNAL_BATCH_QUEUES_H_
+#define NORMSERVE_SERVER_INTERNAL_BATCH_QUEUES_H_
+
+#include <deque>
+#include <memory>
+#include <optional>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+#include "server/batcher.h"
+
+namespace normserve::internal {
+
+class BatchQueues {
+ public:
+  struct Popped {
+    std::vector<std::unique_ptr<Job>> batch;    // to run, maybe empty
+    std::vector<std::unique_ptr<Job>> expired;  // deadline passed
+    std::vector<std::unique_ptr<Job>> cancelled;
+  };
+
+  // Appends `job` to its key's queue, stamping enqueue_time = now.
+  // RESOURCE_EXHAUSTED when the queue holds max_queue_requests jobs;
+  // INVALID_ARGUMENT when the job's queue options are out of range.
+  absl::Status Add(std::unique_ptr<Job> job, absl::Time now);
+
+  // Cuts the next batch from the ready queue whose oldest job is oldest.
+  // With `flush`, every non-empty queue counts as ready (shutdown). Jobs
+  // found expired or cancelled while cutting are moved to the result's
+  // lists instead of the batch. Returns nullopt when no queue is ready.
+  std::optional<Popped> PopReady(absl::Time now, bool flush);
+
+  // The earliest time a non-empty queue becomes ready by delay;
+  // InfiniteFuture when all are empty.
+  absl::Time NextReadyTime() const;
+
+  int64_t size() const { return size_; }
+  bool empty() const { return size_ == 0; }
+
+ private:
+  // Invariant: a Queue in queues_ is non-empty; rows == sum of jobs' rows.
+  struct Queue {
+    QueueOptions options;
+    std::deque<std::unique_ptr<Job>> jobs;
+    int64_t rows = 0;
+  };
+  bool Ready(const Queue& q, absl::Time now) const;
+
+  absl::flat_hash_map<BatchKey, Queue> queues_;
+  int64_t size_ = 0;
+};
+
+}  // namespace normserve::internal
+
+#endif  // NORMSERVE_SERVER_INTERNAL_BATCH_QUEUES_H_

@@ -1,0 +1,109 @@
+// normserve: the server binary. Flags live here and only here; they become
+// a ServerOptions.
+#include <csignal>
+#include <cstdio>
+#include <thread>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+#include "server/server.h"
+
+ABSL_FLAG(std::string, host, "127.0.0.1",
+          "Address to listen on for gRPC and metrics; 0.0.0.0 for all "
+          "interfaces (containers, Kubernetes).");
+ABSL_FLAG(int, grpc_port, 8001, "gRPC port (0 picks a free one).");
+ABSL_FLAG(int, metrics_port, 8002,
+          "Prometheus /metrics HTTP port (0 picks a free one).");
+ABSL_FLAG(std::string, model_config, "",
+          "Model config file (protobuf text, normserve.v1.ModelConfigList). "
+          "Empty: only the default model, which takes epsilon/gamma/beta "
+          "from each request.");
+ABSL_FLAG(int64_t, max_batch_rows, 256,
+          "A batch closes when its rows reach this (per-model override in "
+          "the model config).");
+ABSL_FLAG(int64_t, max_queue_delay_us, 100,
+          "Longest a request waits for others to batch with; 0 disables "
+          "waiting.");
+ABSL_FLAG(int64_t, max_queue_requests, 1024,
+          "Requests a queue holds before answering RESOURCE_EXHAUSTED.");
+ABSL_FLAG(int, batch_workers, 0,
+          "Threads running batches; 0 means one per CPU core.");
+ABSL_FLAG(int, max_message_bytes, 64 << 20,
+          "Largest gRPC message accepted or sent.");
+ABSL_FLAG(int64_t, max_elements, int64_t{1} << 24,
+          "Largest input tensor, in elements.");
+ABSL_FLAG(int, max_rank, 8, "Largest input tensor rank.");
+ABSL_FLAG(int64_t, shutdown_grace_ms, 30000,
+          "On SIGTERM/SIGINT: how long to let admitted requests finish.");
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "normserve: a gRPC service that normalizes tensors (LayerNorm, "
+      "RMSNorm) with dynamic batching and Prometheus metrics.\n"
+      "Usage: normserve [--flags]");
+  absl::ParseCommandLine(argc, argv);
+
+  // Block the stop signals in every thread; main waits for them below.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGTERM);
+  sigaddset(&stop_signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+
+  normserve::ServerOptions options;
+  const std::string host = absl::GetFlag(FLAGS_host);
+  options.grpc_address = absl::StrCat(host, ":", absl::GetFlag(FLAGS_grpc_port));
+  options.metrics_address =
+      absl::StrCat(host, ":", absl::GetFlag(FLAGS_metrics_port));
+  options.models.config_path = absl::GetFlag(FLAGS_model_config);
+  options.models.default_batching.max_batch_rows =
+      absl::GetFlag(FLAGS_max_batch_rows);
+  options.models.default_batching.max_queue_delay =
+      absl::Microseconds(absl::GetFlag(FLAGS_max_queue_delay_us));
+  options.models.default_batching.max_queue_requests =
+      absl::GetFlag(FLAGS_max_queue_requests);
+  options.batch_workers = absl::GetFlag(FLAGS_batch_workers);
+  if (options.batch_workers <= 0) {
+    options.batch_workers =
+        static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  }
+  options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
+  options.limits.max_elements = absl::GetFlag(FLAGS_max_elements);
+  options.limits.max_rank = absl::GetFlag(FLAGS_max_rank);
+  const auto& b = options.models.default_batching;
+  if (b.max_batch_rows <= 0 || b.max_queue_requests <= 0 ||
+      b.max_queue_delay < absl::ZeroDuration() ||
+      options.max_message_bytes <= 0 || options.limits.max_elements <= 0 ||
+      options.limits.max_rank <= 0) {
+    std::fprintf(stderr,
+                 "normserve: --max_batch_rows, --max_queue_requests, "
+                 "--max_message_bytes, --max_elements and --max_rank must be "
+                 "> 0 and --max_queue_delay_us >= 0\n");
+    return 2;
+  }
+
+  auto server = normserve::NormServer::Create(options);
+  if (!server.ok()) {
+    std::fprintf(stderr, "normserve: %s\n",
+                 std::string(server.status().message()).c_str());
+    return 1;
+  }
+  // Tests and scripts parse this line for the bound ports.
+  std::printf("normserve listening grpc=%s:%d metrics=%s:%d\n", host.c_str(),
+              (*server)->grpc_port(), host.c_str(), (*server)->metrics_port());
+  std::printf(
+      "Try: normctl --server=%s:%d --shape=2,768 (or see README.md)\n",
+      host == "0.0.0.0" ? "127.0.0.1" : host.c_str(), (*server)->grpc_port());
+  std::fflush(stdout);
+
+  int signal = 0;
+  sigwait(&stop_signals, &signal);
+  std::printf("normserve: signal %d, draining\n", signal);
+  std::fflush(stdout);
+  (*server)->Shutdown(absl::Milliseconds(absl::GetFlag(FLAGS_shutdown_grace_ms)));
+  std::printf("normserve: stopped\n");
+  return 0;
+}

@@ -1,0 +1,183 @@
+#include "server/metrics.h"
+
+#include <exception>
+
+#include "absl/strings/str_cat.h"
+#include "server/model_registry.h"
+
+namespace normserve {
+namespace {
+
+constexpr char kService[] = "normserve.v1.NormalizationService";
+
+prometheus::Histogram::BucketBoundaries LatencyBuckets() {
+  return {1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2,
+          2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0};
+}
+
+prometheus::Histogram::BucketBoundaries PowersOfTwo(int max_exponent) {
+  prometheus::Histogram::BucketBoundaries b;
+  for (int i = 0; i <= max_exponent; ++i) b.push_back(static_cast<double>(1 << i));
+  return b;
+}
+
+const char* CodeName(int code) {
+  static const char* const kNames[] = {
+      "OK",        "CANCELLED",         "UNKNOWN",        "INVALID_ARGUMENT",
+      "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED",
+      "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
+      "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
+      "UNAUTHENTICATED"};
+  if (code < 0 || code > 16) return "UNKNOWN";
+  return kNames[code];
+}
+
+}  // namespace
+
+const char* DeviceLabel(int device_kind) {
+  return device_kind == static_cast<int>(DeviceKind::kCuda) ? "cuda" : "cpu";
+}
+
+Metrics::Metrics() : registry_(std::make_shared<prometheus::Registry>()) {
+  using prometheus::BuildCounter;
+  using prometheus::BuildGauge;
+  using prometheus::BuildHistogram;
+  started_ = &BuildCounter()
+                  .Name("grpc_server_started_total")
+                  .Help("RPCs started on the server.")
+                  .Register(*registry_);
+  handled_ = &BuildCounter()
+                  .Name("grpc_server_handled_total")
+                  .Help("RPCs completed on the server, by status code.")
+                  .Register(*registry_);
+  handling_ = &BuildHistogram()
+                   .Name("grpc_server_handling_seconds")
+                   .Help("Time from an RPC's start to its completion.")
+                   .Register(*registry_);
+  queue_wait_ = &BuildHistogram()
+                     .Name("normserve_queue_wait_seconds")
+                     .Help("Time a request waited in the batcher's queue.")
+                     .Register(*registry_);
+  compute_ = &BuildHistogram()
+                  .Name("normserve_compute_seconds")
+                  .Help("Time to compute one batch.")
+                  .Register(*registry_);
+  latency_ = &BuildHistogram()
+                  .Name("normserve_request_latency_seconds")
+                  .Help("Time from a request's arrival to its answer.")
+                  .Register(*registry_);
+  batch_rows_ = &BuildHistogram()
+                     .Name("normserve_batch_rows")
+                     .Help("Rows per batch.")
+                     .Register(*registry_);
+  batch_requests_ = &BuildHistogram()
+                         .Name("normserve_batch_requests")
+                         .Help("Requests per batch.")
+                         .Register(*registry_);
+  bytes_in_ = &BuildCounter()
+                   .Name("normserve_request_bytes_total")
+                   .Help("Tensor bytes received in requests that computed.")
+                   .Register(*registry_);
+  bytes_out_ = &BuildCounter()
+                    .Name("normserve_response_bytes_total")
+                    .Help("Tensor bytes sent in responses.")
+                    .Register(*registry_);
+  queue_depth_ = &BuildGauge()
+                      .Name("normserve_queue_depth")
+                      .Help("Requests waiting in batcher queues.")
+                      .Register(*registry_)
+                      .Add({});
+  in_flight_ = &BuildGauge()
+                    .Name("normserve_requests_in_flight")
+                    .Help("Requests accepted and not yet answered.")
+                    .Register(*registry_)
+                    .Add({});
+}
+
+Metrics::~Metrics() = default;
+
+absl::StatusOr<std::unique_ptr<Metrics>> Metrics::Create(
+    const std::string& listen_address) {
+  std::unique_ptr<Metrics> m(new Metrics);
+  if (!listen_address.empty()) {
+    try {
+      m->exposer_ = std::make_unique<prometheus::Exposer>(listen_address);
+    } catch (const std::exception& e) {
+      return absl::UnavailableError(absl::StrCat(
+          "--metrics_address ", listen_address, ": cannot listen: ", e.what()));
+    }
+    m->exposer_->RegisterCollectable(m->registry_);
+  }
+  return m;
+}
+
+int Metrics::port() const {
+  if (exposer_ == nullptr) return 0;
+  const auto ports = exposer_->GetListeningPorts();
+  return ports.empty() ? 0 : ports.front();
+}
+
+void Metrics::RpcStarted(const std::string& method, const char* type) {
+  started_
+      ->Add({{"grpc_service", kService}, {"grpc_method", method}, {"grpc_type", type}})
+      .Increment();
+}
+
+void Metrics::RpcHandled(const std::string& method, const char* type, int code,
+                         absl::Duration elapsed) {
+  handled_
+      ->Add({{"grpc_service", kService},
+             {"grpc_method", method},
+             {"grpc_type", type},
+             {"grpc_code", CodeName(code)}})
+      .Increment();
+  handling_
+      ->Add({{"grpc_service", kService}, {"grpc_method", method}, {"grpc_type", type}},
+            LatencyBuckets())
+      .Observe(absl::ToDoubleSeconds(elapsed));
+}
+
+Metrics::StageMetrics* Metrics::Stage(const std::string& model,
+                                      const char* device) {
+  const std::string key = absl::StrCat(model, "\n", device);
+  absl::MutexLock lock(&mu_);
+  auto it = stages_.find(key);
+  if (it != stages_.end()) return &it->second;
+  const std::map<std::string, std::string> labels = {{"model", model},
+                                                     {"device", device}};
+  StageMetrics s;
+  s.queue_wait = &queue_wait_->Add(labels, LatencyBuckets());
+  s.compute = &compute_->Add(labels, LatencyBuckets());
+  s.latency = &latency_->Add(labels, LatencyBuckets());
+  s.batch_rows = &batch_rows_->Add(labels, PowersOfTwo(16));
+  s.batch_requests = &batch_requests_->Add(labels, PowersOfTwo(12));
+  s.bytes_in = &bytes_in_->Add({{"model", model}});
+  s.bytes_out = &bytes_out_->Add({{"model", model}});
+  return &stages_.emplace(key, s).first->second;
+}
+
+void Metrics::RequestDone(const std::string& model, const char* device,
+                          absl::Duration queue_wait, absl::Duration latency,
+                          int64_t bytes_in, int64_t bytes_out) {
+  StageMetrics* s = Stage(model, device);
+  s->queue_wait->Observe(absl::ToDoubleSeconds(queue_wait));
+  s->latency->Observe(absl::ToDoubleSeconds(latency));
+  s->bytes_in->Increment(static_cast<double>(bytes_in));
+  s->bytes_out->Increment(static_cast<double>(bytes_out));
+}
+
+void Metrics::InFlightAdd(int delta) { in_flight_->Increment(delta); }
+
+void Metrics::OnQueueDepth(int64_t queued_jobs) {
+  queue_depth_->Set(static_cast<double>(queued_jobs));
+}
+
+void Metrics::OnBatch(const BatchKey& key, int64_t rows, int64_t jobs,
+                      absl::Duration compute) {
+  StageMetrics* s = Stage(key.model, DeviceLabel(key.device));
+  s->compute->Observe(absl::ToDoubleSeconds(compute));
+  s->batch_rows->Observe(static_cast<double>(rows));
+  s->batch_requests->Observe(static_cast<double>(jobs));
+}
+
+}  // namespace normserve

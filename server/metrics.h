@@ -1,0 +1,110 @@
+// Prometheus metrics of the server, exported on their own HTTP port.
+//
+// Families (base units, `_total` counters):
+//   grpc_server_started_total{grpc_service,grpc_method,grpc_type}
+//   grpc_server_handled_total{grpc_service,grpc_method,grpc_type,grpc_code}
+//   grpc_server_handling_seconds{grpc_service,grpc_method,grpc_type}
+//   normserve_queue_wait_seconds{model,device}       histogram, per request
+//   normserve_compute_seconds{model,device}          histogram, per batch
+//   normserve_request_latency_seconds{model,device}  histogram, end to end
+//   normserve_batch_rows{model,device}               histogram
+//   normserve_batch_requests{model,device}           histogram
+//   normserve_queue_depth                            gauge, queued requests
+//   normserve_requests_in_flight                     gauge
+//   normserve_request_bytes_total{model}             counter, tensor bytes in
+//   normserve_response_bytes_total{model}            counter, tensor bytes out
+// Latency buckets span 10 µs to 10 s.
+//
+// Threading: every method is thread-safe. Label children are created on
+// first use and cached, so the request path does one hash lookup per call.
+#ifndef NORMSERVE_SERVER_METRICS_H_
+#define NORMSERVE_SERVER_METRICS_H_
+
+#include <memory>
+#include <string>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/node_hash_map.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "prometheus/counter.h"
+#include "prometheus/exposer.h"
+#include "prometheus/family.h"
+#include "prometheus/gauge.h"
+#include "prometheus/histogram.h"
+#include "prometheus/registry.h"
+#include "server/batcher.h"
+
+namespace normserve {
+
+class Metrics : public BatchObserver {
+ public:
+  // Serves /metrics on `listen_address` ("host:port"); an empty address
+  // keeps the registry without an HTTP endpoint (tests). Fails with
+  // UNAVAILABLE when the port cannot be bound.
+  static absl::StatusOr<std::unique_ptr<Metrics>> Create(
+      const std::string& listen_address);
+  ~Metrics() override;
+
+  // The bound HTTP port, or 0 without an endpoint.
+  int port() const;
+
+  // gRPC server conventions. `type` is "unary" or "bidi_stream".
+  void RpcStarted(const std::string& method, const char* type);
+  void RpcHandled(const std::string& method, const char* type, int code,
+                  absl::Duration elapsed);
+
+  // One request finished computing. `device` is "cpu" or "cuda".
+  void RequestDone(const std::string& model, const char* device,
+                   absl::Duration queue_wait, absl::Duration latency,
+                   int64_t bytes_in, int64_t bytes_out);
+  void InFlightAdd(int delta);
+
+  // BatchObserver.
+  void OnQueueDepth(int64_t queued_jobs) override;
+  void OnBatch(const BatchKey& key, int64_t rows, int64_t jobs,
+               absl::Duration compute) override;
+
+  prometheus::Registry& registry() { return *registry_; }
+
+  // ---- Implementation details follow; API users need not read. ----
+ private:
+  Metrics();
+  struct StageMetrics {
+    prometheus::Histogram* queue_wait;
+    prometheus::Histogram* compute;
+    prometheus::Histogram* latency;
+    prometheus::Histogram* batch_rows;
+    prometheus::Histogram* batch_requests;
+    prometheus::Counter* bytes_in;
+    prometheus::Counter* bytes_out;
+  };
+  StageMetrics* Stage(const std::string& model, const char* device);
+
+  std::shared_ptr<prometheus::Registry> registry_;
+  std::unique_ptr<prometheus::Exposer> exposer_;
+  prometheus::Family<prometheus::Counter>* started_;
+  prometheus::Family<prometheus::Counter>* handled_;
+  prometheus::Family<prometheus::Histogram>* handling_;
+  prometheus::Family<prometheus::Histogram>* queue_wait_;
+  prometheus::Family<prometheus::Histogram>* compute_;
+  prometheus::Family<prometheus::Histogram>* latency_;
+  prometheus::Family<prometheus::Histogram>* batch_rows_;
+  prometheus::Family<prometheus::Histogram>* batch_requests_;
+  prometheus::Family<prometheus::Counter>* bytes_in_;
+  prometheus::Family<prometheus::Counter>* bytes_out_;
+  prometheus::Gauge* queue_depth_;
+  prometheus::Gauge* in_flight_;
+
+  absl::Mutex mu_;
+  // Node map: callers keep pointers to values past the lock.
+  absl::node_hash_map<std::string, StageMetrics> stages_ ABSL_GUARDED_BY(mu_);
+};
+
+// The device label for a DeviceKind value.
+const char* DeviceLabel(int device_kind);
+
+}  // namespace normserve
+
+#endif  // NORMSERVE_SERVER_METRICS_H_

@@ -1,0 +1,96 @@
+#include "server/server.h"
+
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/grpcpp.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "server/backend.h"
+#include "server/internal/status_macros.h"
+#include "server/metrics.h"
+#include "server/service.h"
+
+namespace normserve {
+
+struct NormServer::State {
+  std::unique_ptr<ModelRegistry> models;
+  std::unique_ptr<Metrics> metrics;
+  std::unique_ptr<Backend> backend;
+  std::unique_ptr<Batcher> batcher;
+  std::unique_ptr<NormalizationServiceImpl> service;
+  std::unique_ptr<grpc::Server> server;
+  int grpc_port = 0;
+  absl::Mutex mu;
+  bool shut_down ABSL_GUARDED_BY(mu) = false;
+  absl::Notification done;
+};
+
+absl::StatusOr<std::unique_ptr<NormServer>> NormServer::Create(
+    const ServerOptions& options) {
+  auto s = std::make_unique<State>();
+  ASSIGN_OR_RETURN(s->models, ModelRegistry::Create(options.models));
+  ASSIGN_OR_RETURN(s->metrics, Metrics::Create(options.metrics_address));
+  s->backend = MakeCpuBackend();
+
+  Batcher::Options batcher_options;
+  batcher_options.num_workers = options.batch_workers;
+  Backend* backend = s->backend.get();
+  batcher_options.runner = [backend](absl::Span<Job* const> batch) {
+    return backend->Run(batch);
+  };
+  batcher_options.observer = s->metrics.get();
+  ASSIGN_OR_RETURN(s->batcher, Batcher::Create(std::move(batcher_options)));
+
+  NormalizationServiceImpl::Options service_options;
+  service_options.limits = options.limits;
+  service_options.devices.cuda = false;
+  s->service = std::make_unique<NormalizationServiceImpl>(
+      service_options, s->models.get(), s->batcher.get(), s->metrics.get());
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(options.grpc_address,
+                           grpc::InsecureServerCredentials(), &s->grpc_port);
+  builder.SetMaxReceiveMessageSize(options.max_message_bytes);
+  builder.SetMaxSendMessageSize(options.max_message_bytes);
+  builder.RegisterService(s->service.get());
+  s->server = builder.BuildAndStart();
+  if (s->server == nullptr || s->grpc_port == 0) {
+    return absl::UnavailableError(absl::StrCat(
+        "gRPC address ", options.grpc_address, ": cannot listen (in use?)"));
+  }
+  s->server->GetHealthCheckService()->SetServingStatus(true);
+  return std::unique_ptr<NormServer>(new NormServer(std::move(s)));
+}
+
+NormServer::NormServer(std::unique_ptr<State> state) : state_(std::move(state)) {}
+
+NormServer::~NormServer() { Shutdown(absl::Seconds(5)); }
+
+int NormServer::grpc_port() const { return state_->grpc_port; }
+int NormServer::metrics_port() const { return state_->metrics->port(); }
+
+void NormServer::Shutdown(absl::Duration grace) {
+  {
+    absl::MutexLock lock(&state_->mu);
+    if (state_->shut_down) return;
+    state_->shut_down = true;
+  }
+  const auto deadline = std::chrono::system_clock::now() +
+                        absl::ToChronoMilliseconds(grace);
+  // Order matters: stop advertising, refuse new work, finish admitted work,
+  // then stop the transport.
+  state_->server->GetHealthCheckService()->SetServingStatus(false);
+  state_->service->StartDraining();
+  state_->batcher->Stop();
+  state_->server->Shutdown(deadline);
+  state_->done.Notify();
+}
+
+void NormServer::Wait() { state_->done.WaitForNotification(); }
+
+}  // namespace normserve

@@ -1,0 +1,66 @@
+// A running normserve server: the gRPC service (with health and
+// reflection), the batcher, the CPU backend, the model registry and the
+// metrics endpoint, wired together.
+//
+// Lifecycle
+//   Create() binds both ports and starts serving; health reports SERVING.
+//   Shutdown() drains: health turns NOT_SERVING, new calls get UNAVAILABLE,
+//   every admitted request is computed and answered, then the gRPC server
+//   stops (calls still open after `grace` are cancelled). Wait() blocks
+//   until Shutdown() has finished.
+//
+// Errors: Create() fails with the status of the piece that could not start
+// (a bad model config, a port in use).
+//
+// Threading: Shutdown() and Wait() may be called from any thread.
+#ifndef NORMSERVE_SERVER_SERVER_H_
+#define NORMSERVE_SERVER_SERVER_H_
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "server/batcher.h"
+#include "server/model_registry.h"
+#include "server/request_decoder.h"
+
+namespace normserve {
+
+struct ServerOptions {
+  // "host:port" for gRPC; port 0 picks a free port.
+  std::string grpc_address = "127.0.0.1:8001";
+  // "host:port" for Prometheus /metrics; port 0 picks a free port.
+  std::string metrics_address = "127.0.0.1:8002";
+  ModelRegistry::Options models;
+  ValidationLimits limits;
+  // Largest gRPC message accepted (and sent).
+  int max_message_bytes = 64 << 20;
+  // Batcher worker threads.
+  int batch_workers = 1;
+};
+
+class NormServer {
+ public:
+  static absl::StatusOr<std::unique_ptr<NormServer>> Create(
+      const ServerOptions& options);
+  ~NormServer();
+
+  int grpc_port() const;
+  int metrics_port() const;
+
+  // Drains and stops; idempotent.
+  void Shutdown(absl::Duration grace);
+  void Wait();
+
+  // ---- Implementation details follow; API users need not read. ----
+  struct State;
+
+ private:
+  explicit NormServer(std::unique_ptr<State> state);
+  std::unique_ptr<State> state_;
+};
+
+}  // namespace normserve
+
+#endif  // NORMSERVE_SERVER_SERVER_H_

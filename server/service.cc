@@ -1,0 +1,281 @@
+#include "server/service.h"
+
+#include <deque>
+#include <memory>
+#include <string>
+#include <utility>
+
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+
+namespace normserve {
+namespace {
+
+constexpr char kUnary[] = "unary";
+constexpr char kBidi[] = "bidi_stream";
+
+absl::Time ContextDeadline(const grpc::CallbackServerContext* context) {
+  const auto deadline = context->deadline();
+  // gRPC reports "no deadline" as a time point far in the future.
+  if (deadline >= std::chrono::system_clock::time_point::max() -
+                      std::chrono::hours(24 * 365)) {
+    return absl::InfiniteFuture();
+  }
+  return absl::FromChrono(deadline);
+}
+
+v1::Device DeviceEnum(DeviceKind d) {
+  return d == DeviceKind::kCuda ? v1::DEVICE_CUDA : v1::DEVICE_CPU;
+}
+
+}  // namespace
+
+grpc::Status ToGrpcStatus(const absl::Status& status) {
+  if (status.ok()) return grpc::Status::OK;
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()),
+                      std::string(status.message()));
+}
+
+NormalizationServiceImpl::NormalizationServiceImpl(const Options& options,
+                                                   const ModelRegistry* models,
+                                                   Batcher* batcher,
+                                                   Metrics* metrics)
+    : options_(options), models_(models), batcher_(batcher), metrics_(metrics) {}
+
+void NormalizationServiceImpl::Start(
+    const v1::NormalizeRequest& request, v1::NormalizeResponse* response,
+    absl::Time deadline, std::function<bool()> is_cancelled,
+    std::function<void(const absl::Status&)> finish) {
+  const absl::Time arrival = absl::Now();
+  if (draining_.load()) {
+    finish(absl::UnavailableError("server is shutting down"));
+    return;
+  }
+  auto decoded_or =
+      DecodeRequest(request, *models_, options_.limits, options_.devices);
+  if (!decoded_or.ok()) {
+    finish(decoded_or.status());
+    return;
+  }
+  std::shared_ptr<DecodedRequest> decoded = std::move(decoded_or).value();
+
+  response->set_request_id(request.request_id());
+  response->set_model(decoded->model->name);
+  v1::Tensor* out = response->mutable_output();
+  out->mutable_shape()->Assign(decoded->shape.begin(), decoded->shape.end());
+  out->set_dtype(v1::DATA_TYPE_FLOAT32);
+  const int64_t bytes = decoded->elements * static_cast<int64_t>(sizeof(float));
+  std::string* data = out->mutable_data();
+  data->resize(static_cast<size_t>(bytes));
+
+  auto job = std::make_unique<Job>();
+  job->key = decoded->key;
+  job->queue = decoded->model->batching;
+  job->rows = decoded->rows;
+  job->deadline = deadline;
+  job->is_cancelled = std::move(is_cancelled);
+  job->segment.params = &decoded->params;
+  job->segment.input = decoded->input;
+  job->segment.output = reinterpret_cast<float*>(data->data());
+  job->segment.rows = decoded->rows;
+  Metrics* metrics = metrics_;
+  job->done = [metrics, decoded, finish, arrival, bytes](
+                  const absl::Status& status, const JobTimings& timings) {
+    if (status.ok()) {
+      metrics->RequestDone(decoded->model->name,
+                           DeviceLabel(static_cast<int>(decoded->device)),
+                           timings.queue_wait, absl::Now() - arrival, bytes,
+                           bytes);
+    }
+    metrics->InFlightAdd(-1);
+    finish(status);
+  };
+  metrics_->InFlightAdd(1);
+  const absl::Status submitted = batcher_->Submit(std::move(job));
+  if (!submitted.ok()) {
+    metrics_->InFlightAdd(-1);
+    response->Clear();
+    finish(submitted);
+  }
+}
+
+grpc::ServerUnaryReactor* NormalizationServiceImpl::Normalize(
+    grpc::CallbackServerContext* context, const v1::NormalizeRequest* request,
+    v1::NormalizeResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  metrics_->RpcStarted("Normalize", kUnary);
+  const absl::Time start = absl::Now();
+  Metrics* metrics = metrics_;
+  Start(
+      *request, response, ContextDeadline(context),
+      [context] { return context->IsCancelled(); },
+      [reactor, metrics, start](const absl::Status& status) {
+        metrics->RpcHandled("Normalize", kUnary, static_cast<int>(status.code()),
+                            absl::Now() - start);
+        reactor->Finish(ToGrpcStatus(status));
+      });
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* NormalizationServiceImpl::ListModels(
+    grpc::CallbackServerContext* context, const v1::ListModelsRequest*,
+    v1::ListModelsResponse* response) {
+  metrics_->RpcStarted("ListModels", kUnary);
+  const absl::Time start = absl::Now();
+  for (const Model* m : models_->models()) {
+    v1::ModelInfo* info = response->add_models();
+    info->set_name(m->name);
+    info->set_kind(m->kind == NormKind::kRmsNorm ? v1::NORM_KIND_RMS_NORM
+                                                 : v1::NORM_KIND_LAYER_NORM);
+    info->mutable_normalized_shape()->Assign(m->normalized_shape.begin(),
+                                             m->normalized_shape.end());
+    info->set_epsilon(m->epsilon);
+    info->set_has_gamma(!m->gamma.empty());
+    info->set_has_beta(!m->beta.empty());
+    info->set_device(DeviceEnum(m->device));
+    info->set_allows_request_params(m->allow_request_params);
+  }
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  metrics_->RpcHandled("ListModels", kUnary, 0, absl::Now() - start);
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+namespace {
+
+// One bidirectional stream. Each request message becomes a Start() call; its
+// answer is queued for writing (one write in flight at a time, as gRPC
+// requires). The stream finishes once the client has half-closed, every
+// started request has answered and the write queue is empty.
+class StreamReactor final
+    : public grpc::ServerBidiReactor<v1::NormalizeStreamRequest,
+                                     v1::NormalizeStreamResponse> {
+ public:
+  StreamReactor(NormalizationServiceImpl* service,
+                grpc::CallbackServerContext* context)
+      : service_(service), context_(context), start_(absl::Now()) {
+    service_->metrics()->RpcStarted("NormalizeStream", kBidi);
+    StartRead(&incoming_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      bool finish;
+      {
+        absl::MutexLock lock(&mu_);
+        reads_done_ = true;
+        finish = ShouldFinish();
+      }
+      if (finish) Finish(grpc::Status::OK);
+      return;
+    }
+    auto item = std::make_shared<Item>();
+    item->request = std::move(incoming_);
+    {
+      absl::MutexLock lock(&mu_);
+      ++pending_;
+    }
+    grpc::CallbackServerContext* context = context_;
+    service_->Start(
+        item->request.request(), item->answer.mutable_response(),
+        ContextDeadline(context_), [context] { return context->IsCancelled(); },
+        [this, item](const absl::Status& status) { Answer(item, status); });
+    incoming_.Clear();
+    StartRead(&incoming_);
+  }
+
+  void OnWriteDone(bool ok) override {
+    std::shared_ptr<Item> next;
+    bool finish;
+    {
+      absl::MutexLock lock(&mu_);
+      writes_.pop_front();
+      --pending_;
+      if (!ok) broken_ = true;
+      if (broken_) {
+        pending_ -= static_cast<int64_t>(writes_.size());
+        writes_.clear();
+      }
+      if (!writes_.empty()) {
+        next = writes_.front();
+      } else {
+        writing_ = false;
+      }
+      finish = ShouldFinish();
+    }
+    if (next != nullptr) StartWrite(&next->answer);
+    if (finish) Finish(grpc::Status::OK);
+  }
+
+  void OnDone() override {
+    service_->metrics()->RpcHandled(
+        "NormalizeStream", kBidi,
+        context_->IsCancelled() ? static_cast<int>(grpc::StatusCode::CANCELLED)
+                                : 0,
+        absl::Now() - start_);
+    delete this;
+  }
+
+ private:
+  struct Item {
+    v1::NormalizeStreamRequest request;
+    v1::NormalizeStreamResponse answer;
+  };
+
+  void Answer(const std::shared_ptr<Item>& item, const absl::Status& status) {
+    v1::NormalizeStreamResponse& a = item->answer;
+    a.set_request_id(item->request.request().request_id());
+    if (!status.ok()) {
+      a.clear_response();
+      a.set_status_code(static_cast<int>(status.code()));
+      a.set_status_message(std::string(status.message()));
+    }
+    bool start_write = false;
+    bool finish = false;
+    {
+      absl::MutexLock lock(&mu_);
+      if (broken_) {
+        --pending_;
+        finish = ShouldFinish();
+      } else {
+        writes_.push_back(item);
+        if (!writing_) {
+          writing_ = true;
+          start_write = true;
+        }
+      }
+    }
+    if (start_write) StartWrite(&item->answer);
+    if (finish) Finish(grpc::Status::OK);
+  }
+
+  // True exactly once: when nothing is left to read, compute or write.
+  bool ShouldFinish() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (finished_ || !reads_done_ || pending_ > 0 || writing_) return false;
+    finished_ = true;
+    return true;
+  }
+
+  NormalizationServiceImpl* const service_;
+  grpc::CallbackServerContext* const context_;
+  const absl::Time start_;
+  v1::NormalizeStreamRequest incoming_;  // Owned by the read in flight.
+
+  absl::Mutex mu_;
+  // Requests started and not yet written (or dropped).
+  int64_t pending_ ABSL_GUARDED_BY(mu_) = 0;
+  std::deque<std::shared_ptr<Item>> writes_ ABSL_GUARDED_BY(mu_);
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool reads_done_ ABSL_GUARDED_BY(mu_) = false;
+  bool broken_ ABSL_GUARDED_BY(mu_) = false;
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+}  // namespace
+
+grpc::ServerBidiReactor<v1::NormalizeStreamRequest, v1::NormalizeStreamResponse>*
+NormalizationServiceImpl::NormalizeStream(grpc::CallbackServerContext* context) {
+  return new StreamReactor(this, context);
+}
+
+}  // namespace normserve

@@ -1,0 +1,74 @@
+// The gRPC service normserve.v1.NormalizationService (callback API).
+//
+// Handlers never block: they decode and validate the request, hand a Job to
+// the batcher and return; a batcher worker finishes the call. Every call is
+// finished exactly once, with the status mapped from absl::Status at this
+// edge (ToGrpcStatus). While draining, new calls get UNAVAILABLE.
+//
+// Threading: all methods are thread-safe. The registry, batcher and metrics
+// are borrowed and must outlive the service and every call it started.
+#ifndef NORMSERVE_SERVER_SERVICE_H_
+#define NORMSERVE_SERVER_SERVICE_H_
+
+#include <atomic>
+#include <functional>
+
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+#include "grpcpp/grpcpp.h"
+#include "normserve/v1/normalization_service.grpc.pb.h"
+#include "server/batcher.h"
+#include "server/metrics.h"
+#include "server/model_registry.h"
+#include "server/request_decoder.h"
+
+namespace normserve {
+
+// The one mapping from internal status to gRPC status.
+grpc::Status ToGrpcStatus(const absl::Status& status);
+
+class NormalizationServiceImpl final
+    : public v1::NormalizationService::CallbackService {
+ public:
+  struct Options {
+    ValidationLimits limits;
+    DeviceAvailability devices;
+  };
+
+  NormalizationServiceImpl(const Options& options, const ModelRegistry* models,
+                           Batcher* batcher, Metrics* metrics);
+
+  // From now on new calls (and new stream messages) get UNAVAILABLE.
+  void StartDraining() { draining_.store(true); }
+
+  grpc::ServerUnaryReactor* Normalize(grpc::CallbackServerContext* context,
+                                      const v1::NormalizeRequest* request,
+                                      v1::NormalizeResponse* response) override;
+  grpc::ServerBidiReactor<v1::NormalizeStreamRequest,
+                          v1::NormalizeStreamResponse>*
+  NormalizeStream(grpc::CallbackServerContext* context) override;
+  grpc::ServerUnaryReactor* ListModels(grpc::CallbackServerContext* context,
+                                       const v1::ListModelsRequest* request,
+                                       v1::ListModelsResponse* response) override;
+
+  // Validates `request` and queues it; `finish` is called exactly once,
+  // inline on a validation error or later from a batcher worker. `request`
+  // and `response` must stay valid until then.
+  void Start(const v1::NormalizeRequest& request,
+             v1::NormalizeResponse* response, absl::Time deadline,
+             std::function<bool()> is_cancelled,
+             std::function<void(const absl::Status&)> finish);
+
+  Metrics* metrics() { return metrics_; }
+
+ private:
+  const Options options_;
+  const ModelRegistry* const models_;
+  Batcher* const batcher_;
+  Metrics* const metrics_;
+  std::atomic<bool> draining_{false};
+};
+
+}  // namespace normserve
+
+#endif  // NORMSERVE_SERVER_SERVICE_H_
