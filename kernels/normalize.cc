@@ -1,6 +1,8 @@
-// The portable scalar kernel. Statistics are accumulated in double, which is
-// both simple and more accurate than the contract requires; the pivot shift
-// keeps the first pass exact for near-constant rows with a large mean.
+// The portable scalar kernel: every step in double, the simplest way to be
+// more accurate than the contract requires (and immune to overflow of
+// x - mean or (x - mean)^2 for any finite float input). The shift by the
+// row's first value makes the first pass exact for near-constant rows with
+// a large mean, where even a double sum of raw values would lose bits.
 #include "kernels/normalize.h"
 
 #include <cmath>
@@ -10,38 +12,27 @@ namespace {
 
 void NormalizeRow(const NormParams& p, const float* x, float* y) {
   const int64_t d = p.dim;
-  float shift = 0.0f;
-  float mean = 0.0f;
-  double m2 = 0.0;
+  const double n = static_cast<double>(d);
+  const double shift = p.kind == NormKind::kLayerNorm ? x[0] : 0.0;
+  double mean = 0.0;  // Of x - shift; stays 0 for RMSNorm.
   if (p.kind == NormKind::kLayerNorm) {
-    // Shifted two-pass: subtracting a value of the row first makes x - shift
-    // exact whenever the row's values are within a factor of two of each
-    // other, which is the |mean| >> std case where one pass loses all bits.
-    shift = x[0];
     double sum = 0.0;
-    for (int64_t i = 0; i < d; ++i) sum += static_cast<double>(x[i] - shift);
-    const double mean_shifted = sum / static_cast<double>(d);
-    for (int64_t i = 0; i < d; ++i) {
-      const double c = static_cast<double>(x[i] - shift) - mean_shifted;
-      m2 += c * c;
-    }
-    mean = static_cast<float>(mean_shifted);
-  } else {
-    for (int64_t i = 0; i < d; ++i) {
-      const double v = static_cast<double>(x[i]);
-      m2 += v * v;
-    }
+    for (int64_t i = 0; i < d; ++i) sum += static_cast<double>(x[i]) - shift;
+    mean = sum / n;
   }
-  const double var = m2 / static_cast<double>(d);
-  const float rstd = static_cast<float>(
-      1.0 / std::sqrt(var + static_cast<double>(p.epsilon)));
-  // x - shift is computed exactly as in the first pass, then centred:
-  // (x - mean) * rstd with mean = shift + mean_shifted.
+  double m2 = 0.0;
   for (int64_t i = 0; i < d; ++i) {
-    float v = ((x[i] - shift) - mean) * rstd;
+    const double c = (static_cast<double>(x[i]) - shift) - mean;
+    m2 += c * c;
+  }
+  const double rstd = 1.0 / std::sqrt(m2 / n + static_cast<double>(p.epsilon));
+  for (int64_t i = 0; i < d; ++i) {
+    // (x - mean) * rstd, never x * rstd - mean * rstd: a constant row gives
+    // exactly beta.
+    double v = ((static_cast<double>(x[i]) - shift) - mean) * rstd;
     if (p.gamma != nullptr) v *= p.gamma[i];
     if (p.beta != nullptr) v += p.beta[i];
-    y[i] = v;
+    y[i] = static_cast<float>(v);
   }
 }
 

@@ -1,0 +1,119 @@
+#include "client/normserve_client.h"
+
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+
+namespace normserve {
+
+absl::Status FromGrpcStatus(const grpc::Status& status) {
+  if (status.ok()) return absl::OkStatus();
+  return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
+                      status.error_message());
+}
+
+absl::StatusOr<std::unique_ptr<NormClient>> NormClient::Create(
+    const Options& options) {
+  if (options.target.empty()) {
+    return absl::InvalidArgumentError("target: expected host:port");
+  }
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(options.max_message_bytes);
+  args.SetMaxSendMessageSize(options.max_message_bytes);
+  auto channel = grpc::CreateCustomChannel(
+      options.target, grpc::InsecureChannelCredentials(), args);
+  return std::unique_ptr<NormClient>(new NormClient(options, std::move(channel)));
+}
+
+NormClient::NormClient(const Options& options,
+                       std::shared_ptr<grpc::Channel> channel)
+    : options_(options),
+      channel_(std::move(channel)),
+      stub_(v1::NormalizationService::NewStub(channel_)) {}
+
+void NormClient::SetDeadline(grpc::ClientContext* context) const {
+  context->set_deadline(std::chrono::system_clock::now() +
+                        absl::ToChronoMilliseconds(options_.timeout));
+}
+
+namespace {
+void FillTensor(const std::vector<int64_t>& shape, const std::vector<float>& v,
+                v1::Tensor* t) {
+  t->mutable_shape()->Assign(shape.begin(), shape.end());
+  t->set_dtype(v1::DATA_TYPE_FLOAT32);
+  t->set_data(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(float));
+}
+}  // namespace
+
+v1::NormalizeRequest NormClient::BuildRequest(const NormalizeInput& input) {
+  v1::NormalizeRequest req;
+  req.set_model(input.model);
+  FillTensor(input.shape, input.values, req.mutable_input());
+  req.set_normalized_ndim(input.normalized_ndim);
+  if (input.epsilon.has_value()) req.set_epsilon(*input.epsilon);
+  const int ndim = input.normalized_ndim == 0 ? 1 : input.normalized_ndim;
+  std::vector<int64_t> param_shape;
+  if (ndim <= static_cast<int>(input.shape.size())) {
+    param_shape.assign(input.shape.end() - ndim, input.shape.end());
+  }
+  if (!input.gamma.empty()) FillTensor(param_shape, input.gamma, req.mutable_gamma());
+  if (!input.beta.empty()) FillTensor(param_shape, input.beta, req.mutable_beta());
+  req.set_kind(input.kind);
+  req.set_request_id(input.request_id);
+  return req;
+}
+
+absl::StatusOr<NormalizeOutput> NormClient::Normalize(
+    const NormalizeInput& input) {
+  const v1::NormalizeRequest req = BuildRequest(input);
+  v1::NormalizeResponse resp;
+  grpc::ClientContext context;
+  SetDeadline(&context);
+  const absl::Time start = absl::Now();
+  const grpc::Status status = stub_->Normalize(&context, req, &resp);
+  const absl::Duration latency = absl::Now() - start;
+  if (!status.ok()) return FromGrpcStatus(status);
+
+  NormalizeOutput out;
+  out.latency = latency;
+  out.model = resp.model();
+  out.request_id = resp.request_id();
+  const v1::Tensor& t = resp.output();
+  out.shape.assign(t.shape().begin(), t.shape().end());
+  int64_t count = 1;
+  for (int64_t d : out.shape) count *= d;
+  if (t.dtype() != v1::DATA_TYPE_FLOAT32 ||
+      t.data().size() != static_cast<size_t>(count) * sizeof(float)) {
+    return absl::DataLossError(absl::StrCat(
+        "response output: ", t.data().size(), " bytes of dtype ", t.dtype(),
+        " do not match its shape"));
+  }
+  out.values.resize(static_cast<size_t>(count));
+  std::memcpy(out.values.data(), t.data().data(), t.data().size());
+  return out;
+}
+
+absl::StatusOr<v1::ListModelsResponse> NormClient::ListModels() {
+  v1::ListModelsResponse resp;
+  grpc::ClientContext context;
+  SetDeadline(&context);
+  const grpc::Status status =
+      stub_->ListModels(&context, v1::ListModelsRequest(), &resp);
+  if (!status.ok()) return FromGrpcStatus(status);
+  return resp;
+}
+
+absl::StatusOr<bool> NormClient::IsServing() {
+  auto health = grpc::health::v1::Health::NewStub(channel_);
+  grpc::health::v1::HealthCheckRequest req;
+  grpc::health::v1::HealthCheckResponse resp;
+  grpc::ClientContext context;
+  SetDeadline(&context);
+  const grpc::Status status = health->Check(&context, req, &resp);
+  if (!status.ok()) return FromGrpcStatus(status);
+  return resp.status() == grpc::health::v1::HealthCheckResponse::SERVING;
+}
+
+}  // namespace normserve

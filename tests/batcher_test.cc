@@ -1,0 +1,261 @@
+// The batching policy (BatchQueues, driven with explicit times) and the
+// threaded Batcher (with a fake clock and the real CPU kernel).
+#include "server/batcher.h"
+
+#include <atomic>
+#include <cstring>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include "absl/synchronization/notification.h"
+#include "gtest/gtest.h"
+#include "kernels/normalize.h"
+#include "server/backend.h"
+#include "server/internal/batch_queues.h"
+
+namespace normserve {
+namespace {
+
+using internal::BatchQueues;
+
+const absl::Time kT0 = absl::FromUnixSeconds(1000);
+
+std::unique_ptr<Job> MakeJob(int64_t rows, QueueOptions q,
+                             const std::string& model = "m",
+                             int* done_code = nullptr) {
+  auto job = std::make_unique<Job>();
+  job->key.model = model;
+  job->key.dim = 4;
+  job->queue = q;
+  job->rows = rows;
+  job->done = [done_code](const absl::Status& s, const JobTimings&) {
+    if (done_code != nullptr) *done_code = static_cast<int>(s.code());
+  };
+  return job;
+}
+
+QueueOptions Opts(int64_t rows, absl::Duration delay, int64_t max_requests = 100) {
+  QueueOptions q;
+  q.max_batch_rows = rows;
+  q.max_queue_delay = delay;
+  q.max_queue_requests = max_requests;
+  return q;
+}
+
+TEST(BatchQueuesTest, BatchClosesWhenRowsReachTheLimit) {
+  BatchQueues queues;
+  const QueueOptions q = Opts(8, absl::Hours(1));
+  ASSERT_TRUE(queues.Add(MakeJob(3, q), kT0).ok());
+  ASSERT_TRUE(queues.Add(MakeJob(3, q), kT0).ok());
+  EXPECT_FALSE(queues.PopReady(kT0, false).has_value());
+  ASSERT_TRUE(queues.Add(MakeJob(3, q), kT0).ok());  // 9 rows queued >= 8
+  auto popped = queues.PopReady(kT0, false);
+  ASSERT_TRUE(popped.has_value());
+  // The third job would push the batch past 8 rows: it waits.
+  ASSERT_EQ(popped->batch.size(), 2u);
+  EXPECT_EQ(queues.size(), 1);
+  EXPECT_FALSE(queues.PopReady(kT0, false).has_value());
+}
+
+TEST(BatchQueuesTest, BatchClosesAfterTheDelay) {
+  BatchQueues queues;
+  const QueueOptions q = Opts(100, absl::Microseconds(100));
+  ASSERT_TRUE(queues.Add(MakeJob(1, q), kT0).ok());
+  ASSERT_TRUE(queues.Add(MakeJob(1, q), kT0 + absl::Microseconds(50)).ok());
+  EXPECT_EQ(queues.NextReadyTime(), kT0 + absl::Microseconds(100));
+  EXPECT_FALSE(queues.PopReady(kT0 + absl::Microseconds(99), false).has_value());
+  auto popped = queues.PopReady(kT0 + absl::Microseconds(100), false);
+  ASSERT_TRUE(popped.has_value());
+  EXPECT_EQ(popped->batch.size(), 2u);  // The younger job rides along.
+  EXPECT_TRUE(queues.empty());
+  EXPECT_EQ(queues.NextReadyTime(), absl::InfiniteFuture());
+}
+
+TEST(BatchQueuesTest, ZeroDelayMeansReadyAtOnce) {
+  BatchQueues queues;
+  ASSERT_TRUE(queues.Add(MakeJob(1, Opts(100, absl::ZeroDuration())), kT0).ok());
+  EXPECT_TRUE(queues.PopReady(kT0, false).has_value());
+}
+
+TEST(BatchQueuesTest, OversizedJobFormsABatchAlone) {
+  BatchQueues queues;
+  const QueueOptions q = Opts(4, absl::Hours(1));
+  ASSERT_TRUE(queues.Add(MakeJob(10, q), kT0).ok());
+  ASSERT_TRUE(queues.Add(MakeJob(1, q), kT0).ok());
+  auto popped = queues.PopReady(kT0, false);
+  ASSERT_TRUE(popped.has_value());
+  ASSERT_EQ(popped->batch.size(), 1u);
+  EXPECT_EQ(popped->batch[0]->rows, 10);
+}
+
+TEST(BatchQueuesTest, FullQueueRejectsWithResourceExhausted) {
+  BatchQueues queues;
+  const QueueOptions q = Opts(100, absl::Hours(1), 2);
+  ASSERT_TRUE(queues.Add(MakeJob(1, q), kT0).ok());
+  ASSERT_TRUE(queues.Add(MakeJob(1, q), kT0).ok());
+  const absl::Status s = queues.Add(MakeJob(1, q), kT0);
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(s.message().find("full"), absl::string_view::npos) << s;
+  // Another key has its own bound.
+  EXPECT_TRUE(queues.Add(MakeJob(1, q, "other"), kT0).ok());
+}
+
+TEST(BatchQueuesTest, ExpiredAndCancelledJobsAreDroppedNotBatched) {
+  BatchQueues queues;
+  const QueueOptions q = Opts(100, absl::ZeroDuration());
+  auto expired = MakeJob(1, q);
+  expired->deadline = kT0 + absl::Microseconds(5);
+  auto cancelled = MakeJob(1, q);
+  cancelled->is_cancelled = [] { return true; };
+  auto live = MakeJob(1, q);
+  live->deadline = kT0 + absl::Seconds(1);
+  ASSERT_TRUE(queues.Add(std::move(expired), kT0).ok());
+  ASSERT_TRUE(queues.Add(std::move(cancelled), kT0).ok());
+  ASSERT_TRUE(queues.Add(std::move(live), kT0).ok());
+  auto popped = queues.PopReady(kT0 + absl::Microseconds(10), false);
+  ASSERT_TRUE(popped.has_value());
+  EXPECT_EQ(popped->expired.size(), 1u);
+  EXPECT_EQ(popped->cancelled.size(), 1u);
+  EXPECT_EQ(popped->batch.size(), 1u);
+}
+
+TEST(BatchQueuesTest, KeysNeverShareABatchAndOldestGoesFirst) {
+  BatchQueues queues;
+  const QueueOptions q = Opts(100, absl::ZeroDuration());
+  ASSERT_TRUE(queues.Add(MakeJob(1, q, "b"), kT0).ok());
+  ASSERT_TRUE(queues.Add(MakeJob(1, q, "a"), kT0 + absl::Microseconds(1)).ok());
+  ASSERT_TRUE(queues.Add(MakeJob(1, q, "b"), kT0 + absl::Microseconds(2)).ok());
+  auto first = queues.PopReady(kT0 + absl::Microseconds(3), false);
+  ASSERT_TRUE(first.has_value());
+  ASSERT_EQ(first->batch.size(), 2u);
+  EXPECT_EQ(first->batch[0]->key.model, "b");
+  EXPECT_EQ(first->batch[1]->key.model, "b");
+  auto second = queues.PopReady(kT0 + absl::Microseconds(3), false);
+  ASSERT_TRUE(second.has_value());
+  EXPECT_EQ(second->batch[0]->key.model, "a");
+}
+
+TEST(BatchQueuesTest, FlushIgnoresTheDelay) {
+  BatchQueues queues;
+  ASSERT_TRUE(queues.Add(MakeJob(1, Opts(100, absl::Hours(1))), kT0).ok());
+  EXPECT_FALSE(queues.PopReady(kT0, false).has_value());
+  EXPECT_TRUE(queues.PopReady(kT0, true).has_value());
+}
+
+// ---- The threaded batcher ----
+
+TEST(BatcherTest, FakeClockDrivesTheDelay) {
+  FakeClock clock(kT0);
+  std::atomic<int> batches{0};
+  Batcher::Options o;
+  o.clock = &clock;
+  o.runner = [&](absl::Span<Job* const>) {
+    ++batches;
+    return absl::OkStatus();
+  };
+  auto batcher = Batcher::Create(std::move(o));
+  ASSERT_TRUE(batcher.ok());
+  absl::Notification done;
+  auto job = MakeJob(1, Opts(100, absl::Hours(1)));
+  job->done = [&](const absl::Status& s, const JobTimings& t) {
+    EXPECT_TRUE(s.ok());
+    EXPECT_EQ(t.queue_wait, absl::Hours(1));
+    done.Notify();
+  };
+  ASSERT_TRUE((*batcher)->Submit(std::move(job)).ok());
+  (*batcher)->TEST_Wake();
+  EXPECT_FALSE(done.WaitForNotificationWithTimeout(absl::Milliseconds(20)));
+  EXPECT_EQ((*batcher)->queued_jobs(), 1);
+  clock.Advance(absl::Hours(1));
+  (*batcher)->TEST_Wake();
+  EXPECT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  EXPECT_EQ(batches.load(), 1);
+}
+
+TEST(BatcherTest, StopRunsAdmittedJobsThenRefusesNewOnes) {
+  std::atomic<int> ran{0};
+  Batcher::Options o;
+  o.runner = [&](absl::Span<Job* const> b) {
+    ran += static_cast<int>(b.size());
+    return absl::OkStatus();
+  };
+  auto batcher = Batcher::Create(std::move(o));
+  ASSERT_TRUE(batcher.ok());
+  std::atomic<int> ok{0};
+  for (int i = 0; i < 10; ++i) {
+    auto job = MakeJob(1, Opts(1000, absl::Hours(1)));
+    job->done = [&](const absl::Status& s, const JobTimings&) {
+      if (s.ok()) ++ok;
+    };
+    ASSERT_TRUE((*batcher)->Submit(std::move(job)).ok());
+  }
+  (*batcher)->Stop();
+  EXPECT_EQ(ok.load(), 10);
+  EXPECT_EQ(ran.load(), 10);
+  EXPECT_EQ((*batcher)->Submit(MakeJob(1, Opts(1, absl::ZeroDuration()))).code(),
+            absl::StatusCode::kUnavailable);
+}
+
+// Many threads submit real normalization jobs that share batches; every
+// output must equal, bit for bit, the same rows normalized alone.
+TEST(BatcherTest, BatchedOutputsAreBitwiseIdenticalToUnbatched) {
+  std::unique_ptr<Backend> cpu = MakeCpuBackend();
+  std::atomic<int64_t> max_batch{0};
+  Batcher::Options o;
+  o.num_workers = 2;
+  o.runner = [&](absl::Span<Job* const> b) {
+    int64_t n = static_cast<int64_t>(b.size());
+    int64_t prev = max_batch.load();
+    while (n > prev && !max_batch.compare_exchange_weak(prev, n)) {
+    }
+    return cpu->Run(b);
+  };
+  auto batcher = Batcher::Create(std::move(o));
+  ASSERT_TRUE(batcher.ok());
+
+  const int64_t d = 333;
+  NormParams params;
+  params.dim = d;
+  constexpr int kThreads = 4, kJobsPerThread = 50;
+  std::vector<std::thread> threads;
+  std::atomic<int> mismatches{0}, finished{0};
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      std::mt19937 rng(t);
+      std::normal_distribution<float> dist(5, 3);
+      for (int j = 0; j < kJobsPerThread; ++j) {
+        const int64_t rows = 1 + (j % 7);
+        std::vector<float> x(static_cast<size_t>(rows * d));
+        for (float& v : x) v = dist(rng);
+        std::vector<float> alone(x.size()), batched(x.size());
+        NormalizeRows(params, x.data(), alone.data(), rows);
+        absl::Notification done;
+        auto job = std::make_unique<Job>();
+        job->key.model = "m";
+        job->key.dim = d;
+        job->queue = Opts(64, absl::Microseconds(500));
+        job->rows = rows;
+        job->segment = {&params, x.data(), batched.data(), rows};
+        job->done = [&](const absl::Status& s, const JobTimings&) {
+          EXPECT_TRUE(s.ok()) << s;
+          done.Notify();
+        };
+        ASSERT_TRUE((*batcher)->Submit(std::move(job)).ok());
+        done.WaitForNotification();
+        if (std::memcmp(alone.data(), batched.data(), x.size() * sizeof(float)) != 0) {
+          ++mismatches;
+        }
+        ++finished;
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(finished.load(), kThreads * kJobsPerThread);
+  EXPECT_EQ(mismatches.load(), 0);
+  // With four submitters and a 500 µs delay, jobs must have shared batches.
+  EXPECT_GT(max_batch.load(), 1);
+}
+
+}  // namespace
+}  // namespace normserve
