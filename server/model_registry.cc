@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "google/protobuf/io/tokenizer.h"
 #include "google/protobuf/text_format.h"
 #include "normserve/v1/model_config.pb.h"
 #include "server/internal/status_macros.h"
@@ -151,6 +152,18 @@ absl::StatusOr<std::unique_ptr<Model>> BuildModel(
   return m;
 }
 
+// Keeps the first parse error, with its position.
+class TextErrors : public google::protobuf::io::ErrorCollector {
+ public:
+  void AddError(int line, int column, const std::string& message) override {
+    if (first.empty()) {
+      first = absl::StrCat("line ", line + 1, " column ", column + 1, ": ",
+                           message);
+    }
+  }
+  std::string first;
+};
+
 std::unique_ptr<Model> DefaultModel(const ModelRegistry::Options& options) {
   auto m = std::make_unique<Model>();
   m->name = kDefaultModel;
@@ -166,11 +179,14 @@ absl::StatusOr<std::unique_ptr<ModelRegistry>> ModelRegistry::CreateFromText(
     absl::string_view config_text, const std::string& base_dir,
     const Options& options) {
   v1::ModelConfigList config;
-  if (!google::protobuf::TextFormat::ParseFromString(std::string(config_text),
-                                                     &config)) {
-    return absl::InvalidArgumentError(
-        "model config: not a valid normserve.v1.ModelConfigList in protobuf "
-        "text format");
+  TextErrors errors;
+  google::protobuf::TextFormat::Parser parser;
+  parser.RecordErrorsTo(&errors);
+  if (!parser.ParseFromString(std::string(config_text), &config)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "model config: not a normserve.v1.ModelConfigList in protobuf text "
+        "format: ",
+        errors.first));
   }
   std::unique_ptr<ModelRegistry> registry(new ModelRegistry);
   registry->models_[kDefaultModel] = DefaultModel(options);

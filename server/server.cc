@@ -80,14 +80,17 @@ void NormServer::Shutdown(absl::Duration grace) {
     if (state_->shut_down) return;
     state_->shut_down = true;
   }
-  const auto deadline = std::chrono::system_clock::now() +
-                        absl::ToChronoMilliseconds(grace);
+  const absl::Time deadline = absl::Now() + grace;
   // Order matters: stop advertising, refuse new work, finish admitted work,
-  // then stop the transport.
+  // wait for the answers to reach the wire (open streams may go on until
+  // the grace runs out), then close the transport. Closing it at once
+  // rather than at the deadline matters: idle client connections would
+  // otherwise hold the process until the grace period ends.
   state_->server->GetHealthCheckService()->SetServingStatus(false);
   state_->service->StartDraining();
   state_->batcher->Stop();
-  state_->server->Shutdown(deadline);
+  state_->service->WaitForCalls(deadline);
+  state_->server->Shutdown(std::chrono::system_clock::now());
   state_->done.Notify();
 }
 

@@ -99,10 +99,48 @@ void NormalizationServiceImpl::Start(
   }
 }
 
+void NormalizationServiceImpl::CallStarted() {
+  absl::MutexLock lock(&calls_mu_);
+  ++open_calls_;
+}
+
+void NormalizationServiceImpl::CallDone() {
+  absl::MutexLock lock(&calls_mu_);
+  --open_calls_;
+}
+
+bool NormalizationServiceImpl::WaitForCalls(absl::Time deadline) {
+  absl::MutexLock lock(&calls_mu_);
+  auto none_open = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(calls_mu_) {
+    return open_calls_ == 0;
+  };
+  return calls_mu_.AwaitWithDeadline(absl::Condition(&none_open), deadline);
+}
+
+namespace {
+
+// A unary call that tells the service when gRPC is done with it, so that a
+// drain can wait for every answer to reach the wire.
+class UnaryReactor final : public grpc::ServerUnaryReactor {
+ public:
+  explicit UnaryReactor(NormalizationServiceImpl* service) : service_(service) {
+    service_->CallStarted();
+  }
+  void OnDone() override {
+    service_->CallDone();
+    delete this;
+  }
+
+ private:
+  NormalizationServiceImpl* const service_;
+};
+
+}  // namespace
+
 grpc::ServerUnaryReactor* NormalizationServiceImpl::Normalize(
     grpc::CallbackServerContext* context, const v1::NormalizeRequest* request,
     v1::NormalizeResponse* response) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  grpc::ServerUnaryReactor* reactor = new UnaryReactor(this);
   metrics_->RpcStarted("Normalize", kUnary);
   const absl::Time start = absl::Now();
   Metrics* metrics = metrics_;
@@ -154,6 +192,7 @@ class StreamReactor final
   StreamReactor(NormalizationServiceImpl* service,
                 grpc::CallbackServerContext* context)
       : service_(service), context_(context), start_(absl::Now()) {
+    service_->CallStarted();
     service_->metrics()->RpcStarted("NormalizeStream", kBidi);
     StartRead(&incoming_);
   }
@@ -213,6 +252,7 @@ class StreamReactor final
         context_->IsCancelled() ? static_cast<int>(grpc::StatusCode::CANCELLED)
                                 : 0,
         absl::Now() - start_);
+    service_->CallDone();
     delete this;
   }
 

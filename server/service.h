@@ -13,7 +13,9 @@
 #include <atomic>
 #include <functional>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "grpcpp/grpcpp.h"
 #include "normserve/v1/normalization_service.grpc.pb.h"
@@ -41,6 +43,11 @@ class NormalizationServiceImpl final
   // From now on new calls (and new stream messages) get UNAVAILABLE.
   void StartDraining() { draining_.store(true); }
 
+  // Blocks until every call this service started is done (its final status
+  // sent to the client or the call cancelled), or until `deadline`.
+  // Returns whether all are done.
+  bool WaitForCalls(absl::Time deadline);
+
   grpc::ServerUnaryReactor* Normalize(grpc::CallbackServerContext* context,
                                       const v1::NormalizeRequest* request,
                                       v1::NormalizeResponse* response) override;
@@ -61,12 +68,18 @@ class NormalizationServiceImpl final
 
   Metrics* metrics() { return metrics_; }
 
+  // Calls this service has started and gRPC has not yet reported done.
+  void CallStarted();
+  void CallDone();
+
  private:
   const Options options_;
   const ModelRegistry* const models_;
   Batcher* const batcher_;
   Metrics* const metrics_;
   std::atomic<bool> draining_{false};
+  absl::Mutex calls_mu_;
+  int64_t open_calls_ ABSL_GUARDED_BY(calls_mu_) = 0;
 };
 
 }  // namespace normserve

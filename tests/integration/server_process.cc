@@ -1,0 +1,126 @@
+#include "tests/integration/server_process.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <regex>
+#include <thread>
+
+namespace normserve::testing {
+
+ServerProcess::ServerProcess(const std::string& binary,
+                             std::vector<std::string> args) {
+  args.insert(args.begin(), binary);
+  args.push_back("--grpc_port=0");
+  args.push_back("--metrics_port=0");
+  int fds[2];
+  if (pipe(fds) != 0) std::abort();
+  pid_ = fork();
+  if (pid_ == 0) {
+    dup2(fds[1], 1);
+    dup2(fds[1], 2);
+    close(fds[0]);
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    execv(binary.c_str(), argv.data());
+    std::perror("execv");
+    _exit(127);
+  }
+  close(fds[1]);
+  out_fd_ = fds[0];
+  const std::regex listening("grpc=[^:]+:(\\d+) metrics=[^:]+:(\\d+)");
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (std::chrono::steady_clock::now() < deadline) {
+    Output();
+    std::smatch m;
+    if (std::regex_search(output_, m, listening)) {
+      grpc_port_ = std::atoi(m[1].str().c_str());
+      metrics_port_ = std::atoi(m[2].str().c_str());
+      return;
+    }
+    int status;
+    if (waitpid(pid_, &status, WNOHANG) == pid_) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  std::fprintf(stderr, "server did not start; output:\n%s\n", output_.c_str());
+  std::abort();
+}
+
+ServerProcess::~ServerProcess() {
+  if (pid_ > 0) {
+    kill(pid_, SIGKILL);
+    waitpid(pid_, nullptr, 0);
+  }
+  if (out_fd_ >= 0) close(out_fd_);
+}
+
+std::string ServerProcess::grpc_target() const {
+  return "127.0.0.1:" + std::to_string(grpc_port_);
+}
+
+std::string ServerProcess::Output() {
+  for (;;) {
+    pollfd p{out_fd_, POLLIN, 0};
+    if (poll(&p, 1, 0) <= 0 || !(p.revents & (POLLIN | POLLHUP))) break;
+    char buf[4096];
+    const ssize_t n = read(out_fd_, buf, sizeof(buf));
+    if (n <= 0) break;
+    output_.append(buf, static_cast<size_t>(n));
+  }
+  return output_;
+}
+
+int ServerProcess::Stop(int signal, int timeout_s) {
+  if (pid_ <= 0) return -1;
+  kill(pid_, signal);
+  const auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::seconds(timeout_s);
+  while (std::chrono::steady_clock::now() < deadline) {
+    int status;
+    if (waitpid(pid_, &status, WNOHANG) == pid_) {
+      pid_ = -1;
+      Output();
+      if (WIFEXITED(status)) return WEXITSTATUS(status);
+      if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+      return -1;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return -1;
+}
+
+std::string HttpGet(int port, const std::string& path) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return "";
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  std::string body;
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
+    const std::string req = "GET " + path +
+                            " HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: "
+                            "close\r\n\r\n";
+    if (write(fd, req.data(), req.size()) == static_cast<ssize_t>(req.size())) {
+      char buf[65536];
+      ssize_t n;
+      while ((n = read(fd, buf, sizeof(buf))) > 0) body.append(buf, static_cast<size_t>(n));
+    }
+  }
+  close(fd);
+  const size_t split = body.find("\r\n\r\n");
+  return split == std::string::npos ? "" : body.substr(split + 4);
+}
+
+}  // namespace normserve::testing

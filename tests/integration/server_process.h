@@ -1,0 +1,43 @@
+// Starts the real normserve binary on free ports for integration tests and
+// stops it with a signal. Test-only; not thread-safe.
+#ifndef NORMSERVE_TESTS_INTEGRATION_SERVER_PROCESS_H_
+#define NORMSERVE_TESTS_INTEGRATION_SERVER_PROCESS_H_
+
+#include <string>
+#include <vector>
+
+namespace normserve::testing {
+
+class ServerProcess {
+ public:
+  // Starts `binary` with `args` plus --grpc_port=0 --metrics_port=0 and waits
+  // for its "listening" line. Aborts the test binary if the server does not
+  // come up within 30 s.
+  ServerProcess(const std::string& binary, std::vector<std::string> args);
+  ~ServerProcess();  // SIGKILL if still running.
+
+  std::string grpc_target() const;
+  int grpc_port() const { return grpc_port_; }
+  int metrics_port() const { return metrics_port_; }
+
+  // Sends `signal` and waits for exit; returns the exit status (the exit
+  // code, or 128 + signal if it died of one), or -1 after `timeout_s`.
+  int Stop(int signal, int timeout_s);
+
+  // Everything the server printed on stdout and stderr so far.
+  std::string Output();
+
+ private:
+  int pid_ = -1;
+  int out_fd_ = -1;
+  std::string output_;
+  int grpc_port_ = 0;
+  int metrics_port_ = 0;
+};
+
+// GET http://127.0.0.1:port/path; returns the body ("" on failure).
+std::string HttpGet(int port, const std::string& path);
+
+}  // namespace normserve::testing
+
+#endif  // NORMSERVE_TESTS_INTEGRATION_SERVER_PROCESS_H_

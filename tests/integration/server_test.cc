@@ -1,0 +1,409 @@
+// End-to-end tests against the real normserve binary on free ports: the C++
+// client, streaming, health, validation over the wire, a Prometheus scrape,
+// a model config with .npy parameters, and SIGTERM with requests in flight.
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cmath>
+#include <fstream>
+#include <random>
+#include <regex>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
+#include "client/normserve_client.h"
+#include "gtest/gtest.h"
+#include "kernels/reference.h"
+#include "server/npy.h"
+#include "tests/integration/server_process.h"
+
+#ifndef NORMSERVE_BINARY
+#error "NORMSERVE_BINARY must name the server binary"
+#endif
+
+namespace normserve {
+namespace {
+
+using testing::HttpGet;
+using testing::ServerProcess;
+
+std::unique_ptr<NormClient> Connect(const ServerProcess& server) {
+  NormClient::Options o;
+  o.target = server.grpc_target();
+  auto c = NormClient::Create(o);
+  EXPECT_TRUE(c.ok());
+  return *std::move(c);
+}
+
+std::vector<float> Random(size_t n, uint32_t seed, float mean = 0, float std = 1) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> d(mean, std);
+  std::vector<float> v(n);
+  for (float& f : v) f = d(rng);
+  return v;
+}
+
+void ExpectMatchesReference(const NormParams& p, const std::vector<float>& x,
+                            const std::vector<float>& y) {
+  const int64_t rows = static_cast<int64_t>(x.size()) / p.dim;
+  const std::vector<double> ref = ReferenceNormalize(p, x.data(), rows);
+  ASSERT_EQ(y.size(), ref.size());
+  double scale = 0, worst = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    scale = std::max(scale, std::abs(ref[i]));
+    worst = std::max(worst, std::abs(y[i] - ref[i]));
+  }
+  EXPECT_LE(worst, 1e-5 * scale);
+}
+
+// Sum of a metric's samples whose label set contains every `labels` part.
+double MetricValue(const std::string& text, const std::string& name,
+                   const std::vector<std::string>& labels = {}) {
+  double total = 0;
+  std::istringstream in(text);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind(name, 0) != 0) continue;
+    const char next = line.size() > name.size() ? line[name.size()] : '\0';
+    if (next != '{' && next != ' ') continue;
+    bool match = true;
+    for (const auto& l : labels) match = match && line.find(l) != std::string::npos;
+    if (match) total += std::stod(line.substr(line.rfind(' ') + 1));
+  }
+  return total;
+}
+
+class ServerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    server_ = std::make_unique<ServerProcess>(NORMSERVE_BINARY,
+                                              std::vector<std::string>{});
+    client_ = Connect(*server_);
+  }
+  void TearDown() override {
+    // The client stays connected: an idle connection must not hold up a
+    // graceful shutdown.
+    if (server_ != nullptr) {
+      EXPECT_EQ(server_->Stop(SIGTERM, 30), 0) << server_->Output();
+    }
+  }
+  std::unique_ptr<ServerProcess> server_;
+  std::unique_ptr<NormClient> client_;
+};
+
+TEST_F(ServerTest, HealthIsServing) {
+  auto serving = client_->IsServing();
+  ASSERT_TRUE(serving.ok()) << serving.status();
+  EXPECT_TRUE(*serving);
+}
+
+TEST_F(ServerTest, NormalizeMatchesTheFloat64Reference) {
+  NormalizeInput in;
+  in.shape = {3, 4, 100};
+  in.normalized_ndim = 2;
+  in.values = Random(1200, 1, 4, 3);
+  in.gamma = Random(400, 2, 1, 0.5f);
+  in.beta = Random(400, 3);
+  in.epsilon = 1e-3f;
+  in.request_id = "abc";
+  auto out = client_->Normalize(in);
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_EQ(out->shape, in.shape);
+  EXPECT_EQ(out->request_id, "abc");
+  EXPECT_EQ(out->model, "default");
+  NormParams p;
+  p.dim = 400;
+  p.epsilon = 1e-3f;
+  p.gamma = in.gamma.data();
+  p.beta = in.beta.data();
+  ExpectMatchesReference(p, in.values, out->values);
+}
+
+TEST_F(ServerTest, RmsNormAndFloatDataWork) {
+  v1::NormalizeRequest req;
+  req.mutable_input()->add_shape(2);
+  req.mutable_input()->add_shape(3);
+  req.mutable_input()->set_dtype(v1::DATA_TYPE_FLOAT32);
+  const std::vector<float> x = {1, 2, 3, -4, 5, 6};
+  for (float v : x) req.mutable_input()->add_float_data(v);
+  req.set_kind(v1::NORM_KIND_RMS_NORM);
+  v1::NormalizeResponse resp;
+  grpc::ClientContext ctx;
+  ASSERT_TRUE(client_->stub()->Normalize(&ctx, req, &resp).ok());
+  std::vector<float> y(6);
+  ASSERT_EQ(resp.output().data().size(), 24u);
+  std::memcpy(y.data(), resp.output().data().data(), 24);
+  NormParams p;
+  p.dim = 3;
+  p.kind = NormKind::kRmsNorm;
+  ExpectMatchesReference(p, x, y);
+}
+
+TEST_F(ServerTest, ListModelsShowsTheDefaultModel) {
+  auto models = client_->ListModels();
+  ASSERT_TRUE(models.ok());
+  ASSERT_EQ(models->models_size(), 1);
+  EXPECT_EQ(models->models(0).name(), "default");
+  EXPECT_TRUE(models->models(0).allows_request_params());
+}
+
+TEST_F(ServerTest, BadRequestsGetPreciseStatusesAndGoodOnesStillSucceed) {
+  // A stream of valid requests runs while bad ones arrive.
+  std::atomic<bool> stop{false};
+  std::atomic<int> good_ok{0}, good_bad{0};
+  std::thread good([&] {
+    NormalizeInput in;
+    in.shape = {8, 64};
+    in.values = Random(512, 9);
+    NormParams p;
+    p.dim = 64;
+    const std::vector<double> ref = ReferenceNormalize(p, in.values.data(), 8);
+    while (!stop.load()) {
+      auto out = client_->Normalize(in);
+      bool ok = out.ok();
+      for (size_t i = 0; ok && i < ref.size(); ++i) {
+        ok = std::abs(out->values[i] - ref[i]) <= 1e-5 * 4;
+      }
+      ok ? ++good_ok : ++good_bad;
+    }
+  });
+  const struct {
+    std::function<void(v1::NormalizeRequest*)> mutate;
+    grpc::StatusCode code;
+    const char* message_part;
+  } cases[] = {
+      {[](auto* r) { r->mutable_input()->set_shape(1, -8); }, grpc::INVALID_ARGUMENT,
+       "input.shape[1] = -8: dimensions must be positive"},
+      {[](auto* r) { r->mutable_input()->mutable_data()->pop_back(); }, grpc::INVALID_ARGUMENT,
+       "input.data has 31 bytes"},
+      {[](auto* r) { r->set_epsilon(-1); }, grpc::INVALID_ARGUMENT, "epsilon = -1"},
+      {[](auto* r) { r->set_model("missing"); }, grpc::NOT_FOUND, "model = 'missing'"},
+      {[](auto* r) { r->set_device(v1::DEVICE_CUDA); }, grpc::FAILED_PRECONDITION,
+       "device = DEVICE_CUDA"},
+      {[](auto* r) { r->set_normalized_ndim(5); }, grpc::INVALID_ARGUMENT, "normalized_ndim = 5"},
+  };
+  NormalizeInput base;
+  base.shape = {2, 4};
+  base.values = Random(8, 4);
+  for (const auto& c : cases) {
+    v1::NormalizeRequest req = NormClient::BuildRequest(base);
+    c.mutate(&req);
+    v1::NormalizeResponse resp;
+    grpc::ClientContext ctx;
+    const grpc::Status s = client_->stub()->Normalize(&ctx, req, &resp);
+    EXPECT_EQ(s.error_code(), c.code) << s.error_message();
+    EXPECT_NE(s.error_message().find(c.message_part), std::string::npos) << s.error_message();
+  }
+  stop = true;
+  good.join();
+  EXPECT_GT(good_ok.load(), 0);
+  EXPECT_EQ(good_bad.load(), 0);
+}
+
+TEST_F(ServerTest, StreamAnswersEveryMessageIncludingBadOnes) {
+  grpc::ClientContext ctx;
+  auto stream = client_->stub()->NormalizeStream(&ctx);
+  constexpr int kMessages = 20;
+  std::vector<std::vector<float>> inputs;
+  for (int i = 0; i < kMessages; ++i) {
+    NormalizeInput in;
+    in.shape = {2, 16};
+    in.values = Random(32, 100 + i);
+    in.request_id = std::to_string(i);
+    inputs.push_back(in.values);
+    v1::NormalizeStreamRequest msg;
+    *msg.mutable_request() = NormClient::BuildRequest(in);
+    if (i % 5 == 4) msg.mutable_request()->mutable_input()->set_shape(0, 0);  // bad
+    ASSERT_TRUE(stream->Write(msg));
+  }
+  stream->WritesDone();
+  v1::NormalizeStreamResponse resp;
+  std::vector<bool> seen(kMessages, false);
+  int ok = 0, bad = 0;
+  NormParams p;
+  p.dim = 16;
+  while (stream->Read(&resp)) {
+    const int i = std::stoi(resp.request_id());
+    ASSERT_FALSE(seen[i]) << "two answers for " << i;
+    seen[i] = true;
+    if (i % 5 == 4) {
+      EXPECT_EQ(resp.status_code(), grpc::INVALID_ARGUMENT);
+      EXPECT_NE(resp.status_message().find("input.shape[0] = 0"), std::string::npos);
+      ++bad;
+    } else {
+      ASSERT_EQ(resp.status_code(), 0) << resp.status_message();
+      std::vector<float> y(32);
+      std::memcpy(y.data(), resp.response().output().data().data(), 128);
+      ExpectMatchesReference(p, inputs[i], y);
+      ++ok;
+    }
+  }
+  EXPECT_TRUE(stream->Finish().ok());
+  EXPECT_EQ(ok, 16);
+  EXPECT_EQ(bad, 4);
+}
+
+TEST_F(ServerTest, MetricsScrapeCountsTheRequestsSent) {
+  constexpr int kOk = 7, kBad = 3;
+  NormalizeInput in;
+  in.shape = {4, 32};
+  in.values = Random(128, 5);
+  for (int i = 0; i < kOk; ++i) ASSERT_TRUE(client_->Normalize(in).ok());
+  in.epsilon = -1.0f;
+  for (int i = 0; i < kBad; ++i) ASSERT_FALSE(client_->Normalize(in).ok());
+
+  const std::string text = HttpGet(server_->metrics_port(), "/metrics");
+  ASSERT_FALSE(text.empty());
+  const std::string method = "grpc_method=\"Normalize\"";
+  EXPECT_EQ(MetricValue(text, "grpc_server_started_total", {method}), kOk + kBad);
+  EXPECT_EQ(MetricValue(text, "grpc_server_handled_total", {method, "grpc_code=\"OK\""}), kOk);
+  EXPECT_EQ(MetricValue(text, "grpc_server_handled_total",
+                        {method, "grpc_code=\"INVALID_ARGUMENT\""}),
+            kBad);
+  EXPECT_EQ(MetricValue(text, "grpc_server_handling_seconds_count", {method}), kOk + kBad);
+  const std::vector<std::string> stage = {"model=\"default\"", "device=\"cpu\""};
+  EXPECT_EQ(MetricValue(text, "normserve_request_latency_seconds_count", stage), kOk);
+  EXPECT_EQ(MetricValue(text, "normserve_queue_wait_seconds_count", stage), kOk);
+  EXPECT_EQ(MetricValue(text, "normserve_batch_rows_sum", stage), 4 * kOk);
+  EXPECT_EQ(MetricValue(text, "normserve_batch_requests_sum", stage), kOk);
+  EXPECT_GE(MetricValue(text, "normserve_compute_seconds_count", stage), 1);
+  EXPECT_EQ(MetricValue(text, "normserve_request_bytes_total"), kOk * 512);
+  EXPECT_EQ(MetricValue(text, "normserve_response_bytes_total"), kOk * 512);
+  EXPECT_NE(text.find("normserve_queue_depth 0"), std::string::npos);
+  EXPECT_NE(text.find("normserve_requests_in_flight 0"), std::string::npos);
+  EXPECT_NE(text.find("normserve_request_latency_seconds_bucket{device=\"cpu\","
+                      "model=\"default\",le=\"1e-05\"}"),
+            std::string::npos);
+}
+
+TEST(ServerProcessTest, ModelConfigWithNpyParameters) {
+  const char* tmp = std::getenv("TEST_TMPDIR");
+  const std::string dir = tmp != nullptr ? tmp : "/tmp";
+  const std::vector<float> gamma = Random(8, 21, 1, 0.3f);
+  ASSERT_TRUE(WriteNpyFile(dir + "/it_gamma.npy", {8}, gamma).ok());
+  const std::string config = dir + "/it_models.pbtxt";
+  std::ofstream(config) << "models { name: \"ln8\" normalized_shape: 8 epsilon: 1e-4 "
+                           "gamma { npy_path: \"it_gamma.npy\" } beta { values: "
+                           "[1,1,1,1,1,1,1,1] } }";
+  ServerProcess server(NORMSERVE_BINARY, {"--model_config=" + config});
+  auto client = Connect(server);
+  NormalizeInput in;
+  in.model = "ln8";
+  in.shape = {5, 8};
+  in.values = Random(40, 22);
+  auto out = client->Normalize(in);
+  ASSERT_TRUE(out.ok()) << out.status();
+  const std::vector<float> beta(8, 1.0f);
+  NormParams p;
+  p.dim = 8;
+  p.epsilon = 1e-4f;
+  p.gamma = gamma.data();
+  p.beta = beta.data();
+  ExpectMatchesReference(p, in.values, out->values);
+  // The model does not take request parameters.
+  in.epsilon = 1e-3f;
+  auto refused = client->Normalize(in);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(server.Stop(SIGTERM, 30), 0);
+}
+
+TEST(ServerProcessTest, BadModelConfigStopsStartupWithAMessage) {
+  const std::string config = "/nonexistent/models.pbtxt";
+  const pid_t pid = fork();
+  if (pid == 0) {
+    const int null = open("/dev/null", O_WRONLY);
+    dup2(null, 1);
+    dup2(null, 2);
+    execl(NORMSERVE_BINARY, NORMSERVE_BINARY, ("--model_config=" + config).c_str(),
+          "--grpc_port=0", "--metrics_port=0", nullptr);
+    _exit(127);
+  }
+  int status = 0;
+  waitpid(pid, &status, 0);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 1);
+}
+
+TEST(ServerProcessTest, OversizedMessageIsResourceExhausted) {
+  ServerProcess server(NORMSERVE_BINARY, {"--max_message_bytes=4096"});
+  auto client = Connect(server);
+  NormalizeInput in;
+  in.shape = {4, 1024};
+  in.values = Random(4096, 1);
+  auto out = client->Normalize(in);
+  EXPECT_EQ(out.status().code(), absl::StatusCode::kResourceExhausted) << out.status();
+  in.shape = {4, 16};
+  in.values.resize(64);
+  EXPECT_TRUE(client->Normalize(in).ok());
+  EXPECT_EQ(server.Stop(SIGTERM, 30), 0);
+}
+
+TEST(ServerProcessTest, ExpiredRequestsAreNotComputed) {
+  // Requests wait up to 300 ms for company; a 50 ms deadline expires first.
+  ServerProcess server(NORMSERVE_BINARY, {"--max_queue_delay_us=300000"});
+  NormClient::Options o;
+  o.target = server.grpc_target();
+  o.timeout = absl::Milliseconds(50);
+  auto client = NormClient::Create(o);
+  NormalizeInput in;
+  in.shape = {1, 16};
+  in.values = Random(16, 1);
+  auto out = (*client)->Normalize(in);
+  EXPECT_EQ(out.status().code(), absl::StatusCode::kDeadlineExceeded);
+  absl::SleepFor(absl::Milliseconds(400));
+  const std::string text = HttpGet(server.metrics_port(), "/metrics");
+  EXPECT_EQ(MetricValue(text, "normserve_compute_seconds_count"), 0) << text;
+  EXPECT_EQ(MetricValue(text, "grpc_server_handled_total",
+                        {"grpc_code=\"DEADLINE_EXCEEDED\""}),
+            1);
+  EXPECT_EQ(server.Stop(SIGTERM, 30), 0);
+}
+
+TEST(ServerProcessTest, SigtermWithRequestsInFlightLosesNone) {
+  // A long batching delay keeps requests queued when SIGTERM arrives.
+  ServerProcess server(NORMSERVE_BINARY,
+                       {"--max_queue_delay_us=500000", "--max_batch_rows=100000"});
+  auto client = Connect(server);
+  constexpr int kRequests = 16;
+  std::atomic<int> ok{0}, failed{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kRequests; ++i) {
+    threads.emplace_back([&, i] {
+      NormalizeInput in;
+      in.shape = {2, 64};
+      in.values = Random(128, 50 + i);
+      auto out = client->Normalize(in);
+      NormParams p;
+      p.dim = 64;
+      if (out.ok()) {
+        ExpectMatchesReference(p, in.values, out->values);
+        ++ok;
+      } else {
+        ADD_FAILURE() << out.status();
+        ++failed;
+      }
+    });
+  }
+  // Wait until every request is queued, as the server reports it.
+  for (int i = 0; i < 200; ++i) {
+    const std::string text = HttpGet(server.metrics_port(), "/metrics");
+    if (MetricValue(text, "normserve_requests_in_flight") == kRequests) break;
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  EXPECT_EQ(server.Stop(SIGTERM, 30), 0) << server.Output();
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(ok.load(), kRequests);
+  EXPECT_EQ(failed.load(), 0);
+  // Once it has exited, nobody answers.
+  NormalizeInput in;
+  in.shape = {1, 4};
+  in.values = Random(4, 1);
+  EXPECT_EQ(client->Normalize(in).status().code(), absl::StatusCode::kUnavailable);
+}
+
+}  // namespace
+}  // namespace normserve

@@ -1,0 +1,126 @@
+// Model config parsing (inline values and .npy files) and the .npy codec.
+#include "server/model_registry.h"
+
+#include <cstdio>
+#include <fstream>
+
+#include "gtest/gtest.h"
+#include "server/npy.h"
+
+namespace normserve {
+namespace {
+
+std::string TempDir() {
+  const char* t = std::getenv("TEST_TMPDIR");
+  return t != nullptr ? t : "/tmp";
+}
+
+TEST(NpyTest, RoundTripsFloat32) {
+  const std::vector<int64_t> shape = {2, 3};
+  const std::vector<float> values = {1, 2, 3, 4, 5, -6.5f};
+  auto parsed = ParseNpy(SerializeNpy(shape, values), "x");
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_EQ(parsed->shape, shape);
+  EXPECT_EQ(parsed->values, values);
+}
+
+TEST(NpyTest, ReadsFloat64AsWrittenByNumpy) {
+  // np.save of np.array([1.5, -2.0]) (float64), byte for byte.
+  std::string header = "{'descr': '<f8', 'fortran_order': False, 'shape': (2,), }";
+  header.append((64 - (10 + header.size() + 1) % 64) % 64, ' ');
+  header.push_back('\n');
+  std::string bytes("\x93NUMPY\x01\x00", 8);
+  bytes.push_back(static_cast<char>(header.size()));
+  bytes.push_back(0);
+  bytes += header;
+  const double v[2] = {1.5, -2.0};
+  bytes.append(reinterpret_cast<const char*>(v), sizeof(v));
+  auto parsed = ParseNpy(bytes, "x");
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_EQ(parsed->values, (std::vector<float>{1.5f, -2.0f}));
+}
+
+TEST(NpyTest, RejectsTruncatedAndLyingFiles) {
+  std::string good = SerializeNpy({4}, {1, 2, 3, 4});
+  EXPECT_FALSE(ParseNpy(good.substr(0, good.size() - 1), "x").ok());
+  EXPECT_FALSE(ParseNpy("garbage", "x").ok());
+  std::string lying = good;
+  lying.replace(lying.find("(4,)"), 4, "(9,)");
+  auto s = ParseNpy(lying, "x");
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.status().message().find("needs 36"), absl::string_view::npos) << s.status();
+  std::string huge = good;
+  huge.replace(huge.find("(4,)"), 4, "(99999999999,99999999999)");
+  EXPECT_FALSE(ParseNpy(huge, "x").ok());
+}
+
+TEST(ModelRegistryTest, DefaultModelAcceptsRequestParameters) {
+  auto r = ModelRegistry::Create({});
+  ASSERT_TRUE(r.ok());
+  const Model* m = (*r)->Find("");
+  ASSERT_NE(m, nullptr);
+  EXPECT_EQ(m->name, "default");
+  EXPECT_TRUE(m->allow_request_params);
+  EXPECT_TRUE(m->normalized_shape.empty());
+}
+
+TEST(ModelRegistryTest, LoadsGammaFromNpyRelativeToTheConfig) {
+  const std::string dir = TempDir();
+  ASSERT_TRUE(WriteNpyFile(dir + "/registry_gamma.npy", {3}, {1, 2, 3}).ok());
+  const std::string config = dir + "/registry_models.pbtxt";
+  std::ofstream(config) << R"pb(
+    models {
+      name: "ln3"
+      normalized_shape: 3
+      epsilon: 1e-6
+      gamma { npy_path: "registry_gamma.npy" }
+      beta { values: [0.5, 0.5, 0.5] }
+      batching { max_batch_rows: 16 max_queue_delay_us: 0 }
+    }
+    models { name: "rms" kind: NORM_KIND_RMS_NORM allow_request_params: true }
+  )pb";
+  ModelRegistry::Options o;
+  o.config_path = config;
+  auto r = ModelRegistry::Create(o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  const Model* m = (*r)->Find("ln3");
+  ASSERT_NE(m, nullptr);
+  EXPECT_EQ(m->gamma, (std::vector<float>{1, 2, 3}));
+  EXPECT_EQ(m->beta, (std::vector<float>{0.5f, 0.5f, 0.5f}));
+  EXPECT_EQ(m->epsilon, 1e-6f);
+  EXPECT_EQ(m->batching.max_batch_rows, 16);
+  EXPECT_EQ(m->batching.max_queue_delay, absl::ZeroDuration());
+  EXPECT_EQ((*r)->Find("rms")->kind, NormKind::kRmsNorm);
+  EXPECT_EQ((*r)->models().size(), 3u);
+}
+
+TEST(ModelRegistryTest, BadConfigsFailWithTheFieldNamed) {
+  const struct {
+    const char* text;
+    const char* message_part;
+  } cases[] = {
+      {"models { name: \"\" }", "models.name = ''"},
+      {"models { name: \"a b\" }", "models.name = 'a b'"},
+      {"models { name: \"x\" normalized_shape: [0] }", "normalized_shape[0] = 0"},
+      {"models { name: \"x\" epsilon: -1 }", "epsilon = -1"},
+      {"models { name: \"x\" normalized_shape: 2 gamma { values: [1] } }",
+       "gamma.values has 1 values"},
+      {"models { name: \"x\" gamma { values: [1] } }", "needs normalized_shape"},
+      {"models { name: \"x\" normalized_shape: 2 gamma { } }",
+       "set exactly one of values and npy_path"},
+      {"models { name: \"x\" normalized_shape: 2 beta { npy_path: \"/nonexistent.npy\" } }",
+       "/nonexistent.npy: cannot open"},
+      {"models { name: \"x\" } models { name: \"x\" }", "appears twice"},
+      {"models { name: \"x\" batching { max_batch_rows: 0 } }", "max_batch_rows"},
+      {"models { nme: \"x\" }", "line 1"},
+  };
+  for (const auto& c : cases) {
+    auto r = ModelRegistry::CreateFromText(c.text, "", {});
+    ASSERT_FALSE(r.ok()) << c.text;
+    EXPECT_NE(r.status().message().find(c.message_part), absl::string_view::npos)
+        << c.text << " -> " << r.status();
+  }
+}
+
+}  // namespace
+}  // namespace normserve

@@ -1,0 +1,204 @@
+// Validation at the server's edge: every malformed request class gets its
+// status and a message naming the field.
+#include "server/request_decoder.h"
+
+#include <cmath>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+
+namespace normserve {
+namespace {
+
+std::unique_ptr<ModelRegistry> Registry() {
+  auto r = ModelRegistry::CreateFromText(R"pb(
+    models { name: "fixed" normalized_shape: [2, 2]
+             gamma { values: [1, 2, 3, 4] } }
+  )pb", "", {});
+  EXPECT_TRUE(r.ok()) << r.status();
+  return *std::move(r);
+}
+
+void SetFloats(v1::Tensor* t, std::vector<int64_t> shape) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  t->mutable_shape()->Assign(shape.begin(), shape.end());
+  t->set_dtype(v1::DATA_TYPE_FLOAT32);
+  std::vector<float> v(static_cast<size_t>(n), 1.5f);
+  t->set_data(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(float));
+}
+
+v1::NormalizeRequest Valid() {
+  v1::NormalizeRequest r;
+  SetFloats(r.mutable_input(), {3, 4});
+  return r;
+}
+
+struct Case {
+  const char* name;
+  std::function<void(v1::NormalizeRequest*)> mutate;
+  absl::StatusCode code;
+  const char* message_part;
+};
+
+TEST(RequestDecoderTest, ValidRequestDecodes) {
+  auto models = Registry();
+  auto d = DecodeRequest(Valid(), *models, {}, {});
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ((*d)->rows, 3);
+  EXPECT_EQ((*d)->params.dim, 4);
+  EXPECT_EQ((*d)->params.epsilon, 1e-5f);
+  EXPECT_EQ((*d)->params.gamma, nullptr);
+}
+
+TEST(RequestDecoderTest, FloatDataIsAcceptedForFloat32) {
+  auto models = Registry();
+  v1::NormalizeRequest r;
+  r.mutable_input()->add_shape(2);
+  r.mutable_input()->set_dtype(v1::DATA_TYPE_FLOAT32);
+  r.mutable_input()->add_float_data(1);
+  r.mutable_input()->add_float_data(2);
+  auto d = DecodeRequest(r, *models, {}, {});
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ((*d)->input[1], 2.0f);
+}
+
+TEST(RequestDecoderTest, ModelShapeAndParametersApply) {
+  auto models = Registry();
+  v1::NormalizeRequest r;
+  r.set_model("fixed");
+  SetFloats(r.mutable_input(), {5, 2, 2});
+  auto d = DecodeRequest(r, *models, {}, {});
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ((*d)->rows, 5);
+  EXPECT_EQ((*d)->params.dim, 4);
+  ASSERT_NE((*d)->params.gamma, nullptr);
+  EXPECT_EQ((*d)->params.gamma[3], 4.0f);
+}
+
+TEST(RequestDecoderTest, SameParametersShareAQueueAndDifferentOnesDoNot) {
+  auto models = Registry();
+  v1::NormalizeRequest a = Valid(), b = Valid(), c = Valid();
+  SetFloats(a.mutable_gamma(), {4});
+  SetFloats(b.mutable_gamma(), {4});
+  SetFloats(c.mutable_gamma(), {4});
+  c.mutable_gamma()->mutable_data()->at(0) ^= 1;
+  auto da = DecodeRequest(a, *models, {}, {});
+  auto db = DecodeRequest(b, *models, {}, {});
+  auto dc = DecodeRequest(c, *models, {}, {});
+  ASSERT_TRUE(da.ok() && db.ok() && dc.ok());
+  EXPECT_EQ((*da)->key, (*db)->key);
+  EXPECT_FALSE((*da)->key == (*dc)->key);
+}
+
+TEST(RequestDecoderTest, EveryMalformedRequestGetsItsStatusAndField) {
+  using C = absl::StatusCode;
+  const float kNan = std::numeric_limits<float>::quiet_NaN();
+  const std::vector<Case> cases = {
+      {"unknown model", [](auto* r) { r->set_model("nope"); }, C::kNotFound, "model = 'nope'"},
+      {"missing input", [](auto* r) { r->clear_input(); }, C::kInvalidArgument, "input: required"},
+      {"dtype unset",
+       [](auto* r) { r->mutable_input()->set_dtype(v1::DATA_TYPE_UNSPECIFIED); },
+       C::kInvalidArgument, "input.dtype = DATA_TYPE_UNSPECIFIED: expected DATA_TYPE_FLOAT32"},
+      {"dtype unknown", [](auto* r) { r->mutable_input()->set_dtype(static_cast<v1::DataType>(99)); },
+       C::kInvalidArgument, "input.dtype = 99"},
+      {"rank 0", [](auto* r) { r->mutable_input()->clear_shape(); }, C::kInvalidArgument,
+       "input.shape has rank 0"},
+      {"rank 9",
+       [](auto* r) {
+         r->mutable_input()->clear_shape();
+         for (int i = 0; i < 9; ++i) r->mutable_input()->add_shape(1);
+       },
+       C::kInvalidArgument, "input.shape has rank 9: expected 1 to 8"},
+      {"zero dim", [](auto* r) { r->mutable_input()->set_shape(1, 0); }, C::kInvalidArgument,
+       "input.shape[1] = 0: dimensions must be positive"},
+      {"negative dim", [](auto* r) { r->mutable_input()->set_shape(1, -8); },
+       C::kInvalidArgument, "input.shape[1] = -8: dimensions must be positive"},
+      {"element count overflows int64",
+       [](auto* r) {
+         r->mutable_input()->set_shape(0, int64_t{1} << 40);
+         r->mutable_input()->set_shape(1, int64_t{1} << 40);
+       },
+       C::kInvalidArgument, "elements"},
+      {"data too short", [](auto* r) { r->mutable_input()->mutable_data()->resize(47); },
+       C::kInvalidArgument, "input.data has 47 bytes: shape [3, 4] of DATA_TYPE_FLOAT32 needs 48"},
+      {"both data and float_data", [](auto* r) { r->mutable_input()->add_float_data(1); },
+       C::kInvalidArgument, "input: both data and float_data are set"},
+      {"float_data count",
+       [](auto* r) {
+         r->mutable_input()->clear_data();
+         r->mutable_input()->add_float_data(1);
+       },
+       C::kInvalidArgument, "input.float_data has 1 values: shape [3, 4] needs 12"},
+      {"normalized_ndim too big", [](auto* r) { r->set_normalized_ndim(3); },
+       C::kInvalidArgument, "normalized_ndim = 3: expected 1 to the input's rank 2"},
+      {"normalized_ndim negative", [](auto* r) { r->set_normalized_ndim(-1); },
+       C::kInvalidArgument, "normalized_ndim = -1"},
+      {"epsilon zero", [](auto* r) { r->set_epsilon(0); }, C::kInvalidArgument,
+       "epsilon = 0: expected a finite value > 0"},
+      {"epsilon negative", [](auto* r) { r->set_epsilon(-1e-5f); }, C::kInvalidArgument, "epsilon = -1e-05"},
+      {"epsilon NaN", [kNan](auto* r) { r->set_epsilon(kNan); }, C::kInvalidArgument, "epsilon = nan"},
+      {"epsilon Inf",
+       [](auto* r) { r->set_epsilon(std::numeric_limits<float>::infinity()); },
+       C::kInvalidArgument, "epsilon = inf"},
+      {"gamma wrong shape", [](auto* r) { SetFloats(r->mutable_gamma(), {3}); },
+       C::kInvalidArgument, "gamma.shape = [3]: expected [4]"},
+      {"beta wrong dtype",
+       [](auto* r) {
+         SetFloats(r->mutable_beta(), {4});
+         r->mutable_beta()->set_dtype(v1::DATA_TYPE_INT8);
+       },
+       C::kInvalidArgument, "beta.dtype = DATA_TYPE_INT8: expected DATA_TYPE_FLOAT32"},
+      {"gamma short data",
+       [](auto* r) {
+         SetFloats(r->mutable_gamma(), {4});
+         r->mutable_gamma()->mutable_data()->resize(3);
+       },
+       C::kInvalidArgument, "gamma.data has 3 bytes"},
+      {"kind unknown", [](auto* r) { r->set_kind(static_cast<v1::NormKind>(7)); },
+       C::kInvalidArgument, "kind = 7"},
+      {"device unknown", [](auto* r) { r->set_device(static_cast<v1::Device>(5)); },
+       C::kInvalidArgument, "device = 5"},
+      {"cuda without a GPU", [](auto* r) { r->set_device(v1::DEVICE_CUDA); },
+       C::kFailedPrecondition, "device = DEVICE_CUDA"},
+      {"output dtype unsupported", [](auto* r) { r->set_output_dtype(v1::DATA_TYPE_INT8); },
+       C::kInvalidArgument, "output_dtype = DATA_TYPE_INT8"},
+      {"model shape mismatch",
+       [](auto* r) {
+         r->set_model("fixed");
+       },
+       C::kInvalidArgument, "input.shape = [3, 4]: model 'fixed' expects trailing dimensions [2, 2]"},
+      {"model refuses request params",
+       [](auto* r) {
+         r->set_model("fixed");
+         SetFloats(r->mutable_input(), {1, 2, 2});
+         r->set_epsilon(1e-3f);
+       },
+       C::kInvalidArgument, "model 'fixed' does not accept per-request"},
+  };
+  auto models = Registry();
+  for (const Case& c : cases) {
+    v1::NormalizeRequest r = Valid();
+    c.mutate(&r);
+    auto d = DecodeRequest(r, *models, {}, {});
+    ASSERT_FALSE(d.ok()) << c.name;
+    EXPECT_EQ(d.status().code(), c.code) << c.name << ": " << d.status();
+    EXPECT_NE(d.status().message().find(c.message_part), absl::string_view::npos)
+        << c.name << ": got \"" << d.status().message() << "\"";
+  }
+}
+
+TEST(RequestDecoderTest, ElementLimitIsEnforcedBeforeAllocation) {
+  auto models = Registry();
+  ValidationLimits limits;
+  limits.max_elements = 10;
+  auto d = DecodeRequest(Valid(), *models, limits, {});
+  ASSERT_FALSE(d.ok());
+  EXPECT_NE(d.status().message().find("more than 10 elements"), absl::string_view::npos)
+      << d.status();
+}
+
+}  // namespace
+}  // namespace normserve
