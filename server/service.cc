@@ -65,8 +65,17 @@ void NormalizationServiceImpl::Start(
   out->mutable_shape()->Assign(decoded->shape.begin(), decoded->shape.end());
   out->set_dtype(v1::DATA_TYPE_FLOAT32);
   const int64_t bytes = decoded->elements * static_cast<int64_t>(sizeof(float));
-  std::string* data = out->mutable_data();
-  data->resize(static_cast<size_t>(bytes));
+  // Answer in kind: a request that sent float_data (JSON tools) gets
+  // float_data back, anything else gets raw little-endian bytes.
+  float* output;
+  if (request.input().float_data_size() > 0) {
+    out->mutable_float_data()->Resize(static_cast<int>(decoded->elements), 0.0f);
+    output = out->mutable_float_data()->mutable_data();
+  } else {
+    std::string* data = out->mutable_data();
+    data->resize(static_cast<size_t>(bytes));
+    output = reinterpret_cast<float*>(data->data());
+  }
 
   auto job = std::make_unique<Job>();
   job->key = decoded->key;
@@ -76,7 +85,7 @@ void NormalizationServiceImpl::Start(
   job->is_cancelled = std::move(is_cancelled);
   job->segment.params = &decoded->params;
   job->segment.input = decoded->input;
-  job->segment.output = reinterpret_cast<float*>(data->data());
+  job->segment.output = output;
   job->segment.rows = decoded->rows;
   Metrics* metrics = metrics_;
   job->done = [metrics, decoded, finish, arrival, bytes](

@@ -1,0 +1,171 @@
+#!/usr/bin/env python3
+"""Python clients against the real server: the example in client/python, a
+grpcurl-style JSON call whose types come only from server reflection, and
+the gRPC health protocol.
+
+Run by CTest as:
+  python3 python_clients_test.py SERVER_BINARY STUBS_DIR
+"""
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import unittest
+
+import grpc
+import numpy as np
+from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory
+
+SERVER = STUBS = None
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def load_by_path(name, path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def reference_layer_norm(x, gamma=None, beta=None, eps=1e-5):
+    """torch.nn.functional.layer_norm over the last axis, in float64."""
+    x = x.astype(np.float64)
+    mean = x.mean(axis=-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)
+    y = (x - mean) / np.sqrt(var + eps)
+    if gamma is not None:
+        y = y * gamma.astype(np.float64)
+    if beta is not None:
+        y = y + beta.astype(np.float64)
+    return y
+
+
+def assert_close(test, y, ref):
+    worst = np.max(np.abs(y.astype(np.float64) - ref))
+    test.assertLessEqual(worst, 1e-5 * np.max(np.abs(ref)))
+
+
+class ServerProcess:
+    def __enter__(self):
+        self.proc = subprocess.Popen(
+            [SERVER, "--grpc_port=0", "--metrics_port=0"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        line = self.proc.stdout.readline()
+        m = re.search(r"grpc=([^ ]+) metrics=([^ ]+)", line)
+        if not m:
+            self.proc.kill()
+            raise RuntimeError(f"server did not start: {line!r}")
+        self.target = m.group(1)
+        return self
+
+    def __exit__(self, *exc):
+        self.proc.terminate()
+        code = self.proc.wait(timeout=30)
+        self.proc.stdout.close()
+        assert code == 0, f"server exited with {code}"
+
+
+class PythonClientsTest(unittest.TestCase):
+    def test_example_script_matches_float64_reference(self):
+        with ServerProcess() as server, tempfile.TemporaryDirectory() as tmp:
+            out = os.path.join(tmp, "result.npz")
+            env = dict(os.environ, PYTHONPATH=STUBS)
+            run = subprocess.run(
+                [sys.executable, os.path.join(REPO, "client/python/normalize_example.py"),
+                 "--server", server.target, "--rows", "5", "--dim", "768", "--save", out],
+                env=env, capture_output=True, text=True, timeout=60)
+            self.assertEqual(run.returncode, 0, run.stderr)
+            self.assertIn("shape=(5, 768)", run.stdout)
+            r = np.load(out)
+            assert_close(self, r["y"], reference_layer_norm(r["x"], r["gamma"], r["beta"]))
+
+    def test_grpcurl_style_json_with_types_from_reflection(self):
+        refl = load_by_path("reflection_pb2", os.path.join(
+            STUBS, "grpc_protos/grpc/reflection/v1alpha/reflection_pb2.py"))
+        with ServerProcess() as server, grpc.insecure_channel(server.target) as channel:
+            info = channel.stream_stream(
+                "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+                request_serializer=refl.ServerReflectionRequest.SerializeToString,
+                response_deserializer=refl.ServerReflectionResponse.FromString)
+
+            def ask(**kwargs):
+                return next(iter(info(iter([refl.ServerReflectionRequest(**kwargs)]),
+                                      timeout=10)))
+
+            services = [s.name for s in ask(list_services="").list_services_response.service]
+            self.assertIn("normserve.v1.NormalizationService", services)
+            self.assertIn("grpc.health.v1.Health", services)
+
+            # Everything below knows the API only through reflection.
+            pool = descriptor_pool.DescriptorPool()
+            files = {}
+            pending = [ask(file_containing_symbol="normserve.v1.NormalizationService")]
+            while pending:
+                for raw in pending.pop().file_descriptor_response.file_descriptor_proto:
+                    fd = descriptor_pb2.FileDescriptorProto.FromString(raw)
+                    files[fd.name] = fd
+                    for dep in fd.dependency:
+                        if dep not in files:
+                            pending.append(ask(file_by_filename=dep))
+            added = set()
+
+            def add(name):
+                if name in added:
+                    return
+                for dep in files[name].dependency:
+                    add(dep)
+                pool.Add(files[name])
+                added.add(name)
+
+            for name in list(files):
+                add(name)
+            method = pool.FindServiceByName(
+                "normserve.v1.NormalizationService").FindMethodByName("Normalize")
+            factory = message_factory.MessageFactory(pool)
+            request_cls = factory.GetPrototype(method.input_type)
+            response_cls = factory.GetPrototype(method.output_type)
+
+            x = [[1.0, 2.0, 4.0, 8.0], [-3.0, 0.5, 0.25, 10.0]]
+            request_json = json.dumps({
+                "input": {"shape": [2, 4], "dtype": "DATA_TYPE_FLOAT32",
+                          "floatData": sum(x, [])},
+                "epsilon": 0.001,
+                "requestId": "json-1",
+            })
+            request = json_format.Parse(request_json, request_cls())
+            call = channel.unary_unary(
+                "/normserve.v1.NormalizationService/Normalize",
+                request_serializer=request_cls.SerializeToString,
+                response_deserializer=response_cls.FromString)
+            response = json.loads(json_format.MessageToJson(call(request, timeout=10)))
+            self.assertEqual(response["requestId"], "json-1")
+            self.assertEqual(response["output"]["shape"], ["2", "4"])
+            y = np.array(response["output"]["floatData"], dtype=np.float64).reshape(2, 4)
+            assert_close(self, y, reference_layer_norm(np.array(x, np.float32), eps=1e-3))
+
+            # A JSON request with a mistake gets the precise message.
+            bad = json_format.Parse(
+                '{"input": {"shape": [2, -4], "dtype": "DATA_TYPE_FLOAT32"}}', request_cls())
+            with self.assertRaises(grpc.RpcError) as err:
+                call(bad, timeout=10)
+            self.assertEqual(err.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+            self.assertIn("input.shape[1] = -4", err.exception.details())
+
+    def test_health_reports_serving(self):
+        health = load_by_path("health_pb2", os.path.join(
+            STUBS, "grpc_protos/grpc/health/v1/health_pb2.py"))
+        with ServerProcess() as server, grpc.insecure_channel(server.target) as channel:
+            check = channel.unary_unary(
+                "/grpc.health.v1.Health/Check",
+                request_serializer=health.HealthCheckRequest.SerializeToString,
+                response_deserializer=health.HealthCheckResponse.FromString)
+            reply = check(health.HealthCheckRequest(service=""), timeout=10)
+            self.assertEqual(reply.status, health.HealthCheckResponse.SERVING)
+
+
+if __name__ == "__main__":
+    SERVER, STUBS = sys.argv[1], sys.argv[2]
+    unittest.main(argv=sys.argv[:1], verbosity=2)
