@@ -46,7 +46,7 @@ int Fail(const absl::Status& s) {
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
-      "normctl: send a tensor to normserve and print the result.\n"
+      "send a tensor to normserve and print the result.\n"
       "Usage: normctl --shape=2,768 | --input=x.npy [--output=y.npy]");
   absl::ParseCommandLine(argc, argv);
 

@@ -42,7 +42,7 @@ ABSL_FLAG(int64_t, shutdown_grace_ms, 30000,
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
-      "normserve: a gRPC service that normalizes tensors (LayerNorm, "
+      "a gRPC service that normalizes tensors (LayerNorm, "
       "RMSNorm) with dynamic batching and Prometheus metrics.\n"
       "Usage: normserve [--flags]");
   absl::ParseCommandLine(argc, argv);
