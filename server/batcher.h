@@ -91,7 +91,7 @@ struct QueueOptions {
   // A batch closes when its rows reach this. > 0.
   int64_t max_batch_rows = 256;
   // A queue's oldest job waits at most this long for company. >= 0.
-  absl::Duration max_queue_delay = absl::Microseconds(100);
+  absl::Duration max_queue_delay = absl::ZeroDuration();
   // Submit() beyond this many queued jobs is RESOURCE_EXHAUSTED. > 0.
   int64_t max_queue_requests = 1024;
 };

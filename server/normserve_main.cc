@@ -25,9 +25,10 @@ ABSL_FLAG(std::string, model_config, "",
 ABSL_FLAG(int64_t, max_batch_rows, 256,
           "A batch closes when its rows reach this (per-model override in "
           "the model config).");
-ABSL_FLAG(int64_t, max_queue_delay_us, 100,
-          "Longest a request waits for others to batch with; 0 disables "
-          "waiting.");
+ABSL_FLAG(int64_t, max_queue_delay_us, 0,
+          "Longest a request waits for others to batch with. 0: no waiting; "
+          "requests that queue while the workers are busy still share "
+          "batches.");
 ABSL_FLAG(int64_t, max_queue_requests, 1024,
           "Requests a queue holds before answering RESOURCE_EXHAUSTED.");
 ABSL_FLAG(int, batch_workers, 0,
@@ -96,7 +97,7 @@ int main(int argc, char** argv) {
   std::printf("normserve listening grpc=%s:%d metrics=%s:%d\n", host.c_str(),
               (*server)->grpc_port(), host.c_str(), (*server)->metrics_port());
   std::printf(
-      "Try: normctl --server=%s:%d --shape=2,768 (or see README.md)\n",
+      "First request: build/client/normctl --server=%s:%d --shape=2,768\n",
       host == "0.0.0.0" ? "127.0.0.1" : host.c_str(), (*server)->grpc_port());
   std::fflush(stdout);
 
