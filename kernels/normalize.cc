@@ -1,55 +1,51 @@
-// The portable scalar kernel: every step in double, the simplest way to be
-// more accurate than the contract requires (and immune to overflow of
-// x - mean or (x - mean)^2 for any finite float input). The shift by the
-// row's first value makes the first pass exact for near-constant rows with
-// a large mean, where even a double sum of raw values would lose bits.
+// Batch-level driver: splits segments into row chunks for the thread pool.
+// Chunking never changes results: each row is computed whole by one thread.
 #include "kernels/normalize.h"
 
-#include <cmath>
+#include <algorithm>
+#include <vector>
+
+#include "kernels/thread_pool.h"
 
 namespace normserve {
 namespace {
 
-void NormalizeRow(const NormParams& p, const float* x, float* y) {
-  const int64_t d = p.dim;
-  const double n = static_cast<double>(d);
-  const double shift = p.kind == NormKind::kLayerNorm ? x[0] : 0.0;
-  double mean = 0.0;  // Of x - shift; stays 0 for RMSNorm.
-  if (p.kind == NormKind::kLayerNorm) {
-    double sum = 0.0;
-    for (int64_t i = 0; i < d; ++i) sum += static_cast<double>(x[i]) - shift;
-    mean = sum / n;
-  }
-  double m2 = 0.0;
-  for (int64_t i = 0; i < d; ++i) {
-    const double c = (static_cast<double>(x[i]) - shift) - mean;
-    m2 += c * c;
-  }
-  const double rstd = 1.0 / std::sqrt(m2 / n + static_cast<double>(p.epsilon));
-  for (int64_t i = 0; i < d; ++i) {
-    // (x - mean) * rstd, never x * rstd - mean * rstd: a constant row gives
-    // exactly beta.
-    double v = ((static_cast<double>(x[i]) - shift) - mean) * rstd;
-    if (p.gamma != nullptr) v *= p.gamma[i];
-    if (p.beta != nullptr) v += p.beta[i];
-    y[i] = static_cast<float>(v);
-  }
-}
+// Work below this many input bytes runs on the caller: handing it to other
+// threads costs more than it saves.
+constexpr int64_t kParallelMinBytes = 256 << 10;
+// Target input bytes per chunk.
+constexpr int64_t kChunkBytes = 128 << 10;
+
+struct Chunk {
+  const RowSegment* segment;
+  int64_t row_begin;
+  int64_t row_end;
+};
 
 }  // namespace
 
-void NormalizeRows(const NormParams& params, const float* input, float* output,
-                   int64_t rows) {
-  const int64_t d = params.dim;
-  for (int64_t r = 0; r < rows; ++r) {
-    NormalizeRow(params, input + r * d, output + r * d);
-  }
-}
-
-void NormalizeSegments(absl::Span<const RowSegment> segments) {
+void NormalizeSegments(absl::Span<const RowSegment> segments, ThreadPool* pool) {
+  int64_t total_bytes = 0;
   for (const RowSegment& s : segments) {
-    NormalizeRows(*s.params, s.input, s.output, s.rows);
+    total_bytes += s.rows * s.params->dim * static_cast<int64_t>(DTypeSize(s.input_dtype));
   }
+  if (pool == nullptr || pool->num_threads() == 0 || total_bytes < kParallelMinBytes) {
+    for (const RowSegment& s : segments) NormalizeRows(s, 0, s.rows);
+    return;
+  }
+  std::vector<Chunk> chunks;
+  for (const RowSegment& s : segments) {
+    const int64_t row_bytes =
+        s.params->dim * static_cast<int64_t>(DTypeSize(s.input_dtype));
+    const int64_t rows_per_chunk = std::max<int64_t>(1, kChunkBytes / row_bytes);
+    for (int64_t r = 0; r < s.rows; r += rows_per_chunk) {
+      chunks.push_back({&s, r, std::min(s.rows, r + rows_per_chunk)});
+    }
+  }
+  pool->ParallelFor(static_cast<int64_t>(chunks.size()), [&chunks](int64_t i) {
+    const Chunk& c = chunks[static_cast<size_t>(i)];
+    NormalizeRows(*c.segment, c.row_begin, c.row_end);
+  });
 }
 
 }  // namespace normserve

@@ -1,46 +1,61 @@
-// normserve kernels: LayerNorm and RMSNorm over rows of a batch.
+// normserve kernels: LayerNorm and RMSNorm over rows of a batch, on the CPU.
 //
 // What it does
-//   For each row r of D = params.dim contiguous elements:
-//     LayerNorm: mean_r = (1/D) sum x, var_r = (1/D) sum (x - mean_r)^2,
-//                y = (x - mean_r) / sqrt(var_r + eps) * gamma + beta
-//     RMSNorm:   y = x / sqrt((1/D) sum x^2 + eps) * gamma + beta
-//   exactly as torch.nn.functional.layer_norm / rms_norm define them (biased
-//   variance, eps inside the square root). gamma == nullptr means 1 and
-//   beta == nullptr means 0.
+//   For each row r of D = params.dim contiguous elements, with
+//   z = x (or z = x + residual, rounded to the input dtype, exactly what an
+//   unfused `norm(x + residual)` in that dtype computes):
+//     LayerNorm: mean = (1/D) Σ z, var = (1/D) Σ (z − mean)²,
+//                y = (z − mean) / sqrt(var + ε) · γ + β
+//     RMSNorm:   y = z / sqrt((1/D) Σ z² + ε) · γ + β
+//   as torch.nn.functional.layer_norm / rms_norm define them (biased
+//   variance, ε inside the square root). γ == nullptr means 1 and
+//   β == nullptr means 0. Optionally the kernel also writes z (the
+//   residual stream a transformer block carries on) and per-row mean and
+//   rstd = 1/sqrt(var + ε) (for RMSNorm, mean is 0 and rstd uses mean(z²)).
+//
+// Types
+//   Input and output are each FLOAT32, FLOAT16 or BFLOAT16 (independently);
+//   γ and β are float32. Arithmetic is float32 with statistics accumulated
+//   in float32 blocks summed in double; outputs round to nearest even.
 //
 // Numerics
-//   Statistics are accumulated in at least fp32 with a shifted two-pass
-//   method that stays accurate when |mean| >> std; outputs are formed as
-//   (x - mean) * rstd so that a constant row gives exactly beta. A NaN or Inf
-//   anywhere in a row makes that row's outputs NaN (as torch does) and
-//   touches no other row.
+//   Mean and variance are two-pass over the row, shifted by the row's first
+//   value, so rows with |mean| ≫ std keep their precision (never
+//   E[x²] − E[x]²). Outputs are (z − mean)·rstd, so a constant row gives
+//   exactly β. A row whose float32 statistics would overflow or underflow
+//   (values beyond ~1e19 or below ~1e-15 in spread) is recomputed in double.
+//   A NaN or Inf anywhere in a row makes that row's outputs NaN (as torch
+//   does) and touches no other row.
 //
 // Batch invariance
-//   The bits of a row's output depend only on that row's values, D, eps,
-//   gamma and beta: never on which segment or batch the row came in, its
-//   position, the pointer's alignment or the thread that ran it.
+//   The bits of a row's outputs depend only on that row's values, D, ε, γ, β
+//   and the dtypes: never on the batch it came in, its position, pointer
+//   alignment (loads are always unaligned-capable; no alignment-dependent
+//   path) or the thread that ran it. The reduction order depends only on D
+//   and on the SIMD target chosen for the machine at startup.
 //
 // Batches as segments
 //   A batch is a list of RowSegments, one per request, each pointing at its
 //   own input and output buffers (the request's bytes and the response's
-//   buffer), so a batcher never copies requests into one buffer. Each segment
-//   carries its own parameters.
+//   buffer), so a batcher never copies requests into one buffer.
 //
 // Threading and ownership
-//   Functions are pure: they read inputs and write outputs through the given
-//   pointers and keep no state, so any number of threads may call them at
-//   once on disjoint outputs. The caller owns every buffer; inputs and
-//   outputs must not overlap. No function allocates, throws or fails: callers
-//   validate shapes first (the server does, at its edge).
+//   Pure functions on caller-owned buffers; any number of threads may run
+//   them at once on disjoint outputs. Inputs and outputs must not overlap.
+//   A thread allocates a scratch row (D floats) the first time it sees a
+//   larger D and keeps it. No function throws or fails: callers validate
+//   shapes first (the server does, at its edge).
 #ifndef NORMSERVE_KERNELS_NORMALIZE_H_
 #define NORMSERVE_KERNELS_NORMALIZE_H_
 
 #include <cstdint>
 
 #include "absl/types/span.h"
+#include "kernels/dtype.h"
 
 namespace normserve {
+
+class ThreadPool;
 
 enum class NormKind { kLayerNorm, kRmsNorm };
 
@@ -56,17 +71,36 @@ struct NormParams {
 // A run of `rows` contiguous rows of one request.
 struct RowSegment {
   const NormParams* params = nullptr;
-  const float* input = nullptr;  // rows * params->dim floats.
-  float* output = nullptr;       // rows * params->dim floats.
+  DType input_dtype = DType::kFloat32;
+  DType output_dtype = DType::kFloat32;
+  const void* input = nullptr;  // rows * dim elements of input_dtype.
+  void* output = nullptr;       // rows * dim elements of output_dtype.
   int64_t rows = 0;
+  // Optional fused residual: rows * dim elements of input_dtype, added to
+  // the input before normalizing.
+  const void* residual = nullptr;
+  // Optional: receives z = input + residual (input_dtype), or a copy of the
+  // input when there is no residual.
+  void* sum_output = nullptr;
+  // Optional per-row statistics, `rows` floats each.
+  float* mean = nullptr;
+  float* rstd = nullptr;
 };
 
-// Normalizes `rows` rows of `params.dim` floats from `input` into `output`.
-void NormalizeRows(const NormParams& params, const float* input, float* output,
-                   int64_t rows);
+// Normalizes rows [row_begin, row_end) of `segment` on the calling thread.
+void NormalizeRows(const RowSegment& segment, int64_t row_begin,
+                   int64_t row_end);
 
-// Normalizes every segment of a batch, in order, on the calling thread.
-void NormalizeSegments(absl::Span<const RowSegment> segments);
+// Normalizes every segment of a batch. With a pool, rows are split into
+// chunks of a few hundred KiB run on the pool's threads and the caller's;
+// without one (or for small batches) everything runs on the calling thread.
+// The result is bitwise the same either way.
+void NormalizeSegments(absl::Span<const RowSegment> segments,
+                       ThreadPool* pool = nullptr);
+
+// The name of the SIMD target the kernels dispatch to on this machine
+// (e.g. "AVX3", "AVX2", "SSE4", "EMU128").
+const char* KernelTargetName();
 
 }  // namespace normserve
 

@@ -4,10 +4,13 @@
 
 namespace normserve {
 
-std::vector<double> ReferenceNormalize(const NormParams& params,
+ReferenceResult ReferenceNormalizeFull(const NormParams& params,
                                        const float* input, int64_t rows) {
   const int64_t d = params.dim;
-  std::vector<double> out(static_cast<size_t>(rows * d));
+  ReferenceResult res;
+  res.output.resize(static_cast<size_t>(rows * d));
+  res.mean.resize(static_cast<size_t>(rows));
+  res.rstd.resize(static_cast<size_t>(rows));
   for (int64_t r = 0; r < rows; ++r) {
     const float* x = input + r * d;
     double mean = 0.0;
@@ -26,10 +29,17 @@ std::vector<double> ReferenceNormalize(const NormParams& params,
       double v = (static_cast<double>(x[i]) - mean) * rstd;
       if (params.gamma != nullptr) v *= params.gamma[i];
       if (params.beta != nullptr) v += params.beta[i];
-      out[static_cast<size_t>(r * d + i)] = v;
+      res.output[static_cast<size_t>(r * d + i)] = v;
     }
+    res.mean[static_cast<size_t>(r)] = mean;
+    res.rstd[static_cast<size_t>(r)] = rstd;
   }
-  return out;
+  return res;
+}
+
+std::vector<double> ReferenceNormalize(const NormParams& params,
+                                       const float* input, int64_t rows) {
+  return ReferenceNormalizeFull(params, input, rows).output;
 }
 
 }  // namespace normserve

@@ -13,6 +13,7 @@
 
 #include "absl/status/status.h"
 #include "absl/types/span.h"
+#include "kernels/thread_pool.h"
 #include "server/batcher.h"
 
 namespace normserve {
@@ -23,8 +24,9 @@ class Backend {
   virtual absl::Status Run(absl::Span<Job* const> batch) = 0;
 };
 
-// Runs batches with the CPU kernels on the calling thread.
-std::unique_ptr<Backend> MakeCpuBackend();
+// Runs batches with the CPU kernels: on the calling thread and, for large
+// batches, on `pool` (borrowed, may be null; must outlive the backend).
+std::unique_ptr<Backend> MakeCpuBackend(ThreadPool* pool);
 
 }  // namespace normserve
 

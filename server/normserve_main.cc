@@ -31,8 +31,12 @@ ABSL_FLAG(int64_t, max_queue_delay_us, 0,
           "batches.");
 ABSL_FLAG(int64_t, max_queue_requests, 1024,
           "Requests a queue holds before answering RESOURCE_EXHAUSTED.");
-ABSL_FLAG(int, batch_workers, 0,
-          "Threads running batches; 0 means one per CPU core.");
+ABSL_FLAG(int, batch_workers, 1,
+          "Threads forming and running batches (each batch is split across "
+          "--cpu_threads).");
+ABSL_FLAG(int, cpu_threads, 0,
+          "Threads computing at most, all batches together; 0 means one per "
+          "CPU core.");
 ABSL_FLAG(int, max_message_bytes, 64 << 20,
           "Largest gRPC message accepted or sent.");
 ABSL_FLAG(int64_t, max_elements, int64_t{1} << 24,
@@ -68,8 +72,9 @@ int main(int argc, char** argv) {
   options.models.default_batching.max_queue_requests =
       absl::GetFlag(FLAGS_max_queue_requests);
   options.batch_workers = absl::GetFlag(FLAGS_batch_workers);
-  if (options.batch_workers <= 0) {
-    options.batch_workers =
+  options.cpu_threads = absl::GetFlag(FLAGS_cpu_threads);
+  if (options.cpu_threads <= 0) {
+    options.cpu_threads =
         static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   }
   options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
@@ -78,11 +83,13 @@ int main(int argc, char** argv) {
   const auto& b = options.models.default_batching;
   if (b.max_batch_rows <= 0 || b.max_queue_requests <= 0 ||
       b.max_queue_delay < absl::ZeroDuration() ||
-      options.max_message_bytes <= 0 || options.limits.max_elements <= 0 ||
+      options.batch_workers <= 0 || options.max_message_bytes <= 0 ||
+      options.limits.max_elements <= 0 ||
       options.limits.max_rank <= 0) {
     std::fprintf(stderr,
                  "normserve: --max_batch_rows, --max_queue_requests, "
-                 "--max_message_bytes, --max_elements and --max_rank must be "
+                 "--batch_workers, --max_message_bytes, --max_elements and "
+                 "--max_rank must be "
                  "> 0 and --max_queue_delay_us >= 0\n");
     return 2;
   }

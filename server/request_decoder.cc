@@ -2,11 +2,13 @@
 
 #include <cmath>
 #include <cstring>
+#include <optional>
 
 #include "absl/hash/hash.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/string_view.h"
+#include "kernels/dtype.h"
 #include "server/internal/status_macros.h"
 
 namespace normserve {
@@ -27,25 +29,51 @@ std::string ShapeText(const std::vector<int64_t>& shape) {
   return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
 }
 
-// Validates a float32 tensor's dtype, shape and payload and returns a
-// pointer to its values (in place when aligned, else copied to `storage`).
-// `expected_shape`, when not null, must equal the tensor's shape exactly.
-absl::StatusOr<const float*> DecodeFloatTensor(
-    const v1::Tensor& t, absl::string_view field,
-    const ValidationLimits& limits,
-    const std::vector<int64_t>* expected_shape, std::vector<int64_t>* shape,
-    int64_t* elements, std::vector<float>* storage) {
-  if (t.dtype() != v1::DATA_TYPE_FLOAT32) {
-    return Invalid(field, absl::StrCat(".dtype = ", DataTypeName(t.dtype()),
-                                       ": expected DATA_TYPE_FLOAT32"));
+std::optional<DType> KernelDType(int dtype) {
+  switch (dtype) {
+    case v1::DATA_TYPE_FLOAT32:
+      return DType::kFloat32;
+    case v1::DATA_TYPE_FLOAT16:
+      return DType::kFloat16;
+    case v1::DATA_TYPE_BFLOAT16:
+      return DType::kBFloat16;
+    default:
+      return std::nullopt;
   }
+}
+
+constexpr char kFloatTypes[] =
+    "DATA_TYPE_FLOAT32, DATA_TYPE_FLOAT16 or DATA_TYPE_BFLOAT16";
+
+struct TensorView {
+  const void* data = nullptr;
+  DType dtype = DType::kFloat32;
+  std::vector<int64_t> shape;
+  int64_t elements = 0;
+  bool float_data = false;
+};
+
+// Validates a tensor's dtype, shape and payload and returns a view of its
+// values (in place when aligned to the element size, else copied to
+// `storage`). `expected_shape`, when not null, must equal the tensor's shape.
+absl::StatusOr<TensorView> DecodeTensor(const v1::Tensor& t,
+                                        absl::string_view field,
+                                        const ValidationLimits& limits,
+                                        const std::vector<int64_t>* expected_shape,
+                                        std::vector<float>* storage) {
+  TensorView view;
+  const std::optional<DType> dtype = KernelDType(t.dtype());
+  if (!dtype.has_value()) {
+    return Invalid(field, absl::StrCat(".dtype = ", DataTypeName(t.dtype()),
+                                       ": expected ", kFloatTypes));
+  }
+  view.dtype = *dtype;
   const int rank = t.shape_size();
   if (rank < 1 || rank > limits.max_rank) {
     return Invalid(field, absl::StrCat(".shape has rank ", rank, ": expected 1 to ",
                                        limits.max_rank, " dimensions"));
   }
   int64_t count = 1;
-  shape->clear();
   for (int i = 0; i < rank; ++i) {
     const int64_t d = t.shape(i);
     if (d <= 0) {
@@ -58,39 +86,70 @@ absl::StatusOr<const float*> DecodeFloatTensor(
                                          " elements"));
     }
     count *= d;
-    shape->push_back(d);
+    view.shape.push_back(d);
   }
-  if (expected_shape != nullptr && *shape != *expected_shape) {
-    return Invalid(field, absl::StrCat(".shape = ", ShapeText(*shape), ": expected ",
-                                       ShapeText(*expected_shape),
-                                       " (the normalized dimensions)"));
+  if (expected_shape != nullptr && view.shape != *expected_shape) {
+    return Invalid(field, absl::StrCat(".shape = ", ShapeText(view.shape), ": expected ",
+                                       ShapeText(*expected_shape)));
   }
-  *elements = count;
+  view.elements = count;
   const bool has_data = !t.data().empty();
   const bool has_floats = t.float_data_size() > 0;
   if (has_data && has_floats) {
     return Invalid(field, ": both data and float_data are set: expected one");
   }
   if (has_floats) {
+    if (view.dtype != DType::kFloat32) {
+      return Invalid(field, absl::StrCat(".float_data is set with dtype ",
+                                         DataTypeName(t.dtype()),
+                                         ": float_data is only for DATA_TYPE_FLOAT32; "
+                                         "send other types in data"));
+    }
     if (t.float_data_size() != count) {
       return Invalid(field, absl::StrCat(".float_data has ", t.float_data_size(),
-                                         " values: shape ", ShapeText(*shape),
+                                         " values: shape ", ShapeText(view.shape),
                                          " needs ", count));
     }
-    return t.float_data().data();
+    view.data = t.float_data().data();
+    view.float_data = true;
+    return view;
   }
-  const size_t want = static_cast<size_t>(count) * sizeof(float);
+  const size_t elem = DTypeSize(view.dtype);
+  const size_t want = static_cast<size_t>(count) * elem;
   if (t.data().size() != want) {
     return Invalid(field, absl::StrCat(".data has ", t.data().size(), " bytes: shape ",
-                                       ShapeText(*shape),
-                                       " of DATA_TYPE_FLOAT32 needs ", want));
+                                       ShapeText(view.shape), " of ",
+                                       DataTypeName(t.dtype()), " needs ", want));
   }
   const char* bytes = t.data().data();
-  if (reinterpret_cast<uintptr_t>(bytes) % alignof(float) == 0) {
-    return reinterpret_cast<const float*>(bytes);
+  if (reinterpret_cast<uintptr_t>(bytes) % elem == 0) {
+    view.data = bytes;
+  } else {
+    storage->resize((want + sizeof(float) - 1) / sizeof(float));
+    std::memcpy(storage->data(), bytes, want);
+    view.data = storage->data();
   }
-  storage->resize(static_cast<size_t>(count));
-  std::memcpy(storage->data(), bytes, want);
+  return view;
+}
+
+// γ or β as float32: in place when sent as aligned FLOAT32, else converted.
+absl::StatusOr<const float*> DecodeParameter(const v1::Tensor& t,
+                                             absl::string_view field,
+                                             const ValidationLimits& limits,
+                                             const std::vector<int64_t>& shape,
+                                             std::vector<float>* storage) {
+  ASSIGN_OR_RETURN(TensorView view,
+                   DecodeTensor(t, field, limits, &shape, storage));
+  if (view.dtype == DType::kFloat32) {
+    return static_cast<const float*>(view.data);
+  }
+  std::vector<uint16_t> bits(static_cast<size_t>(view.elements));
+  std::memcpy(bits.data(), view.data, bits.size() * sizeof(uint16_t));
+  storage->resize(bits.size());
+  for (size_t i = 0; i < bits.size(); ++i) {
+    (*storage)[i] = view.dtype == DType::kFloat16 ? HalfToFloat(bits[i])
+                                                  : BFloat16ToFloat(bits[i]);
+  }
   return storage->data();
 }
 
@@ -135,10 +194,14 @@ absl::StatusOr<std::unique_ptr<DecodedRequest>> DecodeRequest(
   if (!request.has_input()) {
     return absl::InvalidArgumentError("input: required");
   }
-  ASSIGN_OR_RETURN(out->input,
-                   DecodeFloatTensor(request.input(), "input", limits, nullptr,
-                                     &out->shape, &out->elements,
-                                     &out->input_copy));
+  ASSIGN_OR_RETURN(TensorView input,
+                   DecodeTensor(request.input(), "input", limits, nullptr,
+                                &out->input_copy));
+  out->input = input.data;
+  out->input_dtype = input.dtype;
+  out->float_data = input.float_data;
+  out->shape = input.shape;
+  out->elements = input.elements;
   const int rank = static_cast<int>(out->shape.size());
 
   int ndim = request.normalized_ndim();
@@ -163,6 +226,8 @@ absl::StatusOr<std::unique_ptr<DecodedRequest>> DecodeRequest(
   int64_t dim = 1;
   for (int64_t d : normalized_shape) dim *= d;
   out->rows = out->elements / dim;
+  out->stats_shape.assign(out->shape.begin(), out->shape.end() - ndim);
+  if (out->stats_shape.empty()) out->stats_shape.push_back(1);
 
   NormParams& p = out->params;
   p.dim = dim;
@@ -192,18 +257,27 @@ absl::StatusOr<std::unique_ptr<DecodedRequest>> DecodeRequest(
   }
   if (!model->gamma.empty()) p.gamma = model->gamma.data();
   if (!model->beta.empty()) p.beta = model->beta.data();
-  std::vector<int64_t> param_shape;
-  int64_t param_count = 0;
   if (request.has_gamma()) {
-    ASSIGN_OR_RETURN(p.gamma, DecodeFloatTensor(request.gamma(), "gamma", limits,
-                                                &normalized_shape, &param_shape,
-                                                &param_count, &out->gamma_copy));
+    ASSIGN_OR_RETURN(p.gamma, DecodeParameter(request.gamma(), "gamma", limits,
+                                              normalized_shape, &out->gamma_copy));
   }
   if (request.has_beta()) {
-    ASSIGN_OR_RETURN(p.beta, DecodeFloatTensor(request.beta(), "beta", limits,
-                                               &normalized_shape, &param_shape,
-                                               &param_count, &out->beta_copy));
+    ASSIGN_OR_RETURN(p.beta, DecodeParameter(request.beta(), "beta", limits,
+                                             normalized_shape, &out->beta_copy));
   }
+  if (request.has_residual()) {
+    ASSIGN_OR_RETURN(TensorView residual,
+                     DecodeTensor(request.residual(), "residual", limits,
+                                  &out->shape, &out->residual_copy));
+    if (residual.dtype != out->input_dtype) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "residual.dtype = ", DataTypeName(request.residual().dtype()),
+          ": expected the input's ", DataTypeName(request.input().dtype())));
+    }
+    out->residual = residual.data;
+  }
+  out->return_residual_sum = request.return_residual_sum();
+  out->return_statistics = request.return_statistics();
 
   out->device = model->device;
   switch (request.device()) {
@@ -224,22 +298,39 @@ absl::StatusOr<std::unique_ptr<DecodedRequest>> DecodeRequest(
         "device = DEVICE_CUDA: this server has no usable CUDA device; use "
         "DEVICE_CPU");
   }
-  if (request.output_dtype() != v1::DATA_TYPE_UNSPECIFIED &&
-      request.output_dtype() != v1::DATA_TYPE_FLOAT32) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("output_dtype = ", DataTypeName(request.output_dtype()),
-                     ": expected DATA_TYPE_FLOAT32 (or unset)"));
+  out->output_dtype = out->input_dtype;
+  if (request.output_dtype() != v1::DATA_TYPE_UNSPECIFIED) {
+    const std::optional<DType> output = KernelDType(request.output_dtype());
+    if (!output.has_value()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "output_dtype = ", DataTypeName(request.output_dtype()), ": expected ",
+          kFloatTypes, " (or unset for the input's)"));
+    }
+    out->output_dtype = *output;
   }
 
   const bool model_params = !request.has_epsilon() && !request.has_gamma() &&
                             !request.has_beta();
   out->key.model = model->name;
   out->key.dim = dim;
-  out->key.dtype = v1::DATA_TYPE_FLOAT32;
+  out->key.dtype = static_cast<int>(out->input_dtype) * 16 +
+                   static_cast<int>(out->output_dtype);
   out->key.kind = static_cast<int>(p.kind);
   out->key.device = static_cast<int>(out->device);
   out->key.params_id = model_params ? model->id : ParamsIdentity(p, dim);
   return out;
+}
+
+v1::DataType ToProtoDType(DType dtype) {
+  switch (dtype) {
+    case DType::kFloat32:
+      return v1::DATA_TYPE_FLOAT32;
+    case DType::kFloat16:
+      return v1::DATA_TYPE_FLOAT16;
+    case DType::kBFloat16:
+      return v1::DATA_TYPE_BFLOAT16;
+  }
+  return v1::DATA_TYPE_UNSPECIFIED;
 }
 
 }  // namespace normserve

@@ -3,17 +3,17 @@
 // Every field is checked before anything sized by the request is allocated:
 // dtype, rank and each dimension, the element count (against a limit, with
 // overflow checked), the byte length against shape × dtype size, data vs
-// float_data, normalized_ndim, epsilon, gamma/beta shape and dtype, kind,
-// device and output dtype, and whether the model accepts per-request
+// float_data, normalized_ndim, epsilon, gamma/beta/residual shape and dtype,
+// kind, device and output dtype, and whether the model accepts per-request
 // parameters. Failures are INVALID_ARGUMENT (NOT_FOUND for an unknown model,
 // FAILED_PRECONDITION for a device this server cannot use) with a message
 // that names the field, its value and what was expected, e.g.
 //   "input.shape[1] = -8: dimensions must be positive".
 //
 // Copies
-//   The input bytes are read in place when they are 4-byte aligned (the
-//   usual case); otherwise, and for float_data, they are copied once into
-//   the DecodedRequest.
+//   Input and residual bytes are read in place when aligned to their element
+//   size (the usual case); otherwise, and for float_data, they are copied
+//   once. gamma/beta are converted to float32 when sent as FLOAT16/BFLOAT16.
 //
 // Threading and ownership
 //   Pure function; thread-safe. The DecodedRequest points into the request
@@ -46,7 +46,7 @@ struct DeviceAvailability {
 };
 
 // A validated request: kernel parameters and pointers, ready to batch.
-// Not copyable or movable: params points into its own storage.
+// Not copyable or movable: params and pointers refer to its own storage.
 struct DecodedRequest {
   DecodedRequest() = default;
   DecodedRequest(const DecodedRequest&) = delete;
@@ -55,14 +55,24 @@ struct DecodedRequest {
   const Model* model = nullptr;
   NormParams params;
   DeviceKind device = DeviceKind::kCpu;
-  const float* input = nullptr;
+  DType input_dtype = DType::kFloat32;
+  DType output_dtype = DType::kFloat32;
+  const void* input = nullptr;
+  const void* residual = nullptr;  // nullptr when not sent
+  bool return_residual_sum = false;
+  bool return_statistics = false;
+  // Whether the input came as float_data (then so does a FLOAT32 output).
+  bool float_data = false;
   int64_t rows = 0;
   int64_t elements = 0;
   std::vector<int64_t> shape;
+  // Shape of the statistics tensors: the leading dimensions, or [1].
+  std::vector<int64_t> stats_shape;
   BatchKey key;
 
   // Storage for values that could not be read in place.
   std::vector<float> input_copy;
+  std::vector<float> residual_copy;
   std::vector<float> gamma_copy;
   std::vector<float> beta_copy;
 };
@@ -70,6 +80,9 @@ struct DecodedRequest {
 absl::StatusOr<std::unique_ptr<DecodedRequest>> DecodeRequest(
     const v1::NormalizeRequest& request, const ModelRegistry& models,
     const ValidationLimits& limits, const DeviceAvailability& devices);
+
+// The wire enum of a kernel dtype, and back (nullopt for INT8/unknown).
+v1::DataType ToProtoDType(DType dtype);
 
 }  // namespace normserve
 

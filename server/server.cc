@@ -1,5 +1,6 @@
 #include "server/server.h"
 
+#include <algorithm>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -18,6 +19,7 @@ namespace normserve {
 struct NormServer::State {
   std::unique_ptr<ModelRegistry> models;
   std::unique_ptr<Metrics> metrics;
+  std::unique_ptr<ThreadPool> pool;
   std::unique_ptr<Backend> backend;
   std::unique_ptr<Batcher> batcher;
   std::unique_ptr<NormalizationServiceImpl> service;
@@ -33,7 +35,13 @@ absl::StatusOr<std::unique_ptr<NormServer>> NormServer::Create(
   auto s = std::make_unique<State>();
   ASSIGN_OR_RETURN(s->models, ModelRegistry::Create(options.models));
   ASSIGN_OR_RETURN(s->metrics, Metrics::Create(options.metrics_address));
-  s->backend = MakeCpuBackend();
+  if (options.batch_workers <= 0 || options.cpu_threads <= 0) {
+    return absl::InvalidArgumentError(
+        "batch_workers and cpu_threads must be > 0");
+  }
+  s->pool = std::make_unique<ThreadPool>(
+      std::max(0, options.cpu_threads - options.batch_workers));
+  s->backend = MakeCpuBackend(s->pool.get());
 
   Batcher::Options batcher_options;
   batcher_options.num_workers = options.batch_workers;

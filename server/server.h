@@ -36,8 +36,11 @@ struct ServerOptions {
   ValidationLimits limits;
   // Largest gRPC message accepted (and sent).
   int max_message_bytes = 64 << 20;
-  // Batcher worker threads.
+  // Batcher worker threads: batches run concurrently, one per worker.
   int batch_workers = 1;
+  // Threads computing at most, all batches together (batch workers
+  // included): the kernel pool gets cpu_threads − batch_workers threads.
+  int cpu_threads = 1;
 };
 
 class NormServer {

@@ -61,20 +61,51 @@ void NormalizationServiceImpl::Start(
 
   response->set_request_id(request.request_id());
   response->set_model(decoded->model->name);
+  const auto shape_into = [](const std::vector<int64_t>& shape, v1::Tensor* t) {
+    t->mutable_shape()->Assign(shape.begin(), shape.end());
+  };
+  // Output buffers are sized here, after validation, and the kernel writes
+  // straight into them.
   v1::Tensor* out = response->mutable_output();
-  out->mutable_shape()->Assign(decoded->shape.begin(), decoded->shape.end());
-  out->set_dtype(v1::DATA_TYPE_FLOAT32);
-  const int64_t bytes = decoded->elements * static_cast<int64_t>(sizeof(float));
+  shape_into(decoded->shape, out);
+  out->set_dtype(ToProtoDType(decoded->output_dtype));
+  const int64_t bytes_in =
+      decoded->elements * static_cast<int64_t>(DTypeSize(decoded->input_dtype));
+  const int64_t request_bytes =
+      decoded->residual != nullptr ? 2 * bytes_in : bytes_in;
+  int64_t bytes_out =
+      decoded->elements * static_cast<int64_t>(DTypeSize(decoded->output_dtype));
   // Answer in kind: a request that sent float_data (JSON tools) gets
-  // float_data back, anything else gets raw little-endian bytes.
-  float* output;
-  if (request.input().float_data_size() > 0) {
+  // float_data back when the output is FLOAT32; anything else gets bytes.
+  void* output;
+  if (decoded->float_data && decoded->output_dtype == DType::kFloat32) {
     out->mutable_float_data()->Resize(static_cast<int>(decoded->elements), 0.0f);
     output = out->mutable_float_data()->mutable_data();
   } else {
     std::string* data = out->mutable_data();
-    data->resize(static_cast<size_t>(bytes));
-    output = reinterpret_cast<float*>(data->data());
+    data->resize(static_cast<size_t>(bytes_out));
+    output = data->data();
+  }
+  void* sum_output = nullptr;
+  if (decoded->return_residual_sum) {
+    v1::Tensor* sum = response->mutable_residual_sum();
+    shape_into(decoded->shape, sum);
+    sum->set_dtype(ToProtoDType(decoded->input_dtype));
+    sum->mutable_data()->resize(static_cast<size_t>(bytes_in));
+    sum_output = sum->mutable_data()->data();
+    bytes_out += bytes_in;
+  }
+  float* mean = nullptr;
+  float* rstd = nullptr;
+  if (decoded->return_statistics) {
+    for (v1::Tensor* t : {response->mutable_mean(), response->mutable_rstd()}) {
+      shape_into(decoded->stats_shape, t);
+      t->set_dtype(v1::DATA_TYPE_FLOAT32);
+      t->mutable_data()->resize(static_cast<size_t>(decoded->rows) * sizeof(float));
+    }
+    mean = reinterpret_cast<float*>(response->mutable_mean()->mutable_data()->data());
+    rstd = reinterpret_cast<float*>(response->mutable_rstd()->mutable_data()->data());
+    bytes_out += 2 * decoded->rows * static_cast<int64_t>(sizeof(float));
   }
 
   auto job = std::make_unique<Job>();
@@ -83,18 +114,25 @@ void NormalizationServiceImpl::Start(
   job->rows = decoded->rows;
   job->deadline = deadline;
   job->is_cancelled = std::move(is_cancelled);
-  job->segment.params = &decoded->params;
-  job->segment.input = decoded->input;
-  job->segment.output = output;
-  job->segment.rows = decoded->rows;
+  RowSegment& seg = job->segment;
+  seg.params = &decoded->params;
+  seg.input_dtype = decoded->input_dtype;
+  seg.output_dtype = decoded->output_dtype;
+  seg.input = decoded->input;
+  seg.output = output;
+  seg.rows = decoded->rows;
+  seg.residual = decoded->residual;
+  seg.sum_output = sum_output;
+  seg.mean = mean;
+  seg.rstd = rstd;
   Metrics* metrics = metrics_;
-  job->done = [metrics, decoded, finish, arrival, bytes](
+  job->done = [metrics, decoded, finish, arrival, request_bytes, bytes_out](
                   const absl::Status& status, const JobTimings& timings) {
     if (status.ok()) {
       metrics->RequestDone(decoded->model->name,
                            DeviceLabel(static_cast<int>(decoded->device)),
-                           timings.queue_wait, absl::Now() - arrival, bytes,
-                           bytes);
+                           timings.queue_wait, absl::Now() - arrival,
+                           request_bytes, bytes_out);
     }
     metrics->InFlightAdd(-1);
     finish(status);

@@ -200,7 +200,8 @@ TEST(BatcherTest, StopRunsAdmittedJobsThenRefusesNewOnes) {
 // Many threads submit real normalization jobs that share batches; every
 // output must equal, bit for bit, the same rows normalized alone.
 TEST(BatcherTest, BatchedOutputsAreBitwiseIdenticalToUnbatched) {
-  std::unique_ptr<Backend> cpu = MakeCpuBackend();
+  ThreadPool pool(1);
+  std::unique_ptr<Backend> cpu = MakeCpuBackend(&pool);
   std::atomic<int64_t> max_batch{0};
   Batcher::Options o;
   o.num_workers = 2;
@@ -229,14 +230,20 @@ TEST(BatcherTest, BatchedOutputsAreBitwiseIdenticalToUnbatched) {
         std::vector<float> x(static_cast<size_t>(rows * d));
         for (float& v : x) v = dist(rng);
         std::vector<float> alone(x.size()), batched(x.size());
-        NormalizeRows(params, x.data(), alone.data(), rows);
+        RowSegment alone_segment;
+        alone_segment.params = &params;
+        alone_segment.input = x.data();
+        alone_segment.output = alone.data();
+        alone_segment.rows = rows;
+        NormalizeRows(alone_segment, 0, rows);
         absl::Notification done;
         auto job = std::make_unique<Job>();
         job->key.model = "m";
         job->key.dim = d;
         job->queue = Opts(64, absl::Microseconds(500));
         job->rows = rows;
-        job->segment = {&params, x.data(), batched.data(), rows};
+        job->segment = alone_segment;
+        job->segment.output = batched.data();
         job->done = [&](const absl::Status& s, const JobTimings&) {
           EXPECT_TRUE(s.ok()) << s;
           done.Notify();

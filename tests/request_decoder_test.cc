@@ -62,7 +62,7 @@ TEST(RequestDecoderTest, FloatDataIsAcceptedForFloat32) {
   r.mutable_input()->add_float_data(2);
   auto d = DecodeRequest(r, *models, {}, {});
   ASSERT_TRUE(d.ok()) << d.status();
-  EXPECT_EQ((*d)->input[1], 2.0f);
+  EXPECT_EQ(static_cast<const float*>((*d)->input)[1], 2.0f);
 }
 
 TEST(RequestDecoderTest, ModelShapeAndParametersApply) {

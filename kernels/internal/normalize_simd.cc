@@ -1,0 +1,366 @@
+// The SIMD row kernel, compiled once per instruction set by Highway and
+// chosen at run time (no -march flags: the binary runs on any x86-64).
+//
+// Per row: (1) z = input [+ residual], converted to float32 (in place for
+// float32 input without residual, else into a per-thread scratch row);
+// (2) Σ(z − s) with s = z[0]; (3) Σ((z − s) − m)²; (4) y = ((z − s) − m)·rstd
+// [·γ] [+β], converted to the output type. Passes 2–4 read the row from L1/L2,
+// so DRAM sees one read and one write per element. Sums run over blocks of
+// kBlock elements in four vector accumulators, each block reduced to a float
+// and added to a double: the order depends only on D and the vector width.
+#include <cmath>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+#include "kernels/dtype.h"
+#include "kernels/normalize.h"
+
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "kernels/internal/normalize_simd.cc"
+#include "hwy/foreach_target.h"  // IWYU pragma: keep
+#include "hwy/highway.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace normserve {
+namespace HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+// Elements per reduction block; a multiple of every vector width.
+constexpr size_t kBlock = 1024;
+// Below this variance, float32 squares may underflow: recompute in double.
+constexpr double kTinyVariance = 1e-30;
+
+// Native float16 <-> float32 conversions (F16C on x86, NEON on Arm); other
+// targets convert lane by lane with the exact scalar routines of dtype.h.
+#undef NORMSERVE_NATIVE_F16
+#if (HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX2) || HWY_ARCH_ARM
+#define NORMSERVE_NATIVE_F16 1
+#else
+#define NORMSERVE_NATIVE_F16 0
+#endif
+
+using Half = hwy::float16_t;
+using BF16 = hwy::bfloat16_t;
+
+// ---- Load: n = Lanes(d) elements of T at p, as float32 ----
+
+template <class DF>
+HWY_INLINE hn::Vec<DF> LoadAs(DF df, const float* p) {
+  return hn::LoadU(df, p);
+}
+
+template <class DF>
+HWY_INLINE hn::Vec<DF> LoadAs(DF df, const BF16* p) {
+  const hn::Rebind<uint16_t, DF> du16;
+  const hn::RebindToUnsigned<DF> du32;
+  const auto bits = hn::LoadU(du16, reinterpret_cast<const uint16_t*>(p));
+  return hn::BitCast(df, hn::ShiftLeft<16>(hn::PromoteTo(du32, bits)));
+}
+
+template <class DF>
+HWY_INLINE hn::Vec<DF> LoadAs(DF df, const Half* p) {
+#if NORMSERVE_NATIVE_F16
+  const hn::Rebind<Half, DF> df16;
+  return hn::PromoteTo(df, hn::LoadU(df16, p));
+#else
+  HWY_ALIGN float lanes[64];
+  const uint16_t* bits = reinterpret_cast<const uint16_t*>(p);
+  for (size_t i = 0; i < hn::Lanes(df); ++i) lanes[i] = HalfToFloat(bits[i]);
+  return hn::Load(df, lanes);
+#endif
+}
+
+// ---- Store: float32 lanes to T, rounding to nearest even ----
+
+template <class DF>
+HWY_INLINE void StoreAs(DF df, hn::Vec<DF> v, float* p) {
+  hn::StoreU(v, df, p);
+}
+
+// The upper 16 bits of float32 rounded to nearest even, as uint32 lanes.
+template <class DF>
+HWY_INLINE hn::Vec<hn::RebindToUnsigned<DF>> BF16Bits(DF df, hn::Vec<DF> v) {
+  (void)df;
+  const hn::RebindToUnsigned<DF> du32;
+  const auto bits = hn::BitCast(du32, v);
+  const auto lsb = hn::And(hn::ShiftRight<16>(bits), hn::Set(du32, 1));
+  const auto rounded =
+      hn::ShiftRight<16>(hn::Add(bits, hn::Add(hn::Set(du32, 0x7fff), lsb)));
+  const auto quiet_nan = hn::Or(hn::ShiftRight<16>(bits), hn::Set(du32, 0x40));
+  return hn::IfThenElse(hn::RebindMask(du32, hn::IsNaN(v)), quiet_nan, rounded);
+}
+
+template <class DF>
+HWY_INLINE void StoreAs(DF df, hn::Vec<DF> v, BF16* p) {
+  const hn::RebindToSigned<DF> di32;
+  const hn::Rebind<uint16_t, DF> du16;
+  const auto narrow = hn::DemoteTo(du16, hn::BitCast(di32, BF16Bits(df, v)));
+  hn::StoreU(narrow, du16, reinterpret_cast<uint16_t*>(p));
+}
+
+template <class DF>
+HWY_INLINE void StoreAs(DF df, hn::Vec<DF> v, Half* p) {
+#if NORMSERVE_NATIVE_F16
+  const hn::Rebind<Half, DF> df16;
+  hn::StoreU(hn::DemoteTo(df16, v), df16, p);
+#else
+  HWY_ALIGN float lanes[64];
+  hn::Store(v, df, lanes);
+  uint16_t* bits = reinterpret_cast<uint16_t*>(p);
+  for (size_t i = 0; i < hn::Lanes(df); ++i) bits[i] = FloatToHalf(lanes[i]);
+#endif
+}
+
+// v rounded to T and back: what storing v as T and reloading it gives.
+template <typename T, class DF>
+HWY_INLINE hn::Vec<DF> RoundTo(DF df, hn::Vec<DF> v) {
+  if constexpr (std::is_same_v<T, float>) {
+    return v;
+  } else if constexpr (std::is_same_v<T, BF16>) {
+    return hn::BitCast(df, hn::ShiftLeft<16>(BF16Bits(df, v)));
+  } else {
+    HWY_ALIGN T lanes[64];
+    StoreAs(df, v, lanes);
+    return LoadAs(df, static_cast<const T*>(lanes));
+  }
+}
+
+// ---- Reductions over a float32 row ----
+
+// Σ (z − shift), or with kSquares Σ ((z − shift) − center)², in the fixed
+// block order described at the top of the file.
+template <bool kSquares>
+double SumRow(const float* z, size_t d, float shift, float center) {
+  const hn::ScalableTag<float> df;
+  const hn::CappedTag<float, 1> d1;
+  const size_t n = hn::Lanes(df);
+  auto accumulate = [&](auto tag, auto acc, const float* p) {
+    auto v = hn::Sub(hn::LoadU(tag, p), hn::Set(tag, shift));
+    if constexpr (kSquares) {
+      v = hn::Sub(v, hn::Set(tag, center));
+      return hn::MulAdd(v, v, acc);
+    } else {
+      return hn::Add(acc, v);
+    }
+  };
+  double total = 0.0;
+  for (size_t start = 0; start < d; start += kBlock) {
+    const size_t len = d - start < kBlock ? d - start : kBlock;
+    const float* p = z + start;
+    auto a0 = hn::Zero(df), a1 = hn::Zero(df), a2 = hn::Zero(df),
+         a3 = hn::Zero(df);
+    size_t i = 0;
+    for (; i + 4 * n <= len; i += 4 * n) {
+      a0 = accumulate(df, a0, p + i);
+      a1 = accumulate(df, a1, p + i + n);
+      a2 = accumulate(df, a2, p + i + 2 * n);
+      a3 = accumulate(df, a3, p + i + 3 * n);
+    }
+    for (; i + n <= len; i += n) a0 = accumulate(df, a0, p + i);
+    const auto sum = hn::Add(hn::Add(a0, a1), hn::Add(a2, a3));
+    auto tail = hn::Zero(d1);
+    for (; i < len; ++i) tail = accumulate(d1, tail, p + i);
+    const float block = hn::GetLane(hn::SumOfLanes(df, sum)) + hn::GetLane(tail);
+    total += static_cast<double>(block);
+  }
+  return total;
+}
+
+bool AllEqual(const float* z, size_t d, float value) {
+  for (size_t i = 0; i < d; ++i) {
+    if (!(z[i] == value)) return false;
+  }
+  return true;
+}
+
+// The double-precision path for rows whose float32 statistics overflow or
+// underflow: mean, variance and outputs in double, rounded once to float.
+void RowInDouble(const NormParams& p, const float* z, float* y, double* mean_out,
+                 double* rstd_out) {
+  const size_t d = static_cast<size_t>(p.dim);
+  const double shift = p.kind == NormKind::kLayerNorm ? z[0] : 0.0;
+  double mean = 0.0;
+  if (p.kind == NormKind::kLayerNorm) {
+    for (size_t i = 0; i < d; ++i) mean += static_cast<double>(z[i]) - shift;
+    mean /= static_cast<double>(d);
+  }
+  double m2 = 0.0;
+  for (size_t i = 0; i < d; ++i) {
+    const double c = (static_cast<double>(z[i]) - shift) - mean;
+    m2 += c * c;
+  }
+  const double rstd =
+      1.0 / std::sqrt(m2 / static_cast<double>(d) + static_cast<double>(p.epsilon));
+  for (size_t i = 0; i < d; ++i) {
+    double v = ((static_cast<double>(z[i]) - shift) - mean) * rstd;
+    if (p.gamma != nullptr) v *= p.gamma[i];
+    if (p.beta != nullptr) v += p.beta[i];
+    y[i] = static_cast<float>(v);
+  }
+  *mean_out = shift + mean;
+  *rstd_out = rstd;
+}
+
+// Converts a float32 row to T.
+template <typename T>
+void StoreRow(const float* y, size_t d, T* out) {
+  const hn::ScalableTag<float> df;
+  const hn::CappedTag<float, 1> d1;
+  const size_t n = hn::Lanes(df);
+  size_t i = 0;
+  for (; i + n <= d; i += n) StoreAs(df, hn::LoadU(df, y + i), out + i);
+  for (; i < d; ++i) StoreAs(d1, hn::LoadU(d1, y + i), out + i);
+}
+
+// y = ((z − shift) − mean)·rstd [·γ] [+β], stored as T.
+template <typename T, bool kGamma, bool kBeta>
+void OutputRow(const float* z, size_t d, float shift, float mean, float rstd,
+               const float* gamma, const float* beta, T* out) {
+  auto one = [&](auto tag, size_t i) {
+    auto v = hn::Sub(hn::Sub(hn::LoadU(tag, z + i), hn::Set(tag, shift)),
+                     hn::Set(tag, mean));
+    v = hn::Mul(v, hn::Set(tag, rstd));
+    if constexpr (kGamma && kBeta) {
+      v = hn::MulAdd(v, hn::LoadU(tag, gamma + i), hn::LoadU(tag, beta + i));
+    } else if constexpr (kGamma) {
+      v = hn::Mul(v, hn::LoadU(tag, gamma + i));
+    } else if constexpr (kBeta) {
+      v = hn::Add(v, hn::LoadU(tag, beta + i));
+    }
+    StoreAs(tag, v, out + i);
+  };
+  const hn::ScalableTag<float> df;
+  const hn::CappedTag<float, 1> d1;
+  const size_t n = hn::Lanes(df);
+  size_t i = 0;
+  for (; i + n <= d; i += n) one(df, i);
+  for (; i < d; ++i) one(d1, i);
+}
+
+template <typename In, typename Out>
+void RowsTyped(const RowSegment& s, int64_t row_begin, int64_t row_end) {
+  const NormParams& p = *s.params;
+  const size_t d = static_cast<size_t>(p.dim);
+  const hn::ScalableTag<float> df;
+  const hn::CappedTag<float, 1> d1;
+  const size_t n = hn::Lanes(df);
+  const bool layer_norm = p.kind == NormKind::kLayerNorm;
+  constexpr bool kFloatInput = std::is_same_v<In, float>;
+  const bool in_place = kFloatInput && s.residual == nullptr;
+
+  thread_local std::vector<float> scratch;
+  if (scratch.size() < 2 * d) scratch.resize(2 * d);
+
+  for (int64_t r = row_begin; r < row_end; ++r) {
+    const size_t offset = static_cast<size_t>(r) * d;
+    const In* x = static_cast<const In*>(s.input) + offset;
+    const In* res =
+        s.residual != nullptr ? static_cast<const In*>(s.residual) + offset : nullptr;
+    In* sum_out = s.sum_output != nullptr ? static_cast<In*>(s.sum_output) + offset
+                                          : nullptr;
+    Out* out = static_cast<Out*>(s.output) + offset;
+
+    // (1) z as float32.
+    const float* z;
+    if (in_place) {
+      z = reinterpret_cast<const float*>(x);
+      if (sum_out != nullptr) std::memcpy(sum_out, x, d * sizeof(float));
+    } else {
+      float* zs = scratch.data();
+      auto one = [&](auto tag, size_t i) {
+        auto v = LoadAs(tag, x + i);
+        if (res != nullptr) v = RoundTo<In>(tag, hn::Add(v, LoadAs(tag, res + i)));
+        hn::StoreU(v, tag, zs + i);
+        if (sum_out != nullptr) StoreAs(tag, v, sum_out + i);
+      };
+      size_t i = 0;
+      for (; i + n <= d; i += n) one(df, i);
+      for (; i < d; ++i) one(d1, i);
+      z = zs;
+    }
+
+    // (2), (3) statistics.
+    const float shift = layer_norm ? z[0] : 0.0f;
+    double mean_shifted = 0.0;
+    if (layer_norm) {
+      mean_shifted = SumRow<false>(z, d, shift, 0.0f) / static_cast<double>(d);
+    }
+    const float center = static_cast<float>(mean_shifted);
+    const double m2 = SumRow<true>(z, d, shift, center);
+    // Σ(v − c)² = Σ(v − m)² + D(m − c)²: remove the (tiny) centring error.
+    const double delta = mean_shifted - static_cast<double>(center);
+    double var = m2 / static_cast<double>(d) - delta * delta;
+    if (var < 0.0) var = 0.0;
+
+    double mean_out = static_cast<double>(shift) + mean_shifted;
+    double rstd = 1.0 / std::sqrt(var + static_cast<double>(p.epsilon));
+    const bool finite = std::isfinite(mean_shifted) && std::isfinite(m2);
+    const bool tiny = var < kTinyVariance && !AllEqual(z, d, shift);
+    if (finite && !tiny) {
+      // (4) outputs.
+      const float rs = static_cast<float>(rstd);
+      if (p.gamma != nullptr && p.beta != nullptr) {
+        OutputRow<Out, true, true>(z, d, shift, center, rs, p.gamma, p.beta, out);
+      } else if (p.gamma != nullptr) {
+        OutputRow<Out, true, false>(z, d, shift, center, rs, p.gamma, p.beta, out);
+      } else if (p.beta != nullptr) {
+        OutputRow<Out, false, true>(z, d, shift, center, rs, p.gamma, p.beta, out);
+      } else {
+        OutputRow<Out, false, false>(z, d, shift, center, rs, p.gamma, p.beta, out);
+      }
+    } else {
+      float* y = scratch.data() + d;
+      RowInDouble(p, z, y, &mean_out, &rstd);
+      StoreRow(y, d, out);
+    }
+    if (s.mean != nullptr) s.mean[r] = layer_norm ? static_cast<float>(mean_out) : 0.0f;
+    if (s.rstd != nullptr) s.rstd[r] = static_cast<float>(rstd);
+  }
+}
+
+template <typename In>
+void RowsForInput(const RowSegment& s, int64_t row_begin, int64_t row_end) {
+  switch (s.output_dtype) {
+    case DType::kFloat32:
+      return RowsTyped<In, float>(s, row_begin, row_end);
+    case DType::kFloat16:
+      return RowsTyped<In, Half>(s, row_begin, row_end);
+    case DType::kBFloat16:
+      return RowsTyped<In, BF16>(s, row_begin, row_end);
+  }
+}
+
+void NormalizeRowsTarget(const RowSegment& s, int64_t row_begin,
+                         int64_t row_end) {
+  switch (s.input_dtype) {
+    case DType::kFloat32:
+      return RowsForInput<float>(s, row_begin, row_end);
+    case DType::kFloat16:
+      return RowsForInput<Half>(s, row_begin, row_end);
+    case DType::kBFloat16:
+      return RowsForInput<BF16>(s, row_begin, row_end);
+  }
+}
+
+const char* TargetNameTarget() { return hwy::TargetName(HWY_TARGET); }
+
+}  // namespace HWY_NAMESPACE
+}  // namespace normserve
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+namespace normserve {
+
+HWY_EXPORT(NormalizeRowsTarget);
+HWY_EXPORT(TargetNameTarget);
+
+void NormalizeRows(const RowSegment& segment, int64_t row_begin,
+                   int64_t row_end) {
+  HWY_DYNAMIC_DISPATCH(NormalizeRowsTarget)(segment, row_begin, row_end);
+}
+
+const char* KernelTargetName() { return HWY_DYNAMIC_DISPATCH(TargetNameTarget)(); }
+
+}  // namespace normserve
+#endif  // HWY_ONCE

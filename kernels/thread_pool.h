@@ -1,0 +1,57 @@
+// A fixed pool of threads for data-parallel loops.
+//
+// ParallelFor(n, fn) runs fn(0) ... fn(n - 1), each exactly once, on the
+// pool's threads and the calling thread, and returns when all have run.
+// Several threads may call ParallelFor at once: their loops share the same
+// workers (first come, first served), so the number of threads computing
+// never exceeds the pool size plus the number of callers. That is how the
+// server avoids oversubscription when several batches run at once: size the
+// pool as cores − (batch workers), or simply cores − 1 with one worker.
+//
+// fn must not throw and must not call ParallelFor on the same pool.
+// Thread-safe. The destructor waits for running loops and joins.
+#ifndef NORMSERVE_KERNELS_THREAD_POOL_H_
+#define NORMSERVE_KERNELS_THREAD_POOL_H_
+
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
+
+namespace normserve {
+
+class ThreadPool {
+ public:
+  // `num_threads` workers besides the callers; 0 is allowed (every loop
+  // then runs on its caller).
+  explicit ThreadPool(int num_threads);
+  ~ThreadPool();
+  ThreadPool(const ThreadPool&) = delete;
+  ThreadPool& operator=(const ThreadPool&) = delete;
+
+  void ParallelFor(int64_t n, const std::function<void(int64_t)>& fn);
+
+  int num_threads() const { return static_cast<int>(threads_.size()); }
+
+  // ---- Implementation details follow; API users need not read. ----
+ private:
+  struct Loop;
+  void WorkerLoop();
+  // Runs indices of `loop` until none are left to claim.
+  static void Drain(Loop* loop);
+
+  absl::Mutex mu_;
+  // Loops with indices left to claim, oldest first.
+  std::deque<std::shared_ptr<Loop>> loops_ ABSL_GUARDED_BY(mu_);
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::vector<std::thread> threads_;
+};
+
+}  // namespace normserve
+
+#endif  // NORMSERVE_KERNELS_THREAD_POOL_H_
