@@ -28,12 +28,30 @@ ABSL_FLAG(std::string, beta, "", "Beta as a .npy file (optional).");
 ABSL_FLAG(int, normalized_ndim, 0, "Trailing dims per row; 0: model's.");
 ABSL_FLAG(double, epsilon, 0, "Epsilon; 0 leaves it unset (model's).");
 ABSL_FLAG(bool, rms, false, "RMSNorm instead of LayerNorm.");
+ABSL_FLAG(std::string, dtype, "float32",
+          "Wire type of the input: float32, float16 or bfloat16.");
+ABSL_FLAG(std::string, output_dtype, "",
+          "Output type: float32, float16 or bfloat16; empty: the input's.");
+ABSL_FLAG(bool, stats, false, "Also print per-row mean and rstd.");
 ABSL_FLAG(uint32_t, seed, 1, "Seed of the random input.");
 ABSL_FLAG(int, timeout_ms, 10000, "Deadline of the call.");
 ABSL_FLAG(bool, list_models, false, "List the server's models and exit.");
 ABSL_FLAG(bool, health, false, "Print the server's health and exit.");
 
 namespace {
+
+bool ParseDType(const std::string& name, normserve::v1::DataType* out) {
+  if (name == "float32" || name == "f32") {
+    *out = normserve::v1::DATA_TYPE_FLOAT32;
+  } else if (name == "float16" || name == "f16") {
+    *out = normserve::v1::DATA_TYPE_FLOAT16;
+  } else if (name == "bfloat16" || name == "bf16") {
+    *out = normserve::v1::DATA_TYPE_BFLOAT16;
+  } else {
+    return false;
+  }
+  return true;
+}
 
 int Fail(const absl::Status& s) {
   std::fprintf(stderr, "normctl: %s: %s\n",
@@ -81,6 +99,13 @@ int main(int argc, char** argv) {
     in.epsilon = static_cast<float>(absl::GetFlag(FLAGS_epsilon));
   }
   if (absl::GetFlag(FLAGS_rms)) in.kind = normserve::v1::NORM_KIND_RMS_NORM;
+  if (!ParseDType(absl::GetFlag(FLAGS_dtype), &in.dtype) ||
+      (!absl::GetFlag(FLAGS_output_dtype).empty() &&
+       !ParseDType(absl::GetFlag(FLAGS_output_dtype), &in.output_dtype))) {
+    return Fail(absl::InvalidArgumentError(
+        "--dtype/--output_dtype: expected float32, float16 or bfloat16"));
+  }
+  in.return_statistics = absl::GetFlag(FLAGS_stats);
   in.request_id = "normctl";
   if (!absl::GetFlag(FLAGS_input).empty()) {
     auto x = normserve::ReadNpyFile(absl::GetFlag(FLAGS_input));
@@ -118,9 +143,13 @@ int main(int argc, char** argv) {
 
   auto out = (*client)->Normalize(in);
   if (!out.ok()) return Fail(out.status());
-  std::printf("model=%s shape=[%s] latency=%.3f ms\n", out->model.c_str(),
-              absl::StrJoin(out->shape, ",").c_str(),
+  std::printf("model=%s shape=[%s] dtype=%s latency=%.3f ms\n",
+              out->model.c_str(), absl::StrJoin(out->shape, ",").c_str(),
+              normserve::v1::DataType_Name(out->dtype).c_str(),
               absl::ToDoubleMilliseconds(out->latency));
+  for (size_t r = 0; r < out->mean.size() && r < 4; ++r) {
+    std::printf("row %zu: mean=%.6g rstd=%.6g\n", r, out->mean[r], out->rstd[r]);
+  }
   std::printf("first values:");
   for (size_t i = 0; i < out->values.size() && i < 8; ++i) {
     std::printf(" %.6f", out->values[i]);

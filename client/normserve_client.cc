@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "kernels/dtype.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 
 namespace normserve {
@@ -39,18 +40,60 @@ void NormClient::SetDeadline(grpc::ClientContext* context) const {
 }
 
 namespace {
+
 void FillTensor(const std::vector<int64_t>& shape, const std::vector<float>& v,
-                v1::Tensor* t) {
+                v1::DataType dtype, v1::Tensor* t) {
   t->mutable_shape()->Assign(shape.begin(), shape.end());
-  t->set_dtype(v1::DATA_TYPE_FLOAT32);
+  t->set_dtype(dtype);
+  if (dtype == v1::DATA_TYPE_FLOAT16 || dtype == v1::DATA_TYPE_BFLOAT16) {
+    std::string* bytes = t->mutable_data();
+    bytes->resize(v.size() * 2);
+    for (size_t i = 0; i < v.size(); ++i) {
+      const uint16_t h = dtype == v1::DATA_TYPE_FLOAT16 ? FloatToHalf(v[i])
+                                                        : FloatToBFloat16(v[i]);
+      std::memcpy(&(*bytes)[2 * i], &h, 2);
+    }
+    return;
+  }
   t->set_data(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(float));
 }
+
 }  // namespace
+
+absl::StatusOr<std::vector<float>> TensorValues(const v1::Tensor& t) {
+  int64_t count = 1;
+  for (int64_t d : t.shape()) count *= d;
+  if (t.float_data_size() > 0) {
+    if (t.float_data_size() != count) {
+      return absl::DataLossError("tensor float_data does not match its shape");
+    }
+    return std::vector<float>(t.float_data().begin(), t.float_data().end());
+  }
+  const size_t elem = t.dtype() == v1::DATA_TYPE_FLOAT32 ? 4 : 2;
+  if ((t.dtype() != v1::DATA_TYPE_FLOAT32 && t.dtype() != v1::DATA_TYPE_FLOAT16 &&
+       t.dtype() != v1::DATA_TYPE_BFLOAT16) ||
+      t.data().size() != static_cast<size_t>(count) * elem) {
+    return absl::DataLossError(absl::StrCat(
+        "tensor: ", t.data().size(), " bytes of dtype ",
+        v1::DataType_Name(t.dtype()), " do not match its shape"));
+  }
+  std::vector<float> out(static_cast<size_t>(count));
+  for (size_t i = 0; i < out.size(); ++i) {
+    if (elem == 4) {
+      std::memcpy(&out[i], t.data().data() + 4 * i, 4);
+    } else {
+      uint16_t h;
+      std::memcpy(&h, t.data().data() + 2 * i, 2);
+      out[i] = t.dtype() == v1::DATA_TYPE_FLOAT16 ? HalfToFloat(h) : BFloat16ToFloat(h);
+    }
+  }
+  return out;
+}
 
 v1::NormalizeRequest NormClient::BuildRequest(const NormalizeInput& input) {
   v1::NormalizeRequest req;
   req.set_model(input.model);
-  FillTensor(input.shape, input.values, req.mutable_input());
+  FillTensor(input.shape, input.values, input.dtype, req.mutable_input());
   req.set_normalized_ndim(input.normalized_ndim);
   if (input.epsilon.has_value()) req.set_epsilon(*input.epsilon);
   const int ndim = input.normalized_ndim == 0 ? 1 : input.normalized_ndim;
@@ -58,10 +101,20 @@ v1::NormalizeRequest NormClient::BuildRequest(const NormalizeInput& input) {
   if (ndim <= static_cast<int>(input.shape.size())) {
     param_shape.assign(input.shape.end() - ndim, input.shape.end());
   }
-  if (!input.gamma.empty()) FillTensor(param_shape, input.gamma, req.mutable_gamma());
-  if (!input.beta.empty()) FillTensor(param_shape, input.beta, req.mutable_beta());
+  if (!input.gamma.empty()) {
+    FillTensor(param_shape, input.gamma, v1::DATA_TYPE_FLOAT32, req.mutable_gamma());
+  }
+  if (!input.beta.empty()) {
+    FillTensor(param_shape, input.beta, v1::DATA_TYPE_FLOAT32, req.mutable_beta());
+  }
+  if (!input.residual.empty()) {
+    FillTensor(input.shape, input.residual, input.dtype, req.mutable_residual());
+  }
   req.set_kind(input.kind);
   req.set_request_id(input.request_id);
+  req.set_output_dtype(input.output_dtype);
+  req.set_return_residual_sum(input.return_residual_sum);
+  req.set_return_statistics(input.return_statistics);
   return req;
 }
 
@@ -82,16 +135,23 @@ absl::StatusOr<NormalizeOutput> NormClient::Normalize(
   out.request_id = resp.request_id();
   const v1::Tensor& t = resp.output();
   out.shape.assign(t.shape().begin(), t.shape().end());
-  int64_t count = 1;
-  for (int64_t d : out.shape) count *= d;
-  if (t.dtype() != v1::DATA_TYPE_FLOAT32 ||
-      t.data().size() != static_cast<size_t>(count) * sizeof(float)) {
-    return absl::DataLossError(absl::StrCat(
-        "response output: ", t.data().size(), " bytes of dtype ", t.dtype(),
-        " do not match its shape"));
+  out.dtype = t.dtype();
+  auto values = TensorValues(t);
+  if (!values.ok()) return values.status();
+  out.values = *std::move(values);
+  if (resp.has_residual_sum()) {
+    auto sum = TensorValues(resp.residual_sum());
+    if (!sum.ok()) return sum.status();
+    out.residual_sum = *std::move(sum);
   }
-  out.values.resize(static_cast<size_t>(count));
-  std::memcpy(out.values.data(), t.data().data(), t.data().size());
+  if (resp.has_mean() && resp.has_rstd()) {
+    auto mean = TensorValues(resp.mean());
+    auto rstd = TensorValues(resp.rstd());
+    if (!mean.ok()) return mean.status();
+    if (!rstd.ok()) return rstd.status();
+    out.mean = *std::move(mean);
+    out.rstd = *std::move(rstd);
+  }
   return out;
 }
 

@@ -37,11 +37,21 @@ struct NormalizeInput {
   std::vector<float> beta;   // Empty: not sent.
   v1::NormKind kind = v1::NORM_KIND_UNSPECIFIED;
   std::string request_id;
+  // Wire type of input (and residual); values are rounded to it.
+  v1::DataType dtype = v1::DATA_TYPE_FLOAT32;
+  // Output type; unspecified: the input's.
+  v1::DataType output_dtype = v1::DATA_TYPE_UNSPECIFIED;
+  std::vector<float> residual;  // Empty: not sent.
+  bool return_residual_sum = false;
+  bool return_statistics = false;
 };
 
 struct NormalizeOutput {
   std::vector<int64_t> shape;
-  std::vector<float> values;
+  std::vector<float> values;  // Widened to float from the output dtype.
+  v1::DataType dtype = v1::DATA_TYPE_UNSPECIFIED;
+  std::vector<float> residual_sum;  // When requested.
+  std::vector<float> mean, rstd;    // When requested.
   std::string model;
   std::string request_id;
   absl::Duration latency;  // Client-side round trip.
@@ -82,6 +92,10 @@ class NormClient {
 
 // The status of a finished gRPC call, as absl::Status.
 absl::Status FromGrpcStatus(const grpc::Status& status);
+
+// A tensor's values widened to float (FLOAT32/FLOAT16/BFLOAT16, from data
+// or float_data); DATA_LOSS when its bytes do not match its shape.
+absl::StatusOr<std::vector<float>> TensorValues(const v1::Tensor& tensor);
 
 }  // namespace normserve
 

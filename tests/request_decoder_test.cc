@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "kernels/dtype.h"
 
 namespace normserve {
 namespace {
@@ -65,6 +66,32 @@ TEST(RequestDecoderTest, FloatDataIsAcceptedForFloat32) {
   EXPECT_EQ(static_cast<const float*>((*d)->input)[1], 2.0f);
 }
 
+TEST(RequestDecoderTest, HalfPrecisionInputsAndParametersDecode) {
+  auto models = Registry();
+  v1::NormalizeRequest r;
+  r.mutable_input()->add_shape(2);
+  r.mutable_input()->add_shape(2);
+  r.mutable_input()->set_dtype(v1::DATA_TYPE_BFLOAT16);
+  r.mutable_input()->set_data(std::string(8, '\0'));
+  r.mutable_gamma()->add_shape(2);
+  r.mutable_gamma()->set_dtype(v1::DATA_TYPE_FLOAT16);
+  const uint16_t gamma[2] = {FloatToHalf(0.5f), FloatToHalf(-2.0f)};
+  r.mutable_gamma()->set_data(reinterpret_cast<const char*>(gamma), 4);
+  r.set_return_statistics(true);
+  auto d = DecodeRequest(r, *models, {}, {});
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ((*d)->input_dtype, DType::kBFloat16);
+  EXPECT_EQ((*d)->output_dtype, DType::kBFloat16);  // defaults to the input's
+  EXPECT_EQ((*d)->params.gamma[0], 0.5f);
+  EXPECT_EQ((*d)->params.gamma[1], -2.0f);
+  EXPECT_EQ((*d)->stats_shape, (std::vector<int64_t>{2}));
+  r.set_output_dtype(v1::DATA_TYPE_FLOAT32);
+  auto f = DecodeRequest(r, *models, {}, {});
+  ASSERT_TRUE(f.ok());
+  EXPECT_EQ((*f)->output_dtype, DType::kFloat32);
+  EXPECT_FALSE((*f)->key == (*d)->key);  // dtypes are part of the batch key
+}
+
 TEST(RequestDecoderTest, ModelShapeAndParametersApply) {
   auto models = Registry();
   v1::NormalizeRequest r;
@@ -101,7 +128,31 @@ TEST(RequestDecoderTest, EveryMalformedRequestGetsItsStatusAndField) {
       {"missing input", [](auto* r) { r->clear_input(); }, C::kInvalidArgument, "input: required"},
       {"dtype unset",
        [](auto* r) { r->mutable_input()->set_dtype(v1::DATA_TYPE_UNSPECIFIED); },
-       C::kInvalidArgument, "input.dtype = DATA_TYPE_UNSPECIFIED: expected DATA_TYPE_FLOAT32"},
+       C::kInvalidArgument,
+       "input.dtype = DATA_TYPE_UNSPECIFIED: expected DATA_TYPE_FLOAT32, DATA_TYPE_FLOAT16 or "
+       "DATA_TYPE_BFLOAT16"},
+      {"int8 not served yet", [](auto* r) { r->mutable_input()->set_dtype(v1::DATA_TYPE_INT8); },
+       C::kInvalidArgument, "input.dtype = DATA_TYPE_INT8: expected DATA_TYPE_FLOAT32"},
+      {"float_data with float16",
+       [](auto* r) {
+         r->mutable_input()->clear_data();
+         r->mutable_input()->set_dtype(v1::DATA_TYPE_FLOAT16);
+         for (int i = 0; i < 12; ++i) r->mutable_input()->add_float_data(1);
+       },
+       C::kInvalidArgument, "float_data is only for DATA_TYPE_FLOAT32"},
+      {"float16 data length",
+       [](auto* r) { r->mutable_input()->set_dtype(v1::DATA_TYPE_FLOAT16); },
+       C::kInvalidArgument, "input.data has 48 bytes: shape [3, 4] of DATA_TYPE_FLOAT16 needs 24"},
+      {"residual wrong shape", [](auto* r) { SetFloats(r->mutable_residual(), {3, 5}); },
+       C::kInvalidArgument, "residual.shape = [3, 5]: expected [3, 4]"},
+      {"residual wrong dtype",
+       [](auto* r) {
+         r->mutable_residual()->add_shape(3);
+         r->mutable_residual()->add_shape(4);
+         r->mutable_residual()->set_dtype(v1::DATA_TYPE_BFLOAT16);
+         r->mutable_residual()->mutable_data()->resize(24);
+       },
+       C::kInvalidArgument, "residual.dtype = DATA_TYPE_BFLOAT16: expected the input's DATA_TYPE_FLOAT32"},
       {"dtype unknown", [](auto* r) { r->mutable_input()->set_dtype(static_cast<v1::DataType>(99)); },
        C::kInvalidArgument, "input.dtype = 99"},
       {"rank 0", [](auto* r) { r->mutable_input()->clear_shape(); }, C::kInvalidArgument,
@@ -164,7 +215,7 @@ TEST(RequestDecoderTest, EveryMalformedRequestGetsItsStatusAndField) {
       {"cuda without a GPU", [](auto* r) { r->set_device(v1::DEVICE_CUDA); },
        C::kFailedPrecondition, "device = DEVICE_CUDA"},
       {"output dtype unsupported", [](auto* r) { r->set_output_dtype(v1::DATA_TYPE_INT8); },
-       C::kInvalidArgument, "output_dtype = DATA_TYPE_INT8"},
+       C::kInvalidArgument, "output_dtype = DATA_TYPE_INT8: expected DATA_TYPE_FLOAT32"},
       {"model shape mismatch",
        [](auto* r) {
          r->set_model("fixed");

@@ -17,6 +17,7 @@
 #include "absl/synchronization/notification.h"
 #include "client/normserve_client.h"
 #include "gtest/gtest.h"
+#include "kernels/dtype.h"
 #include "kernels/reference.h"
 #include "server/npy.h"
 #include "tests/integration/server_process.h"
@@ -143,6 +144,49 @@ TEST_F(ServerTest, RmsNormAndFloatDataWork) {
   p.dim = 3;
   p.kind = NormKind::kRmsNorm;
   ExpectMatchesReference(p, x, y);
+}
+
+TEST_F(ServerTest, HalfPrecisionResidualAndStatisticsOverTheWire) {
+  NormalizeInput in;
+  in.shape = {4, 256};
+  in.dtype = v1::DATA_TYPE_BFLOAT16;
+  in.values = Random(1024, 31, 1, 2);
+  in.residual = Random(1024, 32);
+  in.gamma = Random(256, 33, 1, 0.2f);
+  in.kind = v1::NORM_KIND_RMS_NORM;
+  in.return_residual_sum = true;
+  in.return_statistics = true;
+  in.output_dtype = v1::DATA_TYPE_FLOAT32;
+  auto out = client_->Normalize(in);
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_EQ(out->dtype, v1::DATA_TYPE_FLOAT32);
+  // z = bf16(bf16(x) + bf16(r)), as an unfused bf16 add computes it.
+  std::vector<float> z(1024);
+  for (size_t i = 0; i < z.size(); ++i) {
+    const float x = BFloat16ToFloat(FloatToBFloat16(in.values[i]));
+    const float r = BFloat16ToFloat(FloatToBFloat16(in.residual[i]));
+    z[i] = BFloat16ToFloat(FloatToBFloat16(x + r));
+  }
+  EXPECT_EQ(out->residual_sum, z);
+  NormParams p;
+  p.dim = 256;
+  p.kind = NormKind::kRmsNorm;
+  p.gamma = in.gamma.data();
+  ExpectMatchesReference(p, z, out->values);
+  const ReferenceResult ref = ReferenceNormalizeFull(p, z.data(), 4);
+  ASSERT_EQ(out->rstd.size(), 4u);
+  for (int r = 0; r < 4; ++r) {
+    EXPECT_EQ(out->mean[r], 0.0f);
+    EXPECT_NEAR(out->rstd[r], ref.rstd[r], 1e-5 * ref.rstd[r]);
+  }
+  // Without output_dtype the answer comes back in the input's bfloat16.
+  in.output_dtype = v1::DATA_TYPE_UNSPECIFIED;
+  auto same = client_->Normalize(in);
+  ASSERT_TRUE(same.ok()) << same.status();
+  EXPECT_EQ(same->dtype, v1::DATA_TYPE_BFLOAT16);
+  for (size_t i = 0; i < same->values.size(); ++i) {
+    ASSERT_EQ(same->values[i], BFloat16ToFloat(FloatToBFloat16(out->values[i]))) << i;
+  }
 }
 
 TEST_F(ServerTest, ListModelsShowsTheDefaultModel) {
