@@ -15,10 +15,12 @@
 
 #include "kernels/dtype.h"
 #include "kernels/normalize.h"
+#include "kernels/internal/normalize_rows.h"
 
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "kernels/internal/normalize_simd.cc"
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
+#include "hwy/cache_control.h"
 #include "hwy/highway.h"
 
 HWY_BEFORE_NAMESPACE();
@@ -129,14 +131,15 @@ HWY_INLINE hn::Vec<DF> RoundTo(DF df, hn::Vec<DF> v) {
 // ---- Reductions over a float32 row ----
 
 // Σ (z − shift), or with kSquares Σ ((z − shift) − center)², in the fixed
-// block order described at the top of the file.
-template <bool kSquares>
-double SumRow(const float* z, size_t d, float shift, float center) {
+// block order described at the top of the file. `load(tag, i)` returns the
+// Lanes(tag) values of z at i (and may convert and store them as it goes).
+template <bool kSquares, class Loader>
+double SumRow(size_t d, float shift, float center, const Loader& load) {
   const hn::ScalableTag<float> df;
   const hn::CappedTag<float, 1> d1;
   const size_t n = hn::Lanes(df);
-  auto accumulate = [&](auto tag, auto acc, const float* p) {
-    auto v = hn::Sub(hn::LoadU(tag, p), hn::Set(tag, shift));
+  auto accumulate = [&](auto tag, auto acc, size_t i) {
+    auto v = hn::Sub(load(tag, i), hn::Set(tag, shift));
     if constexpr (kSquares) {
       v = hn::Sub(v, hn::Set(tag, center));
       return hn::MulAdd(v, v, acc);
@@ -147,20 +150,19 @@ double SumRow(const float* z, size_t d, float shift, float center) {
   double total = 0.0;
   for (size_t start = 0; start < d; start += kBlock) {
     const size_t len = d - start < kBlock ? d - start : kBlock;
-    const float* p = z + start;
     auto a0 = hn::Zero(df), a1 = hn::Zero(df), a2 = hn::Zero(df),
          a3 = hn::Zero(df);
     size_t i = 0;
     for (; i + 4 * n <= len; i += 4 * n) {
-      a0 = accumulate(df, a0, p + i);
-      a1 = accumulate(df, a1, p + i + n);
-      a2 = accumulate(df, a2, p + i + 2 * n);
-      a3 = accumulate(df, a3, p + i + 3 * n);
+      a0 = accumulate(df, a0, start + i);
+      a1 = accumulate(df, a1, start + i + n);
+      a2 = accumulate(df, a2, start + i + 2 * n);
+      a3 = accumulate(df, a3, start + i + 3 * n);
     }
-    for (; i + n <= len; i += n) a0 = accumulate(df, a0, p + i);
+    for (; i + n <= len; i += n) a0 = accumulate(df, a0, start + i);
     const auto sum = hn::Add(hn::Add(a0, a1), hn::Add(a2, a3));
     auto tail = hn::Zero(d1);
-    for (; i < len; ++i) tail = accumulate(d1, tail, p + i);
+    for (; i < len; ++i) tail = accumulate(d1, tail, start + i);
     const float block = hn::GetLane(hn::SumOfLanes(df, sum)) + hn::GetLane(tail);
     total += static_cast<double>(block);
   }
@@ -213,11 +215,44 @@ void StoreRow(const float* y, size_t d, T* out) {
   for (; i < d; ++i) StoreAs(d1, hn::LoadU(d1, y + i), out + i);
 }
 
-// y = ((z − shift) − mean)·rstd [·γ] [+β], stored as T.
-template <typename T, bool kGamma, bool kBeta>
+// Non-temporal stores are used only where every vector store is a full
+// register (x86 AVX2/AVX-512): partial-vector streams write past the end.
+#undef NORMSERVE_CAN_STREAM
+#if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX2
+#define NORMSERVE_CAN_STREAM 1
+#else
+#define NORMSERVE_CAN_STREAM 0
+#endif
+
+template <class DF>
+HWY_INLINE void StreamAs(DF df, hn::Vec<DF> v, float* p) {
+  hn::Stream(v, df, p);
+}
+template <class DF>
+HWY_INLINE void StreamAs(DF df, hn::Vec<DF> v, BF16* p) {
+  const hn::RebindToSigned<DF> di32;
+  const hn::Rebind<uint16_t, DF> du16;
+  hn::Stream(hn::DemoteTo(du16, hn::BitCast(di32, BF16Bits(df, v))), du16,
+             reinterpret_cast<uint16_t*>(p));
+}
+template <class DF>
+HWY_INLINE void StreamAs(DF df, hn::Vec<DF> v, Half* p) {
+#if NORMSERVE_NATIVE_F16
+  const hn::Rebind<Half, DF> df16;
+  hn::Stream(hn::DemoteTo(df16, v), df16, p);
+#else
+  StoreAs(df, v, p);
+#endif
+}
+
+// y = ((z − shift) − mean)·rstd [·γ] [+β], stored as T. With kStream,
+// whole vectors bypass the cache (for outputs larger than the caches); the
+// element values are the same either way, only the store instruction
+// differs.
+template <typename T, bool kGamma, bool kBeta, bool kStream>
 void OutputRow(const float* z, size_t d, float shift, float mean, float rstd,
                const float* gamma, const float* beta, T* out) {
-  auto one = [&](auto tag, size_t i) {
+  auto value = [&](auto tag, size_t i) {
     auto v = hn::Sub(hn::Sub(hn::LoadU(tag, z + i), hn::Set(tag, shift)),
                      hn::Set(tag, mean));
     v = hn::Mul(v, hn::Set(tag, rstd));
@@ -228,23 +263,47 @@ void OutputRow(const float* z, size_t d, float shift, float mean, float rstd,
     } else if constexpr (kBeta) {
       v = hn::Add(v, hn::LoadU(tag, beta + i));
     }
-    StoreAs(tag, v, out + i);
+    return v;
   };
   const hn::ScalableTag<float> df;
   const hn::CappedTag<float, 1> d1;
   const size_t n = hn::Lanes(df);
   size_t i = 0;
-  for (; i + n <= d; i += n) one(df, i);
-  for (; i < d; ++i) one(d1, i);
+  if constexpr (kStream && NORMSERVE_CAN_STREAM) {
+    const size_t align = n * sizeof(T);
+    while (i < d && reinterpret_cast<uintptr_t>(out + i) % align != 0) {
+      StoreAs(d1, value(d1, i), out + i);
+      ++i;
+    }
+    for (; i + n <= d; i += n) StreamAs(df, value(df, i), out + i);
+  }
+  for (; i + n <= d; i += n) StoreAs(df, value(df, i), out + i);
+  for (; i < d; ++i) StoreAs(d1, value(d1, i), out + i);
 }
 
+template <typename T, bool kStream>
+void OutputRowAffine(const float* z, size_t d, float shift, float mean,
+                     float rstd, const float* gamma, const float* beta, T* out) {
+  if (gamma != nullptr && beta != nullptr) {
+    OutputRow<T, true, true, kStream>(z, d, shift, mean, rstd, gamma, beta, out);
+  } else if (gamma != nullptr) {
+    OutputRow<T, true, false, kStream>(z, d, shift, mean, rstd, gamma, beta, out);
+  } else if (beta != nullptr) {
+    OutputRow<T, false, true, kStream>(z, d, shift, mean, rstd, gamma, beta, out);
+  } else {
+    OutputRow<T, false, false, kStream>(z, d, shift, mean, rstd, gamma, beta, out);
+  }
+}
+
+// How far ahead of its loads the first pass prefetches.
+constexpr size_t kPrefetchBytes = 2048;
+
 template <typename In, typename Out>
-void RowsTyped(const RowSegment& s, int64_t row_begin, int64_t row_end) {
+void RowsTyped(const RowSegment& s, int64_t row_begin, int64_t row_end,
+               bool stream) {
   const NormParams& p = *s.params;
   const size_t d = static_cast<size_t>(p.dim);
-  const hn::ScalableTag<float> df;
   const hn::CappedTag<float, 1> d1;
-  const size_t n = hn::Lanes(df);
   const bool layer_norm = p.kind == NormKind::kLayerNorm;
   constexpr bool kFloatInput = std::is_same_v<In, float>;
   const bool in_place = kFloatInput && s.residual == nullptr;
@@ -260,34 +319,50 @@ void RowsTyped(const RowSegment& s, int64_t row_begin, int64_t row_end) {
     In* sum_out = s.sum_output != nullptr ? static_cast<In*>(s.sum_output) + offset
                                           : nullptr;
     Out* out = static_cast<Out*>(s.output) + offset;
+    // The first pass reads ahead by kPrefetchBytes (into the next row at
+    // the end of this one) so DRAM latency overlaps the arithmetic; the
+    // hardware prefetcher alone lags when the pass also converts.
+    const char* x_end = reinterpret_cast<const char*>(
+        static_cast<const In*>(s.input) + static_cast<size_t>(row_end) * d);
 
-    // (1) z as float32.
-    const float* z;
-    if (in_place) {
-      z = reinterpret_cast<const float*>(x);
-      if (sum_out != nullptr) std::memcpy(sum_out, x, d * sizeof(float));
-    } else {
-      float* zs = scratch.data();
-      auto one = [&](auto tag, size_t i) {
-        auto v = LoadAs(tag, x + i);
-        if (res != nullptr) v = RoundTo<In>(tag, hn::Add(v, LoadAs(tag, res + i)));
-        hn::StoreU(v, tag, zs + i);
-        if (sum_out != nullptr) StoreAs(tag, v, sum_out + i);
-      };
-      size_t i = 0;
-      for (; i + n <= d; i += n) one(df, i);
-      for (; i < d; ++i) one(d1, i);
-      z = zs;
-    }
+    // z as float32: the input itself, or converted into the scratch row by
+    // the first pass as it sums.
+    float* zs = scratch.data();
+    const float* z = in_place ? reinterpret_cast<const float*>(x) : zs;
+    auto plain = [z](auto tag, size_t i) { return hn::LoadU(tag, z + i); };
+    auto first = [&](auto tag, size_t i) {
+      const char* ahead = reinterpret_cast<const char*>(x + i) + kPrefetchBytes;
+      if (ahead < x_end) hwy::Prefetch(ahead);
+      if (res != nullptr) hwy::Prefetch(reinterpret_cast<const char*>(res + i) + kPrefetchBytes);
+      return hn::LoadU(tag, z + i);
+    };
+    auto convert = [&](auto tag, size_t i) {
+      const char* ahead = reinterpret_cast<const char*>(x + i) + kPrefetchBytes;
+      if (ahead < x_end) hwy::Prefetch(ahead);
+      if (res != nullptr) hwy::Prefetch(reinterpret_cast<const char*>(res + i) + kPrefetchBytes);
+      auto v = LoadAs(tag, x + i);
+      if (res != nullptr) v = RoundTo<In>(tag, hn::Add(v, LoadAs(tag, res + i)));
+      hn::StoreU(v, tag, zs + i);
+      if (sum_out != nullptr) StoreAs(tag, v, sum_out + i);
+      return v;
+    };
+    if (in_place && sum_out != nullptr) std::memcpy(sum_out, x, d * sizeof(float));
 
-    // (2), (3) statistics.
-    const float shift = layer_norm ? z[0] : 0.0f;
+    float shift = 0.0f;
     double mean_shifted = 0.0;
+    double m2;
+    float center = 0.0f;
     if (layer_norm) {
-      mean_shifted = SumRow<false>(z, d, shift, 0.0f) / static_cast<double>(d);
+      shift = in_place ? z[0] : hn::GetLane(convert(d1, 0));
+      const double sum = in_place ? SumRow<false>(d, shift, 0.0f, first)
+                                  : SumRow<false>(d, shift, 0.0f, convert);
+      mean_shifted = sum / static_cast<double>(d);
+      center = static_cast<float>(mean_shifted);
+      m2 = SumRow<true>(d, shift, center, plain);
+    } else {
+      m2 = in_place ? SumRow<true>(d, 0.0f, 0.0f, first)
+                    : SumRow<true>(d, 0.0f, 0.0f, convert);
     }
-    const float center = static_cast<float>(mean_shifted);
-    const double m2 = SumRow<true>(z, d, shift, center);
     // Σ(v − c)² = Σ(v − m)² + D(m − c)²: remove the (tiny) centring error.
     const double delta = mean_shifted - static_cast<double>(center);
     double var = m2 / static_cast<double>(d) - delta * delta;
@@ -298,16 +373,11 @@ void RowsTyped(const RowSegment& s, int64_t row_begin, int64_t row_end) {
     const bool finite = std::isfinite(mean_shifted) && std::isfinite(m2);
     const bool tiny = var < kTinyVariance && !AllEqual(z, d, shift);
     if (finite && !tiny) {
-      // (4) outputs.
       const float rs = static_cast<float>(rstd);
-      if (p.gamma != nullptr && p.beta != nullptr) {
-        OutputRow<Out, true, true>(z, d, shift, center, rs, p.gamma, p.beta, out);
-      } else if (p.gamma != nullptr) {
-        OutputRow<Out, true, false>(z, d, shift, center, rs, p.gamma, p.beta, out);
-      } else if (p.beta != nullptr) {
-        OutputRow<Out, false, true>(z, d, shift, center, rs, p.gamma, p.beta, out);
+      if (stream) {
+        OutputRowAffine<Out, true>(z, d, shift, center, rs, p.gamma, p.beta, out);
       } else {
-        OutputRow<Out, false, false>(z, d, shift, center, rs, p.gamma, p.beta, out);
+        OutputRowAffine<Out, false>(z, d, shift, center, rs, p.gamma, p.beta, out);
       }
     } else {
       float* y = scratch.data() + d;
@@ -317,29 +387,31 @@ void RowsTyped(const RowSegment& s, int64_t row_begin, int64_t row_end) {
     if (s.mean != nullptr) s.mean[r] = layer_norm ? static_cast<float>(mean_out) : 0.0f;
     if (s.rstd != nullptr) s.rstd[r] = static_cast<float>(rstd);
   }
+  if (stream) hwy::FlushStream();
 }
 
 template <typename In>
-void RowsForInput(const RowSegment& s, int64_t row_begin, int64_t row_end) {
+void RowsForInput(const RowSegment& s, int64_t row_begin, int64_t row_end,
+                  bool stream) {
   switch (s.output_dtype) {
     case DType::kFloat32:
-      return RowsTyped<In, float>(s, row_begin, row_end);
+      return RowsTyped<In, float>(s, row_begin, row_end, stream);
     case DType::kFloat16:
-      return RowsTyped<In, Half>(s, row_begin, row_end);
+      return RowsTyped<In, Half>(s, row_begin, row_end, stream);
     case DType::kBFloat16:
-      return RowsTyped<In, BF16>(s, row_begin, row_end);
+      return RowsTyped<In, BF16>(s, row_begin, row_end, stream);
   }
 }
 
 void NormalizeRowsTarget(const RowSegment& s, int64_t row_begin,
-                         int64_t row_end) {
+                         int64_t row_end, bool stream) {
   switch (s.input_dtype) {
     case DType::kFloat32:
-      return RowsForInput<float>(s, row_begin, row_end);
+      return RowsForInput<float>(s, row_begin, row_end, stream);
     case DType::kFloat16:
-      return RowsForInput<Half>(s, row_begin, row_end);
+      return RowsForInput<Half>(s, row_begin, row_end, stream);
     case DType::kBFloat16:
-      return RowsForInput<BF16>(s, row_begin, row_end);
+      return RowsForInput<BF16>(s, row_begin, row_end, stream);
   }
 }
 
@@ -357,8 +429,15 @@ HWY_EXPORT(TargetNameTarget);
 
 void NormalizeRows(const RowSegment& segment, int64_t row_begin,
                    int64_t row_end) {
-  HWY_DYNAMIC_DISPATCH(NormalizeRowsTarget)(segment, row_begin, row_end);
+  HWY_DYNAMIC_DISPATCH(NormalizeRowsTarget)(segment, row_begin, row_end, false);
 }
+
+namespace internal {
+void NormalizeRowsStreaming(const RowSegment& segment, int64_t row_begin,
+                            int64_t row_end) {
+  HWY_DYNAMIC_DISPATCH(NormalizeRowsTarget)(segment, row_begin, row_end, true);
+}
+}  // namespace internal
 
 const char* KernelTargetName() { return HWY_DYNAMIC_DISPATCH(TargetNameTarget)(); }
 

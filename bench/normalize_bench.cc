@@ -1,0 +1,116 @@
+// Google Benchmark suite for the CPU kernels.
+//
+// BM_Normalize/{dtype}/{kind}/{D}/{footprint}/{threads} normalizes
+// footprint-sized input (L2: 1 MiB, L3: 64 MiB, DRAM: 1 GiB) of the dtype
+// into the same dtype; BM_Memcpy/{footprint}/{threads} copies the same bytes.
+// bytes_per_second counts bytes read + bytes written for both, so
+// kernel/memcpy is the fraction of copy speed the kernel reaches.
+// bench/summarize_kernel_bench.py turns the JSON output into that table.
+#include <algorithm>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#include "bench/bench_buffers.h"
+#include "benchmark/benchmark.h"
+#include "kernels/normalize.h"
+#include "kernels/thread_pool.h"
+
+namespace normserve::bench {
+namespace {
+
+constexpr int64_t kL2 = int64_t{1} << 20;
+constexpr int64_t kL3 = int64_t{64} << 20;
+constexpr int64_t kDram = int64_t{1} << 30;
+
+ThreadPool* Pool(int threads) {
+  static std::map<int, std::unique_ptr<ThreadPool>> pools;
+  auto& p = pools[threads];
+  if (p == nullptr) p = std::make_unique<ThreadPool>(threads - 1);
+  return p.get();
+}
+
+void BM_Normalize(benchmark::State& state) {
+  const auto dtype = static_cast<DType>(state.range(0));
+  const auto kind = static_cast<NormKind>(state.range(1));
+  const int64_t d = state.range(2);
+  const int64_t footprint = state.range(3);
+  const int threads = static_cast<int>(state.range(4));
+  const int64_t elem = static_cast<int64_t>(DTypeSize(dtype));
+  const int64_t rows = std::max<int64_t>(1, footprint / (d * elem));
+  const int64_t bytes = rows * d * elem;
+
+  std::vector<float> gamma(static_cast<size_t>(d), 1.5f), beta(static_cast<size_t>(d), 0.25f);
+  NormParams p;
+  p.kind = kind;
+  p.dim = d;
+  p.gamma = gamma.data();
+  p.beta = beta.data();
+  RowSegment s;
+  s.params = &p;
+  s.input_dtype = s.output_dtype = dtype;
+  s.input = RandomInput(dtype, static_cast<size_t>(bytes));
+  s.output = Output(static_cast<size_t>(bytes));
+  s.rows = rows;
+  ThreadPool* pool = Pool(threads);
+  for (auto _ : state) {
+    // One segment per chunk of rows, as a batch of requests would be.
+    NormalizeSegments({&s, 1}, pool);
+    benchmark::ClobberMemory();
+  }
+  state.SetBytesProcessed(state.iterations() * 2 * bytes);
+  state.counters["rows"] = static_cast<double>(rows);
+}
+
+void BM_Memcpy(benchmark::State& state) {
+  const int64_t bytes = state.range(0);
+  const int threads = static_cast<int>(state.range(1));
+  const uint8_t* in = RandomInput(DType::kFloat32, static_cast<size_t>(bytes));
+  uint8_t* out = Output(static_cast<size_t>(bytes));
+  ThreadPool* pool = Pool(threads);
+  const int64_t chunk = std::max<int64_t>(4096, bytes / (threads * 16));
+  const int64_t chunks = (bytes + chunk - 1) / chunk;
+  for (auto _ : state) {
+    pool->ParallelFor(chunks, [&](int64_t i) {
+      const int64_t begin = i * chunk;
+      std::memcpy(out + begin, in + begin,
+                  static_cast<size_t>(std::min(chunk, bytes - begin)));
+    });
+    benchmark::ClobberMemory();
+  }
+  state.SetBytesProcessed(state.iterations() * 2 * bytes);
+}
+
+void NormalizeArgs(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"dtype", "kind", "D", "bytes", "threads"});
+  for (int threads : {1, 2}) {
+    for (int64_t footprint : {kL2, kL3, kDram}) {
+      for (int dtype : {0, 1, 2}) {
+        for (int kind : {0, 1}) {
+          for (int64_t d : {64, 768, 1024, 4096, 16384}) {
+            b->Args({dtype, kind, d, footprint, threads});
+          }
+        }
+      }
+    }
+  }
+}
+
+void MemcpyArgs(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"bytes", "threads"});
+  for (int threads : {1, 2}) {
+    for (int64_t footprint : {kL2, kL3, kDram}) {
+      // The same bytes as each dtype's kernel case moves.
+      b->Args({footprint, threads});
+      b->Args({footprint / 2 * 2, threads});
+    }
+  }
+}
+
+BENCHMARK(BM_Memcpy)->Apply(MemcpyArgs)->UseRealTime();
+BENCHMARK(BM_Normalize)->Apply(NormalizeArgs)->UseRealTime();
+
+}  // namespace
+}  // namespace normserve::bench
+
+BENCHMARK_MAIN();
