@@ -330,21 +330,38 @@ void RowsTyped(const RowSegment& s, int64_t row_begin, int64_t row_end,
     float* zs = scratch.data();
     const float* z = in_place ? reinterpret_cast<const float*>(x) : zs;
     auto plain = [z](auto tag, size_t i) { return hn::LoadU(tag, z + i); };
-    auto first = [&](auto tag, size_t i) {
-      const char* ahead = reinterpret_cast<const char*>(x + i) + kPrefetchBytes;
+    auto first = [z, x_end](auto tag, size_t i) {
+      const char* ahead = reinterpret_cast<const char*>(z + i) + kPrefetchBytes;
       if (ahead < x_end) hwy::Prefetch(ahead);
-      if (res != nullptr) hwy::Prefetch(reinterpret_cast<const char*>(res + i) + kPrefetchBytes);
       return hn::LoadU(tag, z + i);
     };
-    auto convert = [&](auto tag, size_t i) {
-      const char* ahead = reinterpret_cast<const char*>(x + i) + kPrefetchBytes;
-      if (ahead < x_end) hwy::Prefetch(ahead);
-      if (res != nullptr) hwy::Prefetch(reinterpret_cast<const char*>(res + i) + kPrefetchBytes);
-      auto v = LoadAs(tag, x + i);
-      if (res != nullptr) v = RoundTo<In>(tag, hn::Add(v, LoadAs(tag, res + i)));
-      hn::StoreU(v, tag, zs + i);
-      if (sum_out != nullptr) StoreAs(tag, v, sum_out + i);
-      return v;
+    // Converts (and adds the residual), stores z to scratch and, when
+    // asked, to sum_out; kResidual/kSum are compile-time so that the hot
+    // loop carries no dead branches.
+    auto convert_with = [x, res, zs, sum_out, x_end](auto residual_tag, auto sum_tag) {
+      constexpr bool kResidual = decltype(residual_tag)::value;
+      constexpr bool kSum = decltype(sum_tag)::value;
+      return [=](auto tag, size_t i) {
+        const char* ahead = reinterpret_cast<const char*>(x + i) + kPrefetchBytes;
+        if (ahead < x_end) hwy::Prefetch(ahead);
+        auto v = LoadAs(tag, x + i);
+        if constexpr (kResidual) {
+          hwy::Prefetch(reinterpret_cast<const char*>(res + i) + kPrefetchBytes);
+          v = RoundTo<In>(tag, hn::Add(v, LoadAs(tag, res + i)));
+        }
+        hn::StoreU(v, tag, zs + i);
+        if constexpr (kSum) StoreAs(tag, v, sum_out + i);
+        return v;
+      };
+    };
+    using Yes = std::true_type;
+    using No = std::false_type;
+    // Runs `body(loader)` with the converting loader this row needs.
+    auto with_convert = [&](auto&& body) {
+      if (res != nullptr && sum_out != nullptr) return body(convert_with(Yes(), Yes()));
+      if (res != nullptr) return body(convert_with(Yes(), No()));
+      if (sum_out != nullptr) return body(convert_with(No(), Yes()));
+      return body(convert_with(No(), No()));
     };
     if (in_place && sum_out != nullptr) std::memcpy(sum_out, x, d * sizeof(float));
 
@@ -353,15 +370,24 @@ void RowsTyped(const RowSegment& s, int64_t row_begin, int64_t row_end,
     double m2;
     float center = 0.0f;
     if (layer_norm) {
-      shift = in_place ? z[0] : hn::GetLane(convert(d1, 0));
-      const double sum = in_place ? SumRow<false>(d, shift, 0.0f, first)
-                                  : SumRow<false>(d, shift, 0.0f, convert);
+      double sum;
+      if (in_place) {
+        shift = z[0];
+        sum = SumRow<false>(d, shift, 0.0f, first);
+      } else {
+        sum = with_convert([&](const auto& convert) {
+          shift = hn::GetLane(convert(d1, 0));
+          return SumRow<false>(d, shift, 0.0f, convert);
+        });
+      }
       mean_shifted = sum / static_cast<double>(d);
       center = static_cast<float>(mean_shifted);
       m2 = SumRow<true>(d, shift, center, plain);
     } else {
       m2 = in_place ? SumRow<true>(d, 0.0f, 0.0f, first)
-                    : SumRow<true>(d, 0.0f, 0.0f, convert);
+                    : with_convert([&](const auto& convert) {
+                        return SumRow<true>(d, 0.0f, 0.0f, convert);
+                      });
     }
     // Σ(v − c)² = Σ(v − m)² + D(m − c)²: remove the (tiny) centring error.
     const double delta = mean_shifted - static_cast<double>(center);
