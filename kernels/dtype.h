@@ -16,9 +16,12 @@
 
 namespace normserve {
 
-enum class DType : uint8_t { kFloat32, kFloat16, kBFloat16 };
+// kInt8 is served by the INT8 kernels (kernels/int8_layer_norm.h) only.
+enum class DType : uint8_t { kFloat32, kFloat16, kBFloat16, kInt8 };
 
-constexpr size_t DTypeSize(DType t) { return t == DType::kFloat32 ? 4 : 2; }
+constexpr size_t DTypeSize(DType t) {
+  return t == DType::kFloat32 ? 4 : t == DType::kInt8 ? 1 : 2;
+}
 
 inline float BFloat16ToFloat(uint16_t h) {
   const uint32_t bits = static_cast<uint32_t>(h) << 16;

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "kernels/int8_layer_norm.h"
 #include "kernels/internal/normalize_rows.h"
 #include "kernels/thread_pool.h"
 
@@ -28,35 +29,57 @@ struct Chunk {
   int64_t row_end;
 };
 
+void RunRows(const RowSegment& s, int64_t row_begin, int64_t row_end,
+             bool streaming_stores) {
+  if (s.input_dtype == DType::kInt8) {
+    const int64_t d = s.int8->dim;
+    const int8_t* in = static_cast<const int8_t*>(s.input) + row_begin * d;
+    int8_t* out = static_cast<int8_t*>(s.output) + row_begin * d;
+    if (s.int8_float_path) {
+      Int8LayerNormFloat(*s.int8, in, out, row_end - row_begin);
+    } else {
+      Int8LayerNormInteger(*s.int8, in, out, row_end - row_begin);
+    }
+    return;
+  }
+  internal::NormalizeRowsSimd(s, row_begin, row_end, streaming_stores);
+}
+
+int64_t Dim(const RowSegment& s) {
+  return s.input_dtype == DType::kInt8 ? s.int8->dim : s.params->dim;
+}
+
 }  // namespace
+
+void NormalizeRows(const RowSegment& segment, int64_t row_begin,
+                   int64_t row_end) {
+  RunRows(segment, row_begin, row_end, false);
+}
 
 void NormalizeSegments(absl::Span<const RowSegment> segments, ThreadPool* pool) {
   int64_t total_bytes = 0;
   int64_t output_bytes = 0;
   for (const RowSegment& s : segments) {
-    const int64_t elements = s.rows * s.params->dim;
+    const int64_t elements = s.rows * Dim(s);
     total_bytes += elements * static_cast<int64_t>(DTypeSize(s.input_dtype));
     output_bytes += elements * static_cast<int64_t>(DTypeSize(s.output_dtype));
   }
-  const auto run = output_bytes >= kStreamingMinBytes
-                       ? &internal::NormalizeRowsStreaming
-                       : &NormalizeRows;
+  const bool stream = output_bytes >= kStreamingMinBytes;
   if (pool == nullptr || pool->num_threads() == 0 || total_bytes < kParallelMinBytes) {
-    for (const RowSegment& s : segments) run(s, 0, s.rows);
+    for (const RowSegment& s : segments) RunRows(s, 0, s.rows, stream);
     return;
   }
   std::vector<Chunk> chunks;
   for (const RowSegment& s : segments) {
-    const int64_t row_bytes =
-        s.params->dim * static_cast<int64_t>(DTypeSize(s.input_dtype));
+    const int64_t row_bytes = Dim(s) * static_cast<int64_t>(DTypeSize(s.input_dtype));
     const int64_t rows_per_chunk = std::max<int64_t>(1, kChunkBytes / row_bytes);
     for (int64_t r = 0; r < s.rows; r += rows_per_chunk) {
       chunks.push_back({&s, r, std::min(s.rows, r + rows_per_chunk)});
     }
   }
-  pool->ParallelFor(static_cast<int64_t>(chunks.size()), [&chunks, run](int64_t i) {
+  pool->ParallelFor(static_cast<int64_t>(chunks.size()), [&chunks, stream](int64_t i) {
     const Chunk& c = chunks[static_cast<size_t>(i)];
-    run(*c.segment, c.row_begin, c.row_end);
+    RunRows(*c.segment, c.row_begin, c.row_end, stream);
   });
 }
 

@@ -56,6 +56,7 @@
 namespace normserve {
 
 class ThreadPool;
+struct Int8Params;
 
 enum class NormKind { kLayerNorm, kRmsNorm };
 
@@ -85,6 +86,10 @@ struct RowSegment {
   // Optional per-row statistics, `rows` floats each.
   float* mean = nullptr;
   float* rstd = nullptr;
+  // INT8 segments (input_dtype == output_dtype == kInt8): LayerNorm by the
+  // kernels of int8_layer_norm.h; params is ignored.
+  const Int8Params* int8 = nullptr;
+  bool int8_float_path = false;
 };
 
 // Normalizes rows [row_begin, row_end) of `segment` on the calling thread.

@@ -38,18 +38,15 @@ Batcher::Batcher(Options options)
 Batcher::~Batcher() { Stop(); }
 
 absl::Status Batcher::Submit(std::unique_ptr<Job> job) {
-  int64_t depth;
-  {
-    absl::MutexLock lock(&mu_);
-    if (stopping_) {
-      return absl::UnavailableError("server is shutting down");
-    }
-    const absl::Status s = queues_->Add(std::move(job), clock_->Now());
-    if (!s.ok()) return s;
-    depth = queues_->size();
-    wake_.Signal();
+  absl::MutexLock lock(&mu_);
+  if (stopping_) {
+    return absl::UnavailableError("server is shutting down");
   }
-  if (options_.observer != nullptr) options_.observer->OnQueueDepth(depth);
+  const absl::Status s = queues_->Add(std::move(job), clock_->Now());
+  if (!s.ok()) return s;
+  // Reported under the lock so that depth updates cannot be reordered.
+  if (options_.observer != nullptr) options_.observer->OnQueueDepth(queues_->size());
+  wake_.Signal();
   return absl::OkStatus();
 }
 
@@ -78,7 +75,6 @@ void Batcher::TEST_Wake() {
 void Batcher::WorkerLoop() {
   for (;;) {
     internal::BatchQueues::Popped popped;
-    int64_t depth;
     {
       absl::MutexLock lock(&mu_);
       for (;;) {
@@ -97,11 +93,12 @@ void Batcher::WorkerLoop() {
           wake_.WaitWithTimeout(&mu_, next - now);
         }
       }
-      depth = queues_->size();
+      if (options_.observer != nullptr) {
+        options_.observer->OnQueueDepth(queues_->size());
+      }
       // Another worker may have a batch waiting behind this one.
       if (!queues_->empty()) wake_.Signal();
     }
-    if (options_.observer != nullptr) options_.observer->OnQueueDepth(depth);
 
     const absl::Time start = clock_->Now();
     for (auto& job : popped.expired) {

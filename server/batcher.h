@@ -122,8 +122,10 @@ struct Job {
 // Runs one batch. Returns the status every job of the batch finishes with.
 using BatchRunner = std::function<absl::Status(absl::Span<Job* const> batch)>;
 
-// Told about queue depth and formed batches, for metrics. Called on batcher
-// threads, without batcher locks held; must be thread-safe.
+// Told about queue depth and formed batches, for metrics; must be
+// thread-safe. OnQueueDepth is called with the batcher's lock held (so that
+// depth updates arrive in order): keep it cheap and never call back into
+// the batcher. OnBatch is called on a worker without locks held.
 class BatchObserver {
  public:
   virtual ~BatchObserver() = default;

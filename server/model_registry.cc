@@ -134,6 +134,34 @@ absl::StatusOr<std::unique_ptr<Model>> BuildModel(
           absl::StrCat(where, ": device = ", c.device(), " is unknown"));
   }
   m->allow_request_params = c.allow_request_params();
+  if (c.has_output_zero_point() &&
+      (c.output_zero_point() < -128 || c.output_zero_point() > 127)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        where, ": output_zero_point = ", c.output_zero_point(),
+        ": expected -128 to 127"));
+  }
+  m->int8_output_zero_point = c.output_zero_point();
+  if (c.has_output_scale()) {
+    if (!std::isfinite(c.output_scale()) || c.output_scale() <= 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          where, ": output_scale = ", c.output_scale(), ": expected finite and > 0"));
+    }
+    m->int8_output_scale = c.output_scale();
+  }
+  for (const std::vector<float>* values : {&m->gamma, &m->beta}) {
+    for (float v : *values) {
+      if (!std::isfinite(v)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(where, ": gamma/beta hold a non-finite value"));
+      }
+    }
+  }
+  if (m->int8_output_scale.has_value() && !m->normalized_shape.empty()) {
+    m->int8_affine = std::make_shared<const Int8Affine>(FoldInt8Affine(
+        m->gamma.empty() ? nullptr : m->gamma.data(),
+        m->beta.empty() ? nullptr : m->beta.data(), count, *m->int8_output_scale,
+        m->int8_output_zero_point));
+  }
   m->batching = options.default_batching;
   const v1::BatchingConfig& b = c.batching();
   if (b.has_max_batch_rows()) m->batching.max_batch_rows = b.max_batch_rows();

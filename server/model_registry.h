@@ -21,12 +21,14 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "kernels/int8_layer_norm.h"
 #include "kernels/normalize.h"
 #include "server/batcher.h"
 
@@ -47,6 +49,11 @@ struct Model {
   // Whether requests may override epsilon, gamma, beta and kind.
   bool allow_request_params = false;
   QueueOptions batching;
+  // INT8 requests: output quantization, when the model fixes it; and γ/β
+  // folded into integers once, when the model also fixes its shape.
+  std::optional<float> int8_output_scale;
+  int32_t int8_output_zero_point = 0;
+  std::shared_ptr<const Int8Affine> int8_affine;
   // Distinct per model; part of the batch key when the model's own
   // parameters are used.
   uint64_t id = 0;

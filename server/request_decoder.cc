@@ -31,6 +31,8 @@ std::string ShapeText(const std::vector<int64_t>& shape) {
 
 std::optional<DType> KernelDType(int dtype) {
   switch (dtype) {
+    case v1::DATA_TYPE_INT8:
+      return DType::kInt8;
     case v1::DATA_TYPE_FLOAT32:
       return DType::kFloat32;
     case v1::DATA_TYPE_FLOAT16:
@@ -43,7 +45,9 @@ std::optional<DType> KernelDType(int dtype) {
 }
 
 constexpr char kFloatTypes[] =
-    "DATA_TYPE_FLOAT32, DATA_TYPE_FLOAT16 or DATA_TYPE_BFLOAT16";
+    "DATA_TYPE_FLOAT32, DATA_TYPE_FLOAT16, DATA_TYPE_BFLOAT16 or DATA_TYPE_INT8";
+// INT8 rows longer than this could overflow the integer path's bounds.
+constexpr int64_t kMaxInt8Dim = 65536;
 
 struct TensorView {
   const void* data = nullptr;
@@ -138,6 +142,10 @@ absl::StatusOr<const float*> DecodeParameter(const v1::Tensor& t,
                                              const ValidationLimits& limits,
                                              const std::vector<int64_t>& shape,
                                              std::vector<float>* storage) {
+  if (t.dtype() == v1::DATA_TYPE_INT8) {
+    return Invalid(field, ".dtype = DATA_TYPE_INT8: expected DATA_TYPE_FLOAT32, "
+                          "DATA_TYPE_FLOAT16 or DATA_TYPE_BFLOAT16");
+  }
   ASSIGN_OR_RETURN(TensorView view,
                    DecodeTensor(t, field, limits, &shape, storage));
   if (view.dtype == DType::kFloat32) {
@@ -151,6 +159,105 @@ absl::StatusOr<const float*> DecodeParameter(const v1::Tensor& t,
                                                   : BFloat16ToFloat(bits[i]);
   }
   return storage->data();
+}
+
+// The INT8 part of a request: quantization fields, what INT8 does not
+// support, the output quantization, and the folded affine.
+absl::Status DecodeInt8(const v1::NormalizeRequest& request, const Model& model,
+                        int64_t dim, DecodedRequest* out) {
+  const v1::Tensor& in = request.input();
+  if (!std::isfinite(in.scale()) || in.scale() <= 0.0f) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "input.scale = ", in.scale(),
+        ": DATA_TYPE_INT8 tensors need a finite scale > 0"));
+  }
+  if (in.zero_point() < -128 || in.zero_point() > 127) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "input.zero_point = ", in.zero_point(), ": expected -128 to 127"));
+  }
+  if (dim > kMaxInt8Dim) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "input.shape: INT8 rows have ", dim, " elements: expected at most ",
+        kMaxInt8Dim));
+  }
+  if (out->params.kind != NormKind::kLayerNorm) {
+    return absl::InvalidArgumentError(
+        "kind = NORM_KIND_RMS_NORM: INT8 inputs support NORM_KIND_LAYER_NORM only");
+  }
+  if (request.has_residual() || request.return_residual_sum() ||
+      request.return_statistics()) {
+    return absl::InvalidArgumentError(
+        "residual, return_residual_sum and return_statistics are not "
+        "supported for INT8 inputs: expected them unset");
+  }
+  switch (request.int8_path()) {
+    case v1::INT8_PATH_UNSPECIFIED:
+    case v1::INT8_PATH_INTEGER:
+      out->int8_float_path = false;
+      break;
+    case v1::INT8_PATH_FLOAT:
+      out->int8_float_path = true;
+      break;
+    default:
+      return absl::InvalidArgumentError(absl::StrCat(
+          "int8_path = ", request.int8_path(),
+          ": expected INT8_PATH_INTEGER or INT8_PATH_FLOAT"));
+  }
+  const NormParams& p = out->params;
+  for (const float* values : {p.gamma, p.beta}) {
+    if (values == nullptr) continue;
+    for (int64_t i = 0; i < dim; ++i) {
+      if (!std::isfinite(values[i])) {
+        return absl::InvalidArgumentError(
+            "gamma/beta: INT8 inputs need finite gamma and beta values");
+      }
+    }
+  }
+  const bool request_quant =
+      request.has_output_scale() || request.has_output_zero_point();
+  if (request_quant && !model.allow_request_params &&
+      model.int8_output_scale.has_value()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "output_scale/output_zero_point: model '", model.name,
+        "' fixes its output quantization: expected them unset"));
+  }
+  if (request.has_output_scale() &&
+      (!std::isfinite(request.output_scale()) || request.output_scale() <= 0.0f)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "output_scale = ", request.output_scale(), ": expected a finite value > 0"));
+  }
+  if (request.has_output_zero_point() &&
+      (request.output_zero_point() < -128 || request.output_zero_point() > 127)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "output_zero_point = ", request.output_zero_point(), ": expected -128 to 127"));
+  }
+  const bool model_params = !request.has_epsilon() && !request.has_gamma() &&
+                            !request.has_beta() && !request_quant;
+  Int8Params& q = out->int8;
+  q.dim = dim;
+  q.epsilon = p.epsilon;
+  q.input_scale = in.scale();
+  q.input_zero_point = in.zero_point();
+  q.gamma = p.gamma;
+  q.beta = p.beta;
+  if (model_params && model.int8_affine != nullptr) {
+    q.affine = model.int8_affine.get();  // folded at model load
+  } else {
+    float scale;
+    if (request.has_output_scale()) {
+      scale = request.output_scale();
+    } else if (model.int8_output_scale.has_value()) {
+      scale = *model.int8_output_scale;
+    } else {
+      scale = DefaultInt8OutputScale(p.gamma, p.beta, dim);
+    }
+    const int32_t zero_point = request.has_output_zero_point()
+                                   ? request.output_zero_point()
+                                   : model.int8_output_zero_point;
+    out->int8_affine_storage = FoldInt8Affine(p.gamma, p.beta, dim, scale, zero_point);
+    q.affine = &out->int8_affine_storage;
+  }
+  return absl::OkStatus();
 }
 
 uint64_t ParamsIdentity(const NormParams& p, int64_t count) {
@@ -279,6 +386,10 @@ absl::StatusOr<std::unique_ptr<DecodedRequest>> DecodeRequest(
   out->return_residual_sum = request.return_residual_sum();
   out->return_statistics = request.return_statistics();
 
+  if (out->input_dtype == DType::kInt8) {
+    RETURN_IF_ERROR(DecodeInt8(request, *model, dim, out.get()));
+  }
+
   out->device = model->device;
   switch (request.device()) {
     case v1::DEVICE_UNSPECIFIED:
@@ -299,7 +410,17 @@ absl::StatusOr<std::unique_ptr<DecodedRequest>> DecodeRequest(
         "DEVICE_CPU");
   }
   out->output_dtype = out->input_dtype;
-  if (request.output_dtype() != v1::DATA_TYPE_UNSPECIFIED) {
+  if (out->input_dtype == DType::kInt8) {
+    if (request.output_dtype() != v1::DATA_TYPE_UNSPECIFIED &&
+        request.output_dtype() != v1::DATA_TYPE_INT8) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "output_dtype = ", DataTypeName(request.output_dtype()),
+          ": INT8 inputs give DATA_TYPE_INT8 outputs (or leave it unset)"));
+    }
+  } else if (request.output_dtype() == v1::DATA_TYPE_INT8) {
+    return absl::InvalidArgumentError(
+        "output_dtype = DATA_TYPE_INT8: only INT8 inputs give INT8 outputs");
+  } else if (request.output_dtype() != v1::DATA_TYPE_UNSPECIFIED) {
     const std::optional<DType> output = KernelDType(request.output_dtype());
     if (!output.has_value()) {
       return absl::InvalidArgumentError(absl::StrCat(
@@ -318,6 +439,13 @@ absl::StatusOr<std::unique_ptr<DecodedRequest>> DecodeRequest(
   out->key.kind = static_cast<int>(p.kind);
   out->key.device = static_cast<int>(out->device);
   out->key.params_id = model_params ? model->id : ParamsIdentity(p, dim);
+  if (out->input_dtype == DType::kInt8) {
+    // Each job carries its own folded parameters; group by path and
+    // output quantization as well.
+    out->key.params_id ^= absl::Hash<std::tuple<bool, float, int32_t>>{}(std::make_tuple(
+        out->int8_float_path, out->int8.affine->output_scale,
+        out->int8.affine->output_zero_point));
+  }
   return out;
 }
 
@@ -329,6 +457,8 @@ v1::DataType ToProtoDType(DType dtype) {
       return v1::DATA_TYPE_FLOAT16;
     case DType::kBFloat16:
       return v1::DATA_TYPE_BFLOAT16;
+    case DType::kInt8:
+      return v1::DATA_TYPE_INT8;
   }
   return v1::DATA_TYPE_UNSPECIFIED;
 }

@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "kernels/int8_layer_norm.h"
 #include "kernels/normalize.h"
 #include "normserve/v1/normalization_service.pb.h"
 #include "server/batcher.h"
@@ -69,6 +70,12 @@ struct DecodedRequest {
   // Shape of the statistics tensors: the leading dimensions, or [1].
   std::vector<int64_t> stats_shape;
   BatchKey key;
+
+  // INT8 requests: kernel parameters, the folded affine (pointing at the
+  // model's or at int8_affine_storage) and the output quantization.
+  Int8Params int8;
+  Int8Affine int8_affine_storage;
+  bool int8_float_path = false;
 
   // Storage for values that could not be read in place.
   std::vector<float> input_copy;

@@ -69,6 +69,10 @@ void NormalizationServiceImpl::Start(
   v1::Tensor* out = response->mutable_output();
   shape_into(decoded->shape, out);
   out->set_dtype(ToProtoDType(decoded->output_dtype));
+  if (decoded->input_dtype == DType::kInt8) {
+    out->set_scale(decoded->int8.affine->output_scale);
+    out->set_zero_point(decoded->int8.affine->output_zero_point);
+  }
   const int64_t bytes_in =
       decoded->elements * static_cast<int64_t>(DTypeSize(decoded->input_dtype));
   const int64_t request_bytes =
@@ -125,6 +129,10 @@ void NormalizationServiceImpl::Start(
   seg.sum_output = sum_output;
   seg.mean = mean;
   seg.rstd = rstd;
+  if (decoded->input_dtype == DType::kInt8) {
+    seg.int8 = &decoded->int8;
+    seg.int8_float_path = decoded->int8_float_path;
+  }
   Metrics* metrics = metrics_;
   job->done = [metrics, decoded, finish, arrival, request_bytes, bytes_out](
                   const absl::Status& status, const JobTimings& timings) {

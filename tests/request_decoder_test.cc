@@ -129,10 +129,46 @@ TEST(RequestDecoderTest, EveryMalformedRequestGetsItsStatusAndField) {
       {"dtype unset",
        [](auto* r) { r->mutable_input()->set_dtype(v1::DATA_TYPE_UNSPECIFIED); },
        C::kInvalidArgument,
-       "input.dtype = DATA_TYPE_UNSPECIFIED: expected DATA_TYPE_FLOAT32, DATA_TYPE_FLOAT16 or "
-       "DATA_TYPE_BFLOAT16"},
-      {"int8 not served yet", [](auto* r) { r->mutable_input()->set_dtype(v1::DATA_TYPE_INT8); },
-       C::kInvalidArgument, "input.dtype = DATA_TYPE_INT8: expected DATA_TYPE_FLOAT32"},
+       "input.dtype = DATA_TYPE_UNSPECIFIED: expected DATA_TYPE_FLOAT32, DATA_TYPE_FLOAT16, "
+       "DATA_TYPE_BFLOAT16 or DATA_TYPE_INT8"},
+      {"int8 without scale",
+       [](auto* r) {
+         r->mutable_input()->set_dtype(v1::DATA_TYPE_INT8);
+         r->mutable_input()->mutable_data()->resize(12);
+       },
+       C::kInvalidArgument, "input.scale = 0: DATA_TYPE_INT8 tensors need a finite scale > 0"},
+      {"int8 zero point out of range",
+       [](auto* r) {
+         r->mutable_input()->set_dtype(v1::DATA_TYPE_INT8);
+         r->mutable_input()->mutable_data()->resize(12);
+         r->mutable_input()->set_scale(0.1f);
+         r->mutable_input()->set_zero_point(200);
+       },
+       C::kInvalidArgument, "input.zero_point = 200: expected -128 to 127"},
+      {"int8 rms norm",
+       [](auto* r) {
+         r->mutable_input()->set_dtype(v1::DATA_TYPE_INT8);
+         r->mutable_input()->mutable_data()->resize(12);
+         r->mutable_input()->set_scale(0.1f);
+         r->set_kind(v1::NORM_KIND_RMS_NORM);
+       },
+       C::kInvalidArgument, "INT8 inputs support NORM_KIND_LAYER_NORM only"},
+      {"int8 output scale",
+       [](auto* r) {
+         r->mutable_input()->set_dtype(v1::DATA_TYPE_INT8);
+         r->mutable_input()->mutable_data()->resize(12);
+         r->mutable_input()->set_scale(0.1f);
+         r->set_output_scale(-1);
+       },
+       C::kInvalidArgument, "output_scale = -1: expected a finite value > 0"},
+      {"int8 output to float",
+       [](auto* r) {
+         r->mutable_input()->set_dtype(v1::DATA_TYPE_INT8);
+         r->mutable_input()->mutable_data()->resize(12);
+         r->mutable_input()->set_scale(0.1f);
+         r->set_output_dtype(v1::DATA_TYPE_FLOAT32);
+       },
+       C::kInvalidArgument, "INT8 inputs give DATA_TYPE_INT8 outputs"},
       {"float_data with float16",
        [](auto* r) {
          r->mutable_input()->clear_data();
@@ -215,7 +251,7 @@ TEST(RequestDecoderTest, EveryMalformedRequestGetsItsStatusAndField) {
       {"cuda without a GPU", [](auto* r) { r->set_device(v1::DEVICE_CUDA); },
        C::kFailedPrecondition, "device = DEVICE_CUDA"},
       {"output dtype unsupported", [](auto* r) { r->set_output_dtype(v1::DATA_TYPE_INT8); },
-       C::kInvalidArgument, "output_dtype = DATA_TYPE_INT8: expected DATA_TYPE_FLOAT32"},
+       C::kInvalidArgument, "output_dtype = DATA_TYPE_INT8: only INT8 inputs give INT8 outputs"},
       {"model shape mismatch",
        [](auto* r) {
          r->set_model("fixed");

@@ -8,11 +8,12 @@
 
 namespace normserve::internal {
 
-// As NormalizeRows, but writes outputs with non-temporal (cache-bypassing)
-// stores where the target supports them: for batches whose output would
-// only evict useful data from the caches. Same output bits.
-void NormalizeRowsStreaming(const RowSegment& segment, int64_t row_begin,
-                            int64_t row_end);
+// The SIMD float kernel. With streaming_stores, outputs are written with
+// non-temporal (cache-bypassing) stores where the target supports them: for
+// batches whose output would only evict useful data from the caches. The
+// output bits are the same either way.
+void NormalizeRowsSimd(const RowSegment& segment, int64_t row_begin,
+                       int64_t row_end, bool streaming_stores);
 
 }  // namespace normserve::internal
 

@@ -420,6 +420,8 @@ template <typename In>
 void RowsForInput(const RowSegment& s, int64_t row_begin, int64_t row_end,
                   bool stream) {
   switch (s.output_dtype) {
+    case DType::kInt8:
+      return;  // INT8 segments never reach the float kernel.
     case DType::kFloat32:
       return RowsTyped<In, float>(s, row_begin, row_end, stream);
     case DType::kFloat16:
@@ -432,6 +434,8 @@ void RowsForInput(const RowSegment& s, int64_t row_begin, int64_t row_end,
 void NormalizeRowsTarget(const RowSegment& s, int64_t row_begin,
                          int64_t row_end, bool stream) {
   switch (s.input_dtype) {
+    case DType::kInt8:
+      return;  // INT8 segments never reach the float kernel.
     case DType::kFloat32:
       return RowsForInput<float>(s, row_begin, row_end, stream);
     case DType::kFloat16:
@@ -453,15 +457,11 @@ namespace normserve {
 HWY_EXPORT(NormalizeRowsTarget);
 HWY_EXPORT(TargetNameTarget);
 
-void NormalizeRows(const RowSegment& segment, int64_t row_begin,
-                   int64_t row_end) {
-  HWY_DYNAMIC_DISPATCH(NormalizeRowsTarget)(segment, row_begin, row_end, false);
-}
-
 namespace internal {
-void NormalizeRowsStreaming(const RowSegment& segment, int64_t row_begin,
-                            int64_t row_end) {
-  HWY_DYNAMIC_DISPATCH(NormalizeRowsTarget)(segment, row_begin, row_end, true);
+void NormalizeRowsSimd(const RowSegment& segment, int64_t row_begin,
+                       int64_t row_end, bool streaming_stores) {
+  HWY_DYNAMIC_DISPATCH(NormalizeRowsTarget)(segment, row_begin, row_end,
+                                            streaming_stores);
 }
 }  // namespace internal
 

@@ -189,6 +189,49 @@ TEST_F(ServerTest, HalfPrecisionResidualAndStatisticsOverTheWire) {
   }
 }
 
+TEST_F(ServerTest, Int8RequestsOnBothPathsComeBackQuantized) {
+  std::mt19937 rng(3);
+  std::uniform_int_distribution<int> byte(-128, 127);
+  v1::NormalizeRequest req;
+  req.mutable_input()->add_shape(3);
+  req.mutable_input()->add_shape(64);
+  req.mutable_input()->set_dtype(v1::DATA_TYPE_INT8);
+  req.mutable_input()->set_scale(0.05f);
+  req.mutable_input()->set_zero_point(-3);
+  std::string data(192, '\0');
+  for (char& c : data) c = static_cast<char>(byte(rng));
+  req.mutable_input()->set_data(data);
+  req.set_output_scale(4.0f / 127);
+  req.set_output_zero_point(2);
+  std::vector<float> x(192);
+  for (int i = 0; i < 192; ++i) x[i] = 0.05f * (static_cast<int8_t>(data[i]) + 3);
+  NormParams p;
+  p.dim = 64;
+  const std::vector<double> ref = ReferenceNormalize(p, x.data(), 3);
+  for (v1::Int8Path path : {v1::INT8_PATH_INTEGER, v1::INT8_PATH_FLOAT}) {
+    req.set_int8_path(path);
+    v1::NormalizeResponse resp;
+    grpc::ClientContext ctx;
+    const grpc::Status s = client_->stub()->Normalize(&ctx, req, &resp);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+    const v1::Tensor& out = resp.output();
+    EXPECT_EQ(out.dtype(), v1::DATA_TYPE_INT8);
+    EXPECT_EQ(out.scale(), 4.0f / 127);
+    EXPECT_EQ(out.zero_point(), 2);
+    ASSERT_EQ(out.data().size(), 192u);
+    for (int i = 0; i < 192; ++i) {
+      const double want = std::max(-128.0, std::min(127.0, std::round(ref[i] * 127 / 4) + 2));
+      EXPECT_LE(std::abs(static_cast<int8_t>(out.data()[i]) - want), 1) << i;
+    }
+  }
+  // Without an output scale the server picks one and says which.
+  req.clear_output_scale();
+  v1::NormalizeResponse resp;
+  grpc::ClientContext ctx;
+  ASSERT_TRUE(client_->stub()->Normalize(&ctx, req, &resp).ok());
+  EXPECT_FLOAT_EQ(resp.output().scale(), 4.0f / 127);
+}
+
 TEST_F(ServerTest, ListModelsShowsTheDefaultModel) {
   auto models = client_->ListModels();
   ASSERT_TRUE(models.ok());

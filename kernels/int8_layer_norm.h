@@ -1,0 +1,90 @@
+// LayerNorm on INT8 tensors: an integer-only path (I-BERT's i-LayerNorm
+// recipe) and a float path (dequantize, float32 LayerNorm, quantize).
+//
+// Quantization: a real value x is s·(q − z) for an int8 q, a float scale
+// s > 0 and an int8 zero point z, per tensor.
+//
+// The integer path. Per row, with v = q − z_x (|v| ≤ 255), D ≤ 65536:
+//   S = Σ v                         int32,  |S| < 2^24
+//   c_i = D·v_i − S                 int32,  |c_i| < 2^25   (= D·(v_i − mean))
+//   M = D·Σ v² − S²                 int64,  0 ≤ M < 2^49   (= D²·var(v), exact)
+//   T = M + E, E = round(D²·ε/s_x²) int64 (precomputed; clamped to 2^60)
+//   T is shifted left by 2k (k ≥ 0, the largest with T·4^k < 2^62) and
+//   den = isqrt(T·4^k) (exact floor, Newton's method) ≈ sqrt(T)·2^k,
+//   which has at least 30 significant bits.
+//   R = floor(2^62 / den)           int64, 2^31 ≤ R < 2^33
+//   n_i = round(c_i·R / 2^(62−F−k)) int64 = (v_i − mean)/sqrt(var + ε') · 2^F,
+//                                   F = 20, |n_i| ≤ 2^28 (|normalized| ≤ √D)
+//   a_i = n_i·G_i + B_i             int64, |n_i·G_i| < 2^51, |B_i| ≤ 2^50
+//   q_y = clamp(round(a_i / 2^(F+g)) + z_y, −128, 127)
+// where G_i = round(γ_i/s_y · 2^g) (|G_i| < 2^23, g ∈ [1−F, 22] chosen per
+// model) and
+// B_i = round(β_i/s_y · 2^(F+g)) fold γ, β and the output scale into
+// integers once, at model load (FoldInt8Affine). Every intermediate is
+// bounded as shown, so nothing overflows for any input; rounding happens
+// at n_i and at q_y (round half away from zero), and in the floors of den
+// and R (relative errors below 2^-29).
+//
+// Error bound (tested): the integer path's outputs are within 1 LSB of the
+// float64 reference quantized with the same output scale, for every element.
+// Both paths are deterministic; outputs do not depend on batch or thread.
+//
+// Thread-safe: pure functions on caller-owned buffers.
+#ifndef NORMSERVE_KERNELS_INT8_LAYER_NORM_H_
+#define NORMSERVE_KERNELS_INT8_LAYER_NORM_H_
+
+#include <cstdint>
+#include <vector>
+
+namespace normserve {
+
+// floor(sqrt(x)) for every 64-bit x, by Newton's method.
+uint64_t ISqrt64(uint64_t x);
+
+// γ, β and the output quantization folded into integers.
+struct Int8Affine {
+  int64_t dim = 0;
+  std::vector<int32_t> g;  // G_i
+  std::vector<int64_t> b;  // B_i
+  int g_shift = 0;         // g: G_i = round(γ_i / s_y · 2^g)
+  float output_scale = 1.0f;
+  int32_t output_zero_point = 0;
+};
+
+// Folds γ/β (nullptr: 1 / 0) and the output scale/zero point. Requires
+// dim ≥ 1, output_scale > 0 and finite, γ/β finite.
+Int8Affine FoldInt8Affine(const float* gamma, const float* beta, int64_t dim,
+                          float output_scale, int32_t output_zero_point);
+
+// The output scale the server picks when a request names none: ±4 standard
+// deviations of the normalized value, times max|γ|, plus max|β|, span the
+// int8 range.
+float DefaultInt8OutputScale(const float* gamma, const float* beta,
+                             int64_t dim);
+
+// Parameters of one INT8 segment.
+struct Int8Params {
+  int64_t dim = 0;
+  float epsilon = 1e-5f;
+  float input_scale = 1.0f;
+  int32_t input_zero_point = 0;
+  const Int8Affine* affine = nullptr;  // required
+  // Float path only: γ and β as floats (nullptr: 1 / 0).
+  const float* gamma = nullptr;
+  const float* beta = nullptr;
+};
+
+// E = round(D²·ε/s_x²), clamped to [0, 2^60].
+int64_t Int8EpsilonTerm(float epsilon, float input_scale, int64_t dim);
+
+// Integer-only LayerNorm of `rows` rows of p.dim int8 values.
+void Int8LayerNormInteger(const Int8Params& p, const int8_t* input,
+                          int8_t* output, int64_t rows);
+
+// Dequantize → float32 LayerNorm (the SIMD kernel) → quantize.
+void Int8LayerNormFloat(const Int8Params& p, const int8_t* input,
+                        int8_t* output, int64_t rows);
+
+}  // namespace normserve
+
+#endif  // NORMSERVE_KERNELS_INT8_LAYER_NORM_H_

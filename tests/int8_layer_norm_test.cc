@@ -1,0 +1,191 @@
+// The INT8 paths: exact integer square root, the integer-only LayerNorm
+// against the float64 reference (within 1 LSB everywhere), the float path,
+// and determinism.
+#include "kernels/int8_layer_norm.h"
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "kernels/reference.h"
+
+namespace normserve {
+namespace {
+
+TEST(ISqrt64Test, ExactOnEveryValueBelow2To24) {
+  for (uint64_t x = 0; x < (uint64_t{1} << 24); ++x) {
+    const uint64_t r = ISqrt64(x);
+    ASSERT_TRUE(r * r <= x && (r + 1) * (r + 1) > x) << x;
+  }
+}
+
+TEST(ISqrt64Test, ExactOnRandomAndEdge64BitValues) {
+  std::mt19937_64 rng(5);
+  std::vector<uint64_t> xs = {~uint64_t{0}, ~uint64_t{0} - 1, uint64_t{1} << 63,
+                              (uint64_t{1} << 62) - 1, 4294967295ull * 4294967295ull,
+                              4294967295ull * 4294967295ull - 1};
+  for (int i = 0; i < 200000; ++i) xs.push_back(rng() >> (rng() % 64));
+  for (uint64_t r = 1; r < 100000; r += 7) {  // squares and their neighbours
+    xs.push_back(r * r);
+    xs.push_back(r * r - 1);
+  }
+  for (uint64_t x : xs) {
+    const unsigned __int128 r = ISqrt64(x);
+    ASSERT_LE(r * r, x) << x;
+    ASSERT_GT((r + 1) * (r + 1), static_cast<unsigned __int128>(x)) << x;
+  }
+}
+
+struct Quantized {
+  std::vector<int8_t> q;
+  float scale;
+  int32_t zero_point;
+};
+
+// Transformer-like activations: mostly N(0, 1) with a few outlier channels
+// 20–60× larger, then quantized with a per-tensor scale covering the range.
+Quantized RealisticActivations(int64_t rows, int64_t d, std::mt19937* rng) {
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> x(static_cast<size_t>(rows * d));
+  std::vector<float> channel_scale(static_cast<size_t>(d), 1.0f);
+  for (int k = 0; k < 3 && k < d; ++k) channel_scale[(*rng)() % d] = 20.0f + 40.0f * k / 2;
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t i = 0; i < d; ++i) x[r * d + i] = normal(*rng) * channel_scale[i] + 0.5f;
+  }
+  float lo = 0, hi = 0;
+  for (float v : x) {
+    lo = std::min(lo, v);
+    hi = std::max(hi, v);
+  }
+  Quantized out;
+  out.scale = (hi - lo) / 255.0f;
+  out.zero_point = static_cast<int32_t>(std::lround(-128 - lo / out.scale));
+  out.q.resize(x.size());
+  for (size_t i = 0; i < x.size(); ++i) {
+    out.q[i] = static_cast<int8_t>(std::max<long>(
+        -128, std::min<long>(127, std::lround(x[i] / out.scale) + out.zero_point)));
+  }
+  return out;
+}
+
+// The float64 reference on dequantized inputs, quantized to the output
+// scale with round-half-away and clamping.
+std::vector<int> ReferenceQuantized(const Quantized& in, int64_t rows, int64_t d,
+                                    const float* gamma, const float* beta, float eps,
+                                    float out_scale, int32_t out_zp) {
+  std::vector<float> x(in.q.size());
+  for (size_t i = 0; i < x.size(); ++i) x[i] = in.scale * (in.q[i] - in.zero_point);
+  NormParams p;
+  p.dim = d;
+  p.epsilon = eps;
+  p.gamma = gamma;
+  p.beta = beta;
+  const std::vector<double> y = ReferenceNormalize(p, x.data(), rows);
+  std::vector<int> q(y.size());
+  for (size_t i = 0; i < y.size(); ++i) {
+    q[i] = static_cast<int>(std::max<double>(
+        -128, std::min<double>(127, std::round(y[i] / out_scale) + out_zp)));
+  }
+  return q;
+}
+
+TEST(Int8LayerNormTest, IntegerPathIsWithinOneLsbOfTheReference) {
+  std::mt19937 rng(9);
+  int64_t elements = 0, exact = 0;
+  for (int64_t d : {1, 2, 3, 16, 768, 4096, 65536}) {
+    const int64_t rows = std::max<int64_t>(2, 200000 / d);
+    const Quantized in = RealisticActivations(rows, d, &rng);
+    std::normal_distribution<float> nd(1.0f, 0.3f);
+    std::vector<float> gamma(static_cast<size_t>(d)), beta(static_cast<size_t>(d));
+    for (auto& g : gamma) g = nd(rng);
+    for (auto& b : beta) b = nd(rng) - 1.0f;
+    for (bool affine : {false, true}) {
+      const float* g = affine ? gamma.data() : nullptr;
+      const float* b = affine ? beta.data() : nullptr;
+      const float out_scale = DefaultInt8OutputScale(g, b, d);
+      const Int8Affine folded = FoldInt8Affine(g, b, d, out_scale, 3);
+      Int8Params p;
+      p.dim = d;
+      p.input_scale = in.scale;
+      p.input_zero_point = in.zero_point;
+      p.affine = &folded;
+      p.gamma = g;
+      p.beta = b;
+      std::vector<int8_t> y(in.q.size()), yf(in.q.size());
+      Int8LayerNormInteger(p, in.q.data(), y.data(), rows);
+      Int8LayerNormFloat(p, in.q.data(), yf.data(), rows);
+      const std::vector<int> ref =
+          ReferenceQuantized(in, rows, d, g, b, p.epsilon, out_scale, 3);
+      for (size_t i = 0; i < y.size(); ++i) {
+        ASSERT_LE(std::abs(y[i] - ref[i]), 1) << "D " << d << " element " << i;
+        ASSERT_LE(std::abs(yf[i] - ref[i]), 1) << "float path, D " << d << " element " << i;
+        exact += y[i] == ref[i];
+      }
+      elements += static_cast<int64_t>(y.size());
+    }
+  }
+  // Off by one LSB only at rounding ties' edges: rare.
+  EXPECT_GT(exact, elements * 99 / 100);
+}
+
+TEST(Int8LayerNormTest, ConstantRowGivesQuantizedBeta) {
+  const int64_t d = 64;
+  std::vector<float> beta(d);
+  for (int64_t i = 0; i < d; ++i) beta[i] = 0.05f * static_cast<float>(i) - 1.0f;
+  const Int8Affine folded = FoldInt8Affine(nullptr, beta.data(), d, 0.02f, -5);
+  Int8Params p;
+  p.dim = d;
+  p.input_scale = 0.1f;
+  p.affine = &folded;
+  std::vector<int8_t> x(d, 17), y(d);
+  Int8LayerNormInteger(p, x.data(), y.data(), 1);
+  for (int64_t i = 0; i < d; ++i) {
+    const double want = static_cast<double>(beta[i]) / static_cast<double>(0.02f);
+    EXPECT_EQ(y[i], std::max(-128L, std::min(127L, std::lround(want) - 5)))
+        << i;
+  }
+}
+
+TEST(Int8LayerNormTest, ExtremeInputsDoNotOverflow) {
+  // Every value at ±full range, zero points at the ends, D at its maximum.
+  const int64_t d = 65536;
+  std::vector<int8_t> x(d);
+  for (int64_t i = 0; i < d; ++i) x[i] = (i % 2) ? 127 : -128;
+  for (int32_t zp : {-128, 127}) {
+    const Int8Affine folded = FoldInt8Affine(nullptr, nullptr, d, 4.0f / 127, 0);
+    Int8Params p;
+    p.dim = d;
+    p.input_scale = 1e-3f;
+    p.input_zero_point = zp;
+    p.epsilon = 1e-12f;
+    p.affine = &folded;
+    std::vector<int8_t> y(d);
+    Int8LayerNormInteger(p, x.data(), y.data(), 1);
+    // Alternating ±1 standard deviation: ±1/(4/127) = ±31.75 -> ±32.
+    EXPECT_EQ(y[0], -32);
+    EXPECT_EQ(y[1], 32);
+  }
+}
+
+TEST(Int8LayerNormTest, DeterministicAcrossRunsAndRowSplits) {
+  std::mt19937 rng(4);
+  const Quantized in = RealisticActivations(64, 768, &rng);
+  const Int8Affine folded = FoldInt8Affine(nullptr, nullptr, 768, 0.03f, 0);
+  Int8Params p;
+  p.dim = 768;
+  p.input_scale = in.scale;
+  p.input_zero_point = in.zero_point;
+  p.affine = &folded;
+  std::vector<int8_t> all(in.q.size()), split(in.q.size());
+  Int8LayerNormInteger(p, in.q.data(), all.data(), 64);
+  for (int64_t r = 0; r < 64; r += 5) {
+    const int64_t n = std::min<int64_t>(5, 64 - r);
+    Int8LayerNormInteger(p, in.q.data() + r * 768, split.data() + r * 768, n);
+  }
+  EXPECT_EQ(all, split);
+}
+
+}  // namespace
+}  // namespace normserve
