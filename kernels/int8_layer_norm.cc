@@ -16,16 +16,6 @@ constexpr int64_t kMaxE = int64_t{1} << 60;
 
 int BitLength(uint64_t x) { return x == 0 ? 0 : 64 - __builtin_clzll(x); }
 
-int8_t Clamp8(int64_t v) {
-  return static_cast<int8_t>(std::min<int64_t>(127, std::max<int64_t>(-128, v)));
-}
-
-// round(a / 2^s) for s ≥ 1, halves away from zero.
-int64_t RoundShift(int64_t a, int s) {
-  const int64_t half = int64_t{1} << (s - 1);
-  return a >= 0 ? (a + half) >> s : -((-a + half) >> s);
-}
-
 }  // namespace
 
 uint64_t ISqrt64(uint64_t x) {
@@ -90,6 +80,53 @@ int64_t Int8EpsilonTerm(float epsilon, float input_scale, int64_t dim) {
   return static_cast<int64_t>(std::llround(e));
 }
 
+namespace {
+
+// The two loops of the integer path, compiled for AVX-512, AVX2 and
+// baseline x86-64 and chosen at load time (GCC function multiversioning),
+// so that they vectorize: only adds, multiplies, shifts and compares on
+// int32/int64 lanes. Rounding is half up ((a + 2^(s−1)) >> s), which is
+// branch-free; the error bound is the same as half away from zero.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define NORMSERVE_INT8_CLONES \
+  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define NORMSERVE_INT8_CLONES
+#endif
+
+NORMSERVE_INT8_CLONES
+void RowSums(const int8_t* q, int64_t d, int32_t zero_point, int64_t* sum,
+             int64_t* sum_squares) {
+  int64_t s = 0, sq = 0;
+  for (int64_t i = 0; i < d; ++i) {
+    const int32_t v = static_cast<int32_t>(q[i]) - zero_point;
+    s += v;
+    sq += v * v;  // |v| ≤ 255: v² < 2^17 fits int32
+  }
+  *sum = s;
+  *sum_squares = sq;
+}
+
+NORMSERVE_INT8_CLONES
+void RowOutput(const int8_t* q, int8_t* y, int64_t d, int32_t zero_point,
+               int64_t sum, int64_t recip, int n_shift, const int32_t* g,
+               const int64_t* b, int out_shift, int32_t out_zero_point) {
+  const int64_t half_n = int64_t{1} << (n_shift - 1);
+  const int64_t half_out = int64_t{1} << (out_shift - 1);
+  for (int64_t i = 0; i < d; ++i) {
+    const int64_t v = static_cast<int64_t>(q[i]) - zero_point;
+    const int64_t c = d * v - sum;                          // |c| < 2^25
+    const int64_t n = (c * recip + half_n) >> n_shift;      // |n| ≤ 2^28
+    const int64_t acc = n * g[i] + b[i];                    // < 2^52
+    int64_t r = ((acc + half_out) >> out_shift) + out_zero_point;
+    r = r < -128 ? -128 : r;
+    r = r > 127 ? 127 : r;
+    y[i] = static_cast<int8_t>(r);
+  }
+}
+
+}  // namespace
+
 void Int8LayerNormInteger(const Int8Params& p, const int8_t* input,
                           int8_t* output, int64_t rows) {
   const int64_t d = p.dim;
@@ -98,34 +135,49 @@ void Int8LayerNormInteger(const Int8Params& p, const int8_t* input,
   const int out_shift = kFracBits + a.g_shift;
   for (int64_t r = 0; r < rows; ++r) {
     const int8_t* q = input + r * d;
-    int8_t* y = output + r * d;
-    int32_t s = 0;
-    int64_t sq = 0;
-    for (int64_t i = 0; i < d; ++i) {
-      const int32_t v = static_cast<int32_t>(q[i]) - p.input_zero_point;
-      s += v;
-      sq += static_cast<int64_t>(v) * v;
-    }
-    const int64_t m = d * sq - static_cast<int64_t>(s) * s;  // D²·var, exact
+    int64_t s, sq;
+    RowSums(q, d, p.input_zero_point, &s, &sq);
+    const int64_t m = d * sq - s * s;  // D²·var, exact
     uint64_t t = static_cast<uint64_t>(m) + static_cast<uint64_t>(e);
+    if (t == 0) t = 1;  // constant row with ε → 0: every c_i is 0 anyway
     int k = 0;
-    if (t == 0) t = 1;  // constant row with ε → 0: c_i = 0 anyway
     while (BitLength(t) + 2 <= 62) {
       t <<= 2;
       ++k;
     }
     const uint64_t den = ISqrt64(t);  // ≈ sqrt(M + E)·2^k, ≥ 2^30
     const int64_t recip = static_cast<int64_t>((uint64_t{1} << 62) / den);
-    const int n_shift = 62 - kFracBits - k;
-    for (int64_t i = 0; i < d; ++i) {
-      const int32_t v = static_cast<int32_t>(q[i]) - p.input_zero_point;
-      const int64_t c = d * v - s;
-      const int64_t n = RoundShift(c * recip, n_shift);
-      const int64_t acc = n * a.g[static_cast<size_t>(i)] + a.b[static_cast<size_t>(i)];
-      y[i] = Clamp8(RoundShift(acc, out_shift) + a.output_zero_point);
-    }
+    RowOutput(q, output + r * d, d, p.input_zero_point, s, recip,
+              62 - kFracBits - k, a.g.data(), a.b.data(), out_shift,
+              a.output_zero_point);
   }
 }
+
+namespace {
+
+NORMSERVE_INT8_CLONES
+void Dequantize(const int8_t* q, float* x, int64_t d, float scale, int32_t zero_point) {
+  for (int64_t i = 0; i < d; ++i) {
+    x[i] = scale * static_cast<float>(static_cast<int32_t>(q[i]) - zero_point);
+  }
+}
+
+// round(y / s_y) half away from zero, + zero point, clamped. y is finite
+// (int8 inputs are, and γ/β were validated finite).
+NORMSERVE_INT8_CLONES
+void Quantize(const float* y, int8_t* q, int64_t d, float inv_scale, int32_t zero_point) {
+  for (int64_t i = 0; i < d; ++i) {
+    float t = y[i] * inv_scale;
+    t = t < -256.0f ? -256.0f : t;
+    t = t > 256.0f ? 256.0f : t;
+    int32_t r = static_cast<int32_t>(t + (t < 0.0f ? -0.5f : 0.5f)) + zero_point;
+    r = r < -128 ? -128 : r;
+    r = r > 127 ? 127 : r;
+    q[i] = static_cast<int8_t>(r);
+  }
+}
+
+}  // namespace
 
 void Int8LayerNormFloat(const Int8Params& p, const int8_t* input,
                         int8_t* output, int64_t rows) {
@@ -145,18 +197,9 @@ void Int8LayerNormFloat(const Int8Params& p, const int8_t* input,
   seg.rows = 1;
   const float inv_out = 1.0f / p.affine->output_scale;
   for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t i = 0; i < d; ++i) {
-      x[static_cast<size_t>(i)] =
-          p.input_scale * static_cast<float>(static_cast<int32_t>(input[r * d + i]) -
-                                             p.input_zero_point);
-    }
+    Dequantize(input + r * d, x.data(), d, p.input_scale, p.input_zero_point);
     NormalizeRows(seg, 0, 1);
-    for (int64_t i = 0; i < d; ++i) {
-      const float q = std::round(y[static_cast<size_t>(i)] * inv_out);
-      const float clamped = std::isnan(q) ? 0.0f : std::min(255.0f, std::max(-255.0f, q));
-      output[r * d + i] =
-          Clamp8(static_cast<int64_t>(clamped) + p.affine->output_zero_point);
-    }
+    Quantize(y.data(), output + r * d, d, inv_out, p.affine->output_zero_point);
   }
 }
 
