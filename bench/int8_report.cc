@@ -14,6 +14,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <random>
 #include <string>
 #include <vector>
@@ -144,6 +145,23 @@ int main(int argc, char** argv) {
   }
   if (dims.empty()) dims = {768, 4096};
   std::printf("# INT8 LayerNorm: accuracy and speed\n\n");
+  std::string cpu = "unknown CPU";
+  if (FILE* f = std::fopen("/proc/cpuinfo", "r")) {
+    char line[512];
+    while (std::fgets(line, sizeof(line), f) != nullptr) {
+      if (std::strncmp(line, "model name", 10) == 0) {
+        cpu = std::string(std::strchr(line, ':') + 2);
+        cpu.pop_back();
+        break;
+      }
+    }
+    std::fclose(f);
+  }
+  const std::time_t now = std::time(nullptr);
+  char date[32];
+  std::strftime(date, sizeof(date), "%Y-%m-%d", std::gmtime(&now));
+  std::printf("Machine: %s; float32 kernel target %s; %s.\n\n", cpu.c_str(),
+              normserve::KernelTargetName(), date);
   std::printf("Errors are against the float64 reference on the dequantized input, quantized\n"
               "to the same output scale (round half away from zero). Command: "
               "`build/bench/int8_report`.\n\n");
