@@ -98,7 +98,7 @@ def gbench(build, dtype_index, d, nbytes, threads):
     flt = (f"BM_Normalize/dtype:{dtype_index}/kind:0/D:{d}/bytes:{nbytes}/threads:{threads}/|"
            f"BM_Memcpy/bytes:{nbytes}/threads:{threads}/")
     out = subprocess.run([binary, f"--benchmark_filter={flt}", "--benchmark_format=json",
-                          "--benchmark_min_time=1", "--benchmark_repetitions=3",
+                          "--benchmark_min_time=0.5", "--benchmark_repetitions=3",
                           "--benchmark_report_aggregates_only=true"],
                          check=True, capture_output=True, text=True).stdout
     res = {}
@@ -115,7 +115,7 @@ def main():
     ap.add_argument("--build", default=os.path.join(REPO, "build"))
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--dims", default="768,1024,4096,16384")
-    ap.add_argument("--iters", type=int, default=5)
+    ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--out", default=os.path.join(REPO, "bench", "results"))
     args = ap.parse_args()
 
