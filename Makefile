@@ -1,11 +1,18 @@
 # The two commands of the README:
 #   make run   installs dependencies, builds (Release), starts the server on CPU
-#   make test  installs dependencies, builds, runs every test through CTest
+#   make test  installs dependencies, builds, runs every test: the CTest suite,
+#              then the sanitizer builds (ASan+UBSan, TSan) and a short
+#              libFuzzer run of every fuzz target
+# Also: make test-sanitize, make fuzz (longer fuzzing), make soak (minutes of
+# mixed traffic against a live server), make bench, make image (see README).
 BUILD_DIR ?= build
 JOBS ?= $(shell nproc)
 ARGS ?=
+FUZZ_SECONDS ?= 300
+SOAK_SECONDS ?= 300
+CMAKE_COMMON = -G Ninja -DCMAKE_BUILD_TYPE=Release -DNORMSERVE_WERROR=ON
 
-.PHONY: all deps build run test clean format
+.PHONY: all deps build run test test-unit test-sanitize fuzz-smoke fuzz soak bench clean format
 
 all: build
 
@@ -13,17 +20,58 @@ deps:
 	bash deploy/install-deps.sh
 
 build: deps
-	cmake -S . -B $(BUILD_DIR) -G Ninja -DCMAKE_BUILD_TYPE=Release -DNORMSERVE_WERROR=ON
+	cmake -S . -B $(BUILD_DIR) $(CMAKE_COMMON)
 	cmake --build $(BUILD_DIR) -j $(JOBS)
 
 run: build
 	$(BUILD_DIR)/server/normserve $(ARGS)
 
-test: build
+test: test-unit test-sanitize fuzz-smoke
+
+test-unit: build
 	cd $(BUILD_DIR) && ctest --output-on-failure --timeout 600 -j $(JOBS)
+
+# ASan + UBSan over the unit and integration tests (the server binary the
+# integration tests start is instrumented too), then ThreadSanitizer over
+# the tests that exercise threads. Any report fails the run.
+test-sanitize: deps
+	cmake -S . -B build-asan $(CMAKE_COMMON) -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	  -DNORMSERVE_SANITIZE=address -DNORMSERVE_BUILD_BENCH=OFF
+	cmake --build build-asan -j $(JOBS)
+	cd build-asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  ctest --output-on-failure --timeout 900 -j $(JOBS) -L 'unit|integration'
+	cmake -S . -B build-tsan $(CMAKE_COMMON) -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	  -DNORMSERVE_SANITIZE=thread -DNORMSERVE_BUILD_BENCH=OFF
+	cmake --build build-tsan -j $(JOBS) --target batcher_test normalize_test
+	cd build-tsan && TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
+	  ctest --output-on-failure --timeout 900 -L concurrency
+
+FUZZ_CMAKE = CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja \
+  -DCMAKE_BUILD_TYPE=RelWithDebInfo -DNORMSERVE_FUZZ=ON \
+  -DNORMSERVE_BUILD_TESTS=OFF -DNORMSERVE_BUILD_BENCH=OFF
+FUZZ_TARGETS = request_decoder_fuzz npy_fuzz model_config_fuzz
+
+fuzz-smoke: deps
+	$(FUZZ_CMAKE) -DNORMSERVE_FUZZ_SECONDS=10
+	cmake --build build-fuzz -j $(JOBS) --target $(FUZZ_TARGETS)
+	cd build-fuzz && ctest --output-on-failure -L fuzz
+
+fuzz: deps
+	$(FUZZ_CMAKE) -DNORMSERVE_FUZZ_SECONDS=$(FUZZ_SECONDS)
+	cmake --build build-fuzz -j $(JOBS) --target $(FUZZ_TARGETS)
+	cd build-fuzz && ctest --output-on-failure -L fuzz
+
+soak: build
+	NORMSERVE_SOAK_SECONDS=$(SOAK_SECONDS) $(BUILD_DIR)/tests/soak_test
+
+bench: build
+	$(BUILD_DIR)/bench/normalize_bench
+	$(BUILD_DIR)/bench/int8_report
+	python3 bench/compare_cpu.py --build $(BUILD_DIR)
 
 format:
 	clang-format -i $$(git ls-files '*.cc' '*.h')
 
 clean:
-	rm -rf $(BUILD_DIR)
+	rm -rf $(BUILD_DIR) build-asan build-tsan build-fuzz

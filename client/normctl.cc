@@ -4,6 +4,8 @@
 //   normctl --input=x.npy --output=y.npy        from and to .npy files
 //   normctl --list_models | --health
 #include <cstdio>
+#include <fstream>
+#include <sstream>
 #include <random>
 #include <string>
 #include <vector>
@@ -36,6 +38,11 @@ ABSL_FLAG(bool, stats, false, "Also print per-row mean and rstd.");
 ABSL_FLAG(uint32_t, seed, 1, "Seed of the random input.");
 ABSL_FLAG(int, timeout_ms, 10000, "Deadline of the call.");
 ABSL_FLAG(bool, list_models, false, "List the server's models and exit.");
+ABSL_FLAG(std::string, tls_ca, "", "PEM CA bundle: connect over TLS.");
+ABSL_FLAG(std::string, tls_cert, "", "PEM client certificate (mutual TLS).");
+ABSL_FLAG(std::string, tls_key, "", "PEM client key (mutual TLS).");
+ABSL_FLAG(std::string, tls_server_name, "",
+          "Expected server certificate name, if not the --server host.");
 ABSL_FLAG(bool, health, false, "Print the server's health and exit.");
 
 namespace {
@@ -71,6 +78,18 @@ int main(int argc, char** argv) {
   normserve::NormClient::Options options;
   options.target = absl::GetFlag(FLAGS_server);
   options.timeout = absl::Milliseconds(absl::GetFlag(FLAGS_timeout_ms));
+  for (const auto& [flag, target] :
+       {std::make_pair(absl::GetFlag(FLAGS_tls_ca), &options.tls_ca_pem),
+        std::make_pair(absl::GetFlag(FLAGS_tls_cert), &options.tls_cert_pem),
+        std::make_pair(absl::GetFlag(FLAGS_tls_key), &options.tls_key_pem)}) {
+    if (flag.empty()) continue;
+    std::ifstream in(flag);
+    if (!in) return Fail(absl::NotFoundError(flag + ": cannot open"));
+    std::stringstream ss;
+    ss << in.rdbuf();
+    *target = ss.str();
+  }
+  options.tls_server_name = absl::GetFlag(FLAGS_tls_server_name);
   auto client = normserve::NormClient::Create(options);
   if (!client.ok()) return Fail(client.status());
 

@@ -65,6 +65,12 @@ class NormClient {
     // Deadline of each call.
     absl::Duration timeout = absl::Seconds(10);
     int max_message_bytes = 64 << 20;
+    // TLS: PEM contents (not paths). Empty ca_pem: plaintext.
+    std::string tls_ca_pem;
+    std::string tls_cert_pem;  // client certificate, for mutual TLS
+    std::string tls_key_pem;
+    // Expected server name when it differs from the target's host.
+    std::string tls_server_name;
   };
 
   static absl::StatusOr<std::unique_ptr<NormClient>> Create(

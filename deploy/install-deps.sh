@@ -21,6 +21,8 @@ packages=(
   python3-numpy
   # Integration tests: HTTP scrape of /metrics.
   curl grpc-proto
+  # Sanitizer and fuzz builds, TLS test certificates.
+  clang libclang-rt-14-dev libfuzzer-14-dev openssl
 )
 
 missing=()

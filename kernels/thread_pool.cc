@@ -5,12 +5,12 @@
 namespace normserve {
 
 struct ThreadPool::Loop {
-  const std::function<void(int64_t)>* fn;
-  int64_t n;
-  std::atomic<int64_t> next{0};
-  std::atomic<int64_t> done{0};
-  absl::Mutex mu;
-  absl::CondVar finished;
+  const std::function<void(int64_t)>* fn = nullptr;
+  int64_t n = 0;
+  std::atomic<int64_t> next{0};  // next index to claim
+  std::mutex mu;
+  std::condition_variable finished;
+  int64_t done = 0;  // indices run; guarded by mu
 };
 
 ThreadPool::ThreadPool(int num_threads) {
@@ -21,9 +21,10 @@ ThreadPool::ThreadPool(int num_threads) {
 
 ThreadPool::~ThreadPool() {
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     stopping_ = true;
   }
+  work_.notify_all();
   for (std::thread& t : threads_) t.join();
 }
 
@@ -32,10 +33,8 @@ void ThreadPool::Drain(Loop* loop) {
     const int64_t i = loop->next.fetch_add(1);
     if (i >= loop->n) return;
     (*loop->fn)(i);
-    if (loop->done.fetch_add(1) + 1 == loop->n) {
-      absl::MutexLock lock(&loop->mu);
-      loop->finished.SignalAll();
-    }
+    std::lock_guard<std::mutex> lock(loop->mu);
+    if (++loop->done == loop->n) loop->finished.notify_all();
   }
 }
 
@@ -49,12 +48,13 @@ void ThreadPool::ParallelFor(int64_t n, const std::function<void(int64_t)>& fn) 
   loop->fn = &fn;
   loop->n = n;
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     loops_.push_back(loop);
   }
+  work_.notify_all();
   Drain(loop.get());
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     for (auto it = loops_.begin(); it != loops_.end(); ++it) {
       if (it->get() == loop.get()) {
         loops_.erase(it);
@@ -62,30 +62,26 @@ void ThreadPool::ParallelFor(int64_t n, const std::function<void(int64_t)>& fn) 
       }
     }
   }
-  absl::MutexLock lock(&loop->mu);
-  while (loop->done.load() < n) loop->finished.Wait(&loop->mu);
+  std::unique_lock<std::mutex> lock(loop->mu);
+  loop->finished.wait(lock, [&] { return loop->done == loop->n; });
 }
 
 void ThreadPool::WorkerLoop() {
   for (;;) {
     std::shared_ptr<Loop> loop;
     {
-      absl::MutexLock lock(&mu_);
-      auto has_work = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      std::unique_lock<std::mutex> lock(mu_);
+      work_.wait(lock, [&] {
         if (stopping_) return true;
         for (const auto& l : loops_) {
-          if (l->next.load() < l->n) return true;
+          if (l->next.load() < l->n) {
+            loop = l;
+            return true;
+          }
         }
         return false;
-      };
-      mu_.Await(absl::Condition(&has_work));
-      for (const auto& l : loops_) {
-        if (l->next.load() < l->n) {
-          loop = l;
-          break;
-        }
-      }
-      if (loop == nullptr) return;  // stopping, nothing left
+      });
+      if (loop == nullptr) return;  // stopping
     }
     Drain(loop.get());
   }

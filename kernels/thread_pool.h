@@ -13,15 +13,14 @@
 #ifndef NORMSERVE_KERNELS_THREAD_POOL_H_
 #define NORMSERVE_KERNELS_THREAD_POOL_H_
 
+#include <condition_variable>
 #include <cstdint>
 #include <deque>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <thread>
 #include <vector>
-
-#include "absl/base/thread_annotations.h"
-#include "absl/synchronization/mutex.h"
 
 namespace normserve {
 
@@ -45,10 +44,13 @@ class ThreadPool {
   // Runs indices of `loop` until none are left to claim.
   static void Drain(Loop* loop);
 
-  absl::Mutex mu_;
-  // Loops with indices left to claim, oldest first.
-  std::deque<std::shared_ptr<Loop>> loops_ ABSL_GUARDED_BY(mu_);
-  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  // std::mutex rather than absl::Mutex: ThreadSanitizer sees pthreads but
+  // not Debian's uninstrumented Abseil.
+  std::mutex mu_;
+  std::condition_variable work_;
+  // Loops that may have indices left to claim, oldest first. Guarded by mu_.
+  std::deque<std::shared_ptr<Loop>> loops_;
+  bool stopping_ = false;  // Guarded by mu_.
   std::vector<std::thread> threads_;
 };
 

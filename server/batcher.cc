@@ -38,7 +38,7 @@ Batcher::Batcher(Options options)
 Batcher::~Batcher() { Stop(); }
 
 absl::Status Batcher::Submit(std::unique_ptr<Job> job) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   if (stopping_) {
     return absl::UnavailableError("server is shutting down");
   }
@@ -52,23 +52,23 @@ absl::Status Batcher::Submit(std::unique_ptr<Job> job) {
 
 void Batcher::Stop() {
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     stopping_ = true;
     wake_.SignalAll();
   }
-  absl::MutexLock lock(&stop_mu_);
+  MutexLock lock(&stop_mu_);
   if (joined_) return;
   for (std::thread& t : workers_) t.join();
   joined_ = true;
 }
 
 int64_t Batcher::queued_jobs() const {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   return queues_->size();
 }
 
 void Batcher::TEST_Wake() {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   wake_.SignalAll();
 }
 
@@ -76,7 +76,7 @@ void Batcher::WorkerLoop() {
   for (;;) {
     internal::BatchQueues::Popped popped;
     {
-      absl::MutexLock lock(&mu_);
+      MutexLock lock(&mu_);
       for (;;) {
         const absl::Time now = clock_->Now();
         auto ready = queues_->PopReady(now, stopping_);

@@ -53,11 +53,11 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "kernels/normalize.h"
 #include "server/clock.h"
+#include "server/internal/mutex.h"
 
 namespace normserve {
 
@@ -176,12 +176,12 @@ class Batcher {
 
   const Options options_;
   Clock* const clock_;
-  mutable absl::Mutex mu_;
-  absl::CondVar wake_;
+  mutable Mutex mu_;
+  CondVar wake_;
   std::unique_ptr<internal::BatchQueues> queues_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<std::thread> workers_;
-  absl::Mutex stop_mu_;
+  Mutex stop_mu_;
   bool joined_ ABSL_GUARDED_BY(stop_mu_) = false;
 };
 

@@ -140,7 +140,7 @@ void Metrics::RpcHandled(const std::string& method, const char* type, int code,
 Metrics::StageMetrics* Metrics::Stage(const std::string& model,
                                       const char* device) {
   const std::string key = absl::StrCat(model, "\n", device);
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   auto it = stages_.find(key);
   if (it != stages_.end()) return &it->second;
   const std::map<std::string, std::string> labels = {{"model", model},

@@ -26,7 +26,6 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/container/node_hash_map.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "prometheus/counter.h"
 #include "prometheus/exposer.h"
@@ -35,6 +34,7 @@
 #include "prometheus/histogram.h"
 #include "prometheus/registry.h"
 #include "server/batcher.h"
+#include "server/internal/mutex.h"
 
 namespace normserve {
 
@@ -97,7 +97,7 @@ class Metrics : public BatchObserver {
   prometheus::Gauge* queue_depth_;
   prometheus::Gauge* in_flight_;
 
-  absl::Mutex mu_;
+  Mutex mu_;
   // Node map: callers keep pointers to values past the lock.
   absl::node_hash_map<std::string, StageMetrics> stages_ ABSL_GUARDED_BY(mu_);
 };

@@ -42,6 +42,21 @@ ABSL_FLAG(int, max_message_bytes, 64 << 20,
 ABSL_FLAG(int64_t, max_elements, int64_t{1} << 24,
           "Largest input tensor, in elements.");
 ABSL_FLAG(int, max_rank, 8, "Largest input tensor rank.");
+ABSL_FLAG(std::string, metrics_host, "",
+          "Address for the metrics endpoint; empty means --host.");
+ABSL_FLAG(std::string, tls_cert, "",
+          "PEM certificate chain: serve gRPC over TLS (with --tls_key).");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key for --tls_cert.");
+ABSL_FLAG(std::string, tls_client_ca, "",
+          "PEM CA bundle: require client certificates signed by it (mTLS).");
+ABSL_FLAG(int, max_concurrent_streams, 100,
+          "Concurrent calls per client connection.");
+ABSL_FLAG(int64_t, keepalive_time_ms, 120000,
+          "Ping idle connections after this long; drop them if unanswered.");
+ABSL_FLAG(int64_t, keepalive_timeout_ms, 20000,
+          "How long a keepalive ping may go unanswered.");
+ABSL_FLAG(int64_t, min_client_ping_interval_ms, 10000,
+          "Clients pinging more often than this are disconnected.");
 ABSL_FLAG(int64_t, shutdown_grace_ms, 30000,
           "On SIGTERM/SIGINT: how long to let admitted requests finish.");
 
@@ -62,8 +77,22 @@ int main(int argc, char** argv) {
   normserve::ServerOptions options;
   const std::string host = absl::GetFlag(FLAGS_host);
   options.grpc_address = absl::StrCat(host, ":", absl::GetFlag(FLAGS_grpc_port));
+  const std::string metrics_host = absl::GetFlag(FLAGS_metrics_host).empty()
+                                       ? host
+                                       : absl::GetFlag(FLAGS_metrics_host);
   options.metrics_address =
-      absl::StrCat(host, ":", absl::GetFlag(FLAGS_metrics_port));
+      absl::StrCat(metrics_host, ":", absl::GetFlag(FLAGS_metrics_port));
+  options.tls.cert_path = absl::GetFlag(FLAGS_tls_cert);
+  options.tls.key_path = absl::GetFlag(FLAGS_tls_key);
+  options.tls.client_ca_path = absl::GetFlag(FLAGS_tls_client_ca);
+  options.connection.max_concurrent_streams =
+      absl::GetFlag(FLAGS_max_concurrent_streams);
+  options.connection.keepalive_time =
+      absl::Milliseconds(absl::GetFlag(FLAGS_keepalive_time_ms));
+  options.connection.keepalive_timeout =
+      absl::Milliseconds(absl::GetFlag(FLAGS_keepalive_timeout_ms));
+  options.connection.min_client_ping_interval =
+      absl::Milliseconds(absl::GetFlag(FLAGS_min_client_ping_interval_ms));
   options.models.config_path = absl::GetFlag(FLAGS_model_config);
   options.models.default_batching.max_batch_rows =
       absl::GetFlag(FLAGS_max_batch_rows);
@@ -101,8 +130,12 @@ int main(int argc, char** argv) {
     return 1;
   }
   // Tests and scripts parse this line for the bound ports.
-  std::printf("normserve listening grpc=%s:%d metrics=%s:%d\n", host.c_str(),
-              (*server)->grpc_port(), host.c_str(), (*server)->metrics_port());
+  std::printf("normserve listening grpc=%s:%d metrics=%s:%d tls=%s\n",
+              host.c_str(), (*server)->grpc_port(), metrics_host.c_str(),
+              (*server)->metrics_port(),
+              options.tls.cert_path.empty()
+                  ? "off"
+                  : (options.tls.client_ca_path.empty() ? "on" : "mutual"));
   std::printf(
       "First request: build/client/normctl --server=%s:%d --shape=2,768\n",
       host == "0.0.0.0" ? "127.0.0.1" : host.c_str(), (*server)->grpc_port());

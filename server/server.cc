@@ -1,15 +1,16 @@
 #include "server/server.h"
 
 #include <algorithm>
+#include <fstream>
+#include <sstream>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
-#include "absl/synchronization/notification.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "server/backend.h"
+#include "server/internal/mutex.h"
 #include "server/internal/status_macros.h"
 #include "server/metrics.h"
 #include "server/service.h"
@@ -25,13 +26,54 @@ struct NormServer::State {
   std::unique_ptr<NormalizationServiceImpl> service;
   std::unique_ptr<grpc::Server> server;
   int grpc_port = 0;
-  absl::Mutex mu;
+  Mutex mu;
   bool shut_down ABSL_GUARDED_BY(mu) = false;
-  absl::Notification done;
+  Notification done;
 };
+
+namespace {
+
+absl::StatusOr<std::string> ReadFile(const std::string& path, const char* flag) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat(flag, " ", path, ": cannot open"));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeCredentials(
+    const TlsOptions& tls) {
+  if (tls.cert_path.empty() && tls.key_path.empty()) {
+    if (!tls.client_ca_path.empty()) {
+      return absl::InvalidArgumentError(
+          "--tls_client_ca needs --tls_cert and --tls_key");
+    }
+    return grpc::InsecureServerCredentials();
+  }
+  if (tls.cert_path.empty() || tls.key_path.empty()) {
+    return absl::InvalidArgumentError("--tls_cert and --tls_key go together");
+  }
+  grpc::SslServerCredentialsOptions ssl;
+  grpc::SslServerCredentialsOptions::PemKeyCertPair pair;
+  ASSIGN_OR_RETURN(pair.cert_chain, ReadFile(tls.cert_path, "--tls_cert"));
+  ASSIGN_OR_RETURN(pair.private_key, ReadFile(tls.key_path, "--tls_key"));
+  ssl.pem_key_cert_pairs.push_back(std::move(pair));
+  if (!tls.client_ca_path.empty()) {
+    ASSIGN_OR_RETURN(ssl.pem_root_certs, ReadFile(tls.client_ca_path, "--tls_client_ca"));
+    ssl.client_certificate_request =
+        GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
+  }
+  return grpc::SslServerCredentials(ssl);
+}
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<NormServer>> NormServer::Create(
     const ServerOptions& options) {
+  // Everything that can fail on bad configuration comes before anything
+  // that starts threads or binds ports.
+  std::shared_ptr<grpc::ServerCredentials> credentials;
+  ASSIGN_OR_RETURN(credentials, MakeCredentials(options.tls));
   auto s = std::make_unique<State>();
   ASSIGN_OR_RETURN(s->models, ModelRegistry::Create(options.models));
   ASSIGN_OR_RETURN(s->metrics, Metrics::Create(options.metrics_address));
@@ -61,8 +103,20 @@ absl::StatusOr<std::unique_ptr<NormServer>> NormServer::Create(
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(options.grpc_address,
-                           grpc::InsecureServerCredentials(), &s->grpc_port);
+  builder.AddListeningPort(options.grpc_address, credentials, &s->grpc_port);
+  const ConnectionLimits& limits = options.connection;
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS,
+                             limits.max_concurrent_streams);
+  builder.AddChannelArgument(
+      GRPC_ARG_KEEPALIVE_TIME_MS,
+      static_cast<int>(absl::ToInt64Milliseconds(limits.keepalive_time)));
+  builder.AddChannelArgument(
+      GRPC_ARG_KEEPALIVE_TIMEOUT_MS,
+      static_cast<int>(absl::ToInt64Milliseconds(limits.keepalive_timeout)));
+  builder.AddChannelArgument(
+      GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS,
+      static_cast<int>(absl::ToInt64Milliseconds(limits.min_client_ping_interval)));
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
   builder.SetMaxReceiveMessageSize(options.max_message_bytes);
   builder.SetMaxSendMessageSize(options.max_message_bytes);
   builder.RegisterService(s->service.get());
@@ -84,7 +138,7 @@ int NormServer::metrics_port() const { return state_->metrics->port(); }
 
 void NormServer::Shutdown(absl::Duration grace) {
   {
-    absl::MutexLock lock(&state_->mu);
+    MutexLock lock(&state_->mu);
     if (state_->shut_down) return;
     state_->shut_down = true;
   }

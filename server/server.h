@@ -27,6 +27,28 @@
 
 namespace normserve {
 
+// Transport security for gRPC. Empty paths: plaintext.
+struct TlsOptions {
+  std::string cert_path;  // PEM certificate chain of the server
+  std::string key_path;   // PEM private key
+  // PEM CA bundle: when set, clients must present a certificate signed by
+  // it (mutual TLS); others are refused during the handshake.
+  std::string client_ca_path;
+};
+
+// Connection-level limits, all enforced by gRPC itself.
+struct ConnectionLimits {
+  // Concurrent calls (streams) per HTTP/2 connection.
+  int max_concurrent_streams = 100;
+  // Server pings an idle connection after this long and closes it when the
+  // ping is not answered within keepalive_timeout.
+  absl::Duration keepalive_time = absl::Minutes(2);
+  absl::Duration keepalive_timeout = absl::Seconds(20);
+  // Shortest interval between client pings the server tolerates (clients
+  // pinging faster are disconnected with ENHANCE_YOUR_CALM).
+  absl::Duration min_client_ping_interval = absl::Seconds(10);
+};
+
 struct ServerOptions {
   // "host:port" for gRPC; port 0 picks a free port.
   std::string grpc_address = "127.0.0.1:8001";
@@ -36,6 +58,8 @@ struct ServerOptions {
   ValidationLimits limits;
   // Largest gRPC message accepted (and sent).
   int max_message_bytes = 64 << 20;
+  TlsOptions tls;
+  ConnectionLimits connection;
   // Batcher worker threads: batches run concurrently, one per worker.
   int batch_workers = 1;
   // Threads computing at most, all batches together (batch workers

@@ -5,7 +5,6 @@
 #include <string>
 #include <utility>
 
-#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 
 namespace normserve {
@@ -155,21 +154,23 @@ void NormalizationServiceImpl::Start(
 }
 
 void NormalizationServiceImpl::CallStarted() {
-  absl::MutexLock lock(&calls_mu_);
+  MutexLock lock(&calls_mu_);
   ++open_calls_;
 }
 
 void NormalizationServiceImpl::CallDone() {
-  absl::MutexLock lock(&calls_mu_);
-  --open_calls_;
+  MutexLock lock(&calls_mu_);
+  if (--open_calls_ == 0) calls_done_.SignalAll();
 }
 
 bool NormalizationServiceImpl::WaitForCalls(absl::Time deadline) {
-  absl::MutexLock lock(&calls_mu_);
-  auto none_open = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(calls_mu_) {
-    return open_calls_ == 0;
-  };
-  return calls_mu_.AwaitWithDeadline(absl::Condition(&none_open), deadline);
+  MutexLock lock(&calls_mu_);
+  while (open_calls_ > 0) {
+    const absl::Duration left = deadline - absl::Now();
+    if (left <= absl::ZeroDuration()) return false;
+    calls_done_.WaitWithTimeout(&calls_mu_, left);
+  }
+  return true;
 }
 
 namespace {
@@ -256,7 +257,7 @@ class StreamReactor final
     if (!ok) {
       bool finish;
       {
-        absl::MutexLock lock(&mu_);
+        MutexLock lock(&mu_);
         reads_done_ = true;
         finish = ShouldFinish();
       }
@@ -266,7 +267,7 @@ class StreamReactor final
     auto item = std::make_shared<Item>();
     item->request = std::move(incoming_);
     {
-      absl::MutexLock lock(&mu_);
+      MutexLock lock(&mu_);
       ++pending_;
     }
     grpc::CallbackServerContext* context = context_;
@@ -282,7 +283,7 @@ class StreamReactor final
     std::shared_ptr<Item> next;
     bool finish;
     {
-      absl::MutexLock lock(&mu_);
+      MutexLock lock(&mu_);
       writes_.pop_front();
       --pending_;
       if (!ok) broken_ = true;
@@ -328,7 +329,7 @@ class StreamReactor final
     bool start_write = false;
     bool finish = false;
     {
-      absl::MutexLock lock(&mu_);
+      MutexLock lock(&mu_);
       if (broken_) {
         --pending_;
         finish = ShouldFinish();
@@ -356,7 +357,7 @@ class StreamReactor final
   const absl::Time start_;
   v1::NormalizeStreamRequest incoming_;  // Owned by the read in flight.
 
-  absl::Mutex mu_;
+  Mutex mu_;
   // Requests started and not yet written (or dropped).
   int64_t pending_ ABSL_GUARDED_BY(mu_) = 0;
   std::deque<std::shared_ptr<Item>> writes_ ABSL_GUARDED_BY(mu_);

@@ -15,11 +15,11 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "grpcpp/grpcpp.h"
 #include "normserve/v1/normalization_service.grpc.pb.h"
 #include "server/batcher.h"
+#include "server/internal/mutex.h"
 #include "server/metrics.h"
 #include "server/model_registry.h"
 #include "server/request_decoder.h"
@@ -78,7 +78,8 @@ class NormalizationServiceImpl final
   Batcher* const batcher_;
   Metrics* const metrics_;
   std::atomic<bool> draining_{false};
-  absl::Mutex calls_mu_;
+  Mutex calls_mu_;
+  CondVar calls_done_;
   int64_t open_calls_ ABSL_GUARDED_BY(calls_mu_) = 0;
 };
 

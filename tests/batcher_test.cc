@@ -8,11 +8,11 @@
 #include <thread>
 #include <vector>
 
-#include "absl/synchronization/notification.h"
 #include "gtest/gtest.h"
 #include "kernels/normalize.h"
 #include "server/backend.h"
 #include "server/internal/batch_queues.h"
+#include "server/internal/mutex.h"
 
 namespace normserve {
 namespace {
@@ -156,7 +156,7 @@ TEST(BatcherTest, FakeClockDrivesTheDelay) {
   };
   auto batcher = Batcher::Create(std::move(o));
   ASSERT_TRUE(batcher.ok());
-  absl::Notification done;
+  Notification done;
   auto job = MakeJob(1, Opts(100, absl::Hours(1)));
   job->done = [&](const absl::Status& s, const JobTimings& t) {
     EXPECT_TRUE(s.ok());
@@ -236,7 +236,7 @@ TEST(BatcherTest, BatchedOutputsAreBitwiseIdenticalToUnbatched) {
         alone_segment.output = alone.data();
         alone_segment.rows = rows;
         NormalizeRows(alone_segment, 0, rows);
-        absl::Notification done;
+        Notification done;
         auto job = std::make_unique<Job>();
         job->key.model = "m";
         job->key.dim = d;

@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <regex>
 #include <thread>
 
@@ -67,6 +68,15 @@ ServerProcess::~ServerProcess() {
 
 std::string ServerProcess::grpc_target() const {
   return "127.0.0.1:" + std::to_string(grpc_port_);
+}
+
+int64_t ServerProcess::RssBytes() const {
+  std::ifstream status("/proc/" + std::to_string(pid_) + "/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::atoll(line.c_str() + 6) * 1024;
+  }
+  return 0;
 }
 
 std::string ServerProcess::Output() {

@@ -3,6 +3,7 @@
 #ifndef NORMSERVE_TESTS_INTEGRATION_SERVER_PROCESS_H_
 #define NORMSERVE_TESTS_INTEGRATION_SERVER_PROCESS_H_
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -18,6 +19,9 @@ class ServerProcess {
 
   std::string grpc_target() const;
   int grpc_port() const { return grpc_port_; }
+  int pid() const { return pid_; }
+  // Resident set size of the server process, in bytes (0 if unknown).
+  int64_t RssBytes() const;
   int metrics_port() const { return metrics_port_; }
 
   // Sends `signal` and waits for exit; returns the exit status (the exit

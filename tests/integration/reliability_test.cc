@@ -1,0 +1,403 @@
+// Reliability and security against the real server binary: overload,
+// cancellation, draining under load, a garbage stream, TLS and mutual TLS.
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdlib>
+#include <fstream>
+#include <map>
+#include <random>
+#include <sstream>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "client/normserve_client.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "grpcpp/generic/generic_stub.h"
+#include "gtest/gtest.h"
+#include "kernels/reference.h"
+#include "tests/integration/server_process.h"
+
+#ifndef NORMSERVE_BINARY
+#error "NORMSERVE_BINARY must name the server binary"
+#endif
+
+namespace normserve {
+namespace {
+
+using testing::HttpGet;
+using testing::ServerProcess;
+
+std::unique_ptr<NormClient> Connect(const std::string& target,
+                                    absl::Duration timeout = absl::Seconds(30)) {
+  NormClient::Options o;
+  o.target = target;
+  o.timeout = timeout;
+  return *NormClient::Create(o);
+}
+
+NormalizeInput RandomInput(int64_t rows, int64_t d, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist(1, 2);
+  NormalizeInput in;
+  in.shape = {rows, d};
+  in.values.resize(static_cast<size_t>(rows * d));
+  for (float& v : in.values) v = dist(rng);
+  return in;
+}
+
+bool MatchesReference(const NormalizeInput& in, const NormalizeOutput& out) {
+  NormParams p;
+  p.dim = in.shape.back();
+  const std::vector<double> ref =
+      ReferenceNormalize(p, in.values.data(), in.shape.front());
+  if (ref.size() != out.values.size()) return false;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    if (std::abs(out.values[i] - ref[i]) > 1e-4) return false;
+  }
+  return true;
+}
+
+double Metric(const std::string& text, const std::string& name) {
+  double total = 0;
+  std::istringstream in(text);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind(name, 0) != 0) continue;
+    const char next = line.size() > name.size() ? line[name.size()] : '\0';
+    if (next == '{' || next == ' ') total += std::stod(line.substr(line.rfind(' ') + 1));
+  }
+  return total;
+}
+
+grpc::health::v1::HealthCheckResponse::ServingStatus Health(const std::string& target) {
+  auto channel = grpc::CreateChannel(target, grpc::InsecureChannelCredentials());
+  auto stub = grpc::health::v1::Health::NewStub(channel);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  grpc::health::v1::HealthCheckRequest req;
+  grpc::health::v1::HealthCheckResponse resp;
+  if (!stub->Check(&ctx, req, &resp).ok()) return grpc::health::v1::HealthCheckResponse::UNKNOWN;
+  return resp.status();
+}
+
+// Far more load than the server can take: a full queue answers
+// RESOURCE_EXHAUSTED at once, admitted requests stay correct with bounded
+// latency, memory stays bounded, and the server recovers when load drops.
+TEST(ReliabilityTest, OverloadIsRefusedFastAndTheServerRecovers) {
+  ServerProcess server(NORMSERVE_BINARY, {"--max_queue_requests=4", "--batch_workers=1",
+                                          "--cpu_threads=1", "--max_batch_rows=64"});
+  auto client = Connect(server.grpc_target());
+  const NormalizeInput in = RandomInput(64, 4096, 1);  // 1 MiB per request
+  constexpr int kThreads = 32, kPerThread = 12;
+  std::atomic<int> ok{0}, exhausted{0}, other{0}, wrong{0};
+  std::vector<std::vector<double>> latencies(kThreads);
+  std::atomic<bool> done{false};
+  std::atomic<int64_t> max_rss{0};
+  std::thread sampler([&] {
+    while (!done.load()) {
+      const int64_t rss = server.RssBytes();
+      int64_t prev = max_rss.load();
+      while (rss > prev && !max_rss.compare_exchange_weak(prev, rss)) {
+      }
+      absl::SleepFor(absl::Milliseconds(20));
+    }
+  });
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kPerThread; ++i) {
+        auto out = client->Normalize(in);
+        if (out.ok()) {
+          ++ok;
+          latencies[t].push_back(absl::ToDoubleSeconds(out->latency));
+          if (i == 0 && !MatchesReference(in, *out)) ++wrong;
+        } else if (out.status().code() == absl::StatusCode::kResourceExhausted) {
+          ++exhausted;
+          EXPECT_NE(out.status().message().find("is full"), std::string::npos);
+        } else {
+          ++other;
+          ADD_FAILURE() << out.status();
+        }
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  done = true;
+  sampler.join();
+
+  EXPECT_EQ(ok + exhausted, kThreads * kPerThread);
+  EXPECT_GT(exhausted.load(), 0) << "the load never filled the queue";
+  EXPECT_GT(ok.load(), 0);
+  EXPECT_EQ(other.load(), 0);
+  EXPECT_EQ(wrong.load(), 0);
+  std::vector<double> all;
+  for (auto& l : latencies) all.insert(all.end(), l.begin(), l.end());
+  std::sort(all.begin(), all.end());
+  const double p99 = all[std::min(all.size() - 1, all.size() * 99 / 100)];
+  EXPECT_LT(p99, 5.0) << "admitted requests must not queue without bound";
+  // Queue bound × request size plus gRPC buffers, far below unbounded growth.
+  EXPECT_LT(max_rss.load(), int64_t{1} << 30) << "RSS " << max_rss.load();
+  std::printf("overload: %d ok, %d RESOURCE_EXHAUSTED, p99 %.1f ms, max RSS %.0f MiB\n",
+              ok.load(), exhausted.load(), p99 * 1e3, max_rss.load() / 1048576.0);
+
+  // Load gone: requests are served again.
+  auto after = client->Normalize(RandomInput(4, 256, 2));
+  EXPECT_TRUE(after.ok()) << after.status();
+  EXPECT_EQ(server.Stop(SIGTERM, 30), 0);
+}
+
+// Calls cancelled while queued are answered CANCELLED, never computed, and
+// leave no request or queue entry behind.
+TEST(ReliabilityTest, CancelledCallsAreNeverComputedAndNeverLeak) {
+  ServerProcess server(NORMSERVE_BINARY,
+                       {"--max_queue_delay_us=1500000", "--max_batch_rows=100000"});
+  auto client = Connect(server.grpc_target());
+  constexpr int kCalls = 8;
+  std::vector<std::unique_ptr<grpc::ClientContext>> contexts;
+  for (int i = 0; i < kCalls; ++i) contexts.push_back(std::make_unique<grpc::ClientContext>());
+  std::vector<grpc::StatusCode> codes(kCalls);
+  std::vector<std::thread> threads;
+  const v1::NormalizeRequest req = NormClient::BuildRequest(RandomInput(2, 64, 3));
+  for (int i = 0; i < kCalls; ++i) {
+    threads.emplace_back([&, i] {
+      v1::NormalizeResponse resp;
+      codes[i] = client->stub()->Normalize(contexts[i].get(), req, &resp).error_code();
+    });
+  }
+  for (int i = 0; i < 200; ++i) {
+    if (Metric(HttpGet(server.metrics_port(), "/metrics"), "normserve_queue_depth") == kCalls) break;
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  for (auto& c : contexts) c->TryCancel();
+  for (auto& t : threads) t.join();
+  for (grpc::StatusCode c : codes) EXPECT_EQ(c, grpc::StatusCode::CANCELLED);
+  absl::SleepFor(absl::Milliseconds(2000));  // past the batching delay
+  const std::string text = HttpGet(server.metrics_port(), "/metrics");
+  EXPECT_EQ(Metric(text, "normserve_compute_seconds_count"), 0) << text;
+  EXPECT_EQ(Metric(text, "normserve_requests_in_flight"), 0);
+  EXPECT_EQ(Metric(text, "normserve_queue_depth"), 0);
+  EXPECT_EQ(server.Stop(SIGTERM, 30), 0);
+}
+
+// SIGTERM under load: health turns NOT_SERVING, new calls get UNAVAILABLE,
+// every accepted request completes correctly, and the process exits 0.
+TEST(ReliabilityTest, SigtermUnderLoadDrainsAndExitsCleanly) {
+  ServerProcess server(NORMSERVE_BINARY, {"--shutdown_grace_ms=20000"});
+  auto client = Connect(server.grpc_target());
+  // An open stream keeps the server draining until we close it.
+  grpc::ClientContext stream_ctx;
+  auto stream = client->stub()->NormalizeStream(&stream_ctx);
+  v1::NormalizeStreamRequest msg;
+  *msg.mutable_request() = NormClient::BuildRequest(RandomInput(2, 32, 4));
+  ASSERT_TRUE(stream->Write(msg));
+  v1::NormalizeStreamResponse answer;
+  ASSERT_TRUE(stream->Read(&answer));
+  ASSERT_EQ(answer.status_code(), 0);
+
+  std::atomic<bool> stop{false};
+  std::atomic<int> ok{0}, unavailable{0}, other{0};
+  std::vector<std::thread> load;
+  for (int t = 0; t < 4; ++t) {
+    load.emplace_back([&, t] {
+      const NormalizeInput in = RandomInput(16, 512, 10 + t);
+      while (!stop.load()) {
+        auto out = client->Normalize(in);
+        if (out.ok()) {
+          MatchesReference(in, *out) ? ++ok : ++other;
+        } else if (out.status().code() == absl::StatusCode::kUnavailable) {
+          ++unavailable;
+        } else {
+          ++other;
+          ADD_FAILURE() << out.status();
+        }
+      }
+    });
+  }
+  absl::SleepFor(absl::Milliseconds(300));
+  kill(server.pid(), SIGTERM);
+  bool not_serving = false;
+  for (int i = 0; i < 100 && !not_serving; ++i) {
+    not_serving = Health(server.grpc_target()) ==
+                  grpc::health::v1::HealthCheckResponse::NOT_SERVING;
+    if (!not_serving) absl::SleepFor(absl::Milliseconds(20));
+  }
+  EXPECT_TRUE(not_serving);
+  auto refused = client->Normalize(RandomInput(1, 8, 5));
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kUnavailable) << refused.status();
+  stop = true;
+  for (auto& t : load) t.join();
+  // A message sent on the open stream while draining is refused in its answer.
+  ASSERT_TRUE(stream->Write(msg));
+  ASSERT_TRUE(stream->Read(&answer));
+  EXPECT_EQ(answer.status_code(), grpc::StatusCode::UNAVAILABLE);
+  stream->WritesDone();
+  EXPECT_TRUE(stream->Finish().ok());
+  EXPECT_EQ(server.Stop(0 /* already signalled; just wait */, 30), 0) << server.Output();
+  EXPECT_GT(ok.load(), 0);
+  EXPECT_GT(unavailable.load(), 0);
+  EXPECT_EQ(other.load(), 0);
+}
+
+// Bytes that are not a protobuf message end that stream with an error; the
+// server stays up and a new stream and concurrent calls work.
+TEST(ReliabilityTest, GarbageOnAStreamDoesNotHurtOtherCalls) {
+  ServerProcess server(NORMSERVE_BINARY, {});
+  auto channel = grpc::CreateChannel(server.grpc_target(), grpc::InsecureChannelCredentials());
+  grpc::GenericStub generic(channel);
+  grpc::ClientContext ctx;
+  grpc::CompletionQueue cq;
+  auto call = generic.PrepareCall(&ctx, "/normserve.v1.NormalizationService/NormalizeStream", &cq);
+  void* tag;
+  bool ok;
+  call->StartCall(reinterpret_cast<void*>(1));
+  ASSERT_TRUE(cq.Next(&tag, &ok) && ok);
+  const std::string garbage = "\xff\xff\xff\xff garbage \x0a\xff";
+  grpc::Slice slice(garbage);
+  grpc::ByteBuffer buffer(&slice, 1);
+  call->Write(buffer, reinterpret_cast<void*>(2));
+  cq.Next(&tag, &ok);
+  call->WritesDone(reinterpret_cast<void*>(3));
+  cq.Next(&tag, &ok);
+  // No answer comes for bytes that are not a request, and the stream ends
+  // (gRPC reports an unparseable message to the server as the end of the
+  // stream) instead of hanging.
+  grpc::ByteBuffer reply;
+  call->Read(&reply, reinterpret_cast<void*>(5));
+  ASSERT_TRUE(cq.Next(&tag, &ok));
+  EXPECT_EQ(tag, reinterpret_cast<void*>(5));
+  EXPECT_FALSE(ok) << "an answer came for garbage";
+  grpc::Status status;
+  call->Finish(&status, reinterpret_cast<void*>(4));
+  ASSERT_TRUE(cq.Next(&tag, &ok));
+  EXPECT_EQ(tag, reinterpret_cast<void*>(4));
+  cq.Shutdown();
+  while (cq.Next(&tag, &ok)) {
+  }
+
+  auto client = Connect(server.grpc_target());
+  const NormalizeInput in = RandomInput(3, 100, 6);
+  auto out = client->Normalize(in);
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_TRUE(MatchesReference(in, *out));
+  grpc::ClientContext stream_ctx;
+  auto stream = client->stub()->NormalizeStream(&stream_ctx);
+  v1::NormalizeStreamRequest msg;
+  *msg.mutable_request() = NormClient::BuildRequest(in);
+  ASSERT_TRUE(stream->Write(msg));
+  v1::NormalizeStreamResponse answer;
+  ASSERT_TRUE(stream->Read(&answer));
+  EXPECT_EQ(answer.status_code(), 0);
+  stream->WritesDone();
+  EXPECT_TRUE(stream->Finish().ok());
+  EXPECT_EQ(Health(server.grpc_target()), grpc::health::v1::HealthCheckResponse::SERVING);
+  EXPECT_EQ(server.Stop(SIGTERM, 30), 0);
+}
+
+// ---- TLS ----
+
+class TlsTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    const char* tmp = std::getenv("TEST_TMPDIR");
+    dir_ = absl::StrCat(tmp != nullptr ? tmp : "/tmp", "/tls_", getpid());
+    const std::string script = absl::StrCat(
+        "set -e; mkdir -p ", dir_, "; cd ", dir_, "\n",
+        "key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out $1 2>/dev/null; }\n",
+        "key ca.key; openssl req -x509 -new -key ca.key -out ca.crt -days 1 -subj /CN=test-ca\n",
+        "key other.key; openssl req -x509 -new -key other.key -out other.crt -days 1 -subj /CN=other-ca\n",
+        "key server.key; openssl req -new -key server.key -out server.csr -subj /CN=localhost\n",
+        "printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\n' > server.ext\n",
+        "openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt -days 1 -extfile server.ext 2>/dev/null\n",
+        "printf 'extendedKeyUsage=clientAuth\\n' > client.ext\n",
+        "key client.key; openssl req -new -key client.key -out client.csr -subj /CN=client\n",
+        "openssl x509 -req -in client.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out client.crt -days 1 -extfile client.ext 2>/dev/null\n",
+        "key rogue.key; openssl req -new -key rogue.key -out rogue.csr -subj /CN=rogue\n",
+        "openssl x509 -req -in rogue.csr -CA other.crt -CAkey other.key -CAcreateserial -out rogue.crt -days 1 -extfile client.ext 2>/dev/null\n");
+    ASSERT_EQ(std::system(("bash -c '" + Escape(script) + "'").c_str()), 0);
+  }
+  static std::string Escape(const std::string& s) {
+    std::string out;
+    for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+    return out;
+  }
+  static std::string Read(const std::string& name) {
+    std::ifstream in(dir_ + "/" + name);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+  }
+  static absl::Status Call(const std::string& target, bool tls, const std::string& cert,
+                           const std::string& key) {
+    NormClient::Options o;
+    o.target = target;
+    o.timeout = absl::Seconds(5);
+    if (tls) o.tls_ca_pem = Read("ca.crt");
+    if (!cert.empty()) {
+      o.tls_cert_pem = Read(cert);
+      o.tls_key_pem = Read(key);
+    }
+    auto client = *NormClient::Create(o);
+    const NormalizeInput in = RandomInput(2, 16, 8);
+    auto out = client->Normalize(in);
+    if (out.ok() && !MatchesReference(in, *out)) return absl::InternalError("wrong result");
+    return out.status();
+  }
+  static std::string dir_;
+};
+std::string TlsTest::dir_;
+
+TEST_F(TlsTest, TlsServerRefusesPlaintextAndServesTls) {
+  ServerProcess server(NORMSERVE_BINARY, {"--tls_cert=" + dir_ + "/server.crt",
+                                          "--tls_key=" + dir_ + "/server.key"});
+  EXPECT_NE(server.Output().find("tls=on"), std::string::npos);
+  EXPECT_EQ(Call(server.grpc_target(), false, "", "").code(), absl::StatusCode::kUnavailable);
+  EXPECT_TRUE(Call(server.grpc_target(), true, "", "").ok());
+  EXPECT_EQ(server.Stop(SIGTERM, 30), 0);
+}
+
+TEST_F(TlsTest, MutualTlsAdmitsOnlyClientsWithATrustedCertificate) {
+  ServerProcess server(NORMSERVE_BINARY, {"--tls_cert=" + dir_ + "/server.crt",
+                                          "--tls_key=" + dir_ + "/server.key",
+                                          "--tls_client_ca=" + dir_ + "/ca.crt"});
+  EXPECT_NE(server.Output().find("tls=mutual"), std::string::npos);
+  EXPECT_FALSE(Call(server.grpc_target(), false, "", "").ok());                    // plaintext
+  EXPECT_FALSE(Call(server.grpc_target(), true, "", "").ok());                     // no cert
+  EXPECT_FALSE(Call(server.grpc_target(), true, "rogue.crt", "rogue.key").ok());  // untrusted
+  const absl::Status good = Call(server.grpc_target(), true, "client.crt", "client.key");
+  EXPECT_TRUE(good.ok()) << good;
+  EXPECT_EQ(server.Stop(SIGTERM, 30), 0);
+}
+
+TEST_F(TlsTest, BadTlsFlagsStopStartup) {
+  for (const std::vector<std::string>& args :
+       {std::vector<std::string>{"--tls_cert=" + dir_ + "/server.crt"},
+        std::vector<std::string>{"--tls_cert=/nonexistent.crt", "--tls_key=/nonexistent.key"},
+        std::vector<std::string>{"--tls_client_ca=" + dir_ + "/ca.crt"}}) {
+    const pid_t pid = fork();
+    if (pid == 0) {
+      const int null = open("/dev/null", O_WRONLY);
+      dup2(null, 1);
+      dup2(null, 2);
+      std::vector<std::string> all = {NORMSERVE_BINARY, "--grpc_port=0", "--metrics_port=0"};
+      all.insert(all.end(), args.begin(), args.end());
+      std::vector<char*> argv;
+      for (auto& a : all) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      execv(NORMSERVE_BINARY, argv.data());
+      _exit(127);
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 1) << args[0];
+  }
+}
+
+}  // namespace
+}  // namespace normserve
