@@ -53,13 +53,28 @@ Int8Affine FoldInt8Affine(const float* gamma, const float* beta, int64_t dim,
   for (int64_t i = 0; i < dim; ++i) {
     const double g = gamma != nullptr ? gamma[i] : 1.0;
     const double b = beta != nullptr ? beta[i] : 0.0;
+    // Saturate rather than overflow: callers keep max|γ/s_y| < 2^40
+    // (Int8OutputScaleError), so this only guards against misuse.
+    const double gi = std::ldexp(g / output_scale, shift);
+    const double limit = static_cast<double>((1 << kMaxGBits) - 1);
     a.g[static_cast<size_t>(i)] =
-        static_cast<int32_t>(std::llround(std::ldexp(g / output_scale, shift)));
+        static_cast<int32_t>(std::llround(std::min(limit, std::max(-limit, gi))));
     const double bb = std::ldexp(b / output_scale, kFracBits + shift);
     a.b[static_cast<size_t>(i)] = static_cast<int64_t>(
         std::llround(std::min<double>(kMaxB, std::max<double>(-kMaxB, bb))));
   }
   return a;
+}
+
+bool Int8OutputScaleFits(const float* gamma, int64_t dim, float output_scale) {
+  if (!(output_scale >= std::numeric_limits<float>::min()) || !std::isfinite(output_scale)) {
+    return false;
+  }
+  double max_g = gamma == nullptr ? 1.0 : 0.0;
+  for (int64_t i = 0; gamma != nullptr && i < dim; ++i) {
+    max_g = std::max(max_g, std::abs(static_cast<double>(gamma[i])));
+  }
+  return max_g / output_scale < std::ldexp(1.0, 40);
 }
 
 float DefaultInt8OutputScale(const float* gamma, const float* beta, int64_t dim) {
@@ -87,7 +102,10 @@ namespace {
 // so that they vectorize: only adds, multiplies, shifts and compares on
 // int32/int64 lanes. Rounding is half up ((a + 2^(s−1)) >> s), which is
 // branch-free; the error bound is the same as half away from zero.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+// (Not under ThreadSanitizer: the ifunc resolvers would run, instrumented,
+// before TSan's runtime is up.)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && \
+    !defined(__SANITIZE_THREAD__)
 #define NORMSERVE_INT8_CLONES \
   __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
@@ -168,6 +186,7 @@ NORMSERVE_INT8_CLONES
 void Quantize(const float* y, int8_t* q, int64_t d, float inv_scale, int32_t zero_point) {
   for (int64_t i = 0; i < d; ++i) {
     float t = y[i] * inv_scale;
+    t = t == t ? t : 0.0f;  // NaN (never expected) maps to the zero point
     t = t < -256.0f ? -256.0f : t;
     t = t > 256.0f ? 256.0f : t;
     int32_t r = static_cast<int32_t>(t + (t < 0.0f ? -0.5f : 0.5f)) + zero_point;

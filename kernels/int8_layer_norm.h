@@ -56,6 +56,10 @@ struct Int8Affine {
 Int8Affine FoldInt8Affine(const float* gamma, const float* beta, int64_t dim,
                           float output_scale, int32_t output_zero_point);
 
+// Whether `output_scale` is usable with these γ: a normal float, and
+// max|γ|/output_scale < 2^40 (the integer path's multipliers fit in int32).
+bool Int8OutputScaleFits(const float* gamma, int64_t dim, float output_scale);
+
 // The output scale the server picks when a request names none: ±4 standard
 // deviations of the normalized value, times max|γ|, plus max|β|, span the
 // int8 range.

@@ -156,6 +156,13 @@ absl::StatusOr<std::unique_ptr<Model>> BuildModel(
       }
     }
   }
+  if (m->int8_output_scale.has_value() &&
+      !Int8OutputScaleFits(m->gamma.empty() ? nullptr : m->gamma.data(),
+                           static_cast<int64_t>(m->gamma.size()), *m->int8_output_scale)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        where, ": output_scale = ", *m->int8_output_scale,
+        ": expected a normal float with max|gamma| / output_scale below 2^40"));
+  }
   if (m->int8_output_scale.has_value() && !m->normalized_shape.empty()) {
     m->int8_affine = std::make_shared<const Int8Affine>(FoldInt8Affine(
         m->gamma.empty() ? nullptr : m->gamma.data(),

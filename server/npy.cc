@@ -153,7 +153,9 @@ absl::StatusOr<NpyArray> ParseNpy(absl::string_view bytes,
   NpyArray out;
   out.shape = *std::move(shape);
   out.values.resize(static_cast<size_t>(count));
-  if (elem_size == 4) {
+  if (want == 0) {
+    // An empty array: nothing to copy (and memcpy from null is undefined).
+  } else if (elem_size == 4) {
     std::memcpy(out.values.data(), payload.data(), want);
   } else {
     for (int64_t i = 0; i < count; ++i) {

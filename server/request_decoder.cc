@@ -254,6 +254,11 @@ absl::Status DecodeInt8(const v1::NormalizeRequest& request, const Model& model,
     const int32_t zero_point = request.has_output_zero_point()
                                    ? request.output_zero_point()
                                    : model.int8_output_zero_point;
+    if (!Int8OutputScaleFits(p.gamma, dim, scale)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "output_scale = ", scale,
+          ": expected a normal float with max|gamma| / output_scale below 2^40"));
+    }
     out->int8_affine_storage = FoldInt8Affine(p.gamma, p.beta, dim, scale, zero_point);
     q.affine = &out->int8_affine_storage;
   }

@@ -54,6 +54,15 @@ TEST(NpyTest, RejectsTruncatedAndLyingFiles) {
   EXPECT_FALSE(ParseNpy(huge, "x").ok());
 }
 
+// Found by fuzz_npy: an empty array (shape (0, 4)) reached memcpy with a
+// null destination.
+TEST(NpyTest, EmptyArrayParsesWithoutCopying) {
+  auto parsed = ParseNpy(SerializeNpy({0, 4}, {}), "empty.npy");
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_EQ(parsed->shape, (std::vector<int64_t>{0, 4}));
+  EXPECT_TRUE(parsed->values.empty());
+}
+
 TEST(ModelRegistryTest, DefaultModelAcceptsRequestParameters) {
   auto r = ModelRegistry::Create({});
   ASSERT_TRUE(r.ok());

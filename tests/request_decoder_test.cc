@@ -161,6 +161,17 @@ TEST(RequestDecoderTest, EveryMalformedRequestGetsItsStatusAndField) {
          r->set_output_scale(-1);
        },
        C::kInvalidArgument, "output_scale = -1: expected a finite value > 0"},
+      // Found by fuzz_request_decoder: a denormal output scale made the float
+      // path quantize NaN (undefined conversion) and the folded multipliers
+      // overflow int32.
+      {"int8 output scale too small",
+       [](auto* r) {
+         r->mutable_input()->set_dtype(v1::DATA_TYPE_INT8);
+         r->mutable_input()->mutable_data()->resize(12);
+         r->mutable_input()->set_scale(0.1f);
+         r->set_output_scale(1e-42f);
+       },
+       C::kInvalidArgument, ": expected a normal float with max|gamma| / output_scale below 2^40"},
       {"int8 output to float",
        [](auto* r) {
          r->mutable_input()->set_dtype(v1::DATA_TYPE_INT8);

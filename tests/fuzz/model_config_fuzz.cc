@@ -5,7 +5,13 @@
 #include <cstdlib>
 #include <string>
 
+#include "google/protobuf/stubs/logging.h"
 #include "server/model_registry.h"
+
+extern "C" int LLVMFuzzerInitialize(int*, char***) {
+  google::protobuf::SetLogHandler(nullptr);  // text-format parse warnings
+  return 0;
+}
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string text(reinterpret_cast<const char*>(data), size);

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "google/protobuf/stubs/logging.h"
 #include "kernels/normalize.h"
 #include "normserve/v1/normalization_service.pb.h"
 #include "server/model_registry.h"
@@ -29,6 +30,11 @@ const normserve::ModelRegistry& Registry() {
 }
 
 }  // namespace
+
+extern "C" int LLVMFuzzerInitialize(int*, char***) {
+  google::protobuf::SetLogHandler(nullptr);  // invalid UTF-8 warnings
+  return 0;
+}
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   normserve::v1::NormalizeRequest request;

@@ -14,7 +14,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
-#include <regex>
 #include <thread>
 
 namespace normserve::testing {
@@ -40,14 +39,21 @@ ServerProcess::ServerProcess(const std::string& binary,
   }
   close(fds[1]);
   out_fd_ = fds[0];
-  const std::regex listening("grpc=[^:]+:(\\d+) metrics=[^:]+:(\\d+)");
+  // The port after the last ':' of "grpc=HOST:PORT" and "metrics=HOST:PORT".
+  auto port_of = [this](const std::string& key) {
+    const size_t at = output_.find(key);
+    if (at == std::string::npos) return 0;
+    const size_t end = output_.find(' ', at);
+    const std::string field = output_.substr(at, end - at);
+    return std::atoi(field.c_str() + field.rfind(':') + 1);
+  };
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
   while (std::chrono::steady_clock::now() < deadline) {
     Output();
-    std::smatch m;
-    if (std::regex_search(output_, m, listening)) {
-      grpc_port_ = std::atoi(m[1].str().c_str());
-      metrics_port_ = std::atoi(m[2].str().c_str());
+    if (output_.find("normserve listening") != std::string::npos &&
+        output_.find('\n', output_.find("normserve listening")) != std::string::npos) {
+      grpc_port_ = port_of("grpc=");
+      metrics_port_ = port_of("metrics=");
       return;
     }
     int status;

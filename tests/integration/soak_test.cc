@@ -103,7 +103,13 @@ TEST(SoakTest, MixedTrafficKeepsAnswersRightAndMemoryFlat) {
   EXPECT_EQ(wrong.load(), 0);
   EXPECT_GT(codes["OK"], 0);
   EXPECT_GT(codes["INVALID_ARGUMENT"], 0);
+#if defined(__SANITIZE_ADDRESS__)
+  // ASan keeps freed memory in quarantine, so RSS grows by design; leaks are
+  // LeakSanitizer's job in this build (the server checks before it exits).
+  std::printf("RSS drift not checked under AddressSanitizer (quarantine)\n");
+#else
   EXPECT_LT(rss_end - rss_start, int64_t{64} << 20);
+#endif
   EXPECT_EQ(server.Stop(SIGTERM, 30), 0);
 }
 
