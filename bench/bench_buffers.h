@@ -43,7 +43,8 @@ inline const uint8_t* RandomInput(DType dtype, size_t bytes) {
       if (dtype == DType::kFloat32) {
         std::memcpy(p + 4 * i, &v, 4);
       } else {
-        const uint16_t h = dtype == DType::kFloat16 ? FloatToHalf(v) : FloatToBFloat16(v);
+        const uint16_t h =
+            dtype == DType::kFloat16 ? FloatToHalf(v) : FloatToBFloat16(v);
         std::memcpy(p + 2 * i, &h, 2);
       }
     }

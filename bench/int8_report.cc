@@ -40,7 +40,8 @@ Data Activations(int64_t rows, int64_t d, uint32_t seed) {
   for (int k = 0; k < 4; ++k) channel[rng() % d] = 20.0f + 13.0f * k;
   std::vector<float> raw(static_cast<size_t>(rows * d));
   for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t i = 0; i < d; ++i) raw[r * d + i] = normal(rng) * channel[i] + 0.3f;
+    for (int64_t i = 0; i < d; ++i)
+      raw[r * d + i] = normal(rng) * channel[i] + 0.3f;
   }
   const auto [lo, hi] = std::minmax_element(raw.begin(), raw.end());
   Data out;
@@ -49,7 +50,9 @@ Data Activations(int64_t rows, int64_t d, uint32_t seed) {
   out.q.resize(raw.size());
   out.x.resize(raw.size());
   for (size_t i = 0; i < raw.size(); ++i) {
-    const long q = std::max(-128L, std::min(127L, std::lround(raw[i] / out.scale) + out.zero_point));
+    const long q = std::max(
+        -128L,
+        std::min(127L, std::lround(raw[i] / out.scale) + out.zero_point));
     out.q[i] = static_cast<int8_t>(q);
     out.x[i] = out.scale * static_cast<float>(q - out.zero_point);
   }
@@ -62,7 +65,9 @@ double BestSeconds(F&& f, int reps) {
   for (int i = 0; i < reps; ++i) {
     const auto t0 = std::chrono::steady_clock::now();
     f();
-    best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    best = std::min(best, std::chrono::duration<double>(
+                              std::chrono::steady_clock::now() - t0)
+                              .count());
   }
   return best;
 }
@@ -71,13 +76,15 @@ int Main(int64_t d) {
   // Accuracy.
   const int64_t rows = std::max<int64_t>(16, (int64_t{1} << 21) / d);
   const Data data = Activations(rows, d, 1);
-  std::vector<float> gamma(static_cast<size_t>(d)), beta(static_cast<size_t>(d));
+  std::vector<float> gamma(static_cast<size_t>(d)),
+      beta(static_cast<size_t>(d));
   std::mt19937 rng(2);
   std::normal_distribution<float> nd(1.0f, 0.2f);
   for (auto& g : gamma) g = nd(rng);
   for (auto& b : beta) b = nd(rng) - 1.0f;
   const float out_scale = DefaultInt8OutputScale(gamma.data(), beta.data(), d);
-  const Int8Affine folded = FoldInt8Affine(gamma.data(), beta.data(), d, out_scale, 0);
+  const Int8Affine folded =
+      FoldInt8Affine(gamma.data(), beta.data(), d, out_scale, 0);
   Int8Params p;
   p.dim = d;
   p.input_scale = data.scale;
@@ -109,29 +116,43 @@ int Main(int64_t d) {
   const Data big = Activations(speed_rows, d, 3);
   std::vector<int8_t> out8(big.q.size());
   std::vector<float> out32(big.q.size());
-  const double t_int = BestSeconds([&] { Int8LayerNormInteger(p, big.q.data(), out8.data(), speed_rows); }, 3);
-  const double t_flt = BestSeconds([&] { Int8LayerNormFloat(p, big.q.data(), out8.data(), speed_rows); }, 3);
+  const double t_int = BestSeconds(
+      [&] { Int8LayerNormInteger(p, big.q.data(), out8.data(), speed_rows); },
+      3);
+  const double t_flt = BestSeconds(
+      [&] { Int8LayerNormFloat(p, big.q.data(), out8.data(), speed_rows); }, 3);
   RowSegment seg;
   seg.params = &np;
   seg.input = big.x.data();
   seg.output = out32.data();
   seg.rows = speed_rows;
-  const double t_f32 = BestSeconds([&] { NormalizeRows(seg, 0, speed_rows); }, 3);
+  const double t_f32 =
+      BestSeconds([&] { NormalizeRows(seg, 0, speed_rows); }, 3);
 
-  std::printf("## D = %lld (%lld rows; input scale %.4g, output scale %.4g)\n\n",
-              static_cast<long long>(d), static_cast<long long>(rows), data.scale, out_scale);
-  std::printf("| path | exact (0 LSB) | 1 LSB | ≥ 2 LSB | mean |error| before rounding |\n");
+  std::printf(
+      "## D = %lld (%lld rows; input scale %.4g, output scale %.4g)\n\n",
+      static_cast<long long>(d), static_cast<long long>(rows), data.scale,
+      out_scale);
+  std::printf(
+      "| path | exact (0 LSB) | 1 LSB | ≥ 2 LSB | mean |error| before rounding "
+      "|\n");
   std::printf("|---|---|---|---|---|\n");
-  std::printf("| integer | %.4f%% | %.4f%% | %lld | %.3f LSB |\n", 100 * hist_i[0] / n,
-              100 * hist_i[1] / n, static_cast<long long>(hist_i[2]), mean_abs_real / n);
-  std::printf("| float | %.4f%% | %.4f%% | %lld | |\n\n", 100 * hist_f[0] / n, 100 * hist_f[1] / n,
-              static_cast<long long>(hist_f[2]));
-  std::printf("| kernel (1 thread, 64 MiB int8) | M rows/s | G elements/s | vs float32 kernel |\n");
+  std::printf("| integer | %.4f%% | %.4f%% | %lld | %.3f LSB |\n",
+              100 * hist_i[0] / n, 100 * hist_i[1] / n,
+              static_cast<long long>(hist_i[2]), mean_abs_real / n);
+  std::printf("| float | %.4f%% | %.4f%% | %lld | |\n\n", 100 * hist_f[0] / n,
+              100 * hist_f[1] / n, static_cast<long long>(hist_f[2]));
+  std::printf(
+      "| kernel (1 thread, 64 MiB int8) | M rows/s | G elements/s | vs float32 "
+      "kernel |\n");
   std::printf("|---|---|---|---|\n");
   const double e = static_cast<double>(speed_rows * d);
-  std::printf("| INT8 integer path | %.3f | %.2f | %.2f× |\n", speed_rows / t_int / 1e6, e / t_int / 1e9, t_f32 / t_int);
-  std::printf("| INT8 float path | %.3f | %.2f | %.2f× |\n", speed_rows / t_flt / 1e6, e / t_flt / 1e9, t_f32 / t_flt);
-  std::printf("| float32 kernel | %.3f | %.2f | 1.00× |\n\n", speed_rows / t_f32 / 1e6, e / t_f32 / 1e9);
+  std::printf("| INT8 integer path | %.3f | %.2f | %.2f× |\n",
+              speed_rows / t_int / 1e6, e / t_int / 1e9, t_f32 / t_int);
+  std::printf("| INT8 float path | %.3f | %.2f | %.2f× |\n",
+              speed_rows / t_flt / 1e6, e / t_flt / 1e9, t_f32 / t_flt);
+  std::printf("| float32 kernel | %.3f | %.2f | 1.00× |\n\n",
+              speed_rows / t_f32 / 1e6, e / t_f32 / 1e9);
   return 0;
 }
 
@@ -141,7 +162,8 @@ int Main(int64_t d) {
 int main(int argc, char** argv) {
   std::vector<long> dims;
   for (int i = 1; i < argc; ++i) {
-    if (std::strncmp(argv[i], "--d=", 4) == 0) dims.push_back(std::atol(argv[i] + 4));
+    if (std::strncmp(argv[i], "--d=", 4) == 0)
+      dims.push_back(std::atol(argv[i] + 4));
   }
   if (dims.empty()) dims = {768, 4096};
   std::printf("# INT8 LayerNorm: accuracy and speed\n\n");
@@ -162,9 +184,11 @@ int main(int argc, char** argv) {
   std::strftime(date, sizeof(date), "%Y-%m-%d", std::gmtime(&now));
   std::printf("Machine: %s; float32 kernel target %s; %s.\n\n", cpu.c_str(),
               normserve::KernelTargetName(), date);
-  std::printf("Errors are against the float64 reference on the dequantized input, quantized\n"
-              "to the same output scale (round half away from zero). Command: "
-              "`build/bench/int8_report`.\n\n");
+  std::printf(
+      "Errors are against the float64 reference on the dequantized input, "
+      "quantized\n"
+      "to the same output scale (round half away from zero). Command: "
+      "`build/bench/int8_report`.\n\n");
   for (long d : dims) normserve::Main(d);
   return 0;
 }

@@ -40,7 +40,8 @@ void BM_Normalize(benchmark::State& state) {
   const int64_t rows = std::max<int64_t>(1, footprint / (d * elem));
   const int64_t bytes = rows * d * elem;
 
-  std::vector<float> gamma(static_cast<size_t>(d), 1.5f), beta(static_cast<size_t>(d), 0.25f);
+  std::vector<float> gamma(static_cast<size_t>(d), 1.5f),
+      beta(static_cast<size_t>(d), 0.25f);
   NormParams p;
   p.kind = kind;
   p.dim = d;

@@ -5,8 +5,8 @@
 //   normctl --list_models | --health
 #include <cstdio>
 #include <fstream>
-#include <sstream>
 #include <random>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -103,10 +103,11 @@ int main(int argc, char** argv) {
     auto models = (*client)->ListModels();
     if (!models.ok()) return Fail(models.status());
     for (const auto& m : models->models()) {
-      std::printf("%s kind=%s shape=[%s] eps=%g gamma=%d beta=%d request_params=%d\n",
-                  m.name().c_str(), normserve::v1::NormKind_Name(m.kind()).c_str(),
-                  absl::StrJoin(m.normalized_shape(), ",").c_str(), m.epsilon(),
-                  m.has_gamma(), m.has_beta(), m.allows_request_params());
+      std::printf(
+          "%s kind=%s shape=[%s] eps=%g gamma=%d beta=%d request_params=%d\n",
+          m.name().c_str(), normserve::v1::NormKind_Name(m.kind()).c_str(),
+          absl::StrJoin(m.normalized_shape(), ",").c_str(), m.epsilon(),
+          m.has_gamma(), m.has_beta(), m.allows_request_params());
     }
     return 0;
   }
@@ -167,7 +168,8 @@ int main(int argc, char** argv) {
               normserve::v1::DataType_Name(out->dtype).c_str(),
               absl::ToDoubleMilliseconds(out->latency));
   for (size_t r = 0; r < out->mean.size() && r < 4; ++r) {
-    std::printf("row %zu: mean=%.6g rstd=%.6g\n", r, out->mean[r], out->rstd[r]);
+    std::printf("row %zu: mean=%.6g rstd=%.6g\n", r, out->mean[r],
+                out->rstd[r]);
   }
   std::printf("first values:");
   for (size_t i = 0; i < out->values.size() && i < 8; ++i) {

@@ -4,8 +4,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
-#include "kernels/dtype.h"
 #include "grpc/health/v1/health.grpc.pb.h"
+#include "kernels/dtype.h"
 
 namespace normserve {
 
@@ -37,7 +37,8 @@ absl::StatusOr<std::unique_ptr<NormClient>> NormClient::Create(
     }
   }
   auto channel = grpc::CreateCustomChannel(options.target, credentials, args);
-  return std::unique_ptr<NormClient>(new NormClient(options, std::move(channel)));
+  return std::unique_ptr<NormClient>(
+      new NormClient(options, std::move(channel)));
 }
 
 NormClient::NormClient(const Options& options,
@@ -67,7 +68,8 @@ void FillTensor(const std::vector<int64_t>& shape, const std::vector<float>& v,
     }
     return;
   }
-  t->set_data(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(float));
+  t->set_data(reinterpret_cast<const char*>(v.data()),
+              v.size() * sizeof(float));
 }
 
 }  // namespace
@@ -82,12 +84,13 @@ absl::StatusOr<std::vector<float>> TensorValues(const v1::Tensor& t) {
     return std::vector<float>(t.float_data().begin(), t.float_data().end());
   }
   const size_t elem = t.dtype() == v1::DATA_TYPE_FLOAT32 ? 4 : 2;
-  if ((t.dtype() != v1::DATA_TYPE_FLOAT32 && t.dtype() != v1::DATA_TYPE_FLOAT16 &&
+  if ((t.dtype() != v1::DATA_TYPE_FLOAT32 &&
+       t.dtype() != v1::DATA_TYPE_FLOAT16 &&
        t.dtype() != v1::DATA_TYPE_BFLOAT16) ||
       t.data().size() != static_cast<size_t>(count) * elem) {
-    return absl::DataLossError(absl::StrCat(
-        "tensor: ", t.data().size(), " bytes of dtype ",
-        v1::DataType_Name(t.dtype()), " do not match its shape"));
+    return absl::DataLossError(
+        absl::StrCat("tensor: ", t.data().size(), " bytes of dtype ",
+                     v1::DataType_Name(t.dtype()), " do not match its shape"));
   }
   std::vector<float> out(static_cast<size_t>(count));
   for (size_t i = 0; i < out.size(); ++i) {
@@ -96,7 +99,8 @@ absl::StatusOr<std::vector<float>> TensorValues(const v1::Tensor& t) {
     } else {
       uint16_t h;
       std::memcpy(&h, t.data().data() + 2 * i, 2);
-      out[i] = t.dtype() == v1::DATA_TYPE_FLOAT16 ? HalfToFloat(h) : BFloat16ToFloat(h);
+      out[i] = t.dtype() == v1::DATA_TYPE_FLOAT16 ? HalfToFloat(h)
+                                                  : BFloat16ToFloat(h);
     }
   }
   return out;
@@ -114,13 +118,16 @@ v1::NormalizeRequest NormClient::BuildRequest(const NormalizeInput& input) {
     param_shape.assign(input.shape.end() - ndim, input.shape.end());
   }
   if (!input.gamma.empty()) {
-    FillTensor(param_shape, input.gamma, v1::DATA_TYPE_FLOAT32, req.mutable_gamma());
+    FillTensor(param_shape, input.gamma, v1::DATA_TYPE_FLOAT32,
+               req.mutable_gamma());
   }
   if (!input.beta.empty()) {
-    FillTensor(param_shape, input.beta, v1::DATA_TYPE_FLOAT32, req.mutable_beta());
+    FillTensor(param_shape, input.beta, v1::DATA_TYPE_FLOAT32,
+               req.mutable_beta());
   }
   if (!input.residual.empty()) {
-    FillTensor(input.shape, input.residual, input.dtype, req.mutable_residual());
+    FillTensor(input.shape, input.residual, input.dtype,
+               req.mutable_residual());
   }
   req.set_kind(input.kind);
   req.set_request_id(input.request_id);

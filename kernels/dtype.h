@@ -58,7 +58,8 @@ inline float HalfToFloat(uint16_t h) {
       ++e;
       mant <<= 1;
     } while ((mant & 0x400u) == 0);
-    bits = sign | (static_cast<uint32_t>(112 - e) << 23) | ((mant & 0x3ffu) << 13);
+    bits =
+        sign | (static_cast<uint32_t>(112 - e) << 23) | ((mant & 0x3ffu) << 13);
   }
   float f;
   std::memcpy(&f, &bits, sizeof(f));
@@ -70,7 +71,7 @@ inline uint16_t FloatToHalf(float f) {
   std::memcpy(&bits, &f, sizeof(bits));
   const uint16_t sign = static_cast<uint16_t>((bits >> 16) & 0x8000u);
   const uint32_t abs = bits & 0x7fffffffu;
-  if (abs > 0x7f800000u) return sign | 0x7e00u;  // NaN
+  if (abs > 0x7f800000u) return sign | 0x7e00u;   // NaN
   if (abs >= 0x477ff000u) return sign | 0x7c00u;  // Rounds to >= 65520: Inf
   if (abs < 0x38800000u) {
     // Result is subnormal or zero: |f| < 2^-14. Scale the significand to

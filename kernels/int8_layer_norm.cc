@@ -9,8 +9,8 @@
 namespace normserve {
 namespace {
 
-constexpr int kFracBits = 20;           // F
-constexpr int kMaxGBits = 23;           // |G_i| < 2^23
+constexpr int kFracBits = 20;  // F
+constexpr int kMaxGBits = 23;  // |G_i| < 2^23
 constexpr int64_t kMaxB = int64_t{1} << 50;
 constexpr int64_t kMaxE = int64_t{1} << 60;
 
@@ -43,7 +43,8 @@ Int8Affine FoldInt8Affine(const float* gamma, const float* beta, int64_t dim,
   }
   // The largest g with max|γ/s_y|·2^g < 2^23.
   int shift = kMaxGBits - 1;
-  if (max_g > 0) shift = kMaxGBits - 1 - static_cast<int>(std::ceil(std::log2(max_g)));
+  if (max_g > 0)
+    shift = kMaxGBits - 1 - static_cast<int>(std::ceil(std::log2(max_g)));
   // g ≤ 22 keeps B_i's range (|β/s_y| up to 2^(50−F−g) ≥ 256) above what an
   // int8 output can show; g ≥ 1 − F keeps the final shift F + g ≥ 1.
   shift = std::max(-kFracBits + 1, std::min(shift, 22));
@@ -57,8 +58,8 @@ Int8Affine FoldInt8Affine(const float* gamma, const float* beta, int64_t dim,
     // (Int8OutputScaleError), so this only guards against misuse.
     const double gi = std::ldexp(g / output_scale, shift);
     const double limit = static_cast<double>((1 << kMaxGBits) - 1);
-    a.g[static_cast<size_t>(i)] =
-        static_cast<int32_t>(std::llround(std::min(limit, std::max(-limit, gi))));
+    a.g[static_cast<size_t>(i)] = static_cast<int32_t>(
+        std::llround(std::min(limit, std::max(-limit, gi))));
     const double bb = std::ldexp(b / output_scale, kFracBits + shift);
     a.b[static_cast<size_t>(i)] = static_cast<int64_t>(
         std::llround(std::min<double>(kMaxB, std::max<double>(-kMaxB, bb))));
@@ -67,7 +68,8 @@ Int8Affine FoldInt8Affine(const float* gamma, const float* beta, int64_t dim,
 }
 
 bool Int8OutputScaleFits(const float* gamma, int64_t dim, float output_scale) {
-  if (!(output_scale >= std::numeric_limits<float>::min()) || !std::isfinite(output_scale)) {
+  if (!(output_scale >= std::numeric_limits<float>::min()) ||
+      !std::isfinite(output_scale)) {
     return false;
   }
   double max_g = gamma == nullptr ? 1.0 : 0.0;
@@ -77,11 +79,14 @@ bool Int8OutputScaleFits(const float* gamma, int64_t dim, float output_scale) {
   return max_g / output_scale < std::ldexp(1.0, 40);
 }
 
-float DefaultInt8OutputScale(const float* gamma, const float* beta, int64_t dim) {
+float DefaultInt8OutputScale(const float* gamma, const float* beta,
+                             int64_t dim) {
   double max_g = gamma == nullptr ? 1.0 : 0.0, max_b = 0.0;
   for (int64_t i = 0; i < dim; ++i) {
-    if (gamma != nullptr) max_g = std::max(max_g, std::abs(static_cast<double>(gamma[i])));
-    if (beta != nullptr) max_b = std::max(max_b, std::abs(static_cast<double>(beta[i])));
+    if (gamma != nullptr)
+      max_g = std::max(max_g, std::abs(static_cast<double>(gamma[i])));
+    if (beta != nullptr)
+      max_b = std::max(max_b, std::abs(static_cast<double>(beta[i])));
   }
   const double range = 4.0 * max_g + max_b;
   return static_cast<float>(range > 0 ? range / 127.0 : 1.0 / 127.0);
@@ -133,9 +138,9 @@ void RowOutput(const int8_t* q, int8_t* y, int64_t d, int32_t zero_point,
   const int64_t half_out = int64_t{1} << (out_shift - 1);
   for (int64_t i = 0; i < d; ++i) {
     const int64_t v = static_cast<int64_t>(q[i]) - zero_point;
-    const int64_t c = d * v - sum;                          // |c| < 2^25
-    const int64_t n = (c * recip + half_n) >> n_shift;      // |n| ≤ 2^28
-    const int64_t acc = n * g[i] + b[i];                    // < 2^52
+    const int64_t c = d * v - sum;                      // |c| < 2^25
+    const int64_t n = (c * recip + half_n) >> n_shift;  // |n| ≤ 2^28
+    const int64_t acc = n * g[i] + b[i];                // < 2^52
     int64_t r = ((acc + half_out) >> out_shift) + out_zero_point;
     r = r < -128 ? -128 : r;
     r = r > 127 ? 127 : r;
@@ -174,7 +179,8 @@ void Int8LayerNormInteger(const Int8Params& p, const int8_t* input,
 namespace {
 
 NORMSERVE_INT8_CLONES
-void Dequantize(const int8_t* q, float* x, int64_t d, float scale, int32_t zero_point) {
+void Dequantize(const int8_t* q, float* x, int64_t d, float scale,
+                int32_t zero_point) {
   for (int64_t i = 0; i < d; ++i) {
     x[i] = scale * static_cast<float>(static_cast<int32_t>(q[i]) - zero_point);
   }
@@ -183,13 +189,15 @@ void Dequantize(const int8_t* q, float* x, int64_t d, float scale, int32_t zero_
 // round(y / s_y) half away from zero, + zero point, clamped. y is finite
 // (int8 inputs are, and γ/β were validated finite).
 NORMSERVE_INT8_CLONES
-void Quantize(const float* y, int8_t* q, int64_t d, float inv_scale, int32_t zero_point) {
+void Quantize(const float* y, int8_t* q, int64_t d, float inv_scale,
+              int32_t zero_point) {
   for (int64_t i = 0; i < d; ++i) {
     float t = y[i] * inv_scale;
     t = t == t ? t : 0.0f;  // NaN (never expected) maps to the zero point
     t = t < -256.0f ? -256.0f : t;
     t = t > 256.0f ? 256.0f : t;
-    int32_t r = static_cast<int32_t>(t + (t < 0.0f ? -0.5f : 0.5f)) + zero_point;
+    int32_t r =
+        static_cast<int32_t>(t + (t < 0.0f ? -0.5f : 0.5f)) + zero_point;
     r = r < -128 ? -128 : r;
     r = r > 127 ? 127 : r;
     q[i] = static_cast<int8_t>(r);

@@ -56,7 +56,8 @@ void NormalizeRows(const RowSegment& segment, int64_t row_begin,
   RunRows(segment, row_begin, row_end, false);
 }
 
-void NormalizeSegments(absl::Span<const RowSegment> segments, ThreadPool* pool) {
+void NormalizeSegments(absl::Span<const RowSegment> segments,
+                       ThreadPool* pool) {
   int64_t total_bytes = 0;
   int64_t output_bytes = 0;
   for (const RowSegment& s : segments) {
@@ -65,22 +66,26 @@ void NormalizeSegments(absl::Span<const RowSegment> segments, ThreadPool* pool) 
     output_bytes += elements * static_cast<int64_t>(DTypeSize(s.output_dtype));
   }
   const bool stream = output_bytes >= kStreamingMinBytes;
-  if (pool == nullptr || pool->num_threads() == 0 || total_bytes < kParallelMinBytes) {
+  if (pool == nullptr || pool->num_threads() == 0 ||
+      total_bytes < kParallelMinBytes) {
     for (const RowSegment& s : segments) RunRows(s, 0, s.rows, stream);
     return;
   }
   std::vector<Chunk> chunks;
   for (const RowSegment& s : segments) {
-    const int64_t row_bytes = Dim(s) * static_cast<int64_t>(DTypeSize(s.input_dtype));
-    const int64_t rows_per_chunk = std::max<int64_t>(1, kChunkBytes / row_bytes);
+    const int64_t row_bytes =
+        Dim(s) * static_cast<int64_t>(DTypeSize(s.input_dtype));
+    const int64_t rows_per_chunk =
+        std::max<int64_t>(1, kChunkBytes / row_bytes);
     for (int64_t r = 0; r < s.rows; r += rows_per_chunk) {
       chunks.push_back({&s, r, std::min(s.rows, r + rows_per_chunk)});
     }
   }
-  pool->ParallelFor(static_cast<int64_t>(chunks.size()), [&chunks, stream](int64_t i) {
-    const Chunk& c = chunks[static_cast<size_t>(i)];
-    RunRows(*c.segment, c.row_begin, c.row_end, stream);
-  });
+  pool->ParallelFor(static_cast<int64_t>(chunks.size()),
+                    [&chunks, stream](int64_t i) {
+                      const Chunk& c = chunks[static_cast<size_t>(i)];
+                      RunRows(*c.segment, c.row_begin, c.row_end, stream);
+                    });
 }
 
 }  // namespace normserve

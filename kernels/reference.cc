@@ -24,7 +24,8 @@ ReferenceResult ReferenceNormalizeFull(const NormParams& params,
       var += c * c;
     }
     var /= static_cast<double>(d);
-    const double rstd = 1.0 / std::sqrt(var + static_cast<double>(params.epsilon));
+    const double rstd =
+        1.0 / std::sqrt(var + static_cast<double>(params.epsilon));
     for (int64_t i = 0; i < d; ++i) {
       double v = (static_cast<double>(x[i]) - mean) * rstd;
       if (params.gamma != nullptr) v *= params.gamma[i];

@@ -38,7 +38,8 @@ void ThreadPool::Drain(Loop* loop) {
   }
 }
 
-void ThreadPool::ParallelFor(int64_t n, const std::function<void(int64_t)>& fn) {
+void ThreadPool::ParallelFor(int64_t n,
+                             const std::function<void(int64_t)>& fn) {
   if (n <= 0) return;
   if (n == 1 || threads_.empty()) {
     for (int64_t i = 0; i < n; ++i) fn(i);

@@ -45,7 +45,8 @@ absl::Status Batcher::Submit(std::unique_ptr<Job> job) {
   const absl::Status s = queues_->Add(std::move(job), clock_->Now());
   if (!s.ok()) return s;
   // Reported under the lock so that depth updates cannot be reordered.
-  if (options_.observer != nullptr) options_.observer->OnQueueDepth(queues_->size());
+  if (options_.observer != nullptr)
+    options_.observer->OnQueueDepth(queues_->size());
   wake_.Signal();
   return absl::OkStatus();
 }

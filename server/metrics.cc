@@ -11,23 +11,35 @@ namespace {
 constexpr char kService[] = "normserve.v1.NormalizationService";
 
 prometheus::Histogram::BucketBoundaries LatencyBuckets() {
-  return {1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2,
-          2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0};
+  return {1e-5,   2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2,
+          2.5e-2, 5e-2,   0.1,  0.25, 0.5,    1.0,  2.5,  5.0,    10.0};
 }
 
 prometheus::Histogram::BucketBoundaries PowersOfTwo(int max_exponent) {
   prometheus::Histogram::BucketBoundaries b;
-  for (int i = 0; i <= max_exponent; ++i) b.push_back(static_cast<double>(1 << i));
+  for (int i = 0; i <= max_exponent; ++i)
+    b.push_back(static_cast<double>(1 << i));
   return b;
 }
 
 const char* CodeName(int code) {
-  static const char* const kNames[] = {
-      "OK",        "CANCELLED",         "UNKNOWN",        "INVALID_ARGUMENT",
-      "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED",
-      "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
-      "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
-      "UNAUTHENTICATED"};
+  static const char* const kNames[] = {"OK",
+                                       "CANCELLED",
+                                       "UNKNOWN",
+                                       "INVALID_ARGUMENT",
+                                       "DEADLINE_EXCEEDED",
+                                       "NOT_FOUND",
+                                       "ALREADY_EXISTS",
+                                       "PERMISSION_DENIED",
+                                       "RESOURCE_EXHAUSTED",
+                                       "FAILED_PRECONDITION",
+                                       "ABORTED",
+                                       "OUT_OF_RANGE",
+                                       "UNIMPLEMENTED",
+                                       "INTERNAL",
+                                       "UNAVAILABLE",
+                                       "DATA_LOSS",
+                                       "UNAUTHENTICATED"};
   if (code < 0 || code > 16) return "UNKNOWN";
   return kNames[code];
 }
@@ -119,7 +131,9 @@ int Metrics::port() const {
 
 void Metrics::RpcStarted(const std::string& method, const char* type) {
   started_
-      ->Add({{"grpc_service", kService}, {"grpc_method", method}, {"grpc_type", type}})
+      ->Add({{"grpc_service", kService},
+             {"grpc_method", method},
+             {"grpc_type", type}})
       .Increment();
 }
 
@@ -132,7 +146,9 @@ void Metrics::RpcHandled(const std::string& method, const char* type, int code,
              {"grpc_code", CodeName(code)}})
       .Increment();
   handling_
-      ->Add({{"grpc_service", kService}, {"grpc_method", method}, {"grpc_type", type}},
+      ->Add({{"grpc_service", kService},
+             {"grpc_method", method},
+             {"grpc_type", type}},
             LatencyBuckets())
       .Observe(absl::ToDoubleSeconds(elapsed));
 }

@@ -45,10 +45,9 @@ absl::StatusOr<std::vector<float>> LoadParameter(
   if (inline_values) {
     values.assign(src.values().begin(), src.values().end());
     if (static_cast<int64_t>(values.size()) != count) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(field, ".values has ", values.size(),
-                       " values; normalized_shape [",
-                       absl::StrJoin(shape, ", "), "] needs ", count));
+      return absl::InvalidArgumentError(absl::StrCat(
+          field, ".values has ", values.size(), " values; normalized_shape [",
+          absl::StrJoin(shape, ", "), "] needs ", count));
     }
   } else {
     std::string path = src.npy_path();
@@ -72,9 +71,9 @@ absl::StatusOr<std::unique_ptr<Model>> BuildModel(
     const ModelRegistry::Options& options) {
   const std::string where = absl::StrCat("model '", c.name(), "'");
   if (!ValidName(c.name())) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "models.name = '", c.name(),
-        "': expected 1-128 characters of [A-Za-z0-9_.-]"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("models.name = '", c.name(),
+                     "': expected 1-128 characters of [A-Za-z0-9_.-]"));
   }
   auto m = std::make_unique<Model>();
   m->name = c.name();
@@ -94,10 +93,10 @@ absl::StatusOr<std::unique_ptr<Model>> BuildModel(
   for (int i = 0; i < c.normalized_shape_size(); ++i) {
     const int64_t d = c.normalized_shape(i);
     if (d <= 0 || d > kMaxModelElements || count * d > kMaxModelElements) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          where, ": normalized_shape[", i, "] = ", d,
-          ": dimensions must be positive and the row at most ",
-          kMaxModelElements, " elements"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, ": normalized_shape[", i, "] = ", d,
+                       ": dimensions must be positive and the row at most ",
+                       kMaxModelElements, " elements"));
     }
     count *= d;
     m->normalized_shape.push_back(d);
@@ -110,14 +109,14 @@ absl::StatusOr<std::unique_ptr<Model>> BuildModel(
     m->epsilon = c.epsilon();
   }
   if (c.has_gamma()) {
-    ASSIGN_OR_RETURN(m->gamma, LoadParameter(c.gamma(), where + " gamma",
-                                             m->normalized_shape, count,
-                                             base_dir));
+    ASSIGN_OR_RETURN(m->gamma,
+                     LoadParameter(c.gamma(), where + " gamma",
+                                   m->normalized_shape, count, base_dir));
   }
   if (c.has_beta()) {
-    ASSIGN_OR_RETURN(m->beta, LoadParameter(c.beta(), where + " beta",
-                                            m->normalized_shape, count,
-                                            base_dir));
+    ASSIGN_OR_RETURN(
+        m->beta, LoadParameter(c.beta(), where + " beta", m->normalized_shape,
+                               count, base_dir));
   }
   switch (c.device()) {
     case v1::DEVICE_UNSPECIFIED:
@@ -136,15 +135,16 @@ absl::StatusOr<std::unique_ptr<Model>> BuildModel(
   m->allow_request_params = c.allow_request_params();
   if (c.has_output_zero_point() &&
       (c.output_zero_point() < -128 || c.output_zero_point() > 127)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        where, ": output_zero_point = ", c.output_zero_point(),
-        ": expected -128 to 127"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(where, ": output_zero_point = ", c.output_zero_point(),
+                     ": expected -128 to 127"));
   }
   m->int8_output_zero_point = c.output_zero_point();
   if (c.has_output_scale()) {
     if (!std::isfinite(c.output_scale()) || c.output_scale() <= 0) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          where, ": output_scale = ", c.output_scale(), ": expected finite and > 0"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, ": output_scale = ", c.output_scale(),
+                       ": expected finite and > 0"));
     }
     m->int8_output_scale = c.output_scale();
   }
@@ -158,16 +158,17 @@ absl::StatusOr<std::unique_ptr<Model>> BuildModel(
   }
   if (m->int8_output_scale.has_value() &&
       !Int8OutputScaleFits(m->gamma.empty() ? nullptr : m->gamma.data(),
-                           static_cast<int64_t>(m->gamma.size()), *m->int8_output_scale)) {
+                           static_cast<int64_t>(m->gamma.size()),
+                           *m->int8_output_scale)) {
     return absl::InvalidArgumentError(absl::StrCat(
         where, ": output_scale = ", *m->int8_output_scale,
         ": expected a normal float with max|gamma| / output_scale below 2^40"));
   }
   if (m->int8_output_scale.has_value() && !m->normalized_shape.empty()) {
-    m->int8_affine = std::make_shared<const Int8Affine>(FoldInt8Affine(
-        m->gamma.empty() ? nullptr : m->gamma.data(),
-        m->beta.empty() ? nullptr : m->beta.data(), count, *m->int8_output_scale,
-        m->int8_output_zero_point));
+    m->int8_affine = std::make_shared<const Int8Affine>(
+        FoldInt8Affine(m->gamma.empty() ? nullptr : m->gamma.data(),
+                       m->beta.empty() ? nullptr : m->beta.data(), count,
+                       *m->int8_output_scale, m->int8_output_zero_point));
   }
   m->batching = options.default_batching;
   const v1::BatchingConfig& b = c.batching();
@@ -181,8 +182,9 @@ absl::StatusOr<std::unique_ptr<Model>> BuildModel(
   if (m->batching.max_batch_rows <= 0 || m->batching.max_queue_requests <= 0 ||
       m->batching.max_queue_delay < absl::ZeroDuration()) {
     return absl::InvalidArgumentError(absl::StrCat(
-        where, ": batching: max_batch_rows and max_queue_requests must be > 0 "
-               "and max_queue_delay_us >= 0"));
+        where,
+        ": batching: max_batch_rows and max_queue_requests must be > 0 "
+        "and max_queue_delay_us >= 0"));
   }
   return m;
 }
@@ -232,7 +234,8 @@ absl::StatusOr<std::unique_ptr<ModelRegistry>> ModelRegistry::CreateFromText(
           absl::StrCat("model config: name '", c.name(), "' appears twice"));
     }
     seen[c.name()] = true;
-    ASSIGN_OR_RETURN(std::unique_ptr<Model> m, BuildModel(c, base_dir, options));
+    ASSIGN_OR_RETURN(std::unique_ptr<Model> m,
+                     BuildModel(c, base_dir, options));
     registry->models_[m->name] = std::move(m);
   }
   uint64_t id = 1;
@@ -256,12 +259,13 @@ absl::StatusOr<std::unique_ptr<ModelRegistry>> ModelRegistry::Create(
   ss << in.rdbuf();
   std::string base_dir;
   const size_t slash = options.config_path.rfind('/');
-  if (slash != std::string::npos) base_dir = options.config_path.substr(0, slash);
+  if (slash != std::string::npos)
+    base_dir = options.config_path.substr(0, slash);
   auto registry = CreateFromText(ss.str(), base_dir, options);
   if (!registry.ok()) {
-    return absl::Status(registry.status().code(),
-                        absl::StrCat(options.config_path, ": ",
-                                     registry.status().message()));
+    return absl::Status(
+        registry.status().code(),
+        absl::StrCat(options.config_path, ": ", registry.status().message()));
   }
   return registry;
 }

@@ -4,8 +4,8 @@
 #if defined(__SANITIZE_ADDRESS__)
 #include <sanitizer/lsan_interface.h>
 #endif
-#include <cstdlib>
 #include <cstdio>
+#include <cstdlib>
 #include <thread>
 
 #include "absl/flags/flag.h"
@@ -79,7 +79,8 @@ int main(int argc, char** argv) {
 
   normserve::ServerOptions options;
   const std::string host = absl::GetFlag(FLAGS_host);
-  options.grpc_address = absl::StrCat(host, ":", absl::GetFlag(FLAGS_grpc_port));
+  options.grpc_address =
+      absl::StrCat(host, ":", absl::GetFlag(FLAGS_grpc_port));
   const std::string metrics_host = absl::GetFlag(FLAGS_metrics_host).empty()
                                        ? host
                                        : absl::GetFlag(FLAGS_metrics_host);
@@ -114,9 +115,8 @@ int main(int argc, char** argv) {
   options.limits.max_rank = absl::GetFlag(FLAGS_max_rank);
   const auto& b = options.models.default_batching;
   if (b.max_batch_rows <= 0 || b.max_queue_requests <= 0 ||
-      b.max_queue_delay < absl::ZeroDuration() ||
-      options.batch_workers <= 0 || options.max_message_bytes <= 0 ||
-      options.limits.max_elements <= 0 ||
+      b.max_queue_delay < absl::ZeroDuration() || options.batch_workers <= 0 ||
+      options.max_message_bytes <= 0 || options.limits.max_elements <= 0 ||
       options.limits.max_rank <= 0) {
     std::fprintf(stderr,
                  "normserve: --max_batch_rows, --max_queue_requests, "
@@ -148,7 +148,8 @@ int main(int argc, char** argv) {
   sigwait(&stop_signals, &signal);
   std::printf("normserve: signal %d, draining\n", signal);
   std::fflush(stdout);
-  (*server)->Shutdown(absl::Milliseconds(absl::GetFlag(FLAGS_shutdown_grace_ms)));
+  (*server)->Shutdown(
+      absl::Milliseconds(absl::GetFlag(FLAGS_shutdown_grace_ms)));
   std::printf("normserve: stopped\n");
   std::fflush(stdout);
 #if defined(__SANITIZE_ADDRESS__)

@@ -131,8 +131,9 @@ absl::StatusOr<NpyArray> ParseNpy(absl::string_view bytes,
   } else if (*descr == "'<f8'" || *descr == "\"<f8\"") {
     elem_size = 8;
   } else {
-    return Bad(name, absl::StrCat("dtype ", *descr,
-                                  " is not supported; expected '<f4' or '<f8'"));
+    return Bad(name,
+               absl::StrCat("dtype ", *descr,
+                            " is not supported; expected '<f4' or '<f8'"));
   }
   auto shape = ParseShape(*shape_text, name);
   if (!shape.ok()) return shape.status();

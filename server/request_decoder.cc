@@ -45,7 +45,8 @@ std::optional<DType> KernelDType(int dtype) {
 }
 
 constexpr char kFloatTypes[] =
-    "DATA_TYPE_FLOAT32, DATA_TYPE_FLOAT16, DATA_TYPE_BFLOAT16 or DATA_TYPE_INT8";
+    "DATA_TYPE_FLOAT32, DATA_TYPE_FLOAT16, DATA_TYPE_BFLOAT16 or "
+    "DATA_TYPE_INT8";
 // INT8 rows longer than this could overflow the integer path's bounds.
 constexpr int64_t kMaxInt8Dim = 65536;
 
@@ -60,11 +61,10 @@ struct TensorView {
 // Validates a tensor's dtype, shape and payload and returns a view of its
 // values (in place when aligned to the element size, else copied to
 // `storage`). `expected_shape`, when not null, must equal the tensor's shape.
-absl::StatusOr<TensorView> DecodeTensor(const v1::Tensor& t,
-                                        absl::string_view field,
-                                        const ValidationLimits& limits,
-                                        const std::vector<int64_t>* expected_shape,
-                                        std::vector<float>* storage) {
+absl::StatusOr<TensorView> DecodeTensor(
+    const v1::Tensor& t, absl::string_view field,
+    const ValidationLimits& limits, const std::vector<int64_t>* expected_shape,
+    std::vector<float>* storage) {
   TensorView view;
   const std::optional<DType> dtype = KernelDType(t.dtype());
   if (!dtype.has_value()) {
@@ -74,8 +74,9 @@ absl::StatusOr<TensorView> DecodeTensor(const v1::Tensor& t,
   view.dtype = *dtype;
   const int rank = t.shape_size();
   if (rank < 1 || rank > limits.max_rank) {
-    return Invalid(field, absl::StrCat(".shape has rank ", rank, ": expected 1 to ",
-                                       limits.max_rank, " dimensions"));
+    return Invalid(field,
+                   absl::StrCat(".shape has rank ", rank, ": expected 1 to ",
+                                limits.max_rank, " dimensions"));
   }
   int64_t count = 1;
   for (int i = 0; i < rank; ++i) {
@@ -85,16 +86,18 @@ absl::StatusOr<TensorView> DecodeTensor(const v1::Tensor& t,
                                          ": dimensions must be positive"));
     }
     if (d > limits.max_elements / count) {
-      return Invalid(field, absl::StrCat(".shape = [", absl::StrJoin(t.shape(), ", "),
-                                         "]: more than ", limits.max_elements,
-                                         " elements"));
+      return Invalid(
+          field,
+          absl::StrCat(".shape = [", absl::StrJoin(t.shape(), ", "),
+                       "]: more than ", limits.max_elements, " elements"));
     }
     count *= d;
     view.shape.push_back(d);
   }
   if (expected_shape != nullptr && view.shape != *expected_shape) {
-    return Invalid(field, absl::StrCat(".shape = ", ShapeText(view.shape), ": expected ",
-                                       ShapeText(*expected_shape)));
+    return Invalid(
+        field, absl::StrCat(".shape = ", ShapeText(view.shape), ": expected ",
+                            ShapeText(*expected_shape)));
   }
   view.elements = count;
   const bool has_data = !t.data().empty();
@@ -104,15 +107,17 @@ absl::StatusOr<TensorView> DecodeTensor(const v1::Tensor& t,
   }
   if (has_floats) {
     if (view.dtype != DType::kFloat32) {
-      return Invalid(field, absl::StrCat(".float_data is set with dtype ",
-                                         DataTypeName(t.dtype()),
-                                         ": float_data is only for DATA_TYPE_FLOAT32; "
-                                         "send other types in data"));
+      return Invalid(field,
+                     absl::StrCat(".float_data is set with dtype ",
+                                  DataTypeName(t.dtype()),
+                                  ": float_data is only for DATA_TYPE_FLOAT32; "
+                                  "send other types in data"));
     }
     if (t.float_data_size() != count) {
-      return Invalid(field, absl::StrCat(".float_data has ", t.float_data_size(),
-                                         " values: shape ", ShapeText(view.shape),
-                                         " needs ", count));
+      return Invalid(field,
+                     absl::StrCat(".float_data has ", t.float_data_size(),
+                                  " values: shape ", ShapeText(view.shape),
+                                  " needs ", count));
     }
     view.data = t.float_data().data();
     view.float_data = true;
@@ -121,9 +126,10 @@ absl::StatusOr<TensorView> DecodeTensor(const v1::Tensor& t,
   const size_t elem = DTypeSize(view.dtype);
   const size_t want = static_cast<size_t>(count) * elem;
   if (t.data().size() != want) {
-    return Invalid(field, absl::StrCat(".data has ", t.data().size(), " bytes: shape ",
-                                       ShapeText(view.shape), " of ",
-                                       DataTypeName(t.dtype()), " needs ", want));
+    return Invalid(field,
+                   absl::StrCat(".data has ", t.data().size(), " bytes: shape ",
+                                ShapeText(view.shape), " of ",
+                                DataTypeName(t.dtype()), " needs ", want));
   }
   const char* bytes = t.data().data();
   if (reinterpret_cast<uintptr_t>(bytes) % elem == 0) {
@@ -143,8 +149,9 @@ absl::StatusOr<const float*> DecodeParameter(const v1::Tensor& t,
                                              const std::vector<int64_t>& shape,
                                              std::vector<float>* storage) {
   if (t.dtype() == v1::DATA_TYPE_INT8) {
-    return Invalid(field, ".dtype = DATA_TYPE_INT8: expected DATA_TYPE_FLOAT32, "
-                          "DATA_TYPE_FLOAT16 or DATA_TYPE_BFLOAT16");
+    return Invalid(field,
+                   ".dtype = DATA_TYPE_INT8: expected DATA_TYPE_FLOAT32, "
+                   "DATA_TYPE_FLOAT16 or DATA_TYPE_BFLOAT16");
   }
   ASSIGN_OR_RETURN(TensorView view,
                    DecodeTensor(t, field, limits, &shape, storage));
@@ -167,22 +174,23 @@ absl::Status DecodeInt8(const v1::NormalizeRequest& request, const Model& model,
                         int64_t dim, DecodedRequest* out) {
   const v1::Tensor& in = request.input();
   if (!std::isfinite(in.scale()) || in.scale() <= 0.0f) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "input.scale = ", in.scale(),
-        ": DATA_TYPE_INT8 tensors need a finite scale > 0"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("input.scale = ", in.scale(),
+                     ": DATA_TYPE_INT8 tensors need a finite scale > 0"));
   }
   if (in.zero_point() < -128 || in.zero_point() > 127) {
     return absl::InvalidArgumentError(absl::StrCat(
         "input.zero_point = ", in.zero_point(), ": expected -128 to 127"));
   }
   if (dim > kMaxInt8Dim) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "input.shape: INT8 rows have ", dim, " elements: expected at most ",
-        kMaxInt8Dim));
+    return absl::InvalidArgumentError(
+        absl::StrCat("input.shape: INT8 rows have ", dim,
+                     " elements: expected at most ", kMaxInt8Dim));
   }
   if (out->params.kind != NormKind::kLayerNorm) {
     return absl::InvalidArgumentError(
-        "kind = NORM_KIND_RMS_NORM: INT8 inputs support NORM_KIND_LAYER_NORM only");
+        "kind = NORM_KIND_RMS_NORM: INT8 inputs support NORM_KIND_LAYER_NORM "
+        "only");
   }
   if (request.has_residual() || request.return_residual_sum() ||
       request.return_statistics()) {
@@ -199,9 +207,9 @@ absl::Status DecodeInt8(const v1::NormalizeRequest& request, const Model& model,
       out->int8_float_path = true;
       break;
     default:
-      return absl::InvalidArgumentError(absl::StrCat(
-          "int8_path = ", request.int8_path(),
-          ": expected INT8_PATH_INTEGER or INT8_PATH_FLOAT"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("int8_path = ", request.int8_path(),
+                       ": expected INT8_PATH_INTEGER or INT8_PATH_FLOAT"));
   }
   const NormParams& p = out->params;
   for (const float* values : {p.gamma, p.beta}) {
@@ -217,19 +225,21 @@ absl::Status DecodeInt8(const v1::NormalizeRequest& request, const Model& model,
       request.has_output_scale() || request.has_output_zero_point();
   if (request_quant && !model.allow_request_params &&
       model.int8_output_scale.has_value()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "output_scale/output_zero_point: model '", model.name,
-        "' fixes its output quantization: expected them unset"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("output_scale/output_zero_point: model '", model.name,
+                     "' fixes its output quantization: expected them unset"));
   }
-  if (request.has_output_scale() &&
-      (!std::isfinite(request.output_scale()) || request.output_scale() <= 0.0f)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "output_scale = ", request.output_scale(), ": expected a finite value > 0"));
+  if (request.has_output_scale() && (!std::isfinite(request.output_scale()) ||
+                                     request.output_scale() <= 0.0f)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("output_scale = ", request.output_scale(),
+                     ": expected a finite value > 0"));
   }
-  if (request.has_output_zero_point() &&
-      (request.output_zero_point() < -128 || request.output_zero_point() > 127)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "output_zero_point = ", request.output_zero_point(), ": expected -128 to 127"));
+  if (request.has_output_zero_point() && (request.output_zero_point() < -128 ||
+                                          request.output_zero_point() > 127)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("output_zero_point = ", request.output_zero_point(),
+                     ": expected -128 to 127"));
   }
   const bool model_params = !request.has_epsilon() && !request.has_gamma() &&
                             !request.has_beta() && !request_quant;
@@ -255,11 +265,13 @@ absl::Status DecodeInt8(const v1::NormalizeRequest& request, const Model& model,
                                    ? request.output_zero_point()
                                    : model.int8_output_zero_point;
     if (!Int8OutputScaleFits(p.gamma, dim, scale)) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "output_scale = ", scale,
-          ": expected a normal float with max|gamma| / output_scale below 2^40"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("output_scale = ", scale,
+                       ": expected a normal float with max|gamma| / "
+                       "output_scale below 2^40"));
     }
-    out->int8_affine_storage = FoldInt8Affine(p.gamma, p.beta, dim, scale, zero_point);
+    out->int8_affine_storage =
+        FoldInt8Affine(p.gamma, p.beta, dim, scale, zero_point);
     q.affine = &out->int8_affine_storage;
   }
   return absl::OkStatus();
@@ -267,14 +279,15 @@ absl::Status DecodeInt8(const v1::NormalizeRequest& request, const Model& model,
 
 uint64_t ParamsIdentity(const NormParams& p, int64_t count) {
   const auto bytes = [count](const float* v) {
-    return v == nullptr ? absl::string_view()
-                        : absl::string_view(reinterpret_cast<const char*>(v),
-                                            static_cast<size_t>(count) * sizeof(float));
+    return v == nullptr
+               ? absl::string_view()
+               : absl::string_view(reinterpret_cast<const char*>(v),
+                                   static_cast<size_t>(count) * sizeof(float));
   };
   // Only used to group jobs into queues: each job still carries its own
   // parameters, so a collision costs batching efficiency, not correctness.
-  return absl::Hash<std::tuple<float, bool, absl::string_view, bool,
-                               absl::string_view>>{}(
+  return absl::Hash<
+      std::tuple<float, bool, absl::string_view, bool, absl::string_view>>{}(
       std::make_tuple(p.epsilon, p.gamma != nullptr, bytes(p.gamma),
                       p.beta != nullptr, bytes(p.beta)));
 }
@@ -362,20 +375,22 @@ absl::StatusOr<std::unique_ptr<DecodedRequest>> DecodeRequest(
   if (request.has_epsilon()) {
     const float eps = request.epsilon();
     if (!std::isfinite(eps) || eps <= 0.0f) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "epsilon = ", eps, ": expected a finite value > 0"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("epsilon = ", eps, ": expected a finite value > 0"));
     }
     p.epsilon = eps;
   }
   if (!model->gamma.empty()) p.gamma = model->gamma.data();
   if (!model->beta.empty()) p.beta = model->beta.data();
   if (request.has_gamma()) {
-    ASSIGN_OR_RETURN(p.gamma, DecodeParameter(request.gamma(), "gamma", limits,
-                                              normalized_shape, &out->gamma_copy));
+    ASSIGN_OR_RETURN(p.gamma,
+                     DecodeParameter(request.gamma(), "gamma", limits,
+                                     normalized_shape, &out->gamma_copy));
   }
   if (request.has_beta()) {
-    ASSIGN_OR_RETURN(p.beta, DecodeParameter(request.beta(), "beta", limits,
-                                             normalized_shape, &out->beta_copy));
+    ASSIGN_OR_RETURN(p.beta,
+                     DecodeParameter(request.beta(), "beta", limits,
+                                     normalized_shape, &out->beta_copy));
   }
   if (request.has_residual()) {
     ASSIGN_OR_RETURN(TensorView residual,
@@ -406,8 +421,9 @@ absl::StatusOr<std::unique_ptr<DecodedRequest>> DecodeRequest(
       out->device = DeviceKind::kCuda;
       break;
     default:
-      return absl::InvalidArgumentError(absl::StrCat(
-          "device = ", request.device(), ": expected DEVICE_CPU or DEVICE_CUDA"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("device = ", request.device(),
+                       ": expected DEVICE_CPU or DEVICE_CUDA"));
   }
   if (out->device == DeviceKind::kCuda && !devices.cuda) {
     return absl::FailedPreconditionError(
@@ -429,14 +445,14 @@ absl::StatusOr<std::unique_ptr<DecodedRequest>> DecodeRequest(
     const std::optional<DType> output = KernelDType(request.output_dtype());
     if (!output.has_value()) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "output_dtype = ", DataTypeName(request.output_dtype()), ": expected ",
-          kFloatTypes, " (or unset for the input's)"));
+          "output_dtype = ", DataTypeName(request.output_dtype()),
+          ": expected ", kFloatTypes, " (or unset for the input's)"));
     }
     out->output_dtype = *output;
   }
 
-  const bool model_params = !request.has_epsilon() && !request.has_gamma() &&
-                            !request.has_beta();
+  const bool model_params =
+      !request.has_epsilon() && !request.has_gamma() && !request.has_beta();
   out->key.model = model->name;
   out->key.dim = dim;
   out->key.dtype = static_cast<int>(out->input_dtype) * 16 +
@@ -447,9 +463,9 @@ absl::StatusOr<std::unique_ptr<DecodedRequest>> DecodeRequest(
   if (out->input_dtype == DType::kInt8) {
     // Each job carries its own folded parameters; group by path and
     // output quantization as well.
-    out->key.params_id ^= absl::Hash<std::tuple<bool, float, int32_t>>{}(std::make_tuple(
-        out->int8_float_path, out->int8.affine->output_scale,
-        out->int8.affine->output_zero_point));
+    out->key.params_id ^= absl::Hash<std::tuple<bool, float, int32_t>>{}(
+        std::make_tuple(out->int8_float_path, out->int8.affine->output_scale,
+                        out->int8.affine->output_zero_point));
   }
   return out;
 }

@@ -33,9 +33,11 @@ struct NormServer::State {
 
 namespace {
 
-absl::StatusOr<std::string> ReadFile(const std::string& path, const char* flag) {
+absl::StatusOr<std::string> ReadFile(const std::string& path,
+                                     const char* flag) {
   std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat(flag, " ", path, ": cannot open"));
+  if (!in)
+    return absl::NotFoundError(absl::StrCat(flag, " ", path, ": cannot open"));
   std::stringstream ss;
   ss << in.rdbuf();
   return ss.str();
@@ -59,7 +61,8 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeCredentials(
   ASSIGN_OR_RETURN(pair.private_key, ReadFile(tls.key_path, "--tls_key"));
   ssl.pem_key_cert_pairs.push_back(std::move(pair));
   if (!tls.client_ca_path.empty()) {
-    ASSIGN_OR_RETURN(ssl.pem_root_certs, ReadFile(tls.client_ca_path, "--tls_client_ca"));
+    ASSIGN_OR_RETURN(ssl.pem_root_certs,
+                     ReadFile(tls.client_ca_path, "--tls_client_ca"));
     ssl.client_certificate_request =
         GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
   }
@@ -115,7 +118,8 @@ absl::StatusOr<std::unique_ptr<NormServer>> NormServer::Create(
       static_cast<int>(absl::ToInt64Milliseconds(limits.keepalive_timeout)));
   builder.AddChannelArgument(
       GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS,
-      static_cast<int>(absl::ToInt64Milliseconds(limits.min_client_ping_interval)));
+      static_cast<int>(
+          absl::ToInt64Milliseconds(limits.min_client_ping_interval)));
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
   builder.SetMaxReceiveMessageSize(options.max_message_bytes);
   builder.SetMaxSendMessageSize(options.max_message_bytes);
@@ -129,7 +133,8 @@ absl::StatusOr<std::unique_ptr<NormServer>> NormServer::Create(
   return std::unique_ptr<NormServer>(new NormServer(std::move(s)));
 }
 
-NormServer::NormServer(std::unique_ptr<State> state) : state_(std::move(state)) {}
+NormServer::NormServer(std::unique_ptr<State> state)
+    : state_(std::move(state)) {}
 
 NormServer::~NormServer() { Shutdown(absl::Seconds(5)); }
 

@@ -39,7 +39,10 @@ NormalizationServiceImpl::NormalizationServiceImpl(const Options& options,
                                                    const ModelRegistry* models,
                                                    Batcher* batcher,
                                                    Metrics* metrics)
-    : options_(options), models_(models), batcher_(batcher), metrics_(metrics) {}
+    : options_(options),
+      models_(models),
+      batcher_(batcher),
+      metrics_(metrics) {}
 
 void NormalizationServiceImpl::Start(
     const v1::NormalizeRequest& request, v1::NormalizeResponse* response,
@@ -76,13 +79,14 @@ void NormalizationServiceImpl::Start(
       decoded->elements * static_cast<int64_t>(DTypeSize(decoded->input_dtype));
   const int64_t request_bytes =
       decoded->residual != nullptr ? 2 * bytes_in : bytes_in;
-  int64_t bytes_out =
-      decoded->elements * static_cast<int64_t>(DTypeSize(decoded->output_dtype));
+  int64_t bytes_out = decoded->elements *
+                      static_cast<int64_t>(DTypeSize(decoded->output_dtype));
   // Answer in kind: a request that sent float_data (JSON tools) gets
   // float_data back when the output is FLOAT32; anything else gets bytes.
   void* output;
   if (decoded->float_data && decoded->output_dtype == DType::kFloat32) {
-    out->mutable_float_data()->Resize(static_cast<int>(decoded->elements), 0.0f);
+    out->mutable_float_data()->Resize(static_cast<int>(decoded->elements),
+                                      0.0f);
     output = out->mutable_float_data()->mutable_data();
   } else {
     std::string* data = out->mutable_data();
@@ -104,10 +108,13 @@ void NormalizationServiceImpl::Start(
     for (v1::Tensor* t : {response->mutable_mean(), response->mutable_rstd()}) {
       shape_into(decoded->stats_shape, t);
       t->set_dtype(v1::DATA_TYPE_FLOAT32);
-      t->mutable_data()->resize(static_cast<size_t>(decoded->rows) * sizeof(float));
+      t->mutable_data()->resize(static_cast<size_t>(decoded->rows) *
+                                sizeof(float));
     }
-    mean = reinterpret_cast<float*>(response->mutable_mean()->mutable_data()->data());
-    rstd = reinterpret_cast<float*>(response->mutable_rstd()->mutable_data()->data());
+    mean = reinterpret_cast<float*>(
+        response->mutable_mean()->mutable_data()->data());
+    rstd = reinterpret_cast<float*>(
+        response->mutable_rstd()->mutable_data()->data());
     bytes_out += 2 * decoded->rows * static_cast<int64_t>(sizeof(float));
   }
 
@@ -136,10 +143,9 @@ void NormalizationServiceImpl::Start(
   job->done = [metrics, decoded, finish, arrival, request_bytes, bytes_out](
                   const absl::Status& status, const JobTimings& timings) {
     if (status.ok()) {
-      metrics->RequestDone(decoded->model->name,
-                           DeviceLabel(static_cast<int>(decoded->device)),
-                           timings.queue_wait, absl::Now() - arrival,
-                           request_bytes, bytes_out);
+      metrics->RequestDone(
+          decoded->model->name, DeviceLabel(static_cast<int>(decoded->device)),
+          timings.queue_wait, absl::Now() - arrival, request_bytes, bytes_out);
     }
     metrics->InFlightAdd(-1);
     finish(status);
@@ -204,7 +210,8 @@ grpc::ServerUnaryReactor* NormalizationServiceImpl::Normalize(
       *request, response, ContextDeadline(context),
       [context] { return context->IsCancelled(); },
       [reactor, metrics, start](const absl::Status& status) {
-        metrics->RpcHandled("Normalize", kUnary, static_cast<int>(status.code()),
+        metrics->RpcHandled("Normalize", kUnary,
+                            static_cast<int>(status.code()),
                             absl::Now() - start);
         reactor->Finish(ToGrpcStatus(status));
       });
@@ -369,8 +376,10 @@ class StreamReactor final
 
 }  // namespace
 
-grpc::ServerBidiReactor<v1::NormalizeStreamRequest, v1::NormalizeStreamResponse>*
-NormalizationServiceImpl::NormalizeStream(grpc::CallbackServerContext* context) {
+grpc::ServerBidiReactor<v1::NormalizeStreamRequest,
+                        v1::NormalizeStreamResponse>*
+NormalizationServiceImpl::NormalizeStream(
+    grpc::CallbackServerContext* context) {
   return new StreamReactor(this, context);
 }
 

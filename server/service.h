@@ -54,9 +54,10 @@ class NormalizationServiceImpl final
   grpc::ServerBidiReactor<v1::NormalizeStreamRequest,
                           v1::NormalizeStreamResponse>*
   NormalizeStream(grpc::CallbackServerContext* context) override;
-  grpc::ServerUnaryReactor* ListModels(grpc::CallbackServerContext* context,
-                                       const v1::ListModelsRequest* request,
-                                       v1::ListModelsResponse* response) override;
+  grpc::ServerUnaryReactor* ListModels(
+      grpc::CallbackServerContext* context,
+      const v1::ListModelsRequest* request,
+      v1::ListModelsResponse* response) override;
 
   // Validates `request` and queues it; `finish` is called exactly once,
   // inline on a validation error or later from a batcher worker. `request`

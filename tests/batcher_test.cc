@@ -35,7 +35,8 @@ std::unique_ptr<Job> MakeJob(int64_t rows, QueueOptions q,
   return job;
 }
 
-QueueOptions Opts(int64_t rows, absl::Duration delay, int64_t max_requests = 100) {
+QueueOptions Opts(int64_t rows, absl::Duration delay,
+                  int64_t max_requests = 100) {
   QueueOptions q;
   q.max_batch_rows = rows;
   q.max_queue_delay = delay;
@@ -64,7 +65,8 @@ TEST(BatchQueuesTest, BatchClosesAfterTheDelay) {
   ASSERT_TRUE(queues.Add(MakeJob(1, q), kT0).ok());
   ASSERT_TRUE(queues.Add(MakeJob(1, q), kT0 + absl::Microseconds(50)).ok());
   EXPECT_EQ(queues.NextReadyTime(), kT0 + absl::Microseconds(100));
-  EXPECT_FALSE(queues.PopReady(kT0 + absl::Microseconds(99), false).has_value());
+  EXPECT_FALSE(
+      queues.PopReady(kT0 + absl::Microseconds(99), false).has_value());
   auto popped = queues.PopReady(kT0 + absl::Microseconds(100), false);
   ASSERT_TRUE(popped.has_value());
   EXPECT_EQ(popped->batch.size(), 2u);  // The younger job rides along.
@@ -74,7 +76,8 @@ TEST(BatchQueuesTest, BatchClosesAfterTheDelay) {
 
 TEST(BatchQueuesTest, ZeroDelayMeansReadyAtOnce) {
   BatchQueues queues;
-  ASSERT_TRUE(queues.Add(MakeJob(1, Opts(100, absl::ZeroDuration())), kT0).ok());
+  ASSERT_TRUE(
+      queues.Add(MakeJob(1, Opts(100, absl::ZeroDuration())), kT0).ok());
   EXPECT_TRUE(queues.PopReady(kT0, false).has_value());
 }
 
@@ -193,8 +196,9 @@ TEST(BatcherTest, StopRunsAdmittedJobsThenRefusesNewOnes) {
   (*batcher)->Stop();
   EXPECT_EQ(ok.load(), 10);
   EXPECT_EQ(ran.load(), 10);
-  EXPECT_EQ((*batcher)->Submit(MakeJob(1, Opts(1, absl::ZeroDuration()))).code(),
-            absl::StatusCode::kUnavailable);
+  EXPECT_EQ(
+      (*batcher)->Submit(MakeJob(1, Opts(1, absl::ZeroDuration()))).code(),
+      absl::StatusCode::kUnavailable);
 }
 
 // Many threads submit real normalization jobs that share batches; every
@@ -250,7 +254,8 @@ TEST(BatcherTest, BatchedOutputsAreBitwiseIdenticalToUnbatched) {
         };
         ASSERT_TRUE((*batcher)->Submit(std::move(job)).ok());
         done.WaitForNotification();
-        if (std::memcmp(alone.data(), batched.data(), x.size() * sizeof(float)) != 0) {
+        if (std::memcmp(alone.data(), batched.data(),
+                        x.size() * sizeof(float)) != 0) {
           ++mismatches;
         }
         ++finished;

@@ -23,8 +23,11 @@ TEST(ISqrt64Test, ExactOnEveryValueBelow2To24) {
 
 TEST(ISqrt64Test, ExactOnRandomAndEdge64BitValues) {
   std::mt19937_64 rng(5);
-  std::vector<uint64_t> xs = {~uint64_t{0}, ~uint64_t{0} - 1, uint64_t{1} << 63,
-                              (uint64_t{1} << 62) - 1, 4294967295ull * 4294967295ull,
+  std::vector<uint64_t> xs = {~uint64_t{0},
+                              ~uint64_t{0} - 1,
+                              uint64_t{1} << 63,
+                              (uint64_t{1} << 62) - 1,
+                              4294967295ull * 4294967295ull,
                               4294967295ull * 4294967295ull - 1};
   for (int i = 0; i < 200000; ++i) xs.push_back(rng() >> (rng() % 64));
   for (uint64_t r = 1; r < 100000; r += 7) {  // squares and their neighbours
@@ -50,9 +53,11 @@ Quantized RealisticActivations(int64_t rows, int64_t d, std::mt19937* rng) {
   std::normal_distribution<float> normal(0.0f, 1.0f);
   std::vector<float> x(static_cast<size_t>(rows * d));
   std::vector<float> channel_scale(static_cast<size_t>(d), 1.0f);
-  for (int k = 0; k < 3 && k < d; ++k) channel_scale[(*rng)() % d] = 20.0f + 40.0f * k / 2;
+  for (int k = 0; k < 3 && k < d; ++k)
+    channel_scale[(*rng)() % d] = 20.0f + 40.0f * k / 2;
   for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t i = 0; i < d; ++i) x[r * d + i] = normal(*rng) * channel_scale[i] + 0.5f;
+    for (int64_t i = 0; i < d; ++i)
+      x[r * d + i] = normal(*rng) * channel_scale[i] + 0.5f;
   }
   float lo = 0, hi = 0;
   for (float v : x) {
@@ -65,18 +70,21 @@ Quantized RealisticActivations(int64_t rows, int64_t d, std::mt19937* rng) {
   out.q.resize(x.size());
   for (size_t i = 0; i < x.size(); ++i) {
     out.q[i] = static_cast<int8_t>(std::max<long>(
-        -128, std::min<long>(127, std::lround(x[i] / out.scale) + out.zero_point)));
+        -128,
+        std::min<long>(127, std::lround(x[i] / out.scale) + out.zero_point)));
   }
   return out;
 }
 
 // The float64 reference on dequantized inputs, quantized to the output
 // scale with round-half-away and clamping.
-std::vector<int> ReferenceQuantized(const Quantized& in, int64_t rows, int64_t d,
-                                    const float* gamma, const float* beta, float eps,
+std::vector<int> ReferenceQuantized(const Quantized& in, int64_t rows,
+                                    int64_t d, const float* gamma,
+                                    const float* beta, float eps,
                                     float out_scale, int32_t out_zp) {
   std::vector<float> x(in.q.size());
-  for (size_t i = 0; i < x.size(); ++i) x[i] = in.scale * (in.q[i] - in.zero_point);
+  for (size_t i = 0; i < x.size(); ++i)
+    x[i] = in.scale * (in.q[i] - in.zero_point);
   NormParams p;
   p.dim = d;
   p.epsilon = eps;
@@ -98,7 +106,8 @@ TEST(Int8LayerNormTest, IntegerPathIsWithinOneLsbOfTheReference) {
     const int64_t rows = std::max<int64_t>(2, 200000 / d);
     const Quantized in = RealisticActivations(rows, d, &rng);
     std::normal_distribution<float> nd(1.0f, 0.3f);
-    std::vector<float> gamma(static_cast<size_t>(d)), beta(static_cast<size_t>(d));
+    std::vector<float> gamma(static_cast<size_t>(d)),
+        beta(static_cast<size_t>(d));
     for (auto& g : gamma) g = nd(rng);
     for (auto& b : beta) b = nd(rng) - 1.0f;
     for (bool affine : {false, true}) {
@@ -120,7 +129,8 @@ TEST(Int8LayerNormTest, IntegerPathIsWithinOneLsbOfTheReference) {
           ReferenceQuantized(in, rows, d, g, b, p.epsilon, out_scale, 3);
       for (size_t i = 0; i < y.size(); ++i) {
         ASSERT_LE(std::abs(y[i] - ref[i]), 1) << "D " << d << " element " << i;
-        ASSERT_LE(std::abs(yf[i] - ref[i]), 1) << "float path, D " << d << " element " << i;
+        ASSERT_LE(std::abs(yf[i] - ref[i]), 1)
+            << "float path, D " << d << " element " << i;
         exact += y[i] == ref[i];
       }
       elements += static_cast<int64_t>(y.size());
@@ -133,7 +143,8 @@ TEST(Int8LayerNormTest, IntegerPathIsWithinOneLsbOfTheReference) {
 TEST(Int8LayerNormTest, ConstantRowGivesQuantizedBeta) {
   const int64_t d = 64;
   std::vector<float> beta(d);
-  for (int64_t i = 0; i < d; ++i) beta[i] = 0.05f * static_cast<float>(i) - 1.0f;
+  for (int64_t i = 0; i < d; ++i)
+    beta[i] = 0.05f * static_cast<float>(i) - 1.0f;
   const Int8Affine folded = FoldInt8Affine(nullptr, beta.data(), d, 0.02f, -5);
   Int8Params p;
   p.dim = d;
@@ -142,7 +153,8 @@ TEST(Int8LayerNormTest, ConstantRowGivesQuantizedBeta) {
   std::vector<int8_t> x(d, 17), y(d);
   Int8LayerNormInteger(p, x.data(), y.data(), 1);
   for (int64_t i = 0; i < d; ++i) {
-    const double want = static_cast<double>(beta[i]) / static_cast<double>(0.02f);
+    const double want =
+        static_cast<double>(beta[i]) / static_cast<double>(0.02f);
     EXPECT_EQ(y[i], std::max(-128L, std::min(127L, std::lround(want) - 5)))
         << i;
   }
@@ -154,7 +166,8 @@ TEST(Int8LayerNormTest, ExtremeInputsDoNotOverflow) {
   std::vector<int8_t> x(d);
   for (int64_t i = 0; i < d; ++i) x[i] = (i % 2) ? 127 : -128;
   for (int32_t zp : {-128, 127}) {
-    const Int8Affine folded = FoldInt8Affine(nullptr, nullptr, d, 4.0f / 127, 0);
+    const Int8Affine folded =
+        FoldInt8Affine(nullptr, nullptr, d, 4.0f / 127, 0);
     Int8Params p;
     p.dim = d;
     p.input_scale = 1e-3f;

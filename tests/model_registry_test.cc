@@ -26,7 +26,8 @@ TEST(NpyTest, RoundTripsFloat32) {
 
 TEST(NpyTest, ReadsFloat64AsWrittenByNumpy) {
   // np.save of np.array([1.5, -2.0]) (float64), byte for byte.
-  std::string header = "{'descr': '<f8', 'fortran_order': False, 'shape': (2,), }";
+  std::string header =
+      "{'descr': '<f8', 'fortran_order': False, 'shape': (2,), }";
   header.append((64 - (10 + header.size() + 1) % 64) % 64, ' ');
   header.push_back('\n');
   std::string bytes("\x93NUMPY\x01\x00", 8);
@@ -48,7 +49,8 @@ TEST(NpyTest, RejectsTruncatedAndLyingFiles) {
   lying.replace(lying.find("(4,)"), 4, "(9,)");
   auto s = ParseNpy(lying, "x");
   ASSERT_FALSE(s.ok());
-  EXPECT_NE(s.status().message().find("needs 36"), absl::string_view::npos) << s.status();
+  EXPECT_NE(s.status().message().find("needs 36"), absl::string_view::npos)
+      << s.status();
   std::string huge = good;
   huge.replace(huge.find("(4,)"), 4, "(99999999999,99999999999)");
   EXPECT_FALSE(ParseNpy(huge, "x").ok());
@@ -83,7 +85,7 @@ TEST(ModelRegistryTest, LoadsGammaFromNpyRelativeToTheConfig) {
       normalized_shape: 3
       epsilon: 1e-6
       gamma { npy_path: "registry_gamma.npy" }
-      beta { values: [0.5, 0.5, 0.5] }
+      beta { values: [ 0.5, 0.5, 0.5 ] }
       batching { max_batch_rows: 16 max_queue_delay_us: 0 }
     }
     models { name: "rms" kind: NORM_KIND_RMS_NORM allow_request_params: true }
@@ -110,23 +112,28 @@ TEST(ModelRegistryTest, BadConfigsFailWithTheFieldNamed) {
   } cases[] = {
       {"models { name: \"\" }", "models.name = ''"},
       {"models { name: \"a b\" }", "models.name = 'a b'"},
-      {"models { name: \"x\" normalized_shape: [0] }", "normalized_shape[0] = 0"},
+      {"models { name: \"x\" normalized_shape: [0] }",
+       "normalized_shape[0] = 0"},
       {"models { name: \"x\" epsilon: -1 }", "epsilon = -1"},
       {"models { name: \"x\" normalized_shape: 2 gamma { values: [1] } }",
        "gamma.values has 1 values"},
-      {"models { name: \"x\" gamma { values: [1] } }", "needs normalized_shape"},
+      {"models { name: \"x\" gamma { values: [1] } }",
+       "needs normalized_shape"},
       {"models { name: \"x\" normalized_shape: 2 gamma { } }",
        "set exactly one of values and npy_path"},
-      {"models { name: \"x\" normalized_shape: 2 beta { npy_path: \"/nonexistent.npy\" } }",
+      {"models { name: \"x\" normalized_shape: 2 beta { npy_path: "
+       "\"/nonexistent.npy\" } }",
        "/nonexistent.npy: cannot open"},
       {"models { name: \"x\" } models { name: \"x\" }", "appears twice"},
-      {"models { name: \"x\" batching { max_batch_rows: 0 } }", "max_batch_rows"},
+      {"models { name: \"x\" batching { max_batch_rows: 0 } }",
+       "max_batch_rows"},
       {"models { nme: \"x\" }", "line 1"},
   };
   for (const auto& c : cases) {
     auto r = ModelRegistry::CreateFromText(c.text, "", {});
     ASSERT_FALSE(r.ok()) << c.text;
-    EXPECT_NE(r.status().message().find(c.message_part), absl::string_view::npos)
+    EXPECT_NE(r.status().message().find(c.message_part),
+              absl::string_view::npos)
         << c.text << " -> " << r.status();
   }
 }

@@ -54,7 +54,9 @@ uint16_t RefBF16(double v) {
   std::memcpy(&rbits, &r, 4);
   return static_cast<uint16_t>(rbits >> 16);
 }
-uint16_t RefRound(DType t, double v) { return t == DType::kFloat16 ? RefHalf(v) : RefBF16(v); }
+uint16_t RefRound(DType t, double v) {
+  return t == DType::kFloat16 ? RefHalf(v) : RefBF16(v);
+}
 float Widen(DType t, uint16_t bits) {
   if (t == DType::kFloat16) {
     _Float16 h;
@@ -68,7 +70,8 @@ float Widen(DType t, uint16_t bits) {
 }
 // Position on the number line of 16-bit float bits, for ulp distances.
 int32_t Ordinal(uint16_t bits) {
-  return (bits & 0x8000) ? -static_cast<int32_t>(bits & 0x7fff) : static_cast<int32_t>(bits);
+  return (bits & 0x8000) ? -static_cast<int32_t>(bits & 0x7fff)
+                         : static_cast<int32_t>(bits);
 }
 
 // A tensor of one dtype, stored as raw bytes; values are the exact float
@@ -117,7 +120,8 @@ struct Output {
 
 Output RunCase(const Case& c, ThreadPool* pool = nullptr) {
   const size_t n = static_cast<size_t>(c.rows * c.params.dim);
-  Output o{std::vector<uint8_t>(n * DTypeSize(c.out)), std::vector<uint8_t>(n * DTypeSize(c.in)),
+  Output o{std::vector<uint8_t>(n * DTypeSize(c.out)),
+           std::vector<uint8_t>(n * DTypeSize(c.in)),
            std::vector<float>(c.rows), std::vector<float>(c.rows)};
   RowSegment s;
   s.params = &c.params;
@@ -154,12 +158,14 @@ struct Stats {
 // float64 reference; returns ulp statistics for 16-bit outputs.
 Stats Check(const Case& c, const Output& o) {
   const std::vector<float> z = ReferenceZ(c);
-  const ReferenceResult ref = ReferenceNormalizeFull(c.params, z.data(), c.rows);
+  const ReferenceResult ref =
+      ReferenceNormalizeFull(c.params, z.data(), c.rows);
   const int64_t d = c.params.dim;
   Stats st;
   for (int64_t r = 0; r < c.rows; ++r) {
     double scale = 0.0;
-    for (int64_t i = 0; i < d; ++i) scale = std::max(scale, std::abs(ref.output[r * d + i]));
+    for (int64_t i = 0; i < d; ++i)
+      scale = std::max(scale, std::abs(ref.output[r * d + i]));
     for (int64_t i = 0; i < d; ++i) {
       const size_t k = static_cast<size_t>(r * d + i);
       const double want = ref.output[k];
@@ -173,7 +179,8 @@ Stats Check(const Case& c, const Output& o) {
       }
       uint16_t got;
       std::memcpy(&got, &o.y[k * 2], 2);
-      const int32_t ulps = std::abs(Ordinal(got) - Ordinal(RefRound(c.out, want)));
+      const int32_t ulps =
+          std::abs(Ordinal(got) - Ordinal(RefRound(c.out, want)));
       if (std::abs(want) >= scale / 256) {
         ++st.elements;
         if (ulps > 1) ++st.over_one_ulp;
@@ -187,7 +194,8 @@ Stats Check(const Case& c, const Output& o) {
       }
     }
     if (c.params.kind == NormKind::kLayerNorm) {
-      EXPECT_NEAR(o.mean[r], ref.mean[r], 1e-6 * std::abs(ref.mean[r]) + 1e-5 / ref.rstd[r]);
+      EXPECT_NEAR(o.mean[r], ref.mean[r],
+                  1e-6 * std::abs(ref.mean[r]) + 1e-5 / ref.rstd[r]);
     } else {
       EXPECT_EQ(o.mean[r], 0.0f);
     }
@@ -208,9 +216,9 @@ Stats Check(const Case& c, const Output& o) {
   return st;
 }
 
-Case MakeCase(NormKind kind, DType in, DType out, int64_t d, int64_t rows, bool gamma,
-              bool beta, bool residual, std::mt19937* rng, std::vector<float>* g,
-              std::vector<float>* b) {
+Case MakeCase(NormKind kind, DType in, DType out, int64_t d, int64_t rows,
+              bool gamma, bool beta, bool residual, std::mt19937* rng,
+              std::vector<float>* g, std::vector<float>* b) {
   Case c;
   c.params.kind = kind;
   c.params.dim = d;
@@ -224,7 +232,8 @@ Case MakeCase(NormKind kind, DType in, DType out, int64_t d, int64_t rows, bool 
   c.rows = rows;
   c.x = Encode(in, Normal(static_cast<size_t>(rows * d), 2.0f, 3.0f, rng));
   c.with_residual = residual;
-  c.residual = Encode(in, Normal(static_cast<size_t>(rows * d), 0.0f, 1.0f, rng));
+  c.residual =
+      Encode(in, Normal(static_cast<size_t>(rows * d), 0.0f, 1.0f, rng));
   return c;
 }
 
@@ -240,9 +249,9 @@ std::string TargetName(const ::testing::TestParamInfo<int64_t>& info) {
   return hwy::TargetName(info.param);
 }
 
-INSTANTIATE_TEST_SUITE_P(Targets, KernelTest,
-                         ::testing::ValuesIn(hwy::SupportedAndGeneratedTargets()),
-                         TargetName);
+INSTANTIATE_TEST_SUITE_P(
+    Targets, KernelTest,
+    ::testing::ValuesIn(hwy::SupportedAndGeneratedTargets()), TargetName);
 
 TEST_P(KernelTest, UsesTheTargetUnderTest) {
   EXPECT_STREQ(KernelTargetName(), hwy::TargetName(GetParam()));
@@ -258,8 +267,8 @@ TEST_P(KernelTest, EveryDtypePairKindAffineAndResidualMatchesReference) {
           for (bool residual : {false, true}) {
             for (int64_t d : {1, 3, 17, 64, 768, 1031}) {
               std::vector<float> g, b;
-              const Case c = MakeCase(kind, in, out, d, 5, affine & 1, affine & 2,
-                                      residual, &rng, &g, &b);
+              const Case c = MakeCase(kind, in, out, d, 5, affine & 1,
+                                      affine & 2, residual, &rng, &g, &b);
               SCOPED_TRACE(::testing::Message()
                            << Name(in) << "->" << Name(out) << " kind "
                            << static_cast<int>(kind) << " affine " << affine
@@ -287,8 +296,8 @@ TEST_P(KernelTest, LongRowsAndManyRows) {
   for (int64_t d : {4096, 16384, 65536}) {
     for (DType t : {DType::kFloat32, DType::kBFloat16}) {
       std::vector<float> g, b;
-      const Case c = MakeCase(NormKind::kLayerNorm, t, t, d, (1 << 18) / d + 1, true, true,
-                              false, &rng, &g, &b);
+      const Case c = MakeCase(NormKind::kLayerNorm, t, t, d, (1 << 18) / d + 1,
+                              true, true, false, &rng, &g, &b);
       SCOPED_TRACE(::testing::Message() << "D " << d << " " << Name(t));
       const Stats st = Check(c, RunCase(c));
       EXPECT_LE(st.worst_ulps, 2);
@@ -302,7 +311,8 @@ TEST_P(KernelTest, AccurateWhenMeanIsFarLargerThanStd) {
     Case c;
     c.params.dim = d;
     c.rows = 3;
-    c.x = Encode(DType::kFloat32, Normal(static_cast<size_t>(3 * d), 1e4f, 1e-3f, &rng));
+    c.x = Encode(DType::kFloat32,
+                 Normal(static_cast<size_t>(3 * d), 1e4f, 1e-3f, &rng));
     SCOPED_TRACE(::testing::Message() << "D " << d);
     Check(c, RunCase(c));
   }
@@ -311,7 +321,8 @@ TEST_P(KernelTest, AccurateWhenMeanIsFarLargerThanStd) {
 TEST_P(KernelTest, ConstantRowGivesExactlyBeta) {
   const int64_t d = 100;
   std::vector<float> beta(d), gamma(d, 3.0f);
-  for (int64_t i = 0; i < d; ++i) beta[i] = 0.25f * static_cast<float>(i % 9) - 1.0f;
+  for (int64_t i = 0; i < d; ++i)
+    beta[i] = 0.25f * static_cast<float>(i % 9) - 1.0f;
   for (DType t : kTypes) {
     for (float v : {0.0f, 1.0f, -7.5f, 12288.0f, 3e38f, 1e-38f}) {
       Case c;
@@ -331,7 +342,8 @@ TEST_P(KernelTest, ConstantRowGivesExactlyBeta) {
           std::memcpy(&bits, &o.y[i * 2], 2);
           got = Widen(t, bits);
         }
-        ASSERT_EQ(got, t == DType::kFloat32 ? beta[i] : Widen(t, RefRound(t, beta[i])))
+        ASSERT_EQ(got, t == DType::kFloat32 ? beta[i]
+                                            : Widen(t, RefRound(t, beta[i])))
             << Name(t) << " constant " << v << " col " << i;
       }
     }
@@ -350,8 +362,8 @@ TEST_P(KernelTest, HugeAndTinyMagnitudesAreRecomputedInDouble) {
       std::vector<float> x = Normal(2000, 0, 1, &rng);
       for (float& v : x) v *= scale;
       c.x = Encode(DType::kFloat32, x);
-      SCOPED_TRACE(::testing::Message() << "scale " << scale << " kind "
-                                        << static_cast<int>(kind));
+      SCOPED_TRACE(::testing::Message()
+                   << "scale " << scale << " kind " << static_cast<int>(kind));
       Check(c, RunCase(c));
     }
   }
@@ -403,7 +415,8 @@ TEST_P(KernelTest, RowBitsDoNotDependOnBatchCompositionOrThreads) {
       Case c;
       c.params = p;
       c.in = c.out = in;
-      c.x.bytes.assign(all.bytes.begin() + r * row_bytes, all.bytes.begin() + (r + 1) * row_bytes);
+      c.x.bytes.assign(all.bytes.begin() + r * row_bytes,
+                       all.bytes.begin() + (r + 1) * row_bytes);
       alone[r] = RunCase(c).y;
     }
     for (int threads : {0, 1, 3}) {
@@ -416,10 +429,12 @@ TEST_P(KernelTest, RowBitsDoNotDependOnBatchCompositionOrThreads) {
         inputs.reserve(kRows);
         outputs.reserve(kRows);
         for (int r = 0; r < kRows;) {
-          const int n = std::min<int>(kRows - r, 1 + static_cast<int>(rng() % 9));
+          const int n =
+              std::min<int>(kRows - r, 1 + static_cast<int>(rng() % 9));
           const size_t pad = (rng() % 3) * DTypeSize(in);  // shifts alignment
           inputs.emplace_back(pad + n * row_bytes);
-          std::memcpy(inputs.back().data() + pad, all.bytes.data() + r * row_bytes, n * row_bytes);
+          std::memcpy(inputs.back().data() + pad,
+                      all.bytes.data() + r * row_bytes, n * row_bytes);
           outputs.emplace_back(pad + n * row_bytes);
           RowSegment s;
           s.params = &p;
@@ -434,9 +449,12 @@ TEST_P(KernelTest, RowBitsDoNotDependOnBatchCompositionOrThreads) {
         NormalizeSegments(segments, &pool);
         for (size_t k = 0; k < segments.size(); ++k) {
           for (int64_t j = 0; j < segments[k].rows; ++j) {
-            const uint8_t* got = static_cast<const uint8_t*>(segments[k].output) + j * row_bytes;
-            ASSERT_EQ(0, std::memcmp(got, alone[first_row[k] + j].data(), row_bytes))
-                << Name(in) << " threads " << threads << " row " << first_row[k] + j;
+            const uint8_t* got =
+                static_cast<const uint8_t*>(segments[k].output) + j * row_bytes;
+            ASSERT_EQ(
+                0, std::memcmp(got, alone[first_row[k] + j].data(), row_bytes))
+                << Name(in) << " threads " << threads << " row "
+                << first_row[k] + j;
           }
         }
       }
@@ -457,7 +475,8 @@ TEST(ThreadPoolTest, RunsEveryIndexOnceWithConcurrentCallers) {
   for (auto& h : hits) ASSERT_EQ(h.load(), 1);
 }
 
-TEST(DTypeTest, ConversionsMatchTheCompilersFloat16AndRoundBFloat16ToNearestEven) {
+TEST(DTypeTest,
+     ConversionsMatchTheCompilersFloat16AndRoundBFloat16ToNearestEven) {
   for (uint64_t b = 0; b <= 0xffffffffull; b += 9973) {
     const uint32_t bits = static_cast<uint32_t>(b);
     float f;

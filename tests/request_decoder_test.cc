@@ -15,9 +15,13 @@ namespace {
 
 std::unique_ptr<ModelRegistry> Registry() {
   auto r = ModelRegistry::CreateFromText(R"pb(
-    models { name: "fixed" normalized_shape: [2, 2]
-             gamma { values: [1, 2, 3, 4] } }
-  )pb", "", {});
+                                           models {
+                                             name: "fixed"
+                                             normalized_shape: [ 2, 2 ]
+                                             gamma { values: [ 1, 2, 3, 4 ] }
+                                           }
+                                         )pb",
+                                         "", {});
   EXPECT_TRUE(r.ok()) << r.status();
   return *std::move(r);
 }
@@ -28,7 +32,8 @@ void SetFloats(v1::Tensor* t, std::vector<int64_t> shape) {
   t->mutable_shape()->Assign(shape.begin(), shape.end());
   t->set_dtype(v1::DATA_TYPE_FLOAT32);
   std::vector<float> v(static_cast<size_t>(n), 1.5f);
-  t->set_data(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(float));
+  t->set_data(reinterpret_cast<const char*>(v.data()),
+              v.size() * sizeof(float));
 }
 
 v1::NormalizeRequest Valid() {
@@ -124,19 +129,25 @@ TEST(RequestDecoderTest, EveryMalformedRequestGetsItsStatusAndField) {
   using C = absl::StatusCode;
   const float kNan = std::numeric_limits<float>::quiet_NaN();
   const std::vector<Case> cases = {
-      {"unknown model", [](auto* r) { r->set_model("nope"); }, C::kNotFound, "model = 'nope'"},
-      {"missing input", [](auto* r) { r->clear_input(); }, C::kInvalidArgument, "input: required"},
+      {"unknown model", [](auto* r) { r->set_model("nope"); }, C::kNotFound,
+       "model = 'nope'"},
+      {"missing input", [](auto* r) { r->clear_input(); }, C::kInvalidArgument,
+       "input: required"},
       {"dtype unset",
-       [](auto* r) { r->mutable_input()->set_dtype(v1::DATA_TYPE_UNSPECIFIED); },
+       [](auto* r) {
+         r->mutable_input()->set_dtype(v1::DATA_TYPE_UNSPECIFIED);
+       },
        C::kInvalidArgument,
-       "input.dtype = DATA_TYPE_UNSPECIFIED: expected DATA_TYPE_FLOAT32, DATA_TYPE_FLOAT16, "
+       "input.dtype = DATA_TYPE_UNSPECIFIED: expected DATA_TYPE_FLOAT32, "
+       "DATA_TYPE_FLOAT16, "
        "DATA_TYPE_BFLOAT16 or DATA_TYPE_INT8"},
       {"int8 without scale",
        [](auto* r) {
          r->mutable_input()->set_dtype(v1::DATA_TYPE_INT8);
          r->mutable_input()->mutable_data()->resize(12);
        },
-       C::kInvalidArgument, "input.scale = 0: DATA_TYPE_INT8 tensors need a finite scale > 0"},
+       C::kInvalidArgument,
+       "input.scale = 0: DATA_TYPE_INT8 tensors need a finite scale > 0"},
       {"int8 zero point out of range",
        [](auto* r) {
          r->mutable_input()->set_dtype(v1::DATA_TYPE_INT8);
@@ -171,7 +182,8 @@ TEST(RequestDecoderTest, EveryMalformedRequestGetsItsStatusAndField) {
          r->mutable_input()->set_scale(0.1f);
          r->set_output_scale(1e-42f);
        },
-       C::kInvalidArgument, ": expected a normal float with max|gamma| / output_scale below 2^40"},
+       C::kInvalidArgument,
+       ": expected a normal float with max|gamma| / output_scale below 2^40"},
       {"int8 output to float",
        [](auto* r) {
          r->mutable_input()->set_dtype(v1::DATA_TYPE_INT8);
@@ -189,8 +201,12 @@ TEST(RequestDecoderTest, EveryMalformedRequestGetsItsStatusAndField) {
        C::kInvalidArgument, "float_data is only for DATA_TYPE_FLOAT32"},
       {"float16 data length",
        [](auto* r) { r->mutable_input()->set_dtype(v1::DATA_TYPE_FLOAT16); },
-       C::kInvalidArgument, "input.data has 48 bytes: shape [3, 4] of DATA_TYPE_FLOAT16 needs 24"},
-      {"residual wrong shape", [](auto* r) { SetFloats(r->mutable_residual(), {3, 5}); },
+       C::kInvalidArgument,
+       "input.data has 48 bytes: shape [3, 4] of DATA_TYPE_FLOAT16 needs 24"},
+      {"residual wrong shape",
+       [](auto* r) {
+         SetFloats(r->mutable_residual(), {3, 5});
+       },
        C::kInvalidArgument, "residual.shape = [3, 5]: expected [3, 4]"},
       {"residual wrong dtype",
        [](auto* r) {
@@ -199,19 +215,24 @@ TEST(RequestDecoderTest, EveryMalformedRequestGetsItsStatusAndField) {
          r->mutable_residual()->set_dtype(v1::DATA_TYPE_BFLOAT16);
          r->mutable_residual()->mutable_data()->resize(24);
        },
-       C::kInvalidArgument, "residual.dtype = DATA_TYPE_BFLOAT16: expected the input's DATA_TYPE_FLOAT32"},
-      {"dtype unknown", [](auto* r) { r->mutable_input()->set_dtype(static_cast<v1::DataType>(99)); },
+       C::kInvalidArgument,
+       "residual.dtype = DATA_TYPE_BFLOAT16: expected the input's "
+       "DATA_TYPE_FLOAT32"},
+      {"dtype unknown",
+       [](auto* r) {
+         r->mutable_input()->set_dtype(static_cast<v1::DataType>(99));
+       },
        C::kInvalidArgument, "input.dtype = 99"},
-      {"rank 0", [](auto* r) { r->mutable_input()->clear_shape(); }, C::kInvalidArgument,
-       "input.shape has rank 0"},
+      {"rank 0", [](auto* r) { r->mutable_input()->clear_shape(); },
+       C::kInvalidArgument, "input.shape has rank 0"},
       {"rank 9",
        [](auto* r) {
          r->mutable_input()->clear_shape();
          for (int i = 0; i < 9; ++i) r->mutable_input()->add_shape(1);
        },
        C::kInvalidArgument, "input.shape has rank 9: expected 1 to 8"},
-      {"zero dim", [](auto* r) { r->mutable_input()->set_shape(1, 0); }, C::kInvalidArgument,
-       "input.shape[1] = 0: dimensions must be positive"},
+      {"zero dim", [](auto* r) { r->mutable_input()->set_shape(1, 0); },
+       C::kInvalidArgument, "input.shape[1] = 0: dimensions must be positive"},
       {"negative dim", [](auto* r) { r->mutable_input()->set_shape(1, -8); },
        C::kInvalidArgument, "input.shape[1] = -8: dimensions must be positive"},
       {"element count overflows int64",
@@ -220,24 +241,31 @@ TEST(RequestDecoderTest, EveryMalformedRequestGetsItsStatusAndField) {
          r->mutable_input()->set_shape(1, int64_t{1} << 40);
        },
        C::kInvalidArgument, "elements"},
-      {"data too short", [](auto* r) { r->mutable_input()->mutable_data()->resize(47); },
-       C::kInvalidArgument, "input.data has 47 bytes: shape [3, 4] of DATA_TYPE_FLOAT32 needs 48"},
-      {"both data and float_data", [](auto* r) { r->mutable_input()->add_float_data(1); },
+      {"data too short",
+       [](auto* r) { r->mutable_input()->mutable_data()->resize(47); },
+       C::kInvalidArgument,
+       "input.data has 47 bytes: shape [3, 4] of DATA_TYPE_FLOAT32 needs 48"},
+      {"both data and float_data",
+       [](auto* r) { r->mutable_input()->add_float_data(1); },
        C::kInvalidArgument, "input: both data and float_data are set"},
       {"float_data count",
        [](auto* r) {
          r->mutable_input()->clear_data();
          r->mutable_input()->add_float_data(1);
        },
-       C::kInvalidArgument, "input.float_data has 1 values: shape [3, 4] needs 12"},
+       C::kInvalidArgument,
+       "input.float_data has 1 values: shape [3, 4] needs 12"},
       {"normalized_ndim too big", [](auto* r) { r->set_normalized_ndim(3); },
-       C::kInvalidArgument, "normalized_ndim = 3: expected 1 to the input's rank 2"},
+       C::kInvalidArgument,
+       "normalized_ndim = 3: expected 1 to the input's rank 2"},
       {"normalized_ndim negative", [](auto* r) { r->set_normalized_ndim(-1); },
        C::kInvalidArgument, "normalized_ndim = -1"},
       {"epsilon zero", [](auto* r) { r->set_epsilon(0); }, C::kInvalidArgument,
        "epsilon = 0: expected a finite value > 0"},
-      {"epsilon negative", [](auto* r) { r->set_epsilon(-1e-5f); }, C::kInvalidArgument, "epsilon = -1e-05"},
-      {"epsilon NaN", [kNan](auto* r) { r->set_epsilon(kNan); }, C::kInvalidArgument, "epsilon = nan"},
+      {"epsilon negative", [](auto* r) { r->set_epsilon(-1e-5f); },
+       C::kInvalidArgument, "epsilon = -1e-05"},
+      {"epsilon NaN", [kNan](auto* r) { r->set_epsilon(kNan); },
+       C::kInvalidArgument, "epsilon = nan"},
       {"epsilon Inf",
        [](auto* r) { r->set_epsilon(std::numeric_limits<float>::infinity()); },
        C::kInvalidArgument, "epsilon = inf"},
@@ -248,26 +276,30 @@ TEST(RequestDecoderTest, EveryMalformedRequestGetsItsStatusAndField) {
          SetFloats(r->mutable_beta(), {4});
          r->mutable_beta()->set_dtype(v1::DATA_TYPE_INT8);
        },
-       C::kInvalidArgument, "beta.dtype = DATA_TYPE_INT8: expected DATA_TYPE_FLOAT32"},
+       C::kInvalidArgument,
+       "beta.dtype = DATA_TYPE_INT8: expected DATA_TYPE_FLOAT32"},
       {"gamma short data",
        [](auto* r) {
          SetFloats(r->mutable_gamma(), {4});
          r->mutable_gamma()->mutable_data()->resize(3);
        },
        C::kInvalidArgument, "gamma.data has 3 bytes"},
-      {"kind unknown", [](auto* r) { r->set_kind(static_cast<v1::NormKind>(7)); },
+      {"kind unknown",
+       [](auto* r) { r->set_kind(static_cast<v1::NormKind>(7)); },
        C::kInvalidArgument, "kind = 7"},
-      {"device unknown", [](auto* r) { r->set_device(static_cast<v1::Device>(5)); },
+      {"device unknown",
+       [](auto* r) { r->set_device(static_cast<v1::Device>(5)); },
        C::kInvalidArgument, "device = 5"},
       {"cuda without a GPU", [](auto* r) { r->set_device(v1::DEVICE_CUDA); },
        C::kFailedPrecondition, "device = DEVICE_CUDA"},
-      {"output dtype unsupported", [](auto* r) { r->set_output_dtype(v1::DATA_TYPE_INT8); },
-       C::kInvalidArgument, "output_dtype = DATA_TYPE_INT8: only INT8 inputs give INT8 outputs"},
-      {"model shape mismatch",
-       [](auto* r) {
-         r->set_model("fixed");
-       },
-       C::kInvalidArgument, "input.shape = [3, 4]: model 'fixed' expects trailing dimensions [2, 2]"},
+      {"output dtype unsupported",
+       [](auto* r) { r->set_output_dtype(v1::DATA_TYPE_INT8); },
+       C::kInvalidArgument,
+       "output_dtype = DATA_TYPE_INT8: only INT8 inputs give INT8 outputs"},
+      {"model shape mismatch", [](auto* r) { r->set_model("fixed"); },
+       C::kInvalidArgument,
+       "input.shape = [3, 4]: model 'fixed' expects trailing dimensions [2, "
+       "2]"},
       {"model refuses request params",
        [](auto* r) {
          r->set_model("fixed");
@@ -283,7 +315,8 @@ TEST(RequestDecoderTest, EveryMalformedRequestGetsItsStatusAndField) {
     auto d = DecodeRequest(r, *models, {}, {});
     ASSERT_FALSE(d.ok()) << c.name;
     EXPECT_EQ(d.status().code(), c.code) << c.name << ": " << d.status();
-    EXPECT_NE(d.status().message().find(c.message_part), absl::string_view::npos)
+    EXPECT_NE(d.status().message().find(c.message_part),
+              absl::string_view::npos)
         << c.name << ": got \"" << d.status().message() << "\"";
   }
 }
@@ -294,7 +327,8 @@ TEST(RequestDecoderTest, ElementLimitIsEnforcedBeforeAllocation) {
   limits.max_elements = 10;
   auto d = DecodeRequest(Valid(), *models, limits, {});
   ASSERT_FALSE(d.ok());
-  EXPECT_NE(d.status().message().find("more than 10 elements"), absl::string_view::npos)
+  EXPECT_NE(d.status().message().find("more than 10 elements"),
+            absl::string_view::npos)
       << d.status();
 }
 

@@ -14,13 +14,13 @@
 #include <vector>
 
 #include "kernels/dtype.h"
-#include "kernels/normalize.h"
 #include "kernels/internal/normalize_rows.h"
+#include "kernels/normalize.h"
 
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "kernels/internal/normalize_simd.cc"
-#include "hwy/foreach_target.h"  // IWYU pragma: keep
 #include "hwy/cache_control.h"
+#include "hwy/foreach_target.h"  // IWYU pragma: keep
 #include "hwy/highway.h"
 
 HWY_BEFORE_NAMESPACE();
@@ -163,7 +163,8 @@ double SumRow(size_t d, float shift, float center, const Loader& load) {
     const auto sum = hn::Add(hn::Add(a0, a1), hn::Add(a2, a3));
     auto tail = hn::Zero(d1);
     for (; i < len; ++i) tail = accumulate(d1, tail, start + i);
-    const float block = hn::GetLane(hn::SumOfLanes(df, sum)) + hn::GetLane(tail);
+    const float block =
+        hn::GetLane(hn::SumOfLanes(df, sum)) + hn::GetLane(tail);
     total += static_cast<double>(block);
   }
   return total;
@@ -178,8 +179,8 @@ bool AllEqual(const float* z, size_t d, float value) {
 
 // The double-precision path for rows whose float32 statistics overflow or
 // underflow: mean, variance and outputs in double, rounded once to float.
-void RowInDouble(const NormParams& p, const float* z, float* y, double* mean_out,
-                 double* rstd_out) {
+void RowInDouble(const NormParams& p, const float* z, float* y,
+                 double* mean_out, double* rstd_out) {
   const size_t d = static_cast<size_t>(p.dim);
   const double shift = p.kind == NormKind::kLayerNorm ? z[0] : 0.0;
   double mean = 0.0;
@@ -192,8 +193,8 @@ void RowInDouble(const NormParams& p, const float* z, float* y, double* mean_out
     const double c = (static_cast<double>(z[i]) - shift) - mean;
     m2 += c * c;
   }
-  const double rstd =
-      1.0 / std::sqrt(m2 / static_cast<double>(d) + static_cast<double>(p.epsilon));
+  const double rstd = 1.0 / std::sqrt(m2 / static_cast<double>(d) +
+                                      static_cast<double>(p.epsilon));
   for (size_t i = 0; i < d; ++i) {
     double v = ((static_cast<double>(z[i]) - shift) - mean) * rstd;
     if (p.gamma != nullptr) v *= p.gamma[i];
@@ -283,15 +284,20 @@ void OutputRow(const float* z, size_t d, float shift, float mean, float rstd,
 
 template <typename T, bool kStream>
 void OutputRowAffine(const float* z, size_t d, float shift, float mean,
-                     float rstd, const float* gamma, const float* beta, T* out) {
+                     float rstd, const float* gamma, const float* beta,
+                     T* out) {
   if (gamma != nullptr && beta != nullptr) {
-    OutputRow<T, true, true, kStream>(z, d, shift, mean, rstd, gamma, beta, out);
+    OutputRow<T, true, true, kStream>(z, d, shift, mean, rstd, gamma, beta,
+                                      out);
   } else if (gamma != nullptr) {
-    OutputRow<T, true, false, kStream>(z, d, shift, mean, rstd, gamma, beta, out);
+    OutputRow<T, true, false, kStream>(z, d, shift, mean, rstd, gamma, beta,
+                                       out);
   } else if (beta != nullptr) {
-    OutputRow<T, false, true, kStream>(z, d, shift, mean, rstd, gamma, beta, out);
+    OutputRow<T, false, true, kStream>(z, d, shift, mean, rstd, gamma, beta,
+                                       out);
   } else {
-    OutputRow<T, false, false, kStream>(z, d, shift, mean, rstd, gamma, beta, out);
+    OutputRow<T, false, false, kStream>(z, d, shift, mean, rstd, gamma, beta,
+                                        out);
   }
 }
 
@@ -314,10 +320,12 @@ void RowsTyped(const RowSegment& s, int64_t row_begin, int64_t row_end,
   for (int64_t r = row_begin; r < row_end; ++r) {
     const size_t offset = static_cast<size_t>(r) * d;
     const In* x = static_cast<const In*>(s.input) + offset;
-    const In* res =
-        s.residual != nullptr ? static_cast<const In*>(s.residual) + offset : nullptr;
-    In* sum_out = s.sum_output != nullptr ? static_cast<In*>(s.sum_output) + offset
-                                          : nullptr;
+    const In* res = s.residual != nullptr
+                        ? static_cast<const In*>(s.residual) + offset
+                        : nullptr;
+    In* sum_out = s.sum_output != nullptr
+                      ? static_cast<In*>(s.sum_output) + offset
+                      : nullptr;
     Out* out = static_cast<Out*>(s.output) + offset;
     // The first pass reads ahead by kPrefetchBytes (into the next row at
     // the end of this one) so DRAM latency overlaps the arithmetic; the
@@ -338,15 +346,18 @@ void RowsTyped(const RowSegment& s, int64_t row_begin, int64_t row_end,
     // Converts (and adds the residual), stores z to scratch and, when
     // asked, to sum_out; kResidual/kSum are compile-time so that the hot
     // loop carries no dead branches.
-    auto convert_with = [x, res, zs, sum_out, x_end](auto residual_tag, auto sum_tag) {
+    auto convert_with = [x, res, zs, sum_out, x_end](auto residual_tag,
+                                                     auto sum_tag) {
       constexpr bool kResidual = decltype(residual_tag)::value;
       constexpr bool kSum = decltype(sum_tag)::value;
       return [=](auto tag, size_t i) {
-        const char* ahead = reinterpret_cast<const char*>(x + i) + kPrefetchBytes;
+        const char* ahead =
+            reinterpret_cast<const char*>(x + i) + kPrefetchBytes;
         if (ahead < x_end) hwy::Prefetch(ahead);
         auto v = LoadAs(tag, x + i);
         if constexpr (kResidual) {
-          hwy::Prefetch(reinterpret_cast<const char*>(res + i) + kPrefetchBytes);
+          hwy::Prefetch(reinterpret_cast<const char*>(res + i) +
+                        kPrefetchBytes);
           v = RoundTo<In>(tag, hn::Add(v, LoadAs(tag, res + i)));
         }
         hn::StoreU(v, tag, zs + i);
@@ -358,12 +369,14 @@ void RowsTyped(const RowSegment& s, int64_t row_begin, int64_t row_end,
     using No = std::false_type;
     // Runs `body(loader)` with the converting loader this row needs.
     auto with_convert = [&](auto&& body) {
-      if (res != nullptr && sum_out != nullptr) return body(convert_with(Yes(), Yes()));
+      if (res != nullptr && sum_out != nullptr)
+        return body(convert_with(Yes(), Yes()));
       if (res != nullptr) return body(convert_with(Yes(), No()));
       if (sum_out != nullptr) return body(convert_with(No(), Yes()));
       return body(convert_with(No(), No()));
     };
-    if (in_place && sum_out != nullptr) std::memcpy(sum_out, x, d * sizeof(float));
+    if (in_place && sum_out != nullptr)
+      std::memcpy(sum_out, x, d * sizeof(float));
 
     float shift = 0.0f;
     double mean_shifted = 0.0;
@@ -401,16 +414,19 @@ void RowsTyped(const RowSegment& s, int64_t row_begin, int64_t row_end,
     if (finite && !tiny) {
       const float rs = static_cast<float>(rstd);
       if (stream) {
-        OutputRowAffine<Out, true>(z, d, shift, center, rs, p.gamma, p.beta, out);
+        OutputRowAffine<Out, true>(z, d, shift, center, rs, p.gamma, p.beta,
+                                   out);
       } else {
-        OutputRowAffine<Out, false>(z, d, shift, center, rs, p.gamma, p.beta, out);
+        OutputRowAffine<Out, false>(z, d, shift, center, rs, p.gamma, p.beta,
+                                    out);
       }
     } else {
       float* y = scratch.data() + d;
       RowInDouble(p, z, y, &mean_out, &rstd);
       StoreRow(y, d, out);
     }
-    if (s.mean != nullptr) s.mean[r] = layer_norm ? static_cast<float>(mean_out) : 0.0f;
+    if (s.mean != nullptr)
+      s.mean[r] = layer_norm ? static_cast<float>(mean_out) : 0.0f;
     if (s.rstd != nullptr) s.rstd[r] = static_cast<float>(rstd);
   }
   if (stream) hwy::FlushStream();
@@ -460,12 +476,14 @@ HWY_EXPORT(TargetNameTarget);
 namespace internal {
 void NormalizeRowsSimd(const RowSegment& segment, int64_t row_begin,
                        int64_t row_end, bool streaming_stores) {
-  HWY_DYNAMIC_DISPATCH(NormalizeRowsTarget)(segment, row_begin, row_end,
-                                            streaming_stores);
+  HWY_DYNAMIC_DISPATCH(NormalizeRowsTarget)
+  (segment, row_begin, row_end, streaming_stores);
 }
 }  // namespace internal
 
-const char* KernelTargetName() { return HWY_DYNAMIC_DISPATCH(TargetNameTarget)(); }
+const char* KernelTargetName() {
+  return HWY_DYNAMIC_DISPATCH(TargetNameTarget)();
+}
 
 }  // namespace normserve
 #endif  // HWY_ONCE

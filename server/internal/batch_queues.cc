@@ -83,7 +83,8 @@ std::optional<BatchQueues::Popped> BatchQueues::PopReady(absl::Time now,
 absl::Time BatchQueues::NextReadyTime() const {
   absl::Time next = absl::InfiniteFuture();
   for (const auto& [key, q] : queues_) {
-    const absl::Time t = q.jobs.front()->enqueue_time + q.options.max_queue_delay;
+    const absl::Time t =
+        q.jobs.front()->enqueue_time + q.options.max_queue_delay;
     if (t < next) next = t;
   }
   return next;

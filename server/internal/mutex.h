@@ -54,8 +54,8 @@ class CondVar {
   bool WaitWithTimeout(Mutex* mu, absl::Duration timeout) {
     std::unique_lock<std::mutex> lock(mu->mu_, std::adopt_lock);
     const bool woken =
-        cv_.wait_for(lock, absl::ToChronoNanoseconds(std::max(
-                               timeout, absl::ZeroDuration()))) ==
+        cv_.wait_for(lock, absl::ToChronoNanoseconds(
+                               std::max(timeout, absl::ZeroDuration()))) ==
         std::cv_status::no_timeout;
     lock.release();
     return woken;

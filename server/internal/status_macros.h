@@ -9,10 +9,10 @@
 #define NORMSERVE_CONCAT_INNER_(a, b) a##b
 #define NORMSERVE_CONCAT_(a, b) NORMSERVE_CONCAT_INNER_(a, b)
 
-#define RETURN_IF_ERROR(expr)                  \
-  do {                                         \
-    const ::absl::Status _status = (expr);     \
-    if (!_status.ok()) return _status;         \
+#define RETURN_IF_ERROR(expr)              \
+  do {                                     \
+    const ::absl::Status _status = (expr); \
+    if (!_status.ok()) return _status;     \
   } while (0)
 
 #define ASSIGN_OR_RETURN(lhs, expr) \

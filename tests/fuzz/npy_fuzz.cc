@@ -13,7 +13,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   size_t count = 1;
   for (int64_t d : array->shape) count *= static_cast<size_t>(d);
   if (count != array->values.size()) std::abort();
-  auto again = normserve::ParseNpy(normserve::SerializeNpy(array->shape, array->values), "rt");
+  auto again = normserve::ParseNpy(
+      normserve::SerializeNpy(array->shape, array->values), "rt");
   if (!again.ok() || again->shape != array->shape ||
       again->values.size() != array->values.size()) {
     std::abort();

@@ -18,11 +18,26 @@ namespace {
 
 const normserve::ModelRegistry& Registry() {
   static const normserve::ModelRegistry* registry = [] {
-    auto r = normserve::ModelRegistry::CreateFromText(R"pb(
-      models { name: "ln4" normalized_shape: 4 gamma { values: [1, 2, 3, 4] } }
-      models { name: "q8" normalized_shape: 8 output_scale: 0.05 output_zero_point: 3 }
-      models { name: "open" kind: NORM_KIND_RMS_NORM allow_request_params: true }
-    )pb", "", {});
+    auto r = normserve::ModelRegistry::CreateFromText(
+        R"pb(
+          models {
+            name: "ln4"
+            normalized_shape: 4
+            gamma { values: [ 1, 2, 3, 4 ] }
+          }
+          models {
+            name: "q8"
+            normalized_shape: 8
+            output_scale: 0.05
+            output_zero_point: 3
+          }
+          models {
+            name: "open"
+            kind: NORM_KIND_RMS_NORM
+            allow_request_params: true
+          }
+        )pb",
+        "", {});
     if (!r.ok()) std::abort();
     return r->release();
   }();
@@ -51,7 +66,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
                               normserve::DTypeSize(d.output_dtype));
   std::vector<uint8_t> sum(static_cast<size_t>(d.elements) *
                            normserve::DTypeSize(d.input_dtype));
-  std::vector<float> mean(static_cast<size_t>(d.rows)), rstd(static_cast<size_t>(d.rows));
+  std::vector<float> mean(static_cast<size_t>(d.rows)),
+      rstd(static_cast<size_t>(d.rows));
   normserve::RowSegment s;
   s.params = &d.params;
   s.input_dtype = d.input_dtype;

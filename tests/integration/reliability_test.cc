@@ -34,8 +34,8 @@ namespace {
 using testing::HttpGet;
 using testing::ServerProcess;
 
-std::unique_ptr<NormClient> Connect(const std::string& target,
-                                    absl::Duration timeout = absl::Seconds(30)) {
+std::unique_ptr<NormClient> Connect(
+    const std::string& target, absl::Duration timeout = absl::Seconds(30)) {
   NormClient::Options o;
   o.target = target;
   o.timeout = timeout;
@@ -71,19 +71,23 @@ double Metric(const std::string& text, const std::string& name) {
   while (std::getline(in, line)) {
     if (line.rfind(name, 0) != 0) continue;
     const char next = line.size() > name.size() ? line[name.size()] : '\0';
-    if (next == '{' || next == ' ') total += std::stod(line.substr(line.rfind(' ') + 1));
+    if (next == '{' || next == ' ')
+      total += std::stod(line.substr(line.rfind(' ') + 1));
   }
   return total;
 }
 
-grpc::health::v1::HealthCheckResponse::ServingStatus Health(const std::string& target) {
-  auto channel = grpc::CreateChannel(target, grpc::InsecureChannelCredentials());
+grpc::health::v1::HealthCheckResponse::ServingStatus Health(
+    const std::string& target) {
+  auto channel =
+      grpc::CreateChannel(target, grpc::InsecureChannelCredentials());
   auto stub = grpc::health::v1::Health::NewStub(channel);
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
   grpc::health::v1::HealthCheckRequest req;
   grpc::health::v1::HealthCheckResponse resp;
-  if (!stub->Check(&ctx, req, &resp).ok()) return grpc::health::v1::HealthCheckResponse::UNKNOWN;
+  if (!stub->Check(&ctx, req, &resp).ok())
+    return grpc::health::v1::HealthCheckResponse::UNKNOWN;
   return resp.status();
 }
 
@@ -91,8 +95,9 @@ grpc::health::v1::HealthCheckResponse::ServingStatus Health(const std::string& t
 // RESOURCE_EXHAUSTED at once, admitted requests stay correct with bounded
 // latency, memory stays bounded, and the server recovers when load drops.
 TEST(ReliabilityTest, OverloadIsRefusedFastAndTheServerRecovers) {
-  ServerProcess server(NORMSERVE_BINARY, {"--max_queue_requests=4", "--batch_workers=1",
-                                          "--cpu_threads=1", "--max_batch_rows=64"});
+  ServerProcess server(NORMSERVE_BINARY,
+                       {"--max_queue_requests=4", "--batch_workers=1",
+                        "--cpu_threads=1", "--max_batch_rows=64"});
   auto client = Connect(server.grpc_target());
   const NormalizeInput in = RandomInput(64, 4096, 1);  // 1 MiB per request
   constexpr int kThreads = 32, kPerThread = 12;
@@ -118,7 +123,8 @@ TEST(ReliabilityTest, OverloadIsRefusedFastAndTheServerRecovers) {
           ++ok;
           latencies[t].push_back(absl::ToDoubleSeconds(out->latency));
           if (i == 0 && !MatchesReference(in, *out)) ++wrong;
-        } else if (out.status().code() == absl::StatusCode::kResourceExhausted) {
+        } else if (out.status().code() ==
+                   absl::StatusCode::kResourceExhausted) {
           ++exhausted;
           EXPECT_NE(out.status().message().find("is full"), std::string::npos);
         } else {
@@ -144,8 +150,9 @@ TEST(ReliabilityTest, OverloadIsRefusedFastAndTheServerRecovers) {
   EXPECT_LT(p99, 5.0) << "admitted requests must not queue without bound";
   // Queue bound × request size plus gRPC buffers, far below unbounded growth.
   EXPECT_LT(max_rss.load(), int64_t{1} << 30) << "RSS " << max_rss.load();
-  std::printf("overload: %d ok, %d RESOURCE_EXHAUSTED, p99 %.1f ms, max RSS %.0f MiB\n",
-              ok.load(), exhausted.load(), p99 * 1e3, max_rss.load() / 1048576.0);
+  std::printf(
+      "overload: %d ok, %d RESOURCE_EXHAUSTED, p99 %.1f ms, max RSS %.0f MiB\n",
+      ok.load(), exhausted.load(), p99 * 1e3, max_rss.load() / 1048576.0);
 
   // Load gone: requests are served again.
   auto after = client->Normalize(RandomInput(4, 256, 2));
@@ -156,23 +163,28 @@ TEST(ReliabilityTest, OverloadIsRefusedFastAndTheServerRecovers) {
 // Calls cancelled while queued are answered CANCELLED, never computed, and
 // leave no request or queue entry behind.
 TEST(ReliabilityTest, CancelledCallsAreNeverComputedAndNeverLeak) {
-  ServerProcess server(NORMSERVE_BINARY,
-                       {"--max_queue_delay_us=1500000", "--max_batch_rows=100000"});
+  ServerProcess server(NORMSERVE_BINARY, {"--max_queue_delay_us=1500000",
+                                          "--max_batch_rows=100000"});
   auto client = Connect(server.grpc_target());
   constexpr int kCalls = 8;
   std::vector<std::unique_ptr<grpc::ClientContext>> contexts;
-  for (int i = 0; i < kCalls; ++i) contexts.push_back(std::make_unique<grpc::ClientContext>());
+  for (int i = 0; i < kCalls; ++i)
+    contexts.push_back(std::make_unique<grpc::ClientContext>());
   std::vector<grpc::StatusCode> codes(kCalls);
   std::vector<std::thread> threads;
-  const v1::NormalizeRequest req = NormClient::BuildRequest(RandomInput(2, 64, 3));
+  const v1::NormalizeRequest req =
+      NormClient::BuildRequest(RandomInput(2, 64, 3));
   for (int i = 0; i < kCalls; ++i) {
     threads.emplace_back([&, i] {
       v1::NormalizeResponse resp;
-      codes[i] = client->stub()->Normalize(contexts[i].get(), req, &resp).error_code();
+      codes[i] =
+          client->stub()->Normalize(contexts[i].get(), req, &resp).error_code();
     });
   }
   for (int i = 0; i < 200; ++i) {
-    if (Metric(HttpGet(server.metrics_port(), "/metrics"), "normserve_queue_depth") == kCalls) break;
+    if (Metric(HttpGet(server.metrics_port(), "/metrics"),
+               "normserve_queue_depth") == kCalls)
+      break;
     absl::SleepFor(absl::Milliseconds(5));
   }
   for (auto& c : contexts) c->TryCancel();
@@ -230,7 +242,8 @@ TEST(ReliabilityTest, SigtermUnderLoadDrainsAndExitsCleanly) {
   }
   EXPECT_TRUE(not_serving);
   auto refused = client->Normalize(RandomInput(1, 8, 5));
-  EXPECT_EQ(refused.status().code(), absl::StatusCode::kUnavailable) << refused.status();
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kUnavailable)
+      << refused.status();
   stop = true;
   for (auto& t : load) t.join();
   // A message sent on the open stream while draining is refused in its answer.
@@ -239,7 +252,8 @@ TEST(ReliabilityTest, SigtermUnderLoadDrainsAndExitsCleanly) {
   EXPECT_EQ(answer.status_code(), grpc::StatusCode::UNAVAILABLE);
   stream->WritesDone();
   EXPECT_TRUE(stream->Finish().ok());
-  EXPECT_EQ(server.Stop(0 /* already signalled; just wait */, 30), 0) << server.Output();
+  EXPECT_EQ(server.Stop(0 /* already signalled; just wait */, 30), 0)
+      << server.Output();
   EXPECT_GT(ok.load(), 0);
   EXPECT_GT(unavailable.load(), 0);
   EXPECT_EQ(other.load(), 0);
@@ -249,11 +263,13 @@ TEST(ReliabilityTest, SigtermUnderLoadDrainsAndExitsCleanly) {
 // server stays up and a new stream and concurrent calls work.
 TEST(ReliabilityTest, GarbageOnAStreamDoesNotHurtOtherCalls) {
   ServerProcess server(NORMSERVE_BINARY, {});
-  auto channel = grpc::CreateChannel(server.grpc_target(), grpc::InsecureChannelCredentials());
+  auto channel = grpc::CreateChannel(server.grpc_target(),
+                                     grpc::InsecureChannelCredentials());
   grpc::GenericStub generic(channel);
   grpc::ClientContext ctx;
   grpc::CompletionQueue cq;
-  auto call = generic.PrepareCall(&ctx, "/normserve.v1.NormalizationService/NormalizeStream", &cq);
+  auto call = generic.PrepareCall(
+      &ctx, "/normserve.v1.NormalizationService/NormalizeStream", &cq);
   void* tag;
   bool ok;
   call->StartCall(reinterpret_cast<void*>(1));
@@ -296,7 +312,8 @@ TEST(ReliabilityTest, GarbageOnAStreamDoesNotHurtOtherCalls) {
   EXPECT_EQ(answer.status_code(), 0);
   stream->WritesDone();
   EXPECT_TRUE(stream->Finish().ok());
-  EXPECT_EQ(Health(server.grpc_target()), grpc::health::v1::HealthCheckResponse::SERVING);
+  EXPECT_EQ(Health(server.grpc_target()),
+            grpc::health::v1::HealthCheckResponse::SERVING);
   EXPECT_EQ(server.Stop(SIGTERM, 30), 0);
 }
 
@@ -309,22 +326,35 @@ class TlsTest : public ::testing::Test {
     dir_ = absl::StrCat(tmp != nullptr ? tmp : "/tmp", "/tls_", getpid());
     const std::string script = absl::StrCat(
         "set -e; mkdir -p ", dir_, "; cd ", dir_, "\n",
-        "key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out $1 2>/dev/null; }\n",
-        "key ca.key; openssl req -x509 -new -key ca.key -out ca.crt -days 1 -subj /CN=test-ca\n",
-        "key other.key; openssl req -x509 -new -key other.key -out other.crt -days 1 -subj /CN=other-ca\n",
-        "key server.key; openssl req -new -key server.key -out server.csr -subj /CN=localhost\n",
+        "key() { openssl genpkey -algorithm EC -pkeyopt "
+        "ec_paramgen_curve:P-256 -out $1 2>/dev/null; }\n",
+        "key ca.key; openssl req -x509 -new -key ca.key -out ca.crt -days 1 "
+        "-subj /CN=test-ca\n",
+        "key other.key; openssl req -x509 -new -key other.key -out other.crt "
+        "-days 1 -subj /CN=other-ca\n",
+        "key server.key; openssl req -new -key server.key -out server.csr "
+        "-subj /CN=localhost\n",
         "printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\n' > server.ext\n",
-        "openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt -days 1 -extfile server.ext 2>/dev/null\n",
+        "openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key "
+        "-CAcreateserial -out server.crt -days 1 -extfile server.ext "
+        "2>/dev/null\n",
         "printf 'extendedKeyUsage=clientAuth\\n' > client.ext\n",
-        "key client.key; openssl req -new -key client.key -out client.csr -subj /CN=client\n",
-        "openssl x509 -req -in client.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out client.crt -days 1 -extfile client.ext 2>/dev/null\n",
-        "key rogue.key; openssl req -new -key rogue.key -out rogue.csr -subj /CN=rogue\n",
-        "openssl x509 -req -in rogue.csr -CA other.crt -CAkey other.key -CAcreateserial -out rogue.crt -days 1 -extfile client.ext 2>/dev/null\n");
+        "key client.key; openssl req -new -key client.key -out client.csr "
+        "-subj /CN=client\n",
+        "openssl x509 -req -in client.csr -CA ca.crt -CAkey ca.key "
+        "-CAcreateserial -out client.crt -days 1 -extfile client.ext "
+        "2>/dev/null\n",
+        "key rogue.key; openssl req -new -key rogue.key -out rogue.csr -subj "
+        "/CN=rogue\n",
+        "openssl x509 -req -in rogue.csr -CA other.crt -CAkey other.key "
+        "-CAcreateserial -out rogue.crt -days 1 -extfile client.ext "
+        "2>/dev/null\n");
     ASSERT_EQ(std::system(("bash -c '" + Escape(script) + "'").c_str()), 0);
   }
   static std::string Escape(const std::string& s) {
     std::string out;
-    for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+    for (char c : s)
+      out += c == '\'' ? std::string("'\\''") : std::string(1, c);
     return out;
   }
   static std::string Read(const std::string& name) {
@@ -333,8 +363,8 @@ class TlsTest : public ::testing::Test {
     ss << in.rdbuf();
     return ss.str();
   }
-  static absl::Status Call(const std::string& target, bool tls, const std::string& cert,
-                           const std::string& key) {
+  static absl::Status Call(const std::string& target, bool tls,
+                           const std::string& cert, const std::string& key) {
     NormClient::Options o;
     o.target = target;
     o.timeout = absl::Seconds(5);
@@ -346,7 +376,8 @@ class TlsTest : public ::testing::Test {
     auto client = *NormClient::Create(o);
     const NormalizeInput in = RandomInput(2, 16, 8);
     auto out = client->Normalize(in);
-    if (out.ok() && !MatchesReference(in, *out)) return absl::InternalError("wrong result");
+    if (out.ok() && !MatchesReference(in, *out))
+      return absl::InternalError("wrong result");
     return out.status();
   }
   static std::string dir_;
@@ -357,20 +388,24 @@ TEST_F(TlsTest, TlsServerRefusesPlaintextAndServesTls) {
   ServerProcess server(NORMSERVE_BINARY, {"--tls_cert=" + dir_ + "/server.crt",
                                           "--tls_key=" + dir_ + "/server.key"});
   EXPECT_NE(server.Output().find("tls=on"), std::string::npos);
-  EXPECT_EQ(Call(server.grpc_target(), false, "", "").code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(Call(server.grpc_target(), false, "", "").code(),
+            absl::StatusCode::kUnavailable);
   EXPECT_TRUE(Call(server.grpc_target(), true, "", "").ok());
   EXPECT_EQ(server.Stop(SIGTERM, 30), 0);
 }
 
 TEST_F(TlsTest, MutualTlsAdmitsOnlyClientsWithATrustedCertificate) {
-  ServerProcess server(NORMSERVE_BINARY, {"--tls_cert=" + dir_ + "/server.crt",
-                                          "--tls_key=" + dir_ + "/server.key",
-                                          "--tls_client_ca=" + dir_ + "/ca.crt"});
+  ServerProcess server(NORMSERVE_BINARY,
+                       {"--tls_cert=" + dir_ + "/server.crt",
+                        "--tls_key=" + dir_ + "/server.key",
+                        "--tls_client_ca=" + dir_ + "/ca.crt"});
   EXPECT_NE(server.Output().find("tls=mutual"), std::string::npos);
-  EXPECT_FALSE(Call(server.grpc_target(), false, "", "").ok());                    // plaintext
-  EXPECT_FALSE(Call(server.grpc_target(), true, "", "").ok());                     // no cert
-  EXPECT_FALSE(Call(server.grpc_target(), true, "rogue.crt", "rogue.key").ok());  // untrusted
-  const absl::Status good = Call(server.grpc_target(), true, "client.crt", "client.key");
+  EXPECT_FALSE(Call(server.grpc_target(), false, "", "").ok());  // plaintext
+  EXPECT_FALSE(Call(server.grpc_target(), true, "", "").ok());   // no cert
+  EXPECT_FALSE(Call(server.grpc_target(), true, "rogue.crt", "rogue.key")
+                   .ok());  // untrusted
+  const absl::Status good =
+      Call(server.grpc_target(), true, "client.crt", "client.key");
   EXPECT_TRUE(good.ok()) << good;
   EXPECT_EQ(server.Stop(SIGTERM, 30), 0);
 }
@@ -378,14 +413,16 @@ TEST_F(TlsTest, MutualTlsAdmitsOnlyClientsWithATrustedCertificate) {
 TEST_F(TlsTest, BadTlsFlagsStopStartup) {
   for (const std::vector<std::string>& args :
        {std::vector<std::string>{"--tls_cert=" + dir_ + "/server.crt"},
-        std::vector<std::string>{"--tls_cert=/nonexistent.crt", "--tls_key=/nonexistent.key"},
+        std::vector<std::string>{"--tls_cert=/nonexistent.crt",
+                                 "--tls_key=/nonexistent.key"},
         std::vector<std::string>{"--tls_client_ca=" + dir_ + "/ca.crt"}}) {
     const pid_t pid = fork();
     if (pid == 0) {
       const int null = open("/dev/null", O_WRONLY);
       dup2(null, 1);
       dup2(null, 2);
-      std::vector<std::string> all = {NORMSERVE_BINARY, "--grpc_port=0", "--metrics_port=0"};
+      std::vector<std::string> all = {NORMSERVE_BINARY, "--grpc_port=0",
+                                      "--metrics_port=0"};
       all.insert(all.end(), args.begin(), args.end());
       std::vector<char*> argv;
       for (auto& a : all) argv.push_back(a.data());

@@ -47,11 +47,13 @@ ServerProcess::ServerProcess(const std::string& binary,
     const std::string field = output_.substr(at, end - at);
     return std::atoi(field.c_str() + field.rfind(':') + 1);
   };
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  const auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::seconds(30);
   while (std::chrono::steady_clock::now() < deadline) {
     Output();
     if (output_.find("normserve listening") != std::string::npos &&
-        output_.find('\n', output_.find("normserve listening")) != std::string::npos) {
+        output_.find('\n', output_.find("normserve listening")) !=
+            std::string::npos) {
       grpc_port_ = port_of("grpc=");
       metrics_port_ = port_of("metrics=");
       return;
@@ -80,7 +82,8 @@ int64_t ServerProcess::RssBytes() const {
   std::ifstream status("/proc/" + std::to_string(pid_) + "/status");
   std::string line;
   while (std::getline(status, line)) {
-    if (line.rfind("VmRSS:", 0) == 0) return std::atoll(line.c_str() + 6) * 1024;
+    if (line.rfind("VmRSS:", 0) == 0)
+      return std::atoll(line.c_str() + 6) * 1024;
   }
   return 0;
 }
@@ -131,7 +134,8 @@ std::string HttpGet(int port, const std::string& path) {
     if (write(fd, req.data(), req.size()) == static_cast<ssize_t>(req.size())) {
       char buf[65536];
       ssize_t n;
-      while ((n = read(fd, buf, sizeof(buf))) > 0) body.append(buf, static_cast<size_t>(n));
+      while ((n = read(fd, buf, sizeof(buf))) > 0)
+        body.append(buf, static_cast<size_t>(n));
     }
   }
   close(fd);

@@ -40,7 +40,8 @@ std::unique_ptr<NormClient> Connect(const ServerProcess& server) {
   return *std::move(c);
 }
 
-std::vector<float> Random(size_t n, uint32_t seed, float mean = 0, float std = 1) {
+std::vector<float> Random(size_t n, uint32_t seed, float mean = 0,
+                          float std = 1) {
   std::mt19937 rng(seed);
   std::normal_distribution<float> d(mean, std);
   std::vector<float> v(n);
@@ -72,7 +73,8 @@ double MetricValue(const std::string& text, const std::string& name,
     const char next = line.size() > name.size() ? line[name.size()] : '\0';
     if (next != '{' && next != ' ') continue;
     bool match = true;
-    for (const auto& l : labels) match = match && line.find(l) != std::string::npos;
+    for (const auto& l : labels)
+      match = match && line.find(l) != std::string::npos;
     if (match) total += std::stod(line.substr(line.rfind(' ') + 1));
   }
   return total;
@@ -185,7 +187,8 @@ TEST_F(ServerTest, HalfPrecisionResidualAndStatisticsOverTheWire) {
   ASSERT_TRUE(same.ok()) << same.status();
   EXPECT_EQ(same->dtype, v1::DATA_TYPE_BFLOAT16);
   for (size_t i = 0; i < same->values.size(); ++i) {
-    ASSERT_EQ(same->values[i], BFloat16ToFloat(FloatToBFloat16(out->values[i]))) << i;
+    ASSERT_EQ(same->values[i], BFloat16ToFloat(FloatToBFloat16(out->values[i])))
+        << i;
   }
 }
 
@@ -204,7 +207,8 @@ TEST_F(ServerTest, Int8RequestsOnBothPathsComeBackQuantized) {
   req.set_output_scale(4.0f / 127);
   req.set_output_zero_point(2);
   std::vector<float> x(192);
-  for (int i = 0; i < 192; ++i) x[i] = 0.05f * (static_cast<int8_t>(data[i]) + 3);
+  for (int i = 0; i < 192; ++i)
+    x[i] = 0.05f * (static_cast<int8_t>(data[i]) + 3);
   NormParams p;
   p.dim = 64;
   const std::vector<double> ref = ReferenceNormalize(p, x.data(), 3);
@@ -220,7 +224,8 @@ TEST_F(ServerTest, Int8RequestsOnBothPathsComeBackQuantized) {
     EXPECT_EQ(out.zero_point(), 2);
     ASSERT_EQ(out.data().size(), 192u);
     for (int i = 0; i < 192; ++i) {
-      const double want = std::max(-128.0, std::min(127.0, std::round(ref[i] * 127 / 4) + 2));
+      const double want =
+          std::max(-128.0, std::min(127.0, std::round(ref[i] * 127 / 4) + 2));
       EXPECT_LE(std::abs(static_cast<int8_t>(out.data()[i]) - want), 1) << i;
     }
   }
@@ -265,15 +270,19 @@ TEST_F(ServerTest, BadRequestsGetPreciseStatusesAndGoodOnesStillSucceed) {
     grpc::StatusCode code;
     const char* message_part;
   } cases[] = {
-      {[](auto* r) { r->mutable_input()->set_shape(1, -8); }, grpc::INVALID_ARGUMENT,
+      {[](auto* r) { r->mutable_input()->set_shape(1, -8); },
+       grpc::INVALID_ARGUMENT,
        "input.shape[1] = -8: dimensions must be positive"},
-      {[](auto* r) { r->mutable_input()->mutable_data()->pop_back(); }, grpc::INVALID_ARGUMENT,
-       "input.data has 31 bytes"},
-      {[](auto* r) { r->set_epsilon(-1); }, grpc::INVALID_ARGUMENT, "epsilon = -1"},
-      {[](auto* r) { r->set_model("missing"); }, grpc::NOT_FOUND, "model = 'missing'"},
-      {[](auto* r) { r->set_device(v1::DEVICE_CUDA); }, grpc::FAILED_PRECONDITION,
-       "device = DEVICE_CUDA"},
-      {[](auto* r) { r->set_normalized_ndim(5); }, grpc::INVALID_ARGUMENT, "normalized_ndim = 5"},
+      {[](auto* r) { r->mutable_input()->mutable_data()->pop_back(); },
+       grpc::INVALID_ARGUMENT, "input.data has 31 bytes"},
+      {[](auto* r) { r->set_epsilon(-1); }, grpc::INVALID_ARGUMENT,
+       "epsilon = -1"},
+      {[](auto* r) { r->set_model("missing"); }, grpc::NOT_FOUND,
+       "model = 'missing'"},
+      {[](auto* r) { r->set_device(v1::DEVICE_CUDA); },
+       grpc::FAILED_PRECONDITION, "device = DEVICE_CUDA"},
+      {[](auto* r) { r->set_normalized_ndim(5); }, grpc::INVALID_ARGUMENT,
+       "normalized_ndim = 5"},
   };
   NormalizeInput base;
   base.shape = {2, 4};
@@ -285,7 +294,8 @@ TEST_F(ServerTest, BadRequestsGetPreciseStatusesAndGoodOnesStillSucceed) {
     grpc::ClientContext ctx;
     const grpc::Status s = client_->stub()->Normalize(&ctx, req, &resp);
     EXPECT_EQ(s.error_code(), c.code) << s.error_message();
-    EXPECT_NE(s.error_message().find(c.message_part), std::string::npos) << s.error_message();
+    EXPECT_NE(s.error_message().find(c.message_part), std::string::npos)
+        << s.error_message();
   }
   stop = true;
   good.join();
@@ -306,7 +316,8 @@ TEST_F(ServerTest, StreamAnswersEveryMessageIncludingBadOnes) {
     inputs.push_back(in.values);
     v1::NormalizeStreamRequest msg;
     *msg.mutable_request() = NormClient::BuildRequest(in);
-    if (i % 5 == 4) msg.mutable_request()->mutable_input()->set_shape(0, 0);  // bad
+    if (i % 5 == 4)
+      msg.mutable_request()->mutable_input()->set_shape(0, 0);  // bad
     ASSERT_TRUE(stream->Write(msg));
   }
   stream->WritesDone();
@@ -321,7 +332,8 @@ TEST_F(ServerTest, StreamAnswersEveryMessageIncludingBadOnes) {
     seen[i] = true;
     if (i % 5 == 4) {
       EXPECT_EQ(resp.status_code(), grpc::INVALID_ARGUMENT);
-      EXPECT_NE(resp.status_message().find("input.shape[0] = 0"), std::string::npos);
+      EXPECT_NE(resp.status_message().find("input.shape[0] = 0"),
+                std::string::npos);
       ++bad;
     } else {
       ASSERT_EQ(resp.status_code(), 0) << resp.status_message();
@@ -348,15 +360,22 @@ TEST_F(ServerTest, MetricsScrapeCountsTheRequestsSent) {
   const std::string text = HttpGet(server_->metrics_port(), "/metrics");
   ASSERT_FALSE(text.empty());
   const std::string method = "grpc_method=\"Normalize\"";
-  EXPECT_EQ(MetricValue(text, "grpc_server_started_total", {method}), kOk + kBad);
-  EXPECT_EQ(MetricValue(text, "grpc_server_handled_total", {method, "grpc_code=\"OK\""}), kOk);
+  EXPECT_EQ(MetricValue(text, "grpc_server_started_total", {method}),
+            kOk + kBad);
+  EXPECT_EQ(MetricValue(text, "grpc_server_handled_total",
+                        {method, "grpc_code=\"OK\""}),
+            kOk);
   EXPECT_EQ(MetricValue(text, "grpc_server_handled_total",
                         {method, "grpc_code=\"INVALID_ARGUMENT\""}),
             kBad);
-  EXPECT_EQ(MetricValue(text, "grpc_server_handling_seconds_count", {method}), kOk + kBad);
-  const std::vector<std::string> stage = {"model=\"default\"", "device=\"cpu\""};
-  EXPECT_EQ(MetricValue(text, "normserve_request_latency_seconds_count", stage), kOk);
-  EXPECT_EQ(MetricValue(text, "normserve_queue_wait_seconds_count", stage), kOk);
+  EXPECT_EQ(MetricValue(text, "grpc_server_handling_seconds_count", {method}),
+            kOk + kBad);
+  const std::vector<std::string> stage = {"model=\"default\"",
+                                          "device=\"cpu\""};
+  EXPECT_EQ(MetricValue(text, "normserve_request_latency_seconds_count", stage),
+            kOk);
+  EXPECT_EQ(MetricValue(text, "normserve_queue_wait_seconds_count", stage),
+            kOk);
   EXPECT_EQ(MetricValue(text, "normserve_batch_rows_sum", stage), 4 * kOk);
   EXPECT_EQ(MetricValue(text, "normserve_batch_requests_sum", stage), kOk);
   EXPECT_GE(MetricValue(text, "normserve_compute_seconds_count", stage), 1);
@@ -375,9 +394,10 @@ TEST(ServerProcessTest, ModelConfigWithNpyParameters) {
   const std::vector<float> gamma = Random(8, 21, 1, 0.3f);
   ASSERT_TRUE(WriteNpyFile(dir + "/it_gamma.npy", {8}, gamma).ok());
   const std::string config = dir + "/it_models.pbtxt";
-  std::ofstream(config) << "models { name: \"ln8\" normalized_shape: 8 epsilon: 1e-4 "
-                           "gamma { npy_path: \"it_gamma.npy\" } beta { values: "
-                           "[1,1,1,1,1,1,1,1] } }";
+  std::ofstream(config)
+      << "models { name: \"ln8\" normalized_shape: 8 epsilon: 1e-4 "
+         "gamma { npy_path: \"it_gamma.npy\" } beta { values: "
+         "[1,1,1,1,1,1,1,1] } }";
   ServerProcess server(NORMSERVE_BINARY, {"--model_config=" + config});
   auto client = Connect(server);
   NormalizeInput in;
@@ -407,8 +427,9 @@ TEST(ServerProcessTest, BadModelConfigStopsStartupWithAMessage) {
     const int null = open("/dev/null", O_WRONLY);
     dup2(null, 1);
     dup2(null, 2);
-    execl(NORMSERVE_BINARY, NORMSERVE_BINARY, ("--model_config=" + config).c_str(),
-          "--grpc_port=0", "--metrics_port=0", nullptr);
+    execl(NORMSERVE_BINARY, NORMSERVE_BINARY,
+          ("--model_config=" + config).c_str(), "--grpc_port=0",
+          "--metrics_port=0", nullptr);
     _exit(127);
   }
   int status = 0;
@@ -424,7 +445,8 @@ TEST(ServerProcessTest, OversizedMessageIsResourceExhausted) {
   in.shape = {4, 1024};
   in.values = Random(4096, 1);
   auto out = client->Normalize(in);
-  EXPECT_EQ(out.status().code(), absl::StatusCode::kResourceExhausted) << out.status();
+  EXPECT_EQ(out.status().code(), absl::StatusCode::kResourceExhausted)
+      << out.status();
   in.shape = {4, 16};
   in.values.resize(64);
   EXPECT_TRUE(client->Normalize(in).ok());
@@ -454,8 +476,8 @@ TEST(ServerProcessTest, ExpiredRequestsAreNotComputed) {
 
 TEST(ServerProcessTest, SigtermWithRequestsInFlightLosesNone) {
   // A long batching delay keeps requests queued when SIGTERM arrives.
-  ServerProcess server(NORMSERVE_BINARY,
-                       {"--max_queue_delay_us=500000", "--max_batch_rows=100000"});
+  ServerProcess server(NORMSERVE_BINARY, {"--max_queue_delay_us=500000",
+                                          "--max_batch_rows=100000"});
   auto client = Connect(server);
   constexpr int kRequests = 16;
   std::atomic<int> ok{0}, failed{0};
@@ -491,7 +513,8 @@ TEST(ServerProcessTest, SigtermWithRequestsInFlightLosesNone) {
   NormalizeInput in;
   in.shape = {1, 4};
   in.values = Random(4, 1);
-  EXPECT_EQ(client->Normalize(in).status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(client->Normalize(in).status().code(),
+            absl::StatusCode::kUnavailable);
 }
 
 }  // namespace

@@ -56,19 +56,23 @@ TEST(SoakTest, MixedTrafficKeepsAnswersRightAndMemoryFlat) {
         for (float& v : in.values) v = dist(rng);
         const int kind = static_cast<int>(rng() % 4);
         v1::NormalizeRequest req = NormClient::BuildRequest(in);
-        if (kind == 1) req.mutable_input()->set_shape(0, -1);             // invalid
-        if (kind == 2) req.mutable_input()->mutable_data()->pop_back();   // invalid
+        if (kind == 1) req.mutable_input()->set_shape(0, -1);  // invalid
+        if (kind == 2)
+          req.mutable_input()->mutable_data()->pop_back();  // invalid
         v1::NormalizeResponse resp;
         grpc::ClientContext ctx;
-        ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+        ctx.set_deadline(std::chrono::system_clock::now() +
+                         std::chrono::seconds(10));
         const grpc::Status s = client->stub()->Normalize(&ctx, req, &resp);
         ++requests;
         const bool valid = kind == 0 || kind == 3;
         if (s.ok() && valid) {
           NormParams p;
           p.dim = d;
-          const std::vector<double> ref = ReferenceNormalize(p, in.values.data(), rows);
-          const float* y = reinterpret_cast<const float*>(resp.output().data().data());
+          const std::vector<double> ref =
+              ReferenceNormalize(p, in.values.data(), rows);
+          const float* y =
+              reinterpret_cast<const float*>(resp.output().data().data());
           for (size_t i = 0; i < ref.size(); i += 97) {
             if (std::abs(y[i] - ref[i]) > 1e-4) {
               ++wrong;
@@ -76,7 +80,8 @@ TEST(SoakTest, MixedTrafficKeepsAnswersRightAndMemoryFlat) {
             }
           }
           record("OK");
-        } else if (!s.ok() && !valid && s.error_code() == grpc::INVALID_ARGUMENT) {
+        } else if (!s.ok() && !valid &&
+                   s.error_code() == grpc::INVALID_ARGUMENT) {
           record("INVALID_ARGUMENT");
         } else if (s.error_code() == grpc::RESOURCE_EXHAUSTED) {
           record("RESOURCE_EXHAUSTED");
@@ -98,7 +103,8 @@ TEST(SoakTest, MixedTrafficKeepsAnswersRightAndMemoryFlat) {
               rss_end / 1048576.0);
   for (const auto& [code, n] : codes) {
     std::printf("  %s: %lld\n", code.c_str(), static_cast<long long>(n));
-    EXPECT_EQ(code.rfind("unexpected", 0), std::string::npos) << code << " x" << n;
+    EXPECT_EQ(code.rfind("unexpected", 0), std::string::npos)
+        << code << " x" << n;
   }
   EXPECT_EQ(wrong.load(), 0);
   EXPECT_GT(codes["OK"], 0);
