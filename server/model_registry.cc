@@ -10,6 +10,7 @@
 #include "google/protobuf/io/tokenizer.h"
 #include "google/protobuf/text_format.h"
 #include "normserve/v1/model_config.pb.h"
+#include "server/internal/proto_enums.h"
 #include "server/internal/status_macros.h"
 #include "server/npy.h"
 
@@ -77,18 +78,13 @@ absl::StatusOr<std::unique_ptr<Model>> BuildModel(
   }
   auto m = std::make_unique<Model>();
   m->name = c.name();
-  switch (c.kind()) {
-    case v1::NORM_KIND_UNSPECIFIED:
-    case v1::NORM_KIND_LAYER_NORM:
-      m->kind = NormKind::kLayerNorm;
-      break;
-    case v1::NORM_KIND_RMS_NORM:
-      m->kind = NormKind::kRmsNorm;
-      break;
-    default:
-      return absl::InvalidArgumentError(
-          absl::StrCat(where, ": kind = ", c.kind(), " is unknown"));
+  const std::optional<NormKind> kind =
+      NormKindFromProto(c.kind(), NormKind::kLayerNorm);
+  if (!kind.has_value()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(where, ": kind = ", c.kind(), " is unknown"));
   }
+  m->kind = *kind;
   int64_t count = 1;
   for (int i = 0; i < c.normalized_shape_size(); ++i) {
     const int64_t d = c.normalized_shape(i);
@@ -118,20 +114,13 @@ absl::StatusOr<std::unique_ptr<Model>> BuildModel(
         m->beta, LoadParameter(c.beta(), where + " beta", m->normalized_shape,
                                count, base_dir));
   }
-  switch (c.device()) {
-    case v1::DEVICE_UNSPECIFIED:
-      m->device = options.default_device;
-      break;
-    case v1::DEVICE_CPU:
-      m->device = DeviceKind::kCpu;
-      break;
-    case v1::DEVICE_CUDA:
-      m->device = DeviceKind::kCuda;
-      break;
-    default:
-      return absl::InvalidArgumentError(
-          absl::StrCat(where, ": device = ", c.device(), " is unknown"));
+  const std::optional<DeviceKind> device =
+      DeviceFromProto(c.device(), options.default_device);
+  if (!device.has_value()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(where, ": device = ", c.device(), " is unknown"));
   }
+  m->device = *device;
   m->allow_request_params = c.allow_request_params();
   if (c.has_output_zero_point() &&
       (c.output_zero_point() < -128 || c.output_zero_point() > 127)) {

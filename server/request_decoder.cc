@@ -9,6 +9,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/string_view.h"
 #include "kernels/dtype.h"
+#include "server/internal/proto_enums.h"
 #include "server/internal/status_macros.h"
 
 namespace normserve {
@@ -356,21 +357,14 @@ absl::StatusOr<std::unique_ptr<DecodedRequest>> DecodeRequest(
 
   NormParams& p = out->params;
   p.dim = dim;
-  p.kind = model->kind;
-  switch (request.kind()) {
-    case v1::NORM_KIND_UNSPECIFIED:
-      break;
-    case v1::NORM_KIND_LAYER_NORM:
-      p.kind = NormKind::kLayerNorm;
-      break;
-    case v1::NORM_KIND_RMS_NORM:
-      p.kind = NormKind::kRmsNorm;
-      break;
-    default:
-      return absl::InvalidArgumentError(absl::StrCat(
-          "kind = ", request.kind(),
-          ": expected NORM_KIND_LAYER_NORM or NORM_KIND_RMS_NORM"));
+  const std::optional<NormKind> kind =
+      NormKindFromProto(request.kind(), model->kind);
+  if (!kind.has_value()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("kind = ", request.kind(),
+                     ": expected NORM_KIND_LAYER_NORM or NORM_KIND_RMS_NORM"));
   }
+  p.kind = *kind;
   p.epsilon = model->epsilon;
   if (request.has_epsilon()) {
     const float eps = request.epsilon();
@@ -410,21 +404,13 @@ absl::StatusOr<std::unique_ptr<DecodedRequest>> DecodeRequest(
     RETURN_IF_ERROR(DecodeInt8(request, *model, dim, out.get()));
   }
 
-  out->device = model->device;
-  switch (request.device()) {
-    case v1::DEVICE_UNSPECIFIED:
-      break;
-    case v1::DEVICE_CPU:
-      out->device = DeviceKind::kCpu;
-      break;
-    case v1::DEVICE_CUDA:
-      out->device = DeviceKind::kCuda;
-      break;
-    default:
-      return absl::InvalidArgumentError(
-          absl::StrCat("device = ", request.device(),
-                       ": expected DEVICE_CPU or DEVICE_CUDA"));
+  const std::optional<DeviceKind> device =
+      DeviceFromProto(request.device(), model->device);
+  if (!device.has_value()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "device = ", request.device(), ": expected DEVICE_CPU or DEVICE_CUDA"));
   }
+  out->device = *device;
   if (out->device == DeviceKind::kCuda && !devices.cuda) {
     return absl::FailedPreconditionError(
         "device = DEVICE_CUDA: this server has no usable CUDA device; use "

@@ -32,6 +32,7 @@ namespace normserve {
 namespace {
 
 using testing::HttpGet;
+using testing::MetricValue;
 using testing::ServerProcess;
 
 std::unique_ptr<NormClient> Connect(
@@ -62,19 +63,6 @@ bool MatchesReference(const NormalizeInput& in, const NormalizeOutput& out) {
     if (std::abs(out.values[i] - ref[i]) > 1e-4) return false;
   }
   return true;
-}
-
-double Metric(const std::string& text, const std::string& name) {
-  double total = 0;
-  std::istringstream in(text);
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind(name, 0) != 0) continue;
-    const char next = line.size() > name.size() ? line[name.size()] : '\0';
-    if (next == '{' || next == ' ')
-      total += std::stod(line.substr(line.rfind(' ') + 1));
-  }
-  return total;
 }
 
 grpc::health::v1::HealthCheckResponse::ServingStatus Health(
@@ -182,8 +170,8 @@ TEST(ReliabilityTest, CancelledCallsAreNeverComputedAndNeverLeak) {
     });
   }
   for (int i = 0; i < 200; ++i) {
-    if (Metric(HttpGet(server.metrics_port(), "/metrics"),
-               "normserve_queue_depth") == kCalls)
+    if (MetricValue(HttpGet(server.metrics_port(), "/metrics"),
+                    "normserve_queue_depth") == kCalls)
       break;
     absl::SleepFor(absl::Milliseconds(5));
   }
@@ -192,9 +180,9 @@ TEST(ReliabilityTest, CancelledCallsAreNeverComputedAndNeverLeak) {
   for (grpc::StatusCode c : codes) EXPECT_EQ(c, grpc::StatusCode::CANCELLED);
   absl::SleepFor(absl::Milliseconds(2000));  // past the batching delay
   const std::string text = HttpGet(server.metrics_port(), "/metrics");
-  EXPECT_EQ(Metric(text, "normserve_compute_seconds_count"), 0) << text;
-  EXPECT_EQ(Metric(text, "normserve_requests_in_flight"), 0);
-  EXPECT_EQ(Metric(text, "normserve_queue_depth"), 0);
+  EXPECT_EQ(MetricValue(text, "normserve_compute_seconds_count"), 0) << text;
+  EXPECT_EQ(MetricValue(text, "normserve_requests_in_flight"), 0);
+  EXPECT_EQ(MetricValue(text, "normserve_queue_depth"), 0);
   EXPECT_EQ(server.Stop(SIGTERM, 30), 0);
 }
 

@@ -143,4 +143,25 @@ std::string HttpGet(int port, const std::string& path) {
   return split == std::string::npos ? "" : body.substr(split + 4);
 }
 
+double MetricValue(const std::string& text, const std::string& name,
+                   const std::vector<std::string>& labels) {
+  double total = 0;
+  size_t start = 0;
+  while (start < text.size()) {
+    size_t end = text.find('\n', start);
+    if (end == std::string::npos) end = text.size();
+    const std::string line = text.substr(start, end - start);
+    start = end + 1;
+    if (line.rfind(name, 0) != 0) continue;
+    const char next = line.size() > name.size() ? line[name.size()] : '\0';
+    if (next != '{' && next != ' ') continue;
+    bool match = true;
+    for (const auto& l : labels)
+      match = match && line.find(l) != std::string::npos;
+    if (match)
+      total += std::strtod(line.c_str() + line.rfind(' ') + 1, nullptr);
+  }
+  return total;
+}
+
 }  // namespace normserve::testing

@@ -42,6 +42,11 @@ class ServerProcess {
 // GET http://127.0.0.1:port/path; returns the body ("" on failure).
 std::string HttpGet(int port, const std::string& path);
 
+// Sum of the samples of metric `name` in Prometheus text `text` whose line
+// contains every one of `labels` (e.g. "grpc_code=\"OK\"").
+double MetricValue(const std::string& text, const std::string& name,
+                   const std::vector<std::string>& labels = {});
+
 }  // namespace normserve::testing
 
 #endif  // NORMSERVE_TESTS_INTEGRATION_SERVER_PROCESS_H_

@@ -30,6 +30,7 @@ namespace normserve {
 namespace {
 
 using testing::HttpGet;
+using testing::MetricValue;
 using testing::ServerProcess;
 
 std::unique_ptr<NormClient> Connect(const ServerProcess& server) {
@@ -60,24 +61,6 @@ void ExpectMatchesReference(const NormParams& p, const std::vector<float>& x,
     worst = std::max(worst, std::abs(y[i] - ref[i]));
   }
   EXPECT_LE(worst, 1e-5 * scale);
-}
-
-// Sum of a metric's samples whose label set contains every `labels` part.
-double MetricValue(const std::string& text, const std::string& name,
-                   const std::vector<std::string>& labels = {}) {
-  double total = 0;
-  std::istringstream in(text);
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind(name, 0) != 0) continue;
-    const char next = line.size() > name.size() ? line[name.size()] : '\0';
-    if (next != '{' && next != ' ') continue;
-    bool match = true;
-    for (const auto& l : labels)
-      match = match && line.find(l) != std::string::npos;
-    if (match) total += std::stod(line.substr(line.rfind(' ') + 1));
-  }
-  return total;
 }
 
 class ServerTest : public ::testing::Test {
