@@ -12,7 +12,7 @@ FUZZ_SECONDS ?= 300
 SOAK_SECONDS ?= 300
 CMAKE_COMMON = -G Ninja -DCMAKE_BUILD_TYPE=Release -DNORMSERVE_WERROR=ON
 
-.PHONY: all deps build run test test-unit test-sanitize fuzz-smoke fuzz soak bench clean format
+.PHONY: all deps build run test test-unit test-sanitize fuzz-smoke fuzz soak bench image clean format
 
 all: build
 
@@ -71,6 +71,14 @@ bench: build
 	$(BUILD_DIR)/bench/normalize_bench
 	$(BUILD_DIR)/bench/int8_report
 	python3 bench/compare_cpu.py --build $(BUILD_DIR)
+
+# The container image (Dockerfile), with Docker or else Podman.
+image:
+	@if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then \
+	  docker build -t normserve:latest . ; \
+	elif command -v podman >/dev/null 2>&1; then \
+	  podman build --network host -t normserve:latest . ; \
+	else echo "make image: needs docker or podman" >&2; exit 1; fi
 
 format:
 	clang-format -i $$(git ls-files '*.cc' '*.h')

@@ -5,7 +5,9 @@
 # something is missing.
 set -euo pipefail
 
-packages=(
+# NORMSERVE_DEPS=build installs only what building the server and CLI needs
+# (the container's build stage); the default also installs test tools.
+build_packages=(
   build-essential cmake ninja-build pkg-config
   # gRPC, protobuf, Abseil: the service and its wire format.
   libgrpc++-dev libgrpc-dev protobuf-compiler-grpc libprotobuf-dev
@@ -14,16 +16,27 @@ packages=(
   prometheus-cpp-dev
   # SIMD with runtime dispatch.
   libhwy-dev
+  # Health protocol definitions (the CLI's health check).
+  grpc-proto
+)
+test_packages=(
   # Tests and benchmarks.
   libgtest-dev libgmock-dev libbenchmark-dev
   # Python example and test clients (system interpreter).
   python3 python3-venv python3-grpcio python3-protobuf python3-grpc-tools
   python3-numpy
   # Integration tests: HTTP scrape of /metrics.
-  curl grpc-proto
+  curl
   # Sanitizer and fuzz builds, TLS test certificates.
   clang libclang-rt-14-dev libfuzzer-14-dev openssl
+  # Deploy checks: promtool and a real Prometheus server.
+  prometheus
 )
+
+packages=("${build_packages[@]}")
+if [ "${NORMSERVE_DEPS:-all}" != "build" ]; then
+  packages+=("${test_packages[@]}")
+fi
 
 missing=()
 for p in "${packages[@]}"; do

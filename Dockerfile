@@ -1,0 +1,49 @@
+# normserve container image.
+#
+#   make image                       CPU image from debian:bookworm-slim
+#   docker build --build-arg BASE_IMAGE=nvidia/cuda:12.4.1-runtime-ubuntu22.04 \
+#     --build-arg BUILD_IMAGE=nvidia/cuda:12.4.1-devel-ubuntu22.04 --build-arg DEVICE=cuda .
+#
+# Two stages: the build stage has the -dev packages and the compiler; the
+# runtime stage gets only the shared libraries the binaries link and runs
+# as an unprivileged user.
+ARG BUILD_IMAGE=debian:bookworm-slim
+ARG BASE_IMAGE=debian:bookworm-slim
+
+FROM ${BUILD_IMAGE} AS build
+ARG DEVICE=cpu
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+WORKDIR /src
+COPY deploy/install-deps.sh deploy/install-deps.sh
+# The same dependency script as a developer machine, minus the test tools.
+RUN NORMSERVE_DEPS=build bash deploy/install-deps.sh
+COPY CMakeLists.txt ./
+COPY proto proto
+COPY kernels kernels
+COPY server server
+COPY client client
+COPY bench bench
+COPY tests tests
+RUN cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release \
+      -DNORMSERVE_BUILD_TESTS=OFF -DNORMSERVE_BUILD_BENCH=OFF \
+ && cmake --build build --target normserve normctl \
+ && mkdir -p /out/bin /out/lib \
+ && cp build/server/normserve build/client/normctl /out/bin/ \
+ && ldd /out/bin/normserve /out/bin/normctl | awk '/=> \// {print $3}' | sort -u \
+      | xargs -I{} cp -L {} /out/lib/
+
+FROM ${BASE_IMAGE}
+ARG DEVICE=cpu
+LABEL org.opencontainers.image.title="normserve" \
+      org.opencontainers.image.description="gRPC tensor normalization service (LayerNorm, RMSNorm)"
+COPY --from=build /out/lib/ /usr/local/lib/normserve/
+COPY --from=build /out/bin/ /usr/local/bin/
+RUN echo /usr/local/lib/normserve > /etc/ld.so.conf.d/normserve.conf && ldconfig \
+ && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin normserve
+USER 10001
+EXPOSE 8001 8002
+# SIGTERM drains: health turns NOT_SERVING, admitted requests finish.
+STOPSIGNAL SIGTERM
+HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
+  CMD ["normctl", "--server=127.0.0.1:8001", "--health", "--timeout_ms=2000"]
+ENTRYPOINT ["normserve", "--host=0.0.0.0"]

@@ -1,0 +1,193 @@
+#!/usr/bin/env python3
+"""Checks of deploy/: the Dockerfile (hadolint), the Kubernetes manifests
+(kubernetes-validate against the Kubernetes schemas), the Prometheus config
+and rules (promtool), the Grafana dashboard and the recording rules (every
+metric they query exists in a live server's /metrics), and a real
+Prometheus server scraping a live normserve, queried over its HTTP API.
+
+Usage: deploy_test.py SERVER_BINARY   (run by run_deploy_test.sh)
+"""
+import glob
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+import urllib.parse
+import urllib.request
+
+import yaml
+
+SERVER = None
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DEPLOY = os.path.join(REPO, "deploy")
+BIN = os.path.dirname(sys.executable)
+METRIC_RE = re.compile(r"\b((?:normserve|grpc_server)_[a-z_]+)")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_get(url, timeout=5):
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return r.read().decode()
+
+
+class LiveServer:
+    def __enter__(self):
+        self.proc = subprocess.Popen([SERVER, "--grpc_port=0", "--metrics_port=0"],
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        line = self.proc.stdout.readline()
+        m = re.search(r"grpc=[^ ]+:(\d+) metrics=[^ ]+:(\d+)", line)
+        if not m:
+            self.proc.kill()
+            raise RuntimeError(f"server did not start: {line!r}")
+        self.grpc_port, self.metrics_port = int(m.group(1)), int(m.group(2))
+        return self
+
+    def normctl(self, *args):
+        normctl = os.path.join(os.path.dirname(os.path.dirname(SERVER)), "client", "normctl")
+        return subprocess.run([normctl, f"--server=127.0.0.1:{self.grpc_port}", *args],
+                              capture_output=True, text=True, timeout=30)
+
+    def __exit__(self, *exc):
+        self.proc.terminate()
+        code = self.proc.wait(timeout=30)
+        self.proc.stdout.close()
+        assert code == 0, code
+
+
+def exported_families(metrics_text):
+    names = set()
+    for line in metrics_text.splitlines():
+        if line.startswith("# TYPE "):
+            name, kind = line.split()[2:4]
+            names.add(name)
+            if kind == "histogram":
+                names.update({name + "_bucket", name + "_sum", name + "_count"})
+    return names
+
+
+class DeployTest(unittest.TestCase):
+    def test_dockerfile_passes_hadolint(self):
+        r = subprocess.run([os.path.join(BIN, "hadolint"), os.path.join(REPO, "Dockerfile")],
+                           capture_output=True, text=True)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+
+    def test_kubernetes_manifests_validate(self):
+        core, crds = [], []
+        for path in sorted(glob.glob(os.path.join(DEPLOY, "k8s", "*.yaml"))):
+            doc = yaml.safe_load(open(path))
+            (crds if doc["apiVersion"].startswith("monitoring.coreos.com") else core).append(path)
+        r = subprocess.run([os.path.join(BIN, "kubernetes-validate"), "--strict", *core],
+                           capture_output=True, text=True)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertGreaterEqual(len(core), 6)
+        # kubernetes-validate has no schema for the Prometheus Operator's CRD:
+        # check that the ServiceMonitor selects the Service's labels and names
+        # a port the Service has.
+        service = yaml.safe_load(open(os.path.join(DEPLOY, "k8s", "service.yaml")))
+        for path in crds:
+            mon = yaml.safe_load(open(path))
+            self.assertEqual(mon["kind"], "ServiceMonitor")
+            for k, v in mon["spec"]["selector"]["matchLabels"].items():
+                self.assertEqual(service["metadata"]["labels"].get(k), v)
+            ports = {p["name"] for p in service["spec"]["ports"]}
+            for ep in mon["spec"]["endpoints"]:
+                self.assertIn(ep["port"], ports)
+
+    def test_deployment_drains_gracefully_and_runs_unprivileged(self):
+        dep = yaml.safe_load(open(os.path.join(DEPLOY, "k8s", "deployment.yaml")))
+        pod = dep["spec"]["template"]["spec"]
+        c = pod["containers"][0]
+        grace_ms = int(next(a.split("=")[1] for a in c["args"] if a.startswith("--shutdown_grace_ms")))
+        self.assertGreater(pod["terminationGracePeriodSeconds"] * 1000, grace_ms)
+        self.assertTrue(pod["securityContext"]["runAsNonRoot"])
+        self.assertEqual(c["readinessProbe"]["grpc"]["port"], 8001)
+        headless = yaml.safe_load(open(os.path.join(DEPLOY, "k8s", "service-headless.yaml")))
+        self.assertEqual(headless["spec"]["clusterIP"], "None")
+
+    def test_prometheus_config_and_rules_pass_promtool(self):
+        for args in (["check", "config", os.path.join(DEPLOY, "prometheus", "prometheus.yml")],
+                     ["check", "rules", os.path.join(DEPLOY, "prometheus", "normserve-rules.yml")]):
+            r = subprocess.run(["promtool", *args], capture_output=True, text=True)
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+
+    def test_dashboard_and_rules_query_real_metric_names(self):
+        dash = json.load(open(os.path.join(DEPLOY, "grafana", "normserve.json")))
+        exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+        titles = " ".join(p["title"] for p in dash["panels"]).lower()
+        for needed in ("throughput", "latency", "queue wait", "compute", "batch size",
+                       "queue depth", "errors"):
+            self.assertIn(needed, titles)
+        rules = yaml.safe_load(open(os.path.join(DEPLOY, "prometheus", "normserve-rules.yml")))
+        exprs += [r["expr"] for g in rules["groups"] for r in g["rules"]]
+        with LiveServer() as server:
+            r = server.normctl("--shape=2,64")  # so every family has samples
+            self.assertEqual(r.returncode, 0, r.stderr)
+            bad = server.normctl("--shape=2,64", "--epsilon=-1")
+            self.assertNotEqual(bad.returncode, 0)
+            families = exported_families(
+                http_get(f"http://127.0.0.1:{server.metrics_port}/metrics"))
+        used = {m for e in exprs for m in METRIC_RE.findall(e)}
+        self.assertTrue(used)
+        self.assertEqual(sorted(used - families), [], "queried but not exported")
+
+    def test_real_prometheus_scrapes_a_live_server(self):
+        prometheus = shutil.which("prometheus")
+        self.assertIsNotNone(prometheus, "the prometheus package is installed by deploy/install-deps.sh")
+        with LiveServer() as server, tempfile.TemporaryDirectory() as tmp:
+            config = os.path.join(tmp, "prometheus.yml")
+            with open(config, "w") as f:
+                f.write("global: {scrape_interval: 1s}\nscrape_configs:\n"
+                        "  - job_name: normserve\n"
+                        f"    static_configs: [{{targets: ['127.0.0.1:{server.metrics_port}']}}]\n")
+            port = free_port()
+            prom = subprocess.Popen([prometheus, f"--config.file={config}",
+                                     f"--storage.tsdb.path={tmp}/data",
+                                     f"--web.listen-address=127.0.0.1:{port}"],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                sent = 12
+                for _ in range(sent):
+                    self.assertEqual(server.normctl("--shape=4,256").returncode, 0)
+
+                def query(q):
+                    url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": q})
+                    return json.loads(http_get(url))["data"]["result"]
+
+                count = None
+                deadline = time.time() + 30
+                while time.time() < deadline:
+                    try:
+                        res = query('sum(grpc_server_handled_total{grpc_method="Normalize",grpc_code="OK"})')
+                        if res and float(res[0]["value"][1]) == sent:
+                            count = float(res[0]["value"][1])
+                            break
+                    except OSError:
+                        pass
+                    time.sleep(0.5)
+                self.assertEqual(count, sent)
+                # p99 over every request so far (cumulative buckets).
+                p99 = query("histogram_quantile(0.99, sum by (le) "
+                            "(normserve_request_latency_seconds_bucket))")
+                self.assertTrue(p99)
+                value = float(p99[0]["value"][1])
+                self.assertGreater(value, 0)
+                self.assertLess(value, 10)
+            finally:
+                prom.terminate()
+                prom.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    SERVER = sys.argv[1]
+    unittest.main(argv=sys.argv[:1], verbosity=2)
