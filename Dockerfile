@@ -30,6 +30,7 @@ RUN cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release \
  && mkdir -p /out/bin /out/lib \
  && cp build/server/normserve build/client/normctl /out/bin/ \
  && ldd /out/bin/normserve /out/bin/normctl | awk '/=> \// {print $3}' | sort -u \
+      | grep -vE '/(libc|libm|libpthread|libdl|librt|ld-linux[^/]*|libgcc_s|libstdc\+\+)\.so' \
       | xargs -I{} cp -L {} /out/lib/
 
 FROM ${BASE_IMAGE}

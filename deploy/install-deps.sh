@@ -29,8 +29,9 @@ test_packages=(
   curl
   # Sanitizer and fuzz builds, TLS test certificates.
   clang libclang-rt-14-dev libfuzzer-14-dev openssl
-  # Deploy checks: promtool and a real Prometheus server.
-  prometheus
+  # Deploy checks: promtool and a real Prometheus server; the container
+  # image test (Podman with runc, a debootstrapped base image).
+  prometheus podman runc debootstrap
 )
 
 packages=("${build_packages[@]}")
