@@ -25,7 +25,8 @@ inline std::optional<NormKind> NormKindFromProto(int kind, NormKind fallback) {
   }
 }
 
-inline std::optional<DeviceKind> DeviceFromProto(int device, DeviceKind fallback) {
+inline std::optional<DeviceKind> DeviceFromProto(int device,
+                                                 DeviceKind fallback) {
   switch (device) {
     case v1::DEVICE_UNSPECIFIED:
       return fallback;

@@ -10,7 +10,6 @@
 #include <cmath>
 #include <fstream>
 #include <random>
-#include <regex>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
