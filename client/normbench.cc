@@ -1,0 +1,280 @@
+// normbench: a closed-loop load generator for normserve (first slice).
+//
+//   normbench --concurrency=1:64:x2 --shape=1,768 --duration_s=5
+//
+// For each concurrency level it warms up, then runs that many callers
+// back to back (unary calls, or one stream per caller with --mode=stream)
+// for --duration_s or --requests per caller, and reports throughput
+// (requests/s, rows/s, tensor bytes/s), client-side latency percentiles and
+// errors by status code: a table on stdout (progress on stderr), or --json /
+// --csv. It always stops by itself, and targets loopback by default.
+#include <algorithm>
+#include <atomic>
+#include <cstdio>
+#include <map>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "client/normserve_client.h"
+
+ABSL_FLAG(std::string, server, "127.0.0.1:8001", "Server address host:port.");
+ABSL_FLAG(std::string, mode, "unary", "unary or stream.");
+ABSL_FLAG(std::string, concurrency, "1:16:x2",
+          "Callers: N, or a sweep FROM:TO:xFACTOR (e.g. 1:64:x2).");
+ABSL_FLAG(std::string, shape, "1,768", "Input shape.");
+ABSL_FLAG(std::string, dtype, "float32", "float32, float16 or bfloat16.");
+ABSL_FLAG(std::string, model, "", "Model name; empty: the default model.");
+ABSL_FLAG(double, duration_s, 3.0, "Seconds per step (when --requests=0).");
+ABSL_FLAG(int64_t, requests, 0,
+          "Requests per caller per step; 0: use --duration_s.");
+ABSL_FLAG(double, warmup_s, 0.5, "Warm-up seconds before each step.");
+ABSL_FLAG(bool, json, false, "Print JSON lines instead of a table.");
+ABSL_FLAG(bool, csv, false, "Print CSV instead of a table.");
+
+namespace normserve {
+namespace {
+
+struct Step {
+  int concurrency = 0;
+  double seconds = 0;
+  int64_t ok = 0;
+  std::map<std::string, int64_t> errors;
+  std::vector<double> latencies_ms;
+};
+
+double Percentile(const std::vector<double>& sorted, double p) {
+  if (sorted.empty()) return 0;
+  const size_t i =
+      std::min(sorted.size() - 1, static_cast<size_t>(p * sorted.size()));
+  return sorted[i];
+}
+
+// One caller: sends until `stop` or `limit` requests, recording latencies
+// of answered calls (after `measure` becomes true) and error codes.
+void Caller(NormClient* client, const v1::NormalizeRequest& request,
+            bool stream, int64_t limit, const std::atomic<bool>& stop,
+            const std::atomic<bool>& measure, std::vector<double>* latencies,
+            std::map<std::string, int64_t>* errors, int64_t* ok) {
+  std::unique_ptr<grpc::ClientContext> ctx;
+  std::unique_ptr<grpc::ClientReaderWriter<v1::NormalizeStreamRequest,
+                                           v1::NormalizeStreamResponse>>
+      rw;
+  v1::NormalizeStreamRequest msg;
+  if (stream) {
+    ctx = std::make_unique<grpc::ClientContext>();
+    rw = client->stub()->NormalizeStream(ctx.get());
+    *msg.mutable_request() = request;
+  }
+  int64_t sent = 0;
+  while (!stop.load() && (limit == 0 || sent < limit)) {
+    const absl::Time start = absl::Now();
+    int code;
+    if (stream) {
+      v1::NormalizeStreamResponse answer;
+      if (!rw->Write(msg) || !rw->Read(&answer)) {
+        code = static_cast<int>(grpc::StatusCode::UNAVAILABLE);
+      } else {
+        code = answer.status_code();
+      }
+    } else {
+      v1::NormalizeResponse response;
+      grpc::ClientContext call;
+      call.set_deadline(std::chrono::system_clock::now() +
+                        std::chrono::seconds(30));
+      code = static_cast<int>(
+          client->stub()->Normalize(&call, request, &response).error_code());
+    }
+    const double ms = absl::ToDoubleMilliseconds(absl::Now() - start);
+    if (!measure.load()) continue;
+    ++sent;
+    if (code == 0) {
+      ++*ok;
+      latencies->push_back(ms);
+    } else {
+      ++(*errors)[absl::StatusCodeToString(
+          static_cast<absl::StatusCode>(code))];
+    }
+  }
+  if (stream) {
+    rw->WritesDone();
+    rw->Finish();
+  }
+}
+
+Step RunStep(NormClient* client, const v1::NormalizeRequest& request,
+             bool stream, int concurrency) {
+  std::atomic<bool> stop{false}, measure{false};
+  std::vector<std::vector<double>> latencies(static_cast<size_t>(concurrency));
+  std::vector<std::map<std::string, int64_t>> errors(
+      static_cast<size_t>(concurrency));
+  std::vector<int64_t> ok(static_cast<size_t>(concurrency), 0);
+  const int64_t limit = absl::GetFlag(FLAGS_requests);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < concurrency; ++i) {
+    threads.emplace_back(Caller, client, std::cref(request), stream, limit,
+                         std::cref(stop), std::cref(measure), &latencies[i],
+                         &errors[i], &ok[i]);
+  }
+  absl::SleepFor(absl::Seconds(absl::GetFlag(FLAGS_warmup_s)));
+  const absl::Time start = absl::Now();
+  measure = true;
+  if (limit == 0) {
+    const absl::Duration length =
+        absl::Seconds(absl::GetFlag(FLAGS_duration_s));
+    while (absl::Now() - start < length) {
+      absl::SleepFor(absl::Milliseconds(200));
+      int64_t done = 0;
+      for (int64_t n : ok) done += n;
+      std::fprintf(stderr, "\rconcurrency %d: %.1f s, %lld answered   ",
+                   concurrency, absl::ToDoubleSeconds(absl::Now() - start),
+                   static_cast<long long>(done));
+    }
+    stop = true;
+  }
+  for (auto& t : threads) t.join();
+  std::fprintf(stderr, "\r%60s\r", "");
+  Step step;
+  step.concurrency = concurrency;
+  step.seconds = absl::ToDoubleSeconds(absl::Now() - start);
+  for (int i = 0; i < concurrency; ++i) {
+    step.ok += ok[i];
+    step.latencies_ms.insert(step.latencies_ms.end(), latencies[i].begin(),
+                             latencies[i].end());
+    for (const auto& [code, n] : errors[i]) step.errors[code] += n;
+  }
+  std::sort(step.latencies_ms.begin(), step.latencies_ms.end());
+  return step;
+}
+
+std::vector<int> ParseConcurrency(const std::string& spec) {
+  std::vector<std::string> parts = absl::StrSplit(spec, ':');
+  int from = 0, to = 0, factor = 2;
+  if (parts.size() == 1 && absl::SimpleAtoi(parts[0], &from) && from > 0)
+    return {from};
+  if (parts.size() != 3 || !absl::SimpleAtoi(parts[0], &from) ||
+      !absl::SimpleAtoi(parts[1], &to) || parts[2].empty() ||
+      parts[2][0] != 'x' || !absl::SimpleAtoi(parts[2].substr(1), &factor) ||
+      from <= 0 || to < from || factor < 2) {
+    return {};
+  }
+  std::vector<int> levels;
+  for (int c = from; c <= to; c *= factor) levels.push_back(c);
+  return levels;
+}
+
+}  // namespace
+}  // namespace normserve
+
+int main(int argc, char** argv) {
+  using namespace normserve;
+  absl::SetProgramUsageMessage(
+      "closed-loop load generator for normserve.\n"
+      "Usage: normbench --concurrency=1:64:x2 --shape=1,768 [--mode=stream] "
+      "[--json]");
+  absl::ParseCommandLine(argc, argv);
+  const std::vector<int> levels =
+      ParseConcurrency(absl::GetFlag(FLAGS_concurrency));
+  if (levels.empty()) {
+    std::fprintf(stderr,
+                 "normbench: --concurrency: expected N or FROM:TO:xFACTOR\n");
+    return 2;
+  }
+  const std::string mode = absl::GetFlag(FLAGS_mode);
+  if (mode != "unary" && mode != "stream") {
+    std::fprintf(stderr, "normbench: --mode: expected unary or stream\n");
+    return 2;
+  }
+  NormalizeInput in;
+  in.model = absl::GetFlag(FLAGS_model);
+  int64_t count = 1;
+  for (absl::string_view part :
+       absl::StrSplit(absl::GetFlag(FLAGS_shape), ',')) {
+    int64_t d = 0;
+    if (!absl::SimpleAtoi(part, &d) || d <= 0 ||
+        d > (int64_t{1} << 28) / count) {
+      std::fprintf(
+          stderr,
+          "normbench: --shape: expected positive integers like 1,768\n");
+      return 2;
+    }
+    in.shape.push_back(d);
+    count *= d;
+  }
+  const std::string dtype = absl::GetFlag(FLAGS_dtype);
+  in.dtype = dtype == "float16"    ? v1::DATA_TYPE_FLOAT16
+             : dtype == "bfloat16" ? v1::DATA_TYPE_BFLOAT16
+                                   : v1::DATA_TYPE_FLOAT32;
+  std::mt19937 rng(1);
+  std::normal_distribution<float> dist(0, 1);
+  in.values.resize(static_cast<size_t>(count));
+  for (float& v : in.values) v = dist(rng);
+  const v1::NormalizeRequest request = NormClient::BuildRequest(in);
+  const int64_t rows = count / in.shape.back();
+  const int64_t bytes = static_cast<int64_t>(request.input().data().size());
+
+  NormClient::Options options;
+  options.target = absl::GetFlag(FLAGS_server);
+  auto client = NormClient::Create(options);
+  if (!client.ok()) return 1;
+
+  const bool json = absl::GetFlag(FLAGS_json), csv = absl::GetFlag(FLAGS_csv);
+  if (csv)
+    std::printf(
+        "concurrency,requests_per_s,rows_per_s,bytes_per_s,p50_ms,p90_ms,p95_"
+        "ms,p99_ms,max_ms,errors\n");
+  if (!json && !csv) {
+    std::printf("%-11s %12s %12s %12s %8s %8s %8s %8s %8s  %s\n", "concurrency",
+                "requests/s", "rows/s", "MB/s", "p50 ms", "p90 ms", "p95 ms",
+                "p99 ms", "max ms", "errors");
+  }
+  for (int c : levels) {
+    const Step s = RunStep(client->get(), request, mode == "stream", c);
+    const double rps = s.ok / s.seconds;
+    std::vector<std::string> errs;
+    int64_t total_errors = 0;
+    for (const auto& [code, n] : s.errors) {
+      errs.push_back(absl::StrCat(code, "=", n));
+      total_errors += n;
+    }
+    const auto& l = s.latencies_ms;
+    if (json) {
+      std::printf(
+          "{\"concurrency\": %d, \"mode\": \"%s\", \"requests\": %lld, "
+          "\"seconds\": %.3f, "
+          "\"requests_per_s\": %.1f, \"rows_per_s\": %.1f, \"bytes_per_s\": "
+          "%.1f, "
+          "\"p50_ms\": %.4f, \"p90_ms\": %.4f, \"p95_ms\": %.4f, \"p99_ms\": "
+          "%.4f, "
+          "\"max_ms\": %.4f, \"errors\": %lld}\n",
+          c, mode.c_str(), static_cast<long long>(s.ok), s.seconds, rps,
+          rps * rows, rps * bytes, Percentile(l, 0.5), Percentile(l, 0.9),
+          Percentile(l, 0.95), Percentile(l, 0.99), l.empty() ? 0.0 : l.back(),
+          static_cast<long long>(total_errors));
+    } else if (csv) {
+      std::printf("%d,%.1f,%.1f,%.1f,%.4f,%.4f,%.4f,%.4f,%.4f,%lld\n", c, rps,
+                  rps * rows, rps * bytes, Percentile(l, 0.5),
+                  Percentile(l, 0.9), Percentile(l, 0.95), Percentile(l, 0.99),
+                  l.empty() ? 0.0 : l.back(),
+                  static_cast<long long>(total_errors));
+    } else {
+      std::printf(
+          "%-11d %12.0f %12.0f %12.1f %8.3f %8.3f %8.3f %8.3f %8.3f  %s\n", c,
+          rps, rps * rows, rps * bytes / 1e6, Percentile(l, 0.5),
+          Percentile(l, 0.9), Percentile(l, 0.95), Percentile(l, 0.99),
+          l.empty() ? 0.0 : l.back(),
+          errs.empty() ? "none" : absl::StrJoin(errs, " ").c_str());
+    }
+    std::fflush(stdout);
+  }
+  return 0;
+}
