@@ -22,9 +22,11 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
+#include "client/metrics_scrape.h"
 #include "client/normserve_client.h"
 
 ABSL_FLAG(std::string, server, "127.0.0.1:8001", "Server address host:port.");
@@ -40,11 +42,50 @@ ABSL_FLAG(int64_t, requests, 0,
 ABSL_FLAG(double, warmup_s, 0.5, "Warm-up seconds before each step.");
 ABSL_FLAG(bool, json, false, "Print JSON lines instead of a table.");
 ABSL_FLAG(bool, csv, false, "Print CSV instead of a table.");
+ABSL_FLAG(std::string, metrics, "127.0.0.1:8002",
+          "The server's metrics endpoint (IPv4:port), read before and after "
+          "each step for the server-side stage breakdown; empty to skip.");
 
 namespace normserve {
 namespace {
 
+// Server-side mean time per stage over a step, from /metrics deltas.
+struct Stages {
+  bool valid = false;
+  double queue_ms = 0, compute_ms = 0, end_to_end_ms = 0;
+};
+
+std::string Scrape() {
+  const std::string target = absl::GetFlag(FLAGS_metrics);
+  const size_t colon = target.rfind(':');
+  int port = 0;
+  if (target.empty() || colon == std::string::npos ||
+      !absl::SimpleAtoi(target.substr(colon + 1), &port)) {
+    return "";
+  }
+  auto body = HttpGetBody(target.substr(0, colon), port, "/metrics");
+  return body.ok() ? *body : "";
+}
+
+Stages StageDelta(const std::string& before, const std::string& after) {
+  Stages s;
+  if (before.empty() || after.empty()) return s;
+  auto mean_ms = [&](const std::string& family) {
+    const double sum =
+        SumMetric(after, family + "_sum") - SumMetric(before, family + "_sum");
+    const double n = SumMetric(after, family + "_count") -
+                     SumMetric(before, family + "_count");
+    return n > 0 ? 1e3 * sum / n : 0.0;
+  };
+  s.valid = true;
+  s.queue_ms = mean_ms("normserve_queue_wait_seconds");
+  s.compute_ms = mean_ms("normserve_compute_seconds");
+  s.end_to_end_ms = mean_ms("normserve_request_latency_seconds");
+  return s;
+}
+
 struct Step {
+  Stages stages;
   int concurrency = 0;
   double seconds = 0;
   int64_t ok = 0;
@@ -126,6 +167,7 @@ Step RunStep(NormClient* client, const v1::NormalizeRequest& request,
                          &errors[i], &ok[i]);
   }
   absl::SleepFor(absl::Seconds(absl::GetFlag(FLAGS_warmup_s)));
+  const std::string before = Scrape();
   const absl::Time start = absl::Now();
   measure = true;
   if (limit == 0) {
@@ -144,6 +186,7 @@ Step RunStep(NormClient* client, const v1::NormalizeRequest& request,
   for (auto& t : threads) t.join();
   std::fprintf(stderr, "\r%60s\r", "");
   Step step;
+  step.stages = StageDelta(before, Scrape());
   step.concurrency = concurrency;
   step.seconds = absl::ToDoubleSeconds(absl::Now() - start);
   for (int i = 0; i < concurrency; ++i) {
@@ -231,11 +274,13 @@ int main(int argc, char** argv) {
   if (csv)
     std::printf(
         "concurrency,requests_per_s,rows_per_s,bytes_per_s,p50_ms,p90_ms,p95_"
-        "ms,p99_ms,max_ms,errors\n");
+        "ms,p99_ms,max_ms,errors,server_queue_ms,server_compute_ms,"
+        "server_end_to_end_ms\n");
   if (!json && !csv) {
-    std::printf("%-11s %12s %12s %12s %8s %8s %8s %8s %8s  %s\n", "concurrency",
-                "requests/s", "rows/s", "MB/s", "p50 ms", "p90 ms", "p95 ms",
-                "p99 ms", "max ms", "errors");
+    std::printf("%-11s %12s %12s %12s %8s %8s %8s %8s %8s  %-28s %s\n",
+                "concurrency", "requests/s", "rows/s", "MB/s", "p50 ms",
+                "p90 ms", "p95 ms", "p99 ms", "max ms",
+                "server queue/compute/e2e ms", "errors");
   }
   for (int c : levels) {
     const Step s = RunStep(client->get(), request, mode == "stream", c);
@@ -255,23 +300,32 @@ int main(int argc, char** argv) {
           "%.1f, "
           "\"p50_ms\": %.4f, \"p90_ms\": %.4f, \"p95_ms\": %.4f, \"p99_ms\": "
           "%.4f, "
-          "\"max_ms\": %.4f, \"errors\": %lld}\n",
+          "\"max_ms\": %.4f, \"errors\": %lld, \"server_queue_ms\": %.4f, "
+          "\"server_compute_ms\": %.4f, \"server_end_to_end_ms\": %.4f}\n",
           c, mode.c_str(), static_cast<long long>(s.ok), s.seconds, rps,
           rps * rows, rps * bytes, Percentile(l, 0.5), Percentile(l, 0.9),
           Percentile(l, 0.95), Percentile(l, 0.99), l.empty() ? 0.0 : l.back(),
-          static_cast<long long>(total_errors));
+          static_cast<long long>(total_errors), s.stages.queue_ms,
+          s.stages.compute_ms, s.stages.end_to_end_ms);
     } else if (csv) {
-      std::printf("%d,%.1f,%.1f,%.1f,%.4f,%.4f,%.4f,%.4f,%.4f,%lld\n", c, rps,
-                  rps * rows, rps * bytes, Percentile(l, 0.5),
-                  Percentile(l, 0.9), Percentile(l, 0.95), Percentile(l, 0.99),
-                  l.empty() ? 0.0 : l.back(),
-                  static_cast<long long>(total_errors));
-    } else {
       std::printf(
-          "%-11d %12.0f %12.0f %12.1f %8.3f %8.3f %8.3f %8.3f %8.3f  %s\n", c,
-          rps, rps * rows, rps * bytes / 1e6, Percentile(l, 0.5),
+          "%d,%.1f,%.1f,%.1f,%.4f,%.4f,%.4f,%.4f,%.4f,%lld,%.4f,%.4f,%.4f\n", c,
+          rps, rps * rows, rps * bytes, Percentile(l, 0.5), Percentile(l, 0.9),
+          Percentile(l, 0.95), Percentile(l, 0.99), l.empty() ? 0.0 : l.back(),
+          static_cast<long long>(total_errors), s.stages.queue_ms,
+          s.stages.compute_ms, s.stages.end_to_end_ms);
+    } else {
+      const std::string stages =
+          s.stages.valid
+              ? absl::StrFormat("%.3f / %.3f / %.3f", s.stages.queue_ms,
+                                s.stages.compute_ms, s.stages.end_to_end_ms)
+              : std::string("n/a");
+      std::printf(
+          "%-11d %12.0f %12.0f %12.1f %8.3f %8.3f %8.3f %8.3f %8.3f  %-28s "
+          "%s\n",
+          c, rps, rps * rows, rps * bytes / 1e6, Percentile(l, 0.5),
           Percentile(l, 0.9), Percentile(l, 0.95), Percentile(l, 0.99),
-          l.empty() ? 0.0 : l.back(),
+          l.empty() ? 0.0 : l.back(), stages.c_str(),
           errs.empty() ? "none" : absl::StrJoin(errs, " ").c_str());
     }
     std::fflush(stdout);

@@ -16,6 +16,8 @@
 #include <fstream>
 #include <thread>
 
+#include "client/metrics_scrape.h"
+
 namespace normserve::testing {
 
 ServerProcess::ServerProcess(const std::string& binary,
@@ -120,48 +122,13 @@ int ServerProcess::Stop(int signal, int timeout_s) {
 }
 
 std::string HttpGet(int port, const std::string& path) {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return "";
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  std::string body;
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
-    const std::string req = "GET " + path +
-                            " HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: "
-                            "close\r\n\r\n";
-    if (write(fd, req.data(), req.size()) == static_cast<ssize_t>(req.size())) {
-      char buf[65536];
-      ssize_t n;
-      while ((n = read(fd, buf, sizeof(buf))) > 0)
-        body.append(buf, static_cast<size_t>(n));
-    }
-  }
-  close(fd);
-  const size_t split = body.find("\r\n\r\n");
-  return split == std::string::npos ? "" : body.substr(split + 4);
+  auto body = HttpGetBody("127.0.0.1", port, path);
+  return body.ok() ? *body : "";
 }
 
 double MetricValue(const std::string& text, const std::string& name,
                    const std::vector<std::string>& labels) {
-  double total = 0;
-  size_t start = 0;
-  while (start < text.size()) {
-    size_t end = text.find('\n', start);
-    if (end == std::string::npos) end = text.size();
-    const std::string line = text.substr(start, end - start);
-    start = end + 1;
-    if (line.rfind(name, 0) != 0) continue;
-    const char next = line.size() > name.size() ? line[name.size()] : '\0';
-    if (next != '{' && next != ' ') continue;
-    bool match = true;
-    for (const auto& l : labels)
-      match = match && line.find(l) != std::string::npos;
-    if (match)
-      total += std::strtod(line.c_str() + line.rfind(' ') + 1, nullptr);
-  }
-  return total;
+  return SumMetric(text, name, labels);
 }
 
 }  // namespace normserve::testing
