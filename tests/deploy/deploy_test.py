@@ -23,6 +23,9 @@ import urllib.request
 
 import yaml
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "integration"))
+import live_server  # noqa: E402
+
 SERVER = None
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEPLOY = os.path.join(REPO, "deploy")
@@ -41,28 +44,14 @@ def http_get(url, timeout=5):
         return r.read().decode()
 
 
-class LiveServer:
-    def __enter__(self):
-        self.proc = subprocess.Popen([SERVER, "--grpc_port=0", "--metrics_port=0"],
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        line = self.proc.stdout.readline()
-        m = re.search(r"grpc=[^ ]+:(\d+) metrics=[^ ]+:(\d+)", line)
-        if not m:
-            self.proc.kill()
-            raise RuntimeError(f"server did not start: {line!r}")
-        self.grpc_port, self.metrics_port = int(m.group(1)), int(m.group(2))
-        return self
+class LiveServer(live_server.LiveServer):
+    def __init__(self):
+        super().__init__(SERVER)
 
     def normctl(self, *args):
         normctl = os.path.join(os.path.dirname(os.path.dirname(SERVER)), "client", "normctl")
         return subprocess.run([normctl, f"--server=127.0.0.1:{self.grpc_port}", *args],
                               capture_output=True, text=True, timeout=30)
-
-    def __exit__(self, *exc):
-        self.proc.terminate()
-        code = self.proc.wait(timeout=30)
-        self.proc.stdout.close()
-        assert code == 0, code
 
 
 def exported_families(metrics_text):

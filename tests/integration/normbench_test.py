@@ -5,21 +5,19 @@ itself and reports sane JSON (every step answered, no errors).
 Usage: normbench_test.py SERVER_BINARY NORMBENCH_BINARY
 """
 import json
-import re
 import subprocess
 import sys
 import unittest
+
+from live_server import LiveServer
 
 SERVER = NORMBENCH = None
 
 
 class NormbenchTest(unittest.TestCase):
     def test_sweep_reports_every_step(self):
-        server = subprocess.Popen([SERVER, "--grpc_port=0", "--metrics_port=0"],
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        try:
-            m = re.search(r"grpc=[^ ]+:(\d+) metrics=[^ ]+:(\d+)", server.stdout.readline())
-            port, metrics = m.group(1), m.group(2)
+        with LiveServer(SERVER) as server:
+            port, metrics = server.grpc_port, server.metrics_port
             for mode in ("unary", "stream"):
                 run = subprocess.run([NORMBENCH, f"--server=127.0.0.1:{port}", f"--mode={mode}",
                                       "--concurrency=1:4:x2", "--duration_s=0.5", "--warmup_s=0.1",
@@ -42,10 +40,6 @@ class NormbenchTest(unittest.TestCase):
                     self.assertLess(s["server_end_to_end_ms"], s["max_ms"])
             bad = subprocess.run([NORMBENCH, "--concurrency=0:x"], capture_output=True, text=True)
             self.assertEqual(bad.returncode, 2)
-        finally:
-            server.terminate()
-            self.assertEqual(server.wait(timeout=30), 0)
-            server.stdout.close()
 
 
 if __name__ == "__main__":

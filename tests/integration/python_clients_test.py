@@ -9,7 +9,6 @@ Run by CTest as:
 import importlib.util
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -17,6 +16,7 @@ import unittest
 
 import grpc
 import numpy as np
+from live_server import LiveServer
 from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory
 
 SERVER = STUBS = None
@@ -48,29 +48,9 @@ def assert_close(test, y, ref):
     test.assertLessEqual(worst, 1e-5 * np.max(np.abs(ref)))
 
 
-class ServerProcess:
-    def __enter__(self):
-        self.proc = subprocess.Popen(
-            [SERVER, "--grpc_port=0", "--metrics_port=0"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        line = self.proc.stdout.readline()
-        m = re.search(r"grpc=([^ ]+) metrics=([^ ]+)", line)
-        if not m:
-            self.proc.kill()
-            raise RuntimeError(f"server did not start: {line!r}")
-        self.target = m.group(1)
-        return self
-
-    def __exit__(self, *exc):
-        self.proc.terminate()
-        code = self.proc.wait(timeout=30)
-        self.proc.stdout.close()
-        assert code == 0, f"server exited with {code}"
-
-
 class PythonClientsTest(unittest.TestCase):
     def test_example_script_matches_float64_reference(self):
-        with ServerProcess() as server, tempfile.TemporaryDirectory() as tmp:
+        with LiveServer(SERVER) as server, tempfile.TemporaryDirectory() as tmp:
             out = os.path.join(tmp, "result.npz")
             env = dict(os.environ, PYTHONPATH=STUBS)
             run = subprocess.run(
@@ -85,7 +65,7 @@ class PythonClientsTest(unittest.TestCase):
     def test_grpcurl_style_json_with_types_from_reflection(self):
         refl = load_by_path("reflection_pb2", os.path.join(
             STUBS, "grpc_protos/grpc/reflection/v1alpha/reflection_pb2.py"))
-        with ServerProcess() as server, grpc.insecure_channel(server.target) as channel:
+        with LiveServer(SERVER) as server, grpc.insecure_channel(server.target) as channel:
             info = channel.stream_stream(
                 "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
                 request_serializer=refl.ServerReflectionRequest.SerializeToString,
@@ -157,7 +137,7 @@ class PythonClientsTest(unittest.TestCase):
     def test_health_reports_serving(self):
         health = load_by_path("health_pb2", os.path.join(
             STUBS, "grpc_protos/grpc/health/v1/health_pb2.py"))
-        with ServerProcess() as server, grpc.insecure_channel(server.target) as channel:
+        with LiveServer(SERVER) as server, grpc.insecure_channel(server.target) as channel:
             check = channel.unary_unary(
                 "/grpc.health.v1.Health/Check",
                 request_serializer=health.HealthCheckRequest.SerializeToString,

@@ -31,17 +31,10 @@
 namespace normserve {
 namespace {
 
+using testing::Connect;
 using testing::HttpGet;
 using testing::MetricValue;
 using testing::ServerProcess;
-
-std::unique_ptr<NormClient> Connect(
-    const std::string& target, absl::Duration timeout = absl::Seconds(30)) {
-  NormClient::Options o;
-  o.target = target;
-  o.timeout = timeout;
-  return *NormClient::Create(o);
-}
 
 NormalizeInput RandomInput(int64_t rows, int64_t d, uint32_t seed) {
   std::mt19937 rng(seed);

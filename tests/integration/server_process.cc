@@ -121,6 +121,16 @@ int ServerProcess::Stop(int signal, int timeout_s) {
   return -1;
 }
 
+std::unique_ptr<NormClient> Connect(const std::string& target,
+                                    absl::Duration timeout) {
+  NormClient::Options o;
+  o.target = target;
+  o.timeout = timeout;
+  auto client = NormClient::Create(o);
+  if (!client.ok()) std::abort();  // only on an empty target
+  return *std::move(client);
+}
+
 std::string HttpGet(int port, const std::string& path) {
   auto body = HttpGetBody("127.0.0.1", port, path);
   return body.ok() ? *body : "";

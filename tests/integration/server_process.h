@@ -4,8 +4,12 @@
 #define NORMSERVE_TESTS_INTEGRATION_SERVER_PROCESS_H_
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
+
+#include "absl/time/time.h"
+#include "client/normserve_client.h"
 
 namespace normserve::testing {
 
@@ -38,6 +42,10 @@ class ServerProcess {
   int grpc_port_ = 0;
   int metrics_port_ = 0;
 };
+
+// A plaintext client for `target` with the given call deadline.
+std::unique_ptr<NormClient> Connect(const std::string& target,
+                                    absl::Duration timeout = absl::Seconds(30));
 
 // GET http://127.0.0.1:port/path; returns the body ("" on failure).
 std::string HttpGet(int port, const std::string& path);

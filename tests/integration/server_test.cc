@@ -28,17 +28,10 @@
 namespace normserve {
 namespace {
 
+using testing::Connect;
 using testing::HttpGet;
 using testing::MetricValue;
 using testing::ServerProcess;
-
-std::unique_ptr<NormClient> Connect(const ServerProcess& server) {
-  NormClient::Options o;
-  o.target = server.grpc_target();
-  auto c = NormClient::Create(o);
-  EXPECT_TRUE(c.ok());
-  return *std::move(c);
-}
 
 std::vector<float> Random(size_t n, uint32_t seed, float mean = 0,
                           float std = 1) {
@@ -67,7 +60,7 @@ class ServerTest : public ::testing::Test {
   void SetUp() override {
     server_ = std::make_unique<ServerProcess>(NORMSERVE_BINARY,
                                               std::vector<std::string>{});
-    client_ = Connect(*server_);
+    client_ = Connect(server_->grpc_target());
   }
   void TearDown() override {
     // The client stays connected: an idle connection must not hold up a
@@ -381,7 +374,7 @@ TEST(ServerProcessTest, ModelConfigWithNpyParameters) {
          "gamma { npy_path: \"it_gamma.npy\" } beta { values: "
          "[1,1,1,1,1,1,1,1] } }";
   ServerProcess server(NORMSERVE_BINARY, {"--model_config=" + config});
-  auto client = Connect(server);
+  auto client = Connect(server.grpc_target());
   NormalizeInput in;
   in.model = "ln8";
   in.shape = {5, 8};
@@ -422,7 +415,7 @@ TEST(ServerProcessTest, BadModelConfigStopsStartupWithAMessage) {
 
 TEST(ServerProcessTest, OversizedMessageIsResourceExhausted) {
   ServerProcess server(NORMSERVE_BINARY, {"--max_message_bytes=4096"});
-  auto client = Connect(server);
+  auto client = Connect(server.grpc_target());
   NormalizeInput in;
   in.shape = {4, 1024};
   in.values = Random(4096, 1);
@@ -460,7 +453,7 @@ TEST(ServerProcessTest, SigtermWithRequestsInFlightLosesNone) {
   // A long batching delay keeps requests queued when SIGTERM arrives.
   ServerProcess server(NORMSERVE_BINARY, {"--max_queue_delay_us=500000",
                                           "--max_batch_rows=100000"});
-  auto client = Connect(server);
+  auto client = Connect(server.grpc_target());
   constexpr int kRequests = 16;
   std::atomic<int> ok{0}, failed{0};
   std::vector<std::thread> threads;
