@@ -61,13 +61,23 @@ done
 out=$("$normctl" --server="127.0.0.1:$grpc" --shape=3,768) || fail "request failed"
 echo "$out" | grep -q "shape=\[3,768\]" || fail "unexpected answer: $out"
 # The image's own health check and user.
-"${podman[@]}" exec normserve-test normctl --server=127.0.0.1:"$grpc" --health | grep -q SERVING \
+[ "$("${podman[@]}" exec normserve-test normctl --server=127.0.0.1:"$grpc" --health)" = SERVING ] \
   || fail "normctl inside the container"
 [ "$("${podman[@]}" exec normserve-test id -u)" = 10001 ] || fail "container does not run as uid 10001"
-curl -sf "http://127.0.0.1:$metrics/metrics" | grep -q 'grpc_server_handled_total{.*grpc_code="OK".*} 1' \
-  || fail "metrics scrape"
+# The body goes to a file before grep reads it: with pipefail, `curl | grep -q`
+# fails whenever grep exits before curl has written everything (SIGPIPE).
+scraped=no
+for _ in $(seq 20); do
+  if curl -sf -o "$work/metrics.txt" "http://127.0.0.1:$metrics/metrics" &&
+     grep -Eq 'grpc_server_handled_total\{grpc_code="OK",grpc_method="Normalize",[^}]*\} 1$' "$work/metrics.txt"; then
+    scraped=yes; break
+  fi
+  sleep 0.2
+done
+[ "$scraped" = yes ] || { grep grpc_server_handled_total "$work/metrics.txt"; fail "metrics scrape"; }
 "${podman[@]}" stop -t 30 normserve-test >/dev/null || fail "podman stop"
 code=$("${podman[@]}" inspect normserve-test --format '{{.State.ExitCode}}')
 [ "$code" = 0 ] || fail "exit code $code after SIGTERM"
-"${podman[@]}" logs normserve-test 2>&1 | grep -q "normserve: stopped" || fail "no clean drain in the logs"
+logs=$("${podman[@]}" logs normserve-test 2>&1)
+grep -q "normserve: stopped" <<<"$logs" || fail "no clean drain in the logs"
 echo "container test passed"
