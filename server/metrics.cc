@@ -8,8 +8,6 @@
 namespace normserve {
 namespace {
 
-constexpr char kService[] = "normserve.v1.NormalizationService";
-
 prometheus::Histogram::BucketBoundaries LatencyBuckets() {
   return {1e-5,   2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2,
           2.5e-2, 5e-2,   0.1,  0.25, 0.5,    1.0,  2.5,  5.0,    10.0};
@@ -129,24 +127,25 @@ int Metrics::port() const {
   return ports.empty() ? 0 : ports.front();
 }
 
-void Metrics::RpcStarted(const std::string& method, const char* type) {
+void Metrics::RpcStarted(const char* service, const std::string& method,
+                         const char* type) {
   started_
-      ->Add({{"grpc_service", kService},
+      ->Add({{"grpc_service", service},
              {"grpc_method", method},
              {"grpc_type", type}})
       .Increment();
 }
 
-void Metrics::RpcHandled(const std::string& method, const char* type, int code,
-                         absl::Duration elapsed) {
+void Metrics::RpcHandled(const char* service, const std::string& method,
+                         const char* type, int code, absl::Duration elapsed) {
   handled_
-      ->Add({{"grpc_service", kService},
+      ->Add({{"grpc_service", service},
              {"grpc_method", method},
              {"grpc_type", type},
              {"grpc_code", CodeName(code)}})
       .Increment();
   handling_
-      ->Add({{"grpc_service", kService},
+      ->Add({{"grpc_service", service},
              {"grpc_method", method},
              {"grpc_type", type}},
             LatencyBuckets())

@@ -50,10 +50,14 @@ class Metrics : public BatchObserver {
   // The bound HTTP port, or 0 without an endpoint.
   int port() const;
 
-  // gRPC server conventions. `type` is "unary" or "bidi_stream".
-  void RpcStarted(const std::string& method, const char* type);
-  void RpcHandled(const std::string& method, const char* type, int code,
-                  absl::Duration elapsed);
+  // gRPC server conventions. `service` is the full service name (one of
+  // the constants below), `type` is "unary" or "bidi_stream".
+  static constexpr char kNativeService[] = "normserve.v1.NormalizationService";
+  static constexpr char kOipService[] = "inference.GRPCInferenceService";
+  void RpcStarted(const char* service, const std::string& method,
+                  const char* type);
+  void RpcHandled(const char* service, const std::string& method,
+                  const char* type, int code, absl::Duration elapsed);
 
   // One request finished computing. `device` is "cpu" or "cuda".
   void RequestDone(const std::string& model, const char* device,

@@ -65,7 +65,7 @@ struct TensorView {
 absl::StatusOr<TensorView> DecodeTensor(
     const v1::Tensor& t, absl::string_view field,
     const ValidationLimits& limits, const std::vector<int64_t>* expected_shape,
-    std::vector<float>* storage) {
+    const ExternalPayload* external, std::vector<float>* storage) {
   TensorView view;
   const std::optional<DType> dtype = KernelDType(t.dtype());
   if (!dtype.has_value()) {
@@ -101,38 +101,50 @@ absl::StatusOr<TensorView> DecodeTensor(
                             ShapeText(*expected_shape)));
   }
   view.elements = count;
-  const bool has_data = !t.data().empty();
-  const bool has_floats = t.float_data_size() > 0;
-  if (has_data && has_floats) {
+  // Where the values are: inside the tensor (data or float_data), or
+  // beside it (an ExternalPayload); the field names differ for messages.
+  const bool is_external = external != nullptr && external->present;
+  const std::string data_field =
+      is_external ? absl::StrCat(field, " (", external->field, ")")
+                  : absl::StrCat(field, ".data");
+  const std::string floats_field =
+      is_external ? absl::StrCat(field, " (", external->field, ")")
+                  : absl::StrCat(field, ".float_data");
+  const absl::string_view data =
+      is_external ? external->bytes : absl::string_view(t.data());
+  const absl::Span<const float> floats =
+      is_external
+          ? external->floats
+          : absl::Span<const float>(t.float_data().data(), t.float_data_size());
+  const bool has_floats = is_external ? external->typed : !floats.empty();
+  if (!data.empty() && !floats.empty()) {
     return Invalid(field, ": both data and float_data are set: expected one");
   }
   if (has_floats) {
     if (view.dtype != DType::kFloat32) {
-      return Invalid(field,
-                     absl::StrCat(".float_data is set with dtype ",
-                                  DataTypeName(t.dtype()),
-                                  ": float_data is only for DATA_TYPE_FLOAT32; "
-                                  "send other types in data"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          floats_field, " is set with dtype ", DataTypeName(t.dtype()),
+          ": float_data is only for DATA_TYPE_FLOAT32; send "
+          "other types as raw bytes"));
     }
-    if (t.float_data_size() != count) {
-      return Invalid(field,
-                     absl::StrCat(".float_data has ", t.float_data_size(),
-                                  " values: shape ", ShapeText(view.shape),
-                                  " needs ", count));
+    if (static_cast<int64_t>(floats.size()) != count) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(floats_field, " has ", floats.size(), " values: shape ",
+                       ShapeText(view.shape), " needs ", count));
     }
-    view.data = t.float_data().data();
+    view.data = floats.data();
     view.float_data = true;
     return view;
   }
   const size_t elem = DTypeSize(view.dtype);
   const size_t want = static_cast<size_t>(count) * elem;
-  if (t.data().size() != want) {
-    return Invalid(field,
-                   absl::StrCat(".data has ", t.data().size(), " bytes: shape ",
-                                ShapeText(view.shape), " of ",
-                                DataTypeName(t.dtype()), " needs ", want));
+  if (data.size() != want) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(data_field, " has ", data.size(), " bytes: shape ",
+                     ShapeText(view.shape), " of ", DataTypeName(t.dtype()),
+                     " needs ", want));
   }
-  const char* bytes = t.data().data();
+  const char* bytes = data.data();
   if (reinterpret_cast<uintptr_t>(bytes) % elem == 0) {
     view.data = bytes;
   } else {
@@ -148,6 +160,7 @@ absl::StatusOr<const float*> DecodeParameter(const v1::Tensor& t,
                                              absl::string_view field,
                                              const ValidationLimits& limits,
                                              const std::vector<int64_t>& shape,
+                                             const ExternalPayload* external,
                                              std::vector<float>* storage) {
   if (t.dtype() == v1::DATA_TYPE_INT8) {
     return Invalid(field,
@@ -155,7 +168,7 @@ absl::StatusOr<const float*> DecodeParameter(const v1::Tensor& t,
                    "DATA_TYPE_FLOAT16 or DATA_TYPE_BFLOAT16");
   }
   ASSIGN_OR_RETURN(TensorView view,
-                   DecodeTensor(t, field, limits, &shape, storage));
+                   DecodeTensor(t, field, limits, &shape, external, storage));
   if (view.dtype == DType::kFloat32) {
     return static_cast<const float*>(view.data);
   }
@@ -297,7 +310,13 @@ uint64_t ParamsIdentity(const NormParams& p, int64_t count) {
 
 absl::StatusOr<std::unique_ptr<DecodedRequest>> DecodeRequest(
     const v1::NormalizeRequest& request, const ModelRegistry& models,
-    const ValidationLimits& limits, const DeviceAvailability& devices) {
+    const ValidationLimits& limits, const DeviceAvailability& devices,
+    const ExternalPayloads* payloads) {
+  const auto external =
+      [payloads](const ExternalPayload ExternalPayloads::*which)
+      -> const ExternalPayload* {
+    return payloads == nullptr ? nullptr : &(payloads->*which);
+  };
   const Model* model = models.Find(request.model());
   if (model == nullptr) {
     return absl::NotFoundError(absl::StrCat(
@@ -320,9 +339,10 @@ absl::StatusOr<std::unique_ptr<DecodedRequest>> DecodeRequest(
   if (!request.has_input()) {
     return absl::InvalidArgumentError("input: required");
   }
-  ASSIGN_OR_RETURN(TensorView input,
-                   DecodeTensor(request.input(), "input", limits, nullptr,
-                                &out->input_copy));
+  ASSIGN_OR_RETURN(
+      TensorView input,
+      DecodeTensor(request.input(), "input", limits, nullptr,
+                   external(&ExternalPayloads::input), &out->input_copy));
   out->input = input.data;
   out->input_dtype = input.dtype;
   out->float_data = input.float_data;
@@ -377,19 +397,23 @@ absl::StatusOr<std::unique_ptr<DecodedRequest>> DecodeRequest(
   if (!model->gamma.empty()) p.gamma = model->gamma.data();
   if (!model->beta.empty()) p.beta = model->beta.data();
   if (request.has_gamma()) {
-    ASSIGN_OR_RETURN(p.gamma,
-                     DecodeParameter(request.gamma(), "gamma", limits,
-                                     normalized_shape, &out->gamma_copy));
+    ASSIGN_OR_RETURN(
+        p.gamma,
+        DecodeParameter(request.gamma(), "gamma", limits, normalized_shape,
+                        external(&ExternalPayloads::gamma), &out->gamma_copy));
   }
   if (request.has_beta()) {
-    ASSIGN_OR_RETURN(p.beta,
-                     DecodeParameter(request.beta(), "beta", limits,
-                                     normalized_shape, &out->beta_copy));
+    ASSIGN_OR_RETURN(
+        p.beta,
+        DecodeParameter(request.beta(), "beta", limits, normalized_shape,
+                        external(&ExternalPayloads::beta), &out->beta_copy));
   }
   if (request.has_residual()) {
-    ASSIGN_OR_RETURN(TensorView residual,
-                     DecodeTensor(request.residual(), "residual", limits,
-                                  &out->shape, &out->residual_copy));
+    ASSIGN_OR_RETURN(
+        TensorView residual,
+        DecodeTensor(request.residual(), "residual", limits, &out->shape,
+                     external(&ExternalPayloads::residual),
+                     &out->residual_copy));
     if (residual.dtype != out->input_dtype) {
       return absl::InvalidArgumentError(absl::StrCat(
           "residual.dtype = ", DataTypeName(request.residual().dtype()),

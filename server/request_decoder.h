@@ -23,9 +23,12 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/types/span.h"
 #include "kernels/int8_layer_norm.h"
 #include "kernels/normalize.h"
 #include "normserve/v1/normalization_service.pb.h"
@@ -84,9 +87,32 @@ struct DecodedRequest {
   std::vector<float> beta_copy;
 };
 
+// A tensor's values carried beside its v1::Tensor rather than inside it, as
+// the Open Inference Protocol carries them (raw_input_contents or typed
+// contents). When `present`, the v1::Tensor's data and float_data must be
+// empty and these are used instead, in place. `field` names where the
+// values came from, for error messages (e.g. "raw_input_contents[0]").
+struct ExternalPayload {
+  bool present = false;
+  std::string field;
+  // Raw little-endian bytes, or (when `typed`) float32 values.
+  absl::string_view bytes;
+  bool typed = false;
+  absl::Span<const float> floats;
+};
+struct ExternalPayloads {
+  ExternalPayload input;
+  ExternalPayload residual;
+  ExternalPayload gamma;
+  ExternalPayload beta;
+};
+
+// Validates `request` and returns what the batcher needs. `payloads`, when
+// not null, supplies tensor values that travel outside the request message.
 absl::StatusOr<std::unique_ptr<DecodedRequest>> DecodeRequest(
     const v1::NormalizeRequest& request, const ModelRegistry& models,
-    const ValidationLimits& limits, const DeviceAvailability& devices);
+    const ValidationLimits& limits, const DeviceAvailability& devices,
+    const ExternalPayloads* payloads = nullptr);
 
 // The wire enum of a kernel dtype, and back (nullopt for INT8/unknown).
 v1::DataType ToProtoDType(DType dtype);

@@ -68,6 +68,7 @@ void NormalizationServiceImpl::Start(
   };
   // Output buffers are sized here, after validation, and the kernel writes
   // straight into them.
+  OutputBuffers buffers;
   v1::Tensor* out = response->mutable_output();
   shape_into(decoded->shape, out);
   out->set_dtype(ToProtoDType(decoded->output_dtype));
@@ -75,35 +76,24 @@ void NormalizationServiceImpl::Start(
     out->set_scale(decoded->int8.affine->output_scale);
     out->set_zero_point(decoded->int8.affine->output_zero_point);
   }
-  const int64_t bytes_in =
-      decoded->elements * static_cast<int64_t>(DTypeSize(decoded->input_dtype));
-  const int64_t request_bytes =
-      decoded->residual != nullptr ? 2 * bytes_in : bytes_in;
-  int64_t bytes_out = decoded->elements *
-                      static_cast<int64_t>(DTypeSize(decoded->output_dtype));
   // Answer in kind: a request that sent float_data (JSON tools) gets
   // float_data back when the output is FLOAT32; anything else gets bytes.
-  void* output;
   if (decoded->float_data && decoded->output_dtype == DType::kFloat32) {
     out->mutable_float_data()->Resize(static_cast<int>(decoded->elements),
                                       0.0f);
-    output = out->mutable_float_data()->mutable_data();
+    buffers.output = out->mutable_float_data()->mutable_data();
   } else {
     std::string* data = out->mutable_data();
-    data->resize(static_cast<size_t>(bytes_out));
-    output = data->data();
+    data->resize(OutputBytes(*decoded));
+    buffers.output = data->data();
   }
-  void* sum_output = nullptr;
   if (decoded->return_residual_sum) {
     v1::Tensor* sum = response->mutable_residual_sum();
     shape_into(decoded->shape, sum);
     sum->set_dtype(ToProtoDType(decoded->input_dtype));
-    sum->mutable_data()->resize(static_cast<size_t>(bytes_in));
-    sum_output = sum->mutable_data()->data();
-    bytes_out += bytes_in;
+    sum->mutable_data()->resize(InputBytes(*decoded));
+    buffers.sum = sum->mutable_data()->data();
   }
-  float* mean = nullptr;
-  float* rstd = nullptr;
   if (decoded->return_statistics) {
     for (v1::Tensor* t : {response->mutable_mean(), response->mutable_rstd()}) {
       shape_into(decoded->stats_shape, t);
@@ -111,10 +101,39 @@ void NormalizationServiceImpl::Start(
       t->mutable_data()->resize(static_cast<size_t>(decoded->rows) *
                                 sizeof(float));
     }
-    mean = reinterpret_cast<float*>(
+    buffers.mean = reinterpret_cast<float*>(
         response->mutable_mean()->mutable_data()->data());
-    rstd = reinterpret_cast<float*>(
+    buffers.rstd = reinterpret_cast<float*>(
         response->mutable_rstd()->mutable_data()->data());
+  }
+  const absl::Status submitted =
+      Submit(std::move(decoded), buffers, arrival, deadline,
+             std::move(is_cancelled), finish);
+  if (!submitted.ok()) {
+    response->Clear();
+    finish(submitted);
+  }
+}
+
+size_t NormalizationServiceImpl::InputBytes(const DecodedRequest& decoded) {
+  return static_cast<size_t>(decoded.elements) * DTypeSize(decoded.input_dtype);
+}
+
+size_t NormalizationServiceImpl::OutputBytes(const DecodedRequest& decoded) {
+  return static_cast<size_t>(decoded.elements) *
+         DTypeSize(decoded.output_dtype);
+}
+
+absl::Status NormalizationServiceImpl::Submit(
+    std::shared_ptr<DecodedRequest> decoded, const OutputBuffers& buffers,
+    absl::Time arrival, absl::Time deadline, std::function<bool()> is_cancelled,
+    std::function<void(const absl::Status&)> finish) {
+  const int64_t bytes_in = static_cast<int64_t>(InputBytes(*decoded));
+  const int64_t request_bytes =
+      decoded->residual != nullptr ? 2 * bytes_in : bytes_in;
+  int64_t bytes_out = static_cast<int64_t>(OutputBytes(*decoded));
+  if (buffers.sum != nullptr) bytes_out += bytes_in;
+  if (buffers.mean != nullptr) {
     bytes_out += 2 * decoded->rows * static_cast<int64_t>(sizeof(float));
   }
 
@@ -129,19 +148,20 @@ void NormalizationServiceImpl::Start(
   seg.input_dtype = decoded->input_dtype;
   seg.output_dtype = decoded->output_dtype;
   seg.input = decoded->input;
-  seg.output = output;
+  seg.output = buffers.output;
   seg.rows = decoded->rows;
   seg.residual = decoded->residual;
-  seg.sum_output = sum_output;
-  seg.mean = mean;
-  seg.rstd = rstd;
+  seg.sum_output = buffers.sum;
+  seg.mean = buffers.mean;
+  seg.rstd = buffers.rstd;
   if (decoded->input_dtype == DType::kInt8) {
     seg.int8 = &decoded->int8;
     seg.int8_float_path = decoded->int8_float_path;
   }
   Metrics* metrics = metrics_;
-  job->done = [metrics, decoded, finish, arrival, request_bytes, bytes_out](
-                  const absl::Status& status, const JobTimings& timings) {
+  job->done = [metrics, decoded, finish = std::move(finish), arrival,
+               request_bytes, bytes_out](const absl::Status& status,
+                                         const JobTimings& timings) {
     if (status.ok()) {
       metrics->RequestDone(
           decoded->model->name, DeviceLabel(static_cast<int>(decoded->device)),
@@ -152,11 +172,8 @@ void NormalizationServiceImpl::Start(
   };
   metrics_->InFlightAdd(1);
   const absl::Status submitted = batcher_->Submit(std::move(job));
-  if (!submitted.ok()) {
-    metrics_->InFlightAdd(-1);
-    response->Clear();
-    finish(submitted);
-  }
+  if (!submitted.ok()) metrics_->InFlightAdd(-1);
+  return submitted;
 }
 
 void NormalizationServiceImpl::CallStarted() {
@@ -203,14 +220,14 @@ grpc::ServerUnaryReactor* NormalizationServiceImpl::Normalize(
     grpc::CallbackServerContext* context, const v1::NormalizeRequest* request,
     v1::NormalizeResponse* response) {
   grpc::ServerUnaryReactor* reactor = new UnaryReactor(this);
-  metrics_->RpcStarted("Normalize", kUnary);
+  metrics_->RpcStarted(Metrics::kNativeService, "Normalize", kUnary);
   const absl::Time start = absl::Now();
   Metrics* metrics = metrics_;
   Start(
       *request, response, ContextDeadline(context),
       [context] { return context->IsCancelled(); },
       [reactor, metrics, start](const absl::Status& status) {
-        metrics->RpcHandled("Normalize", kUnary,
+        metrics->RpcHandled(Metrics::kNativeService, "Normalize", kUnary,
                             static_cast<int>(status.code()),
                             absl::Now() - start);
         reactor->Finish(ToGrpcStatus(status));
@@ -221,7 +238,7 @@ grpc::ServerUnaryReactor* NormalizationServiceImpl::Normalize(
 grpc::ServerUnaryReactor* NormalizationServiceImpl::ListModels(
     grpc::CallbackServerContext* context, const v1::ListModelsRequest*,
     v1::ListModelsResponse* response) {
-  metrics_->RpcStarted("ListModels", kUnary);
+  metrics_->RpcStarted(Metrics::kNativeService, "ListModels", kUnary);
   const absl::Time start = absl::Now();
   for (const Model* m : models_->models()) {
     v1::ModelInfo* info = response->add_models();
@@ -237,7 +254,8 @@ grpc::ServerUnaryReactor* NormalizationServiceImpl::ListModels(
     info->set_allows_request_params(m->allow_request_params);
   }
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  metrics_->RpcHandled("ListModels", kUnary, 0, absl::Now() - start);
+  metrics_->RpcHandled(Metrics::kNativeService, "ListModels", kUnary, 0,
+                       absl::Now() - start);
   reactor->Finish(grpc::Status::OK);
   return reactor;
 }
@@ -256,7 +274,8 @@ class StreamReactor final
                 grpc::CallbackServerContext* context)
       : service_(service), context_(context), start_(absl::Now()) {
     service_->CallStarted();
-    service_->metrics()->RpcStarted("NormalizeStream", kBidi);
+    service_->metrics()->RpcStarted(Metrics::kNativeService, "NormalizeStream",
+                                    kBidi);
     StartRead(&incoming_);
   }
 
@@ -311,7 +330,7 @@ class StreamReactor final
 
   void OnDone() override {
     service_->metrics()->RpcHandled(
-        "NormalizeStream", kBidi,
+        Metrics::kNativeService, "NormalizeStream", kBidi,
         context_->IsCancelled() ? static_cast<int>(grpc::StatusCode::CANCELLED)
                                 : 0,
         absl::Now() - start_);

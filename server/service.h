@@ -12,6 +12,7 @@
 
 #include <atomic>
 #include <functional>
+#include <memory>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
@@ -67,6 +68,32 @@ class NormalizationServiceImpl final
              std::function<bool()> is_cancelled,
              std::function<void(const absl::Status&)> finish);
 
+  // Where the kernel writes one request's results: buffers inside the
+  // response message, sized by the caller after decoding. Null: not asked.
+  struct OutputBuffers {
+    void* output = nullptr;
+    void* sum = nullptr;
+    float* mean = nullptr;
+    float* rstd = nullptr;
+  };
+
+  // Queues a decoded request whose output buffers are ready (the common
+  // tail of every protocol's handler). On OK, `finish` is called exactly
+  // once from a batcher worker; on error (queue full, stopping) it is not
+  // called and the caller reports the returned status.
+  absl::Status Submit(std::shared_ptr<DecodedRequest> decoded,
+                      const OutputBuffers& buffers, absl::Time arrival,
+                      absl::Time deadline, std::function<bool()> is_cancelled,
+                      std::function<void(const absl::Status&)> finish);
+
+  // Byte sizes of a decoded request's input and output tensors.
+  static size_t InputBytes(const DecodedRequest& decoded);
+  static size_t OutputBytes(const DecodedRequest& decoded);
+
+  bool draining() const { return draining_.load(); }
+  const ModelRegistry& models() const { return *models_; }
+  const ValidationLimits& limits() const { return options_.limits; }
+  const DeviceAvailability& devices() const { return options_.devices; }
   Metrics* metrics() { return metrics_; }
 
   // Calls this service has started and gRPC has not yet reported done.

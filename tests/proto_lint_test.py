@@ -12,6 +12,10 @@ matter for a wire API (buf itself is not packaged for Debian):
   RPC_REQUEST_RESPONSE_UNIQUE: rpc Foo takes FooRequest, returns FooResponse,
   and no message serves two RPCs.
 
+proto/inference/ is exempt: it is the Open Inference Protocol's own wire
+contract (package `inference`, Triton's names and field numbers), which
+clients depend on byte for byte and which we do not get to restyle.
+
 Usage: proto_lint_test.py PROTO_ROOT
 """
 import os
@@ -25,6 +29,7 @@ from google.protobuf import descriptor_pb2
 PASCAL = re.compile(r"^[A-Z][A-Za-z0-9]*$")
 LOWER_SNAKE = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
 UPPER_SNAKE = re.compile(r"^[A-Z][A-Z0-9]*(_[A-Z0-9]+)*$")
+EXEMPT = ("inference/",)
 VERSION = re.compile(r"^v\d+((alpha|beta)\d+)?$")
 
 
@@ -46,6 +51,8 @@ def lint(root):
     used = {}
     for f in fds.file:
         where = f.name
+        if f.name.startswith(EXEMPT):
+            continue
         if os.path.dirname(f.name) != f.package.replace(".", "/"):
             errors.append(f"{where}: package {f.package} is not in directory "
                           f"{f.package.replace('.', '/')}")
