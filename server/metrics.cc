@@ -1,6 +1,7 @@
 #include "server/metrics.h"
 
 #include <exception>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "server/model_registry.h"
@@ -168,7 +169,28 @@ Metrics::StageMetrics* Metrics::Stage(const std::string& model,
   s.batch_requests = &batch_requests_->Add(labels, PowersOfTwo(12));
   s.bytes_in = &bytes_in_->Add({{"model", model}});
   s.bytes_out = &bytes_out_->Add({{"model", model}});
+  stage_models_.emplace(key, model);
   return &stages_.emplace(key, s).first->second;
+}
+
+Metrics::ModelTotals Metrics::Totals(const std::string& model) {
+  const auto count_and_sum = [](prometheus::Histogram* h) {
+    const prometheus::ClientMetric::Histogram c = h->Collect().histogram;
+    return std::make_pair(c.sample_count, c.sample_sum);
+  };
+  ModelTotals t;
+  MutexLock lock(&mu_);
+  for (const auto& [key, stage] : stages_) {
+    if (stage_models_.at(key) != model) continue;
+    const auto [requests, latency] = count_and_sum(stage.latency);
+    t.requests += requests;
+    t.latency_seconds += latency;
+    t.queue_seconds += count_and_sum(stage.queue_wait).second;
+    const auto [batches, compute] = count_and_sum(stage.compute);
+    t.batches += batches;
+    t.compute_seconds += compute;
+  }
+  return t;
 }
 
 void Metrics::RequestDone(const std::string& model, const char* device,

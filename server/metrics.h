@@ -70,6 +70,18 @@ class Metrics : public BatchObserver {
   void OnBatch(const BatchKey& key, int64_t rows, int64_t jobs,
                absl::Duration compute) override;
 
+  // Running totals for one model, all devices together (what OIP's
+  // ModelStatistics reports): requests computed and their end-to-end and
+  // queue time, batches run and their compute time.
+  struct ModelTotals {
+    uint64_t requests = 0;
+    double latency_seconds = 0;
+    double queue_seconds = 0;
+    uint64_t batches = 0;
+    double compute_seconds = 0;
+  };
+  ModelTotals Totals(const std::string& model);
+
   prometheus::Registry& registry() { return *registry_; }
 
   // ---- Implementation details follow; API users need not read. ----
@@ -104,6 +116,9 @@ class Metrics : public BatchObserver {
   Mutex mu_;
   // Node map: callers keep pointers to values past the lock.
   absl::node_hash_map<std::string, StageMetrics> stages_ ABSL_GUARDED_BY(mu_);
+  // The model of each stages_ entry.
+  absl::node_hash_map<std::string, std::string> stage_models_
+      ABSL_GUARDED_BY(mu_);
 };
 
 // The device label for a DeviceKind value.

@@ -13,6 +13,7 @@
 #include "server/internal/mutex.h"
 #include "server/internal/status_macros.h"
 #include "server/metrics.h"
+#include "server/oip_service.h"
 #include "server/service.h"
 
 namespace normserve {
@@ -24,6 +25,7 @@ struct NormServer::State {
   std::unique_ptr<Backend> backend;
   std::unique_ptr<Batcher> batcher;
   std::unique_ptr<NormalizationServiceImpl> service;
+  std::unique_ptr<InferenceServiceImpl> oip_service;
   std::unique_ptr<grpc::Server> server;
   int grpc_port = 0;
   Mutex mu;
@@ -124,6 +126,9 @@ absl::StatusOr<std::unique_ptr<NormServer>> NormServer::Create(
   builder.SetMaxReceiveMessageSize(options.max_message_bytes);
   builder.SetMaxSendMessageSize(options.max_message_bytes);
   builder.RegisterService(s->service.get());
+  // The Open Inference Protocol on the same port, through the same path.
+  s->oip_service = std::make_unique<InferenceServiceImpl>(s->service.get());
+  builder.RegisterService(s->oip_service.get());
   s->server = builder.BuildAndStart();
   if (s->server == nullptr || s->grpc_port == 0) {
     return absl::UnavailableError(absl::StrCat(

@@ -1,19 +1,20 @@
 #include "server/service.h"
 
-#include <deque>
 #include <memory>
 #include <string>
 #include <utility>
 
 #include "absl/time/clock.h"
+#include "server/internal/stream_reactor.h"
 
 namespace normserve {
 namespace {
 
 constexpr char kUnary[] = "unary";
-constexpr char kBidi[] = "bidi_stream";
 
-absl::Time ContextDeadline(const grpc::CallbackServerContext* context) {
+}  // namespace
+
+absl::Time CallDeadline(const grpc::CallbackServerContext* context) {
   const auto deadline = context->deadline();
   // gRPC reports "no deadline" as a time point far in the future.
   if (deadline >= std::chrono::system_clock::time_point::max() -
@@ -22,6 +23,8 @@ absl::Time ContextDeadline(const grpc::CallbackServerContext* context) {
   }
   return absl::FromChrono(deadline);
 }
+
+namespace {
 
 v1::Device DeviceEnum(DeviceKind d) {
   return d == DeviceKind::kCuda ? v1::DEVICE_CUDA : v1::DEVICE_CPU;
@@ -216,15 +219,19 @@ class UnaryReactor final : public grpc::ServerUnaryReactor {
 
 }  // namespace
 
+grpc::ServerUnaryReactor* NormalizationServiceImpl::NewUnaryReactor() {
+  return new UnaryReactor(this);
+}
+
 grpc::ServerUnaryReactor* NormalizationServiceImpl::Normalize(
     grpc::CallbackServerContext* context, const v1::NormalizeRequest* request,
     v1::NormalizeResponse* response) {
-  grpc::ServerUnaryReactor* reactor = new UnaryReactor(this);
+  grpc::ServerUnaryReactor* reactor = NewUnaryReactor();
   metrics_->RpcStarted(Metrics::kNativeService, "Normalize", kUnary);
   const absl::Time start = absl::Now();
   Metrics* metrics = metrics_;
   Start(
-      *request, response, ContextDeadline(context),
+      *request, response, CallDeadline(context),
       [context] { return context->IsCancelled(); },
       [reactor, metrics, start](const absl::Status& status) {
         metrics->RpcHandled(Metrics::kNativeService, "Normalize", kUnary,
@@ -260,146 +267,31 @@ grpc::ServerUnaryReactor* NormalizationServiceImpl::ListModels(
   return reactor;
 }
 
-namespace {
-
-// One bidirectional stream. Each request message becomes a Start() call; its
-// answer is queued for writing (one write in flight at a time, as gRPC
-// requires). The stream finishes once the client has half-closed, every
-// started request has answered and the write queue is empty.
-class StreamReactor final
-    : public grpc::ServerBidiReactor<v1::NormalizeStreamRequest,
-                                     v1::NormalizeStreamResponse> {
- public:
-  StreamReactor(NormalizationServiceImpl* service,
-                grpc::CallbackServerContext* context)
-      : service_(service), context_(context), start_(absl::Now()) {
-    service_->CallStarted();
-    service_->metrics()->RpcStarted(Metrics::kNativeService, "NormalizeStream",
-                                    kBidi);
-    StartRead(&incoming_);
-  }
-
-  void OnReadDone(bool ok) override {
-    if (!ok) {
-      bool finish;
-      {
-        MutexLock lock(&mu_);
-        reads_done_ = true;
-        finish = ShouldFinish();
-      }
-      if (finish) Finish(grpc::Status::OK);
-      return;
-    }
-    auto item = std::make_shared<Item>();
-    item->request = std::move(incoming_);
-    {
-      MutexLock lock(&mu_);
-      ++pending_;
-    }
-    grpc::CallbackServerContext* context = context_;
-    service_->Start(
-        item->request.request(), item->answer.mutable_response(),
-        ContextDeadline(context_), [context] { return context->IsCancelled(); },
-        [this, item](const absl::Status& status) { Answer(item, status); });
-    incoming_.Clear();
-    StartRead(&incoming_);
-  }
-
-  void OnWriteDone(bool ok) override {
-    std::shared_ptr<Item> next;
-    bool finish;
-    {
-      MutexLock lock(&mu_);
-      writes_.pop_front();
-      --pending_;
-      if (!ok) broken_ = true;
-      if (broken_) {
-        pending_ -= static_cast<int64_t>(writes_.size());
-        writes_.clear();
-      }
-      if (!writes_.empty()) {
-        next = writes_.front();
-      } else {
-        writing_ = false;
-      }
-      finish = ShouldFinish();
-    }
-    if (next != nullptr) StartWrite(&next->answer);
-    if (finish) Finish(grpc::Status::OK);
-  }
-
-  void OnDone() override {
-    service_->metrics()->RpcHandled(
-        Metrics::kNativeService, "NormalizeStream", kBidi,
-        context_->IsCancelled() ? static_cast<int>(grpc::StatusCode::CANCELLED)
-                                : 0,
-        absl::Now() - start_);
-    service_->CallDone();
-    delete this;
-  }
-
- private:
-  struct Item {
-    v1::NormalizeStreamRequest request;
-    v1::NormalizeStreamResponse answer;
-  };
-
-  void Answer(const std::shared_ptr<Item>& item, const absl::Status& status) {
-    v1::NormalizeStreamResponse& a = item->answer;
-    a.set_request_id(item->request.request().request_id());
-    if (!status.ok()) {
-      a.clear_response();
-      a.set_status_code(static_cast<int>(status.code()));
-      a.set_status_message(std::string(status.message()));
-    }
-    bool start_write = false;
-    bool finish = false;
-    {
-      MutexLock lock(&mu_);
-      if (broken_) {
-        --pending_;
-        finish = ShouldFinish();
-      } else {
-        writes_.push_back(item);
-        if (!writing_) {
-          writing_ = true;
-          start_write = true;
-        }
-      }
-    }
-    if (start_write) StartWrite(&item->answer);
-    if (finish) Finish(grpc::Status::OK);
-  }
-
-  // True exactly once: when nothing is left to read, compute or write.
-  bool ShouldFinish() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    if (finished_ || !reads_done_ || pending_ > 0 || writing_) return false;
-    finished_ = true;
-    return true;
-  }
-
-  NormalizationServiceImpl* const service_;
-  grpc::CallbackServerContext* const context_;
-  const absl::Time start_;
-  v1::NormalizeStreamRequest incoming_;  // Owned by the read in flight.
-
-  Mutex mu_;
-  // Requests started and not yet written (or dropped).
-  int64_t pending_ ABSL_GUARDED_BY(mu_) = 0;
-  std::deque<std::shared_ptr<Item>> writes_ ABSL_GUARDED_BY(mu_);
-  bool writing_ ABSL_GUARDED_BY(mu_) = false;
-  bool reads_done_ ABSL_GUARDED_BY(mu_) = false;
-  bool broken_ ABSL_GUARDED_BY(mu_) = false;
-  bool finished_ ABSL_GUARDED_BY(mu_) = false;
-};
-
-}  // namespace
-
 grpc::ServerBidiReactor<v1::NormalizeStreamRequest,
                         v1::NormalizeStreamResponse>*
 NormalizationServiceImpl::NormalizeStream(
     grpc::CallbackServerContext* context) {
-  return new StreamReactor(this, context);
+  using Reactor = internal::StreamReactor<v1::NormalizeStreamRequest,
+                                          v1::NormalizeStreamResponse>;
+  return new Reactor(
+      this, context, Metrics::kNativeService, "NormalizeStream",
+      [this](grpc::CallbackServerContext* context,
+             const std::shared_ptr<Reactor::Item>& item,
+             std::function<void()> done) {
+        Start(
+            item->request.request(), item->answer.mutable_response(),
+            CallDeadline(context), [context] { return context->IsCancelled(); },
+            [item, done = std::move(done)](const absl::Status& status) {
+              v1::NormalizeStreamResponse& a = item->answer;
+              a.set_request_id(item->request.request().request_id());
+              if (!status.ok()) {
+                a.clear_response();
+                a.set_status_code(static_cast<int>(status.code()));
+                a.set_status_message(std::string(status.message()));
+              }
+              done();
+            });
+      });
 }
 
 }  // namespace normserve

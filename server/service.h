@@ -30,6 +30,9 @@ namespace normserve {
 // The one mapping from internal status to gRPC status.
 grpc::Status ToGrpcStatus(const absl::Status& status);
 
+// A call's deadline (InfiniteFuture when the client set none).
+absl::Time CallDeadline(const grpc::CallbackServerContext* context);
+
 class NormalizationServiceImpl final
     : public v1::NormalizationService::CallbackService {
  public:
@@ -95,6 +98,10 @@ class NormalizationServiceImpl final
   const ValidationLimits& limits() const { return options_.limits; }
   const DeviceAvailability& devices() const { return options_.devices; }
   Metrics* metrics() { return metrics_; }
+
+  // A unary reactor that counts as an open call until gRPC is done with it
+  // (so that a drain waits for its answer to reach the wire).
+  grpc::ServerUnaryReactor* NewUnaryReactor();
 
   // Calls this service has started and gRPC has not yet reported done.
   void CallStarted();

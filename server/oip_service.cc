@@ -1,0 +1,294 @@
+#include "server/oip_service.h"
+
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "server/internal/stream_reactor.h"
+#include "server/oip_translate.h"
+
+#ifndef NORMSERVE_VERSION
+#define NORMSERVE_VERSION "unknown"
+#endif
+
+namespace normserve {
+namespace {
+
+using inference::ModelInferRequest;
+using inference::ModelInferResponse;
+using inference::ModelStreamInferResponse;
+
+constexpr char kUnary[] = "unary";
+
+// What one inference keeps alive until it is answered.
+struct InferCall {
+  OipRequest oip;
+  // Scratch for what the kernel writes but the client did not ask for:
+  // the normalized tensor, or one of mean/rstd.
+  std::string unrequested_output;
+  std::vector<float> unrequested_stats;
+};
+
+absl::Status UnknownModel(const std::string& name) {
+  return absl::NotFoundError(
+      absl::StrCat("name = '", name, "': no such model (see ModelMetadata)"));
+}
+
+}  // namespace
+
+InferenceServiceImpl::InferenceServiceImpl(NormalizationServiceImpl* native)
+    : native_(native) {}
+
+grpc::ServerUnaryReactor* InferenceServiceImpl::Answer(
+    grpc::CallbackServerContext* context, const char* method,
+    const absl::Status& status) {
+  Metrics* metrics = native_->metrics();
+  metrics->RpcStarted(Metrics::kOipService, method, kUnary);
+  metrics->RpcHandled(Metrics::kOipService, method, kUnary,
+                      static_cast<int>(status.code()), absl::ZeroDuration());
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(ToGrpcStatus(status));
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* InferenceServiceImpl::ServerLive(
+    grpc::CallbackServerContext* context, const inference::ServerLiveRequest*,
+    inference::ServerLiveResponse* response) {
+  response->set_live(true);
+  return Answer(context, "ServerLive", absl::OkStatus());
+}
+
+grpc::ServerUnaryReactor* InferenceServiceImpl::ServerReady(
+    grpc::CallbackServerContext* context, const inference::ServerReadyRequest*,
+    inference::ServerReadyResponse* response) {
+  response->set_ready(!native_->draining());
+  return Answer(context, "ServerReady", absl::OkStatus());
+}
+
+grpc::ServerUnaryReactor* InferenceServiceImpl::ModelReady(
+    grpc::CallbackServerContext* context,
+    const inference::ModelReadyRequest* request,
+    inference::ModelReadyResponse* response) {
+  const bool version_ok =
+      request->version().empty() || request->version() == kOipModelVersion;
+  response->set_ready(!native_->draining() && version_ok &&
+                      native_->models().Find(request->name()) != nullptr);
+  return Answer(context, "ModelReady", absl::OkStatus());
+}
+
+grpc::ServerUnaryReactor* InferenceServiceImpl::ServerMetadata(
+    grpc::CallbackServerContext* context,
+    const inference::ServerMetadataRequest*,
+    inference::ServerMetadataResponse* response) {
+  response->set_name("normserve");
+  response->set_version(NORMSERVE_VERSION);
+  for (const char* extension :
+       {"model_configuration", "statistics", "parameters"}) {
+    response->add_extensions(extension);
+  }
+  return Answer(context, "ServerMetadata", absl::OkStatus());
+}
+
+grpc::ServerUnaryReactor* InferenceServiceImpl::ModelMetadata(
+    grpc::CallbackServerContext* context,
+    const inference::ModelMetadataRequest* request,
+    inference::ModelMetadataResponse* response) {
+  const Model* model = native_->models().Find(request->name());
+  if (model == nullptr) {
+    return Answer(context, "ModelMetadata", UnknownModel(request->name()));
+  }
+  FillModelMetadata(*model, response);
+  return Answer(context, "ModelMetadata", absl::OkStatus());
+}
+
+grpc::ServerUnaryReactor* InferenceServiceImpl::ModelConfig(
+    grpc::CallbackServerContext* context,
+    const inference::ModelConfigRequest* request,
+    inference::ModelConfigResponse* response) {
+  const Model* model = native_->models().Find(request->name());
+  if (model == nullptr) {
+    return Answer(context, "ModelConfig", UnknownModel(request->name()));
+  }
+  FillModelConfig(*model, response->mutable_config());
+  return Answer(context, "ModelConfig", absl::OkStatus());
+}
+
+grpc::ServerUnaryReactor* InferenceServiceImpl::ModelStatistics(
+    grpc::CallbackServerContext* context,
+    const inference::ModelStatisticsRequest* request,
+    inference::ModelStatisticsResponse* response) {
+  std::vector<const Model*> models;
+  if (request->name().empty()) {
+    models = native_->models().models();
+  } else if (const Model* m = native_->models().Find(request->name())) {
+    models.push_back(m);
+  } else {
+    return Answer(context, "ModelStatistics", UnknownModel(request->name()));
+  }
+  const auto nanos = [](double seconds) {
+    return static_cast<uint64_t>(seconds * 1e9);
+  };
+  for (const Model* m : models) {
+    const Metrics::ModelTotals t = native_->metrics()->Totals(m->name);
+    inference::ModelStatistics* s = response->add_model_stats();
+    s->set_name(m->name);
+    s->set_version(kOipModelVersion);
+    s->set_inference_count(t.requests);
+    s->set_execution_count(t.batches);
+    inference::InferStatistics* i = s->mutable_inference_stats();
+    i->mutable_success()->set_count(t.requests);
+    i->mutable_success()->set_ns(nanos(t.latency_seconds));
+    i->mutable_queue()->set_count(t.requests);
+    i->mutable_queue()->set_ns(nanos(t.queue_seconds));
+    i->mutable_compute_infer()->set_count(t.batches);
+    i->mutable_compute_infer()->set_ns(nanos(t.compute_seconds));
+  }
+  return Answer(context, "ModelStatistics", absl::OkStatus());
+}
+
+void InferenceServiceImpl::StartInfer(
+    const ModelInferRequest& request, ModelInferResponse* response,
+    absl::Time deadline, std::function<bool()> is_cancelled,
+    std::function<void(const absl::Status&)> finish) {
+  const absl::Time arrival = absl::Now();
+  if (native_->draining()) {
+    finish(absl::UnavailableError("server is shutting down"));
+    return;
+  }
+  auto call = std::make_shared<InferCall>();
+  if (absl::Status s = TranslateInferRequest(request, &call->oip); !s.ok()) {
+    finish(s);
+    return;
+  }
+  auto decoded_or =
+      DecodeRequest(call->oip.native, native_->models(), native_->limits(),
+                    native_->devices(), &call->oip.payloads);
+  if (!decoded_or.ok()) {
+    finish(decoded_or.status());
+    return;
+  }
+  std::shared_ptr<DecodedRequest> decoded = std::move(decoded_or).value();
+  const DecodedRequest& d = *decoded;
+
+  response->set_model_name(d.model->name);
+  response->set_model_version(kOipModelVersion);
+  response->set_id(request.id());
+  // Answer in kind: typed contents only when the request was typed and
+  // every output is FP32 (FP16/BF16/INT8 must travel raw, and the
+  // specification does not allow mixing).
+  bool typed = call->oip.typed;
+  for (const std::string& name : call->oip.outputs) {
+    if (name == "output" && d.output_dtype != DType::kFloat32) typed = false;
+    if (name == "residual_sum" && d.input_dtype != DType::kFloat32) {
+      typed = false;
+    }
+  }
+  // Output buffers are sized here, after validation; the kernel writes
+  // straight into them.
+  NormalizationServiceImpl::OutputBuffers buffers;
+  const auto add = [&](const std::string& name, DType dtype,
+                       const std::vector<int64_t>& shape,
+                       int64_t elements) -> void* {
+    ModelInferResponse::InferOutputTensor* t = response->add_outputs();
+    t->set_name(name);
+    t->set_datatype(OipDatatype(dtype));
+    t->mutable_shape()->Assign(shape.begin(), shape.end());
+    if (typed) {
+      auto* values = t->mutable_contents()->mutable_fp32_contents();
+      values->Resize(static_cast<int>(elements), 0.0f);
+      return values->mutable_data();
+    }
+    std::string* raw = response->add_raw_output_contents();
+    raw->resize(static_cast<size_t>(elements) * DTypeSize(dtype));
+    return raw->data();
+  };
+  for (const std::string& name : call->oip.outputs) {
+    if (name == "output") {
+      buffers.output = add(name, d.output_dtype, d.shape, d.elements);
+      if (d.output_dtype == DType::kInt8) {
+        auto* params = response->mutable_outputs(response->outputs_size() - 1)
+                           ->mutable_parameters();
+        (*params)["scale"].set_double_param(d.int8.affine->output_scale);
+        (*params)["zero_point"].set_int64_param(
+            d.int8.affine->output_zero_point);
+      }
+    } else if (name == "residual_sum") {
+      buffers.sum = add(name, d.input_dtype, d.shape, d.elements);
+    } else {
+      float* stats = static_cast<float*>(
+          add(name, DType::kFloat32, d.stats_shape, d.rows));
+      (name == "mean" ? buffers.mean : buffers.rstd) = stats;
+    }
+  }
+  if (buffers.output == nullptr) {
+    // The kernel always writes the normalized tensor; when it was not
+    // asked for it lands in scratch space.
+    call->unrequested_output.resize(NormalizationServiceImpl::OutputBytes(d));
+    buffers.output = call->unrequested_output.data();
+  }
+  if (d.return_statistics &&
+      (buffers.mean == nullptr || buffers.rstd == nullptr)) {
+    call->unrequested_stats.resize(static_cast<size_t>(d.rows));
+    (buffers.mean == nullptr ? buffers.mean : buffers.rstd) =
+        call->unrequested_stats.data();
+  }
+  const absl::Status submitted = native_->Submit(
+      std::move(decoded), buffers, arrival, deadline, std::move(is_cancelled),
+      [call, finish](const absl::Status& status) { finish(status); });
+  if (!submitted.ok()) {
+    response->Clear();
+    finish(submitted);
+  }
+}
+
+grpc::ServerUnaryReactor* InferenceServiceImpl::ModelInfer(
+    grpc::CallbackServerContext* context, const ModelInferRequest* request,
+    ModelInferResponse* response) {
+  grpc::ServerUnaryReactor* reactor = native_->NewUnaryReactor();
+  Metrics* metrics = native_->metrics();
+  metrics->RpcStarted(Metrics::kOipService, "ModelInfer", kUnary);
+  const absl::Time start = absl::Now();
+  StartInfer(
+      *request, response, CallDeadline(context),
+      [context] { return context->IsCancelled(); },
+      [reactor, metrics, start](const absl::Status& status) {
+        metrics->RpcHandled(Metrics::kOipService, "ModelInfer", kUnary,
+                            static_cast<int>(status.code()),
+                            absl::Now() - start);
+        reactor->Finish(ToGrpcStatus(status));
+      });
+  return reactor;
+}
+
+grpc::ServerBidiReactor<ModelInferRequest, ModelStreamInferResponse>*
+InferenceServiceImpl::ModelStreamInfer(grpc::CallbackServerContext* context) {
+  using Reactor =
+      internal::StreamReactor<ModelInferRequest, ModelStreamInferResponse>;
+  return new Reactor(
+      native_, context, Metrics::kOipService, "ModelStreamInfer",
+      [this](grpc::CallbackServerContext* context,
+             const std::shared_ptr<Reactor::Item>& item,
+             std::function<void()> done) {
+        StartInfer(
+            item->request, item->answer.mutable_infer_response(),
+            CallDeadline(context), [context] { return context->IsCancelled(); },
+            [item, done = std::move(done)](const absl::Status& status) {
+              if (!status.ok()) {
+                // The stream carries no status per message: the error
+                // travels as text, with the request's id for matching.
+                ModelStreamInferResponse& a = item->answer;
+                a.mutable_infer_response()->Clear();
+                a.mutable_infer_response()->set_id(item->request.id());
+                a.set_error_message(
+                    absl::StrCat(absl::StatusCodeToString(status.code()), ": ",
+                                 status.message()));
+              }
+              done();
+            });
+      });
+}
+
+}  // namespace normserve
