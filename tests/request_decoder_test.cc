@@ -9,45 +9,16 @@
 
 #include "gtest/gtest.h"
 #include "kernels/dtype.h"
+#include "tests/bad_requests.h"
 
 namespace normserve {
 namespace {
 
-std::unique_ptr<ModelRegistry> Registry() {
-  auto r = ModelRegistry::CreateFromText(R"pb(
-                                           models {
-                                             name: "fixed"
-                                             normalized_shape: [ 2, 2 ]
-                                             gamma { values: [ 1, 2, 3, 4 ] }
-                                           }
-                                         )pb",
-                                         "", {});
-  EXPECT_TRUE(r.ok()) << r.status();
-  return *std::move(r);
-}
-
-void SetFloats(v1::Tensor* t, std::vector<int64_t> shape) {
-  int64_t n = 1;
-  for (int64_t d : shape) n *= d;
-  t->mutable_shape()->Assign(shape.begin(), shape.end());
-  t->set_dtype(v1::DATA_TYPE_FLOAT32);
-  std::vector<float> v(static_cast<size_t>(n), 1.5f);
-  t->set_data(reinterpret_cast<const char*>(v.data()),
-              v.size() * sizeof(float));
-}
-
-v1::NormalizeRequest Valid() {
-  v1::NormalizeRequest r;
-  SetFloats(r.mutable_input(), {3, 4});
-  return r;
-}
-
-struct Case {
-  const char* name;
-  std::function<void(v1::NormalizeRequest*)> mutate;
-  absl::StatusCode code;
-  const char* message_part;
-};
+using testing::BadRequestCase;
+using testing::BadRequestCases;
+using testing::Registry;
+using testing::SetFloats;
+using testing::Valid;
 
 TEST(RequestDecoderTest, ValidRequestDecodes) {
   auto models = Registry();
@@ -126,190 +97,8 @@ TEST(RequestDecoderTest, SameParametersShareAQueueAndDifferentOnesDoNot) {
 }
 
 TEST(RequestDecoderTest, EveryMalformedRequestGetsItsStatusAndField) {
-  using C = absl::StatusCode;
-  const float kNan = std::numeric_limits<float>::quiet_NaN();
-  const std::vector<Case> cases = {
-      {"unknown model", [](auto* r) { r->set_model("nope"); }, C::kNotFound,
-       "model = 'nope'"},
-      {"missing input", [](auto* r) { r->clear_input(); }, C::kInvalidArgument,
-       "input: required"},
-      {"dtype unset",
-       [](auto* r) {
-         r->mutable_input()->set_dtype(v1::DATA_TYPE_UNSPECIFIED);
-       },
-       C::kInvalidArgument,
-       "input.dtype = DATA_TYPE_UNSPECIFIED: expected DATA_TYPE_FLOAT32, "
-       "DATA_TYPE_FLOAT16, "
-       "DATA_TYPE_BFLOAT16 or DATA_TYPE_INT8"},
-      {"int8 without scale",
-       [](auto* r) {
-         r->mutable_input()->set_dtype(v1::DATA_TYPE_INT8);
-         r->mutable_input()->mutable_data()->resize(12);
-       },
-       C::kInvalidArgument,
-       "input.scale = 0: DATA_TYPE_INT8 tensors need a finite scale > 0"},
-      {"int8 zero point out of range",
-       [](auto* r) {
-         r->mutable_input()->set_dtype(v1::DATA_TYPE_INT8);
-         r->mutable_input()->mutable_data()->resize(12);
-         r->mutable_input()->set_scale(0.1f);
-         r->mutable_input()->set_zero_point(200);
-       },
-       C::kInvalidArgument, "input.zero_point = 200: expected -128 to 127"},
-      {"int8 rms norm",
-       [](auto* r) {
-         r->mutable_input()->set_dtype(v1::DATA_TYPE_INT8);
-         r->mutable_input()->mutable_data()->resize(12);
-         r->mutable_input()->set_scale(0.1f);
-         r->set_kind(v1::NORM_KIND_RMS_NORM);
-       },
-       C::kInvalidArgument, "INT8 inputs support NORM_KIND_LAYER_NORM only"},
-      {"int8 output scale",
-       [](auto* r) {
-         r->mutable_input()->set_dtype(v1::DATA_TYPE_INT8);
-         r->mutable_input()->mutable_data()->resize(12);
-         r->mutable_input()->set_scale(0.1f);
-         r->set_output_scale(-1);
-       },
-       C::kInvalidArgument, "output_scale = -1: expected a finite value > 0"},
-      // Found by fuzz_request_decoder: a denormal output scale made the float
-      // path quantize NaN (undefined conversion) and the folded multipliers
-      // overflow int32.
-      {"int8 output scale too small",
-       [](auto* r) {
-         r->mutable_input()->set_dtype(v1::DATA_TYPE_INT8);
-         r->mutable_input()->mutable_data()->resize(12);
-         r->mutable_input()->set_scale(0.1f);
-         r->set_output_scale(1e-42f);
-       },
-       C::kInvalidArgument,
-       ": expected a normal float with max|gamma| / output_scale below 2^40"},
-      {"int8 output to float",
-       [](auto* r) {
-         r->mutable_input()->set_dtype(v1::DATA_TYPE_INT8);
-         r->mutable_input()->mutable_data()->resize(12);
-         r->mutable_input()->set_scale(0.1f);
-         r->set_output_dtype(v1::DATA_TYPE_FLOAT32);
-       },
-       C::kInvalidArgument, "INT8 inputs give DATA_TYPE_INT8 outputs"},
-      {"float_data with float16",
-       [](auto* r) {
-         r->mutable_input()->clear_data();
-         r->mutable_input()->set_dtype(v1::DATA_TYPE_FLOAT16);
-         for (int i = 0; i < 12; ++i) r->mutable_input()->add_float_data(1);
-       },
-       C::kInvalidArgument, "float_data is only for DATA_TYPE_FLOAT32"},
-      {"float16 data length",
-       [](auto* r) { r->mutable_input()->set_dtype(v1::DATA_TYPE_FLOAT16); },
-       C::kInvalidArgument,
-       "input.data has 48 bytes: shape [3, 4] of DATA_TYPE_FLOAT16 needs 24"},
-      {"residual wrong shape",
-       [](auto* r) {
-         SetFloats(r->mutable_residual(), {3, 5});
-       },
-       C::kInvalidArgument, "residual.shape = [3, 5]: expected [3, 4]"},
-      {"residual wrong dtype",
-       [](auto* r) {
-         r->mutable_residual()->add_shape(3);
-         r->mutable_residual()->add_shape(4);
-         r->mutable_residual()->set_dtype(v1::DATA_TYPE_BFLOAT16);
-         r->mutable_residual()->mutable_data()->resize(24);
-       },
-       C::kInvalidArgument,
-       "residual.dtype = DATA_TYPE_BFLOAT16: expected the input's "
-       "DATA_TYPE_FLOAT32"},
-      {"dtype unknown",
-       [](auto* r) {
-         r->mutable_input()->set_dtype(static_cast<v1::DataType>(99));
-       },
-       C::kInvalidArgument, "input.dtype = 99"},
-      {"rank 0", [](auto* r) { r->mutable_input()->clear_shape(); },
-       C::kInvalidArgument, "input.shape has rank 0"},
-      {"rank 9",
-       [](auto* r) {
-         r->mutable_input()->clear_shape();
-         for (int i = 0; i < 9; ++i) r->mutable_input()->add_shape(1);
-       },
-       C::kInvalidArgument, "input.shape has rank 9: expected 1 to 8"},
-      {"zero dim", [](auto* r) { r->mutable_input()->set_shape(1, 0); },
-       C::kInvalidArgument, "input.shape[1] = 0: dimensions must be positive"},
-      {"negative dim", [](auto* r) { r->mutable_input()->set_shape(1, -8); },
-       C::kInvalidArgument, "input.shape[1] = -8: dimensions must be positive"},
-      {"element count overflows int64",
-       [](auto* r) {
-         r->mutable_input()->set_shape(0, int64_t{1} << 40);
-         r->mutable_input()->set_shape(1, int64_t{1} << 40);
-       },
-       C::kInvalidArgument, "elements"},
-      {"data too short",
-       [](auto* r) { r->mutable_input()->mutable_data()->resize(47); },
-       C::kInvalidArgument,
-       "input.data has 47 bytes: shape [3, 4] of DATA_TYPE_FLOAT32 needs 48"},
-      {"both data and float_data",
-       [](auto* r) { r->mutable_input()->add_float_data(1); },
-       C::kInvalidArgument, "input: both data and float_data are set"},
-      {"float_data count",
-       [](auto* r) {
-         r->mutable_input()->clear_data();
-         r->mutable_input()->add_float_data(1);
-       },
-       C::kInvalidArgument,
-       "input.float_data has 1 values: shape [3, 4] needs 12"},
-      {"normalized_ndim too big", [](auto* r) { r->set_normalized_ndim(3); },
-       C::kInvalidArgument,
-       "normalized_ndim = 3: expected 1 to the input's rank 2"},
-      {"normalized_ndim negative", [](auto* r) { r->set_normalized_ndim(-1); },
-       C::kInvalidArgument, "normalized_ndim = -1"},
-      {"epsilon zero", [](auto* r) { r->set_epsilon(0); }, C::kInvalidArgument,
-       "epsilon = 0: expected a finite value > 0"},
-      {"epsilon negative", [](auto* r) { r->set_epsilon(-1e-5f); },
-       C::kInvalidArgument, "epsilon = -1e-05"},
-      {"epsilon NaN", [kNan](auto* r) { r->set_epsilon(kNan); },
-       C::kInvalidArgument, "epsilon = nan"},
-      {"epsilon Inf",
-       [](auto* r) { r->set_epsilon(std::numeric_limits<float>::infinity()); },
-       C::kInvalidArgument, "epsilon = inf"},
-      {"gamma wrong shape", [](auto* r) { SetFloats(r->mutable_gamma(), {3}); },
-       C::kInvalidArgument, "gamma.shape = [3]: expected [4]"},
-      {"beta wrong dtype",
-       [](auto* r) {
-         SetFloats(r->mutable_beta(), {4});
-         r->mutable_beta()->set_dtype(v1::DATA_TYPE_INT8);
-       },
-       C::kInvalidArgument,
-       "beta.dtype = DATA_TYPE_INT8: expected DATA_TYPE_FLOAT32"},
-      {"gamma short data",
-       [](auto* r) {
-         SetFloats(r->mutable_gamma(), {4});
-         r->mutable_gamma()->mutable_data()->resize(3);
-       },
-       C::kInvalidArgument, "gamma.data has 3 bytes"},
-      {"kind unknown",
-       [](auto* r) { r->set_kind(static_cast<v1::NormKind>(7)); },
-       C::kInvalidArgument, "kind = 7"},
-      {"device unknown",
-       [](auto* r) { r->set_device(static_cast<v1::Device>(5)); },
-       C::kInvalidArgument, "device = 5"},
-      {"cuda without a GPU", [](auto* r) { r->set_device(v1::DEVICE_CUDA); },
-       C::kFailedPrecondition, "device = DEVICE_CUDA"},
-      {"output dtype unsupported",
-       [](auto* r) { r->set_output_dtype(v1::DATA_TYPE_INT8); },
-       C::kInvalidArgument,
-       "output_dtype = DATA_TYPE_INT8: only INT8 inputs give INT8 outputs"},
-      {"model shape mismatch", [](auto* r) { r->set_model("fixed"); },
-       C::kInvalidArgument,
-       "input.shape = [3, 4]: model 'fixed' expects trailing dimensions [2, "
-       "2]"},
-      {"model refuses request params",
-       [](auto* r) {
-         r->set_model("fixed");
-         SetFloats(r->mutable_input(), {1, 2, 2});
-         r->set_epsilon(1e-3f);
-       },
-       C::kInvalidArgument, "model 'fixed' does not accept per-request"},
-  };
   auto models = Registry();
-  for (const Case& c : cases) {
+  for (const BadRequestCase& c : BadRequestCases()) {
     v1::NormalizeRequest r = Valid();
     c.mutate(&r);
     auto d = DecodeRequest(r, *models, {}, {});
