@@ -1,0 +1,43 @@
+// The boundary between the host wrapper (normalize_cuda.cc, compiled by the
+// C++ compiler) and the kernels (normalize_cuda.cu, compiled by nvcc): plain
+// data and one function, so that nvcc never sees Abseil. Include only from
+// kernels/cuda/.
+#ifndef NORMSERVE_KERNELS_CUDA_INTERNAL_KERNEL_LAUNCH_H_
+#define NORMSERVE_KERNELS_CUDA_INTERNAL_KERNEL_LAUNCH_H_
+
+#include <cstdint>
+
+#include "kernels/cuda/launch_plan.h"
+#include "kernels/dtype.h"
+
+struct CUstream_st;
+
+namespace normserve::cuda::internal {
+
+// Validated arguments (see DeviceRows in normalize_cuda.h): rows > 0,
+// dim > 0, float dtypes, input and output non-null, the grid within CUDA's
+// limits.
+struct KernelArgs {
+  const void* input;
+  const void* residual;  // may be null
+  void* output;
+  void* sum_output;    // may be null
+  float* mean;         // may be null
+  float* rstd;         // may be null
+  const float* gamma;  // may be null
+  const float* beta;   // may be null
+  int64_t rows;
+  int64_t dim;
+  float epsilon;
+  bool layer_norm;
+  DType input_dtype;
+  DType output_dtype;
+};
+
+// Enqueues the kernel `plan` selects; returns the cudaError_t of the launch.
+int LaunchNormalize(const KernelArgs& args, const LaunchPlan& plan,
+                    CUstream_st* stream);
+
+}  // namespace normserve::cuda::internal
+
+#endif  // NORMSERVE_KERNELS_CUDA_INTERNAL_KERNEL_LAUNCH_H_

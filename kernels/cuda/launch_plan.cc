@@ -1,0 +1,62 @@
+#include "kernels/cuda/launch_plan.h"
+
+namespace normserve::cuda {
+namespace {
+
+int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// The smallest of 1, 2, 4, 8, … that is >= n (n >= 1).
+int PowerOfTwoAtLeast(int64_t n) {
+  int p = 1;
+  while (p < n) p *= 2;
+  return p;
+}
+
+}  // namespace
+
+LaunchPlan PlanLaunch(int64_t dim, DType input_dtype) {
+  LaunchPlan plan;
+  plan.pack_elements = static_cast<int>(16 / DTypeSize(input_dtype));
+  const int64_t packs = dim / plan.pack_elements;
+  const int64_t packed_dim = packs * plan.pack_elements;
+  if (packed_dim <= kWarpMaxPackedDim) {
+    plan.mapping = RowMapping::kWarpPerRow;
+    plan.threads_per_row = 32;
+    plan.rows_per_block = kWarpRowsPerBlock;
+    plan.packs_per_thread = PowerOfTwoAtLeast(CeilDiv(packs, 32));
+    return plan;
+  }
+  plan.rows_per_block = 1;
+  if (packed_dim <= kBlockMaxPackedDim) {
+    plan.mapping = RowMapping::kBlockPerRow;
+    // 16 floats per thread: half the register budget of the warp mapping,
+    // so that blocks of up to 1024 threads fit the 64-register limit.
+    plan.packs_per_thread = 16 / plan.pack_elements;
+    plan.threads_per_row = static_cast<int>(
+        PowerOfTwoAtLeast(CeilDiv(packs, plan.packs_per_thread)));
+    if (plan.threads_per_row < 128) plan.threads_per_row = 128;
+    return plan;
+  }
+  plan.mapping = RowMapping::kBlockStreaming;
+  plan.threads_per_row = kStreamingThreads;
+  plan.packs_per_thread = 0;
+  return plan;
+}
+
+int64_t GridBlocks(const LaunchPlan& plan, int64_t rows) {
+  return CeilDiv(rows, plan.rows_per_block);
+}
+
+const char* RowMappingName(RowMapping mapping) {
+  switch (mapping) {
+    case RowMapping::kWarpPerRow:
+      return "warp";
+    case RowMapping::kBlockPerRow:
+      return "block";
+    case RowMapping::kBlockStreaming:
+      return "streaming";
+  }
+  return "?";
+}
+
+}  // namespace normserve::cuda

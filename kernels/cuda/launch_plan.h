@@ -1,0 +1,78 @@
+// How the CUDA kernels map rows onto the GPU: a pure function of D and the
+// input dtype, kept apart from the kernels so that it compiles and is tested
+// without CUDA.
+//
+// What it decides
+//   A row of D elements is cut into packs of `pack_elements` consecutive
+//   elements (16 bytes of the input dtype: 4 float32 or 8 FLOAT16/BFLOAT16)
+//   plus a tail of D mod pack_elements single elements. Thread t of the
+//   threads_per_row threads serving a row owns packs t, t + T, t + 2T, …
+//   (T = threads_per_row) and tail element t, and accumulates them in that
+//   order; the per-thread sums are then combined by a fixed butterfly within
+//   each warp and, for a block per row, a fixed sum over the warps. That
+//   order is the reduction order of the row, and it depends on D and the
+//   input dtype only: not on the batch, the row's position or the
+//   alignment of any buffer. (Whether a pack is fetched with one 16-byte
+//   load or element by element depends on alignment, but the values and the
+//   order of arithmetic are the same either way.)
+//
+// The three mappings
+//   kWarpPerRow    D up to 1024 (+ a tail): one warp per row, several rows
+//                  per block, the row held in registers (up to 32 floats
+//                  per lane); no shared memory, no block barrier.
+//   kBlockPerRow   D up to 16384 (+ a tail): one block of 128–1024 threads
+//                  per row (the smallest that holds the row at 16 floats per
+//                  thread), the row in registers, warp partial sums combined
+//                  through shared memory.
+//   kBlockStreaming larger D: one block of 1024 threads per row and three
+//                  passes over the row in global memory (sums, squares,
+//                  output); the re-reads are served mostly by L2.
+//
+// Thread-safe (pure); never fails for dim > 0.
+#ifndef NORMSERVE_KERNELS_CUDA_LAUNCH_PLAN_H_
+#define NORMSERVE_KERNELS_CUDA_LAUNCH_PLAN_H_
+
+#include <cstdint>
+
+#include "kernels/dtype.h"
+
+namespace normserve::cuda {
+
+enum class RowMapping { kWarpPerRow, kBlockPerRow, kBlockStreaming };
+
+struct LaunchPlan {
+  RowMapping mapping = RowMapping::kWarpPerRow;
+  // Elements per 16-byte pack of the input dtype (4 or 8).
+  int pack_elements = 4;
+  // Threads that share one row (32 for a warp, else the block size).
+  int threads_per_row = 32;
+  // Packs each thread keeps in registers (1, 2, 4 or 8); 0 for
+  // kBlockStreaming, where a thread loops over its packs in memory.
+  int packs_per_thread = 1;
+  // Rows one block serves (warps per block for kWarpPerRow, else 1).
+  int rows_per_block = 1;
+  int threads_per_block() const { return threads_per_row * rows_per_block; }
+};
+
+// Largest D (without its tail) kept in registers by a warp, and by a block.
+inline constexpr int64_t kWarpMaxPackedDim = 1024;
+inline constexpr int64_t kBlockMaxPackedDim = 16384;
+// Floats a thread keeps in registers at most.
+inline constexpr int kMaxFloatsPerThread = 32;
+// Warps (rows) per block in the warp-per-row mapping.
+inline constexpr int kWarpRowsPerBlock = 8;
+// Block size of the streaming mapping.
+inline constexpr int kStreamingThreads = 1024;
+
+// The plan for rows of `dim` (> 0) elements of `input_dtype` (not kInt8).
+LaunchPlan PlanLaunch(int64_t dim, DType input_dtype);
+
+// Blocks to launch for `rows` rows under `plan`.
+int64_t GridBlocks(const LaunchPlan& plan, int64_t rows);
+
+// "warp", "block" or "streaming", for logs and benchmark labels.
+const char* RowMappingName(RowMapping mapping);
+
+}  // namespace normserve::cuda
+
+#endif  // NORMSERVE_KERNELS_CUDA_LAUNCH_PLAN_H_

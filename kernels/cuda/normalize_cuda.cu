@@ -1,0 +1,557 @@
+// The CUDA row kernels. The row algorithm (NormalizeRow) is written once and
+// kept apart from where the row lives: a RegisterRow holds the thread's
+// share of the row in registers (warp and block mappings), a StreamingRow
+// reads it from global memory on every pass (very large D). Reductions go
+// through a WarpGroup or a BlockGroup. Residual, sum output, γ, β and the
+// statistics are run-time flags, uniform across a launch; only the dtypes,
+// the mapping and the packs per thread are template arguments.
+//
+// Ownership and order (see launch_plan.h): thread t of T owns packs
+// t, t + T, … and tail element t; it accumulates its packs in that order,
+// each pack's elements in order, then its tail element. Nothing here reads
+// an address to decide an order; 16-byte loads are used per row and per
+// buffer when that row's pointer is aligned for them, and fetch the same
+// values the element loads would.
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "kernels/cuda/internal/kernel_launch.h"
+#include "kernels/cuda/launch_plan.h"
+
+namespace normserve::cuda::internal {
+namespace {
+
+// ---- Element types: storage bits and exact conversions ----
+
+struct F32 {
+  using Bits = float;
+  static __device__ __forceinline__ float ToFloat(float b) { return b; }
+  static __device__ __forceinline__ float FromFloat(float f) { return f; }
+};
+
+struct F16 {
+  using Bits = uint16_t;
+  static __device__ __forceinline__ float ToFloat(uint16_t b) {
+    return __half2float(__ushort_as_half(b));
+  }
+  static __device__ __forceinline__ uint16_t FromFloat(float f) {
+    return __half_as_ushort(__float2half_rn(f));
+  }
+};
+
+struct BF16 {
+  using Bits = uint16_t;
+  static __device__ __forceinline__ float ToFloat(uint16_t b) {
+    return __uint_as_float(static_cast<uint32_t>(b) << 16);
+  }
+  // Round to nearest even; NaN keeps its sign and becomes quiet: the same
+  // bits as FloatToBFloat16 in kernels/dtype.h.
+  static __device__ __forceinline__ uint16_t FromFloat(float f) {
+    uint32_t bits = __float_as_uint(f);
+    if ((bits & 0x7fffffffu) > 0x7f800000u) {
+      return static_cast<uint16_t>((bits >> 16) | 0x40u);
+    }
+    bits += 0x7fffu + ((bits >> 16) & 1u);
+    return static_cast<uint16_t>(bits >> 16);
+  }
+};
+
+// f rounded to T and back: what an unfused add in T stores.
+template <typename T>
+__device__ __forceinline__ float RoundTo(float f) {
+  return T::ToFloat(T::FromFloat(f));
+}
+
+// Elements per 16-byte pack of T.
+template <typename T>
+constexpr int kPackOf = static_cast<int>(16 / sizeof(typename T::Bits));
+
+// V consecutive elements, aligned to their size so that they move as one
+// (or, for 32 bytes, two) vector accesses.
+template <typename Bits, int V>
+struct alignas(sizeof(Bits) * V) Pack {
+  Bits v[V];
+};
+
+template <typename Bits, int V>
+__device__ __forceinline__ bool CanVectorize(const void* row) {
+  return reinterpret_cast<uintptr_t>(row) % sizeof(Pack<Bits, V>) == 0;
+}
+
+// Elements [pack·V, pack·V + V) of `row` as floats.
+template <typename T, int V>
+__device__ __forceinline__ void LoadPack(const typename T::Bits* row,
+                                         int64_t pack, bool vector,
+                                         float (&out)[V]) {
+  using Bits = typename T::Bits;
+  const Bits* p = row + pack * V;
+  if (vector) {
+    const Pack<Bits, V> pk = *reinterpret_cast<const Pack<Bits, V>*>(p);
+#pragma unroll
+    for (int j = 0; j < V; ++j) out[j] = T::ToFloat(pk.v[j]);
+  } else {
+#pragma unroll
+    for (int j = 0; j < V; ++j) out[j] = T::ToFloat(p[j]);
+  }
+}
+
+template <typename T, int V>
+__device__ __forceinline__ void StorePack(typename T::Bits* row, int64_t pack,
+                                          bool vector, const float (&in)[V]) {
+  using Bits = typename T::Bits;
+  Bits* p = row + pack * V;
+  if (vector) {
+    Pack<Bits, V> pk;
+#pragma unroll
+    for (int j = 0; j < V; ++j) pk.v[j] = T::FromFloat(in[j]);
+    *reinterpret_cast<Pack<Bits, V>*>(p) = pk;
+  } else {
+#pragma unroll
+    for (int j = 0; j < V; ++j) p[j] = T::FromFloat(in[j]);
+  }
+}
+
+// ---- Reductions: identical result in every thread of the group ----
+
+// Butterfly: lane i adds lane i^o's value, and lane i^o adds lane i's; as
+// float addition is commutative both get the same bits, so after the last
+// step every lane holds the same sum.
+template <typename A>
+__device__ __forceinline__ A WarpSum(A v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// One warp serves the row.
+struct WarpGroup {
+  template <typename A>
+  __device__ __forceinline__ A Sum(A v) const {
+    return WarpSum(v);
+  }
+  __device__ __forceinline__ bool Any(bool b) const {
+    return __any_sync(0xffffffffu, b) != 0;
+  }
+};
+
+// The block serves the row: warp sums, then every warp sums the warps'
+// partial sums in warp order (lanes beyond the warp count add zero).
+struct BlockGroup {
+  float* partial_f;   // shared, 32
+  double* partial_d;  // shared, 32
+
+  template <typename A>
+  __device__ __forceinline__ A Sum(A v) const {
+    A* partial = Partial(static_cast<A*>(nullptr));
+    const int lane = threadIdx.x % 32;
+    const int warps = static_cast<int>(blockDim.x / 32);
+    v = WarpSum(v);
+    __syncthreads();  // earlier readers of `partial` are done
+    if (lane == 0) partial[threadIdx.x / 32] = v;
+    __syncthreads();
+    return WarpSum(lane < warps ? partial[lane] : A(0));
+  }
+  __device__ __forceinline__ bool Any(bool b) const {
+    return __syncthreads_or(b ? 1 : 0) != 0;
+  }
+
+ private:
+  __device__ __forceinline__ float* Partial(float*) const { return partial_f; }
+  __device__ __forceinline__ double* Partial(double*) const {
+    return partial_d;
+  }
+};
+
+// ---- Where a row lives ----
+
+// Row pointers of one row, and how each may be accessed.
+template <typename In, typename Out>
+struct RowPointers {
+  using InBits = typename In::Bits;
+  using OutBits = typename Out::Bits;
+  static constexpr int V = kPackOf<In>;
+
+  const InBits* x;
+  const InBits* residual;  // null without
+  OutBits* y;
+  InBits* sum;  // null without
+  bool x_vec, residual_vec, y_vec, sum_vec;
+  int64_t packs;  // full packs
+  int tail;       // elements after them
+
+  __device__ RowPointers(const KernelArgs& a, int64_t row) {
+    const int64_t offset = row * a.dim;
+    x = static_cast<const InBits*>(a.input) + offset;
+    residual = a.residual != nullptr
+                   ? static_cast<const InBits*>(a.residual) + offset
+                   : nullptr;
+    y = static_cast<OutBits*>(a.output) + offset;
+    sum = a.sum_output != nullptr ? static_cast<InBits*>(a.sum_output) + offset
+                                  : nullptr;
+    x_vec = CanVectorize<InBits, V>(x);
+    residual_vec = residual != nullptr && CanVectorize<InBits, V>(residual);
+    y_vec = CanVectorize<OutBits, V>(y);
+    sum_vec = sum != nullptr && CanVectorize<InBits, V>(sum);
+    packs = a.dim / V;
+    tail = static_cast<int>(a.dim - packs * V);
+  }
+
+  // z of a pack: x [+ residual rounded to In].
+  __device__ __forceinline__ void LoadZ(int64_t pack, float (&z)[V]) const {
+    LoadPack<In, V>(x, pack, x_vec, z);
+    if (residual != nullptr) {
+      float r[V];
+      LoadPack<In, V>(residual, pack, residual_vec, r);
+#pragma unroll
+      for (int j = 0; j < V; ++j) z[j] = RoundTo<In>(z[j] + r[j]);
+    }
+  }
+  __device__ __forceinline__ float LoadZ(int64_t element) const {
+    float z = In::ToFloat(x[element]);
+    if (residual != nullptr) {
+      z = RoundTo<In>(z + In::ToFloat(residual[element]));
+    }
+    return z;
+  }
+};
+
+// The thread's packs (at most kPacks) and tail element, held in registers.
+template <typename In, typename Out, int kPacks>
+struct RegisterRow {
+  static constexpr int V = kPackOf<In>;
+  const RowPointers<In, Out>& ptr;
+  const int t, threads;
+  float z[kPacks][V];
+  float z_tail = 0.0f;
+
+  __device__ RegisterRow(const RowPointers<In, Out>& p, int thread,
+                         int num_threads)
+      : ptr(p), t(thread), threads(num_threads) {
+#pragma unroll
+    for (int k = 0; k < kPacks; ++k) {
+      const int64_t pack = t + static_cast<int64_t>(k) * threads;
+      if (pack < ptr.packs) ptr.LoadZ(pack, z[k]);
+    }
+    if (t < ptr.tail) z_tail = ptr.LoadZ(ptr.packs * V + t);
+  }
+
+  // f(pack, z) for each owned pack, in order.
+  template <typename F>
+  __device__ __forceinline__ void ForEachPack(F&& f) const {
+#pragma unroll
+    for (int k = 0; k < kPacks; ++k) {
+      const int64_t pack = t + static_cast<int64_t>(k) * threads;
+      if (pack < ptr.packs) f(pack, z[k]);
+    }
+  }
+  // f(element, z) for the owned tail element, if any.
+  template <typename F>
+  __device__ __forceinline__ void ForTail(F&& f) const {
+    if (t < ptr.tail) f(ptr.packs * V + t, z_tail);
+  }
+};
+
+// The same interface over global memory: every pass reloads (and re-adds
+// the residual, which rounds to the same bits each time).
+template <typename In, typename Out>
+struct StreamingRow {
+  static constexpr int V = kPackOf<In>;
+  const RowPointers<In, Out>& ptr;
+  const int t, threads;
+
+  __device__ StreamingRow(const RowPointers<In, Out>& p, int thread,
+                          int num_threads)
+      : ptr(p), t(thread), threads(num_threads) {}
+
+  template <typename F>
+  __device__ __forceinline__ void ForEachPack(F&& f) const {
+    for (int64_t pack = t; pack < ptr.packs; pack += threads) {
+      float z[V];
+      ptr.LoadZ(pack, z);
+      f(pack, z);
+    }
+  }
+  template <typename F>
+  __device__ __forceinline__ void ForTail(F&& f) const {
+    if (t < ptr.tail) {
+      const int64_t e = ptr.packs * V + t;
+      f(e, ptr.LoadZ(e));
+    }
+  }
+};
+
+// ---- The row algorithm ----
+
+// y = v·rstd [·γ] [+β] for one pack, with v = (z − shift) − center.
+template <int V, typename A>
+__device__ __forceinline__ void Affine(const KernelArgs& a, int64_t first,
+                                       bool gamma_vec, bool beta_vec,
+                                       const float (&z)[V], A shift, A center,
+                                       A rstd, float (&y)[V]) {
+  float g[V], b[V];
+  if (a.gamma != nullptr) LoadPack<F32, V>(a.gamma, first / V, gamma_vec, g);
+  if (a.beta != nullptr) LoadPack<F32, V>(a.beta, first / V, beta_vec, b);
+#pragma unroll
+  for (int j = 0; j < V; ++j) {
+    A v = ((static_cast<A>(z[j]) - shift) - center) * rstd;
+    if (a.gamma != nullptr) v *= static_cast<A>(g[j]);
+    if (a.beta != nullptr) v += static_cast<A>(b[j]);
+    y[j] = static_cast<float>(v);
+  }
+}
+
+// Below this variance float32 squares may have underflowed: recompute in
+// double (as the CPU kernel does).
+constexpr double kTinyVariance = 1e-30;
+
+template <typename In, typename Out, class Row, class Group>
+__device__ __forceinline__ void NormalizeRow(const KernelArgs& a, int64_t row,
+                                             const RowPointers<In, Out>& ptr,
+                                             const Row& src, const Group& group,
+                                             bool leader) {
+  constexpr int V = kPackOf<In>;
+  const double d = static_cast<double>(a.dim);
+  const bool layer = a.layer_norm;
+  // The shift: z of element 0, loaded by every thread (one cached line).
+  const float shift = layer ? ptr.LoadZ(int64_t{0}) : 0.0f;
+
+  // Pass 1 (LayerNorm): Σ (z − shift).
+  float center = 0.0f;
+  float sum1 = 0.0f;
+  if (layer) {
+    float acc = 0.0f;
+    src.ForEachPack([&](int64_t, const float(&z)[V]) {
+#pragma unroll
+      for (int j = 0; j < V; ++j) acc += z[j] - shift;
+    });
+    src.ForTail([&](int64_t, float z) { acc += z - shift; });
+    sum1 = group.Sum(acc);
+    center = static_cast<float>(static_cast<double>(sum1) / d);
+  }
+
+  // Pass 2: Σ (v − c)² and Σ (v − c), v = z − shift, c = center.
+  float sq = 0.0f, lin = 0.0f;
+  src.ForEachPack([&](int64_t, const float(&z)[V]) {
+#pragma unroll
+    for (int j = 0; j < V; ++j) {
+      const float v = (z[j] - shift) - center;
+      sq += v * v;
+      lin += v;
+    }
+  });
+  src.ForTail([&](int64_t, float z) {
+    const float v = (z - shift) - center;
+    sq += v * v;
+    lin += v;
+  });
+  sq = group.Sum(sq);
+  lin = layer ? group.Sum(lin) : 0.0f;
+  // Σ(v − c)² = Σ(v − m)² + (Σ(v − c))²/D removes the error of c.
+  const double lin_d = static_cast<double>(lin);
+  double var = (static_cast<double>(sq) - lin_d * lin_d / d) / d;
+  if (var < 0.0) var = 0.0;
+
+  bool use_double = !isfinite(sum1) || !isfinite(sq);
+  if (!use_double && var < kTinyVariance) {
+    // Exactly constant rows are fine in float32 (they give β); anything
+    // else this small is not.
+    bool varies = false;
+    src.ForEachPack([&](int64_t, const float(&z)[V]) {
+#pragma unroll
+      for (int j = 0; j < V; ++j) varies |= !(z[j] == shift);
+    });
+    src.ForTail([&](int64_t, float z) { varies |= !(z == shift); });
+    use_double = group.Any(varies);
+  }
+
+  const bool gamma_vec = a.gamma != nullptr && CanVectorize<float, V>(a.gamma);
+  const bool beta_vec = a.beta != nullptr && CanVectorize<float, V>(a.beta);
+  float mean_out, rstd_out;
+  if (!use_double) {
+    const float c = center + static_cast<float>(lin_d / d);
+    const float rstd =
+        static_cast<float>(1.0 / sqrt(var + static_cast<double>(a.epsilon)));
+    src.ForEachPack([&](int64_t pack, const float(&z)[V]) {
+      float y[V];
+      Affine<V, float>(a, pack * V, gamma_vec, beta_vec, z, shift, c, rstd, y);
+      StorePack<Out, V>(ptr.y, pack, ptr.y_vec, y);
+      if (ptr.sum != nullptr) StorePack<In, V>(ptr.sum, pack, ptr.sum_vec, z);
+    });
+    src.ForTail([&](int64_t e, float z) {
+      float v = ((z - shift) - c) * rstd;
+      if (a.gamma != nullptr) v *= a.gamma[e];
+      if (a.beta != nullptr) v += a.beta[e];
+      ptr.y[e] = Out::FromFloat(v);
+      if (ptr.sum != nullptr) ptr.sum[e] = In::FromFloat(z);
+    });
+    mean_out = static_cast<float>(static_cast<double>(shift) +
+                                  static_cast<double>(center) + lin_d / d);
+    rstd_out = rstd;
+  } else {
+    // Overflowing, underflowing or non-finite rows, in double throughout;
+    // NaN and Inf propagate to every output of the row.
+    const double s = static_cast<double>(shift);
+    double acc = 0.0;
+    if (layer) {
+      src.ForEachPack([&](int64_t, const float(&z)[V]) {
+#pragma unroll
+        for (int j = 0; j < V; ++j) acc += static_cast<double>(z[j]) - s;
+      });
+      src.ForTail([&](int64_t, float z) { acc += static_cast<double>(z) - s; });
+    }
+    const double mean = layer ? group.Sum(acc) / d : 0.0;
+    double m2 = 0.0;
+    src.ForEachPack([&](int64_t, const float(&z)[V]) {
+#pragma unroll
+      for (int j = 0; j < V; ++j) {
+        const double v = (static_cast<double>(z[j]) - s) - mean;
+        m2 += v * v;
+      }
+    });
+    src.ForTail([&](int64_t, float z) {
+      const double v = (static_cast<double>(z) - s) - mean;
+      m2 += v * v;
+    });
+    m2 = group.Sum(m2);
+    const double rstd = 1.0 / sqrt(m2 / d + static_cast<double>(a.epsilon));
+    src.ForEachPack([&](int64_t pack, const float(&z)[V]) {
+      float y[V];
+      Affine<V, double>(a, pack * V, gamma_vec, beta_vec, z, s, mean, rstd, y);
+      StorePack<Out, V>(ptr.y, pack, ptr.y_vec, y);
+      if (ptr.sum != nullptr) StorePack<In, V>(ptr.sum, pack, ptr.sum_vec, z);
+    });
+    src.ForTail([&](int64_t e, float z) {
+      double v = ((static_cast<double>(z) - s) - mean) * rstd;
+      if (a.gamma != nullptr) v *= static_cast<double>(a.gamma[e]);
+      if (a.beta != nullptr) v += static_cast<double>(a.beta[e]);
+      ptr.y[e] = Out::FromFloat(static_cast<float>(v));
+      if (ptr.sum != nullptr) ptr.sum[e] = In::FromFloat(z);
+    });
+    mean_out = static_cast<float>(s + mean);
+    rstd_out = static_cast<float>(rstd);
+  }
+  if (leader) {
+    if (a.mean != nullptr) a.mean[row] = layer ? mean_out : 0.0f;
+    if (a.rstd != nullptr) a.rstd[row] = rstd_out;
+  }
+}
+
+// ---- Kernels, one per mapping ----
+
+template <typename In, typename Out, int kPacks>
+__global__ void __launch_bounds__(kWarpRowsPerBlock * 32)
+    WarpPerRowKernel(const KernelArgs a) {
+  const int lane = static_cast<int>(threadIdx.x % 32);
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpRowsPerBlock +
+                      static_cast<int64_t>(threadIdx.x / 32);
+  if (row >= a.rows) return;  // the whole warp leaves together
+  const RowPointers<In, Out> ptr(a, row);
+  const RegisterRow<In, Out, kPacks> src(ptr, lane, 32);
+  NormalizeRow<In, Out>(a, row, ptr, src, WarpGroup{}, lane == 0);
+}
+
+template <typename In, typename Out, int kPacks>
+__global__ void __launch_bounds__(1024) BlockPerRowKernel(const KernelArgs a) {
+  __shared__ float partial_f[32];
+  __shared__ double partial_d[32];
+  const int64_t row = blockIdx.x;
+  const int t = static_cast<int>(threadIdx.x);
+  const RowPointers<In, Out> ptr(a, row);
+  const RegisterRow<In, Out, kPacks> src(ptr, t, static_cast<int>(blockDim.x));
+  NormalizeRow<In, Out>(a, row, ptr, src, BlockGroup{partial_f, partial_d},
+                        t == 0);
+}
+
+template <typename In, typename Out>
+__global__ void __launch_bounds__(kStreamingThreads)
+    StreamingKernel(const KernelArgs a) {
+  __shared__ float partial_f[32];
+  __shared__ double partial_d[32];
+  const int64_t row = blockIdx.x;
+  const int t = static_cast<int>(threadIdx.x);
+  const RowPointers<In, Out> ptr(a, row);
+  const StreamingRow<In, Out> src(ptr, t, static_cast<int>(blockDim.x));
+  NormalizeRow<In, Out>(a, row, ptr, src, BlockGroup{partial_f, partial_d},
+                        t == 0);
+}
+
+// ---- Dispatch ----
+
+template <typename In, typename Out>
+cudaError_t LaunchTyped(const KernelArgs& a, const LaunchPlan& plan,
+                        cudaStream_t stream) {
+  constexpr int V = kPackOf<In>;
+  if (plan.pack_elements != V) return cudaErrorInvalidValue;
+  const dim3 grid(static_cast<unsigned>(GridBlocks(plan, a.rows)));
+  const dim3 block(static_cast<unsigned>(plan.threads_per_block()));
+  switch (plan.mapping) {
+    case RowMapping::kWarpPerRow:
+      if (plan.rows_per_block != kWarpRowsPerBlock)
+        return cudaErrorInvalidValue;
+      switch (plan.packs_per_thread) {
+        case 1:
+          WarpPerRowKernel<In, Out, 1><<<grid, block, 0, stream>>>(a);
+          break;
+        case 2:
+          WarpPerRowKernel<In, Out, 2><<<grid, block, 0, stream>>>(a);
+          break;
+        case 4:
+          WarpPerRowKernel<In, Out, 4><<<grid, block, 0, stream>>>(a);
+          break;
+        case 8:
+          if constexpr (V == 4) {
+            WarpPerRowKernel<In, Out, 8><<<grid, block, 0, stream>>>(a);
+            break;
+          }
+          return cudaErrorInvalidValue;
+        default:
+          return cudaErrorInvalidValue;
+      }
+      break;
+    case RowMapping::kBlockPerRow:
+      if (plan.packs_per_thread != 16 / V) return cudaErrorInvalidValue;
+      BlockPerRowKernel<In, Out, 16 / V><<<grid, block, 0, stream>>>(a);
+      break;
+    case RowMapping::kBlockStreaming:
+      StreamingKernel<In, Out><<<grid, block, 0, stream>>>(a);
+      break;
+  }
+  return cudaGetLastError();
+}
+
+template <typename In>
+cudaError_t LaunchForInput(const KernelArgs& a, const LaunchPlan& plan,
+                           cudaStream_t stream) {
+  switch (a.output_dtype) {
+    case DType::kFloat32:
+      return LaunchTyped<In, F32>(a, plan, stream);
+    case DType::kFloat16:
+      return LaunchTyped<In, F16>(a, plan, stream);
+    case DType::kBFloat16:
+      return LaunchTyped<In, BF16>(a, plan, stream);
+    case DType::kInt8:
+      break;
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace
+
+int LaunchNormalize(const KernelArgs& args, const LaunchPlan& plan,
+                    CUstream_st* stream) {
+  switch (args.input_dtype) {
+    case DType::kFloat32:
+      return LaunchForInput<F32>(args, plan, stream);
+    case DType::kFloat16:
+      return LaunchForInput<F16>(args, plan, stream);
+    case DType::kBFloat16:
+      return LaunchForInput<BF16>(args, plan, stream);
+    case DType::kInt8:
+      break;
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace normserve::cuda::internal

@@ -1,0 +1,130 @@
+// The CUDA launch plan, on the CPU: which mapping each D gets, that the
+// plan holds the whole row, and that thread ownership (as the kernels walk
+// it) covers every element exactly once.
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "kernels/cuda/launch_plan.h"
+
+namespace normserve::cuda {
+namespace {
+
+constexpr DType kTypes[] = {DType::kFloat32, DType::kFloat16, DType::kBFloat16};
+
+// Marks the elements thread t owns, as RegisterRow / StreamingRow walk
+// them: packs t, t + T, … (at most packs_per_thread of them unless
+// streaming), then tail element t.
+std::vector<int> Ownership(const LaunchPlan& plan, int64_t dim) {
+  std::vector<int> owners(static_cast<size_t>(dim), 0);
+  const int64_t v = plan.pack_elements;
+  const int64_t packs = dim / v;
+  const int64_t tail = dim - packs * v;
+  const int threads = plan.threads_per_row;
+  for (int t = 0; t < threads; ++t) {
+    for (int64_t k = 0;; ++k) {
+      if (plan.packs_per_thread > 0 && k >= plan.packs_per_thread) break;
+      const int64_t pack = t + k * threads;
+      if (pack >= packs) break;
+      for (int64_t j = 0; j < v; ++j) ++owners[pack * v + j];
+    }
+    if (t < tail) ++owners[packs * v + t];
+  }
+  return owners;
+}
+
+TEST(CudaLaunchPlanTest, PacksAreSixteenBytesOfTheInputType) {
+  EXPECT_EQ(PlanLaunch(768, DType::kFloat32).pack_elements, 4);
+  EXPECT_EQ(PlanLaunch(768, DType::kFloat16).pack_elements, 8);
+  EXPECT_EQ(PlanLaunch(768, DType::kBFloat16).pack_elements, 8);
+}
+
+TEST(CudaLaunchPlanTest, SmallRowsGetAWarpEach) {
+  for (DType t : kTypes) {
+    for (int64_t d : {1, 3, 31, 32, 768, 1024}) {
+      const LaunchPlan p = PlanLaunch(d, t);
+      EXPECT_EQ(p.mapping, RowMapping::kWarpPerRow) << d;
+      EXPECT_EQ(p.threads_per_row, 32);
+      EXPECT_EQ(p.rows_per_block, kWarpRowsPerBlock);
+    }
+  }
+  // A tail beyond 1024 packed elements stays on the warp.
+  EXPECT_EQ(PlanLaunch(1027, DType::kFloat32).mapping, RowMapping::kWarpPerRow);
+  EXPECT_EQ(PlanLaunch(1031, DType::kBFloat16).mapping,
+            RowMapping::kWarpPerRow);
+  EXPECT_EQ(PlanLaunch(768, DType::kFloat32).packs_per_thread, 8);  // 6 → 8
+  EXPECT_EQ(PlanLaunch(1024, DType::kBFloat16).packs_per_thread, 4);
+  EXPECT_EQ(PlanLaunch(64, DType::kFloat32).packs_per_thread, 1);
+}
+
+TEST(CudaLaunchPlanTest, MediumRowsGetTheSmallestBlockThatHoldsThem) {
+  const LaunchPlan a = PlanLaunch(1028, DType::kFloat32);
+  EXPECT_EQ(a.mapping, RowMapping::kBlockPerRow);
+  EXPECT_EQ(a.threads_per_row, 128);
+  EXPECT_EQ(a.packs_per_thread, 4);
+  EXPECT_EQ(a.rows_per_block, 1);
+  EXPECT_EQ(PlanLaunch(4096, DType::kFloat32).threads_per_row, 256);
+  EXPECT_EQ(PlanLaunch(4097, DType::kFloat32).threads_per_row, 256);  // tail
+  EXPECT_EQ(PlanLaunch(4100, DType::kFloat32).threads_per_row, 512);
+  EXPECT_EQ(PlanLaunch(16384, DType::kFloat32).threads_per_row, 1024);
+  const LaunchPlan h = PlanLaunch(8192, DType::kBFloat16);
+  EXPECT_EQ(h.mapping, RowMapping::kBlockPerRow);
+  EXPECT_EQ(h.packs_per_thread, 2);
+  EXPECT_EQ(h.threads_per_row, 512);
+}
+
+TEST(CudaLaunchPlanTest, VeryLongRowsStreamThroughAFullBlock) {
+  for (DType t : kTypes) {
+    for (int64_t d :
+         {int64_t{16392}, int64_t{65536}, int64_t{65537}, int64_t{1} << 24}) {
+      const LaunchPlan p = PlanLaunch(d, t);
+      EXPECT_EQ(p.mapping, RowMapping::kBlockStreaming) << d;
+      EXPECT_EQ(p.threads_per_row, kStreamingThreads);
+      EXPECT_EQ(p.packs_per_thread, 0);
+    }
+  }
+}
+
+// For every D up to past the streaming threshold: a valid geometry that
+// owns each element exactly once, within the register budget, and mappings
+// that only move "up" as D grows.
+TEST(CudaLaunchPlanTest, EveryDimIsCoveredOnceWithinLimits) {
+  for (DType t : kTypes) {
+    int last_mapping = 0;
+    for (int64_t d = 1; d <= 17000; d += (d < 2100 ? 1 : 7)) {
+      const LaunchPlan p = PlanLaunch(d, t);
+      SCOPED_TRACE(::testing::Message()
+                   << "D " << d << " dtype " << static_cast<int>(t));
+      ASSERT_GE(static_cast<int>(p.mapping), last_mapping);
+      last_mapping = static_cast<int>(p.mapping);
+      ASSERT_EQ(p.threads_per_row % 32, 0);
+      ASSERT_LE(p.threads_per_block(), 1024);
+      ASSERT_LT(d % p.pack_elements, p.threads_per_row);  // tail fits
+      if (p.mapping != RowMapping::kBlockStreaming) {
+        const int ppt = p.packs_per_thread;
+        ASSERT_TRUE(ppt == 1 || ppt == 2 || ppt == 4 || ppt == 8);
+        ASSERT_LE(ppt * p.pack_elements, kMaxFloatsPerThread);
+      }
+      const std::vector<int> owners = Ownership(p, d);
+      for (int64_t i = 0; i < d; ++i)
+        ASSERT_EQ(owners[i], 1) << "element " << i;
+    }
+  }
+}
+
+TEST(CudaLaunchPlanTest, GridCoversEveryRow) {
+  const LaunchPlan warp = PlanLaunch(768, DType::kFloat32);
+  EXPECT_EQ(GridBlocks(warp, 1), 1);
+  EXPECT_EQ(GridBlocks(warp, kWarpRowsPerBlock), 1);
+  EXPECT_EQ(GridBlocks(warp, kWarpRowsPerBlock + 1), 2);
+  const LaunchPlan block = PlanLaunch(4096, DType::kFloat32);
+  EXPECT_EQ(GridBlocks(block, 5), 5);
+}
+
+TEST(CudaLaunchPlanTest, MappingNames) {
+  EXPECT_STREQ(RowMappingName(RowMapping::kWarpPerRow), "warp");
+  EXPECT_STREQ(RowMappingName(RowMapping::kBlockPerRow), "block");
+  EXPECT_STREQ(RowMappingName(RowMapping::kBlockStreaming), "streaming");
+}
+
+}  // namespace
+}  // namespace normserve::cuda

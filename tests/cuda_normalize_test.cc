@@ -1,0 +1,565 @@
+// The CUDA kernels against the float64 reference and against the CPU
+// kernel, under the contract of kernels/cuda/normalize_cuda.h: every dtype
+// pair × kind × affine option × residual, statistics and residual sums, odd
+// D on every row mapping, adversarial rows, and batch invariance across
+// batch sizes, positions and buffer alignments.
+//
+// Every test that needs a GPU skips with "no CUDA device" where none is
+// present; the argument checks run everywhere.
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "kernels/cuda/launch_plan.h"
+#include "kernels/cuda/normalize_cuda.h"
+#include "kernels/dtype.h"
+#include "kernels/normalize.h"
+#include "kernels/reference.h"
+
+namespace normserve::cuda {
+namespace {
+
+constexpr DType kTypes[] = {DType::kFloat32, DType::kFloat16, DType::kBFloat16};
+
+const char* Name(DType t) {
+  return t == DType::kFloat32 ? "f32" : t == DType::kFloat16 ? "f16" : "bf16";
+}
+
+// ---- Host-side values, conversions and ulp distances ----
+
+uint16_t Round16(DType t, float v) {
+  return t == DType::kFloat16 ? FloatToHalf(v) : FloatToBFloat16(v);
+}
+float Widen(DType t, uint16_t bits) {
+  return t == DType::kFloat16 ? HalfToFloat(bits) : BFloat16ToFloat(bits);
+}
+int32_t Ordinal(uint16_t bits) {
+  return (bits & 0x8000) ? -static_cast<int32_t>(bits & 0x7fff)
+                         : static_cast<int32_t>(bits);
+}
+float ValueAt(DType t, const std::vector<uint8_t>& bytes, size_t k) {
+  if (t == DType::kFloat32) {
+    float f;
+    std::memcpy(&f, &bytes[k * 4], 4);
+    return f;
+  }
+  uint16_t b;
+  std::memcpy(&b, &bytes[k * 2], 2);
+  return Widen(t, b);
+}
+uint16_t BitsAt(const std::vector<uint8_t>& bytes, size_t k) {
+  uint16_t b;
+  std::memcpy(&b, &bytes[k * 2], 2);
+  return b;
+}
+
+struct Tensor {
+  DType dtype = DType::kFloat32;
+  std::vector<uint8_t> bytes;
+  std::vector<float> values;  // the exact values the bytes hold
+};
+
+Tensor Encode(DType t, const std::vector<float>& v) {
+  Tensor out{t, std::vector<uint8_t>(v.size() * DTypeSize(t)), {}};
+  out.values.resize(v.size());
+  for (size_t i = 0; i < v.size(); ++i) {
+    if (t == DType::kFloat32) {
+      std::memcpy(&out.bytes[i * 4], &v[i], 4);
+      out.values[i] = v[i];
+    } else {
+      const uint16_t b = Round16(t, v[i]);
+      std::memcpy(&out.bytes[i * 2], &b, 2);
+      out.values[i] = Widen(t, b);
+    }
+  }
+  return out;
+}
+
+std::vector<float> Normal(size_t n, float mean, float std, std::mt19937* rng) {
+  std::normal_distribution<float> dist(mean, std);
+  std::vector<float> v(n);
+  for (float& f : v) f = dist(*rng);
+  return v;
+}
+
+struct Case {
+  NormParams params;  // host gamma/beta
+  DType in = DType::kFloat32, out = DType::kFloat32;
+  int64_t rows = 1;
+  Tensor x, residual;
+  bool with_residual = false;
+  std::vector<float> gamma, beta;
+};
+
+Case MakeCase(NormKind kind, DType in, DType out, int64_t d, int64_t rows,
+              bool gamma, bool beta, bool residual, std::mt19937* rng) {
+  Case c;
+  c.params.kind = kind;
+  c.params.dim = d;
+  c.params.epsilon = 1e-5f;
+  c.gamma = Normal(static_cast<size_t>(d), 1.0f, 0.5f, rng);
+  c.beta = Normal(static_cast<size_t>(d), 0.0f, 0.5f, rng);
+  c.params.gamma = gamma ? c.gamma.data() : nullptr;
+  c.params.beta = beta ? c.beta.data() : nullptr;
+  c.in = in;
+  c.out = out;
+  c.rows = rows;
+  c.x = Encode(in, Normal(static_cast<size_t>(rows * d), 2.0f, 3.0f, rng));
+  c.with_residual = residual;
+  c.residual =
+      Encode(in, Normal(static_cast<size_t>(rows * d), 0.0f, 1.0f, rng));
+  return c;
+}
+
+struct Output {
+  std::vector<uint8_t> y, sum;
+  std::vector<float> mean, rstd;
+};
+
+// ---- Device memory ----
+
+class DeviceBuffer {
+ public:
+  explicit DeviceBuffer(size_t bytes) {
+    if (bytes > 0) {
+      EXPECT_EQ(cudaMalloc(&ptr_, bytes), cudaSuccess);
+    }
+  }
+  ~DeviceBuffer() {
+    if (ptr_ != nullptr) cudaFree(ptr_);
+  }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  uint8_t* get() const { return static_cast<uint8_t*>(ptr_); }
+
+ private:
+  void* ptr_ = nullptr;
+};
+
+void ToDevice(void* dst, const void* src, size_t bytes) {
+  ASSERT_EQ(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice), cudaSuccess);
+}
+void ToHost(void* dst, const void* src, size_t bytes) {
+  ASSERT_EQ(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost), cudaSuccess);
+}
+
+// Runs `c` on the GPU; every device buffer starts `offset_bytes` past a
+// 256-byte boundary (a multiple of 4 bytes, to move 16-byte
+// alignment around).
+Output RunOnGpu(const Case& c, size_t offset_bytes = 0) {
+  const size_t n = static_cast<size_t>(c.rows * c.params.dim);
+  const size_t in_bytes = n * DTypeSize(c.in), out_bytes = n * DTypeSize(c.out);
+  const size_t d_bytes = static_cast<size_t>(c.params.dim) * 4;
+  const size_t stat_bytes = static_cast<size_t>(c.rows) * 4;
+  const size_t pad = offset_bytes;
+  DeviceBuffer x(pad + in_bytes), res(pad + in_bytes), y(pad + out_bytes),
+      sum(pad + in_bytes), mean(pad + stat_bytes), rstd(pad + stat_bytes),
+      gamma(pad + d_bytes), beta(pad + d_bytes);
+  ToDevice(x.get() + pad, c.x.bytes.data(), in_bytes);
+  if (c.with_residual)
+    ToDevice(res.get() + pad, c.residual.bytes.data(), in_bytes);
+  if (c.params.gamma) ToDevice(gamma.get() + pad, c.params.gamma, d_bytes);
+  if (c.params.beta) ToDevice(beta.get() + pad, c.params.beta, d_bytes);
+
+  DeviceRows r;
+  r.params = c.params;
+  r.params.gamma =
+      c.params.gamma ? reinterpret_cast<float*>(gamma.get() + pad) : nullptr;
+  r.params.beta =
+      c.params.beta ? reinterpret_cast<float*>(beta.get() + pad) : nullptr;
+  r.input_dtype = c.in;
+  r.output_dtype = c.out;
+  r.input = x.get() + pad;
+  r.output = y.get() + pad;
+  r.rows = c.rows;
+  r.residual = c.with_residual ? res.get() + pad : nullptr;
+  r.sum_output = sum.get() + pad;
+  r.mean = reinterpret_cast<float*>(mean.get() + pad);
+  r.rstd = reinterpret_cast<float*>(rstd.get() + pad);
+  const absl::Status s = NormalizeRowsCuda(r, nullptr);
+  EXPECT_TRUE(s.ok()) << s;
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+
+  Output o{std::vector<uint8_t>(out_bytes), std::vector<uint8_t>(in_bytes),
+           std::vector<float>(c.rows), std::vector<float>(c.rows)};
+  ToHost(o.y.data(), y.get() + pad, out_bytes);
+  ToHost(o.sum.data(), sum.get() + pad, in_bytes);
+  ToHost(o.mean.data(), mean.get() + pad, stat_bytes);
+  ToHost(o.rstd.data(), rstd.get() + pad, stat_bytes);
+  return o;
+}
+
+Output RunOnCpu(const Case& c) {
+  const size_t n = static_cast<size_t>(c.rows * c.params.dim);
+  Output o{std::vector<uint8_t>(n * DTypeSize(c.out)),
+           std::vector<uint8_t>(n * DTypeSize(c.in)),
+           std::vector<float>(c.rows), std::vector<float>(c.rows)};
+  RowSegment s;
+  s.params = &c.params;
+  s.input_dtype = c.in;
+  s.output_dtype = c.out;
+  s.input = c.x.bytes.data();
+  s.output = o.y.data();
+  s.rows = c.rows;
+  s.residual = c.with_residual ? c.residual.bytes.data() : nullptr;
+  s.sum_output = o.sum.data();
+  s.mean = o.mean.data();
+  s.rstd = o.rstd.data();
+  NormalizeSegments({&s, 1});
+  return o;
+}
+
+// z as an unfused `x + residual` in the input dtype computes it.
+std::vector<float> ReferenceZ(const Case& c) {
+  if (!c.with_residual) return c.x.values;
+  std::vector<float> z(c.x.values.size());
+  for (size_t i = 0; i < z.size(); ++i) {
+    const float sum = c.x.values[i] + c.residual.values[i];
+    z[i] = c.in == DType::kFloat32 ? sum : Widen(c.in, Round16(c.in, sum));
+  }
+  return z;
+}
+
+struct UlpStats {
+  int64_t elements = 0, over_one_ulp = 0;
+  int32_t worst_ulps = 0;
+  void Add(const UlpStats& o) {
+    elements += o.elements;
+    over_one_ulp += o.over_one_ulp;
+    worst_ulps = std::max(worst_ulps, o.worst_ulps);
+  }
+};
+
+// The CPU kernel's bound (tests/normalize_test.cc): float32 outputs within
+// 1e-5 of the row's largest reference output; 16-bit outputs counted in
+// ulps of the correctly rounded reference (near zero, the float32 bound);
+// mean and rstd within 1e-5; the residual sum z bit for bit.
+UlpStats CheckAgainstReference(const Case& c, const Output& o) {
+  const std::vector<float> z = ReferenceZ(c);
+  const ReferenceResult ref =
+      ReferenceNormalizeFull(c.params, z.data(), c.rows);
+  const int64_t d = c.params.dim;
+  UlpStats st;
+  for (int64_t r = 0; r < c.rows; ++r) {
+    double scale = 0.0;
+    for (int64_t i = 0; i < d; ++i)
+      scale = std::max(scale, std::abs(ref.output[r * d + i]));
+    for (int64_t i = 0; i < d; ++i) {
+      const size_t k = static_cast<size_t>(r * d + i);
+      const double want = ref.output[k];
+      if (c.out == DType::kFloat32) {
+        const float got = ValueAt(c.out, o.y, k);
+        EXPECT_LE(std::abs(got - want), 1e-5 * scale)
+            << "row " << r << " col " << i << " D " << d;
+        if (!(std::abs(got - want) <= 1e-5 * scale)) return st;
+        continue;
+      }
+      const uint16_t got = BitsAt(o.y, k);
+      const int32_t ulps = std::abs(
+          Ordinal(got) - Ordinal(Round16(c.out, static_cast<float>(want))));
+      if (std::abs(want) >= scale / 256) {
+        ++st.elements;
+        if (ulps > 1) ++st.over_one_ulp;
+        st.worst_ulps = std::max(st.worst_ulps, ulps);
+      } else {
+        EXPECT_LE(std::abs(Widen(c.out, got) - want),
+                  1e-5 * scale + std::abs(want) / 64)
+            << "row " << r << " col " << i;
+      }
+    }
+    if (c.params.kind == NormKind::kLayerNorm) {
+      EXPECT_NEAR(o.mean[r], ref.mean[r],
+                  1e-6 * std::abs(ref.mean[r]) + 1e-5 / ref.rstd[r]);
+    } else {
+      EXPECT_EQ(o.mean[r], 0.0f);
+    }
+    EXPECT_NEAR(o.rstd[r], ref.rstd[r], 1e-5 * ref.rstd[r]);
+  }
+  for (size_t k = 0; k < z.size(); ++k) {
+    EXPECT_EQ(ValueAt(c.in, o.sum, k), z[k]) << "residual sum at " << k;
+    if (ValueAt(c.in, o.sum, k) != z[k]) break;
+  }
+  return st;
+}
+
+// ---- Fixture: skip without a device ----
+
+class CudaKernelTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const absl::Status present = CudaDevicePresent();
+    if (!present.ok())
+      GTEST_SKIP() << present.message();  // "no CUDA device: …"
+  }
+};
+
+TEST_F(CudaKernelTest, EveryDtypePairKindAffineAndResidualMatchesReference) {
+  std::mt19937 rng(1);
+  UlpStats total;
+  for (DType in : kTypes) {
+    for (DType out : kTypes) {
+      for (NormKind kind : {NormKind::kLayerNorm, NormKind::kRmsNorm}) {
+        for (int affine = 0; affine < 4; ++affine) {
+          for (bool residual : {false, true}) {
+            for (int64_t d : {1, 3, 31, 64, 768, 769, 1031, 4097}) {
+              const Case c = MakeCase(kind, in, out, d, 5, affine & 1,
+                                      affine & 2, residual, &rng);
+              SCOPED_TRACE(::testing::Message()
+                           << Name(in) << "->" << Name(out) << " kind "
+                           << static_cast<int>(kind) << " affine " << affine
+                           << " residual " << residual << " D " << d);
+              total.Add(CheckAgainstReference(c, RunOnGpu(c)));
+              if (HasFailure()) return;
+            }
+          }
+        }
+      }
+    }
+  }
+  // As on the CPU: 16-bit outputs within 1 ulp of the correctly rounded
+  // reference in at least 99.9% of elements, never more than 2.
+  EXPECT_GT(total.elements, 100000);
+  EXPECT_LE(total.over_one_ulp, total.elements / 1000);
+  EXPECT_LE(total.worst_ulps, 2);
+}
+
+TEST_F(CudaKernelTest, LongRowsOnTheBlockAndStreamingMappings) {
+  std::mt19937 rng(2);
+  for (int64_t d : {8192, 16384, 16387, 65536, 65537, 262147}) {
+    for (DType t : {DType::kFloat32, DType::kBFloat16}) {
+      for (bool residual : {false, true}) {
+        const Case c = MakeCase(NormKind::kLayerNorm, t, t, d,
+                                (1 << 19) / d + 2, true, true, residual, &rng);
+        SCOPED_TRACE(::testing::Message()
+                     << "D " << d << " " << Name(t) << " residual " << residual
+                     << " mapping "
+                     << RowMappingName(PlanLaunch(d, t).mapping));
+        const UlpStats st = CheckAgainstReference(c, RunOnGpu(c));
+        EXPECT_LE(st.worst_ulps, 2);
+        if (HasFailure()) return;
+      }
+    }
+  }
+}
+
+// GPU and CPU within twice the reference bound of each other (each is
+// within the bound of float64), for every dtype pair.
+TEST_F(CudaKernelTest, AgreesWithTheCpuKernel) {
+  std::mt19937 rng(3);
+  for (DType in : kTypes) {
+    for (DType out : kTypes) {
+      for (int64_t d : {5, 768, 1024, 4096, 20000}) {
+        const Case c = MakeCase(NormKind::kLayerNorm, in, out, d, 4, true, true,
+                                true, &rng);
+        const Output gpu = RunOnGpu(c), cpu = RunOnCpu(c);
+        SCOPED_TRACE(::testing::Message()
+                     << Name(in) << "->" << Name(out) << " D " << d);
+        for (int64_t r = 0; r < c.rows; ++r) {
+          double scale = 0.0;
+          for (int64_t i = 0; i < d; ++i) {
+            scale = std::max<double>(
+                scale,
+                std::abs(ValueAt(out, cpu.y, static_cast<size_t>(r * d + i))));
+          }
+          for (int64_t i = 0; i < d; ++i) {
+            const size_t k = static_cast<size_t>(r * d + i);
+            if (out == DType::kFloat32) {
+              ASSERT_LE(
+                  std::abs(ValueAt(out, gpu.y, k) - ValueAt(out, cpu.y, k)),
+                  2e-5 * scale)
+                  << "row " << r << " col " << i;
+            } else {
+              const float g = ValueAt(out, gpu.y, k),
+                          h = ValueAt(out, cpu.y, k);
+              ASSERT_TRUE(std::abs(Ordinal(BitsAt(gpu.y, k)) -
+                                   Ordinal(BitsAt(cpu.y, k))) <= 2 ||
+                          std::abs(g - h) <= 2e-5 * scale)
+                  << "row " << r << " col " << i << ": " << g << " vs " << h;
+            }
+          }
+          EXPECT_NEAR(gpu.rstd[r], cpu.rstd[r], 2e-5 * cpu.rstd[r]);
+        }
+        // z is defined exactly: the same bits on both.
+        EXPECT_EQ(gpu.sum, cpu.sum);
+      }
+    }
+  }
+}
+
+TEST_F(CudaKernelTest, AccurateWhenMeanIsFarLargerThanStd) {
+  std::mt19937 rng(7);
+  for (int64_t d : {8, 768, 4096, 65536}) {
+    Case c;
+    c.params.dim = d;
+    c.rows = 3;
+    c.x = Encode(DType::kFloat32,
+                 Normal(static_cast<size_t>(3 * d), 1e4f, 1e-3f, &rng));
+    SCOPED_TRACE(::testing::Message() << "D " << d);
+    CheckAgainstReference(c, RunOnGpu(c));
+  }
+}
+
+TEST_F(CudaKernelTest, ConstantRowGivesExactlyBeta) {
+  for (int64_t d : {100, 3000, 40000}) {  // warp, block, streaming
+    std::vector<float> beta(d), gamma(d, 3.0f);
+    for (int64_t i = 0; i < d; ++i)
+      beta[i] = 0.25f * static_cast<float>(i % 9) - 1.0f;
+    for (DType t : kTypes) {
+      for (float v : {0.0f, 1.0f, -7.5f, 12288.0f, 3e38f, 1e-38f}) {
+        Case c;
+        c.params.dim = d;
+        c.params.gamma = gamma.data();
+        c.params.beta = beta.data();
+        c.in = c.out = t;
+        c.x = Encode(t, std::vector<float>(d, v));
+        if (std::isinf(c.x.values[0])) continue;  // 3e38 overflows float16
+        const Output o = RunOnGpu(c);
+        for (int64_t i = 0; i < d; ++i) {
+          const float want =
+              t == DType::kFloat32 ? beta[i] : Widen(t, Round16(t, beta[i]));
+          ASSERT_EQ(ValueAt(t, o.y, i), want)
+              << Name(t) << " D " << d << " constant " << v << " col " << i;
+        }
+      }
+    }
+  }
+}
+
+TEST_F(CudaKernelTest, HugeAndTinyMagnitudesAreRecomputedInDouble) {
+  std::mt19937 rng(3);
+  for (int64_t d : {1000, 5000, 30000}) {
+    for (float scale : {1e25f, 1e37f, 1e-20f, 1e-40f}) {
+      for (NormKind kind : {NormKind::kLayerNorm, NormKind::kRmsNorm}) {
+        Case c;
+        c.params.kind = kind;
+        c.params.dim = d;
+        c.params.epsilon = 1e-38f;  // so that tiny rows are not swamped by ε
+        c.rows = 2;
+        std::vector<float> x = Normal(2 * d, 0, 1, &rng);
+        for (float& v : x) v *= scale;
+        c.x = Encode(DType::kFloat32, x);
+        SCOPED_TRACE(::testing::Message()
+                     << "D " << d << " scale " << scale << " kind "
+                     << static_cast<int>(kind));
+        CheckAgainstReference(c, RunOnGpu(c));
+      }
+    }
+  }
+}
+
+TEST_F(CudaKernelTest, NanOrInfPoisonsOnlyItsRow) {
+  const float kNan = std::numeric_limits<float>::quiet_NaN();
+  const float kInf = std::numeric_limits<float>::infinity();
+  for (int64_t d : {48, 2000, 20000}) {
+    for (float bad : {kNan, kInf, -kInf}) {
+      for (int64_t pos : {int64_t{0}, int64_t{5}, d - 1}) {
+        Case c;
+        c.params.dim = d;
+        c.rows = 3;
+        std::vector<float> x(3 * d);
+        for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>(i % 5);
+        x[d + pos] = bad;
+        c.x = Encode(DType::kFloat32, x);
+        const Output o = RunOnGpu(c);
+        for (int64_t i = 0; i < d; ++i) {
+          ASSERT_TRUE(std::isnan(ValueAt(DType::kFloat32, o.y, d + i)))
+              << "D " << d << " bad " << bad << " at " << pos << " col " << i;
+          ASSERT_FALSE(std::isnan(ValueAt(DType::kFloat32, o.y, i)));
+          ASSERT_FALSE(std::isnan(ValueAt(DType::kFloat32, o.y, 2 * d + i)));
+        }
+      }
+    }
+  }
+}
+
+// A row's bits never depend on the batch: each row alone, then inside
+// batches of other sizes at other positions, with every buffer shifted off
+// 16-byte alignment, on each mapping.
+TEST_F(CudaKernelTest, RowBitsDoNotDependOnBatchPositionOrAlignment) {
+  std::mt19937 rng(11);
+  for (DType in : {DType::kFloat32, DType::kBFloat16}) {
+    for (int64_t d : {771, 768, 4100, 4096, 20000}) {
+      const int kRows = 24;
+      Case all = MakeCase(NormKind::kLayerNorm, in, DType::kFloat32, d, kRows,
+                          true, true, true, &rng);
+      const size_t in_row = d * DTypeSize(in), out_row = d * 4;
+      auto slice = [&](int first, int rows) {
+        Case c = all;
+        c.rows = rows;
+        c.x.bytes.assign(all.x.bytes.begin() + first * in_row,
+                         all.x.bytes.begin() + (first + rows) * in_row);
+        c.residual.bytes.assign(
+            all.residual.bytes.begin() + first * in_row,
+            all.residual.bytes.begin() + (first + rows) * in_row);
+        return c;
+      };
+      std::vector<std::vector<uint8_t>> alone(kRows);
+      for (int r = 0; r < kRows; ++r) alone[r] = RunOnGpu(slice(r, 1)).y;
+      for (size_t offset : {size_t{0}, size_t{4}, size_t{12}}) {
+        for (int first : {0, 3, 7}) {
+          const int rows = kRows - first;
+          const Output o = RunOnGpu(slice(first, rows), offset);
+          for (int j = 0; j < rows; ++j) {
+            ASSERT_EQ(0, std::memcmp(o.y.data() + j * out_row,
+                                     alone[first + j].data(), out_row))
+                << Name(in) << " D " << d << " offset " << offset << " row "
+                << first + j;
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST_F(CudaKernelTest, ZeroRowsIsANoOp) {
+  DeviceRows r;
+  r.params.dim = 768;
+  r.rows = 0;
+  EXPECT_TRUE(NormalizeRowsCuda(r, nullptr).ok());
+}
+
+// ---- No device needed ----
+
+TEST(CudaKernelArgumentsTest, BadArgumentsAreRefusedBeforeAnyCudaCall) {
+  DeviceRows r;
+  r.params.dim = 0;
+  r.rows = 1;
+  EXPECT_EQ(NormalizeRowsCuda(r, nullptr).code(),
+            absl::StatusCode::kInvalidArgument);
+  r.params.dim = 8;
+  r.input_dtype = r.output_dtype = DType::kInt8;
+  EXPECT_EQ(NormalizeRowsCuda(r, nullptr).code(),
+            absl::StatusCode::kInvalidArgument);
+  r.input_dtype = r.output_dtype = DType::kFloat32;
+  EXPECT_EQ(NormalizeRowsCuda(r, nullptr).code(),  // null input/output
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST(CudaDeviceTest, AbsentDeviceIsAFailedPreconditionNotACrash) {
+  const absl::Status s = CudaDevicePresent();
+  if (s.ok()) GTEST_SKIP() << "a CUDA device is present: " << CudaDeviceName(0);
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(s.message().find("no CUDA device"), absl::string_view::npos) << s;
+}
+
+TEST(CudaStatusTest, ErrorsMapToStatusCodes) {
+  EXPECT_TRUE(CudaStatus(cudaSuccess, "x").ok());
+  EXPECT_EQ(CudaStatus(cudaErrorMemoryAllocation, "cudaMalloc").code(),
+            absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(CudaStatus(cudaErrorNoDevice, "x").code(),
+            absl::StatusCode::kFailedPrecondition);
+  const absl::Status s = CudaStatus(cudaErrorIllegalAddress, "sync");
+  EXPECT_EQ(s.code(), absl::StatusCode::kInternal);
+  EXPECT_NE(s.message().find("sync: cudaErrorIllegalAddress"),
+            absl::string_view::npos)
+      << s;
+}
+
+}  // namespace
+}  // namespace normserve::cuda
