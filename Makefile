@@ -37,7 +37,9 @@ test-unit: build
 # exercise threads. Any report fails the run.
 # (GCC's -Wmaybe-uninitialized misfires under the sanitizers, so these builds
 # keep warnings as warnings; the main build enforces -Werror.)
-SAN_CMAKE = -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DNORMSERVE_BUILD_BENCH=OFF
+# (CPU-only: nvcc does not take the sanitizer flags.)
+SAN_CMAKE = -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DNORMSERVE_BUILD_BENCH=OFF \
+  -DNORMSERVE_CUDA=OFF
 
 test-sanitize: deps
 	cmake -S . -B build-asan $(SAN_CMAKE) -DNORMSERVE_SANITIZE=address
@@ -52,7 +54,7 @@ test-sanitize: deps
 
 FUZZ_CMAKE = CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja \
   -DCMAKE_BUILD_TYPE=RelWithDebInfo -DNORMSERVE_FUZZ=ON \
-  -DNORMSERVE_BUILD_TESTS=OFF -DNORMSERVE_BUILD_BENCH=OFF
+  -DNORMSERVE_BUILD_TESTS=OFF -DNORMSERVE_BUILD_BENCH=OFF -DNORMSERVE_CUDA=OFF
 FUZZ_TARGETS = request_decoder_fuzz npy_fuzz model_config_fuzz
 
 fuzz-smoke: deps
