@@ -1,17 +1,31 @@
-// normbench: a closed-loop load generator for normserve (first slice).
+// normbench: a perf_analyzer-style load generator for normserve.
 //
 //   normbench --concurrency=1:64:x2 --shape=1,768 --duration_s=5
+//   normbench --request_rate=1000:16000:x2 --arrival=poisson
 //
-// For each concurrency level it warms up, then runs that many callers
-// back to back (unary calls, or one stream per caller with --mode=stream)
-// for --duration_s or --requests per caller, and reports throughput
-// (requests/s, rows/s, tensor bytes/s), client-side latency percentiles and
-// errors by status code: a table on stdout (progress on stderr), or --json /
-// --csv. It always stops by itself, and targets loopback by default.
+// Closed loop (--concurrency): for each level it warms up, then runs that
+// many callers back to back (unary calls, or one stream per caller with
+// --mode=stream) for --duration_s or --requests per caller.
+//
+// Open loop (--request_rate): unary calls are sent on a schedule, at a
+// constant interval or with Poisson (exponential) gaps, whether or not
+// earlier calls have been answered, and each latency counts from the
+// scheduled send time, so a server that falls behind shows its queueing
+// instead of slowing the client down (no coordinated omission). At most
+// --max_outstanding calls are in flight; a scheduled call beyond that is
+// not sent and counts as the error CLIENT_SATURATED.
+//
+// Each step reports throughput (requests/s, rows/s, tensor bytes/s),
+// client-side latency percentiles, errors by status code and the server's
+// stage breakdown from /metrics: a table on stdout (progress on stderr), or
+// --json / --csv. It always stops by itself, and targets loopback by
+// default.
 #include <algorithm>
 #include <atomic>
+#include <condition_variable>
 #include <cstdio>
 #include <map>
+#include <mutex>
 #include <random>
 #include <string>
 #include <thread>
@@ -33,6 +47,14 @@ ABSL_FLAG(std::string, server, "127.0.0.1:8001", "Server address host:port.");
 ABSL_FLAG(std::string, mode, "unary", "unary or stream.");
 ABSL_FLAG(std::string, concurrency, "1:16:x2",
           "Callers: N, or a sweep FROM:TO:xFACTOR (e.g. 1:64:x2).");
+ABSL_FLAG(std::string, request_rate, "",
+          "Open loop instead: requests/s, R or a sweep FROM:TO:xFACTOR "
+          "(unary only).");
+ABSL_FLAG(std::string, arrival, "poisson",
+          "Open loop arrivals: poisson or constant.");
+ABSL_FLAG(int, max_outstanding, 1024,
+          "Open loop: calls in flight at most (beyond: CLIENT_SATURATED).");
+ABSL_FLAG(int, seed, 1, "Seed of the input values and the arrival times.");
 ABSL_FLAG(std::string, shape, "1,768", "Input shape.");
 ABSL_FLAG(std::string, dtype, "float32", "float32, float16 or bfloat16.");
 ABSL_FLAG(std::string, model, "", "Model name; empty: the default model.");
@@ -86,7 +108,8 @@ Stages StageDelta(const std::string& before, const std::string& after) {
 
 struct Step {
   Stages stages;
-  int concurrency = 0;
+  int concurrency = 0;  // closed loop
+  double rate = 0;      // open loop: the target requests/s
   double seconds = 0;
   int64_t ok = 0;
   std::map<std::string, int64_t> errors;
@@ -154,7 +177,9 @@ void Caller(NormClient* client, const v1::NormalizeRequest& request,
 
 Step RunStep(NormClient* client, const v1::NormalizeRequest& request,
              bool stream, int concurrency) {
-  std::atomic<bool> stop{false}, measure{false};
+  // Without a warm-up every call counts, so that counts match the server's.
+  std::atomic<bool> stop{false},
+      measure{absl::GetFlag(FLAGS_warmup_s) <= 0};
   std::vector<std::vector<double>> latencies(static_cast<size_t>(concurrency));
   std::vector<std::map<std::string, int64_t>> errors(
       static_cast<size_t>(concurrency));
@@ -199,6 +224,117 @@ Step RunStep(NormClient* client, const v1::NormalizeRequest& request,
   return step;
 }
 
+// One open-loop step: `rate` calls/s for warm-up + duration, latencies
+// measured from each call's scheduled time.
+Step RunRateStep(NormClient* client, const v1::NormalizeRequest& request,
+                 double rate, bool poisson, std::mt19937_64* rng) {
+  struct Shared {
+    std::mutex mu;
+    std::condition_variable idle;
+    int outstanding = 0;
+    int64_t ok = 0;
+    std::vector<double> latencies_ms;
+    std::map<std::string, int64_t> errors;
+  } shared;
+  struct Call {
+    grpc::ClientContext context;
+    v1::NormalizeResponse response;
+    absl::Time scheduled;
+    bool measured = false;
+  };
+  const int max_outstanding = absl::GetFlag(FLAGS_max_outstanding);
+  const absl::Duration warmup = absl::Seconds(absl::GetFlag(FLAGS_warmup_s));
+  const absl::Duration length = absl::Seconds(absl::GetFlag(FLAGS_duration_s));
+  std::exponential_distribution<double> gap(rate);
+  const absl::Time begin = absl::Now();
+  const absl::Time measure_from = begin + warmup;
+  const absl::Time end = measure_from + length;
+  std::string before;
+  absl::Time next = begin;
+  absl::Time last_progress = begin;
+  int64_t saturated = 0;
+  while (next < end) {
+    if (before.empty() && next >= measure_from) before = Scrape();
+    const absl::Time now = absl::Now();
+    if (next > now) absl::SleepFor(next - now);
+    const bool measured = next >= measure_from;
+    bool send;
+    {
+      std::lock_guard<std::mutex> lock(shared.mu);
+      send = shared.outstanding < max_outstanding;
+      if (send) ++shared.outstanding;
+    }
+    if (!send) {
+      if (measured) ++saturated;
+    } else {
+      auto* call = new Call;
+      call->scheduled = next;
+      call->measured = measured;
+      call->context.set_deadline(std::chrono::system_clock::now() +
+                                 std::chrono::seconds(30));
+      client->stub()->async()->Normalize(
+          &call->context, &request, &call->response,
+          [call, &shared](grpc::Status status) {
+            const double ms =
+                absl::ToDoubleMilliseconds(absl::Now() - call->scheduled);
+            std::lock_guard<std::mutex> lock(shared.mu);
+            if (call->measured) {
+              if (status.ok()) {
+                ++shared.ok;
+                shared.latencies_ms.push_back(ms);
+              } else {
+                ++shared.errors[absl::StatusCodeToString(
+                    static_cast<absl::StatusCode>(status.error_code()))];
+              }
+            }
+            if (--shared.outstanding == 0) shared.idle.notify_all();
+            delete call;
+          });
+    }
+    next += poisson ? absl::Seconds(gap(*rng)) : absl::Seconds(1.0 / rate);
+    if (absl::Now() - last_progress > absl::Milliseconds(200)) {
+      last_progress = absl::Now();
+      std::fprintf(stderr, "\rrate %.0f/s: %.1f s   ", rate,
+                   absl::ToDoubleSeconds(last_progress - begin));
+    }
+  }
+  const absl::Time stop = absl::Now();
+  {
+    std::unique_lock<std::mutex> lock(shared.mu);
+    shared.idle.wait(lock, [&shared] { return shared.outstanding == 0; });
+  }
+  std::fprintf(stderr, "\r%60s\r", "");
+  Step step;
+  step.stages = StageDelta(before, Scrape());
+  step.rate = rate;
+  // Throughput over the schedule's window (answers that came after it
+  // still count: they were sent within it).
+  step.seconds = absl::ToDoubleSeconds(stop - measure_from);
+  step.ok = shared.ok;
+  step.errors = std::move(shared.errors);
+  if (saturated > 0) step.errors["CLIENT_SATURATED"] += saturated;
+  step.latencies_ms = std::move(shared.latencies_ms);
+  std::sort(step.latencies_ms.begin(), step.latencies_ms.end());
+  return step;
+}
+
+std::vector<double> ParseRates(const std::string& spec) {
+  std::vector<std::string> parts = absl::StrSplit(spec, ':');
+  double from = 0, to = 0;
+  int factor = 2;
+  if (parts.size() == 1 && absl::SimpleAtod(parts[0], &from) && from > 0)
+    return {from};
+  if (parts.size() != 3 || !absl::SimpleAtod(parts[0], &from) ||
+      !absl::SimpleAtod(parts[1], &to) || parts[2].empty() ||
+      parts[2][0] != 'x' || !absl::SimpleAtoi(parts[2].substr(1), &factor) ||
+      from <= 0 || to < from || factor < 2) {
+    return {};
+  }
+  std::vector<double> rates;
+  for (double r = from; r <= to * (1 + 1e-9); r *= factor) rates.push_back(r);
+  return rates;
+}
+
 std::vector<int> ParseConcurrency(const std::string& spec) {
   std::vector<std::string> parts = absl::StrSplit(spec, ':');
   int from = 0, to = 0, factor = 2;
@@ -221,9 +357,10 @@ std::vector<int> ParseConcurrency(const std::string& spec) {
 int main(int argc, char** argv) {
   using namespace normserve;
   absl::SetProgramUsageMessage(
-      "closed-loop load generator for normserve.\n"
+      "load generator for normserve.\n"
       "Usage: normbench --concurrency=1:64:x2 --shape=1,768 [--mode=stream] "
-      "[--json]");
+      "[--json]\n"
+      "       normbench --request_rate=1000:8000:x2 [--arrival=constant]");
   absl::ParseCommandLine(argc, argv);
   const std::vector<int> levels =
       ParseConcurrency(absl::GetFlag(FLAGS_concurrency));
@@ -235,6 +372,30 @@ int main(int argc, char** argv) {
   const std::string mode = absl::GetFlag(FLAGS_mode);
   if (mode != "unary" && mode != "stream") {
     std::fprintf(stderr, "normbench: --mode: expected unary or stream\n");
+    return 2;
+  }
+  const bool open_loop = !absl::GetFlag(FLAGS_request_rate).empty();
+  const std::vector<double> rates =
+      open_loop ? ParseRates(absl::GetFlag(FLAGS_request_rate))
+                : std::vector<double>{};
+  if (open_loop && rates.empty()) {
+    std::fprintf(
+        stderr,
+        "normbench: --request_rate: expected R or FROM:TO:xFACTOR (> 0)\n");
+    return 2;
+  }
+  if (open_loop && mode != "unary") {
+    std::fprintf(stderr, "normbench: --request_rate needs --mode=unary\n");
+    return 2;
+  }
+  const std::string arrival = absl::GetFlag(FLAGS_arrival);
+  if (arrival != "poisson" && arrival != "constant") {
+    std::fprintf(stderr,
+                 "normbench: --arrival: expected poisson or constant\n");
+    return 2;
+  }
+  if (absl::GetFlag(FLAGS_max_outstanding) <= 0) {
+    std::fprintf(stderr, "normbench: --max_outstanding: expected > 0\n");
     return 2;
   }
   NormalizeInput in;
@@ -257,7 +418,7 @@ int main(int argc, char** argv) {
   in.dtype = dtype == "float16"    ? v1::DATA_TYPE_FLOAT16
              : dtype == "bfloat16" ? v1::DATA_TYPE_BFLOAT16
                                    : v1::DATA_TYPE_FLOAT32;
-  std::mt19937 rng(1);
+  std::mt19937 rng(static_cast<uint32_t>(absl::GetFlag(FLAGS_seed)));
   std::normal_distribution<float> dist(0, 1);
   in.values.resize(static_cast<size_t>(count));
   for (float& v : in.values) v = dist(rng);
@@ -273,17 +434,23 @@ int main(int argc, char** argv) {
   const bool json = absl::GetFlag(FLAGS_json), csv = absl::GetFlag(FLAGS_csv);
   if (csv)
     std::printf(
-        "concurrency,requests_per_s,rows_per_s,bytes_per_s,p50_ms,p90_ms,p95_"
-        "ms,p99_ms,max_ms,errors,server_queue_ms,server_compute_ms,"
-        "server_end_to_end_ms\n");
+        "concurrency,target_rate,requests_per_s,rows_per_s,bytes_per_s,p50_"
+        "ms,p90_ms,p95_ms,p99_ms,max_ms,errors,server_queue_ms,server_"
+        "compute_ms,server_end_to_end_ms\n");
   if (!json && !csv) {
     std::printf("%-11s %12s %12s %12s %8s %8s %8s %8s %8s  %-28s %s\n",
-                "concurrency", "requests/s", "rows/s", "MB/s", "p50 ms",
-                "p90 ms", "p95 ms", "p99 ms", "max ms",
+                open_loop ? "rate/s" : "concurrency", "requests/s", "rows/s",
+                "MB/s", "p50 ms", "p90 ms", "p95 ms", "p99 ms", "max ms",
                 "server queue/compute/e2e ms", "errors");
   }
-  for (int c : levels) {
-    const Step s = RunStep(client->get(), request, mode == "stream", c);
+  std::mt19937_64 arrivals(static_cast<uint64_t>(absl::GetFlag(FLAGS_seed)));
+  const size_t steps = open_loop ? rates.size() : levels.size();
+  for (size_t i = 0; i < steps; ++i) {
+    const Step s = open_loop ? RunRateStep(client->get(), request, rates[i],
+                                           arrival == "poisson", &arrivals)
+                             : RunStep(client->get(), request, mode == "stream",
+                                       levels[i]);
+    const int c = s.concurrency;
     const double rps = s.ok / s.seconds;
     std::vector<std::string> errs;
     int64_t total_errors = 0;
@@ -294,7 +461,8 @@ int main(int argc, char** argv) {
     const auto& l = s.latencies_ms;
     if (json) {
       std::printf(
-          "{\"concurrency\": %d, \"mode\": \"%s\", \"requests\": %lld, "
+          "{\"concurrency\": %d, \"target_rate\": %.1f, \"mode\": \"%s\", "
+          "\"requests\": %lld, "
           "\"seconds\": %.3f, "
           "\"requests_per_s\": %.1f, \"rows_per_s\": %.1f, \"bytes_per_s\": "
           "%.1f, "
@@ -302,28 +470,31 @@ int main(int argc, char** argv) {
           "%.4f, "
           "\"max_ms\": %.4f, \"errors\": %lld, \"server_queue_ms\": %.4f, "
           "\"server_compute_ms\": %.4f, \"server_end_to_end_ms\": %.4f}\n",
-          c, mode.c_str(), static_cast<long long>(s.ok), s.seconds, rps,
+          c, s.rate, mode.c_str(), static_cast<long long>(s.ok), s.seconds, rps,
           rps * rows, rps * bytes, Percentile(l, 0.5), Percentile(l, 0.9),
           Percentile(l, 0.95), Percentile(l, 0.99), l.empty() ? 0.0 : l.back(),
           static_cast<long long>(total_errors), s.stages.queue_ms,
           s.stages.compute_ms, s.stages.end_to_end_ms);
     } else if (csv) {
       std::printf(
-          "%d,%.1f,%.1f,%.1f,%.4f,%.4f,%.4f,%.4f,%.4f,%lld,%.4f,%.4f,%.4f\n", c,
-          rps, rps * rows, rps * bytes, Percentile(l, 0.5), Percentile(l, 0.9),
-          Percentile(l, 0.95), Percentile(l, 0.99), l.empty() ? 0.0 : l.back(),
-          static_cast<long long>(total_errors), s.stages.queue_ms,
-          s.stages.compute_ms, s.stages.end_to_end_ms);
+          "%d,%.1f,%.1f,%.1f,%.1f,%.4f,%.4f,%.4f,%.4f,%.4f,%lld,%.4f,%.4f,%."
+          "4f\n",
+          c, s.rate, rps, rps * rows, rps * bytes, Percentile(l, 0.5),
+          Percentile(l, 0.9), Percentile(l, 0.95), Percentile(l, 0.99),
+          l.empty() ? 0.0 : l.back(), static_cast<long long>(total_errors),
+          s.stages.queue_ms, s.stages.compute_ms, s.stages.end_to_end_ms);
     } else {
       const std::string stages =
           s.stages.valid
               ? absl::StrFormat("%.3f / %.3f / %.3f", s.stages.queue_ms,
                                 s.stages.compute_ms, s.stages.end_to_end_ms)
               : std::string("n/a");
+      const std::string load =
+          open_loop ? absl::StrFormat("%.0f", s.rate) : absl::StrCat(c);
       std::printf(
-          "%-11d %12.0f %12.0f %12.1f %8.3f %8.3f %8.3f %8.3f %8.3f  %-28s "
+          "%-11s %12.0f %12.0f %12.1f %8.3f %8.3f %8.3f %8.3f %8.3f  %-28s "
           "%s\n",
-          c, rps, rps * rows, rps * bytes / 1e6, Percentile(l, 0.5),
+          load.c_str(), rps, rps * rows, rps * bytes / 1e6, Percentile(l, 0.5),
           Percentile(l, 0.9), Percentile(l, 0.95), Percentile(l, 0.99),
           l.empty() ? 0.0 : l.back(), stages.c_str(),
           errs.empty() ? "none" : absl::StrJoin(errs, " ").c_str());

@@ -1,11 +1,15 @@
 #!/usr/bin/env python3
 """normbench against the real server: a short sweep in both modes stops by
-itself and reports sane JSON (every step answered, no errors).
+itself and reports sane JSON (every step answered, no errors); its request
+count matches the server's grpc_server_handled_total; and the open-loop
+mode keeps its schedule.
 
 Usage: normbench_test.py SERVER_BINARY NORMBENCH_BINARY
 """
 import json
+import re
 import subprocess
+import urllib.request
 import sys
 import unittest
 
@@ -39,6 +43,41 @@ class NormbenchTest(unittest.TestCase):
                     self.assertGreaterEqual(s["server_end_to_end_ms"], s["server_queue_ms"])
                     self.assertLess(s["server_end_to_end_ms"], s["max_ms"])
             bad = subprocess.run([NORMBENCH, "--concurrency=0:x"], capture_output=True, text=True)
+            self.assertEqual(bad.returncode, 2)
+
+    def test_request_count_matches_the_server(self):
+        with LiveServer(SERVER) as server:
+            run = subprocess.run([NORMBENCH, f"--server={server.target}", "--concurrency=3",
+                                  "--requests=40", "--warmup_s=0", "--json", "--metrics="],
+                                 capture_output=True, text=True, timeout=60)
+            self.assertEqual(run.returncode, 0, run.stderr)
+            step = json.loads(run.stdout)
+            self.assertEqual(step["requests"], 120)
+            body = urllib.request.urlopen(
+                f"http://127.0.0.1:{server.metrics_port}/metrics").read().decode()
+            handled = re.search(r'grpc_server_handled_total\{grpc_code="OK",'
+                                r'grpc_method="Normalize",[^}]*\} (\S+)', body)
+            self.assertIsNotNone(handled, body)
+            self.assertEqual(float(handled.group(1)), step["requests"])
+
+    def test_open_loop_keeps_its_schedule(self):
+        with LiveServer(SERVER) as server:
+            for arrival in ("constant", "poisson"):
+                run = subprocess.run([NORMBENCH, f"--server={server.target}",
+                                      "--request_rate=200:400:x2", f"--arrival={arrival}",
+                                      "--duration_s=1", "--warmup_s=0.1", "--json",
+                                      f"--metrics=127.0.0.1:{server.metrics_port}"],
+                                     capture_output=True, text=True, timeout=60)
+                self.assertEqual(run.returncode, 0, run.stderr)
+                steps = [json.loads(line) for line in run.stdout.splitlines()]
+                self.assertEqual([s["target_rate"] for s in steps], [200, 400])
+                for s in steps:
+                    self.assertEqual(s["errors"], 0)
+                    # The schedule, not the server, sets the pace.
+                    self.assertAlmostEqual(s["requests"], s["target_rate"], delta=0.3 * s["target_rate"])
+                    self.assertAlmostEqual(s["requests_per_s"], s["target_rate"], delta=0.3 * s["target_rate"])
+            bad = subprocess.run([NORMBENCH, "--request_rate=100", "--mode=stream"],
+                                 capture_output=True, text=True)
             self.assertEqual(bad.returncode, 2)
 
 
