@@ -6,12 +6,20 @@
 //
 // Threading: Run() may be called from several batcher workers at once, on
 // different batches.
+//
+// Errors: Run() never crashes on a device error; it returns a status (see
+// each factory) and the backend stays usable for later batches where the
+// device allows.
 #ifndef NORMSERVE_SERVER_BACKEND_H_
 #define NORMSERVE_SERVER_BACKEND_H_
 
+#include <cstdint>
+#include <functional>
 #include <memory>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "kernels/thread_pool.h"
 #include "server/batcher.h"
@@ -27,6 +35,53 @@ class Backend {
 // Runs batches with the CPU kernels: on the calling thread and, for large
 // batches, on `pool` (borrowed, may be null; must outlive the backend).
 std::unique_ptr<Backend> MakeCpuBackend(ThreadPool* pool);
+
+// What the CUDA backend reports about its device.
+struct CudaDeviceStats {
+  // Device memory in use, by every process (cudaMemGetInfo: total − free).
+  int64_t memory_used_bytes = 0;
+  int64_t memory_total_bytes = 0;
+  // Fraction of wall time, since the previous report, during which the
+  // backend had a batch on the GPU (staged and not yet finished): the
+  // backend's own occupancy of the device, not NVML's SM utilization.
+  double busy_ratio = 0.0;
+};
+
+struct CudaBackendOptions {
+  // CUDA device ordinal.
+  int device = 0;
+  // Streams, each with a pinned host and a device staging buffer; copies
+  // in, kernels and copies out of different chunks overlap across them.
+  // 3 covers the three stages; more rarely helps.
+  int num_streams = 3;
+  // Bytes of each staging buffer (host and device alike). A batch larger
+  // than one buffer is cut into chunks; a single row that does not fit
+  // grows the buffers. Memory used: 2 · num_streams · staging_bytes.
+  int64_t staging_bytes = int64_t{16} << 20;
+  // Optional: called from Run() (on a batch worker, without locks held) at
+  // most once per stats_interval.
+  std::function<void(const CudaDeviceStats&)> stats_observer;
+  absl::Duration stats_interval = absl::Seconds(1);
+};
+
+// Runs batches on a CUDA GPU: each batch is staged through pinned host
+// buffers and pipelined over the streams (server/internal/cuda_pipeline.h).
+// Fails with FAILED_PRECONDITION when the build has no CUDA support or the
+// host has no usable device (no driver, no GPU, or a GPU the kernels were
+// not compiled for), RESOURCE_EXHAUSTED when the buffers cannot be
+// allocated. Run() returns FAILED_PRECONDITION for INT8 jobs (CPU only),
+// RESOURCE_EXHAUSTED when a row needs more memory than can be had, and
+// INTERNAL for a CUDA error; after an error the streams are drained and,
+// when the error poisoned the CUDA context, the device is reset and the
+// buffers allocated again (UNAVAILABLE from then on if that fails).
+// Concurrent Run() calls take turns: each uses every stream.
+absl::StatusOr<std::unique_ptr<Backend>> MakeCudaBackend(
+    const CudaBackendOptions& options);
+
+// Routes each batch by its key's device: DeviceKind::kCuda to `cuda`,
+// anything else to `cpu` (both borrowed; `cuda` may be null, and then CUDA
+// batches fail with FAILED_PRECONDITION).
+std::unique_ptr<Backend> MakeDeviceRouter(Backend* cpu, Backend* cuda);
 
 }  // namespace normserve
 

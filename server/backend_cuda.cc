@@ -1,0 +1,456 @@
+// The CUDA backend: carries out a PipelinePlan (server/internal/
+// cuda_pipeline.h) with pinned staging buffers and one stream per slot.
+// Compiled only where CMake found nvcc; backend_cuda_stub.cc otherwise.
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <cstring>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "kernels/cuda/normalize_cuda.h"
+#include "server/backend.h"
+#include "server/internal/cuda_pipeline.h"
+#include "server/internal/mutex.h"
+#include "server/internal/status_macros.h"
+
+namespace normserve {
+namespace {
+
+using internal::PipelineChunk;
+using internal::PipelineJob;
+using internal::PipelineLaunch;
+using internal::PipelineOptions;
+using internal::PipelinePiece;
+using internal::PipelinePlan;
+using internal::PipelineStep;
+using internal::PipelineStepKind;
+
+absl::Status Check(cudaError_t e, const char* what) {
+  return cuda::CudaStatus(e, what);
+}
+
+int64_t AlignUp(int64_t v) {
+  return (v + internal::kRegionAlignment - 1) / internal::kRegionAlignment *
+         internal::kRegionAlignment;
+}
+
+// What jobs must agree on to share a launch.
+struct GroupKey {
+  NormKind kind;
+  float epsilon;
+  const float* gamma;
+  const float* beta;
+  bool residual, sum, statistics;
+
+  bool operator==(const GroupKey& o) const {
+    // Epsilon compared by bits: the same request value, NaN never reaches
+    // here (the decoder refuses it).
+    return kind == o.kind && std::memcmp(&epsilon, &o.epsilon, 4) == 0 &&
+           gamma == o.gamma && beta == o.beta && residual == o.residual &&
+           sum == o.sum && statistics == o.statistics;
+  }
+};
+
+GroupKey KeyOf(const RowSegment& s) {
+  return {s.params->kind,
+          s.params->epsilon,
+          s.params->gamma,
+          s.params->beta,
+          s.residual != nullptr,
+          s.sum_output != nullptr,
+          s.mean != nullptr || s.rstd != nullptr};
+}
+
+// The batch as the pipeline sees it.
+struct BatchShape {
+  int64_t dim = 0;
+  DType input = DType::kFloat32, output = DType::kFloat32;
+  std::vector<GroupKey> groups;
+  std::vector<PipelineJob> jobs;
+  PipelineOptions options;
+  int64_t beta_offset = 0;  // of β within a group's parameter block
+};
+
+absl::StatusOr<BatchShape> ShapeOf(absl::Span<Job* const> batch,
+                                   const PipelineOptions& defaults) {
+  BatchShape b;
+  b.options = defaults;
+  const RowSegment& first = batch[0]->segment;
+  if (first.input_dtype == DType::kInt8 || first.output_dtype == DType::kInt8) {
+    return absl::FailedPreconditionError(
+        "DATA_TYPE_INT8 is not supported on DEVICE_CUDA; use DEVICE_CPU");
+  }
+  b.dim = first.params->dim;
+  b.input = first.input_dtype;
+  b.output = first.output_dtype;
+  bool residual = false, sum = false, stats = false, affine = false;
+  for (const Job* job : batch) {
+    const RowSegment& s = job->segment;
+    if (s.input_dtype != b.input || s.output_dtype != b.output ||
+        s.params == nullptr || s.params->dim != b.dim) {
+      return absl::InternalError(
+          "CUDA batch mixes dtypes or row lengths (batch key bug)");
+    }
+    const GroupKey key = KeyOf(s);
+    auto it = std::find(b.groups.begin(), b.groups.end(), key);
+    if (it == b.groups.end()) it = b.groups.insert(b.groups.end(), key);
+    b.jobs.push_back({s.rows, static_cast<int>(it - b.groups.begin())});
+    residual |= key.residual;
+    sum |= key.sum;
+    stats |= key.statistics;
+    affine |= key.gamma != nullptr || key.beta != nullptr;
+  }
+  const int64_t in_row = b.dim * static_cast<int64_t>(DTypeSize(b.input));
+  b.options.input_row_bytes = in_row;
+  b.options.output_row_bytes =
+      b.dim * static_cast<int64_t>(DTypeSize(b.output));
+  b.options.residual_row_bytes = residual ? in_row : 0;
+  b.options.sum_row_bytes = sum ? in_row : 0;
+  b.options.statistics = stats;
+  b.beta_offset = AlignUp(b.dim * 4);
+  b.options.group_param_bytes = affine ? 2 * b.beta_offset : 0;
+  return b;
+}
+
+class CudaBackend final : public Backend {
+ public:
+  static absl::StatusOr<std::unique_ptr<Backend>> Create(
+      const CudaBackendOptions& options) {
+    if (options.num_streams <= 0 || options.staging_bytes <= 0) {
+      return absl::InvalidArgumentError(
+          "CUDA backend: num_streams and staging_bytes must be > 0");
+    }
+    absl::Status present = cuda::CudaDevicePresent();
+    if (!present.ok()) return present;
+    auto backend = std::unique_ptr<CudaBackend>(new CudaBackend(options));
+    RETURN_IF_ERROR(backend->Start());
+    return std::unique_ptr<Backend>(std::move(backend));
+  }
+
+  ~CudaBackend() override {
+    MutexLock lock(&mu_);
+    if (cudaSetDevice(options_.device) == cudaSuccess) FreeSlots();
+    cudaGetLastError();
+  }
+
+  absl::Status Run(absl::Span<Job* const> batch) override {
+    if (batch.empty()) return absl::OkStatus();
+    BatchShape shape;
+    ASSIGN_OR_RETURN(shape, ShapeOf(batch, defaults_));
+    PipelinePlan plan;
+    ASSIGN_OR_RETURN(plan, internal::PlanPipeline(shape.jobs, shape.options));
+
+    absl::Status status;
+    std::function<void(const CudaDeviceStats&)> observer;
+    CudaDeviceStats stats;
+    {
+      MutexLock lock(&mu_);
+      if (broken_) {
+        return absl::UnavailableError(
+            "the CUDA backend is disabled after a device error it could not "
+            "recover from; restart the server");
+      }
+      const absl::Time start = absl::Now();
+      status = Execute(batch, shape, plan);
+      if (!status.ok()) Recover();
+      const absl::Time end = absl::Now();
+      busy_ += end - start;
+      if (options_.stats_observer &&
+          end - last_report_ >= options_.stats_interval) {
+        stats = Stats(end);
+        observer = options_.stats_observer;
+      }
+    }
+    if (observer) observer(stats);
+    return status;
+  }
+
+ private:
+  // One stream and its staging buffers.
+  struct Slot {
+    cudaStream_t stream = nullptr;
+    uint8_t* host = nullptr;    // pinned
+    uint8_t* device = nullptr;  // same layout
+    int64_t bytes = 0;
+  };
+
+  explicit CudaBackend(const CudaBackendOptions& options)
+      : options_(options), slots_(static_cast<size_t>(options.num_streams)) {
+    defaults_.num_streams = options.num_streams;
+    defaults_.slot_bytes = options.staging_bytes;
+    last_report_ = absl::Now();
+  }
+
+  // Streams and buffers, then one tiny normalization end to end: a device
+  // the kernels were not compiled for fails here, at startup, not on the
+  // first request.
+  absl::Status Start() {
+    MutexLock lock(&mu_);
+    RETURN_IF_ERROR(Check(cudaSetDevice(options_.device), "cudaSetDevice"));
+    absl::Status s = AllocateSlots(options_.staging_bytes);
+    if (s.ok()) s = SelfTest();
+    if (!s.ok()) {
+      FreeSlots();
+      cudaGetLastError();
+    }
+    return s;
+  }
+
+  absl::Status SelfTest() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    Slot& slot = slots_[0];
+    const float x[4] = {1, 2, 3, 4};
+    std::memcpy(slot.host, x, sizeof(x));
+    RETURN_IF_ERROR(Check(cudaMemcpyAsync(slot.device, slot.host, sizeof(x),
+                                          cudaMemcpyHostToDevice, slot.stream),
+                          "cudaMemcpyAsync"));
+    cuda::DeviceRows r;
+    r.params.dim = 4;
+    r.input = slot.device;
+    r.output = slot.device + 256;
+    r.rows = 1;
+    RETURN_IF_ERROR(cuda::NormalizeRowsCuda(r, slot.stream));
+    RETURN_IF_ERROR(
+        Check(cudaMemcpyAsync(slot.host + 256, slot.device + 256, sizeof(x),
+                              cudaMemcpyDeviceToHost, slot.stream),
+              "cudaMemcpyAsync"));
+    RETURN_IF_ERROR(
+        Check(cudaStreamSynchronize(slot.stream), "self-test kernel"));
+    float y[4];
+    std::memcpy(y, slot.host + 256, sizeof(y));
+    if (!(y[0] < -1.3f && y[0] > -1.4f && y[3] > 1.3f && y[3] < 1.4f)) {
+      return absl::InternalError(
+          absl::StrCat("CUDA self-test: normalizing [1, 2, 3, 4] gave [", y[0],
+                       ", …, ", y[3], "]"));
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status AllocateSlots(int64_t bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    for (Slot& s : slots_) {
+      if (s.stream == nullptr) {
+        RETURN_IF_ERROR(
+            Check(cudaStreamCreateWithFlags(&s.stream, cudaStreamNonBlocking),
+                  "cudaStreamCreate"));
+      }
+      if (s.bytes >= bytes) continue;
+      if (s.host != nullptr) cudaFreeHost(s.host);
+      if (s.device != nullptr) cudaFree(s.device);
+      s.host = nullptr;
+      s.device = nullptr;
+      s.bytes = 0;
+      void* host = nullptr;
+      void* device = nullptr;
+      RETURN_IF_ERROR(Check(cudaHostAlloc(&host, static_cast<size_t>(bytes),
+                                          cudaHostAllocDefault),
+                            "cudaHostAlloc"));
+      s.host = static_cast<uint8_t*>(host);
+      RETURN_IF_ERROR(
+          Check(cudaMalloc(&device, static_cast<size_t>(bytes)), "cudaMalloc"));
+      s.device = static_cast<uint8_t*>(device);
+      s.bytes = bytes;
+    }
+    return absl::OkStatus();
+  }
+
+  // Releases everything; errors are ignored (this runs after failures).
+  void FreeSlots() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    for (Slot& s : slots_) {
+      if (s.stream != nullptr) {
+        cudaStreamSynchronize(s.stream);
+        cudaStreamDestroy(s.stream);
+      }
+      if (s.host != nullptr) cudaFreeHost(s.host);
+      if (s.device != nullptr) cudaFree(s.device);
+      s = Slot();
+    }
+  }
+
+  absl::Status Execute(absl::Span<Job* const> batch, const BatchShape& shape,
+                       const PipelinePlan& plan)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    RETURN_IF_ERROR(Check(cudaSetDevice(options_.device), "cudaSetDevice"));
+    RETURN_IF_ERROR(AllocateSlots(
+        std::max<int64_t>(options_.staging_bytes, plan.max_chunk_bytes)));
+    for (const PipelineStep& step : plan.steps) {
+      const PipelineChunk& chunk = plan.chunks[step.chunk];
+      if (step.kind == PipelineStepKind::kStage) {
+        RETURN_IF_ERROR(Stage(batch, shape, chunk));
+      } else {
+        RETURN_IF_ERROR(Finish(batch, shape, chunk));
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  // Packs the chunk's inputs into the slot's pinned buffer and enqueues
+  // copy in, kernels, copy out.
+  absl::Status Stage(absl::Span<Job* const> batch, const BatchShape& shape,
+                     const PipelineChunk& chunk)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    Slot& slot = slots_[chunk.slot];
+    const internal::ChunkLayout& L = chunk.layout;
+    const PipelineOptions& o = shape.options;
+    const size_t d_bytes = static_cast<size_t>(shape.dim) * sizeof(float);
+    for (const PipelineLaunch& l : chunk.launches) {
+      if (o.group_param_bytes == 0) break;
+      const GroupKey& g = shape.groups[l.group];
+      uint8_t* p = slot.host + l.param_offset;
+      if (g.gamma != nullptr) std::memcpy(p, g.gamma, d_bytes);
+      if (g.beta != nullptr)
+        std::memcpy(p + shape.beta_offset, g.beta, d_bytes);
+    }
+    for (const PipelinePiece& p : chunk.pieces) {
+      const RowSegment& s = batch[p.job]->segment;
+      const int64_t rows = p.row_end - p.row_begin;
+      std::memcpy(slot.host + L.input + p.chunk_row * o.input_row_bytes,
+                  static_cast<const uint8_t*>(s.input) +
+                      p.row_begin * o.input_row_bytes,
+                  static_cast<size_t>(rows * o.input_row_bytes));
+      if (s.residual != nullptr) {
+        std::memcpy(slot.host + L.residual + p.chunk_row * o.input_row_bytes,
+                    static_cast<const uint8_t*>(s.residual) +
+                        p.row_begin * o.input_row_bytes,
+                    static_cast<size_t>(rows * o.input_row_bytes));
+      }
+    }
+    RETURN_IF_ERROR(
+        Check(cudaMemcpyAsync(slot.device, slot.host,
+                              static_cast<size_t>(L.host_to_device_bytes),
+                              cudaMemcpyHostToDevice, slot.stream),
+              "cudaMemcpyAsync (host to device)"));
+    for (const PipelineLaunch& l : chunk.launches) {
+      const GroupKey& g = shape.groups[l.group];
+      cuda::DeviceRows r;
+      r.params.kind = g.kind;
+      r.params.dim = shape.dim;
+      r.params.epsilon = g.epsilon;
+      uint8_t* params = slot.device + l.param_offset;
+      r.params.gamma =
+          g.gamma != nullptr ? reinterpret_cast<const float*>(params) : nullptr;
+      r.params.beta =
+          g.beta != nullptr
+              ? reinterpret_cast<const float*>(params + shape.beta_offset)
+              : nullptr;
+      r.input_dtype = shape.input;
+      r.output_dtype = shape.output;
+      r.rows = l.rows;
+      r.input = slot.device + L.input + l.chunk_row * o.input_row_bytes;
+      r.output = slot.device + L.output + l.chunk_row * o.output_row_bytes;
+      if (g.residual) {
+        r.residual = slot.device + L.residual + l.chunk_row * o.input_row_bytes;
+      }
+      if (g.sum) {
+        r.sum_output = slot.device + L.sum + l.chunk_row * o.input_row_bytes;
+      }
+      if (g.statistics) {
+        r.mean = reinterpret_cast<float*>(slot.device + L.mean) + l.chunk_row;
+        r.rstd = reinterpret_cast<float*>(slot.device + L.rstd) + l.chunk_row;
+      }
+      RETURN_IF_ERROR(cuda::NormalizeRowsCuda(r, slot.stream));
+    }
+    return Check(cudaMemcpyAsync(slot.host + L.device_to_host_begin,
+                                 slot.device + L.device_to_host_begin,
+                                 static_cast<size_t>(L.device_to_host_bytes),
+                                 cudaMemcpyDeviceToHost, slot.stream),
+                 "cudaMemcpyAsync (device to host)");
+  }
+
+  // Waits for the chunk's stream and copies its outputs to the jobs.
+  absl::Status Finish(absl::Span<Job* const> batch, const BatchShape& shape,
+                      const PipelineChunk& chunk)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    Slot& slot = slots_[chunk.slot];
+    RETURN_IF_ERROR(Check(cudaStreamSynchronize(slot.stream),
+                          "cudaStreamSynchronize (copy in, kernel, copy out)"));
+    const internal::ChunkLayout& L = chunk.layout;
+    const PipelineOptions& o = shape.options;
+    for (const PipelinePiece& p : chunk.pieces) {
+      const RowSegment& s = batch[p.job]->segment;
+      const int64_t rows = p.row_end - p.row_begin;
+      std::memcpy(
+          static_cast<uint8_t*>(s.output) + p.row_begin * o.output_row_bytes,
+          slot.host + L.output + p.chunk_row * o.output_row_bytes,
+          static_cast<size_t>(rows * o.output_row_bytes));
+      if (s.sum_output != nullptr) {
+        std::memcpy(static_cast<uint8_t*>(s.sum_output) +
+                        p.row_begin * o.input_row_bytes,
+                    slot.host + L.sum + p.chunk_row * o.input_row_bytes,
+                    static_cast<size_t>(rows * o.input_row_bytes));
+      }
+      const size_t stat_bytes = static_cast<size_t>(rows) * sizeof(float);
+      if (s.mean != nullptr) {
+        std::memcpy(
+            s.mean + p.row_begin,
+            reinterpret_cast<const float*>(slot.host + L.mean) + p.chunk_row,
+            stat_bytes);
+      }
+      if (s.rstd != nullptr) {
+        std::memcpy(
+            s.rstd + p.row_begin,
+            reinterpret_cast<const float*>(slot.host + L.rstd) + p.chunk_row,
+            stat_bytes);
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  // After a failed batch: drain every stream and clear the error. An error
+  // that poisoned the context (a kernel fault) makes every later call fail:
+  // then reset the device and allocate again, or give up for good.
+  void Recover() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    for (Slot& s : slots_) {
+      if (s.stream != nullptr) cudaStreamSynchronize(s.stream);
+    }
+    cudaGetLastError();
+    if (cudaDeviceSynchronize() == cudaSuccess &&
+        cudaGetLastError() == cudaSuccess) {
+      return;
+    }
+    FreeSlots();
+    cudaGetLastError();
+    const absl::Status reset = Check(cudaDeviceReset(), "cudaDeviceReset");
+    const absl::Status again =
+        reset.ok() ? AllocateSlots(options_.staging_bytes) : reset;
+    if (!again.ok()) {
+      FreeSlots();
+      broken_ = true;
+    }
+  }
+
+  CudaDeviceStats Stats(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    CudaDeviceStats stats;
+    size_t free_bytes = 0, total_bytes = 0;
+    if (cudaMemGetInfo(&free_bytes, &total_bytes) == cudaSuccess) {
+      stats.memory_total_bytes = static_cast<int64_t>(total_bytes);
+      stats.memory_used_bytes = static_cast<int64_t>(total_bytes - free_bytes);
+    }
+    cudaGetLastError();
+    const absl::Duration window = now - last_report_;
+    if (window > absl::ZeroDuration()) {
+      stats.busy_ratio = std::min(1.0, absl::FDivDuration(busy_, window));
+    }
+    busy_ = absl::ZeroDuration();
+    last_report_ = now;
+    return stats;
+  }
+
+  const CudaBackendOptions options_;
+  PipelineOptions defaults_;
+  Mutex mu_;
+  std::vector<Slot> slots_ ABSL_GUARDED_BY(mu_);
+  bool broken_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Duration busy_ ABSL_GUARDED_BY(mu_);
+  absl::Time last_report_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Backend>> MakeCudaBackend(
+    const CudaBackendOptions& options) {
+  return CudaBackend::Create(options);
+}
+
+}  // namespace normserve
