@@ -15,6 +15,9 @@
 // --max_outstanding calls are in flight; a scheduled call beyond that is
 // not sent and counts as the error CLIENT_SATURATED.
 //
+// --protocol=oip sends the same tensors through the Open Inference
+// Protocol (ModelInfer, ModelStreamInfer) instead of the native API.
+//
 // Each step reports throughput (requests/s, rows/s, tensor bytes/s),
 // client-side latency percentiles, errors by status code and the server's
 // stage breakdown from /metrics: a table on stdout (progress on stderr), or
@@ -42,9 +45,13 @@
 #include "absl/time/clock.h"
 #include "client/metrics_scrape.h"
 #include "client/normserve_client.h"
+#include "inference/grpc_service.grpc.pb.h"
 
 ABSL_FLAG(std::string, server, "127.0.0.1:8001", "Server address host:port.");
 ABSL_FLAG(std::string, mode, "unary", "unary or stream.");
+ABSL_FLAG(std::string, protocol, "native",
+          "native (normserve.v1) or oip (the Open Inference Protocol's "
+          "ModelInfer / ModelStreamInfer on the same port).");
 ABSL_FLAG(std::string, concurrency, "1:16:x2",
           "Callers: N, or a sweep FROM:TO:xFACTOR (e.g. 1:64:x2).");
 ABSL_FLAG(std::string, request_rate, "",
@@ -123,40 +130,88 @@ double Percentile(const std::vector<double>& sorted, double p) {
   return sorted[i];
 }
 
+// What a caller sends, in the protocol chosen.
+struct Target {
+  NormClient* client;
+  std::unique_ptr<inference::GRPCInferenceService::Stub> oip;  // or null
+  v1::NormalizeRequest request;
+  inference::ModelInferRequest oip_request;
+};
+
+// The Open Inference Protocol twin of a native request (raw contents).
+inference::ModelInferRequest ToOip(const v1::NormalizeRequest& r) {
+  inference::ModelInferRequest o;
+  o.set_model_name(r.model().empty() ? "default" : r.model());
+  auto* in = o.add_inputs();
+  in->set_name("input");
+  in->set_datatype(r.input().dtype() == v1::DATA_TYPE_FLOAT16    ? "FP16"
+                   : r.input().dtype() == v1::DATA_TYPE_BFLOAT16 ? "BF16"
+                                                                 : "FP32");
+  in->mutable_shape()->CopyFrom(r.input().shape());
+  o.add_raw_input_contents(r.input().data());
+  return o;
+}
+
+std::chrono::system_clock::time_point CallDeadline() {
+  return std::chrono::system_clock::now() + std::chrono::seconds(30);
+}
+
 // One caller: sends until `stop` or `limit` requests, recording latencies
 // of answered calls (after `measure` becomes true) and error codes.
-void Caller(NormClient* client, const v1::NormalizeRequest& request,
-            bool stream, int64_t limit, const std::atomic<bool>& stop,
-            const std::atomic<bool>& measure, std::vector<double>* latencies,
+void Caller(const Target* target, bool stream, int64_t limit,
+            const std::atomic<bool>& stop, const std::atomic<bool>& measure,
+            std::vector<double>* latencies,
             std::map<std::string, int64_t>* errors, int64_t* ok) {
-  std::unique_ptr<grpc::ClientContext> ctx;
+  const bool oip = target->oip != nullptr;
+  grpc::ClientContext stream_context;
   std::unique_ptr<grpc::ClientReaderWriter<v1::NormalizeStreamRequest,
                                            v1::NormalizeStreamResponse>>
       rw;
+  std::unique_ptr<grpc::ClientReaderWriter<inference::ModelInferRequest,
+                                           inference::ModelStreamInferResponse>>
+      oip_rw;
   v1::NormalizeStreamRequest msg;
-  if (stream) {
-    ctx = std::make_unique<grpc::ClientContext>();
-    rw = client->stub()->NormalizeStream(ctx.get());
-    *msg.mutable_request() = request;
+  if (stream && oip) {
+    oip_rw = target->oip->ModelStreamInfer(&stream_context);
+  } else if (stream) {
+    rw = target->client->stub()->NormalizeStream(&stream_context);
+    *msg.mutable_request() = target->request;
   }
+  const int kUnavailable = static_cast<int>(grpc::StatusCode::UNAVAILABLE);
+  const int kUnknown = static_cast<int>(grpc::StatusCode::UNKNOWN);
   int64_t sent = 0;
   while (!stop.load() && (limit == 0 || sent < limit)) {
     const absl::Time start = absl::Now();
     int code;
-    if (stream) {
+    if (stream && oip) {
+      inference::ModelStreamInferResponse answer;
+      if (!oip_rw->Write(target->oip_request) || !oip_rw->Read(&answer)) {
+        code = kUnavailable;
+      } else {
+        // The stream carries errors as text only.
+        code = answer.error_message().empty() ? 0 : kUnknown;
+      }
+    } else if (stream) {
       v1::NormalizeStreamResponse answer;
       if (!rw->Write(msg) || !rw->Read(&answer)) {
-        code = static_cast<int>(grpc::StatusCode::UNAVAILABLE);
+        code = kUnavailable;
       } else {
         code = answer.status_code();
       }
+    } else if (oip) {
+      inference::ModelInferResponse response;
+      grpc::ClientContext call;
+      call.set_deadline(CallDeadline());
+      code = static_cast<int>(
+          target->oip->ModelInfer(&call, target->oip_request, &response)
+              .error_code());
     } else {
       v1::NormalizeResponse response;
       grpc::ClientContext call;
-      call.set_deadline(std::chrono::system_clock::now() +
-                        std::chrono::seconds(30));
-      code = static_cast<int>(
-          client->stub()->Normalize(&call, request, &response).error_code());
+      call.set_deadline(CallDeadline());
+      code = static_cast<int>(target->client->stub()
+                                  ->Normalize(&call, target->request, &response)
+                                  .error_code());
     }
     const double ms = absl::ToDoubleMilliseconds(absl::Now() - start);
     if (!measure.load()) continue;
@@ -169,17 +224,18 @@ void Caller(NormClient* client, const v1::NormalizeRequest& request,
           static_cast<absl::StatusCode>(code))];
     }
   }
-  if (stream) {
+  if (oip_rw != nullptr) {
+    oip_rw->WritesDone();
+    oip_rw->Finish();
+  } else if (rw != nullptr) {
     rw->WritesDone();
     rw->Finish();
   }
 }
 
-Step RunStep(NormClient* client, const v1::NormalizeRequest& request,
-             bool stream, int concurrency) {
+Step RunStep(const Target& target, bool stream, int concurrency) {
   // Without a warm-up every call counts, so that counts match the server's.
-  std::atomic<bool> stop{false},
-      measure{absl::GetFlag(FLAGS_warmup_s) <= 0};
+  std::atomic<bool> stop{false}, measure{absl::GetFlag(FLAGS_warmup_s) <= 0};
   std::vector<std::vector<double>> latencies(static_cast<size_t>(concurrency));
   std::vector<std::map<std::string, int64_t>> errors(
       static_cast<size_t>(concurrency));
@@ -187,9 +243,8 @@ Step RunStep(NormClient* client, const v1::NormalizeRequest& request,
   const int64_t limit = absl::GetFlag(FLAGS_requests);
   std::vector<std::thread> threads;
   for (int i = 0; i < concurrency; ++i) {
-    threads.emplace_back(Caller, client, std::cref(request), stream, limit,
-                         std::cref(stop), std::cref(measure), &latencies[i],
-                         &errors[i], &ok[i]);
+    threads.emplace_back(Caller, &target, stream, limit, std::cref(stop),
+                         std::cref(measure), &latencies[i], &errors[i], &ok[i]);
   }
   absl::SleepFor(absl::Seconds(absl::GetFlag(FLAGS_warmup_s)));
   const std::string before = Scrape();
@@ -226,8 +281,8 @@ Step RunStep(NormClient* client, const v1::NormalizeRequest& request,
 
 // One open-loop step: `rate` calls/s for warm-up + duration, latencies
 // measured from each call's scheduled time.
-Step RunRateStep(NormClient* client, const v1::NormalizeRequest& request,
-                 double rate, bool poisson, std::mt19937_64* rng) {
+Step RunRateStep(const Target& target, double rate, bool poisson,
+                 std::mt19937_64* rng) {
   struct Shared {
     std::mutex mu;
     std::condition_variable idle;
@@ -239,6 +294,7 @@ Step RunRateStep(NormClient* client, const v1::NormalizeRequest& request,
   struct Call {
     grpc::ClientContext context;
     v1::NormalizeResponse response;
+    inference::ModelInferResponse oip_response;
     absl::Time scheduled;
     bool measured = false;
   };
@@ -270,26 +326,32 @@ Step RunRateStep(NormClient* client, const v1::NormalizeRequest& request,
       auto* call = new Call;
       call->scheduled = next;
       call->measured = measured;
-      call->context.set_deadline(std::chrono::system_clock::now() +
-                                 std::chrono::seconds(30));
-      client->stub()->async()->Normalize(
-          &call->context, &request, &call->response,
-          [call, &shared](grpc::Status status) {
-            const double ms =
-                absl::ToDoubleMilliseconds(absl::Now() - call->scheduled);
-            std::lock_guard<std::mutex> lock(shared.mu);
-            if (call->measured) {
-              if (status.ok()) {
-                ++shared.ok;
-                shared.latencies_ms.push_back(ms);
-              } else {
-                ++shared.errors[absl::StatusCodeToString(
-                    static_cast<absl::StatusCode>(status.error_code()))];
-              }
-            }
-            if (--shared.outstanding == 0) shared.idle.notify_all();
-            delete call;
-          });
+      call->context.set_deadline(CallDeadline());
+      auto on_done = [call, &shared](grpc::Status status) {
+        const double ms =
+            absl::ToDoubleMilliseconds(absl::Now() - call->scheduled);
+        std::lock_guard<std::mutex> lock(shared.mu);
+        if (call->measured) {
+          if (status.ok()) {
+            ++shared.ok;
+            shared.latencies_ms.push_back(ms);
+          } else {
+            ++shared.errors[absl::StatusCodeToString(
+                static_cast<absl::StatusCode>(status.error_code()))];
+          }
+        }
+        if (--shared.outstanding == 0) shared.idle.notify_all();
+        delete call;
+      };
+      if (target.oip != nullptr) {
+        target.oip->async()->ModelInfer(&call->context, &target.oip_request,
+                                        &call->oip_response,
+                                        std::move(on_done));
+      } else {
+        target.client->stub()->async()->Normalize(
+            &call->context, &target.request, &call->response,
+            std::move(on_done));
+      }
     }
     next += poisson ? absl::Seconds(gap(*rng)) : absl::Seconds(1.0 / rate);
     if (absl::Now() - last_progress > absl::Milliseconds(200)) {
@@ -422,6 +484,11 @@ int main(int argc, char** argv) {
   std::normal_distribution<float> dist(0, 1);
   in.values.resize(static_cast<size_t>(count));
   for (float& v : in.values) v = dist(rng);
+  const std::string protocol = absl::GetFlag(FLAGS_protocol);
+  if (protocol != "native" && protocol != "oip") {
+    std::fprintf(stderr, "normbench: --protocol: expected native or oip\n");
+    return 2;
+  }
   const v1::NormalizeRequest request = NormClient::BuildRequest(in);
   const int64_t rows = count / in.shape.back();
   const int64_t bytes = static_cast<int64_t>(request.input().data().size());
@@ -430,6 +497,13 @@ int main(int argc, char** argv) {
   options.target = absl::GetFlag(FLAGS_server);
   auto client = NormClient::Create(options);
   if (!client.ok()) return 1;
+  Target target;
+  target.client = client->get();
+  target.request = request;
+  if (protocol == "oip") {
+    target.oip = inference::GRPCInferenceService::NewStub((*client)->channel());
+    target.oip_request = ToOip(request);
+  }
 
   const bool json = absl::GetFlag(FLAGS_json), csv = absl::GetFlag(FLAGS_csv);
   if (csv)
@@ -446,10 +520,9 @@ int main(int argc, char** argv) {
   std::mt19937_64 arrivals(static_cast<uint64_t>(absl::GetFlag(FLAGS_seed)));
   const size_t steps = open_loop ? rates.size() : levels.size();
   for (size_t i = 0; i < steps; ++i) {
-    const Step s = open_loop ? RunRateStep(client->get(), request, rates[i],
+    const Step s = open_loop ? RunRateStep(target, rates[i],
                                            arrival == "poisson", &arrivals)
-                             : RunStep(client->get(), request, mode == "stream",
-                                       levels[i]);
+                             : RunStep(target, mode == "stream", levels[i]);
     const int c = s.concurrency;
     const double rps = s.ok / s.seconds;
     std::vector<std::string> errs;
@@ -461,7 +534,8 @@ int main(int argc, char** argv) {
     const auto& l = s.latencies_ms;
     if (json) {
       std::printf(
-          "{\"concurrency\": %d, \"target_rate\": %.1f, \"mode\": \"%s\", "
+          "{\"concurrency\": %d, \"target_rate\": %.1f, \"protocol\": "
+          "\"%s\", \"mode\": \"%s\", "
           "\"requests\": %lld, "
           "\"seconds\": %.3f, "
           "\"requests_per_s\": %.1f, \"rows_per_s\": %.1f, \"bytes_per_s\": "
@@ -470,9 +544,10 @@ int main(int argc, char** argv) {
           "%.4f, "
           "\"max_ms\": %.4f, \"errors\": %lld, \"server_queue_ms\": %.4f, "
           "\"server_compute_ms\": %.4f, \"server_end_to_end_ms\": %.4f}\n",
-          c, s.rate, mode.c_str(), static_cast<long long>(s.ok), s.seconds, rps,
-          rps * rows, rps * bytes, Percentile(l, 0.5), Percentile(l, 0.9),
-          Percentile(l, 0.95), Percentile(l, 0.99), l.empty() ? 0.0 : l.back(),
+          c, s.rate, protocol.c_str(), mode.c_str(),
+          static_cast<long long>(s.ok), s.seconds, rps, rps * rows, rps * bytes,
+          Percentile(l, 0.5), Percentile(l, 0.9), Percentile(l, 0.95),
+          Percentile(l, 0.99), l.empty() ? 0.0 : l.back(),
           static_cast<long long>(total_errors), s.stages.queue_ms,
           s.stages.compute_ms, s.stages.end_to_end_ms);
     } else if (csv) {

@@ -169,6 +169,7 @@ Metrics::StageMetrics* Metrics::Stage(const std::string& model,
   s.batch_requests = &batch_requests_->Add(labels, PowersOfTwo(12));
   s.bytes_in = &bytes_in_->Add({{"model", model}});
   s.bytes_out = &bytes_out_->Add({{"model", model}});
+  s.request_compute_ns = std::make_shared<std::atomic<int64_t>>(0);
   stage_models_.emplace(key, model);
   return &stages_.emplace(key, s).first->second;
 }
@@ -189,6 +190,8 @@ Metrics::ModelTotals Metrics::Totals(const std::string& model) {
     const auto [batches, compute] = count_and_sum(stage.compute);
     t.batches += batches;
     t.compute_seconds += compute;
+    t.request_compute_seconds +=
+        static_cast<double>(stage.request_compute_ns->load()) * 1e-9;
   }
   return t;
 }
@@ -215,6 +218,7 @@ void Metrics::OnBatch(const BatchKey& key, int64_t rows, int64_t jobs,
   s->compute->Observe(absl::ToDoubleSeconds(compute));
   s->batch_rows->Observe(static_cast<double>(rows));
   s->batch_requests->Observe(static_cast<double>(jobs));
+  s->request_compute_ns->fetch_add(jobs * absl::ToInt64Nanoseconds(compute));
 }
 
 }  // namespace normserve

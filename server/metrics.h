@@ -20,6 +20,7 @@
 #ifndef NORMSERVE_SERVER_METRICS_H_
 #define NORMSERVE_SERVER_METRICS_H_
 
+#include <atomic>
 #include <memory>
 #include <string>
 
@@ -79,6 +80,9 @@ class Metrics : public BatchObserver {
     double queue_seconds = 0;
     uint64_t batches = 0;
     double compute_seconds = 0;
+    // Each request's share: the compute time of the batch it ran in,
+    // summed over requests.
+    double request_compute_seconds = 0;
   };
   ModelTotals Totals(const std::string& model);
 
@@ -95,6 +99,8 @@ class Metrics : public BatchObserver {
     prometheus::Histogram* batch_requests;
     prometheus::Counter* bytes_in;
     prometheus::Counter* bytes_out;
+    // Σ over requests of their batch's compute time, for Totals().
+    std::shared_ptr<std::atomic<int64_t>> request_compute_ns;
   };
   StageMetrics* Stage(const std::string& model, const char* device);
 

@@ -143,8 +143,13 @@ grpc::ServerUnaryReactor* InferenceServiceImpl::ModelStatistics(
     i->mutable_success()->set_ns(nanos(t.latency_seconds));
     i->mutable_queue()->set_count(t.requests);
     i->mutable_queue()->set_ns(nanos(t.queue_seconds));
-    i->mutable_compute_infer()->set_count(t.batches);
-    i->mutable_compute_infer()->set_ns(nanos(t.compute_seconds));
+    // Per request, as the protocol counts them: the batch's compute time
+    // for each request in it. Inputs are read and outputs written in
+    // place, so the input and output stages take no separate time.
+    i->mutable_compute_input()->set_count(t.requests);
+    i->mutable_compute_infer()->set_count(t.requests);
+    i->mutable_compute_infer()->set_ns(nanos(t.request_compute_seconds));
+    i->mutable_compute_output()->set_count(t.requests);
   }
   return Answer(context, "ModelStatistics", absl::OkStatus());
 }

@@ -98,8 +98,11 @@ absl::Status RequestParameter(const std::string& key, const InferParameter& p,
     } else {
       return BadValue(key, p.string_param(), "integer or float");
     }
-  } else if (key == "priority" || key == "timeout") {
-    // Triton scheduling hints: accepted, not used.
+  } else if (key == "priority" || key == "timeout" ||
+             key == "triton_enable_empty_final_response") {
+    // Triton's scheduling hints, and its request for an empty final
+    // response on decoupled streams (each request here gets exactly one
+    // response): accepted, not used.
   } else {
     return absl::InvalidArgumentError(absl::StrCat(
         "parameters['", key,

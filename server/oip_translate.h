@@ -17,9 +17,10 @@
 //   epsilon (double), normalized_ndim (int64), kind ("layer_norm" |
 //   "rms_norm"), output_datatype ("FP32" | "FP16" | "BF16" | "INT8"),
 //   device ("cpu" | "cuda"), int8_path ("integer" | "float"), output_scale
-//   (double), output_zero_point (int64). Triton's scheduling parameters
-//   "priority" and "timeout" are accepted and ignored (deadlines come from
-//   gRPC); anything else is INVALID_ARGUMENT.
+//   (double), output_zero_point (int64). Triton's "priority" and "timeout"
+//   (deadlines come from gRPC) and "triton_enable_empty_final_response"
+//   (sent by perf_analyzer; every request here gets exactly one response)
+//   are accepted and ignored; anything else is INVALID_ARGUMENT.
 //
 // Outputs
 //   output        the normalized tensor (returned when no output is named)
