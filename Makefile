@@ -32,9 +32,9 @@ test-unit: build
 	cd $(BUILD_DIR) && ctest --output-on-failure --timeout 600 -j $(JOBS)
 
 # ASan + UBSan over the unit and integration tests (the server binary the
-# integration tests start is instrumented too; the container image test
-# already ran in test-unit), then ThreadSanitizer over the tests that
-# exercise threads. Any report fails the run.
+# integration tests start is instrumented too; the container image and
+# perf_analyzer tests already ran in test-unit), then ThreadSanitizer over
+# the tests that exercise threads. Any report fails the run.
 # (GCC's -Wmaybe-uninitialized misfires under the sanitizers, so these builds
 # keep warnings as warnings; the main build enforces -Werror.)
 # (CPU-only: nvcc does not take the sanitizer flags.)
@@ -46,7 +46,7 @@ test-sanitize: deps
 	cmake --build build-asan -j $(JOBS)
 	cd build-asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-	  ctest --output-on-failure --timeout 900 -j $(JOBS) -LE container
+	  ctest --output-on-failure --timeout 900 -j $(JOBS) -LE "container|external_tool"
 	cmake -S . -B build-tsan $(SAN_CMAKE) -DNORMSERVE_SANITIZE=thread
 	cmake --build build-tsan -j $(JOBS) --target batcher_test normalize_test
 	cd build-tsan && TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
