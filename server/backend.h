@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <string>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -30,6 +31,9 @@ class Backend {
  public:
   virtual ~Backend() = default;
   virtual absl::Status Run(absl::Span<Job* const> batch) = 0;
+  // The device, for logs (e.g. "NVIDIA H100 80GB HBM3 (sm_90)"); may be
+  // empty.
+  virtual std::string Describe() const { return ""; }
 };
 
 // Runs batches with the CPU kernels: on the calling thread and, for large

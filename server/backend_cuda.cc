@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -166,6 +167,10 @@ class CudaBackend final : public Backend {
     }
     if (observer) observer(stats);
     return status;
+  }
+
+  std::string Describe() const override {
+    return cuda::CudaDeviceName(options_.device);
   }
 
  private:

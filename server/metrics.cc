@@ -208,6 +208,26 @@ void Metrics::RequestDone(const std::string& model, const char* device,
 
 void Metrics::InFlightAdd(int delta) { in_flight_->Increment(delta); }
 
+void Metrics::SetCudaDevice(int64_t memory_used_bytes, double busy_ratio) {
+  MutexLock lock(&mu_);
+  if (cuda_memory_used_ == nullptr) {
+    cuda_memory_used_ = &prometheus::BuildGauge()
+                             .Name("normserve_cuda_memory_used_bytes")
+                             .Help("CUDA device memory in use, all processes.")
+                             .Register(*registry_)
+                             .Add({});
+    cuda_busy_ = &prometheus::BuildGauge()
+                      .Name("normserve_cuda_busy_ratio")
+                      .Help(
+                          "Fraction of time the CUDA backend had a batch on "
+                          "the GPU, over the last report interval.")
+                      .Register(*registry_)
+                      .Add({});
+  }
+  cuda_memory_used_->Set(static_cast<double>(memory_used_bytes));
+  cuda_busy_->Set(busy_ratio);
+}
+
 void Metrics::OnQueueDepth(int64_t queued_jobs) {
   queue_depth_->Set(static_cast<double>(queued_jobs));
 }

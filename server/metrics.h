@@ -11,6 +11,13 @@
 //   normserve_batch_requests{model,device}           histogram
 //   normserve_queue_depth                            gauge, queued requests
 //   normserve_requests_in_flight                     gauge
+//   normserve_cuda_memory_used_bytes                 gauge, device memory in
+//                                                    use (all processes)
+//   normserve_cuda_busy_ratio                        gauge, fraction of time
+//                                                    the CUDA backend had a
+//                                                    batch on the GPU
+//   (the two CUDA gauges appear once the CUDA backend reports, about every
+//   second while it runs batches)
 //   normserve_request_bytes_total{model}             counter, tensor bytes in
 //   normserve_response_bytes_total{model}            counter, tensor bytes out
 // Latency buckets span 10 µs to 10 s.
@@ -65,6 +72,9 @@ class Metrics : public BatchObserver {
                    absl::Duration queue_wait, absl::Duration latency,
                    int64_t bytes_in, int64_t bytes_out);
   void InFlightAdd(int delta);
+  // The CUDA backend's device statistics (see CudaDeviceStats in
+  // server/backend.h).
+  void SetCudaDevice(int64_t memory_used_bytes, double busy_ratio);
 
   // BatchObserver.
   void OnQueueDepth(int64_t queued_jobs) override;
@@ -118,6 +128,8 @@ class Metrics : public BatchObserver {
   prometheus::Family<prometheus::Counter>* bytes_out_;
   prometheus::Gauge* queue_depth_;
   prometheus::Gauge* in_flight_;
+  prometheus::Gauge* cuda_memory_used_ ABSL_GUARDED_BY(mu_) = nullptr;
+  prometheus::Gauge* cuda_busy_ ABSL_GUARDED_BY(mu_) = nullptr;
 
   Mutex mu_;
   // Node map: callers keep pointers to values past the lock.

@@ -60,6 +60,11 @@ ABSL_FLAG(int64_t, keepalive_timeout_ms, 20000,
           "How long a keepalive ping may go unanswered.");
 ABSL_FLAG(int64_t, min_client_ping_interval_ms, 10000,
           "Clients pinging more often than this are disconnected.");
+ABSL_FLAG(std::string, device, "auto",
+          "Default device of the default model (and of models that name "
+          "none): cpu, cuda (startup fails without a usable GPU) or auto "
+          "(CUDA when a usable GPU is found, else CPU). Requests may still "
+          "ask for DEVICE_CPU, or DEVICE_CUDA when the GPU is in use.");
 ABSL_FLAG(int64_t, shutdown_grace_ms, 30000,
           "On SIGTERM/SIGINT: how long to let admitted requests finish.");
 
@@ -113,6 +118,18 @@ int main(int argc, char** argv) {
   options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   options.limits.max_elements = absl::GetFlag(FLAGS_max_elements);
   options.limits.max_rank = absl::GetFlag(FLAGS_max_rank);
+  const std::string device = absl::GetFlag(FLAGS_device);
+  if (device == "cpu") {
+    options.device = normserve::DeviceChoice::kCpu;
+  } else if (device == "cuda") {
+    options.device = normserve::DeviceChoice::kCuda;
+  } else if (device == "auto") {
+    options.device = normserve::DeviceChoice::kAuto;
+  } else {
+    std::fprintf(stderr, "normserve: --device=%s: expected cpu, cuda or auto\n",
+                 device.c_str());
+    return 2;
+  }
   const auto& b = options.models.default_batching;
   if (b.max_batch_rows <= 0 || b.max_queue_requests <= 0 ||
       b.max_queue_delay < absl::ZeroDuration() || options.batch_workers <= 0 ||
@@ -139,6 +156,8 @@ int main(int argc, char** argv) {
               options.tls.cert_path.empty()
                   ? "off"
                   : (options.tls.client_ca_path.empty() ? "on" : "mutual"));
+  // After the listening line, which scripts read first.
+  std::printf("normserve device=%s\n", (*server)->device_summary().c_str());
   std::printf(
       "First request: build/client/normctl --server=%s:%d --shape=2,768\n",
       host == "0.0.0.0" ? "127.0.0.1" : host.c_str(), (*server)->grpc_port());

@@ -23,6 +23,9 @@ struct NormServer::State {
   std::unique_ptr<Metrics> metrics;
   std::unique_ptr<ThreadPool> pool;
   std::unique_ptr<Backend> backend;
+  std::unique_ptr<Backend> cuda_backend;  // null: no usable GPU, or not asked
+  std::unique_ptr<Backend> router;        // by batch device
+  std::string device_summary;
   std::unique_ptr<Batcher> batcher;
   std::unique_ptr<NormalizationServiceImpl> service;
   std::unique_ptr<InferenceServiceImpl> oip_service;
@@ -71,6 +74,37 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeCredentials(
   return grpc::SslServerCredentials(ssl);
 }
 
+// Starts the CUDA backend when options.device asks for it and a usable GPU
+// is there, and makes CUDA the default device then. Fails only for
+// DeviceChoice::kCuda without a usable GPU.
+absl::Status StartCuda(const ServerOptions& options, NormServer::State* s,
+                       DeviceKind* default_device) {
+  if (options.device == DeviceChoice::kCpu) {
+    s->device_summary = "cpu";
+    return absl::OkStatus();
+  }
+  CudaBackendOptions cuda_options = options.cuda;
+  cuda_options.stats_observer = [s](const CudaDeviceStats& stats) {
+    if (s->metrics != nullptr) {
+      s->metrics->SetCudaDevice(stats.memory_used_bytes, stats.busy_ratio);
+    }
+  };
+  absl::StatusOr<std::unique_ptr<Backend>> cuda = MakeCudaBackend(cuda_options);
+  if (!cuda.ok()) {
+    if (options.device == DeviceChoice::kCuda) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("--device=cuda: ", cuda.status().message()));
+    }
+    s->device_summary =
+        absl::StrCat("cpu (auto: ", cuda.status().message(), ")");
+    return absl::OkStatus();
+  }
+  s->cuda_backend = std::move(*cuda);
+  *default_device = DeviceKind::kCuda;
+  s->device_summary = absl::StrCat("cuda (", s->cuda_backend->Describe(), ")");
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<NormServer>> NormServer::Create(
@@ -80,7 +114,9 @@ absl::StatusOr<std::unique_ptr<NormServer>> NormServer::Create(
   std::shared_ptr<grpc::ServerCredentials> credentials;
   ASSIGN_OR_RETURN(credentials, MakeCredentials(options.tls));
   auto s = std::make_unique<State>();
-  ASSIGN_OR_RETURN(s->models, ModelRegistry::Create(options.models));
+  ModelRegistry::Options model_options = options.models;
+  RETURN_IF_ERROR(StartCuda(options, s.get(), &model_options.default_device));
+  ASSIGN_OR_RETURN(s->models, ModelRegistry::Create(model_options));
   ASSIGN_OR_RETURN(s->metrics, Metrics::Create(options.metrics_address));
   if (options.batch_workers <= 0 || options.cpu_threads <= 0) {
     return absl::InvalidArgumentError(
@@ -89,10 +125,11 @@ absl::StatusOr<std::unique_ptr<NormServer>> NormServer::Create(
   s->pool = std::make_unique<ThreadPool>(
       std::max(0, options.cpu_threads - options.batch_workers));
   s->backend = MakeCpuBackend(s->pool.get());
+  s->router = MakeDeviceRouter(s->backend.get(), s->cuda_backend.get());
 
   Batcher::Options batcher_options;
   batcher_options.num_workers = options.batch_workers;
-  Backend* backend = s->backend.get();
+  Backend* backend = s->router.get();
   batcher_options.runner = [backend](absl::Span<Job* const> batch) {
     return backend->Run(batch);
   };
@@ -101,7 +138,7 @@ absl::StatusOr<std::unique_ptr<NormServer>> NormServer::Create(
 
   NormalizationServiceImpl::Options service_options;
   service_options.limits = options.limits;
-  service_options.devices.cuda = false;
+  service_options.devices.cuda = s->cuda_backend != nullptr;
   s->service = std::make_unique<NormalizationServiceImpl>(
       service_options, s->models.get(), s->batcher.get(), s->metrics.get());
 
@@ -145,6 +182,9 @@ NormServer::~NormServer() { Shutdown(absl::Seconds(5)); }
 
 int NormServer::grpc_port() const { return state_->grpc_port; }
 int NormServer::metrics_port() const { return state_->metrics->port(); }
+const std::string& NormServer::device_summary() const {
+  return state_->device_summary;
+}
 
 void NormServer::Shutdown(absl::Duration grace) {
   {

@@ -21,6 +21,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "server/backend.h"
 #include "server/batcher.h"
 #include "server/model_registry.h"
 #include "server/request_decoder.h"
@@ -49,6 +50,13 @@ struct ConnectionLimits {
   absl::Duration min_client_ping_interval = absl::Seconds(10);
 };
 
+// Where work runs when neither the request nor its model names a device.
+enum class DeviceChoice {
+  kCpu,   // CPU only; the GPU is never touched
+  kCuda,  // CUDA; Create() fails without a usable GPU
+  kAuto,  // CUDA when a usable GPU is found, else CPU
+};
+
 struct ServerOptions {
   // "host:port" for gRPC; port 0 picks a free port.
   std::string grpc_address = "127.0.0.1:8001";
@@ -65,6 +73,13 @@ struct ServerOptions {
   // Threads computing at most, all batches together (batch workers
   // included): the kernel pool gets cpu_threads − batch_workers threads.
   int cpu_threads = 1;
+  // The default device. With kCuda or kAuto and a usable GPU, the CUDA
+  // backend runs, the default model (and every model without a device of
+  // its own) runs on it, and requests may ask for DEVICE_CPU or
+  // DEVICE_CUDA; otherwise DEVICE_CUDA requests get FAILED_PRECONDITION.
+  DeviceChoice device = DeviceChoice::kCpu;
+  // The CUDA backend's device ordinal, streams and staging buffers.
+  CudaBackendOptions cuda;
 };
 
 class NormServer {
@@ -75,6 +90,10 @@ class NormServer {
 
   int grpc_port() const;
   int metrics_port() const;
+  // The default device and why, for the startup log: "cpu",
+  // "cuda (NVIDIA H100 80GB HBM3 (sm_90))", or "cpu (auto: no CUDA
+  // device: …)".
+  const std::string& device_summary() const;
 
   // Drains and stops; idempotent.
   void Shutdown(absl::Duration grace);

@@ -1,0 +1,185 @@
+// Google Benchmark suite for the CUDA kernels, against the device's own
+// copy speed measured in the same run.
+//
+// BM_CudaNormalize/{dtype}/{kind}/{D} normalizes kBytes of input (enough
+// rows to fill any current GPU many times over, and far beyond L2) into the
+// same dtype, with γ and β; BM_CudaCopy/{dtype}/{D} copies the same input
+// bytes device to device (cudaMemcpyAsync). Both are timed with CUDA events
+// (manual time) and count bytes read + bytes written, so bytes_per_second
+// of the two compare directly; each normalize case also reports
+// `vs_copy`, its bandwidth over a device-to-device copy of the same bytes
+// measured just before it (1.0 = copy speed).
+//
+// Without a device it prints why and exits 0. Run:
+//   build/bench/normalize_cuda_bench [--benchmark_format=json]
+#include <cuda_runtime_api.h>
+
+#include <cstdio>
+#include <random>
+#include <vector>
+
+#include "benchmark/benchmark.h"
+#include "kernels/cuda/launch_plan.h"
+#include "kernels/cuda/normalize_cuda.h"
+#include "kernels/dtype.h"
+
+namespace normserve::cuda {
+namespace {
+
+constexpr int64_t kBytes = int64_t{512} << 20;  // input bytes per case
+
+// Device buffers shared by every case (allocated once, the largest size).
+struct Buffers {
+  void* input = nullptr;
+  void* output = nullptr;
+  float* gamma = nullptr;
+  float* beta = nullptr;
+  cudaEvent_t start = nullptr, stop = nullptr;
+  int filled = -1;  // the DType the input holds N(0,1) values of
+};
+
+Buffers& Shared() {
+  static Buffers b = [] {
+    Buffers b;
+    const size_t in_bytes = static_cast<size_t>(kBytes);
+    const size_t out_bytes = static_cast<size_t>(kBytes);
+    cudaMalloc(&b.input, in_bytes);
+    cudaMalloc(&b.output, out_bytes);
+    cudaMalloc(reinterpret_cast<void**>(&b.gamma), 1 << 24);
+    cudaMalloc(reinterpret_cast<void**>(&b.beta), 1 << 24);
+    std::vector<float> ones(1 << 22, 1.25f);
+    cudaMemcpy(b.gamma, ones.data(), 1 << 24, cudaMemcpyHostToDevice);
+    cudaMemcpy(b.beta, ones.data(), 1 << 24, cudaMemcpyHostToDevice);
+    cudaEventCreate(&b.start);
+    cudaEventCreate(&b.stop);
+    return b;
+  }();
+  return b;
+}
+
+// Fills the input with N(0,1) values of `dtype` (once per dtype change).
+void FillInput(DType dtype) {
+  Buffers& b = Shared();
+  if (b.filled == static_cast<int>(dtype)) return;
+  const size_t n = static_cast<size_t>(kBytes) / DTypeSize(dtype);
+  std::mt19937 rng(1);
+  std::normal_distribution<float> dist(0.0f, 1.0f);
+  if (dtype == DType::kFloat32) {
+    std::vector<float> host(n);
+    for (float& f : host) f = dist(rng);
+    cudaMemcpy(b.input, host.data(), n * 4, cudaMemcpyHostToDevice);
+  } else {
+    std::vector<uint16_t> host(n);
+    for (uint16_t& h : host) {
+      const float f = dist(rng);
+      h = dtype == DType::kFloat16 ? FloatToHalf(f) : FloatToBFloat16(f);
+    }
+    cudaMemcpy(b.input, host.data(), n * 2, cudaMemcpyHostToDevice);
+  }
+  b.filled = static_cast<int>(dtype);
+}
+
+// Seconds of `reps` runs of `body` on the default stream.
+template <typename F>
+double TimeOnDevice(int reps, F&& body) {
+  Buffers& b = Shared();
+  cudaEventRecord(b.start);
+  for (int i = 0; i < reps; ++i) body();
+  cudaEventRecord(b.stop);
+  cudaEventSynchronize(b.stop);
+  float ms = 0;
+  cudaEventElapsedTime(&ms, b.start, b.stop);
+  return ms / 1e3 / reps;
+}
+
+double CopySeconds(int64_t bytes) {
+  Buffers& b = Shared();
+  auto copy = [&] {
+    cudaMemcpyAsync(b.output, b.input, static_cast<size_t>(bytes),
+                    cudaMemcpyDeviceToDevice);
+  };
+  copy();
+  return TimeOnDevice(5, copy);
+}
+
+void BM_CudaCopy(benchmark::State& state) {
+  const auto dtype = static_cast<DType>(state.range(0));
+  const int64_t d = state.range(1);
+  const int64_t row_bytes = d * static_cast<int64_t>(DTypeSize(dtype));
+  const int64_t bytes = kBytes / row_bytes * row_bytes;
+  for (auto _ : state) state.SetIterationTime(CopySeconds(bytes));
+  state.SetBytesProcessed(state.iterations() * 2 * bytes);
+}
+
+void BM_CudaNormalize(benchmark::State& state) {
+  const auto dtype = static_cast<DType>(state.range(0));
+  const auto kind = static_cast<NormKind>(state.range(1));
+  const int64_t d = state.range(2);
+  const int64_t row_bytes = d * static_cast<int64_t>(DTypeSize(dtype));
+  const int64_t rows = kBytes / row_bytes;
+  FillInput(dtype);
+  Buffers& b = Shared();
+  DeviceRows r;
+  r.params.kind = kind;
+  r.params.dim = d;
+  r.params.gamma = b.gamma;
+  r.params.beta = b.beta;
+  r.input_dtype = r.output_dtype = dtype;
+  r.input = b.input;
+  r.output = b.output;
+  r.rows = rows;
+  const absl::Status first = NormalizeRowsCuda(r, nullptr);
+  if (!first.ok() || cudaDeviceSynchronize() != cudaSuccess) {
+    state.SkipWithError(first.ok() ? "kernel failed"
+                                   : first.ToString().c_str());
+    return;
+  }
+  const double copy = CopySeconds(rows * row_bytes);
+  double total = 0;
+  for (auto _ : state) {
+    const double s =
+        TimeOnDevice(3, [&] { (void)NormalizeRowsCuda(r, nullptr); });
+    state.SetIterationTime(s);
+    total += s;
+  }
+  state.SetBytesProcessed(state.iterations() * 2 * rows * row_bytes);
+  state.counters["vs_copy"] =
+      copy / (total / static_cast<double>(state.iterations()));
+  state.SetLabel(RowMappingName(PlanLaunch(d, dtype).mapping));
+}
+
+void Cases(benchmark::internal::Benchmark* b, bool with_kind) {
+  for (DType t : {DType::kFloat32, DType::kBFloat16, DType::kFloat16}) {
+    for (int64_t d : {768, 1024, 4096, 8192, 16384, 65536}) {
+      if (with_kind) {
+        for (NormKind k : {NormKind::kLayerNorm, NormKind::kRmsNorm}) {
+          b->Args({static_cast<int64_t>(t), static_cast<int64_t>(k), d});
+        }
+      } else {
+        b->Args({static_cast<int64_t>(t), d});
+      }
+    }
+  }
+  b->UseManualTime()->Unit(benchmark::kMicrosecond);
+}
+
+BENCHMARK(BM_CudaCopy)->Apply([](auto* b) { Cases(b, false); });
+BENCHMARK(BM_CudaNormalize)->Apply([](auto* b) { Cases(b, true); });
+
+}  // namespace
+}  // namespace normserve::cuda
+
+int main(int argc, char** argv) {
+  benchmark::Initialize(&argc, argv);
+  const absl::Status present = normserve::cuda::CudaDevicePresent();
+  if (!present.ok()) {
+    std::fprintf(stderr, "normalize_cuda_bench: skipped: %s\n",
+                 std::string(present.message()).c_str());
+    return 0;
+  }
+  std::fprintf(stderr, "normalize_cuda_bench: %s\n",
+               normserve::cuda::CudaDeviceName(0).c_str());
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
