@@ -130,9 +130,12 @@ absl::StatusOr<std::unique_ptr<NormServer>> NormServer::Create(
   Batcher::Options batcher_options;
   batcher_options.num_workers = options.batch_workers;
   Backend* backend = s->router.get();
-  batcher_options.runner = [backend](absl::Span<Job* const> batch) {
-    return backend->Run(batch);
-  };
+  batcher_options.runner = options.batch_runner_for_benchmarks;
+  if (!batcher_options.runner) {
+    batcher_options.runner = [backend](absl::Span<Job* const> batch) {
+      return backend->Run(batch);
+    };
+  }
   batcher_options.observer = s->metrics.get();
   ASSIGN_OR_RETURN(s->batcher, Batcher::Create(std::move(batcher_options)));
 

@@ -80,6 +80,10 @@ struct ServerOptions {
   DeviceChoice device = DeviceChoice::kCpu;
   // The CUDA backend's device ordinal, streams and staging buffers.
   CudaBackendOptions cuda;
+  // Benchmarks only, never a flag: when set, runs every batch instead of
+  // the device backends. bench/echo_server.cc uses it to measure what
+  // gRPC, decoding, validation and batching cost without the math.
+  BatchRunner batch_runner_for_benchmarks;
 };
 
 class NormServer {

@@ -1,5 +1,5 @@
-// normserve: the server binary. Flags live here and only here; they become
-// a ServerOptions.
+#include "server/server_main.h"
+
 #include <csignal>
 #if defined(__SANITIZE_ADDRESS__)
 #include <sanitizer/lsan_interface.h>
@@ -68,11 +68,10 @@ ABSL_FLAG(std::string, device, "auto",
 ABSL_FLAG(int64_t, shutdown_grace_ms, 30000,
           "On SIGTERM/SIGINT: how long to let admitted requests finish.");
 
-int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage(
-      "a gRPC service that normalizes tensors (LayerNorm, "
-      "RMSNorm) with dynamic batching and Prometheus metrics.\n"
-      "Usage: normserve [--flags]");
+namespace normserve {
+
+int ServerMain(int argc, char** argv, const MainOptions& main_options) {
+  absl::SetProgramUsageMessage(main_options.usage);
   absl::ParseCommandLine(argc, argv);
 
   // Block the stop signals in every thread; main waits for them below.
@@ -82,7 +81,8 @@ int main(int argc, char** argv) {
   sigaddset(&stop_signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
 
-  normserve::ServerOptions options;
+  ServerOptions options;
+  options.batch_runner_for_benchmarks = main_options.batch_runner;
   const std::string host = absl::GetFlag(FLAGS_host);
   options.grpc_address =
       absl::StrCat(host, ":", absl::GetFlag(FLAGS_grpc_port));
@@ -120,11 +120,11 @@ int main(int argc, char** argv) {
   options.limits.max_rank = absl::GetFlag(FLAGS_max_rank);
   const std::string device = absl::GetFlag(FLAGS_device);
   if (device == "cpu") {
-    options.device = normserve::DeviceChoice::kCpu;
+    options.device = DeviceChoice::kCpu;
   } else if (device == "cuda") {
-    options.device = normserve::DeviceChoice::kCuda;
+    options.device = DeviceChoice::kCuda;
   } else if (device == "auto") {
-    options.device = normserve::DeviceChoice::kAuto;
+    options.device = DeviceChoice::kAuto;
   } else {
     std::fprintf(stderr, "normserve: --device=%s: expected cpu, cuda or auto\n",
                  device.c_str());
@@ -143,16 +143,16 @@ int main(int argc, char** argv) {
     return 2;
   }
 
-  auto server = normserve::NormServer::Create(options);
+  auto server = NormServer::Create(options);
   if (!server.ok()) {
     std::fprintf(stderr, "normserve: %s\n",
                  std::string(server.status().message()).c_str());
     return 1;
   }
   // Tests and scripts parse this line for the bound ports.
-  std::printf("normserve listening grpc=%s:%d metrics=%s:%d tls=%s\n",
-              host.c_str(), (*server)->grpc_port(), metrics_host.c_str(),
-              (*server)->metrics_port(),
+  std::printf("%s listening grpc=%s:%d metrics=%s:%d tls=%s\n",
+              main_options.name, host.c_str(), (*server)->grpc_port(),
+              metrics_host.c_str(), (*server)->metrics_port(),
               options.tls.cert_path.empty()
                   ? "off"
                   : (options.tls.client_ca_path.empty() ? "on" : "mutual"));
@@ -181,3 +181,5 @@ int main(int argc, char** argv) {
   // 2 s) with nothing left to flush, so exit without destructors.
   std::_Exit(0);
 }
+
+}  // namespace normserve
