@@ -2,6 +2,9 @@
 
     with LiveServer(binary) as server:
         server.grpc_port, server.metrics_port, server.target
+
+`binary` may also be a command list (e.g. [python, script]); the port
+flags and `args` follow it.
 """
 import re
 import subprocess
@@ -9,12 +12,12 @@ import subprocess
 
 class LiveServer:
     def __init__(self, binary, *args):
-        self.binary = binary
+        self.command = list(binary) if isinstance(binary, (list, tuple)) else [binary]
         self.args = list(args)
 
     def __enter__(self):
         self.proc = subprocess.Popen(
-            [self.binary, "--grpc_port=0", "--metrics_port=0", *self.args],
+            [*self.command, "--grpc_port=0", "--metrics_port=0", *self.args],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         line = self.proc.stdout.readline()
         m = re.search(r"grpc=([^ ]+):(\d+) metrics=[^ ]+:(\d+)", line)
