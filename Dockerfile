@@ -1,8 +1,14 @@
 # normserve container image.
 #
 #   make image                       CPU image from debian:bookworm-slim
-#   docker build --build-arg BASE_IMAGE=nvidia/cuda:12.4.1-runtime-ubuntu22.04 \
-#     --build-arg BUILD_IMAGE=nvidia/cuda:12.4.1-devel-ubuntu22.04 --build-arg DEVICE=cuda .
+#   docker build --build-arg BUILD_IMAGE=nvidia/cuda:12.8.1-devel-ubuntu24.04 \
+#     --build-arg BASE_IMAGE=nvidia/cuda:12.8.1-base-ubuntu24.04 --build-arg DEVICE=cuda .
+#
+# DEVICE=cuda needs nvcc in the build image (an NVIDIA CUDA "devel" base;
+# Ubuntu 24.04 has the Debian package names install-deps.sh uses) and fails
+# rather than build a CPU-only binary without it. The image carries
+# libcudart; the GPU driver comes from the host (NVIDIA container toolkit,
+# `docker run --gpus all`).
 #
 # Two stages: the build stage has the -dev packages and the compiler; the
 # runtime stage gets only the shared libraries the binaries link and runs
@@ -24,9 +30,15 @@ COPY server server
 COPY client client
 COPY bench bench
 COPY tests tests
-RUN cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release \
+RUN if [ "$DEVICE" = cuda ]; then \
+      export CUDACXX="${CUDACXX:-/usr/local/cuda/bin/nvcc}"; \
+      [ -x "$CUDACXX" ] || { echo "DEVICE=cuda: no nvcc at $CUDACXX (use an nvidia/cuda devel BUILD_IMAGE)" >&2; exit 1; }; \
+    fi \
+ && cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release \
       -DNORMSERVE_BUILD_TESTS=OFF -DNORMSERVE_BUILD_BENCH=OFF \
+      -DNORMSERVE_CUDA="$([ "$DEVICE" = cuda ] && echo ON || echo OFF)" \
  && cmake --build build --target normserve normctl \
+ && { [ "$DEVICE" != cuda ] || ldd build/server/normserve | grep -q libcudart; } \
  && mkdir -p /out/bin /out/lib \
  && cp build/server/normserve build/client/normctl /out/bin/ \
  && ldd /out/bin/normserve /out/bin/normctl | awk '/=> \// {print $3}' | sort -u \
