@@ -55,7 +55,7 @@ test-sanitize: deps
 FUZZ_CMAKE = CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja \
   -DCMAKE_BUILD_TYPE=RelWithDebInfo -DNORMSERVE_FUZZ=ON \
   -DNORMSERVE_BUILD_TESTS=OFF -DNORMSERVE_BUILD_BENCH=OFF -DNORMSERVE_CUDA=OFF
-FUZZ_TARGETS = request_decoder_fuzz npy_fuzz model_config_fuzz
+FUZZ_TARGETS = request_decoder_fuzz oip_translate_fuzz npy_fuzz model_config_fuzz
 
 fuzz-smoke: deps
 	$(FUZZ_CMAKE) -DNORMSERVE_FUZZ_SECONDS=10
