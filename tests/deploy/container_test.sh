@@ -38,6 +38,15 @@ if ! "${podman[@]}" image exists "$base"; then
   "${podman[@]}" import "$work/bookworm.tar" "$base" >/dev/null || fail "podman import"
 fi
 
+# The vfs storage driver keeps a full copy of every layer: drop the test
+# image and its build layers afterwards (the imported base image stays, so
+# the next run does not debootstrap again).
+cleanup() {
+  "${podman[@]}" rm -f normserve-test >/dev/null 2>&1
+  "${podman[@]}" rmi -f normserve:test >/dev/null 2>&1
+  "${podman[@]}" image prune -f >/dev/null 2>&1
+}
+trap cleanup EXIT
 echo "building the image (this compiles normserve inside the build stage)"
 "${podman[@]}" build --network host --ulimit nofile=1024:1024 --ulimit nproc=4096:4096 \
   -t normserve:test "$repo" >"$work/build.log" 2>&1 || { tail -30 "$work/build.log"; fail "podman build"; }
@@ -49,8 +58,6 @@ grpc=$(port); metrics=$(port)
 "${podman[@]}" run -d --name normserve-test --network host \
   --ulimit nofile=1024:1024 --ulimit nproc=4096:4096 \
   normserve:test --grpc_port="$grpc" --metrics_port="$metrics" >/dev/null || fail "podman run"
-cleanup() { "${podman[@]}" rm -f normserve-test >/dev/null 2>&1; }
-trap cleanup EXIT
 
 normctl="$build/client/normctl"
 for _ in $(seq 50); do
