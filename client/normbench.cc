@@ -27,6 +27,9 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdio>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 #include <map>
 #include <mutex>
 #include <random>
@@ -424,6 +427,13 @@ int main(int argc, char** argv) {
       "[--json]\n"
       "       normbench --request_rate=1000:8000:x2 [--arrival=constant]");
   absl::ParseCommandLine(argc, argv);
+#if defined(__GLIBC__)
+  // As the server does (server_main.cc): reuse freed response buffers
+  // instead of faulting in fresh pages for every large answer, so that the
+  // load generator is not what limits large-message runs.
+  mallopt(M_MMAP_THRESHOLD, 64 << 20);
+  mallopt(M_TRIM_THRESHOLD, 256 << 20);
+#endif
   const std::vector<int> levels =
       ParseConcurrency(absl::GetFlag(FLAGS_concurrency));
   if (levels.empty()) {

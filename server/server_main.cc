@@ -7,6 +7,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <thread>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
@@ -70,9 +73,28 @@ ABSL_FLAG(int64_t, shutdown_grace_ms, 30000,
 
 namespace normserve {
 
+namespace {
+
+// Every request and response buffer is allocated and freed per call. With
+// glibc's defaults, buffers over 128 KiB (and heap tops over 128 KiB) go
+// back to the kernel when freed, so a 1 MiB request costs page faults and
+// page clearing on every call: a profile of 64x4096 float32 traffic spent
+// more time there than in the kernel and the copies together. Keeping freed
+// memory for reuse (up to 256 MiB idle) removes that; the ceiling on what
+// is in use still comes from the queue bound and the message size limit.
+void KeepFreedMemoryForReuse() {
+#if defined(__GLIBC__)
+  mallopt(M_MMAP_THRESHOLD, 64 << 20);
+  mallopt(M_TRIM_THRESHOLD, 256 << 20);
+#endif
+}
+
+}  // namespace
+
 int ServerMain(int argc, char** argv, const MainOptions& main_options) {
   absl::SetProgramUsageMessage(main_options.usage);
   absl::ParseCommandLine(argc, argv);
+  KeepFreedMemoryForReuse();
 
   // Block the stop signals in every thread; main waits for them below.
   sigset_t stop_signals;
