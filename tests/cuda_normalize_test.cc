@@ -21,28 +21,22 @@
 #include "kernels/dtype.h"
 #include "kernels/normalize.h"
 #include "kernels/reference.h"
+#include "tests/kernel_test_util.h"
 
 namespace normserve::cuda {
 namespace {
 
-constexpr DType kTypes[] = {DType::kFloat32, DType::kFloat16, DType::kBFloat16};
-
-const char* Name(DType t) {
-  return t == DType::kFloat32 ? "f32" : t == DType::kFloat16 ? "f16" : "bf16";
-}
+using testing::Encode;
+using testing::kTypes;
+using testing::Name;
+using testing::Normal;
+using testing::Ordinal;
+using testing::RefRound;
+using testing::Tensor;
+using testing::Widen;
 
 // ---- Host-side values, conversions and ulp distances ----
 
-uint16_t Round16(DType t, float v) {
-  return t == DType::kFloat16 ? FloatToHalf(v) : FloatToBFloat16(v);
-}
-float Widen(DType t, uint16_t bits) {
-  return t == DType::kFloat16 ? HalfToFloat(bits) : BFloat16ToFloat(bits);
-}
-int32_t Ordinal(uint16_t bits) {
-  return (bits & 0x8000) ? -static_cast<int32_t>(bits & 0x7fff)
-                         : static_cast<int32_t>(bits);
-}
 float ValueAt(DType t, const std::vector<uint8_t>& bytes, size_t k) {
   if (t == DType::kFloat32) {
     float f;
@@ -57,35 +51,6 @@ uint16_t BitsAt(const std::vector<uint8_t>& bytes, size_t k) {
   uint16_t b;
   std::memcpy(&b, &bytes[k * 2], 2);
   return b;
-}
-
-struct Tensor {
-  DType dtype = DType::kFloat32;
-  std::vector<uint8_t> bytes;
-  std::vector<float> values;  // the exact values the bytes hold
-};
-
-Tensor Encode(DType t, const std::vector<float>& v) {
-  Tensor out{t, std::vector<uint8_t>(v.size() * DTypeSize(t)), {}};
-  out.values.resize(v.size());
-  for (size_t i = 0; i < v.size(); ++i) {
-    if (t == DType::kFloat32) {
-      std::memcpy(&out.bytes[i * 4], &v[i], 4);
-      out.values[i] = v[i];
-    } else {
-      const uint16_t b = Round16(t, v[i]);
-      std::memcpy(&out.bytes[i * 2], &b, 2);
-      out.values[i] = Widen(t, b);
-    }
-  }
-  return out;
-}
-
-std::vector<float> Normal(size_t n, float mean, float std, std::mt19937* rng) {
-  std::normal_distribution<float> dist(mean, std);
-  std::vector<float> v(n);
-  for (float& f : v) f = dist(*rng);
-  return v;
 }
 
 struct Case {
@@ -221,7 +186,7 @@ std::vector<float> ReferenceZ(const Case& c) {
   std::vector<float> z(c.x.values.size());
   for (size_t i = 0; i < z.size(); ++i) {
     const float sum = c.x.values[i] + c.residual.values[i];
-    z[i] = c.in == DType::kFloat32 ? sum : Widen(c.in, Round16(c.in, sum));
+    z[i] = c.in == DType::kFloat32 ? sum : Widen(c.in, RefRound(c.in, sum));
   }
   return z;
 }
@@ -262,7 +227,7 @@ UlpStats CheckAgainstReference(const Case& c, const Output& o) {
       }
       const uint16_t got = BitsAt(o.y, k);
       const int32_t ulps = std::abs(
-          Ordinal(got) - Ordinal(Round16(c.out, static_cast<float>(want))));
+          Ordinal(got) - Ordinal(RefRound(c.out, static_cast<float>(want))));
       if (std::abs(want) >= scale / 256) {
         ++st.elements;
         if (ulps > 1) ++st.over_one_ulp;
@@ -422,7 +387,7 @@ TEST_F(CudaKernelTest, ConstantRowGivesExactlyBeta) {
         const Output o = RunOnGpu(c);
         for (int64_t i = 0; i < d; ++i) {
           const float want =
-              t == DType::kFloat32 ? beta[i] : Widen(t, Round16(t, beta[i]));
+              t == DType::kFloat32 ? beta[i] : Widen(t, RefRound(t, beta[i]));
           ASSERT_EQ(ValueAt(t, o.y, i), want)
               << Name(t) << " D " << d << " constant " << v << " col " << i;
         }
