@@ -26,66 +26,23 @@
 namespace normserve::cuda {
 namespace {
 
+using testing::BitsAt;
+using testing::Case;
+using testing::CheckAgainstReference;
 using testing::Encode;
 using testing::kTypes;
+using testing::MakeCase;
 using testing::Name;
 using testing::Normal;
 using testing::Ordinal;
+using testing::Output;
+using testing::ReferenceZ;
 using testing::RefRound;
+using testing::RunOnCpu;
 using testing::Tensor;
+using testing::UlpStats;
+using testing::ValueAt;
 using testing::Widen;
-
-// ---- Host-side values, conversions and ulp distances ----
-
-float ValueAt(DType t, const std::vector<uint8_t>& bytes, size_t k) {
-  if (t == DType::kFloat32) {
-    float f;
-    std::memcpy(&f, &bytes[k * 4], 4);
-    return f;
-  }
-  uint16_t b;
-  std::memcpy(&b, &bytes[k * 2], 2);
-  return Widen(t, b);
-}
-uint16_t BitsAt(const std::vector<uint8_t>& bytes, size_t k) {
-  uint16_t b;
-  std::memcpy(&b, &bytes[k * 2], 2);
-  return b;
-}
-
-struct Case {
-  NormParams params;  // host gamma/beta
-  DType in = DType::kFloat32, out = DType::kFloat32;
-  int64_t rows = 1;
-  Tensor x, residual;
-  bool with_residual = false;
-  std::vector<float> gamma, beta;
-};
-
-Case MakeCase(NormKind kind, DType in, DType out, int64_t d, int64_t rows,
-              bool gamma, bool beta, bool residual, std::mt19937* rng) {
-  Case c;
-  c.params.kind = kind;
-  c.params.dim = d;
-  c.params.epsilon = 1e-5f;
-  c.gamma = Normal(static_cast<size_t>(d), 1.0f, 0.5f, rng);
-  c.beta = Normal(static_cast<size_t>(d), 0.0f, 0.5f, rng);
-  c.params.gamma = gamma ? c.gamma.data() : nullptr;
-  c.params.beta = beta ? c.beta.data() : nullptr;
-  c.in = in;
-  c.out = out;
-  c.rows = rows;
-  c.x = Encode(in, Normal(static_cast<size_t>(rows * d), 2.0f, 3.0f, rng));
-  c.with_residual = residual;
-  c.residual =
-      Encode(in, Normal(static_cast<size_t>(rows * d), 0.0f, 1.0f, rng));
-  return c;
-}
-
-struct Output {
-  std::vector<uint8_t> y, sum;
-  std::vector<float> mean, rstd;
-};
 
 // ---- Device memory ----
 
@@ -160,99 +117,6 @@ Output RunOnGpu(const Case& c, size_t offset_bytes = 0) {
   return o;
 }
 
-Output RunOnCpu(const Case& c) {
-  const size_t n = static_cast<size_t>(c.rows * c.params.dim);
-  Output o{std::vector<uint8_t>(n * DTypeSize(c.out)),
-           std::vector<uint8_t>(n * DTypeSize(c.in)),
-           std::vector<float>(c.rows), std::vector<float>(c.rows)};
-  RowSegment s;
-  s.params = &c.params;
-  s.input_dtype = c.in;
-  s.output_dtype = c.out;
-  s.input = c.x.bytes.data();
-  s.output = o.y.data();
-  s.rows = c.rows;
-  s.residual = c.with_residual ? c.residual.bytes.data() : nullptr;
-  s.sum_output = o.sum.data();
-  s.mean = o.mean.data();
-  s.rstd = o.rstd.data();
-  NormalizeSegments({&s, 1});
-  return o;
-}
-
-// z as an unfused `x + residual` in the input dtype computes it.
-std::vector<float> ReferenceZ(const Case& c) {
-  if (!c.with_residual) return c.x.values;
-  std::vector<float> z(c.x.values.size());
-  for (size_t i = 0; i < z.size(); ++i) {
-    const float sum = c.x.values[i] + c.residual.values[i];
-    z[i] = c.in == DType::kFloat32 ? sum : Widen(c.in, RefRound(c.in, sum));
-  }
-  return z;
-}
-
-struct UlpStats {
-  int64_t elements = 0, over_one_ulp = 0;
-  int32_t worst_ulps = 0;
-  void Add(const UlpStats& o) {
-    elements += o.elements;
-    over_one_ulp += o.over_one_ulp;
-    worst_ulps = std::max(worst_ulps, o.worst_ulps);
-  }
-};
-
-// The CPU kernel's bound (tests/normalize_test.cc): float32 outputs within
-// 1e-5 of the row's largest reference output; 16-bit outputs counted in
-// ulps of the correctly rounded reference (near zero, the float32 bound);
-// mean and rstd within 1e-5; the residual sum z bit for bit.
-UlpStats CheckAgainstReference(const Case& c, const Output& o) {
-  const std::vector<float> z = ReferenceZ(c);
-  const ReferenceResult ref =
-      ReferenceNormalizeFull(c.params, z.data(), c.rows);
-  const int64_t d = c.params.dim;
-  UlpStats st;
-  for (int64_t r = 0; r < c.rows; ++r) {
-    double scale = 0.0;
-    for (int64_t i = 0; i < d; ++i)
-      scale = std::max(scale, std::abs(ref.output[r * d + i]));
-    for (int64_t i = 0; i < d; ++i) {
-      const size_t k = static_cast<size_t>(r * d + i);
-      const double want = ref.output[k];
-      if (c.out == DType::kFloat32) {
-        const float got = ValueAt(c.out, o.y, k);
-        EXPECT_LE(std::abs(got - want), 1e-5 * scale)
-            << "row " << r << " col " << i << " D " << d;
-        if (!(std::abs(got - want) <= 1e-5 * scale)) return st;
-        continue;
-      }
-      const uint16_t got = BitsAt(o.y, k);
-      const int32_t ulps = std::abs(
-          Ordinal(got) - Ordinal(RefRound(c.out, static_cast<float>(want))));
-      if (std::abs(want) >= scale / 256) {
-        ++st.elements;
-        if (ulps > 1) ++st.over_one_ulp;
-        st.worst_ulps = std::max(st.worst_ulps, ulps);
-      } else {
-        EXPECT_LE(std::abs(Widen(c.out, got) - want),
-                  1e-5 * scale + std::abs(want) / 64)
-            << "row " << r << " col " << i;
-      }
-    }
-    if (c.params.kind == NormKind::kLayerNorm) {
-      EXPECT_NEAR(o.mean[r], ref.mean[r],
-                  1e-6 * std::abs(ref.mean[r]) + 1e-5 / ref.rstd[r]);
-    } else {
-      EXPECT_EQ(o.mean[r], 0.0f);
-    }
-    EXPECT_NEAR(o.rstd[r], ref.rstd[r], 1e-5 * ref.rstd[r]);
-  }
-  for (size_t k = 0; k < z.size(); ++k) {
-    EXPECT_EQ(ValueAt(c.in, o.sum, k), z[k]) << "residual sum at " << k;
-    if (ValueAt(c.in, o.sum, k) != z[k]) break;
-  }
-  return st;
-}
-
 // ---- Fixture: skip without a device ----
 
 class CudaKernelTest : public ::testing::Test {
@@ -273,8 +137,9 @@ TEST_F(CudaKernelTest, EveryDtypePairKindAffineAndResidualMatchesReference) {
         for (int affine = 0; affine < 4; ++affine) {
           for (bool residual : {false, true}) {
             for (int64_t d : {1, 3, 31, 64, 768, 769, 1031, 4097}) {
+              std::vector<float> g, b;
               const Case c = MakeCase(kind, in, out, d, 5, affine & 1,
-                                      affine & 2, residual, &rng);
+                                      affine & 2, residual, &rng, &g, &b);
               SCOPED_TRACE(::testing::Message()
                            << Name(in) << "->" << Name(out) << " kind "
                            << static_cast<int>(kind) << " affine " << affine
@@ -299,8 +164,10 @@ TEST_F(CudaKernelTest, LongRowsOnTheBlockAndStreamingMappings) {
   for (int64_t d : {8192, 16384, 16387, 65536, 65537, 262147}) {
     for (DType t : {DType::kFloat32, DType::kBFloat16}) {
       for (bool residual : {false, true}) {
-        const Case c = MakeCase(NormKind::kLayerNorm, t, t, d,
-                                (1 << 19) / d + 2, true, true, residual, &rng);
+        std::vector<float> g, b;
+        const Case c =
+            MakeCase(NormKind::kLayerNorm, t, t, d, (1 << 19) / d + 2, true,
+                     true, residual, &rng, &g, &b);
         SCOPED_TRACE(::testing::Message()
                      << "D " << d << " " << Name(t) << " residual " << residual
                      << " mapping "
@@ -320,8 +187,9 @@ TEST_F(CudaKernelTest, AgreesWithTheCpuKernel) {
   for (DType in : kTypes) {
     for (DType out : kTypes) {
       for (int64_t d : {5, 768, 1024, 4096, 20000}) {
+        std::vector<float> g, b;
         const Case c = MakeCase(NormKind::kLayerNorm, in, out, d, 4, true, true,
-                                true, &rng);
+                                true, &rng, &g, &b);
         const Output gpu = RunOnGpu(c), cpu = RunOnCpu(c);
         SCOPED_TRACE(::testing::Message()
                      << Name(in) << "->" << Name(out) << " D " << d);
@@ -451,8 +319,9 @@ TEST_F(CudaKernelTest, RowBitsDoNotDependOnBatchPositionOrAlignment) {
   for (DType in : {DType::kFloat32, DType::kBFloat16}) {
     for (int64_t d : {771, 768, 4100, 4096, 20000}) {
       const int kRows = 24;
+      std::vector<float> g, b;
       Case all = MakeCase(NormKind::kLayerNorm, in, DType::kFloat32, d, kRows,
-                          true, true, true, &rng);
+                          true, true, true, &rng, &g, &b);
       const size_t in_row = d * DTypeSize(in), out_row = d * 4;
       auto slice = [&](int first, int rows) {
         Case c = all;

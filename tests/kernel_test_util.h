@@ -5,13 +5,17 @@
 #ifndef NORMSERVE_TESTS_KERNEL_TEST_UTIL_H_
 #define NORMSERVE_TESTS_KERNEL_TEST_UTIL_H_
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <random>
 #include <vector>
 
+#include "gtest/gtest.h"
 #include "kernels/dtype.h"
+#include "kernels/normalize.h"
+#include "kernels/reference.h"
 
 namespace normserve::testing {
 
@@ -100,6 +104,167 @@ inline std::vector<float> Normal(size_t n, float mean, float std,
   std::vector<float> v(n);
   for (float& f : v) f = dist(*rng);
   return v;
+}
+
+// The value and the raw 16-bit pattern of element k of a byte buffer.
+inline float ValueAt(DType t, const std::vector<uint8_t>& bytes, size_t k) {
+  if (t == DType::kFloat32) {
+    float f;
+    std::memcpy(&f, &bytes[k * 4], 4);
+    return f;
+  }
+  uint16_t b;
+  std::memcpy(&b, &bytes[k * 2], 2);
+  return Widen(t, b);
+}
+inline uint16_t BitsAt(const std::vector<uint8_t>& bytes, size_t k) {
+  uint16_t b;
+  std::memcpy(&b, &bytes[k * 2], 2);
+  return b;
+}
+
+// One kernel run: parameters, dtypes, inputs; and what it wrote.
+struct Case {
+  NormParams params;
+  DType in = DType::kFloat32, out = DType::kFloat32;
+  int64_t rows = 1;
+  Tensor x, residual;
+  bool with_residual = false;
+};
+
+struct Output {
+  std::vector<uint8_t> y, sum;
+  std::vector<float> mean, rstd;
+};
+
+inline Output RunOnCpu(const Case& c, ThreadPool* pool = nullptr) {
+  const size_t n = static_cast<size_t>(c.rows * c.params.dim);
+  Output o{std::vector<uint8_t>(n * DTypeSize(c.out)),
+           std::vector<uint8_t>(n * DTypeSize(c.in)),
+           std::vector<float>(c.rows), std::vector<float>(c.rows)};
+  RowSegment s;
+  s.params = &c.params;
+  s.input_dtype = c.in;
+  s.output_dtype = c.out;
+  s.input = c.x.bytes.data();
+  s.output = o.y.data();
+  s.rows = c.rows;
+  s.residual = c.with_residual ? c.residual.bytes.data() : nullptr;
+  s.sum_output = o.sum.data();
+  s.mean = o.mean.data();
+  s.rstd = o.rstd.data();
+  NormalizeSegments({&s, 1}, pool);
+  return o;
+}
+
+// z as an unfused `x + residual` in the input dtype computes it.
+inline std::vector<float> ReferenceZ(const Case& c) {
+  if (!c.with_residual) return c.x.values;
+  std::vector<float> z(c.x.values.size());
+  for (size_t i = 0; i < z.size(); ++i) {
+    const float sum = c.x.values[i] + c.residual.values[i];
+    z[i] = c.in == DType::kFloat32 ? sum : Widen(c.in, RefRound(c.in, sum));
+  }
+  return z;
+}
+
+struct UlpStats {
+  int64_t elements = 0, over_one_ulp = 0;
+  int32_t worst_ulps = 0;
+  void Add(const UlpStats& o) {
+    elements += o.elements;
+    over_one_ulp += o.over_one_ulp;
+    worst_ulps = std::max(worst_ulps, o.worst_ulps);
+  }
+};
+
+// Checks outputs, the residual sum and the statistics of `c` against the
+// float64 reference (the kernels' contract: float32 outputs within 1e-5 of
+// the row's largest reference output; 16-bit outputs counted in ulps of the
+// correctly rounded reference, near zero held to the float32 bound; mean
+// and rstd within 1e-5; the residual sum z bit for bit); returns ulp
+// statistics for 16-bit outputs.
+inline UlpStats CheckAgainstReference(const Case& c, const Output& o) {
+  const std::vector<float> z = ReferenceZ(c);
+  const ReferenceResult ref =
+      ReferenceNormalizeFull(c.params, z.data(), c.rows);
+  const int64_t d = c.params.dim;
+  UlpStats st;
+  for (int64_t r = 0; r < c.rows; ++r) {
+    double scale = 0.0;
+    for (int64_t i = 0; i < d; ++i)
+      scale = std::max(scale, std::abs(ref.output[r * d + i]));
+    for (int64_t i = 0; i < d; ++i) {
+      const size_t k = static_cast<size_t>(r * d + i);
+      const double want = ref.output[k];
+      if (c.out == DType::kFloat32) {
+        float got;
+        std::memcpy(&got, &o.y[k * 4], 4);
+        EXPECT_LE(std::abs(got - want), 1e-5 * scale)
+            << "row " << r << " col " << i << " D " << d;
+        if (std::abs(got - want) > 1e-5 * scale) return st;
+        continue;
+      }
+      uint16_t got;
+      std::memcpy(&got, &o.y[k * 2], 2);
+      const int32_t ulps =
+          std::abs(Ordinal(got) - Ordinal(RefRound(c.out, want)));
+      if (std::abs(want) >= scale / 256) {
+        ++st.elements;
+        if (ulps > 1) ++st.over_one_ulp;
+        st.worst_ulps = std::max(st.worst_ulps, ulps);
+      } else {
+        // Near zero a 16-bit ulp is finer than float32's absolute error
+        // (~1e-7 of the row's scale): hold these to the float32 bound.
+        EXPECT_LE(std::abs(Widen(c.out, got) - want),
+                  1e-5 * scale + std::abs(want) / 64)
+            << "row " << r << " col " << i;
+      }
+    }
+    if (c.params.kind == NormKind::kLayerNorm) {
+      EXPECT_NEAR(o.mean[r], ref.mean[r],
+                  1e-6 * std::abs(ref.mean[r]) + 1e-5 / ref.rstd[r]);
+    } else {
+      EXPECT_EQ(o.mean[r], 0.0f);
+    }
+    EXPECT_NEAR(o.rstd[r], ref.rstd[r], 1e-5 * ref.rstd[r]);
+  }
+  // The returned residual sum is z, bit for bit.
+  for (size_t k = 0; k < z.size(); ++k) {
+    if (c.in == DType::kFloat32) {
+      float got;
+      std::memcpy(&got, &o.sum[k * 4], 4);
+      EXPECT_EQ(got, z[k]);
+    } else {
+      uint16_t got;
+      std::memcpy(&got, &o.sum[k * 2], 2);
+      EXPECT_EQ(Widen(c.in, got), z[k]);
+    }
+  }
+  return st;
+}
+
+// A random case; γ and β are written to *g and *b, which must outlive it.
+inline Case MakeCase(NormKind kind, DType in, DType out, int64_t d,
+                     int64_t rows, bool gamma, bool beta, bool residual,
+                     std::mt19937* rng, std::vector<float>* g,
+                     std::vector<float>* b) {
+  Case c;
+  c.params.kind = kind;
+  c.params.dim = d;
+  c.params.epsilon = 1e-5f;
+  *g = Normal(static_cast<size_t>(d), 1.0f, 0.5f, rng);
+  *b = Normal(static_cast<size_t>(d), 0.0f, 0.5f, rng);
+  c.params.gamma = gamma ? g->data() : nullptr;
+  c.params.beta = beta ? b->data() : nullptr;
+  c.in = in;
+  c.out = out;
+  c.rows = rows;
+  c.x = Encode(in, Normal(static_cast<size_t>(rows * d), 2.0f, 3.0f, rng));
+  c.with_residual = residual;
+  c.residual =
+      Encode(in, Normal(static_cast<size_t>(rows * d), 0.0f, 1.0f, rng));
+  return c;
 }
 
 }  // namespace normserve::testing

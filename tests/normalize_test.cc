@@ -21,148 +21,23 @@
 namespace normserve {
 namespace {
 
+using testing::Case;
+using testing::CheckAgainstReference;
 using testing::Encode;
 using testing::kTypes;
+using testing::MakeCase;
 using testing::Name;
 using testing::Normal;
 using testing::Ordinal;
+using testing::Output;
 using testing::RefBF16;
+using testing::ReferenceZ;
 using testing::RefHalf;
 using testing::RefRound;
+using testing::RunOnCpu;
 using testing::Tensor;
+using testing::UlpStats;
 using testing::Widen;
-
-struct Case {
-  NormParams params;
-  DType in = DType::kFloat32, out = DType::kFloat32;
-  int64_t rows = 1;
-  Tensor x, residual;
-  bool with_residual = false;
-};
-
-struct Output {
-  std::vector<uint8_t> y, sum;
-  std::vector<float> mean, rstd;
-};
-
-Output RunCase(const Case& c, ThreadPool* pool = nullptr) {
-  const size_t n = static_cast<size_t>(c.rows * c.params.dim);
-  Output o{std::vector<uint8_t>(n * DTypeSize(c.out)),
-           std::vector<uint8_t>(n * DTypeSize(c.in)),
-           std::vector<float>(c.rows), std::vector<float>(c.rows)};
-  RowSegment s;
-  s.params = &c.params;
-  s.input_dtype = c.in;
-  s.output_dtype = c.out;
-  s.input = c.x.bytes.data();
-  s.output = o.y.data();
-  s.rows = c.rows;
-  s.residual = c.with_residual ? c.residual.bytes.data() : nullptr;
-  s.sum_output = o.sum.data();
-  s.mean = o.mean.data();
-  s.rstd = o.rstd.data();
-  NormalizeSegments({&s, 1}, pool);
-  return o;
-}
-
-// z as an unfused `x + residual` in the input dtype computes it.
-std::vector<float> ReferenceZ(const Case& c) {
-  if (!c.with_residual) return c.x.values;
-  std::vector<float> z(c.x.values.size());
-  for (size_t i = 0; i < z.size(); ++i) {
-    const float sum = c.x.values[i] + c.residual.values[i];
-    z[i] = c.in == DType::kFloat32 ? sum : Widen(c.in, RefRound(c.in, sum));
-  }
-  return z;
-}
-
-struct Stats {
-  int64_t elements = 0, over_one_ulp = 0;
-  int32_t worst_ulps = 0;
-};
-
-// Checks outputs, the residual sum and the statistics of `c` against the
-// float64 reference; returns ulp statistics for 16-bit outputs.
-Stats Check(const Case& c, const Output& o) {
-  const std::vector<float> z = ReferenceZ(c);
-  const ReferenceResult ref =
-      ReferenceNormalizeFull(c.params, z.data(), c.rows);
-  const int64_t d = c.params.dim;
-  Stats st;
-  for (int64_t r = 0; r < c.rows; ++r) {
-    double scale = 0.0;
-    for (int64_t i = 0; i < d; ++i)
-      scale = std::max(scale, std::abs(ref.output[r * d + i]));
-    for (int64_t i = 0; i < d; ++i) {
-      const size_t k = static_cast<size_t>(r * d + i);
-      const double want = ref.output[k];
-      if (c.out == DType::kFloat32) {
-        float got;
-        std::memcpy(&got, &o.y[k * 4], 4);
-        EXPECT_LE(std::abs(got - want), 1e-5 * scale)
-            << "row " << r << " col " << i << " D " << d;
-        if (std::abs(got - want) > 1e-5 * scale) return st;
-        continue;
-      }
-      uint16_t got;
-      std::memcpy(&got, &o.y[k * 2], 2);
-      const int32_t ulps =
-          std::abs(Ordinal(got) - Ordinal(RefRound(c.out, want)));
-      if (std::abs(want) >= scale / 256) {
-        ++st.elements;
-        if (ulps > 1) ++st.over_one_ulp;
-        st.worst_ulps = std::max(st.worst_ulps, ulps);
-      } else {
-        // Near zero a 16-bit ulp is finer than float32's absolute error
-        // (~1e-7 of the row's scale): hold these to the float32 bound.
-        EXPECT_LE(std::abs(Widen(c.out, got) - want),
-                  1e-5 * scale + std::abs(want) / 64)
-            << "row " << r << " col " << i;
-      }
-    }
-    if (c.params.kind == NormKind::kLayerNorm) {
-      EXPECT_NEAR(o.mean[r], ref.mean[r],
-                  1e-6 * std::abs(ref.mean[r]) + 1e-5 / ref.rstd[r]);
-    } else {
-      EXPECT_EQ(o.mean[r], 0.0f);
-    }
-    EXPECT_NEAR(o.rstd[r], ref.rstd[r], 1e-5 * ref.rstd[r]);
-  }
-  // The returned residual sum is z, bit for bit.
-  for (size_t k = 0; k < z.size(); ++k) {
-    if (c.in == DType::kFloat32) {
-      float got;
-      std::memcpy(&got, &o.sum[k * 4], 4);
-      EXPECT_EQ(got, z[k]);
-    } else {
-      uint16_t got;
-      std::memcpy(&got, &o.sum[k * 2], 2);
-      EXPECT_EQ(Widen(c.in, got), z[k]);
-    }
-  }
-  return st;
-}
-
-Case MakeCase(NormKind kind, DType in, DType out, int64_t d, int64_t rows,
-              bool gamma, bool beta, bool residual, std::mt19937* rng,
-              std::vector<float>* g, std::vector<float>* b) {
-  Case c;
-  c.params.kind = kind;
-  c.params.dim = d;
-  c.params.epsilon = 1e-5f;
-  *g = Normal(static_cast<size_t>(d), 1.0f, 0.5f, rng);
-  *b = Normal(static_cast<size_t>(d), 0.0f, 0.5f, rng);
-  c.params.gamma = gamma ? g->data() : nullptr;
-  c.params.beta = beta ? b->data() : nullptr;
-  c.in = in;
-  c.out = out;
-  c.rows = rows;
-  c.x = Encode(in, Normal(static_cast<size_t>(rows * d), 2.0f, 3.0f, rng));
-  c.with_residual = residual;
-  c.residual =
-      Encode(in, Normal(static_cast<size_t>(rows * d), 0.0f, 1.0f, rng));
-  return c;
-}
 
 // ---- Every test runs once per SIMD target ----
 
@@ -186,7 +61,7 @@ TEST_P(KernelTest, UsesTheTargetUnderTest) {
 
 TEST_P(KernelTest, EveryDtypePairKindAffineAndResidualMatchesReference) {
   std::mt19937 rng(1);
-  Stats total;
+  UlpStats total;
   for (DType in : kTypes) {
     for (DType out : kTypes) {
       for (NormKind kind : {NormKind::kLayerNorm, NormKind::kRmsNorm}) {
@@ -200,10 +75,7 @@ TEST_P(KernelTest, EveryDtypePairKindAffineAndResidualMatchesReference) {
                            << Name(in) << "->" << Name(out) << " kind "
                            << static_cast<int>(kind) << " affine " << affine
                            << " residual " << residual << " D " << d);
-              const Stats st = Check(c, RunCase(c));
-              total.elements += st.elements;
-              total.over_one_ulp += st.over_one_ulp;
-              total.worst_ulps = std::max(total.worst_ulps, st.worst_ulps);
+              total.Add(CheckAgainstReference(c, RunOnCpu(c)));
               if (HasFailure()) return;
             }
           }
@@ -226,7 +98,7 @@ TEST_P(KernelTest, LongRowsAndManyRows) {
       const Case c = MakeCase(NormKind::kLayerNorm, t, t, d, (1 << 18) / d + 1,
                               true, true, false, &rng, &g, &b);
       SCOPED_TRACE(::testing::Message() << "D " << d << " " << Name(t));
-      const Stats st = Check(c, RunCase(c));
+      const UlpStats st = CheckAgainstReference(c, RunOnCpu(c));
       EXPECT_LE(st.worst_ulps, 2);
     }
   }
@@ -241,7 +113,7 @@ TEST_P(KernelTest, AccurateWhenMeanIsFarLargerThanStd) {
     c.x = Encode(DType::kFloat32,
                  Normal(static_cast<size_t>(3 * d), 1e4f, 1e-3f, &rng));
     SCOPED_TRACE(::testing::Message() << "D " << d);
-    Check(c, RunCase(c));
+    CheckAgainstReference(c, RunOnCpu(c));
   }
 }
 
@@ -259,7 +131,7 @@ TEST_P(KernelTest, ConstantRowGivesExactlyBeta) {
       c.in = c.out = t;
       c.x = Encode(t, std::vector<float>(d, v));
       if (std::isinf(c.x.values[0])) continue;  // 3e38 overflows float16
-      const Output o = RunCase(c);
+      const Output o = RunOnCpu(c);
       for (int64_t i = 0; i < d; ++i) {
         float got;
         if (t == DType::kFloat32) {
@@ -291,7 +163,7 @@ TEST_P(KernelTest, HugeAndTinyMagnitudesAreRecomputedInDouble) {
       c.x = Encode(DType::kFloat32, x);
       SCOPED_TRACE(::testing::Message()
                    << "scale " << scale << " kind " << static_cast<int>(kind));
-      Check(c, RunCase(c));
+      CheckAgainstReference(c, RunOnCpu(c));
     }
   }
 }
@@ -308,7 +180,7 @@ TEST_P(KernelTest, NanOrInfPoisonsOnlyItsRow) {
       for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>(i % 5);
       x[48 + pos] = bad;
       c.x = Encode(DType::kFloat32, x);
-      const Output o = RunCase(c);
+      const Output o = RunOnCpu(c);
       for (int64_t i = 0; i < 48; ++i) {
         float y0, y1, y2;
         std::memcpy(&y0, &o.y[4 * i], 4);
@@ -344,7 +216,7 @@ TEST_P(KernelTest, RowBitsDoNotDependOnBatchCompositionOrThreads) {
       c.in = c.out = in;
       c.x.bytes.assign(all.bytes.begin() + r * row_bytes,
                        all.bytes.begin() + (r + 1) * row_bytes);
-      alone[r] = RunCase(c).y;
+      alone[r] = RunOnCpu(c).y;
     }
     for (int threads : {0, 1, 3}) {
       ThreadPool pool(threads);
