@@ -8,7 +8,8 @@ one run on loopback (client and servers share the machine):
   3. batching: --max_queue_delay_us 0 against tuned values, closed loop at
      concurrency 1..64 and open loop (Poisson arrivals);
   4. Triton's perf_analyzer against normbench on the same OIP load, when
-     bench/get_perf_analyzer.sh can make it run here.
+     bench/get_perf_analyzer.sh can make it run here: with client and
+     server sharing the cores, and pinned to separate cores.
 
 Writes CSVs, PNG plots (python3-matplotlib) and a Markdown summary with the
 ratios to OUT/load_DATE/ and OUT/load_study_DATE.md.
@@ -25,6 +26,7 @@ import platform
 import random
 import re
 import resource
+import shutil
 import subprocess
 import urllib.request
 import sys
@@ -38,8 +40,8 @@ from live_server import LiveServer  # noqa: E402
 SMALL, LARGE = "1,768", "64,4096"
 
 
-def normbench(build, server, extra, duration):
-    cmd = [os.path.join(build, "client", "normbench"), f"--server={server.target}",
+def normbench(build, server, extra, duration, prefix=()):
+    cmd = [*prefix, os.path.join(build, "client", "normbench"), f"--server={server.target}",
            f"--metrics=127.0.0.1:{server.metrics_port}" if server.metrics_port else "--metrics=",
            f"--duration_s={duration}", "--warmup_s=0.5", "--csv", *extra]
     run = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=900)
@@ -129,16 +131,23 @@ def client_cpu_us(run, server):
     return result, 1e6 * cpu / max(1.0, n1 - n0)
 
 
-def perf_analyzer_rows(args, levels):
+def perf_analyzer_rows(args, levels, pinned):
+    """perf_analyzer and normbench on the same OIP load. `pinned`: the
+    server on CPU 0 (one compute thread) and each load generator on CPU 1,
+    so that the client's CPU is not taken from the server."""
     got = subprocess.run(["bash", os.path.join(HERE, "get_perf_analyzer.sh"), args.build],
                          capture_output=True, text=True)
     if got.returncode != 0:
         return None, got.stderr.strip()
     pa = got.stdout.strip()
+    server_cmd = [os.path.join(args.build, "server", "normserve")]
+    server_flags, client = [], []
+    if pinned:
+        server_cmd = ["taskset", "-c", "0", *server_cmd]
+        server_flags, client = ["--cpu_threads=1"], ["taskset", "-c", "1"]
     rows = []
     rng = random.Random(1)
-    with tempfile.TemporaryDirectory() as tmp, \
-            LiveServer(os.path.join(args.build, "server", "normserve")) as server:
+    with tempfile.TemporaryDirectory() as tmp, LiveServer(server_cmd, *server_flags) as server:
         data = os.path.join(tmp, "input.json")
         with open(data, "w") as f:
             json.dump({"data": [{"input": {"content": [rng.gauss(0, 1) for _ in range(768)],
@@ -146,7 +155,7 @@ def perf_analyzer_rows(args, levels):
         for c in levels:
             report = os.path.join(tmp, f"pa{c}.csv")
             _, pa_cpu = client_cpu_us(lambda: subprocess.run(
-                [pa, "-m", "default", "-i", "grpc", "-u", server.target,
+                [*client, pa, "-m", "default", "-i", "grpc", "-u", server.target,
                  "--input-data", data, "--concurrency-range", str(c),
                  "--measurement-interval", str(int(args.duration_s * 1000)),
                  "--stability-percentage", "25", "--max-trials", "10",
@@ -156,7 +165,7 @@ def perf_analyzer_rows(args, levels):
                 r = next(csv.DictReader(f))
             nb, nb_cpu = client_cpu_us(lambda: normbench(
                 args.build, server, ["--protocol=oip", f"--concurrency={c}",
-                                     f"--shape={SMALL}"], args.duration_s)[0], server)
+                                     f"--shape={SMALL}"], args.duration_s, client)[0], server)
             rows.append({"concurrency": c,
                          "pa_rps": float(r["Inferences/Second"]),
                          "pa_p50_ms": float(r["p50 latency"]) / 1e3,
@@ -164,8 +173,9 @@ def perf_analyzer_rows(args, levels):
                          "nb_rps": nb["requests_per_s"], "nb_p50_ms": nb["p50_ms"],
                          "nb_p99_ms": nb["p99_ms"],
                          "pa_cpu_us": pa_cpu, "nb_cpu_us": nb_cpu})
-            print(f"  perf_analyzer c={c}: {rows[-1]['pa_rps']:.0f} vs normbench "
-                  f"{rows[-1]['nb_rps']:.0f} req/s", flush=True)
+            print(f"  perf_analyzer c={c}{' pinned' if pinned else ''}: "
+                  f"{rows[-1]['pa_rps']:.0f} vs normbench {rows[-1]['nb_rps']:.0f} req/s",
+                  flush=True)
     return rows, ""
 
 
@@ -219,7 +229,12 @@ def main():
                            [f"--max_queue_delay_us={d}"], SMALL, [rates])
 
     print("4. perf_analyzer", flush=True)
-    pa, pa_why = perf_analyzer_rows(args, [1, 2, 4, 8])
+    pa_runs = [("Client and server sharing both cores", False)]
+    if (os.cpu_count() or 1) >= 2 and shutil.which("taskset"):
+        pa_runs.append(("Server pinned to CPU 0 (--cpu_threads=1), each load generator "
+                        "to CPU 1", True))
+    pa_results = [(title, *perf_analyzer_rows(args, [1, 2, 4, 8], pinned))
+                  for title, pinned in pa_runs]
 
     write_csv(os.path.join(out, "small_1x768.csv"), small)
     write_csv(os.path.join(out, "large_64x4096.csv"), large)
@@ -272,20 +287,21 @@ def main():
           f"![batching]({rel}/batching_closed.png)", "", table(batching, "concurrency"), "",
           "## Batching: open loop, Poisson arrivals (latency from the scheduled send)", "",
           f"![open loop]({rel}/batching_open.png)", "", table(open_loop, "target_rate"), ""]
-    md += ["## perf_analyzer (Triton) against normbench, same OIP load (1x768)", ""]
-    if pa is None:
-        md += [f"Not run: {pa_why}", ""]
-    else:
-        md += ["Client CPU is the load generator's own user + system time per request "
-               "the server answered during its run; on this machine the client's CPU "
-               "is taken from the server, so a costlier client drives less load.", "",
-               "| concurrency | perf_analyzer req/s | normbench req/s | normbench / "
-               "perf_analyzer | perf_analyzer p50 / p99 ms | normbench p50 / p99 ms | "
+    md += ["## perf_analyzer (Triton) against normbench, same OIP load (1x768)", "",
+           "Client CPU is the load generator's own user + system time per request "
+           "the server answered during its run.", ""]
+    for title, pa, pa_why in pa_results:
+        md += [f"### {title}", ""]
+        if pa is None:
+            md += [f"Not run: {pa_why}", ""]
+            continue
+        md += ["| concurrency | perf_analyzer req/s | normbench req/s | perf_analyzer / "
+               "normbench | perf_analyzer p50 / p99 ms | normbench p50 / p99 ms | "
                "client CPU µs/request: perf_analyzer / normbench |",
                "|---:|---:|---:|---:|---|---|---|"]
         for r in pa:
             md.append(f"| {r['concurrency']} | {r['pa_rps']:.0f} | {r['nb_rps']:.0f} | "
-                      f"{r['nb_rps'] / r['pa_rps']:.2f} | {r['pa_p50_ms']:.3f} / "
+                      f"{r['pa_rps'] / r['nb_rps']:.2f} | {r['pa_p50_ms']:.3f} / "
                       f"{r['pa_p99_ms']:.3f} | {r['nb_p50_ms']:.3f} / {r['nb_p99_ms']:.3f} | "
                       f"{r['pa_cpu_us']:.0f} / {r['nb_cpu_us']:.0f} |")
         md.append("")
