@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Python clients against the real server: the example in client/python, a
-grpcurl-style JSON call whose types come only from server reflection, and
-the gRPC health protocol.
+"""Python clients against the real server: the example in client/python,
+grpcurl-style JSON calls whose types come only from server reflection (the
+native API and the README's Open Inference Protocol example), and the gRPC
+health protocol.
 
 Run by CTest as:
   python3 python_clients_test.py SERVER_BINARY STUBS_DIR
@@ -48,6 +49,36 @@ def assert_close(test, y, ref):
     test.assertLessEqual(worst, 1e-5 * np.max(np.abs(ref)))
 
 
+def reflected_method(ask, service, method):
+    """The request and response classes of `service`/`method`, built only
+    from what server reflection returns (as grpcurl does)."""
+    pool = descriptor_pool.DescriptorPool()
+    files = {}
+    pending = [ask(file_containing_symbol=service)]
+    while pending:
+        for raw in pending.pop().file_descriptor_response.file_descriptor_proto:
+            fd = descriptor_pb2.FileDescriptorProto.FromString(raw)
+            files[fd.name] = fd
+            for dep in fd.dependency:
+                if dep not in files:
+                    pending.append(ask(file_by_filename=dep))
+    added = set()
+
+    def add(name):
+        if name in added:
+            return
+        for dep in files[name].dependency:
+            add(dep)
+        pool.Add(files[name])
+        added.add(name)
+
+    for name in list(files):
+        add(name)
+    found = pool.FindServiceByName(service).FindMethodByName(method)
+    factory = message_factory.MessageFactory(pool)
+    return factory.GetPrototype(found.input_type), factory.GetPrototype(found.output_type)
+
+
 class PythonClientsTest(unittest.TestCase):
     def test_example_script_matches_float64_reference(self):
         with LiveServer(SERVER) as server, tempfile.TemporaryDirectory() as tmp:
@@ -80,33 +111,8 @@ class PythonClientsTest(unittest.TestCase):
             self.assertIn("grpc.health.v1.Health", services)
 
             # Everything below knows the API only through reflection.
-            pool = descriptor_pool.DescriptorPool()
-            files = {}
-            pending = [ask(file_containing_symbol="normserve.v1.NormalizationService")]
-            while pending:
-                for raw in pending.pop().file_descriptor_response.file_descriptor_proto:
-                    fd = descriptor_pb2.FileDescriptorProto.FromString(raw)
-                    files[fd.name] = fd
-                    for dep in fd.dependency:
-                        if dep not in files:
-                            pending.append(ask(file_by_filename=dep))
-            added = set()
-
-            def add(name):
-                if name in added:
-                    return
-                for dep in files[name].dependency:
-                    add(dep)
-                pool.Add(files[name])
-                added.add(name)
-
-            for name in list(files):
-                add(name)
-            method = pool.FindServiceByName(
-                "normserve.v1.NormalizationService").FindMethodByName("Normalize")
-            factory = message_factory.MessageFactory(pool)
-            request_cls = factory.GetPrototype(method.input_type)
-            response_cls = factory.GetPrototype(method.output_type)
+            request_cls, response_cls = reflected_method(
+                ask, "normserve.v1.NormalizationService", "Normalize")
 
             x = [[1.0, 2.0, 4.0, 8.0], [-3.0, 0.5, 0.25, 10.0]]
             request_json = json.dumps({
@@ -133,6 +139,28 @@ class PythonClientsTest(unittest.TestCase):
                 call(bad, timeout=10)
             self.assertEqual(err.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
             self.assertIn("input.shape[1] = -4", err.exception.details())
+
+            # The README's Open Inference Protocol example, as grpcurl would
+            # send it: same port, types from reflection too.
+            self.assertIn("inference.GRPCInferenceService", services)
+            request_cls, response_cls = reflected_method(
+                ask, "inference.GRPCInferenceService", "ModelInfer")
+            request = json_format.Parse(json.dumps({
+                "model_name": "default", "inputs": [{
+                    "name": "input", "datatype": "FP32", "shape": [2, 4],
+                    "contents": {"fp32_contents": [1, 2, 3, 4, 5, 6, 7, 8]}}]}),
+                request_cls())
+            call = channel.unary_unary(
+                "/inference.GRPCInferenceService/ModelInfer",
+                request_serializer=request_cls.SerializeToString,
+                response_deserializer=response_cls.FromString)
+            response = json.loads(json_format.MessageToJson(call(request, timeout=10)))
+            out = response["outputs"][0]
+            self.assertEqual((out["name"], out["datatype"], out["shape"]),
+                             ("output", "FP32", ["2", "4"]))
+            y = np.array(out["contents"]["fp32Contents"], np.float64).reshape(2, 4)
+            assert_close(self, y, reference_layer_norm(
+                np.arange(1, 9, dtype=np.float32).reshape(2, 4)))
 
     def test_health_reports_serving(self):
         health = load_by_path("health_pb2", os.path.join(
