@@ -161,7 +161,8 @@ Metrics::StageMetrics* Metrics::Stage(const std::string& model,
   if (it != stages_.end()) return &it->second;
   const std::map<std::string, std::string> labels = {{"model", model},
                                                      {"device", device}};
-  StageMetrics s;
+  StageMetrics& s = stages_[key];  // node map: constructed in place
+  s.model = model;
   s.queue_wait = &queue_wait_->Add(labels, LatencyBuckets());
   s.compute = &compute_->Add(labels, LatencyBuckets());
   s.latency = &latency_->Add(labels, LatencyBuckets());
@@ -169,9 +170,7 @@ Metrics::StageMetrics* Metrics::Stage(const std::string& model,
   s.batch_requests = &batch_requests_->Add(labels, PowersOfTwo(12));
   s.bytes_in = &bytes_in_->Add({{"model", model}});
   s.bytes_out = &bytes_out_->Add({{"model", model}});
-  s.request_compute_ns = std::make_shared<std::atomic<int64_t>>(0);
-  stage_models_.emplace(key, model);
-  return &stages_.emplace(key, s).first->second;
+  return &s;
 }
 
 Metrics::ModelTotals Metrics::Totals(const std::string& model) {
@@ -182,7 +181,7 @@ Metrics::ModelTotals Metrics::Totals(const std::string& model) {
   ModelTotals t;
   MutexLock lock(&mu_);
   for (const auto& [key, stage] : stages_) {
-    if (stage_models_.at(key) != model) continue;
+    if (stage.model != model) continue;
     const auto [requests, latency] = count_and_sum(stage.latency);
     t.requests += requests;
     t.latency_seconds += latency;
@@ -191,7 +190,7 @@ Metrics::ModelTotals Metrics::Totals(const std::string& model) {
     t.batches += batches;
     t.compute_seconds += compute;
     t.request_compute_seconds +=
-        static_cast<double>(stage.request_compute_ns->load()) * 1e-9;
+        static_cast<double>(stage.request_compute_ns.load()) * 1e-9;
   }
   return t;
 }
@@ -238,7 +237,7 @@ void Metrics::OnBatch(const BatchKey& key, int64_t rows, int64_t jobs,
   s->compute->Observe(absl::ToDoubleSeconds(compute));
   s->batch_rows->Observe(static_cast<double>(rows));
   s->batch_requests->Observe(static_cast<double>(jobs));
-  s->request_compute_ns->fetch_add(jobs * absl::ToInt64Nanoseconds(compute));
+  s->request_compute_ns.fetch_add(jobs * absl::ToInt64Nanoseconds(compute));
 }
 
 }  // namespace normserve

@@ -110,7 +110,8 @@ class Metrics : public BatchObserver {
     prometheus::Counter* bytes_in;
     prometheus::Counter* bytes_out;
     // Σ over requests of their batch's compute time, for Totals().
-    std::shared_ptr<std::atomic<int64_t>> request_compute_ns;
+    std::atomic<int64_t> request_compute_ns{0};
+    std::string model;
   };
   StageMetrics* Stage(const std::string& model, const char* device);
 
@@ -134,9 +135,6 @@ class Metrics : public BatchObserver {
   Mutex mu_;
   // Node map: callers keep pointers to values past the lock.
   absl::node_hash_map<std::string, StageMetrics> stages_ ABSL_GUARDED_BY(mu_);
-  // The model of each stages_ entry.
-  absl::node_hash_map<std::string, std::string> stage_models_
-      ABSL_GUARDED_BY(mu_);
 };
 
 // The device label for a DeviceKind value.
