@@ -383,37 +383,31 @@ Step RunRateStep(const Target& target, double rate, bool poisson,
   return step;
 }
 
-std::vector<double> ParseRates(const std::string& spec) {
-  std::vector<std::string> parts = absl::StrSplit(spec, ':');
-  double from = 0, to = 0;
-  int factor = 2;
-  if (parts.size() == 1 && absl::SimpleAtod(parts[0], &from) && from > 0)
-    return {from};
-  if (parts.size() != 3 || !absl::SimpleAtod(parts[0], &from) ||
-      !absl::SimpleAtod(parts[1], &to) || parts[2].empty() ||
-      parts[2][0] != 'x' || !absl::SimpleAtoi(parts[2].substr(1), &factor) ||
-      from <= 0 || to < from || factor < 2) {
-    return {};
-  }
-  std::vector<double> rates;
-  for (double r = from; r <= to * (1 + 1e-9); r *= factor) rates.push_back(r);
-  return rates;
+bool ParseNumber(absl::string_view text, int* out) {
+  return absl::SimpleAtoi(text, out);
+}
+bool ParseNumber(absl::string_view text, double* out) {
+  return absl::SimpleAtod(text, out);
 }
 
-std::vector<int> ParseConcurrency(const std::string& spec) {
+// "N" or a geometric sweep "FROM:TO:xFACTOR" (e.g. 1:64:x2) of positive
+// numbers; empty on a malformed spec.
+template <typename T>
+std::vector<T> ParseSweep(const std::string& spec) {
   std::vector<std::string> parts = absl::StrSplit(spec, ':');
-  int from = 0, to = 0, factor = 2;
-  if (parts.size() == 1 && absl::SimpleAtoi(parts[0], &from) && from > 0)
+  T from = 0, to = 0;
+  int factor = 2;
+  if (parts.size() == 1 && ParseNumber(parts[0], &from) && from > 0)
     return {from};
-  if (parts.size() != 3 || !absl::SimpleAtoi(parts[0], &from) ||
-      !absl::SimpleAtoi(parts[1], &to) || parts[2].empty() ||
-      parts[2][0] != 'x' || !absl::SimpleAtoi(parts[2].substr(1), &factor) ||
-      from <= 0 || to < from || factor < 2) {
+  if (parts.size() != 3 || !ParseNumber(parts[0], &from) ||
+      !ParseNumber(parts[1], &to) || parts[2].empty() || parts[2][0] != 'x' ||
+      !absl::SimpleAtoi(parts[2].substr(1), &factor) || from <= 0 ||
+      to < from || factor < 2) {
     return {};
   }
-  std::vector<int> levels;
-  for (int c = from; c <= to; c *= factor) levels.push_back(c);
-  return levels;
+  std::vector<T> steps;
+  for (T v = from; v <= to * (1 + 1e-9); v *= factor) steps.push_back(v);
+  return steps;
 }
 
 }  // namespace
@@ -435,7 +429,7 @@ int main(int argc, char** argv) {
   mallopt(M_TRIM_THRESHOLD, 256 << 20);
 #endif
   const std::vector<int> levels =
-      ParseConcurrency(absl::GetFlag(FLAGS_concurrency));
+      ParseSweep<int>(absl::GetFlag(FLAGS_concurrency));
   if (levels.empty()) {
     std::fprintf(stderr,
                  "normbench: --concurrency: expected N or FROM:TO:xFACTOR\n");
@@ -448,7 +442,7 @@ int main(int argc, char** argv) {
   }
   const bool open_loop = !absl::GetFlag(FLAGS_request_rate).empty();
   const std::vector<double> rates =
-      open_loop ? ParseRates(absl::GetFlag(FLAGS_request_rate))
+      open_loop ? ParseSweep<double>(absl::GetFlag(FLAGS_request_rate))
                 : std::vector<double>{};
   if (open_loop && rates.empty()) {
     std::fprintf(
