@@ -1,0 +1,191 @@
+#!/usr/bin/env python3
+"""One-run GPU comparison: normserve's CUDA kernels vs copy and vs PyTorch.
+
+On one GPU, in one run, for float32 and bfloat16 (and LayerNorm and RMSNorm)
+over D in {768, 1024, 4096, 8192, 16384} with 512 MiB of input (rows that
+fill the chip many times over):
+  - normserve's kernels and a device-to-device copy of the same bytes, from
+    build/bench/normalize_cuda_bench (Google Benchmark, CUDA events);
+  - torch.nn.functional.layer_norm / rms_norm and torch's own device copy
+    (Tensor.copy_) on the same shapes, timed with CUDA events;
+and prints a Markdown table of bandwidths (bytes read + written per second)
+and ratios, also written to bench/results/cuda_compare_<date>.md with the
+device name and the command.
+
+Usage: bench/compare_cuda.py [--build build-cuda] [--dims 768,...]
+Needs a CUDA device, a CUDA build (`make build-cuda` or cmake with nvcc) and
+a PyTorch with CUDA importable by --python. Without a device it says why and
+exits 0.
+"""
+import argparse
+import datetime
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+INPUT_BYTES = 512 << 20  # as normalize_cuda_bench's kBytes
+DTYPES = {"f32": (0, 4), "bf16": (2, 2)}  # name -> (DType enum, bytes)
+KINDS = {"layer_norm": 0, "rms_norm": 1}
+
+# Runs inside --python: times torch on the GPU with CUDA events (median of
+# `iters` calls after warm-up), γ and β in the input dtype as users call it.
+TORCH_SNIPPET = textwrap.dedent("""
+    import json, sys, torch
+    import torch.nn.functional as F
+    dtype, kind, d, rows, iters = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+    t = {"f32": torch.float32, "bf16": torch.bfloat16}[dtype]
+    dev = torch.device("cuda")
+    x = torch.randn(rows, d, device=dev).to(t)
+    w = torch.full((d,), 1.25, device=dev, dtype=t)
+    b = torch.full((d,), 1.25, device=dev, dtype=t)
+    y = torch.empty_like(x)
+    if kind == "layer_norm":
+        run = lambda: F.layer_norm(x, (d,), w, b, 1e-5)
+    elif hasattr(F, "rms_norm"):
+        run = lambda: F.rms_norm(x, (d,), w, 1e-5)
+    else:
+        print(json.dumps({"seconds": None})); sys.exit(0)
+    def median(fn):
+        for _ in range(3): fn()
+        times = []
+        for _ in range(iters):
+            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            s.record(); fn(); e.record(); e.synchronize()
+            times.append(s.elapsed_time(e) / 1e3)
+        times.sort(); return times[len(times) // 2]
+    print(json.dumps({"seconds": median(run), "copy_seconds": median(lambda: y.copy_(x)),
+                      "version": torch.__version__, "device": torch.cuda.get_device_name(0)}))
+""")
+
+
+def torch_status(python):
+    """(ok, reason or device name) for PyTorch with CUDA under `python`."""
+    probe = ("import torch; print(torch.cuda.get_device_name(0) "
+             "if torch.cuda.is_available() else 'NO')")
+    try:
+        out = subprocess.run([python, "-c", probe], capture_output=True,
+                             text=True, timeout=300)
+    except OSError as e:
+        return False, f"cannot run {python}: {e}"
+    if out.returncode != 0:
+        return False, "PyTorch is not importable: " + out.stderr.strip()[-200:]
+    name = out.stdout.strip()
+    if name == "NO":
+        return False, "no CUDA device visible to PyTorch"
+    return True, name
+
+
+def normserve_results(build, dims):
+    """{(dtype, kind, d): (GB/s, vs_copy, copy GB/s)} from the CUDA bench."""
+    binary = os.path.join(build, "bench", "normalize_cuda_bench")
+    if not os.path.exists(binary):
+        sys.exit(f"compare_cuda: {binary} is missing: build with CUDA first")
+    enums = "|".join(str(v[0]) for v in DTYPES.values())
+    dim_re = "|".join(str(d) for d in dims)
+    filt = f"BM_Cuda(Copy|Normalize)/({enums})/.*/?({dim_re})/"
+    out = subprocess.run([binary, "--benchmark_format=json",
+                          f"--benchmark_filter={filt}"],
+                         capture_output=True, text=True, check=True)
+    if not out.stdout.strip():
+        sys.exit("compare_cuda: the CUDA bench ran nothing: "
+                 + out.stderr.strip())
+    copies, results = {}, {}
+    for b in json.loads(out.stdout)["benchmarks"]:
+        args = [int(v) for v in re.findall(r"/(\d+)", b["name"])]
+        gbps = b["bytes_per_second"] / 1e9
+        if b["name"].startswith("BM_CudaCopy"):
+            copies[(args[0], args[1])] = gbps
+        else:
+            results[tuple(args)] = (gbps, b.get("vs_copy"))
+    merged = {}
+    for dtype, (enum, _) in DTYPES.items():
+        for kind, kind_enum in KINDS.items():
+            for d in dims:
+                if (enum, kind_enum, d) in results:
+                    gbps, vs_copy = results[(enum, kind_enum, d)]
+                    merged[(dtype, kind, d)] = (gbps, vs_copy,
+                                                copies.get((enum, d)))
+    return merged
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--build", default=os.path.join(REPO, "build-cuda"))
+    ap.add_argument("--python", default=sys.executable,
+                    help="interpreter with PyTorch (CUDA build)")
+    ap.add_argument("--dims", default="768,1024,4096,8192,16384")
+    ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--out", default=os.path.join(REPO, "bench", "results"))
+    args = ap.parse_args()
+    dims = [int(d) for d in args.dims.split(",")]
+
+    ok, device = torch_status(args.python)
+    if not ok:
+        print(f"compare_cuda: skipped: {device}")
+        return 0
+    ours = normserve_results(args.build, dims)
+
+    rows = []
+    version = "?"
+    for dtype, (_, size) in DTYPES.items():
+        for kind in KINDS:
+            for d in dims:
+                if (dtype, kind, d) not in ours:
+                    continue
+                n = INPUT_BYTES // (d * size)
+                out = subprocess.run(
+                    [args.python, "-c", TORCH_SNIPPET, dtype, kind, str(d),
+                     str(n), str(args.iters)],
+                    capture_output=True, text=True, check=True)
+                t = json.loads(out.stdout)
+                version = t.get("version", version)
+                moved = 2 * n * d * size / 1e9
+                gbps, vs_copy, copy_gbps = ours[(dtype, kind, d)]
+                torch_gbps = moved / t["seconds"] if t["seconds"] else None
+                torch_copy = (moved / t["copy_seconds"]
+                              if t.get("copy_seconds") else None)
+                rows.append((dtype, kind, d, n, copy_gbps, gbps, vs_copy,
+                             torch_copy, torch_gbps))
+
+    def f(v, fmt):
+        return "n/a" if v is None else fmt.format(v)
+
+    today = datetime.date.today().isoformat()
+    lines = [
+        f"# GPU normalization comparison, {today}", "",
+        f"- Device: {device}",
+        f"- Command: `python3 bench/compare_cuda.py --dims {args.dims}`",
+        f"- Input: {INPUT_BYTES >> 20} MiB per case, γ and β, ε = 1e-5, "
+        "output in the input dtype. Bandwidth counts bytes read + written.",
+        f"- PyTorch {version}: F.layer_norm / F.rms_norm with γ/β in the "
+        "input dtype, and Tensor.copy_ as its copy; medians of CUDA-event "
+        "timings.", "",
+        "| dtype | kind | D | rows | D2D copy GB/s | normserve GB/s "
+        "| normserve / copy | torch copy GB/s | torch GB/s "
+        "| normserve vs torch |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (dtype, kind, d, n, copy_gbps, gbps, vs_copy, torch_copy,
+         torch_gbps) in rows:
+        speedup = gbps / torch_gbps if torch_gbps else None
+        lines.append(
+            f"| {dtype} | {kind} | {d} | {n} | {f(copy_gbps, '{:.0f}')} "
+            f"| {gbps:.0f} | {f(vs_copy, '{:.2f}')} "
+            f"| {f(torch_copy, '{:.0f}')} | {f(torch_gbps, '{:.0f}')} "
+            f"| {f(speedup, '{:.2f}×')} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, f"cuda_compare_{today}.md")
+    with open(path, "w") as fh:
+        fh.write(text)
+    print(f"written to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
