@@ -8,25 +8,39 @@
 //   S = Σ v                         int32,  |S| < 2^24
 //   c_i = D·v_i − S                 int32,  |c_i| < 2^25   (= D·(v_i − mean))
 //   M = D·Σ v² − S²                 int64,  0 ≤ M < 2^49   (= D²·var(v), exact)
-//   T = M + E, E = round(D²·ε/s_x²) int64 (precomputed; clamped to 2^60)
+//   T = M + E, E = round(D²·ε/s_x²) int64 (clamped to 2^60; it depends on
+//                                   the request's s_x, so it is computed
+//                                   once per Int8LayerNormInteger call, not
+//                                   at model load)
 //   T is shifted left by 2k (k ≥ 0, the largest with T·4^k < 2^62) and
 //   den = isqrt(T·4^k) (exact floor, Newton's method) ≈ sqrt(T)·2^k,
-//   which has at least 30 significant bits.
-//   R = floor(2^62 / den)           int64, 2^31 ≤ R < 2^33
+//   2^30 ≤ den < 2^31.
+//   R = floor(2^62 / den)           int64, 2^31 < R ≤ 2^32
 //   n_i = round(c_i·R / 2^(62−F−k)) int64 = (v_i − mean)/sqrt(var + ε') · 2^F,
+//                                   |c_i·R| < 2^57,
 //                                   F = 20, |n_i| ≤ 2^28 (|normalized| ≤ √D)
 //   a_i = n_i·G_i + B_i             int64, |n_i·G_i| < 2^51, |B_i| ≤ 2^50
 //   q_y = clamp(round(a_i / 2^(F+g)) + z_y, −128, 127)
 // where G_i = round(γ_i/s_y · 2^g) (|G_i| < 2^23, g ∈ [1−F, 22] chosen per
 // model) and
 // B_i = round(β_i/s_y · 2^(F+g)) fold γ, β and the output scale into
-// integers once, at model load (FoldInt8Affine). Every intermediate is
-// bounded as shown, so nothing overflows for any input; rounding happens
-// at n_i and at q_y (round half away from zero), and in the floors of den
-// and R (relative errors below 2^-29).
+// integers (FoldInt8Affine) once, at model load, when the model config sets
+// output_scale and normalized_shape and the request sends no ε, γ, β or
+// output quantization of its own; else once per request. Every
+// intermediate is bounded as shown, so nothing overflows for any input.
+//
+// Rounding. round() at n_i and at q_y is round half up, floor(x + 1/2):
+// (a + 2^(s−1)) >> s with an arithmetic shift, branch-free so that the
+// loops vectorize. Ties go toward +∞ (−2.5 → −2, 2.5 → 3), not away from
+// zero. Elsewhere: den and R are floors (relative errors below 2^-29); E,
+// G_i and B_i are rounded half away from zero (llround) once, in double.
+// The float path quantizes half away from zero, as the float64 reference
+// of the tests and of bench/results/int8_*.md does; the two paths can
+// therefore differ by 1 at an exact tie, which the bound below allows.
 //
 // Error bound (tested): the integer path's outputs are within 1 LSB of the
-// float64 reference quantized with the same output scale, for every element.
+// float64 reference quantized with the same output scale (round half away
+// from zero), for every element.
 // Both paths are deterministic; outputs do not depend on batch or thread.
 //
 // Thread-safe: pure functions on caller-owned buffers.
@@ -78,7 +92,8 @@ struct Int8Params {
   const float* beta = nullptr;
 };
 
-// E = round(D²·ε/s_x²), clamped to [0, 2^60].
+// E = round(D²·ε/s_x²), clamped to [0, 2^60]. Int8LayerNormInteger calls
+// it once per call.
 int64_t Int8EpsilonTerm(float epsilon, float input_scale, int64_t dim);
 
 // Integer-only LayerNorm of `rows` rows of p.dim int8 values.

@@ -1,6 +1,6 @@
 // The INT8 paths: exact integer square root, the integer-only LayerNorm
 // against the float64 reference (within 1 LSB everywhere), the float path,
-// and determinism.
+// the rounding at ties, and determinism.
 #include "kernels/int8_layer_norm.h"
 
 #include <cmath>
@@ -155,8 +155,39 @@ TEST(Int8LayerNormTest, ConstantRowGivesQuantizedBeta) {
   for (int64_t i = 0; i < d; ++i) {
     const double want =
         static_cast<double>(beta[i]) / static_cast<double>(0.02f);
-    EXPECT_EQ(y[i], std::max(-128L, std::min(127L, std::lround(want) - 5)))
+    // Half up, as the header documents (no value here is a tie).
+    EXPECT_EQ(y[i],
+              std::max(-128.0, std::min(127.0, std::floor(want + 0.5) - 5)))
         << i;
+  }
+}
+
+// The header's rounding rule, pinned where it shows: β/s_y exactly k + 1/2
+// on a constant row (every normalized value 0, so q_y is the rounded β/s_y).
+// The integer path rounds half up (−4.5 → −4); the float path, like the
+// float64 reference, half away from zero (−4.5 → −5). Positive ties agree.
+TEST(Int8LayerNormTest, TiesRoundHalfUpOnTheIntegerPathAwayFromZeroOnFloat) {
+  const int64_t d = 10;
+  const float out_scale = 0.25f;  // a power of two: β/s_y is exact
+  std::vector<float> beta(d);
+  for (int64_t i = 0; i < d; ++i)
+    beta[i] = (static_cast<float>(i) - 5.0f + 0.5f) * out_scale;  // −4.5..4.5
+  const Int8Affine folded =
+      FoldInt8Affine(nullptr, beta.data(), d, out_scale, 0);
+  Int8Params p;
+  p.dim = d;
+  p.input_scale = 0.5f;
+  p.input_zero_point = 17;
+  p.affine = &folded;
+  p.beta = beta.data();
+  const std::vector<int8_t> x(d, 17);  // all at the zero point: x = 0
+  std::vector<int8_t> integer(d), float_path(d);
+  Int8LayerNormInteger(p, x.data(), integer.data(), 1);
+  Int8LayerNormFloat(p, x.data(), float_path.data(), 1);
+  for (int64_t i = 0; i < d; ++i) {
+    const double tie = static_cast<double>(i) - 5.0 + 0.5;
+    EXPECT_EQ(integer[i], std::floor(tie + 0.5)) << "beta/s_y = " << tie;
+    EXPECT_EQ(float_path[i], std::round(tie)) << "beta/s_y = " << tie;
   }
 }
 
