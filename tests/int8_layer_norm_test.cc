@@ -1,15 +1,19 @@
 // The INT8 paths: exact integer square root, the integer-only LayerNorm
 // against the float64 reference (within 1 LSB everywhere), the float path,
-// the rounding at ties, and determinism.
+// the rounding at ties, and determinism (runs, row splits, batch
+// compositions and thread counts).
 #include "kernels/int8_layer_norm.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <random>
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "kernels/normalize.h"
 #include "kernels/reference.h"
+#include "kernels/thread_pool.h"
 
 namespace normserve {
 namespace {
@@ -229,6 +233,87 @@ TEST(Int8LayerNormTest, DeterministicAcrossRunsAndRowSplits) {
     Int8LayerNormInteger(p, in.q.data() + r * 768, split.data() + r * 768, n);
   }
   EXPECT_EQ(all, split);
+}
+
+// Batch invariance (DESIGN.md) for both INT8 paths, as the CPU backend runs
+// them: random compositions of segments (each at an odd offset inside its
+// own buffers, in shuffled order, some long enough to be cut into row
+// chunks), through NormalizeSegments with 0, 1 and 3 pool threads, against
+// each row normalized alone. About 2 MiB per batch, well above the size at
+// which NormalizeSegments starts using the pool.
+TEST(Int8LayerNormTest, RowBitsDoNotDependOnBatchCompositionOrThreads) {
+  std::mt19937 rng(17);
+  for (int64_t d : {768, 4099}) {
+    const int64_t rows = (int64_t{2} << 20) / d;
+    const Quantized in = RealisticActivations(rows, d, &rng);
+    std::normal_distribution<float> nd(1.0f, 0.3f);
+    std::vector<float> gamma(static_cast<size_t>(d)),
+        beta(static_cast<size_t>(d));
+    for (auto& g : gamma) g = nd(rng);
+    for (auto& b : beta) b = nd(rng) - 1.0f;
+    const Int8Affine folded = FoldInt8Affine(
+        gamma.data(), beta.data(), d,
+        DefaultInt8OutputScale(gamma.data(), beta.data(), d), -2);
+    Int8Params p;
+    p.dim = d;
+    p.input_scale = in.scale;
+    p.input_zero_point = in.zero_point;
+    p.affine = &folded;
+    p.gamma = gamma.data();
+    p.beta = beta.data();
+    for (bool float_path : {false, true}) {
+      const auto run = float_path ? Int8LayerNormFloat : Int8LayerNormInteger;
+      std::vector<int8_t> alone(in.q.size());
+      for (int64_t r = 0; r < rows; ++r)
+        run(p, in.q.data() + r * d, alone.data() + r * d, 1);
+      for (int threads : {0, 1, 3}) {
+        ThreadPool pool(threads);
+        for (int trial = 0; trial < 3; ++trial) {
+          struct Piece {
+            int64_t first_row, rows;
+            std::vector<int8_t> in, out;
+            size_t pad;
+          };
+          std::vector<Piece> pieces;
+          for (int64_t r = 0; r < rows;) {
+            const int64_t n = std::min<int64_t>(
+                rows - r, trial == 0 ? rows : 1 + rng() % 600);
+            Piece piece;
+            piece.first_row = r;
+            piece.rows = n;
+            piece.pad = 1 + rng() % 15;
+            piece.in.assign(piece.pad + n * d, 0);
+            std::memcpy(piece.in.data() + piece.pad, in.q.data() + r * d,
+                        static_cast<size_t>(n * d));
+            piece.out.assign(piece.pad + n * d, 0);
+            pieces.push_back(std::move(piece));
+            r += n;
+          }
+          std::shuffle(pieces.begin(), pieces.end(), rng);
+          std::vector<RowSegment> segments;
+          for (Piece& piece : pieces) {
+            RowSegment s;
+            s.input_dtype = s.output_dtype = DType::kInt8;
+            s.input = piece.in.data() + piece.pad;
+            s.output = piece.out.data() + piece.pad;
+            s.rows = piece.rows;
+            s.int8 = &p;
+            s.int8_float_path = float_path;
+            segments.push_back(s);
+          }
+          NormalizeSegments(segments, &pool);
+          for (const Piece& piece : pieces) {
+            ASSERT_EQ(0, std::memcmp(piece.out.data() + piece.pad,
+                                     alone.data() + piece.first_row * d,
+                                     static_cast<size_t>(piece.rows * d)))
+                << (float_path ? "float" : "integer") << " path, D " << d
+                << ", threads " << threads << ", trial " << trial
+                << ", rows from " << piece.first_row;
+          }
+        }
+      }
+    }
+  }
 }
 
 }  // namespace
