@@ -20,14 +20,21 @@
 namespace normserve {
 namespace testing {
 
-// A default model that takes parameters from requests, and "fixed" with a
-// [2, 2] row shape and its own gamma.
+// A default model that takes parameters from requests, "fixed" with a
+// [2, 2] row shape and its own gamma, and "int8" with a [4] row shape and
+// its own INT8 output quantization.
 inline std::unique_ptr<ModelRegistry> Registry() {
   auto r = ModelRegistry::CreateFromText(R"pb(
                                            models {
                                              name: "fixed"
                                              normalized_shape: [ 2, 2 ]
                                              gamma { values: [ 1, 2, 3, 4 ] }
+                                           }
+                                           models {
+                                             name: "int8"
+                                             normalized_shape: 4
+                                             output_scale: 0.05
+                                             output_zero_point: -1
                                            }
                                          )pb",
                                          "", {});
@@ -50,6 +57,13 @@ inline v1::NormalizeRequest Valid() {
   v1::NormalizeRequest r;
   SetFloats(r.mutable_input(), {3, 4});
   return r;
+}
+
+// Turns the valid request's input into INT8 ([3, 4], scale 0.1).
+inline void MakeInt8(v1::NormalizeRequest* r) {
+  r->mutable_input()->set_dtype(v1::DATA_TYPE_INT8);
+  r->mutable_input()->mutable_data()->resize(12);
+  r->mutable_input()->set_scale(0.1f);
 }
 
 struct BadRequestCase {
@@ -90,6 +104,49 @@ inline std::vector<BadRequestCase> BadRequestCases() {
          r->mutable_input()->set_zero_point(200);
        },
        C::kInvalidArgument, "input.zero_point = 200: expected -128 to 127"},
+      {"int8 scale NaN",
+       [kNan](auto* r) {
+         MakeInt8(r);
+         r->mutable_input()->set_scale(kNan);
+       },
+       C::kInvalidArgument,
+       "input.scale = nan: DATA_TYPE_INT8 tensors need a finite scale > 0"},
+      {"int8 scale Inf",
+       [](auto* r) {
+         MakeInt8(r);
+         r->mutable_input()->set_scale(std::numeric_limits<float>::infinity());
+       },
+       C::kInvalidArgument,
+       "input.scale = inf: DATA_TYPE_INT8 tensors need a finite scale > 0"},
+      {"int8 scale negative",
+       [](auto* r) {
+         MakeInt8(r);
+         r->mutable_input()->set_scale(-0.1f);
+       },
+       C::kInvalidArgument,
+       "input.scale = -0.1: DATA_TYPE_INT8 tensors need a finite scale > 0"},
+      {"int8 row longer than 65536",
+       [](auto* r) {
+         MakeInt8(r);
+         r->mutable_input()->clear_shape();
+         r->mutable_input()->add_shape(1);
+         r->mutable_input()->add_shape(65537);
+         r->mutable_input()->mutable_data()->resize(65537);
+       },
+       C::kInvalidArgument,
+       "input.shape: INT8 rows have 65537 elements: expected at most 65536"},
+      {"int8 row over 65536 across normalized dims",
+       [](auto* r) {
+         MakeInt8(r);
+         r->mutable_input()->clear_shape();
+         r->mutable_input()->add_shape(2);
+         r->mutable_input()->add_shape(257);
+         r->mutable_input()->add_shape(256);
+         r->mutable_input()->mutable_data()->resize(2 * 257 * 256);
+         r->set_normalized_ndim(2);
+       },
+       C::kInvalidArgument,
+       "input.shape: INT8 rows have 65792 elements: expected at most 65536"},
       {"int8 rms norm",
        [](auto* r) {
          r->mutable_input()->set_dtype(v1::DATA_TYPE_INT8);
@@ -118,6 +175,43 @@ inline std::vector<BadRequestCase> BadRequestCases() {
        },
        C::kInvalidArgument,
        ": expected a normal float with max|gamma| / output_scale below 2^40"},
+      {"int8 output zero point above 127",
+       [](auto* r) {
+         MakeInt8(r);
+         r->set_output_zero_point(128);
+       },
+       C::kInvalidArgument, "output_zero_point = 128: expected -128 to 127"},
+      {"int8 output zero point below -128",
+       [](auto* r) {
+         MakeInt8(r);
+         r->set_output_zero_point(-300);
+       },
+       C::kInvalidArgument, "output_zero_point = -300: expected -128 to 127"},
+      {"int8 output scale NaN",
+       [kNan](auto* r) {
+         MakeInt8(r);
+         r->set_output_scale(kNan);
+       },
+       C::kInvalidArgument, "output_scale = nan: expected a finite value > 0"},
+      // "int8" fixes its output quantization and takes no request params.
+      {"int8 model fixes its output scale",
+       [](auto* r) {
+         r->set_model("int8");
+         MakeInt8(r);
+         r->set_output_scale(0.1f);
+       },
+       C::kInvalidArgument,
+       "output_scale/output_zero_point: model 'int8' fixes its output "
+       "quantization: expected them unset"},
+      {"int8 model fixes its output zero point",
+       [](auto* r) {
+         r->set_model("int8");
+         MakeInt8(r);
+         r->set_output_zero_point(0);
+       },
+       C::kInvalidArgument,
+       "output_scale/output_zero_point: model 'int8' fixes its output "
+       "quantization: expected them unset"},
       {"int8 output to float",
        [](auto* r) {
          r->mutable_input()->set_dtype(v1::DATA_TYPE_INT8);
