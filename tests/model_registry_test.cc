@@ -138,5 +138,83 @@ TEST(ModelRegistryTest, BadConfigsFailWithTheFieldNamed) {
   }
 }
 
+TEST(ModelRegistryTest, Int8OutputQuantizationIsFoldedAtLoad) {
+  auto r = ModelRegistry::CreateFromText(
+      R"pb(
+        models {
+          name: "q"
+          normalized_shape: 3
+          gamma { values: [ 1, -2, 0.5 ] }
+          beta { values: [ 0, 0.25, -1 ] }
+          output_scale: 0.05
+          output_zero_point: -7
+        }
+        models { name: "q_any_shape" output_scale: 0.05 }
+      )pb",
+      "", {});
+  ASSERT_TRUE(r.ok()) << r.status();
+  const Model* m = (*r)->Find("q");
+  ASSERT_NE(m, nullptr);
+  ASSERT_TRUE(m->int8_output_scale.has_value());
+  EXPECT_EQ(*m->int8_output_scale, 0.05f);
+  EXPECT_EQ(m->int8_output_zero_point, -7);
+  ASSERT_NE(m->int8_affine, nullptr);
+  const Int8Affine want =
+      FoldInt8Affine(m->gamma.data(), m->beta.data(), 3, 0.05f, -7);
+  EXPECT_EQ(m->int8_affine->dim, 3);
+  EXPECT_EQ(m->int8_affine->g, want.g);
+  EXPECT_EQ(m->int8_affine->b, want.b);
+  EXPECT_EQ(m->int8_affine->g_shift, want.g_shift);
+  EXPECT_EQ(m->int8_affine->output_scale, 0.05f);
+  EXPECT_EQ(m->int8_affine->output_zero_point, -7);
+  // Without a row shape there is nothing to fold at load: each request
+  // folds the model's scale itself.
+  const Model* any = (*r)->Find("q_any_shape");
+  ASSERT_NE(any, nullptr);
+  EXPECT_EQ(any->int8_output_scale, 0.05f);
+  EXPECT_EQ(any->int8_affine, nullptr);
+}
+
+TEST(ModelRegistryTest, BadInt8OutputQuantizationFailsWithTheFieldNamed) {
+  const struct {
+    const char* text;
+    const char* message_part;
+  } cases[] = {
+      {"models { name: \"x\" output_zero_point: 128 }",
+       "model 'x': output_zero_point = 128: expected -128 to 127"},
+      {"models { name: \"x\" output_zero_point: -129 }",
+       "model 'x': output_zero_point = -129: expected -128 to 127"},
+      {"models { name: \"x\" output_scale: 0 }",
+       "model 'x': output_scale = 0: expected finite and > 0"},
+      {"models { name: \"x\" output_scale: -0.5 }",
+       "model 'x': output_scale = -0.5: expected finite and > 0"},
+      {"models { name: \"x\" output_scale: nan }",
+       "model 'x': output_scale = nan: expected finite and > 0"},
+      {"models { name: \"x\" output_scale: inf }",
+       "model 'x': output_scale = inf: expected finite and > 0"},
+      // Denormal: the float path's 1 / s_y would overflow.
+      {"models { name: \"x\" output_scale: 1e-42 }",
+       "model 'x': output_scale = 1.00053e-42: expected a normal float with "
+       "max|gamma| / output_scale below 2^40"},
+      // max|γ| / s_y = 2^41: G_i would not fit int32.
+      {"models { name: \"x\" normalized_shape: 2 "
+       "gamma { values: [ 1, 2199023255552 ] } output_scale: 1 }",
+       "model 'x': output_scale = 1: expected a normal float with "
+       "max|gamma| / output_scale below 2^40"},
+      {"models { name: \"x\" normalized_shape: 2 "
+       "beta { values: [ 1, nan ] } output_scale: 1 }",
+       "model 'x': gamma/beta hold a non-finite value"},
+  };
+  for (const auto& c : cases) {
+    auto r = ModelRegistry::CreateFromText(c.text, "", {});
+    ASSERT_FALSE(r.ok()) << c.text;
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument)
+        << c.text << " -> " << r.status();
+    EXPECT_NE(r.status().message().find(c.message_part),
+              absl::string_view::npos)
+        << c.text << " -> " << r.status();
+  }
+}
+
 }  // namespace
 }  // namespace normserve
