@@ -167,6 +167,27 @@ TEST_F(ServerTest, HalfPrecisionResidualAndStatisticsOverTheWire) {
   }
 }
 
+// An INT8 response's output: INT8, the expected scale and zero point, and
+// every element within 1 LSB of the float64 reference `ref` quantized with
+// that scale and zero point (round half away from zero, clamped).
+void ExpectInt8MatchesReference(const v1::Tensor& out,
+                                const std::vector<double>& ref, float scale,
+                                int32_t zero_point) {
+  EXPECT_EQ(out.dtype(), v1::DATA_TYPE_INT8);
+  EXPECT_EQ(out.scale(), scale);
+  EXPECT_EQ(out.zero_point(), zero_point);
+  ASSERT_EQ(out.data().size(), ref.size());
+  for (size_t i = 0; i < ref.size(); ++i) {
+    const double want = std::max(
+        -128.0,
+        std::min(127.0,
+                 std::round(ref[i] / static_cast<double>(scale)) + zero_point));
+    ASSERT_LE(std::abs(static_cast<int8_t>(out.data()[i]) - want), 1)
+        << "element " << i << " (scale " << scale << ", zero point "
+        << zero_point << ")";
+  }
+}
+
 TEST_F(ServerTest, Int8RequestsOnBothPathsComeBackQuantized) {
   std::mt19937 rng(3);
   std::uniform_int_distribution<int> byte(-128, 127);
@@ -193,23 +214,52 @@ TEST_F(ServerTest, Int8RequestsOnBothPathsComeBackQuantized) {
     grpc::ClientContext ctx;
     const grpc::Status s = client_->stub()->Normalize(&ctx, req, &resp);
     ASSERT_TRUE(s.ok()) << s.error_message();
-    const v1::Tensor& out = resp.output();
-    EXPECT_EQ(out.dtype(), v1::DATA_TYPE_INT8);
-    EXPECT_EQ(out.scale(), 4.0f / 127);
-    EXPECT_EQ(out.zero_point(), 2);
-    ASSERT_EQ(out.data().size(), 192u);
-    for (int i = 0; i < 192; ++i) {
-      const double want =
-          std::max(-128.0, std::min(127.0, std::round(ref[i] * 127 / 4) + 2));
-      EXPECT_LE(std::abs(static_cast<int8_t>(out.data()[i]) - want), 1) << i;
+    ExpectInt8MatchesReference(resp.output(), ref, 4.0f / 127, 2);
+  }
+}
+
+// Without an output scale the server picks one (γ = 1, β = 0: ±4 standard
+// deviations span ±127, so 4/127) and says which; the zero point is the
+// request's, else the model's (0 for the default model). The data are
+// quantized with what the response says.
+TEST_F(ServerTest, Int8ServerChosenQuantizationIsReturnedAndUsed) {
+  std::mt19937 rng(5);
+  std::uniform_int_distribution<int> byte(-128, 127);
+  v1::NormalizeRequest req;
+  req.mutable_input()->add_shape(4);
+  req.mutable_input()->add_shape(96);
+  req.mutable_input()->set_dtype(v1::DATA_TYPE_INT8);
+  req.mutable_input()->set_scale(0.02f);
+  req.mutable_input()->set_zero_point(10);
+  std::string data(384, '\0');
+  for (char& c : data) c = static_cast<char>(byte(rng));
+  req.mutable_input()->set_data(data);
+  std::vector<float> x(384);
+  for (int i = 0; i < 384; ++i)
+    x[i] = 0.02f * (static_cast<int8_t>(data[i]) - 10);
+  NormParams p;
+  p.dim = 96;
+  const std::vector<double> ref = ReferenceNormalize(p, x.data(), 4);
+  for (v1::Int8Path path : {v1::INT8_PATH_INTEGER, v1::INT8_PATH_FLOAT}) {
+    req.set_int8_path(path);
+    for (bool zero_point : {true, false}) {
+      SCOPED_TRACE(::testing::Message()
+                   << v1::Int8Path_Name(path)
+                   << (zero_point ? ", zero point sent" : ", nothing sent"));
+      if (zero_point) {
+        req.set_output_zero_point(-20);
+      } else {
+        req.clear_output_zero_point();
+      }
+      v1::NormalizeResponse resp;
+      grpc::ClientContext ctx;
+      const grpc::Status s = client_->stub()->Normalize(&ctx, req, &resp);
+      ASSERT_TRUE(s.ok()) << s.error_message();
+      EXPECT_FLOAT_EQ(resp.output().scale(), 4.0f / 127);
+      ExpectInt8MatchesReference(resp.output(), ref, resp.output().scale(),
+                                 zero_point ? -20 : 0);
     }
   }
-  // Without an output scale the server picks one and says which.
-  req.clear_output_scale();
-  v1::NormalizeResponse resp;
-  grpc::ClientContext ctx;
-  ASSERT_TRUE(client_->stub()->Normalize(&ctx, req, &resp).ok());
-  EXPECT_FLOAT_EQ(resp.output().scale(), 4.0f / 127);
 }
 
 TEST_F(ServerTest, ListModelsShowsTheDefaultModel) {
@@ -392,6 +442,92 @@ TEST(ServerProcessTest, ModelConfigWithNpyParameters) {
   in.epsilon = 1e-3f;
   auto refused = client->Normalize(in);
   EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(server.Stop(SIGTERM, 30), 0);
+}
+
+// A model config that fixes γ, β, ε and the INT8 output quantization: its
+// INT8 requests come back with the model's scale and zero point, within
+// 1 LSB of the float64 reference, and bit-identical to the same parameters
+// sent per request to the default model; a request that names its own
+// output quantization is refused.
+TEST(ServerProcessTest, Int8ModelConfigServesItsOutputQuantization) {
+  const char* tmp = std::getenv("TEST_TMPDIR");
+  const std::string dir = tmp != nullptr ? tmp : "/tmp";
+  const int64_t d = 48, rows = 6;
+  const std::vector<float> gamma = Random(d, 41, 1, 0.3f);
+  const std::vector<float> beta = Random(d, 42, 0, 0.5f);
+  ASSERT_TRUE(WriteNpyFile(dir + "/it_int8_gamma.npy", {d}, gamma).ok());
+  ASSERT_TRUE(WriteNpyFile(dir + "/it_int8_beta.npy", {d}, beta).ok());
+  const std::string config = dir + "/it_int8_models.pbtxt";
+  std::ofstream(config)
+      << "models { name: \"ln_int8\" normalized_shape: 48 epsilon: 1e-3 "
+         "gamma { npy_path: \"it_int8_gamma.npy\" } "
+         "beta { npy_path: \"it_int8_beta.npy\" } "
+         "output_scale: 0.03 output_zero_point: 9 }";
+  ServerProcess server(NORMSERVE_BINARY, {"--model_config=" + config});
+  auto client = Connect(server.grpc_target());
+  std::mt19937 rng(43);
+  std::uniform_int_distribution<int> byte(-128, 127);
+  std::string data(static_cast<size_t>(rows * d), '\0');
+  for (char& c : data) c = static_cast<char>(byte(rng));
+  std::vector<float> x(data.size());
+  for (size_t i = 0; i < x.size(); ++i)
+    x[i] = 0.1f * (static_cast<int8_t>(data[i]) + 4);
+  NormParams p;
+  p.dim = d;
+  p.epsilon = 1e-3f;
+  p.gamma = gamma.data();
+  p.beta = beta.data();
+  const std::vector<double> ref = ReferenceNormalize(p, x.data(), rows);
+  const auto send = [&](const v1::NormalizeRequest& req,
+                        v1::NormalizeResponse* resp) {
+    grpc::ClientContext ctx;
+    return client->stub()->Normalize(&ctx, req, resp);
+  };
+  const auto tensor = [](v1::Tensor* t, const std::vector<float>& v) {
+    t->add_shape(static_cast<int64_t>(v.size()));
+    t->set_dtype(v1::DATA_TYPE_FLOAT32);
+    t->set_data(reinterpret_cast<const char*>(v.data()),
+                v.size() * sizeof(float));
+  };
+  for (v1::Int8Path path : {v1::INT8_PATH_INTEGER, v1::INT8_PATH_FLOAT}) {
+    SCOPED_TRACE(v1::Int8Path_Name(path));
+    v1::NormalizeRequest req;
+    req.set_model("ln_int8");
+    req.mutable_input()->add_shape(rows);
+    req.mutable_input()->add_shape(d);
+    req.mutable_input()->set_dtype(v1::DATA_TYPE_INT8);
+    req.mutable_input()->set_scale(0.1f);
+    req.mutable_input()->set_zero_point(-4);
+    req.mutable_input()->set_data(data);
+    req.set_int8_path(path);
+    v1::NormalizeResponse from_model;
+    const grpc::Status s = send(req, &from_model);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+    ExpectInt8MatchesReference(from_model.output(), ref, 0.03f, 9);
+
+    v1::NormalizeRequest sent = req;
+    sent.clear_model();
+    sent.set_epsilon(1e-3f);
+    tensor(sent.mutable_gamma(), gamma);
+    tensor(sent.mutable_beta(), beta);
+    sent.set_output_scale(0.03f);
+    sent.set_output_zero_point(9);
+    v1::NormalizeResponse per_request;
+    ASSERT_TRUE(send(sent, &per_request).ok());
+    EXPECT_EQ(per_request.output().scale(), 0.03f);
+    EXPECT_EQ(per_request.output().zero_point(), 9);
+    EXPECT_EQ(per_request.output().data(), from_model.output().data());
+
+    req.set_output_scale(0.03f);
+    v1::NormalizeResponse refused;
+    const grpc::Status r = send(req, &refused);
+    EXPECT_EQ(r.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_NE(r.error_message().find("model 'ln_int8' fixes its output "
+                                     "quantization: expected them unset"),
+              std::string::npos)
+        << r.error_message();
+  }
   EXPECT_EQ(server.Stop(SIGTERM, 30), 0);
 }
 
