@@ -54,9 +54,17 @@ COPY --from=build /out/bin/ /usr/local/bin/
 RUN echo /usr/local/lib/normserve > /etc/ld.so.conf.d/normserve.conf && ldconfig \
  && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin normserve
 USER 10001
+# The gRPC port is set here, not with --grpc_port, so that the server and
+# its HEALTHCHECK agree: `docker run -e NORMSERVE_GRPC_PORT=9001 ...`. The
+# metrics port and every other flag go after the image name as usual.
+ENV NORMSERVE_GRPC_PORT=8001
 EXPOSE 8001 8002
 # SIGTERM drains: health turns NOT_SERVING, admitted requests finish.
 STOPSIGNAL SIGTERM
+# Docker-format images only: Podman builds OCI images by default, which drop
+# HEALTHCHECK (`podman build --format docker`, as `make image` does).
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
-  CMD ["normctl", "--server=127.0.0.1:8001", "--health", "--timeout_ms=2000"]
-ENTRYPOINT ["normserve", "--host=0.0.0.0"]
+  CMD ["/bin/sh", "-c", "exec normctl --server=\"127.0.0.1:$NORMSERVE_GRPC_PORT\" --health --timeout_ms=2000"]
+# exec: normserve is PID 1 and gets SIGTERM itself; "$@" are the arguments
+# after the image name (or a Kubernetes container's args).
+ENTRYPOINT ["/bin/sh", "-c", "exec normserve --host=0.0.0.0 --grpc_port=\"$NORMSERVE_GRPC_PORT\" \"$@\"", "normserve"]

@@ -75,12 +75,13 @@ bench: build
 	$(BUILD_DIR)/bench/int8_report
 	python3 bench/compare_cpu.py --build $(BUILD_DIR)
 
-# The container image (Dockerfile), with Docker or else Podman.
+# The container image (Dockerfile), with Docker or else Podman. Podman
+# builds Docker-format images here: its default, OCI, drops the HEALTHCHECK.
 image:
 	@if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then \
 	  docker build -t normserve:latest . ; \
 	elif command -v podman >/dev/null 2>&1; then \
-	  podman build --network host -t normserve:latest . ; \
+	  podman build --format docker --network host -t normserve:latest . ; \
 	else echo "make image: needs docker or podman" >&2; exit 1; fi
 
 format:
