@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds the Dockerfile's image with a real container runtime (Podman, as
 # root, no daemon needed) and checks the container: health SERVING, the
-# image's own HEALTHCHECK passing on a non-default gRPC port, a request
-# through the CLI, a /metrics scrape, and a clean exit on SIGTERM.
+# image's own HEALTHCHECK passing on a non-default gRPC port, a LayerNorm
+# request through the CLI checked against a float64 NumPy reference, a
+# /metrics scrape, and a clean exit on SIGTERM.
 #
 # Podman on these machines needs: runc instead of crun, the cgroupfs cgroup
 # manager, explicit ulimits, and host networking for builds. No registry is
@@ -15,9 +16,13 @@
 # absent here (podman logs an error and goes on), so the test runs the check
 # itself with `podman healthcheck run`.
 #
-# Usage: container_test.sh BUILD_DIR (the build with client/normctl)
+# Usage: container_test.sh BUILD_DIR [PYTHON]
+#   BUILD_DIR: the build with client/normctl
+#   PYTHON: an interpreter with NumPy (default python3; CTest passes the
+#   system one, which deploy/install-deps.sh gives python3-numpy)
 set -uo pipefail
 build="$(cd "$1" && pwd)"
+python="${2:-python3}"
 repo="$(cd "$(dirname "$0")/../.." && pwd)"
 work="$build/container-test"
 mkdir -p "$work"
@@ -30,6 +35,7 @@ command -v runc >/dev/null || skip "runc is not installed"
 podman=(podman --runtime "$(command -v runc)" --cgroup-manager cgroupfs
         --storage-driver vfs --root "$work/storage" --runroot "$work/run")
 "${podman[@]}" info >/dev/null 2>&1 || skip "podman cannot start here: $("${podman[@]}" info 2>&1 | tail -1)"
+"$python" -c 'import numpy' 2>/dev/null || fail "$python has no NumPy (deploy/install-deps.sh installs python3-numpy)"
 
 base=docker.io/library/debian:bookworm-slim
 if ! "${podman[@]}" image exists "$base"; then
@@ -63,8 +69,8 @@ grep -q normctl <<<"$healthcheck" || fail "the image has no HEALTHCHECK: $health
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 grpc=$(port); metrics=$(port)
 "${podman[@]}" rm -f normserve-test >/dev/null 2>&1
-# The gRPC port through NORMSERVE_GRPC_PORT, as the Dockerfile says, so that the
-# image's HEALTHCHECK probes the port the server listens on.
+# The gRPC port goes in NORMSERVE_GRPC_PORT (see the Dockerfile), so that
+# the image's HEALTHCHECK probes the port the server listens on.
 "${podman[@]}" run -d --name normserve-test --network host \
   --ulimit nofile=1024:1024 --ulimit nproc=4096:4096 -e NORMSERVE_GRPC_PORT="$grpc" \
   normserve:test --metrics_port="$metrics" >/dev/null 2>"$work/run.log" || { cat "$work/run.log"; fail "podman run"; }
@@ -79,8 +85,12 @@ done
 "${podman[@]}" healthcheck run normserve-test || fail "the image's HEALTHCHECK fails"
 health=$("${podman[@]}" inspect normserve-test --format '{{.State.Health.Status}}')
 [ "$health" = healthy ] || fail "health status after the check: $health"
-out=$("$normctl" --server="127.0.0.1:$grpc" --shape=3,768) || fail "request failed"
-echo "$out" | grep -q "shape=\[3,768\]" || fail "unexpected answer: $out"
+# A LayerNorm request: the output values against a float64 reference.
+rm -rf "$work/tensors" && mkdir -p "$work/tensors"
+"$python" "$repo/tests/deploy/layer_norm_check.py" write "$work/tensors" || fail "writing the input"
+"$normctl" --server="127.0.0.1:$grpc" --input="$work/tensors/x.npy" --gamma="$work/tensors/gamma.npy" \
+  --beta="$work/tensors/beta.npy" --epsilon=1e-5 --output="$work/tensors/y.npy" || fail "request failed"
+"$python" "$repo/tests/deploy/layer_norm_check.py" check "$work/tensors" || fail "wrong LayerNorm output"
 # normctl inside the container, and its user.
 [ "$("${podman[@]}" exec normserve-test normctl --server=127.0.0.1:"$grpc" --health)" = SERVING ] \
   || fail "normctl inside the container"
