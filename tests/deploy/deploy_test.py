@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Checks of deploy/: the Dockerfile (hadolint), the Kubernetes manifests
-(kubernetes-validate against the Kubernetes schemas), the Prometheus config
-and rules (promtool), the Grafana dashboard and the recording rules (every
-metric they query exists in a live server's /metrics), and a real
-Prometheus server scraping a live normserve, queried over its HTTP API.
+(kubernetes-validate against the Kubernetes schemas; the ServiceMonitor
+selects exactly one Service), the Prometheus config and rules (promtool),
+the Grafana dashboard and the recording rules (every metric they query
+exists in a live server's /metrics), and a real Prometheus server scraping
+a live normserve, queried over its HTTP API.
 
 Usage: deploy_test.py SERVER_BINARY   (run by run_deploy_test.sh)
 """
@@ -39,6 +40,16 @@ def free_port():
         return s.getsockname()[1]
 
 
+def load_yaml(path):
+    with open(path) as f:
+        return yaml.safe_load(f)
+
+
+def load_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
 def http_get(url, timeout=5):
     with urllib.request.urlopen(url, timeout=timeout) as r:
         return r.read().decode()
@@ -65,6 +76,19 @@ def exported_families(metrics_text):
     return names
 
 
+def service_matches(selector, service):
+    """Whether a ServiceMonitor's label selector selects `service`."""
+    have = service["metadata"].get("labels", {})
+    if any(have.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for e in selector.get("matchExpressions", []):
+        key, op, values = e["key"], e["operator"], e.get("values", [])
+        if ((op == "In" and have.get(key) not in values) or (op == "NotIn" and have.get(key) in values)
+                or (op == "Exists" and key not in have) or (op == "DoesNotExist" and key in have)):
+            return False
+    return True
+
+
 class DeployTest(unittest.TestCase):
     def test_dockerfile_passes_hadolint(self):
         r = subprocess.run([os.path.join(BIN, "hadolint"), os.path.join(REPO, "Dockerfile")],
@@ -74,34 +98,38 @@ class DeployTest(unittest.TestCase):
     def test_kubernetes_manifests_validate(self):
         core, crds = [], []
         for path in sorted(glob.glob(os.path.join(DEPLOY, "k8s", "*.yaml"))):
-            doc = yaml.safe_load(open(path))
+            doc = load_yaml(path)
             (crds if doc["apiVersion"].startswith("monitoring.coreos.com") else core).append(path)
         r = subprocess.run([os.path.join(BIN, "kubernetes-validate"), "--strict", *core],
                            capture_output=True, text=True)
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         self.assertGreaterEqual(len(core), 6)
         # kubernetes-validate has no schema for the Prometheus Operator's CRD:
-        # check that the ServiceMonitor selects the Service's labels and names
-        # a port the Service has.
-        service = yaml.safe_load(open(os.path.join(DEPLOY, "k8s", "service.yaml")))
+        # check that the ServiceMonitor selects exactly one of the Services
+        # (the ClusterIP and the headless one front the same pods: selecting
+        # both scrapes every pod twice) and names a port that Service has.
+        services = [d for d in map(load_yaml, core) if d["kind"] == "Service"]
+        self.assertGreaterEqual(len(services), 2)
+        self.assertTrue(crds)
         for path in crds:
-            mon = yaml.safe_load(open(path))
+            mon = load_yaml(path)
             self.assertEqual(mon["kind"], "ServiceMonitor")
-            for k, v in mon["spec"]["selector"]["matchLabels"].items():
-                self.assertEqual(service["metadata"]["labels"].get(k), v)
-            ports = {p["name"] for p in service["spec"]["ports"]}
+            selected = [s for s in services if service_matches(mon["spec"]["selector"], s)]
+            self.assertEqual([s["metadata"]["name"] for s in selected], ["normserve"],
+                             f"{path}: the Services its selector matches")
+            ports = {p["name"] for p in selected[0]["spec"]["ports"]}
             for ep in mon["spec"]["endpoints"]:
                 self.assertIn(ep["port"], ports)
 
     def test_deployment_drains_gracefully_and_runs_unprivileged(self):
-        dep = yaml.safe_load(open(os.path.join(DEPLOY, "k8s", "deployment.yaml")))
+        dep = load_yaml(os.path.join(DEPLOY, "k8s", "deployment.yaml"))
         pod = dep["spec"]["template"]["spec"]
         c = pod["containers"][0]
         grace_ms = int(next(a.split("=")[1] for a in c["args"] if a.startswith("--shutdown_grace_ms")))
         self.assertGreater(pod["terminationGracePeriodSeconds"] * 1000, grace_ms)
         self.assertTrue(pod["securityContext"]["runAsNonRoot"])
         self.assertEqual(c["readinessProbe"]["grpc"]["port"], 8001)
-        headless = yaml.safe_load(open(os.path.join(DEPLOY, "k8s", "service-headless.yaml")))
+        headless = load_yaml(os.path.join(DEPLOY, "k8s", "service-headless.yaml"))
         self.assertEqual(headless["spec"]["clusterIP"], "None")
 
     def test_prometheus_config_and_rules_pass_promtool(self):
@@ -111,13 +139,13 @@ class DeployTest(unittest.TestCase):
             self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
 
     def test_dashboard_and_rules_query_real_metric_names(self):
-        dash = json.load(open(os.path.join(DEPLOY, "grafana", "normserve.json")))
+        dash = load_json(os.path.join(DEPLOY, "grafana", "normserve.json"))
         exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
         titles = " ".join(p["title"] for p in dash["panels"]).lower()
         for needed in ("throughput", "latency", "queue wait", "compute", "batch size",
                        "queue depth", "errors"):
             self.assertIn(needed, titles)
-        rules = yaml.safe_load(open(os.path.join(DEPLOY, "prometheus", "normserve-rules.yml")))
+        rules = load_yaml(os.path.join(DEPLOY, "prometheus", "normserve-rules.yml"))
         exprs += [r["expr"] for g in rules["groups"] for r in g["rules"]]
         with LiveServer() as server:
             r = server.normctl("--shape=2,64")  # so every family has samples
