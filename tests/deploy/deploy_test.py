@@ -2,9 +2,10 @@
 """Checks of deploy/: the Dockerfile (hadolint), the Kubernetes manifests
 (kubernetes-validate against the Kubernetes schemas; the ServiceMonitor
 selects exactly one Service), the Prometheus config and rules (promtool),
-the Grafana dashboard and the recording rules (every metric they query
-exists in a live server's /metrics), and a real Prometheus server scraping
-a live normserve, queried over its HTTP API.
+the Grafana dashboard and the rules (every metric, label and label value
+they query exists in a live server's /metrics; p50 and p99 for every stage),
+and a real Prometheus server scraping a live normserve, queried over its
+HTTP API.
 
 Usage: deploy_test.py SERVER_BINARY   (run by run_deploy_test.sh)
 """
@@ -32,6 +33,23 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 DEPLOY = os.path.join(REPO, "deploy")
 BIN = os.path.dirname(sys.executable)
 METRIC_RE = re.compile(r"\b((?:normserve|grpc_server)_[a-z_]+)")
+# A series selector `metric{matchers}` and one matcher `label op "value"`.
+SELECTOR_RE = re.compile(r"\b([a-zA-Z_:][a-zA-Z0-9_:]*)\{([^}]*)\}")
+MATCHER_RE = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)\s*"([^"]*)"')
+BY_RE = re.compile(r"\b(?:by|without)\s*\(([^)]*)\)")
+QUANTILE_RE = re.compile(r"histogram_quantile\(\s*([0-9.]+)\s*,.*?\b(normserve_[a-z_]+)_bucket\b")
+SAMPLE_RE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s")
+LABEL_RE = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+# The server exports a grpc_code only once it has answered with it, so a
+# query's grpc_code must be one of gRPC's code names, not a seen value.
+GRPC_CODES = {"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED",
+              "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED",
+              "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL",
+              "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"}
+# Histograms the dashboard shows as p50 and p99: the three latency stages
+# and the batch size in rows and in requests.
+QUANTILE_STAGES = ("normserve_request_latency_seconds", "normserve_queue_wait_seconds",
+                   "normserve_compute_seconds", "normserve_batch_rows", "normserve_batch_requests")
 
 
 def free_port():
@@ -74,6 +92,49 @@ def exported_families(metrics_text):
             if kind == "histogram":
                 names.update({name + "_bucket", name + "_sum", name + "_count"})
     return names
+
+
+def exported_labels(metrics_text):
+    """{series name: {label: set of values}} over the samples in /metrics."""
+    labels = {}
+    for line in metrics_text.splitlines():
+        m = SAMPLE_RE.match(line)
+        if not m or line.startswith("#"):
+            continue
+        series = labels.setdefault(m.group(1), {})
+        for k, v in LABEL_RE.findall(m.group(2) or ""):
+            series.setdefault(k, set()).add(v)
+    return labels
+
+
+def label_problems(expr, labels):
+    """What in `expr` names a label or label value that the live server's
+    series (`labels`, from exported_labels) do not have."""
+    problems = []
+    used = set()
+    for metric, matchers in SELECTOR_RE.findall(expr):
+        if metric not in labels:
+            continue  # a recorded series, or checked by the metric name test
+        used.add(metric)
+        for label, op, value in MATCHER_RE.findall(matchers):
+            values = labels[metric].get(label)
+            if values is None:
+                problems.append(f"{metric} has no label {label}")
+            elif op in ("=~", "!~"):
+                if not any(re.fullmatch(value, v) for v in values):
+                    problems.append(f"{metric}{{{label}{op}\"{value}\"}} matches no exported value "
+                                    f"{sorted(values)}")
+            elif label == "grpc_code" and value not in GRPC_CODES:
+                problems.append(f"{metric}{{{label}{op}\"{value}\"}}: not a gRPC code")
+            elif label != "grpc_code" and value not in values:
+                problems.append(f"{metric}{{{label}{op}\"{value}\"}}: exported values are {sorted(values)}")
+    used.update(m for m in METRIC_RE.findall(expr) if m in labels)
+    available = {k for m in used for k in labels[m]}
+    for group in BY_RE.findall(expr):
+        for label in filter(None, (x.strip() for x in group.split(","))):
+            if used and label not in available:
+                problems.append(f"aggregation by {label}: no label of {sorted(used)}")
+    return problems
 
 
 def service_matches(selector, service):
@@ -138,13 +199,29 @@ class DeployTest(unittest.TestCase):
             r = subprocess.run(["promtool", *args], capture_output=True, text=True)
             self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
 
-    def test_dashboard_and_rules_query_real_metric_names(self):
+    def test_dashboard_shows_p50_p99_and_the_batch_size_distribution(self):
         dash = load_json(os.path.join(DEPLOY, "grafana", "normserve.json"))
         exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
         titles = " ".join(p["title"] for p in dash["panels"]).lower()
         for needed in ("throughput", "latency", "queue wait", "compute", "batch size",
                        "queue depth", "errors"):
             self.assertIn(needed, titles)
+        quantiles = {(m, float(q)) for e in exprs for q, m in QUANTILE_RE.findall(e)}
+        for stage in QUANTILE_STAGES:
+            for q in (0.5, 0.99):
+                self.assertIn((stage, q), quantiles, f"no p{q * 100:g} of {stage}")
+        # The distribution itself: a heatmap of the bucket rates by le.
+        for metric in ("normserve_batch_rows", "normserve_batch_requests"):
+            heatmaps = [t for p in dash["panels"] if p["type"] == "heatmap" for t in p["targets"]
+                        if t.get("format") == "heatmap" and f"{metric}_bucket[" in t["expr"]
+                        and re.search(r"\bby\s*\(\s*le\s*\)", t["expr"])]
+            self.assertTrue(heatmaps, f"no heatmap of {metric}_bucket by le")
+        ids = [p["id"] for p in dash["panels"]]
+        self.assertEqual(len(ids), len(set(ids)), "panel ids are unique")
+
+    def test_dashboard_and_rules_query_real_metrics_labels_and_values(self):
+        dash = load_json(os.path.join(DEPLOY, "grafana", "normserve.json"))
+        exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
         rules = load_yaml(os.path.join(DEPLOY, "prometheus", "normserve-rules.yml"))
         exprs += [r["expr"] for g in rules["groups"] for r in g["rules"]]
         with LiveServer() as server:
@@ -152,11 +229,28 @@ class DeployTest(unittest.TestCase):
             self.assertEqual(r.returncode, 0, r.stderr)
             bad = server.normctl("--shape=2,64", "--epsilon=-1")
             self.assertNotEqual(bad.returncode, 0)
-            families = exported_families(
-                http_get(f"http://127.0.0.1:{server.metrics_port}/metrics"))
+            text = http_get(f"http://127.0.0.1:{server.metrics_port}/metrics")
+        families = exported_families(text)
         used = {m for e in exprs for m in METRIC_RE.findall(e)}
         self.assertTrue(used)
         self.assertEqual(sorted(used - families), [], "queried but not exported")
+        labels = exported_labels(text)
+        self.assertIn("normserve.v1.NormalizationService",
+                      labels["grpc_server_handled_total"]["grpc_service"])
+        problems = [f"{e}: {p}" for e in exprs for p in label_problems(e, labels)]
+        self.assertEqual(problems, [])
+
+    def test_label_check_catches_a_wrong_service_name(self):
+        labels = {"grpc_server_handled_total": {"grpc_service": {"normserve.v1.NormalizationService"},
+                                                "grpc_code": {"OK"}, "grpc_method": {"Normalize"}}}
+        good = ('sum by (grpc_method) (rate(grpc_server_handled_total'
+                '{grpc_service="normserve.v1.NormalizationService",grpc_code!="OK"}[1m]))')
+        self.assertEqual(label_problems(good, labels), [])
+        for bad in ('grpc_server_handled_total{grpc_service="normserve.NormalizationService"}',
+                    'grpc_server_handled_total{grpc_code="RESOURCE_EXHAUSTD"}',
+                    'grpc_server_handled_total{model="default"}',
+                    'sum by (model) (grpc_server_handled_total)'):
+            self.assertTrue(label_problems(bad, labels), bad)
 
     def test_real_prometheus_scrapes_a_live_server(self):
         prometheus = shutil.which("prometheus")
