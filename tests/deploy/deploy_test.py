@@ -4,13 +4,14 @@
 selects exactly one Service), the Prometheus config and rules (promtool),
 the Grafana dashboard and the rules (every metric, label and label value
 they query exists in a live server's /metrics; p50 and p99 for every stage),
-and a real Prometheus server scraping a live normserve, queried over its
-HTTP API.
+and a real Prometheus server running the shipped config and rules against a
+live normserve, queried over its HTTP API.
 
 Usage: deploy_test.py SERVER_BINARY   (run by run_deploy_test.sh)
 """
 import glob
 import json
+import math
 import os
 import re
 import shutil
@@ -252,41 +253,71 @@ class DeployTest(unittest.TestCase):
                     'sum by (model) (grpc_server_handled_total)'):
             self.assertTrue(label_problems(bad, labels), bad)
 
-    def test_real_prometheus_scrapes_a_live_server(self):
+    def test_real_prometheus_runs_the_shipped_config_and_rules(self):
         prometheus = shutil.which("prometheus")
         self.assertIsNotNone(prometheus, "the prometheus package is installed by deploy/install-deps.sh")
+        shipped = os.path.join(DEPLOY, "prometheus")
+        rules = load_yaml(os.path.join(shipped, "normserve-rules.yml"))
+        recorded = [r["record"] for g in rules["groups"] for r in g["rules"] if "record" in r]
+        self.assertTrue(recorded)
         with LiveServer() as server, tempfile.TemporaryDirectory() as tmp:
-            config = os.path.join(tmp, "prometheus.yml")
-            with open(config, "w") as f:
-                f.write("global: {scrape_interval: 1s}\nscrape_configs:\n"
-                        "  - job_name: normserve\n"
-                        f"    static_configs: [{{targets: ['127.0.0.1:{server.metrics_port}']}}]\n")
+            # One good and one failed call before the first scrape, so that
+            # every series exists from it on: rate() sees no increase in a
+            # series' first sample, only in later ones.
+            self.assertEqual(server.normctl("--shape=4,256").returncode, 0)
+            self.assertNotEqual(server.normctl("--shape=2,64", "--epsilon=-1").returncode, 0)
+            # deploy/prometheus/prometheus.yml and its rule files as shipped,
+            # but for the target (the live server) and the intervals (1 s
+            # instead of 15 s, so the test takes seconds).
+            config = load_yaml(os.path.join(shipped, "prometheus.yml"))
+            config["global"].update(scrape_interval="1s", evaluation_interval="1s")
+            (job,) = config["scrape_configs"]
+            job["static_configs"] = [{"targets": [f"127.0.0.1:{server.metrics_port}"]}]
+            self.assertTrue(config["rule_files"])
+            for name in config["rule_files"]:
+                shutil.copy(os.path.join(shipped, name), tmp)
+            with open(os.path.join(tmp, "prometheus.yml"), "w") as f:
+                yaml.safe_dump(config, f)
             port = free_port()
-            prom = subprocess.Popen([prometheus, f"--config.file={config}",
+            prom = subprocess.Popen([prometheus, f"--config.file={tmp}/prometheus.yml",
                                      f"--storage.tsdb.path={tmp}/data",
                                      f"--web.listen-address=127.0.0.1:{port}"],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            try:
-                sent = 12
-                for _ in range(sent):
-                    self.assertEqual(server.normctl("--shape=4,256").returncode, 0)
 
-                def query(q):
-                    url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": q})
-                    return json.loads(http_get(url))["data"]["result"]
+            def api(path, **params):
+                url = f"http://127.0.0.1:{port}/api/v1/{path}?" + urllib.parse.urlencode(params)
+                return json.loads(http_get(url))["data"]
 
-                count = None
-                deadline = time.time() + 30
+            def query(q):
+                return api("query", query=q)["result"]
+
+            def wait_for(what, get, timeout_s=60):
+                deadline = time.time() + timeout_s
                 while time.time() < deadline:
                     try:
-                        res = query('sum(grpc_server_handled_total{grpc_method="Normalize",grpc_code="OK"})')
-                        if res and float(res[0]["value"][1]) == sent:
-                            count = float(res[0]["value"][1])
-                            break
+                        value = get()
+                        if value is not None:
+                            return value
                     except OSError:
                         pass
                     time.sleep(0.5)
-                self.assertEqual(count, sent)
+                self.fail(f"timed out waiting for {what() if callable(what) else what}")
+
+            try:
+                # Requests after the first scrape, so that rates see them.
+                wait_for("the first scrape", lambda: query(f'up{{job="{job["job_name"]}"}} == 1') or None)
+                sent, failed = 12, 2
+                for _ in range(sent):
+                    self.assertEqual(server.normctl("--shape=4,256").returncode, 0)
+                for _ in range(failed):
+                    self.assertNotEqual(server.normctl("--shape=2,64", "--epsilon=-1").returncode, 0)
+
+                def count():
+                    res = query('sum(grpc_server_handled_total{grpc_method="Normalize",grpc_code="OK"})')
+                    value = float(res[0]["value"][1]) if res else None
+                    return value if value == sent + 1 else None
+
+                self.assertEqual(wait_for("the request count", count), sent + 1)
                 # p99 over every request so far (cumulative buckets).
                 p99 = query("histogram_quantile(0.99, sum by (le) "
                             "(normserve_request_latency_seconds_bucket))")
@@ -294,6 +325,43 @@ class DeployTest(unittest.TestCase):
                 value = float(p99[0]["value"][1])
                 self.assertGreater(value, 0)
                 self.assertLess(value, 10)
+
+                # Every rule of the shipped file loaded and evaluated cleanly.
+                def evaluated_rules():
+                    groups = api("rules")["groups"]
+                    got = {g["name"]: [(r["name"], r["health"], r.get("lastError", "")) for r in g["rules"]]
+                           for g in groups}
+                    if any(h == "unknown" for g in got.values() for _, h, _ in g):
+                        return None
+                    return got
+
+                got = wait_for("the rules' first evaluation", evaluated_rules)
+                want = {g["name"]: [(r.get("record") or r["alert"], "ok", "") for r in g["rules"]]
+                        for g in rules["groups"]}
+                self.assertEqual(got, want)
+
+                # Every recorded series exists with a finite value once the
+                # rules have seen the requests.
+                seen = {}
+
+                def recorded_values():
+                    for name in recorded:
+                        seen[name] = [float(r["value"][1]) for r in query(name)]
+                    if not all(any(map(math.isfinite, v)) for v in seen.values()):
+                        return None
+                    values = {k: max(filter(math.isfinite, v)) for k, v in seen.items()}
+                    return values if values["normserve:errors:ratio5m"] > 0 else None
+
+                values = wait_for(lambda: f"every recorded series (last seen: {seen})", recorded_values)
+                self.assertGreater(values["normserve:request_latency_seconds:p99_5m"], 0)
+                self.assertLess(values["normserve:request_latency_seconds:p99_5m"], 10)
+                self.assertGreater(values["normserve:requests:rate5m"], 0)
+                # Failed over all calls since the first scrape (roughly: rate()
+                # extrapolates each series to the window on its own).
+                self.assertAlmostEqual(values["normserve:errors:ratio5m"], failed / (sent + failed),
+                                       delta=0.05)
+                rate = query('normserve:requests:rate5m{grpc_method="Normalize"}')
+                self.assertTrue(rate, "recorded per grpc_method")
             finally:
                 prom.terminate()
                 prom.wait(timeout=30)
