@@ -428,13 +428,22 @@ absl::StatusOr<std::unique_ptr<DecodedRequest>> DecodeRequest(
     RETURN_IF_ERROR(DecodeInt8(request, *model, dim, out.get()));
   }
 
-  const std::optional<DeviceKind> device =
-      DeviceFromProto(request.device(), model->device);
+  // INT8 runs on the CPU only: a request that names no device goes there
+  // even when its model defaults to CUDA, and one that asks for CUDA is
+  // refused.
+  const bool int8 = out->input_dtype == DType::kInt8;
+  const std::optional<DeviceKind> device = DeviceFromProto(
+      request.device(), int8 ? DeviceKind::kCpu : model->device);
   if (!device.has_value()) {
     return absl::InvalidArgumentError(absl::StrCat(
         "device = ", request.device(), ": expected DEVICE_CPU or DEVICE_CUDA"));
   }
   out->device = *device;
+  if (int8 && out->device == DeviceKind::kCuda) {
+    return absl::FailedPreconditionError(
+        "device = DEVICE_CUDA: DATA_TYPE_INT8 runs on the CPU only; expected "
+        "DEVICE_CPU or unset");
+  }
   if (out->device == DeviceKind::kCuda && !devices.cuda) {
     return absl::FailedPreconditionError(
         "device = DEVICE_CUDA: this server has no usable CUDA device; use "

@@ -110,6 +110,34 @@ TEST(RequestDecoderTest, EveryMalformedRequestGetsItsStatusAndField) {
   }
 }
 
+TEST(RequestDecoderTest, Int8StaysOnTheCpuWhenTheModelDefaultsToCuda) {
+  ModelRegistry::Options options;
+  options.default_device = DeviceKind::kCuda;
+  auto models = ModelRegistry::CreateFromText("", "", options);
+  ASSERT_TRUE(models.ok()) << models.status();
+  DeviceAvailability devices;
+  devices.cuda = true;
+
+  auto floats = DecodeRequest(Valid(), **models, {}, devices);
+  ASSERT_TRUE(floats.ok()) << floats.status();
+  EXPECT_EQ((*floats)->device, DeviceKind::kCuda);
+
+  v1::NormalizeRequest r = Valid();
+  testing::MakeInt8(&r);
+  auto unset = DecodeRequest(r, **models, {}, devices);
+  ASSERT_TRUE(unset.ok()) << unset.status();
+  EXPECT_EQ((*unset)->device, DeviceKind::kCpu);
+
+  r.set_device(v1::DEVICE_CUDA);
+  auto cuda = DecodeRequest(r, **models, {}, devices);
+  ASSERT_FALSE(cuda.ok());
+  EXPECT_EQ(cuda.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(cuda.status().message().find(
+                "device = DEVICE_CUDA: DATA_TYPE_INT8 runs on the CPU only"),
+            absl::string_view::npos)
+      << cuda.status();
+}
+
 TEST(RequestDecoderTest, ElementLimitIsEnforcedBeforeAllocation) {
   auto models = Registry();
   ValidationLimits limits;
