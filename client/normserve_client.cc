@@ -110,7 +110,9 @@ v1::NormalizeRequest NormClient::BuildRequest(const NormalizeInput& input) {
   v1::NormalizeRequest req;
   req.set_model(input.model);
   FillTensor(input.shape, input.values, input.dtype, req.mutable_input());
-  req.set_normalized_ndim(input.normalized_ndim);
+  if (input.normalized_ndim != 0) {
+    req.set_normalized_ndim(input.normalized_ndim);
+  }
   if (input.epsilon.has_value()) req.set_epsilon(*input.epsilon);
   const int ndim = input.normalized_ndim == 0 ? 1 : input.normalized_ndim;
   std::vector<int64_t> param_shape;

@@ -350,16 +350,20 @@ absl::StatusOr<std::unique_ptr<DecodedRequest>> DecodeRequest(
   out->elements = input.elements;
   const int rank = static_cast<int>(out->shape.size());
 
-  int ndim = request.normalized_ndim();
-  if (ndim == 0) {
-    ndim = model->normalized_shape.empty()
-               ? 1
-               : static_cast<int>(model->normalized_shape.size());
-  }
-  if (ndim < 1 || ndim > rank) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("normalized_ndim = ", request.normalized_ndim(),
-                     ": expected 1 to the input's rank ", rank));
+  int ndim = model->normalized_shape.empty()
+                 ? 1
+                 : static_cast<int>(model->normalized_shape.size());
+  if (request.has_normalized_ndim()) {
+    ndim = request.normalized_ndim();
+    if (ndim < 1 || ndim > rank) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "normalized_ndim = ", ndim, ": expected 1 to the input's rank ", rank,
+          " (or unset for the model's)"));
+    }
+  } else if (ndim > rank) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "input.shape = ", ShapeText(out->shape), ": model '", model->name,
+        "' expects trailing dimensions ", ShapeText(model->normalized_shape)));
   }
   const std::vector<int64_t> normalized_shape(out->shape.end() - ndim,
                                               out->shape.end());

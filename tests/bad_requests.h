@@ -286,6 +286,10 @@ inline std::vector<BadRequestCase> BadRequestCases() {
       {"normalized_ndim too big", [](auto* r) { r->set_normalized_ndim(3); },
        C::kInvalidArgument,
        "normalized_ndim = 3: expected 1 to the input's rank 2"},
+      {"normalized_ndim zero", [](auto* r) { r->set_normalized_ndim(0); },
+       C::kInvalidArgument,
+       "normalized_ndim = 0: expected 1 to the input's rank 2 (or unset for "
+       "the model's)"},
       {"normalized_ndim negative", [](auto* r) { r->set_normalized_ndim(-1); },
        C::kInvalidArgument, "normalized_ndim = -1"},
       {"epsilon zero", [](auto* r) { r->set_epsilon(0); }, C::kInvalidArgument,

@@ -49,7 +49,7 @@ ModelInferRequest ToOip(const v1::NormalizeRequest& r) {
   o.set_id(r.request_id());
   auto& params = *o.mutable_parameters();
   if (r.has_epsilon()) params["epsilon"].set_double_param(r.epsilon());
-  if (r.normalized_ndim() != 0) {
+  if (r.has_normalized_ndim()) {
     params["normalized_ndim"].set_int64_param(r.normalized_ndim());
   }
   switch (r.kind()) {
