@@ -1,7 +1,8 @@
 // The CPU kernels against the float64 reference, on every SIMD target
 // Highway compiled that this machine runs: every dtype pair × kind × affine
-// option × residual option, adversarial rows, statistics, and batch
-// invariance across batch compositions and thread counts.
+// option × residual option, a seeded random sweep over shapes, ε, γ/β and
+// data, adversarial rows, statistics, and batch invariance across batch
+// compositions and thread counts.
 #include "kernels/normalize.h"
 
 #include <cmath>
@@ -23,6 +24,7 @@ namespace {
 
 using testing::Case;
 using testing::CheckAgainstReference;
+using testing::Describe;
 using testing::Encode;
 using testing::kTypes;
 using testing::MakeCase;
@@ -30,11 +32,13 @@ using testing::Name;
 using testing::Normal;
 using testing::Ordinal;
 using testing::Output;
+using testing::RandomCase;
 using testing::RefBF16;
 using testing::ReferenceZ;
 using testing::RefHalf;
 using testing::RefRound;
 using testing::RunOnCpu;
+using testing::SweepSeed;
 using testing::Tensor;
 using testing::UlpStats;
 using testing::Widen;
@@ -88,6 +92,42 @@ TEST_P(KernelTest, EveryDtypePairKindAffineAndResidualMatchesReference) {
   EXPECT_GT(total.elements, 100000);
   EXPECT_LE(total.over_one_ulp, total.elements / 1000);
   EXPECT_LE(total.worst_ulps, 2);
+}
+
+// Random cases over the whole input space (testing::RandomCase: D from 1 to
+// 65536, 1 to 4096 rows, ε from 1e-12 to 0.1, random γ/β, data, kind,
+// dtypes and residual), about four million elements, alternately on the
+// calling thread and on a pool. The seed is printed with any failure;
+// NORMSERVE_TEST_SEED=<seed> replays it.
+TEST_P(KernelTest, RandomizedSweepMatchesReference) {
+#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
+  constexpr int64_t kElements = int64_t{1} << 19;  // sanitizers: ~10x slower
+#else
+  constexpr int64_t kElements = int64_t{1} << 22;
+#endif
+  const uint32_t seed = SweepSeed();
+  std::mt19937 rng(seed);
+  ThreadPool pool(2);
+  UlpStats total;
+  int64_t elements = 0;
+  for (int n = 0; elements < kElements; ++n) {
+    std::vector<float> g, b;
+    const Case c = RandomCase(int64_t{1} << 17, &rng, &g, &b);
+    elements += c.rows * c.params.dim;
+    SCOPED_TRACE(::testing::Message()
+                 << "seed " << seed << " case " << n << ": " << Describe(c)
+                 << " (replay: NORMSERVE_TEST_SEED=" << seed << ")");
+    const UlpStats st =
+        CheckAgainstReference(c, RunOnCpu(c, n % 2 ? &pool : nullptr));
+    EXPECT_LE(st.worst_ulps, 2);
+    total.Add(st);
+    if (HasFailure()) return;
+  }
+  // As for the fixed cases: 16-bit outputs within 1 ulp of the correctly
+  // rounded reference in at least 99.9% of elements.
+  EXPECT_LE(total.over_one_ulp, total.elements / 1000 + 1)
+      << "seed " << seed << ": " << total.over_one_ulp << " of "
+      << total.elements;
 }
 
 TEST_P(KernelTest, LongRowsAndManyRows) {
