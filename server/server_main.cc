@@ -14,6 +14,8 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
@@ -93,6 +95,15 @@ void KeepFreedMemoryForReuse() {
 }  // namespace
 
 int ServerMain(int argc, char** argv, const MainOptions& main_options) {
+  // Abseil's --help lists the flags of the binary's own main file
+  // (normserve_main.cc, echo_server.cc), which define none: it would say
+  // "No flags matched". The flags are here.
+  absl::FlagsUsageConfig usage_config;
+  usage_config.contains_help_flags = [](absl::string_view file) {
+    return absl::EndsWith(file, "server/server_main.cc");
+  };
+  usage_config.contains_helpshort_flags = usage_config.contains_help_flags;
+  absl::SetFlagsUsageConfig(usage_config);
   absl::SetProgramUsageMessage(main_options.usage);
   absl::ParseCommandLine(argc, argv);
   KeepFreedMemoryForReuse();
