@@ -167,21 +167,30 @@ class DeployTest(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         self.assertGreaterEqual(len(core), 6)
         # kubernetes-validate has no schema for the Prometheus Operator's CRD:
-        # check that the ServiceMonitor selects exactly one of the Services
-        # (the ClusterIP and the headless one front the same pods: selecting
-        # both scrapes every pod twice) and names a port that Service has.
-        services = [d for d in map(load_yaml, core) if d["kind"] == "Service"]
+        # check that the ServiceMonitor scrapes every Deployment's pods
+        # through exactly one Service (the ClusterIP and the headless one
+        # front the same pods: selecting both scrapes every pod twice), on a
+        # port that Service has.
+        docs = list(map(load_yaml, core))
+        services = [d for d in docs if d["kind"] == "Service"]
+        deployments = [d for d in docs if d["kind"] == "Deployment"]
         self.assertGreaterEqual(len(services), 2)
+        self.assertGreaterEqual(len(deployments), 2)
         self.assertTrue(crds)
         for path in crds:
             mon = load_yaml(path)
             self.assertEqual(mon["kind"], "ServiceMonitor")
             selected = [s for s in services if service_matches(mon["spec"]["selector"], s)]
-            self.assertEqual([s["metadata"]["name"] for s in selected], ["normserve"],
-                             f"{path}: the Services its selector matches")
-            ports = {p["name"] for p in selected[0]["spec"]["ports"]}
-            for ep in mon["spec"]["endpoints"]:
-                self.assertIn(ep["port"], ports)
+            for dep in deployments:
+                pod_labels = dep["spec"]["template"]["metadata"]["labels"]
+                fronting = [s["metadata"]["name"] for s in selected
+                            if all(pod_labels.get(k) == v for k, v in s["spec"]["selector"].items())]
+                self.assertEqual(len(fronting), 1,
+                                 f"{path}: Services scraping {dep['metadata']['name']}'s pods: {fronting}")
+            for service in selected:
+                ports = {p["name"] for p in service["spec"]["ports"]}
+                for ep in mon["spec"]["endpoints"]:
+                    self.assertIn(ep["port"], ports, service["metadata"]["name"])
 
     def test_deployment_drains_gracefully_and_runs_unprivileged(self):
         dep = load_yaml(os.path.join(DEPLOY, "k8s", "deployment.yaml"))
