@@ -1,5 +1,6 @@
 // Reliability and security against the real server binary: overload,
-// cancellation, draining under load, a garbage stream, TLS and mutual TLS.
+// cancellation, expired deadlines, draining under load and within the
+// grace, a garbage stream, TLS and mutual TLS.
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -179,10 +180,57 @@ TEST(ReliabilityTest, CancelledCallsAreNeverComputedAndNeverLeak) {
   EXPECT_EQ(server.Stop(SIGTERM, 30), 0);
 }
 
+// Calls whose deadline passes while they wait for company are answered
+// DEADLINE_EXCEEDED, never computed, and leave no request or queue entry
+// behind; the server then serves normally.
+TEST(ReliabilityTest, ExpiredCallsAreNeverComputedAndNeverLeak) {
+  // Requests wait up to 500 ms for company; their 50 ms deadlines pass first.
+  ServerProcess server(NORMSERVE_BINARY, {"--max_queue_delay_us=500000",
+                                          "--max_batch_rows=100000"});
+  auto short_client = Connect(server.grpc_target(), absl::Milliseconds(50));
+  constexpr int kCalls = 8;
+  std::vector<absl::StatusCode> codes(kCalls);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kCalls; ++i) {
+    threads.emplace_back([&, i] {
+      codes[i] =
+          short_client->Normalize(RandomInput(2, 64, 20 + i)).status().code();
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (absl::StatusCode c : codes)
+    EXPECT_EQ(c, absl::StatusCode::kDeadlineExceeded);
+  absl::SleepFor(absl::Milliseconds(700));  // past the batching delay
+  std::string text = HttpGet(server.metrics_port(), "/metrics");
+  EXPECT_EQ(MetricValue(text, "normserve_compute_seconds_count"), 0) << text;
+  EXPECT_EQ(MetricValue(text, "normserve_requests_in_flight"), 0);
+  EXPECT_EQ(MetricValue(text, "normserve_queue_depth"), 0);
+  EXPECT_EQ(MetricValue(text, "grpc_server_handled_total",
+                        {"grpc_method=\"Normalize\"",
+                         "grpc_code=\"DEADLINE_EXCEEDED\""}),
+            kCalls);
+  // Nothing is stuck: a call with time to wait is computed and correct.
+  auto client = Connect(server.grpc_target());
+  const NormalizeInput in = RandomInput(2, 64, 30);
+  auto out = client->Normalize(in);
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_TRUE(MatchesReference(in, *out));
+  text = HttpGet(server.metrics_port(), "/metrics");
+  EXPECT_EQ(MetricValue(text, "normserve_compute_seconds_count"), 1);
+  EXPECT_EQ(MetricValue(text, "normserve_requests_in_flight"), 0);
+  EXPECT_EQ(MetricValue(text, "normserve_queue_depth"), 0);
+  EXPECT_EQ(server.Stop(SIGTERM, 30), 0);
+}
+
 // SIGTERM under load: health turns NOT_SERVING, new calls get UNAVAILABLE,
-// every accepted request completes correctly, and the process exits 0.
+// every accepted request completes correctly, and the process exits 0
+// within --shutdown_grace_ms, as soon as the last call (an open stream)
+// is done.
 TEST(ReliabilityTest, SigtermUnderLoadDrainsAndExitsCleanly) {
-  ServerProcess server(NORMSERVE_BINARY, {"--shutdown_grace_ms=20000"});
+  const absl::Duration grace = absl::Seconds(10);
+  ServerProcess server(
+      NORMSERVE_BINARY,
+      {absl::StrCat("--shutdown_grace_ms=", absl::ToInt64Milliseconds(grace))});
   auto client = Connect(server.grpc_target());
   // An open stream keeps the server draining until we close it.
   grpc::ClientContext stream_ctx;
@@ -214,6 +262,7 @@ TEST(ReliabilityTest, SigtermUnderLoadDrainsAndExitsCleanly) {
     });
   }
   absl::SleepFor(absl::Milliseconds(300));
+  const absl::Time signalled = absl::Now();
   kill(server.pid(), SIGTERM);
   bool not_serving = false;
   for (int i = 0; i < 100 && !not_serving; ++i) {
@@ -233,11 +282,44 @@ TEST(ReliabilityTest, SigtermUnderLoadDrainsAndExitsCleanly) {
   EXPECT_EQ(answer.status_code(), grpc::StatusCode::UNAVAILABLE);
   stream->WritesDone();
   EXPECT_TRUE(stream->Finish().ok());
+  const absl::Time closed = absl::Now();
   EXPECT_EQ(server.Stop(0 /* already signalled; just wait */, 30), 0)
       << server.Output();
+  // Within the grace, and without waiting for it once nothing is open.
+  EXPECT_LE(absl::Now() - signalled, grace + absl::Seconds(1));
+  EXPECT_LE(absl::Now() - closed, absl::Seconds(1));
   EXPECT_GT(ok.load(), 0);
   EXPECT_GT(unavailable.load(), 0);
   EXPECT_EQ(other.load(), 0);
+}
+
+// A client that keeps a stream open holds a drain only until
+// --shutdown_grace_ms has passed: then the server closes the stream and
+// exits 0, within a small margin of the grace.
+TEST(ReliabilityTest, AnOpenStreamHoldsTheDrainOnlyForTheGrace) {
+  const absl::Duration grace = absl::Milliseconds(1500);
+  ServerProcess server(
+      NORMSERVE_BINARY,
+      {absl::StrCat("--shutdown_grace_ms=", absl::ToInt64Milliseconds(grace))});
+  auto client = Connect(server.grpc_target());
+  grpc::ClientContext stream_ctx;
+  auto stream = client->stub()->NormalizeStream(&stream_ctx);
+  const NormalizeInput in = RandomInput(2, 32, 9);
+  v1::NormalizeStreamRequest msg;
+  *msg.mutable_request() = NormClient::BuildRequest(in);
+  ASSERT_TRUE(stream->Write(msg));
+  v1::NormalizeStreamResponse answer;
+  ASSERT_TRUE(stream->Read(&answer));
+  ASSERT_EQ(answer.status_code(), 0);
+
+  const absl::Time signalled = absl::Now();
+  EXPECT_EQ(server.Stop(SIGTERM, 30), 0) << server.Output();
+  const absl::Duration took = absl::Now() - signalled;
+  EXPECT_GE(took, grace - absl::Milliseconds(100)) << "did not wait";
+  EXPECT_LE(took, grace + absl::Seconds(1));
+  // The stream was cut, not finished: the client learns it.
+  EXPECT_FALSE(stream->Read(&answer));
+  EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::UNAVAILABLE);
 }
 
 // Bytes that are not a protobuf message end that stream with an error; the
