@@ -268,7 +268,7 @@ grpc::ServerUnaryReactor* InferenceServiceImpl::ModelInfer(
   return reactor;
 }
 
-grpc::ServerBidiReactor<ModelInferRequest, ModelStreamInferResponse>*
+grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>*
 InferenceServiceImpl::ModelStreamInfer(grpc::CallbackServerContext* context) {
   using Reactor =
       internal::StreamReactor<ModelInferRequest, ModelStreamInferResponse>;
@@ -293,6 +293,10 @@ InferenceServiceImpl::ModelStreamInfer(grpc::CallbackServerContext* context) {
               }
               done();
             });
+      },
+      [](const absl::Status& status, ModelStreamInferResponse* answer) {
+        answer->set_error_message(absl::StrCat(
+            absl::StatusCodeToString(status.code()), ": ", status.message()));
       });
 }
 

@@ -30,8 +30,22 @@
 
 namespace normserve {
 
-class InferenceServiceImpl final
-    : public inference::GRPCInferenceService::CallbackService {
+namespace internal {
+using Oip = inference::GRPCInferenceService;
+// The callback service, with ModelStreamInfer registered raw: its reactor
+// parses each message itself (see internal/stream_reactor.h).
+using InferenceServiceBase = Oip::WithCallbackMethod_ServerLive<
+    Oip::WithCallbackMethod_ServerReady<Oip::WithCallbackMethod_ModelReady<
+        Oip::WithCallbackMethod_ServerMetadata<
+            Oip::WithCallbackMethod_ModelMetadata<
+                Oip::WithCallbackMethod_ModelInfer<
+                    Oip::WithRawCallbackMethod_ModelStreamInfer<
+                        Oip::WithCallbackMethod_ModelConfig<
+                            Oip::WithCallbackMethod_ModelStatistics<
+                                Oip::Service>>>>>>>>>;
+}  // namespace internal
+
+class InferenceServiceImpl final : public internal::InferenceServiceBase {
  public:
   explicit InferenceServiceImpl(NormalizationServiceImpl* native);
 
@@ -67,9 +81,8 @@ class InferenceServiceImpl final
       grpc::CallbackServerContext* context,
       const inference::ModelInferRequest* request,
       inference::ModelInferResponse* response) override;
-  grpc::ServerBidiReactor<inference::ModelInferRequest,
-                          inference::ModelStreamInferResponse>*
-  ModelStreamInfer(grpc::CallbackServerContext* context) override;
+  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* ModelStreamInfer(
+      grpc::CallbackServerContext* context) override;
 
  private:
   // Translates, validates and queues one inference; `finish` is called

@@ -267,8 +267,7 @@ grpc::ServerUnaryReactor* NormalizationServiceImpl::ListModels(
   return reactor;
 }
 
-grpc::ServerBidiReactor<v1::NormalizeStreamRequest,
-                        v1::NormalizeStreamResponse>*
+grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>*
 NormalizationServiceImpl::NormalizeStream(
     grpc::CallbackServerContext* context) {
   using Reactor = internal::StreamReactor<v1::NormalizeStreamRequest,
@@ -291,6 +290,10 @@ NormalizationServiceImpl::NormalizeStream(
               }
               done();
             });
+      },
+      [](const absl::Status& status, v1::NormalizeStreamResponse* answer) {
+        answer->set_status_code(static_cast<int>(status.code()));
+        answer->set_status_message(std::string(status.message()));
       });
 }
 

@@ -33,8 +33,17 @@ grpc::Status ToGrpcStatus(const absl::Status& status);
 // A call's deadline (InfiniteFuture when the client set none).
 absl::Time CallDeadline(const grpc::CallbackServerContext* context);
 
+namespace internal {
+using Native = v1::NormalizationService;
+// The callback service, with NormalizeStream registered raw: its reactor
+// parses each message itself (see internal/stream_reactor.h).
+using NormalizationServiceBase = Native::WithCallbackMethod_Normalize<
+    Native::WithRawCallbackMethod_NormalizeStream<
+        Native::WithCallbackMethod_ListModels<Native::Service>>>;
+}  // namespace internal
+
 class NormalizationServiceImpl final
-    : public v1::NormalizationService::CallbackService {
+    : public internal::NormalizationServiceBase {
  public:
   struct Options {
     ValidationLimits limits;
@@ -55,9 +64,8 @@ class NormalizationServiceImpl final
   grpc::ServerUnaryReactor* Normalize(grpc::CallbackServerContext* context,
                                       const v1::NormalizeRequest* request,
                                       v1::NormalizeResponse* response) override;
-  grpc::ServerBidiReactor<v1::NormalizeStreamRequest,
-                          v1::NormalizeStreamResponse>*
-  NormalizeStream(grpc::CallbackServerContext* context) override;
+  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* NormalizeStream(
+      grpc::CallbackServerContext* context) override;
   grpc::ServerUnaryReactor* ListModels(
       grpc::CallbackServerContext* context,
       const v1::ListModelsRequest* request,

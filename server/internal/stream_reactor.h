@@ -8,6 +8,13 @@
 // client has half-closed, every started item has answered and the write
 // queue is empty; if a write fails, answers still to come are dropped.
 //
+// The method is registered raw (bytes in, bytes out) and the reactor parses
+// each message itself: a message that is not a `Request` is answered by
+// `parse_error` (INVALID_ARGUMENT naming the message's position) and the
+// stream reads on. With gRPC's own parsing, such a message would end the
+// stream's reads, looking exactly like the client's half-close, and the
+// stream would finish OK with that message and every later one unanswered.
+//
 // Threading: gRPC's reactor callbacks and `done` may run on any threads;
 // the state they share is guarded by mu_. The reactor deletes itself in
 // OnDone().
@@ -19,6 +26,8 @@
 #include <memory>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "grpcpp/grpcpp.h"
@@ -30,25 +39,32 @@ namespace normserve {
 namespace internal {
 
 template <typename Request, typename Response>
-class StreamReactor final : public grpc::ServerBidiReactor<Request, Response> {
+class StreamReactor final
+    : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
   struct Item {
     Request request;
     Response answer;
+    grpc::ByteBuffer wire;  // The answer, serialized for its write.
   };
   using StartFn = std::function<void(grpc::CallbackServerContext* context,
                                      const std::shared_ptr<Item>& item,
                                      std::function<void()> done)>;
+  // Writes the answer to a message that could not be parsed.
+  using ParseErrorFn =
+      std::function<void(const absl::Status& status, Response* answer)>;
 
   // `metrics_service` and `method` label the RPC's metrics.
   StreamReactor(NormalizationServiceImpl* service,
                 grpc::CallbackServerContext* context,
-                const char* metrics_service, const char* method, StartFn start)
+                const char* metrics_service, const char* method, StartFn start,
+                ParseErrorFn parse_error)
       : service_(service),
         context_(context),
         metrics_service_(metrics_service),
         method_(method),
         start_fn_(std::move(start)),
+        parse_error_fn_(std::move(parse_error)),
         start_(absl::Now()) {
     service_->CallStarted();
     service_->metrics()->RpcStarted(metrics_service_, method_, kType);
@@ -67,12 +83,25 @@ class StreamReactor final : public grpc::ServerBidiReactor<Request, Response> {
       return;
     }
     auto item = std::make_shared<Item>();
-    item->request = std::move(incoming_);
+    ++messages_read_;
+    const bool parsed = grpc::SerializationTraits<Request>::Deserialize(
+                            &incoming_, &item->request)
+                            .ok();
     {
       MutexLock lock(&mu_);
       ++pending_;
     }
-    start_fn_(context_, item, [this, item] { Answered(item); });
+    if (parsed) {
+      start_fn_(context_, item, [this, item] { Answered(item); });
+    } else {
+      parse_error_fn_(
+          absl::InvalidArgumentError(absl::StrCat(
+              "message ", messages_read_, " of this stream does not parse as ",
+              Request::descriptor()->full_name(),
+              " (skipped; the stream goes on)")),
+          &item->answer);
+      Answered(item);
+    }
     incoming_.Clear();
     this->StartRead(&incoming_);
   }
@@ -96,7 +125,7 @@ class StreamReactor final : public grpc::ServerBidiReactor<Request, Response> {
       }
       finish = ShouldFinish();
     }
-    if (next != nullptr) this->StartWrite(&next->answer);
+    if (next != nullptr) this->StartWrite(&next->wire);
     if (finish) this->Finish(grpc::Status::OK);
   }
 
@@ -114,6 +143,11 @@ class StreamReactor final : public grpc::ServerBidiReactor<Request, Response> {
   static constexpr char kType[] = "bidi_stream";
 
   void Answered(const std::shared_ptr<Item>& item) {
+    bool own_buffer;
+    // Serializing a message we built cannot fail.
+    grpc::SerializationTraits<Response>::Serialize(item->answer, &item->wire,
+                                                   &own_buffer)
+        .IgnoreError();
     bool start_write = false;
     bool finish = false;
     {
@@ -129,7 +163,7 @@ class StreamReactor final : public grpc::ServerBidiReactor<Request, Response> {
         }
       }
     }
-    if (start_write) this->StartWrite(&item->answer);
+    if (start_write) this->StartWrite(&item->wire);
     if (finish) this->Finish(grpc::Status::OK);
   }
 
@@ -145,8 +179,11 @@ class StreamReactor final : public grpc::ServerBidiReactor<Request, Response> {
   const char* const metrics_service_;
   const char* const method_;
   const StartFn start_fn_;
+  const ParseErrorFn parse_error_fn_;
   const absl::Time start_;
-  Request incoming_;  // Owned by the read in flight.
+  // Owned by the read in flight (reads are serialized).
+  grpc::ByteBuffer incoming_;
+  int64_t messages_read_ = 0;
 
   Mutex mu_;
   // Items started and not yet written (or dropped).

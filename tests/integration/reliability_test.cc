@@ -1,6 +1,6 @@
 // Reliability and security against the real server binary: overload,
 // cancellation, expired deadlines, draining under load and within the
-// grace, a garbage stream, TLS and mutual TLS.
+// grace, garbage on a stream, TLS and mutual TLS.
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -22,6 +22,7 @@
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/generic/generic_stub.h"
 #include "gtest/gtest.h"
+#include "inference/grpc_service.pb.h"
 #include "kernels/reference.h"
 #include "tests/integration/server_process.h"
 
@@ -322,61 +323,183 @@ TEST(ReliabilityTest, AnOpenStreamHoldsTheDrainOnlyForTheGrace) {
   EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::UNAVAILABLE);
 }
 
-// Bytes that are not a protobuf message end that stream with an error; the
-// server stays up and a new stream and concurrent calls work.
-TEST(ReliabilityTest, GarbageOnAStreamDoesNotHurtOtherCalls) {
-  ServerProcess server(NORMSERVE_BINARY, {});
-  auto channel = grpc::CreateChannel(server.grpc_target(),
-                                     grpc::InsecureChannelCredentials());
-  grpc::GenericStub generic(channel);
-  grpc::ClientContext ctx;
-  grpc::CompletionQueue cq;
-  auto call = generic.PrepareCall(
-      &ctx, "/normserve.v1.NormalizationService/NormalizeStream", &cq);
-  void* tag;
-  bool ok;
-  call->StartCall(reinterpret_cast<void*>(1));
-  ASSERT_TRUE(cq.Next(&tag, &ok) && ok);
-  const std::string garbage = "\xff\xff\xff\xff garbage \x0a\xff";
-  grpc::Slice slice(garbage);
-  grpc::ByteBuffer buffer(&slice, 1);
-  call->Write(buffer, reinterpret_cast<void*>(2));
-  cq.Next(&tag, &ok);
-  call->WritesDone(reinterpret_cast<void*>(3));
-  cq.Next(&tag, &ok);
-  // No answer comes for bytes that are not a request, and the stream ends
-  // (gRPC reports an unparseable message to the server as the end of the
-  // stream) instead of hanging.
-  grpc::ByteBuffer reply;
-  call->Read(&reply, reinterpret_cast<void*>(5));
-  ASSERT_TRUE(cq.Next(&tag, &ok));
-  EXPECT_EQ(tag, reinterpret_cast<void*>(5));
-  EXPECT_FALSE(ok) << "an answer came for garbage";
-  grpc::Status status;
-  call->Finish(&status, reinterpret_cast<void*>(4));
-  ASSERT_TRUE(cq.Next(&tag, &ok));
-  EXPECT_EQ(tag, reinterpret_cast<void*>(4));
-  cq.Shutdown();
-  while (cq.Next(&tag, &ok)) {
+// One stream of raw bytes through the generic stub (which sends bytes that
+// need not parse), driven one operation at a time on a completion queue.
+class RawStream {
+ public:
+  RawStream(const std::shared_ptr<grpc::Channel>& channel,
+            const std::string& method)
+      : stub_(channel), call_(stub_.PrepareCall(&ctx_, method, &cq_)) {
+    call_->StartCall(Tag());
+    EXPECT_TRUE(Wait());
+  }
+  ~RawStream() {
+    cq_.Shutdown();
+    void* tag;
+    bool ok;
+    while (cq_.Next(&tag, &ok)) {
+    }
+  }
+  bool Write(const std::string& bytes) {
+    grpc::Slice slice(bytes);
+    grpc::ByteBuffer buffer(&slice, 1);
+    call_->Write(buffer, Tag());
+    return Wait();
+  }
+  bool WritesDone() {
+    call_->WritesDone(Tag());
+    return Wait();
+  }
+  // The next message's bytes; false at the end of the stream.
+  bool Read(std::string* bytes) {
+    grpc::ByteBuffer buffer;
+    call_->Read(&buffer, Tag());
+    if (!Wait()) return false;
+    std::vector<grpc::Slice> slices;
+    EXPECT_TRUE(buffer.Dump(&slices).ok());
+    bytes->clear();
+    for (const grpc::Slice& s : slices) {
+      bytes->append(reinterpret_cast<const char*>(s.begin()), s.size());
+    }
+    return true;
+  }
+  grpc::Status Finish() {
+    grpc::Status status;
+    call_->Finish(&status, Tag());
+    EXPECT_TRUE(Wait());
+    return status;
   }
 
+ private:
+  void* Tag() { return reinterpret_cast<void*>(++tag_); }
+  bool Wait() {
+    void* tag;
+    bool ok = false;
+    EXPECT_TRUE(cq_.Next(&tag, &ok));
+    EXPECT_EQ(tag, reinterpret_cast<void*>(tag_));
+    return ok;
+  }
+
+  grpc::GenericStub stub_;
+  grpc::ClientContext ctx_;
+  grpc::CompletionQueue cq_;
+  std::unique_ptr<grpc::GenericClientAsyncReaderWriter> call_;
+  intptr_t tag_ = 0;
+};
+
+// Bytes that are not a protobuf message, between two valid requests on one
+// stream, of either protocol: the garbage gets an error answer that says
+// which message it was, the requests before and after it are answered
+// correctly, and the stream finishes OK. Meanwhile valid calls on another
+// connection, running from before the garbage until after, are all
+// answered correctly, and the server stays healthy.
+TEST(ReliabilityTest, GarbageOnAStreamGetsAnErrorAnswerAndTheStreamGoesOn) {
+  ServerProcess server(NORMSERVE_BINARY, {});
   auto client = Connect(server.grpc_target());
+  std::atomic<bool> stop{false};
+  std::atomic<int> good{0}, bad{0};
+  std::thread concurrent([&] {
+    const NormalizeInput in = RandomInput(4, 200, 7);
+    while (!stop.load()) {
+      auto out = client->Normalize(in);
+      out.ok() && MatchesReference(in, *out) ? ++good : ++bad;
+    }
+  });
+  while (good.load() + bad.load() == 0) absl::SleepFor(absl::Milliseconds(1));
+  const int good_before = good.load();
+
+  const std::string garbage = "\xff\xff\xff\xff garbage \x0a\xff";
   const NormalizeInput in = RandomInput(3, 100, 6);
-  auto out = client->Normalize(in);
-  ASSERT_TRUE(out.ok()) << out.status();
-  EXPECT_TRUE(MatchesReference(in, *out));
-  grpc::ClientContext stream_ctx;
-  auto stream = client->stub()->NormalizeStream(&stream_ctx);
-  v1::NormalizeStreamRequest msg;
-  *msg.mutable_request() = NormClient::BuildRequest(in);
-  ASSERT_TRUE(stream->Write(msg));
-  v1::NormalizeStreamResponse answer;
-  ASSERT_TRUE(stream->Read(&answer));
-  EXPECT_EQ(answer.status_code(), 0);
-  stream->WritesDone();
-  EXPECT_TRUE(stream->Finish().ok());
+  std::string want;  // The unary answer to `in`.
+  {
+    v1::NormalizeResponse response;
+    grpc::ClientContext ctx;
+    ASSERT_TRUE(client->stub()
+                    ->Normalize(&ctx, NormClient::BuildRequest(in), &response)
+                    .ok());
+    NormalizeOutput out;
+    out.values = *TensorValues(response.output());
+    ASSERT_TRUE(MatchesReference(in, out));
+    want = response.output().data();
+  }
+  {
+    RawStream stream(client->channel(),
+                     "/normserve.v1.NormalizationService/NormalizeStream");
+    v1::NormalizeStreamRequest msg;
+    *msg.mutable_request() = NormClient::BuildRequest(in);
+    msg.mutable_request()->set_request_id("before");
+    ASSERT_TRUE(stream.Write(msg.SerializeAsString()));
+    ASSERT_TRUE(stream.Write(garbage));
+    msg.mutable_request()->set_request_id("after");
+    ASSERT_TRUE(stream.Write(msg.SerializeAsString()));
+    ASSERT_TRUE(stream.WritesDone());
+    std::map<std::string, v1::NormalizeStreamResponse> answers;
+    std::string bytes;
+    while (stream.Read(&bytes)) {
+      v1::NormalizeStreamResponse answer;
+      ASSERT_TRUE(answer.ParseFromString(bytes));
+      EXPECT_TRUE(answers.emplace(answer.request_id(), answer).second);
+    }
+    const grpc::Status status = stream.Finish();
+    EXPECT_TRUE(status.ok())
+        << status.error_code() << " " << status.error_message();
+    ASSERT_EQ(answers.size(), 3u);
+    for (const char* id : {"before", "after"}) {
+      EXPECT_EQ(answers[id].status_code(), 0) << answers[id].status_message();
+      EXPECT_EQ(answers[id].response().output().data(), want) << id;
+    }
+    const v1::NormalizeStreamResponse& error = answers[""];  // no id to echo
+    EXPECT_EQ(error.status_code(), grpc::INVALID_ARGUMENT);
+    EXPECT_EQ(error.status_message(),
+              "message 2 of this stream does not parse as "
+              "normserve.v1.NormalizeStreamRequest (skipped; the stream goes "
+              "on)");
+    EXPECT_FALSE(error.has_response());
+  }
+  {
+    RawStream stream(client->channel(),
+                     "/inference.GRPCInferenceService/ModelStreamInfer");
+    inference::ModelInferRequest request;
+    request.set_model_name("default");
+    auto* input = request.add_inputs();
+    input->set_name("input");
+    input->set_datatype("FP32");
+    input->add_shape(3);
+    input->add_shape(100);
+    request.add_raw_input_contents(NormClient::BuildRequest(in).input().data());
+    ASSERT_TRUE(stream.Write(garbage));
+    request.set_id("after");
+    ASSERT_TRUE(stream.Write(request.SerializeAsString()));
+    ASSERT_TRUE(stream.WritesDone());
+    std::map<std::string, inference::ModelStreamInferResponse> answers;
+    std::string bytes;
+    while (stream.Read(&bytes)) {
+      inference::ModelStreamInferResponse answer;
+      ASSERT_TRUE(answer.ParseFromString(bytes));
+      answers.emplace(answer.infer_response().id(), answer);
+    }
+    EXPECT_TRUE(stream.Finish().ok());
+    ASSERT_EQ(answers.size(), 2u);
+    EXPECT_EQ(answers[""].error_message(),
+              "INVALID_ARGUMENT: message 1 of this stream does not parse as "
+              "inference.ModelInferRequest (skipped; the stream goes on)");
+    EXPECT_EQ(answers["after"].error_message(), "");
+    ASSERT_EQ(answers["after"].infer_response().raw_output_contents_size(), 1);
+    EXPECT_EQ(answers["after"].infer_response().raw_output_contents(0), want);
+  }
+
+  absl::SleepFor(absl::Milliseconds(20));
+  stop = true;
+  concurrent.join();
+  EXPECT_GT(good.load(), good_before) << "no concurrent call ran meanwhile";
+  EXPECT_EQ(bad.load(), 0);
   EXPECT_EQ(Health(server.grpc_target()),
             grpc::health::v1::HealthCheckResponse::SERVING);
+  const std::string text = HttpGet(server.metrics_port(), "/metrics");
+  EXPECT_EQ(
+      MetricValue(text, "grpc_server_handled_total",
+                  {"grpc_method=\"NormalizeStream\"", "grpc_code=\"OK\""}),
+      1);
   EXPECT_EQ(server.Stop(SIGTERM, 30), 0);
 }
 
