@@ -1,8 +1,9 @@
 // The CUDA kernels against the float64 reference and against the CPU
 // kernel, under the contract of kernels/cuda/normalize_cuda.h: every dtype
-// pair × kind × affine option × residual, statistics and residual sums, odd
-// D on every row mapping, adversarial rows, and batch invariance across
-// batch sizes, positions and buffer alignments.
+// pair × kind × affine option × residual, a seeded random sweep over shapes,
+// ε, γ/β and data, statistics and residual sums, odd D on every row
+// mapping, adversarial rows, and batch invariance across batch sizes,
+// positions and buffer alignments.
 //
 // Every test that needs a GPU skips with "no CUDA device" where none is
 // present; the argument checks run everywhere.
@@ -29,6 +30,7 @@ namespace {
 using testing::BitsAt;
 using testing::Case;
 using testing::CheckAgainstReference;
+using testing::Describe;
 using testing::Encode;
 using testing::kTypes;
 using testing::MakeCase;
@@ -36,9 +38,11 @@ using testing::Name;
 using testing::Normal;
 using testing::Ordinal;
 using testing::Output;
+using testing::RandomCase;
 using testing::ReferenceZ;
 using testing::RefRound;
 using testing::RunOnCpu;
+using testing::SweepSeed;
 using testing::Tensor;
 using testing::UlpStats;
 using testing::ValueAt;
@@ -157,6 +161,34 @@ TEST_F(CudaKernelTest, EveryDtypePairKindAffineAndResidualMatchesReference) {
   EXPECT_GT(total.elements, 100000);
   EXPECT_LE(total.over_one_ulp, total.elements / 1000);
   EXPECT_LE(total.worst_ulps, 2);
+}
+
+// The CPU test's random sweep (testing::RandomCase), on the GPU: every
+// buffer at a random 4-byte offset, so alignment varies too. The seed is
+// printed with any failure; NORMSERVE_TEST_SEED=<seed> replays it.
+TEST_F(CudaKernelTest, RandomizedSweepMatchesReference) {
+  const uint32_t seed = SweepSeed();
+  std::mt19937 rng(seed);
+  UlpStats total;
+  int64_t elements = 0;
+  for (int n = 0; elements < (int64_t{1} << 22); ++n) {
+    std::vector<float> g, b;
+    const Case c = RandomCase(int64_t{1} << 17, &rng, &g, &b);
+    elements += c.rows * c.params.dim;
+    const size_t offset = 4 * (rng() % 4);
+    SCOPED_TRACE(::testing::Message()
+                 << "seed " << seed << " case " << n << ": " << Describe(c)
+                 << " offset " << offset << " mapping "
+                 << RowMappingName(PlanLaunch(c.params.dim, c.in).mapping)
+                 << " (replay: NORMSERVE_TEST_SEED=" << seed << ")");
+    const UlpStats st = CheckAgainstReference(c, RunOnGpu(c, offset));
+    EXPECT_LE(st.worst_ulps, 2);
+    total.Add(st);
+    if (HasFailure()) return;
+  }
+  EXPECT_LE(total.over_one_ulp, total.elements / 1000 + 1)
+      << "seed " << seed << ": " << total.over_one_ulp << " of "
+      << total.elements;
 }
 
 TEST_F(CudaKernelTest, LongRowsOnTheBlockAndStreamingMappings) {
