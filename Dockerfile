@@ -38,7 +38,9 @@ RUN if [ "$DEVICE" = cuda ]; then \
       -DNORMSERVE_BUILD_TESTS=OFF -DNORMSERVE_BUILD_BENCH=OFF \
       -DNORMSERVE_CUDA="$([ "$DEVICE" = cuda ] && echo ON || echo OFF)" \
  && cmake --build build --target normserve normctl \
- && { [ "$DEVICE" != cuda ] || ldd build/server/normserve | grep -q libcudart; } \
+ && if [ "$DEVICE" = cuda ] && ! ldd build/server/normserve | grep libcudart >/dev/null; then \
+      echo "DEVICE=cuda: build/server/normserve does not link libcudart" >&2; exit 1; \
+    fi \
  && mkdir -p /out/bin /out/lib \
  && cp build/server/normserve build/client/normctl /out/bin/ \
  && ldd /out/bin/normserve /out/bin/normctl | awk '/=> \// {print $3}' | sort -u \
