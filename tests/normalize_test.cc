@@ -234,6 +234,63 @@ TEST_P(KernelTest, NanOrInfPoisonsOnlyItsRow) {
   }
 }
 
+// Rows of ±1 have mean 0 and variance 1, and with ε = 2^-60 rstd rounds to
+// exactly 1 in float32, so y = ±γ exactly: a bfloat16 output must then be
+// the exact rounding of ±γ, through the float32 denormal range (which the
+// AVX-512 BF16 conversion would flush to zero), at ties, at overflow and
+// for NaN, on every target. Both the cached stores of small batches and the
+// streaming stores of batches with over 32 MiB of output are checked.
+TEST_P(KernelTest, BFloat16OutputIsTheExactRoundingOfFloat32) {
+  constexpr int64_t kD = 64;
+  std::mt19937 rng(7);
+  std::uniform_real_distribution<float> unit(-4.0f, 4.0f);
+  std::vector<float> gamma(kD);
+  for (int i = 0; i < 16; ++i) {  // ties between bfloat16 neighbours
+    gamma[i] = std::ldexp(1.0f + static_cast<float>(2 * i + 1) / 256, i - 8);
+  }
+  for (int i = 16; i < 32; ++i) {  // float32 denormals, down to 2^-145
+    gamma[i] = std::ldexp(1.0f + static_cast<float>(i - 16) / 16, -114 - i);
+  }
+  for (int i = 32; i < 48; ++i) gamma[i] = unit(rng);
+  gamma[40] = 1e-39f;  // one denormal among normal values
+  for (int i = 48; i < 64; ++i) gamma[i] = unit(rng) * 1e30f;
+  gamma[48] = std::numeric_limits<float>::max();  // rounds to infinity
+  gamma[49] = -0.0f;
+  gamma[50] = std::numeric_limits<float>::quiet_NaN();
+  gamma[51] = std::numeric_limits<float>::infinity();
+
+  NormParams p;
+  p.dim = kD;
+  p.epsilon = std::ldexp(1.0f, -60);
+  p.gamma = gamma.data();
+  for (int64_t rows : {int64_t{3}, int64_t{(32 << 20) / (kD * 2)}}) {
+    std::vector<float> x(static_cast<size_t>(rows * kD));
+    for (size_t k = 0; k < x.size(); ++k) x[k] = (k / kD + k) % 2 ? 1 : -1;
+    std::vector<uint16_t> y(x.size());
+    RowSegment s;
+    s.params = &p;
+    s.input_dtype = DType::kFloat32;
+    s.output_dtype = DType::kBFloat16;
+    s.input = x.data();
+    s.output = y.data();
+    s.rows = rows;
+    NormalizeSegments({&s, 1}, nullptr);
+    int mismatches = 0;
+    for (size_t k = 0; k < x.size() && mismatches < 10; ++k) {
+      const float expected = x[k] * gamma[k % kD];
+      const bool same = std::isnan(expected)
+                            ? std::isnan(Widen(DType::kBFloat16, y[k]))
+                            : y[k] == RefBF16(expected);
+      if (!same) {
+        ++mismatches;
+        ADD_FAILURE() << "rows " << rows << " element " << k
+                      << ": y = " << expected << " gave bfloat16 bits "
+                      << std::hex << y[k] << ", expected " << RefBF16(expected);
+      }
+    }
+  }
+}
+
 // A row's output bits never depend on the batch: random compositions of
 // segments (rows at every offset inside their buffers), run with 0, 1 and 3
 // pool threads, against each row normalized alone.
@@ -245,8 +302,9 @@ TEST_P(KernelTest, RowBitsDoNotDependOnBatchCompositionOrThreads) {
     p.dim = d;
     std::vector<float> g = Normal(d, 1, 1, &rng);
     p.gamma = g.data();
-    // The rows, each alone.
-    const int kRows = 64;
+    // The rows, each alone: over 256 KiB in both dtypes, so that
+    // NormalizeSegments hands chunks to the pool's threads.
+    const int kRows = 192;
     const Tensor all = Encode(in, Normal(kRows * d, 1, 2, &rng));
     const size_t row_bytes = d * DTypeSize(in);
     std::vector<std::vector<uint8_t>> alone(kRows);

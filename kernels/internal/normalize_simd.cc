@@ -205,6 +205,17 @@ void RowInDouble(const NormParams& p, const float* z, float* y,
   *rstd_out = rstd;
 }
 
+// Converts a row of T to float32.
+template <typename T>
+void LoadRow(const T* in, size_t d, float* out) {
+  const hn::ScalableTag<float> df;
+  const hn::CappedTag<float, 1> d1;
+  const size_t n = hn::Lanes(df);
+  size_t i = 0;
+  for (; i + n <= d; i += n) hn::StoreU(LoadAs(df, in + i), df, out + i);
+  for (; i < d; ++i) hn::StoreU(LoadAs(d1, in + i), d1, out + i);
+}
+
 // Converts a float32 row to T.
 template <typename T>
 void StoreRow(const float* y, size_t d, T* out) {
@@ -246,15 +257,57 @@ HWY_INLINE void StreamAs(DF df, hn::Vec<DF> v, Half* p) {
 #endif
 }
 
-// y = ((z − shift) − mean)·rstd [·γ] [+β], stored as T. With kStream,
-// whole vectors bypass the cache (for outputs larger than the caches); the
-// element values are the same either way, only the store instruction
-// differs.
-template <typename T, bool kGamma, bool kBeta, bool kStream>
-void OutputRow(const float* z, size_t d, float shift, float mean, float rstd,
-               const float* gamma, const float* beta, T* out) {
-  auto value = [&](auto tag, size_t i) {
-    auto v = hn::Sub(hn::Sub(hn::LoadU(tag, z + i), hn::Set(tag, shift)),
+// AVX-512 with the BF16 extension (Sapphire Rapids, Zen 4) converts 16 floats
+// to bfloat16 in one instruction, rounding to nearest even and quieting NaN as
+// BF16Bits does. It flushes denormal results to zero, so a vector holding a
+// denormal takes BF16Bits instead. Highway 1.0 has no target for the
+// extension: functions that use it carry the attribute below and run only
+// where the CPU reports it (HasNativeBF16).
+#undef NORMSERVE_BF16_NATIVE
+#undef NORMSERVE_BF16_ATTR
+#if HWY_ARCH_X86 && (HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL) && \
+    (HWY_COMPILER_GCC_ACTUAL >= 1000 || HWY_COMPILER_CLANG >= 900)
+#define NORMSERVE_BF16_NATIVE 1
+#define NORMSERVE_BF16_ATTR __attribute__((target("avx512bf16")))
+#else
+#define NORMSERVE_BF16_NATIVE 0
+#define NORMSERVE_BF16_ATTR
+#endif
+
+#if NORMSERVE_BF16_NATIVE
+template <bool kStream>
+NORMSERVE_BF16_ATTR HWY_INLINE void StoreBF16Native(hn::Vec512<float> v,
+                                                    BF16* p) {
+  constexpr int kDenormal = 0x20;  // vfpclassps category
+  if (HWY_UNLIKELY(_mm512_fpclass_ps_mask(v.raw, kDenormal) != 0)) {
+    const hn::Full512<float> df;
+    if constexpr (kStream) {
+      StreamAs(df, v, p);
+    } else {
+      StoreAs(df, v, p);
+    }
+    return;
+  }
+  const __m256i bits = reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(v.raw));
+  if constexpr (kStream) {
+    _mm256_stream_si256(reinterpret_cast<__m256i*>(p), bits);
+  } else {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), bits);
+  }
+}
+#endif
+
+// y = ((z − shift) − mean)·rstd [·γ] [+β] at element i, as float32 lanes.
+template <typename Src, bool kGamma, bool kBeta>
+struct RowValue {
+  const Src* z;
+  float shift, mean, rstd;
+  const float* gamma;
+  const float* beta;
+
+  template <class D>
+  HWY_INLINE hn::Vec<D> operator()(D tag, size_t i) const {
+    auto v = hn::Sub(hn::Sub(LoadAs(tag, z + i), hn::Set(tag, shift)),
                      hn::Set(tag, mean));
     v = hn::Mul(v, hn::Set(tag, rstd));
     if constexpr (kGamma && kBeta) {
@@ -265,7 +318,14 @@ void OutputRow(const float* z, size_t d, float shift, float mean, float rstd,
       v = hn::Add(v, hn::LoadU(tag, beta + i));
     }
     return v;
-  };
+  }
+};
+
+// Writes the row's outputs as T. With kStream, whole vectors bypass the
+// cache (for outputs larger than the caches); the element values are the
+// same either way, only the store instruction differs.
+template <typename T, bool kStream, class Value>
+void OutputRow(const Value& value, size_t d, T* out) {
   const hn::ScalableTag<float> df;
   const hn::CappedTag<float, 1> d1;
   const size_t n = hn::Lanes(df);
@@ -282,22 +342,59 @@ void OutputRow(const float* z, size_t d, float shift, float mean, float rstd,
   for (; i < d; ++i) StoreAs(d1, value(d1, i), out + i);
 }
 
-template <typename T, bool kStream>
-void OutputRowAffine(const float* z, size_t d, float shift, float mean,
+#if NORMSERVE_BF16_NATIVE
+// OutputRow for bfloat16 output with the native conversion; bit-identical.
+template <bool kStream, class Value>
+NORMSERVE_BF16_ATTR void OutputRowNativeBF16(const Value& value, size_t d,
+                                             BF16* out) {
+  const hn::Full512<float> df;
+  const hn::CappedTag<float, 1> d1;
+  constexpr size_t kLanes = 16;
+  size_t i = 0;
+  if constexpr (kStream) {
+    while (i < d && reinterpret_cast<uintptr_t>(out + i) % 32 != 0) {
+      StoreAs(d1, value(d1, i), out + i);
+      ++i;
+    }
+  }
+  for (; i + kLanes <= d; i += kLanes) {
+    StoreBF16Native<kStream>(value(df, i), out + i);
+  }
+  for (; i < d; ++i) StoreAs(d1, value(d1, i), out + i);
+}
+
+bool HasNativeBF16() {
+  static const bool supported = __builtin_cpu_supports("avx512bf16");
+  return supported;
+}
+#endif
+
+template <typename T, bool kStream, class Value>
+void OutputRowFor(const Value& value, size_t d, T* out) {
+#if NORMSERVE_BF16_NATIVE
+  if constexpr (std::is_same_v<T, BF16>) {
+    if (HasNativeBF16()) return OutputRowNativeBF16<kStream>(value, d, out);
+  }
+#endif
+  OutputRow<T, kStream>(value, d, out);
+}
+
+template <typename T, bool kStream, typename Src>
+void OutputRowAffine(const Src* z, size_t d, float shift, float mean,
                      float rstd, const float* gamma, const float* beta,
                      T* out) {
   if (gamma != nullptr && beta != nullptr) {
-    OutputRow<T, true, true, kStream>(z, d, shift, mean, rstd, gamma, beta,
-                                      out);
+    OutputRowFor<T, kStream>(
+        RowValue<Src, true, true>{z, shift, mean, rstd, gamma, beta}, d, out);
   } else if (gamma != nullptr) {
-    OutputRow<T, true, false, kStream>(z, d, shift, mean, rstd, gamma, beta,
-                                       out);
+    OutputRowFor<T, kStream>(
+        RowValue<Src, true, false>{z, shift, mean, rstd, gamma, beta}, d, out);
   } else if (beta != nullptr) {
-    OutputRow<T, false, true, kStream>(z, d, shift, mean, rstd, gamma, beta,
-                                       out);
+    OutputRowFor<T, kStream>(
+        RowValue<Src, false, true>{z, shift, mean, rstd, gamma, beta}, d, out);
   } else {
-    OutputRow<T, false, false, kStream>(z, d, shift, mean, rstd, gamma, beta,
-                                        out);
+    OutputRowFor<T, kStream>(
+        RowValue<Src, false, false>{z, shift, mean, rstd, gamma, beta}, d, out);
   }
 }
 
@@ -311,8 +408,11 @@ void RowsTyped(const RowSegment& s, int64_t row_begin, int64_t row_end,
   const size_t d = static_cast<size_t>(p.dim);
   const hn::CappedTag<float, 1> d1;
   const bool layer_norm = p.kind == NormKind::kLayerNorm;
-  constexpr bool kFloatInput = std::is_same_v<In, float>;
-  const bool in_place = kFloatInput && s.residual == nullptr;
+  // Without a residual every pass reads the input row itself (from L1/L2
+  // after the first), converting as it loads; with one, the first pass
+  // writes z = input + residual to a float32 scratch row that the others
+  // read.
+  const bool direct = s.residual == nullptr;
 
   thread_local std::vector<float> scratch;
   if (scratch.size() < 2 * d) scratch.resize(2 * d);
@@ -333,96 +433,95 @@ void RowsTyped(const RowSegment& s, int64_t row_begin, int64_t row_end,
     const char* x_end = reinterpret_cast<const char*>(
         static_cast<const In*>(s.input) + static_cast<size_t>(row_end) * d);
 
-    // z as float32: the input itself, or converted into the scratch row by
-    // the first pass as it sums.
     float* zs = scratch.data();
-    const float* z = in_place ? reinterpret_cast<const float*>(x) : zs;
-    auto plain = [z](auto tag, size_t i) { return hn::LoadU(tag, z + i); };
-    auto first = [z, x_end](auto tag, size_t i) {
-      const char* ahead = reinterpret_cast<const char*>(z + i) + kPrefetchBytes;
-      if (ahead < x_end) hwy::Prefetch(ahead);
-      return hn::LoadU(tag, z + i);
+    auto from_input = [x](auto tag, size_t i) { return LoadAs(tag, x + i); };
+    auto from_scratch = [zs](auto tag, size_t i) {
+      return hn::LoadU(tag, zs + i);
     };
-    // Converts (and adds the residual), stores z to scratch and, when
-    // asked, to sum_out; kResidual/kSum are compile-time so that the hot
-    // loop carries no dead branches.
-    auto convert_with = [x, res, zs, sum_out, x_end](auto residual_tag,
-                                                     auto sum_tag) {
-      constexpr bool kResidual = decltype(residual_tag)::value;
+    auto first_from_input = [x, x_end](auto tag, size_t i) {
+      const char* ahead = reinterpret_cast<const char*>(x + i) + kPrefetchBytes;
+      if (ahead < x_end) hwy::Prefetch(ahead);
+      return LoadAs(tag, x + i);
+    };
+    // Adds the residual, rounds to In, stores z to scratch and, when asked,
+    // to sum_out; kSum is compile-time so that the hot loop carries no dead
+    // branch.
+    auto convert_with = [x, res, zs, sum_out, x_end](auto sum_tag) {
       constexpr bool kSum = decltype(sum_tag)::value;
       return [=](auto tag, size_t i) {
         const char* ahead =
             reinterpret_cast<const char*>(x + i) + kPrefetchBytes;
         if (ahead < x_end) hwy::Prefetch(ahead);
-        auto v = LoadAs(tag, x + i);
-        if constexpr (kResidual) {
-          hwy::Prefetch(reinterpret_cast<const char*>(res + i) +
-                        kPrefetchBytes);
-          v = RoundTo<In>(tag, hn::Add(v, LoadAs(tag, res + i)));
-        }
+        hwy::Prefetch(reinterpret_cast<const char*>(res + i) + kPrefetchBytes);
+        const auto v =
+            RoundTo<In>(tag, hn::Add(LoadAs(tag, x + i), LoadAs(tag, res + i)));
         hn::StoreU(v, tag, zs + i);
         if constexpr (kSum) StoreAs(tag, v, sum_out + i);
         return v;
       };
     };
-    using Yes = std::true_type;
-    using No = std::false_type;
-    // Runs `body(loader)` with the converting loader this row needs.
-    auto with_convert = [&](auto&& body) {
-      if (res != nullptr && sum_out != nullptr)
-        return body(convert_with(Yes(), Yes()));
-      if (res != nullptr) return body(convert_with(Yes(), No()));
-      if (sum_out != nullptr) return body(convert_with(No(), Yes()));
-      return body(convert_with(No(), No()));
+    // Runs `body(loader)` with the first-pass loader this row needs.
+    auto with_first = [&](auto&& body) {
+      if (direct) return body(first_from_input);
+      if (sum_out != nullptr) return body(convert_with(std::true_type()));
+      return body(convert_with(std::false_type()));
     };
-    if (in_place && sum_out != nullptr)
-      std::memcpy(sum_out, x, d * sizeof(float));
+    if (direct && sum_out != nullptr) std::memcpy(sum_out, x, d * sizeof(In));
 
     float shift = 0.0f;
     double mean_shifted = 0.0;
     double m2;
     float center = 0.0f;
     if (layer_norm) {
-      double sum;
-      if (in_place) {
-        shift = z[0];
-        sum = SumRow<false>(d, shift, 0.0f, first);
-      } else {
-        sum = with_convert([&](const auto& convert) {
-          shift = hn::GetLane(convert(d1, 0));
-          return SumRow<false>(d, shift, 0.0f, convert);
-        });
-      }
+      const double sum = with_first([&](const auto& first) {
+        shift = hn::GetLane(first(d1, 0));
+        return SumRow<false>(d, shift, 0.0f, first);
+      });
       mean_shifted = sum / static_cast<double>(d);
       center = static_cast<float>(mean_shifted);
-      m2 = SumRow<true>(d, shift, center, plain);
+      m2 = direct ? SumRow<true>(d, shift, center, from_input)
+                  : SumRow<true>(d, shift, center, from_scratch);
     } else {
-      m2 = in_place ? SumRow<true>(d, 0.0f, 0.0f, first)
-                    : with_convert([&](const auto& convert) {
-                        return SumRow<true>(d, 0.0f, 0.0f, convert);
-                      });
+      m2 = with_first([&](const auto& first) {
+        return SumRow<true>(d, 0.0f, 0.0f, first);
+      });
     }
     // Σ(v − c)² = Σ(v − m)² + D(m − c)²: remove the (tiny) centring error.
     const double delta = mean_shifted - static_cast<double>(center);
     double var = m2 / static_cast<double>(d) - delta * delta;
     if (var < 0.0) var = 0.0;
 
+    // z as a float32 row, for the rare rows below.
+    auto float_row = [&]() -> const float* {
+      if constexpr (std::is_same_v<In, float>) {
+        if (direct) return x;
+      }
+      if (direct) LoadRow(x, d, zs);
+      return zs;
+    };
     double mean_out = static_cast<double>(shift) + mean_shifted;
     double rstd = 1.0 / std::sqrt(var + static_cast<double>(p.epsilon));
     const bool finite = std::isfinite(mean_shifted) && std::isfinite(m2);
-    const bool tiny = var < kTinyVariance && !AllEqual(z, d, shift);
+    const bool tiny = var < kTinyVariance && !AllEqual(float_row(), d, shift);
     if (finite && !tiny) {
       const float rs = static_cast<float>(rstd);
-      if (stream) {
-        OutputRowAffine<Out, true>(z, d, shift, center, rs, p.gamma, p.beta,
-                                   out);
+      auto output = [&](const auto* z) {
+        if (stream) {
+          OutputRowAffine<Out, true>(z, d, shift, center, rs, p.gamma, p.beta,
+                                     out);
+        } else {
+          OutputRowAffine<Out, false>(z, d, shift, center, rs, p.gamma, p.beta,
+                                      out);
+        }
+      };
+      if (direct) {
+        output(x);
       } else {
-        OutputRowAffine<Out, false>(z, d, shift, center, rs, p.gamma, p.beta,
-                                    out);
+        output(static_cast<const float*>(zs));
       }
     } else {
       float* y = scratch.data() + d;
-      RowInDouble(p, z, y, &mean_out, &rstd);
+      RowInDouble(p, float_row(), y, &mean_out, &rstd);
       StoreRow(y, d, out);
     }
     if (s.mean != nullptr)
