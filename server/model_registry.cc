@@ -137,11 +137,14 @@ absl::StatusOr<std::unique_ptr<Model>> BuildModel(
     }
     m->int8_output_scale = c.output_scale();
   }
-  for (const std::vector<float>* values : {&m->gamma, &m->beta}) {
-    for (float v : *values) {
-      if (!std::isfinite(v)) {
+  for (const auto& [name, values] :
+       {std::pair<const char*, const std::vector<float>*>{"gamma", &m->gamma},
+        {"beta", &m->beta}}) {
+    for (size_t i = 0; i < values->size(); ++i) {
+      if (!std::isfinite((*values)[i])) {
         return absl::InvalidArgumentError(
-            absl::StrCat(where, ": gamma/beta hold a non-finite value"));
+            absl::StrCat(where, ": ", name, "[", i, "] = ", (*values)[i],
+                         ": expected a finite value"));
       }
     }
   }

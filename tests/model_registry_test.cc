@@ -203,7 +203,7 @@ TEST(ModelRegistryTest, BadInt8OutputQuantizationFailsWithTheFieldNamed) {
        "max|gamma| / output_scale below 2^40"},
       {"models { name: \"x\" normalized_shape: 2 "
        "beta { values: [ 1, nan ] } output_scale: 1 }",
-       "model 'x': gamma/beta hold a non-finite value"},
+       "model 'x': beta[1] = nan: expected a finite value"},
   };
   for (const auto& c : cases) {
     auto r = ModelRegistry::CreateFromText(c.text, "", {});
