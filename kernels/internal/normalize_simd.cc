@@ -261,14 +261,17 @@ HWY_INLINE void StreamAs(DF df, hn::Vec<DF> v, Half* p) {
 // to bfloat16 in one instruction, rounding to nearest even and quieting NaN as
 // BF16Bits does. It flushes denormal results to zero, so a vector holding a
 // denormal takes BF16Bits instead. Highway 1.0 has no target for the
-// extension: functions that use it carry the attribute below and run only
-// where the CPU reports it (HasNativeBF16).
+// extension: functions that use it carry the attribute below (the whole
+// target string: Clang's attribute replaces the surrounding pragma's
+// features rather than adding to them) and run only where the CPU reports
+// it (HasNativeBF16).
 #undef NORMSERVE_BF16_NATIVE
 #undef NORMSERVE_BF16_ATTR
 #if HWY_ARCH_X86 && (HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL) && \
     (HWY_COMPILER_GCC_ACTUAL >= 1000 || HWY_COMPILER_CLANG >= 900)
 #define NORMSERVE_BF16_NATIVE 1
-#define NORMSERVE_BF16_ATTR __attribute__((target("avx512bf16")))
+#define NORMSERVE_BF16_ATTR \
+  __attribute__((target(HWY_TARGET_STR ",avx512bf16")))
 #else
 #define NORMSERVE_BF16_NATIVE 0
 #define NORMSERVE_BF16_ATTR
