@@ -1,5 +1,6 @@
 #include "server/request_decoder.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <optional>
@@ -360,19 +361,18 @@ absl::StatusOr<std::unique_ptr<DecodedRequest>> DecodeRequest(
           "normalized_ndim = ", ndim, ": expected 1 to the input's rank ", rank,
           " (or unset for the model's)"));
     }
-  } else if (ndim > rank) {
+  }
+  // Unset, ndim is the model's rank, which may exceed the input's.
+  if (!model->normalized_shape.empty() &&
+      (ndim > rank || !std::equal(out->shape.end() - ndim, out->shape.end(),
+                                  model->normalized_shape.begin(),
+                                  model->normalized_shape.end()))) {
     return absl::InvalidArgumentError(absl::StrCat(
         "input.shape = ", ShapeText(out->shape), ": model '", model->name,
         "' expects trailing dimensions ", ShapeText(model->normalized_shape)));
   }
   const std::vector<int64_t> normalized_shape(out->shape.end() - ndim,
                                               out->shape.end());
-  if (!model->normalized_shape.empty() &&
-      normalized_shape != model->normalized_shape) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "input.shape = ", ShapeText(out->shape), ": model '", model->name,
-        "' expects trailing dimensions ", ShapeText(model->normalized_shape)));
-  }
   int64_t dim = 1;
   for (int64_t d : normalized_shape) dim *= d;
   out->rows = out->elements / dim;

@@ -347,6 +347,8 @@ void OutputRow(const Value& value, size_t d, T* out) {
 
 #if NORMSERVE_BF16_NATIVE
 // OutputRow for bfloat16 output with the native conversion; bit-identical.
+// A copy of its loop rather than a store policy passed to it: the target
+// attribute has to sit on the function whose body holds the instruction.
 template <bool kStream, class Value>
 NORMSERVE_BF16_ATTR void OutputRowNativeBF16(const Value& value, size_t d,
                                              BF16* out) {
@@ -494,13 +496,17 @@ void RowsTyped(const RowSegment& s, int64_t row_begin, int64_t row_end,
     double var = m2 / static_cast<double>(d) - delta * delta;
     if (var < 0.0) var = 0.0;
 
-    // z as a float32 row, for the rare rows below.
+    // z as a float32 row, for the rare rows below (converted at most once).
+    const float* z_float = direct ? nullptr : zs;
+    if constexpr (std::is_same_v<In, float>) {
+      if (direct) z_float = x;
+    }
     auto float_row = [&]() -> const float* {
-      if constexpr (std::is_same_v<In, float>) {
-        if (direct) return x;
+      if (z_float == nullptr) {
+        LoadRow(x, d, zs);
+        z_float = zs;
       }
-      if (direct) LoadRow(x, d, zs);
-      return zs;
+      return z_float;
     };
     double mean_out = static_cast<double>(shift) + mean_shifted;
     double rstd = 1.0 / std::sqrt(var + static_cast<double>(p.epsilon));
