@@ -12,7 +12,7 @@ FUZZ_SECONDS ?= 300
 SOAK_SECONDS ?= 300
 CMAKE_COMMON = -G Ninja -DCMAKE_BUILD_TYPE=Release -DNORMSERVE_WERROR=ON
 
-.PHONY: all deps build run test test-unit test-sanitize fuzz-smoke fuzz soak bench image clean format
+.PHONY: all deps build run test test-unit test-sanitize fuzz-smoke fuzz soak bench gpu-check image clean format
 
 all: build
 
@@ -69,6 +69,12 @@ fuzz: deps
 
 soak: build
 	NORMSERVE_SOAK_SECONDS=$(SOAK_SECONDS) $(BUILD_DIR)/tests/soak_test
+
+# On a machine with an NVIDIA GPU (and nvcc): the CUDA tests, the server on
+# the GPU, the CUDA benchmark against a device copy and PyTorch, and
+# compute-sanitizer (tests/gpu_checks.sh; logs in $(BUILD_DIR)/gpu-checks).
+gpu-check: build
+	bash tests/gpu_checks.sh $(BUILD_DIR)
 
 bench: build
 	$(BUILD_DIR)/bench/normalize_bench

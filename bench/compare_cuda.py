@@ -33,22 +33,13 @@ KINDS = {"layer_norm": 0, "rms_norm": 1}
 
 # Runs inside --python: times torch on the GPU with CUDA events (median of
 # `iters` calls after warm-up), γ and β in the input dtype as users call it.
+# argv[1] is a JSON list of [dtype, kind, d, rows]; one process serves every
+# case (a torch import and CUDA context per case would cost seconds each).
 TORCH_SNIPPET = textwrap.dedent("""
     import json, sys, torch
     import torch.nn.functional as F
-    dtype, kind, d, rows, iters = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-    t = {"f32": torch.float32, "bf16": torch.bfloat16}[dtype]
+    cases, iters = json.loads(sys.argv[1]), int(sys.argv[2])
     dev = torch.device("cuda")
-    x = torch.randn(rows, d, device=dev).to(t)
-    w = torch.full((d,), 1.25, device=dev, dtype=t)
-    b = torch.full((d,), 1.25, device=dev, dtype=t)
-    y = torch.empty_like(x)
-    if kind == "layer_norm":
-        run = lambda: F.layer_norm(x, (d,), w, b, 1e-5)
-    elif hasattr(F, "rms_norm"):
-        run = lambda: F.rms_norm(x, (d,), w, 1e-5)
-    else:
-        print(json.dumps({"seconds": None})); sys.exit(0)
     def median(fn):
         for _ in range(3): fn()
         times = []
@@ -57,8 +48,25 @@ TORCH_SNIPPET = textwrap.dedent("""
             s.record(); fn(); e.record(); e.synchronize()
             times.append(s.elapsed_time(e) / 1e3)
         times.sort(); return times[len(times) // 2]
-    print(json.dumps({"seconds": median(run), "copy_seconds": median(lambda: y.copy_(x)),
-                      "version": torch.__version__, "device": torch.cuda.get_device_name(0)}))
+    results = []
+    for dtype, kind, d, rows in cases:
+        t = {"f32": torch.float32, "bf16": torch.bfloat16}[dtype]
+        x = torch.randn(rows, d, device=dev).to(t)
+        w = torch.randn(d, device=dev).to(t)
+        b = torch.randn(d, device=dev).to(t)
+        y = torch.empty_like(x)
+        if kind == "layer_norm":
+            run = lambda: F.layer_norm(x, (d,), w, b, 1e-5)
+        elif hasattr(F, "rms_norm"):
+            run = lambda: F.rms_norm(x, (d,), w, 1e-5)
+        else:
+            run = None
+        results.append({"seconds": median(run) if run else None,
+                        "copy_seconds": median(lambda: y.copy_(x))})
+        del x, y
+        torch.cuda.empty_cache()
+    print(json.dumps({"results": results, "version": torch.__version__,
+                      "device": torch.cuda.get_device_name(0)}))
 """)
 
 
@@ -79,22 +87,28 @@ def torch_status(python):
     return True, name
 
 
-def normserve_results(build, dims):
-    """{(dtype, kind, d): (GB/s, vs_copy, copy GB/s)} from the CUDA bench."""
-    binary = os.path.join(build, "bench", "normalize_cuda_bench")
-    if not os.path.exists(binary):
-        sys.exit(f"compare_cuda: {binary} is missing: build with CUDA first")
-    enums = "|".join(str(v[0]) for v in DTYPES.values())
-    dim_re = "|".join(str(d) for d in dims)
-    filt = f"BM_Cuda(Copy|Normalize)/({enums})/.*/?({dim_re})/"
-    out = subprocess.run([binary, "--benchmark_format=json",
-                          f"--benchmark_filter={filt}"],
-                         capture_output=True, text=True, check=True)
-    if not out.stdout.strip():
-        sys.exit("compare_cuda: the CUDA bench ran nothing: "
-                 + out.stderr.strip())
+def normserve_results(build, dims, bench_json=None):
+    """{(dtype, kind, d): (GB/s, vs_copy, copy GB/s)} from the CUDA bench
+    (run now, or read from its earlier --benchmark_out JSON)."""
+    if bench_json:
+        with open(bench_json) as fh:
+            report = json.load(fh)
+    else:
+        binary = os.path.join(build, "bench", "normalize_cuda_bench")
+        if not os.path.exists(binary):
+            sys.exit(f"compare_cuda: {binary} is missing: build with CUDA first")
+        enums = "|".join(str(v[0]) for v in DTYPES.values())
+        dim_re = "|".join(str(d) for d in dims)
+        filt = f"BM_Cuda(Copy|Normalize)/({enums})/.*/?({dim_re})/"
+        out = subprocess.run([binary, "--benchmark_format=json",
+                              f"--benchmark_filter={filt}"],
+                             capture_output=True, text=True, check=True)
+        if not out.stdout.strip():
+            sys.exit("compare_cuda: the CUDA bench ran nothing: "
+                     + out.stderr.strip())
+        report = json.loads(out.stdout)
     copies, results = {}, {}
-    for b in json.loads(out.stdout)["benchmarks"]:
+    for b in report["benchmarks"]:
         args = [int(v) for v in re.findall(r"/(\d+)", b["name"])]
         gbps = b["bytes_per_second"] / 1e9
         if b["name"].startswith("BM_CudaCopy"):
@@ -119,6 +133,9 @@ def main():
                     help="interpreter with PyTorch (CUDA build)")
     ap.add_argument("--dims", default="768,1024,4096,8192,16384")
     ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--bench_json",
+                    help="normalize_cuda_bench's --benchmark_out JSON to use "
+                    "instead of running it")
     ap.add_argument("--out", default=os.path.join(REPO, "bench", "results"))
     args = ap.parse_args()
     dims = [int(d) for d in args.dims.split(",")]
@@ -127,29 +144,27 @@ def main():
     if not ok:
         print(f"compare_cuda: skipped: {device}")
         return 0
-    ours = normserve_results(args.build, dims)
+    ours = normserve_results(args.build, dims, args.bench_json)
 
-    rows = []
-    version = "?"
+    cases = []
     for dtype, (_, size) in DTYPES.items():
         for kind in KINDS:
             for d in dims:
-                if (dtype, kind, d) not in ours:
-                    continue
-                n = INPUT_BYTES // (d * size)
-                out = subprocess.run(
-                    [args.python, "-c", TORCH_SNIPPET, dtype, kind, str(d),
-                     str(n), str(args.iters)],
-                    capture_output=True, text=True, check=True)
-                t = json.loads(out.stdout)
-                version = t.get("version", version)
-                moved = 2 * n * d * size / 1e9
-                gbps, vs_copy, copy_gbps = ours[(dtype, kind, d)]
-                torch_gbps = moved / t["seconds"] if t["seconds"] else None
-                torch_copy = (moved / t["copy_seconds"]
-                              if t.get("copy_seconds") else None)
-                rows.append((dtype, kind, d, n, copy_gbps, gbps, vs_copy,
-                             torch_copy, torch_gbps))
+                if (dtype, kind, d) in ours:
+                    cases.append((dtype, kind, d, INPUT_BYTES // (d * size)))
+    out = subprocess.run([args.python, "-c", TORCH_SNIPPET, json.dumps(cases),
+                          str(args.iters)],
+                         capture_output=True, text=True, check=True)
+    timed = json.loads(out.stdout)
+    version = timed["version"]
+    rows = []
+    for (dtype, kind, d, n), t in zip(cases, timed["results"]):
+        moved = 2 * n * d * DTYPES[dtype][1] / 1e9
+        gbps, vs_copy, copy_gbps = ours[(dtype, kind, d)]
+        torch_gbps = moved / t["seconds"] if t["seconds"] else None
+        torch_copy = moved / t["copy_seconds"] if t["copy_seconds"] else None
+        rows.append((dtype, kind, d, n, copy_gbps, gbps, vs_copy, torch_copy,
+                     torch_gbps))
 
     def f(v, fmt):
         return "n/a" if v is None else fmt.format(v)
