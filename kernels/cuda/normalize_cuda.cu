@@ -12,10 +12,15 @@
 // an address to decide an order; 16-byte loads are used per row and per
 // buffer when that row's pointer is aligned for them, and fetch the same
 // values the element loads would.
+#include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <mutex>
+#include <utility>
+#include <vector>
 
 #include "kernels/cuda/internal/kernel_launch.h"
 #include "kernels/cuda/launch_plan.h"
@@ -46,15 +51,14 @@ struct BF16 {
   static __device__ __forceinline__ float ToFloat(uint16_t b) {
     return __uint_as_float(static_cast<uint32_t>(b) << 16);
   }
-  // Round to nearest even; NaN keeps its sign and becomes quiet: the same
-  // bits as FloatToBFloat16 in kernels/dtype.h.
+  // Round to nearest even (the hardware conversion, subnormals kept); NaN
+  // keeps its sign and payload and becomes quiet: the same bits as
+  // FloatToBFloat16 in kernels/dtype.h.
   static __device__ __forceinline__ uint16_t FromFloat(float f) {
-    uint32_t bits = __float_as_uint(f);
-    if ((bits & 0x7fffffffu) > 0x7f800000u) {
-      return static_cast<uint16_t>((bits >> 16) | 0x40u);
+    if (f != f) {
+      return static_cast<uint16_t>((__float_as_uint(f) >> 16) | 0x40u);
     }
-    bits += 0x7fffu + ((bits >> 16) & 1u);
-    return static_cast<uint16_t>(bits >> 16);
+    return __bfloat16_as_ushort(__float2bfloat16_rn(f));
   }
 };
 
@@ -76,7 +80,7 @@ struct alignas(sizeof(Bits) * V) Pack {
 };
 
 template <typename Bits, int V>
-__device__ __forceinline__ bool CanVectorize(const void* row) {
+__host__ __device__ __forceinline__ bool CanVectorize(const void* row) {
   return reinterpret_cast<uintptr_t>(row) % sizeof(Pack<Bits, V>) == 0;
 }
 
@@ -237,6 +241,11 @@ struct RegisterRow {
     if (t < ptr.tail) z_tail = ptr.LoadZ(ptr.packs * V + t);
   }
 
+  // z of element 0 (every thread loads it: one cached line).
+  __device__ __forceinline__ float First() const {
+    return ptr.LoadZ(int64_t{0});
+  }
+
   // f(pack, z) for each owned pack, in order.
   template <typename F>
   __device__ __forceinline__ void ForEachPack(F&& f) const {
@@ -265,6 +274,10 @@ struct StreamingRow {
                           int num_threads)
       : ptr(p), t(thread), threads(num_threads) {}
 
+  __device__ __forceinline__ float First() const {
+    return ptr.LoadZ(int64_t{0});
+  }
+
   template <typename F>
   __device__ __forceinline__ void ForEachPack(F&& f) const {
     for (int64_t pack = t; pack < ptr.packs; pack += threads) {
@@ -281,6 +294,110 @@ struct StreamingRow {
     }
   }
 };
+
+// The same interface over a copy of the row in shared memory (x only: no
+// residual, no tail), staged there by StageRow. Thread t reads packs
+// t, t + T, … in the order RegisterRow holds them, so the row's arithmetic
+// and its bits are the same as under the register mapping with T threads.
+template <typename In, typename Out>
+struct SharedRow {
+  static constexpr int V = kPackOf<In>;
+  using Bits = typename In::Bits;
+  const RowPointers<In, Out>& ptr;
+  const Pack<Bits, V>* row;  // shared
+  const int t, threads;
+
+  __device__ __forceinline__ float First() const {
+    return In::ToFloat(row[0].v[0]);
+  }
+
+  template <typename F>
+  __device__ __forceinline__ void ForEachPack(F&& f) const {
+    for (int64_t pack = t; pack < ptr.packs; pack += threads) {
+      const Pack<Bits, V> p = row[pack];
+      float z[V];
+#pragma unroll
+      for (int j = 0; j < V; ++j) z[j] = In::ToFloat(p.v[j]);
+      f(pack, z);
+    }
+  }
+  template <typename F>
+  __device__ __forceinline__ void ForTail(F&&) const {}
+};
+
+// Asynchronous 16-byte copies of row `row`'s packs into `dst` (shared), by
+// thread t of T; completes at the matching CpAsyncWait.
+template <typename Bits, int V>
+__device__ __forceinline__ void StageRow(const KernelArgs& a, int64_t row,
+                                         Pack<Bits, V>* dst, int t, int T) {
+  const auto* src =
+      static_cast<const Pack<Bits, V>*>(a.input) + row * (a.dim / V);
+  const int64_t packs = a.dim / V;
+  for (int64_t p = t; p < packs; p += T) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    const auto shared =
+        static_cast<unsigned>(__cvta_generic_to_shared(dst + p));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(shared),
+                 "l"(src + p)
+                 : "memory");
+#else
+    dst[p] = src[p];
+#endif
+  }
+}
+
+__device__ __forceinline__ void CpAsyncCommit() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
+
+// Waits until at most the newest `kPending` groups of this thread's copies
+// are in flight.
+template <int kPending>
+__device__ __forceinline__ void CpAsyncWait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
+#endif
+}
+
+// Row buffers in shared memory per row group (warp or block): row i is
+// normalized from buffer i mod kStages while rows i + 1 … i + kStages − 1
+// are being copied in.
+inline constexpr int kWarpStages = 2;
+inline constexpr int kBlockStages = 2;
+
+// The row loop of a staged mapping: rows first, first + stride, … < rows,
+// each staged kStages − 1 rows ahead into `buffers` (kStages × packs) by
+// thread t of T, then body(row, buffer) between two sync() barriers of the
+// row group.
+template <int kStages, typename Bits, int V, typename Sync, typename Body>
+__device__ __forceinline__ void StagedRows(const KernelArgs& a, int64_t first,
+                                           int64_t stride,
+                                           Pack<Bits, V>* buffers, int t, int T,
+                                           Sync sync, Body body) {
+  const int64_t packs = a.dim / V;
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    const int64_t r = first + s * stride;
+    if (r < a.rows) StageRow<Bits, V>(a, r, buffers + s * packs, t, T);
+    CpAsyncCommit();
+  }
+  int b = 0;
+  for (int64_t row = first; row < a.rows; row += stride) {
+    const int64_t ahead = row + (kStages - 1) * stride;
+    const int ahead_b = b == 0 ? kStages - 1 : b - 1;
+    if (ahead < a.rows) {
+      StageRow<Bits, V>(a, ahead, buffers + ahead_b * packs, t, T);
+    }
+    CpAsyncCommit();
+    CpAsyncWait<kStages - 1>();
+    sync();
+    body(row, buffers + b * packs);
+    sync();  // buffer b is read: a later row may be staged into it
+    b = b + 1 == kStages ? 0 : b + 1;
+  }
+}
 
 // ---- The row algorithm ----
 
@@ -314,8 +431,8 @@ __device__ __forceinline__ void NormalizeRow(const KernelArgs& a, int64_t row,
   constexpr int V = kPackOf<In>;
   const double d = static_cast<double>(a.dim);
   const bool layer = a.layer_norm;
-  // The shift: z of element 0, loaded by every thread (one cached line).
-  const float shift = layer ? ptr.LoadZ(int64_t{0}) : 0.0f;
+  // The shift: z of element 0.
+  const float shift = layer ? src.First() : 0.0f;
 
   // Pass 1 (LayerNorm): Σ (z − shift).
   float center = 0.0f;
@@ -440,8 +557,11 @@ __device__ __forceinline__ void NormalizeRow(const KernelArgs& a, int64_t row,
 
 // ---- Kernels, one per mapping ----
 
+// At least 3 blocks per multiprocessor: more rows in flight outweigh the
+// few spilled registers of the 16-bit cases (measured on an H200,
+// bench/results/cuda_2026-11-25/).
 template <typename In, typename Out, int kPacks>
-__global__ void __launch_bounds__(kWarpRowsPerBlock * 32)
+__global__ void __launch_bounds__(kWarpRowsPerBlock * 32, 3)
     WarpPerRowKernel(const KernelArgs a) {
   const int lane = static_cast<int>(threadIdx.x % 32);
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpRowsPerBlock +
@@ -477,6 +597,136 @@ __global__ void __launch_bounds__(kStreamingThreads)
                         t == 0);
 }
 
+// The staged mappings: rows whose input is 16-byte aligned, D a multiple of
+// the pack and no residual. Each row group (a warp, or the block) loops over
+// rows row0, row0 + stride, … and copies the next row into shared memory
+// (cp.async, two buffers) while it normalizes the current one there, so a
+// row's loads are in flight during the previous row's reductions and
+// stores, and registers hold no row.
+template <typename In, typename Out>
+__global__ void __launch_bounds__(kWarpRowsPerBlock * 32)
+    StagedWarpKernel(const KernelArgs a) {
+  using Bits = typename In::Bits;
+  constexpr int V = kPackOf<In>;
+  extern __shared__ uint4 staged_smem[];
+  const int lane = static_cast<int>(threadIdx.x % 32);
+  const int warp = static_cast<int>(threadIdx.x / 32);
+  auto* buffers = reinterpret_cast<Pack<Bits, V>*>(staged_smem) +
+                  warp * kWarpStages * (a.dim / V);
+  StagedRows<kWarpStages, Bits, V>(
+      a, static_cast<int64_t>(blockIdx.x) * kWarpRowsPerBlock + warp,
+      static_cast<int64_t>(gridDim.x) * kWarpRowsPerBlock, buffers, lane, 32,
+      [] { __syncwarp(); },
+      [&](int64_t row, const Pack<Bits, V>* buffer) {
+        const RowPointers<In, Out> ptr(a, row);
+        const SharedRow<In, Out> src{ptr, buffer, lane, 32};
+        NormalizeRow<In, Out>(a, row, ptr, src, WarpGroup{}, lane == 0);
+      });
+}
+
+template <typename In, typename Out>
+__global__ void __launch_bounds__(1024) StagedBlockKernel(const KernelArgs a) {
+  using Bits = typename In::Bits;
+  constexpr int V = kPackOf<In>;
+  extern __shared__ uint4 staged_smem[];
+  __shared__ float partial_f[32];
+  __shared__ double partial_d[32];
+  const int t = static_cast<int>(threadIdx.x);
+  const int T = static_cast<int>(blockDim.x);
+  StagedRows<kBlockStages, Bits, V>(
+      a, blockIdx.x, gridDim.x, reinterpret_cast<Pack<Bits, V>*>(staged_smem),
+      t, T, [] { __syncthreads(); },
+      [&](int64_t row, const Pack<Bits, V>* buffer) {
+        const RowPointers<In, Out> ptr(a, row);
+        const SharedRow<In, Out> src{ptr, buffer, t, T};
+        NormalizeRow<In, Out>(a, row, ptr, src,
+                              BlockGroup{partial_f, partial_d}, t == 0);
+      });
+}
+
+// Blocks of `kernel` (with `smem` bytes of dynamic shared memory and
+// `threads` threads) that the current device holds at once, over all its
+// multiprocessors; 0 if unknown. Cached per device, kernel and shape.
+int ResidentBlocks(const void* kernel, int threads, size_t smem) {
+  struct Key {
+    int device;
+    const void* kernel;
+    int threads;
+    size_t smem;
+  };
+  static std::mutex mu;
+  static std::vector<std::pair<Key, int>> cache;
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) return 0;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    for (const auto& [k, v] : cache) {
+      if (k.device == device && k.kernel == kernel && k.threads == threads &&
+          k.smem == smem) {
+        return v;
+      }
+    }
+  }
+  // The kernel's dynamic shared memory limit goes to the most the device
+  // allows beside its static shared memory (never down: another shape may
+  // already launch with more).
+  int sms = 0, per_sm = 0, optin = 0;
+  cudaFuncAttributes attributes;
+  if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) !=
+          cudaSuccess ||
+      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin,
+                             device) != cudaSuccess ||
+      cudaFuncGetAttributes(&attributes, kernel) != cudaSuccess ||
+      smem + attributes.sharedSizeBytes > static_cast<size_t>(optin) ||
+      cudaFuncSetAttribute(
+          kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+          optin - static_cast<int>(attributes.sharedSizeBytes)) !=
+          cudaSuccess ||
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads,
+                                                    smem) != cudaSuccess) {
+    cudaGetLastError();  // an answer, not a fault: the register path serves
+    return 0;
+  }
+  std::lock_guard<std::mutex> lock(mu);
+  if (cache.size() < 256)
+    cache.push_back({{device, kernel, threads, smem}, sms * per_sm});
+  return sms * per_sm;
+}
+
+// Launches the staged mapping for `plan` if the rows allow it and the device
+// holds at least one block; false to use the register mapping instead.
+template <typename In, typename Out>
+bool LaunchStaged(const KernelArgs& a, const LaunchPlan& plan,
+                  cudaStream_t stream, cudaError_t* error) {
+  using Bits = typename In::Bits;
+  constexpr int V = kPackOf<In>;
+  if (a.residual != nullptr || a.dim % V != 0 ||
+      !CanVectorize<Bits, V>(a.input) ||
+      plan.mapping == RowMapping::kBlockStreaming) {
+    return false;
+  }
+  const size_t row_bytes = static_cast<size_t>(a.dim) * sizeof(Bits);
+  const bool warp = plan.mapping == RowMapping::kWarpPerRow;
+  const int threads = plan.threads_per_block();
+  const size_t smem = row_bytes * static_cast<size_t>(plan.rows_per_block) *
+                      static_cast<size_t>(warp ? kWarpStages : kBlockStages);
+  const void* kernel =
+      warp ? reinterpret_cast<const void*>(&StagedWarpKernel<In, Out>)
+           : reinterpret_cast<const void*>(&StagedBlockKernel<In, Out>);
+  const int resident = ResidentBlocks(kernel, threads, smem);
+  if (resident <= 0) return false;
+  const int64_t blocks = std::min<int64_t>(GridBlocks(plan, a.rows), resident);
+  const dim3 grid(static_cast<unsigned>(blocks));
+  const dim3 block(static_cast<unsigned>(threads));
+  if (warp) {
+    StagedWarpKernel<In, Out><<<grid, block, smem, stream>>>(a);
+  } else {
+    StagedBlockKernel<In, Out><<<grid, block, smem, stream>>>(a);
+  }
+  *error = cudaGetLastError();
+  return true;
+}
+
 // ---- Dispatch ----
 
 template <typename In, typename Out>
@@ -484,6 +734,10 @@ cudaError_t LaunchTyped(const KernelArgs& a, const LaunchPlan& plan,
                         cudaStream_t stream) {
   constexpr int V = kPackOf<In>;
   if (plan.pack_elements != V) return cudaErrorInvalidValue;
+  cudaError_t staged_error = cudaSuccess;
+  if (LaunchStaged<In, Out>(a, plan, stream, &staged_error)) {
+    return staged_error;
+  }
   const dim3 grid(static_cast<unsigned>(GridBlocks(plan, a.rows)));
   const dim3 block(static_cast<unsigned>(plan.threads_per_block()));
   switch (plan.mapping) {
