@@ -72,6 +72,24 @@ TEST(CudaLaunchPlanTest, MediumRowsGetTheSmallestBlockThatHoldsThem) {
   EXPECT_EQ(h.threads_per_row, 512);
 }
 
+TEST(CudaLaunchPlanTest, StagesSixteenBitRowsAndLongFloat32Rows) {
+  for (DType t : {DType::kFloat16, DType::kBFloat16}) {
+    for (int64_t d : {8, 768, 1024, 4096, 16384}) {
+      EXPECT_TRUE(PlanLaunch(d, t).staged) << d;
+    }
+    EXPECT_FALSE(PlanLaunch(1031, t).staged);   // a tail
+    EXPECT_FALSE(PlanLaunch(16392, t).staged);  // streaming
+  }
+  for (int64_t d : {4, 768, 1024, 4096, 8188}) {
+    EXPECT_FALSE(PlanLaunch(d, DType::kFloat32).staged) << d;
+  }
+  for (int64_t d : {8192, 12288, 16384}) {
+    EXPECT_TRUE(PlanLaunch(d, DType::kFloat32).staged) << d;
+  }
+  EXPECT_FALSE(PlanLaunch(8193, DType::kFloat32).staged);  // a tail
+  EXPECT_FALSE(PlanLaunch(65536, DType::kFloat32).staged);
+}
+
 TEST(CudaLaunchPlanTest, VeryLongRowsStreamThroughAFullBlock) {
   for (DType t : kTypes) {
     for (int64_t d :

@@ -19,6 +19,8 @@ LaunchPlan PlanLaunch(int64_t dim, DType input_dtype) {
   plan.pack_elements = static_cast<int>(16 / DTypeSize(input_dtype));
   const int64_t packs = dim / plan.pack_elements;
   const int64_t packed_dim = packs * plan.pack_elements;
+  plan.staged = packed_dim == dim && packed_dim <= kBlockMaxPackedDim &&
+                (input_dtype != DType::kFloat32 || dim >= kStagedMinFloat32Dim);
   if (packed_dim <= kWarpMaxPackedDim) {
     plan.mapping = RowMapping::kWarpPerRow;
     plan.threads_per_row = 32;

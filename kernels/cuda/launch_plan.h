@@ -28,6 +28,19 @@
 //                  passes over the row in global memory (sums, squares,
 //                  output); the re-reads are served mostly by L2.
 //
+// Staging (kWarpPerRow and kBlockPerRow)
+//   Instead of loading its row into registers, a row group (the warp, or
+//   the block) may loop over rows and copy the next one into shared memory
+//   (cp.async, two buffers) while it normalizes the current one there. The
+//   threads, the packs each thread owns and the order of every sum are the
+//   same, so are the bits. `staged` says where that pays, as measured on an
+//   H200 (bench/results/cuda_2026-11-25/): for 16-bit inputs (the register
+//   row takes 2 float registers per input's 2 bytes, so fewer rows fit in
+//   flight) and for float32 rows of 8192 elements or more (one or two rows
+//   per multiprocessor, whose loads would otherwise wait for the previous
+//   row's reductions). It also needs D a multiple of the pack; at launch,
+//   a 16-byte aligned input and no residual (else the register kernel runs).
+//
 // Thread-safe (pure); never fails for dim > 0.
 #ifndef NORMSERVE_KERNELS_CUDA_LAUNCH_PLAN_H_
 #define NORMSERVE_KERNELS_CUDA_LAUNCH_PLAN_H_
@@ -51,9 +64,13 @@ struct LaunchPlan {
   int packs_per_thread = 1;
   // Rows one block serves (warps per block for kWarpPerRow, else 1).
   int rows_per_block = 1;
+  // Rows staged through shared memory where the input allows (above).
+  bool staged = false;
   int threads_per_block() const { return threads_per_row * rows_per_block; }
 };
 
+// Smallest float32 D that is staged.
+inline constexpr int64_t kStagedMinFloat32Dim = 8192;
 // Largest D (without its tail) kept in registers by a warp, and by a block.
 inline constexpr int64_t kWarpMaxPackedDim = 1024;
 inline constexpr int64_t kBlockMaxPackedDim = 16384;

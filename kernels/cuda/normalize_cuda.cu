@@ -700,9 +700,9 @@ bool LaunchStaged(const KernelArgs& a, const LaunchPlan& plan,
                   cudaStream_t stream, cudaError_t* error) {
   using Bits = typename In::Bits;
   constexpr int V = kPackOf<In>;
-  if (a.residual != nullptr || a.dim % V != 0 ||
-      !CanVectorize<Bits, V>(a.input) ||
-      plan.mapping == RowMapping::kBlockStreaming) {
+  if (!plan.staged || plan.mapping == RowMapping::kBlockStreaming ||
+      a.residual != nullptr || a.dim % V != 0 ||
+      !CanVectorize<Bits, V>(a.input)) {
     return false;
   }
   const size_t row_bytes = static_cast<size_t>(a.dim) * sizeof(Bits);
