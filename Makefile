@@ -4,7 +4,8 @@
 #              then the sanitizer builds (ASan+UBSan, TSan) and a short
 #              libFuzzer run of every fuzz target
 # Also: make test-sanitize, make fuzz (longer fuzzing), make soak (minutes of
-# mixed traffic against a live server), make bench, make image (see README).
+# mixed traffic against a live server), make bench, make image, and on a
+# machine with an NVIDIA GPU make gpu-check (see README).
 BUILD_DIR ?= build
 JOBS ?= $(shell nproc)
 ARGS ?=

@@ -597,8 +597,10 @@ __global__ void __launch_bounds__(kStreamingThreads)
                         t == 0);
 }
 
-// The staged mappings: rows whose input is 16-byte aligned, D a multiple of
-// the pack and no residual. Each row group (a warp, or the block) loops over
+// The staged mappings (LaunchPlan::staged, launch_plan.h), for rows whose
+// input is 16-byte aligned, D a multiple of the pack and no residual; any
+// other launch takes the register kernels. Each row group (a warp, or the
+// block) loops over
 // rows row0, row0 + stride, … and copies the next row into shared memory
 // (cp.async, two buffers) while it normalizes the current one there, so a
 // row's loads are in flight during the previous row's reductions and
