@@ -600,11 +600,10 @@ __global__ void __launch_bounds__(kStreamingThreads)
 // The staged mappings (LaunchPlan::staged, launch_plan.h), for rows whose
 // input is 16-byte aligned, D a multiple of the pack and no residual; any
 // other launch takes the register kernels. Each row group (a warp, or the
-// block) loops over
-// rows row0, row0 + stride, … and copies the next row into shared memory
-// (cp.async, two buffers) while it normalizes the current one there, so a
-// row's loads are in flight during the previous row's reductions and
-// stores, and registers hold no row.
+// block) loops over rows row0, row0 + stride, … and copies the next row
+// into shared memory (cp.async, two buffers) while it normalizes the
+// current one there, so a row's loads are in flight during the previous
+// row's reductions and stores, and registers hold no row.
 template <typename In, typename Out>
 __global__ void __launch_bounds__(kWarpRowsPerBlock * 32)
     StagedWarpKernel(const KernelArgs a) {
@@ -702,8 +701,9 @@ bool LaunchStaged(const KernelArgs& a, const LaunchPlan& plan,
                   cudaStream_t stream, cudaError_t* error) {
   using Bits = typename In::Bits;
   constexpr int V = kPackOf<In>;
-  if (!plan.staged || plan.mapping == RowMapping::kBlockStreaming ||
-      a.residual != nullptr || a.dim % V != 0 ||
+  // plan.staged already holds D to a multiple of the pack and the mapping
+  // to a warp or a block with the row in hand.
+  if (!plan.staged || a.residual != nullptr ||
       !CanVectorize<Bits, V>(a.input)) {
     return false;
   }

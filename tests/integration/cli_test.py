@@ -27,36 +27,13 @@ import urllib.request
 import numpy as np
 
 from live_server import LiveServer
+from numpy_reference import max_error_per_row, reference
 
 SERVER = NORMCTL = None
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 SUMMARY = re.compile(r"^model=(\S+) shape=\[([0-9,]*)\] dtype=(\S+) latency=([0-9.]+) ms$",
                      re.MULTILINE)
-
-
-def reference(x, ndim=1, gamma=None, beta=None, eps=1e-5, rms=False):
-    """torch.nn.functional.layer_norm (or rms_norm) over the trailing `ndim`
-    axes, in float64; also the per-row mean and rstd."""
-    shape = x.shape
-    rows = x.reshape(-1, int(np.prod(shape[len(shape) - ndim:]))).astype(np.float64)
-    mean = np.zeros((rows.shape[0], 1)) if rms else rows.mean(axis=1, keepdims=True)
-    var = ((rows - mean) ** 2).mean(axis=1, keepdims=True)
-    rstd = 1.0 / np.sqrt(var + np.float64(np.float32(eps)))
-    y = (rows - mean) * rstd
-    if gamma is not None:
-        y = y * gamma.astype(np.float32).astype(np.float64).reshape(1, -1)
-    if beta is not None:
-        y = y + beta.astype(np.float32).astype(np.float64).reshape(1, -1)
-    return y.reshape(shape), mean.ravel(), rstd.ravel()
-
-
-def max_error_per_row(y, ref, ndim=1):
-    """Largest |y - ref| of each row over the row's largest |ref|."""
-    d = int(np.prod(ref.shape[ref.ndim - ndim:]))
-    err = np.abs(y.astype(np.float64) - ref).reshape(-1, d).max(axis=1)
-    scale = np.abs(ref).reshape(-1, d).max(axis=1)
-    return err / scale
 
 
 def listening_sockets():

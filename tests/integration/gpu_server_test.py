@@ -30,6 +30,7 @@ import urllib.request
 import numpy as np
 
 from live_server import LiveServer
+from numpy_reference import max_error_per_row, reference
 
 SERVER = NORMCTL = NORMBENCH = None
 SKIP_CODE = 77
@@ -48,23 +49,6 @@ def to_wire(x, dtype):
     bits = x.view(np.uint32).astype(np.uint64)
     bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
     return bits.astype(np.uint32).view(np.float32)
-
-
-def reference(x, gamma, beta, rms, eps=1e-5):
-    """LayerNorm (or RMSNorm) over the last axis in float64; also the
-    per-row mean and rstd."""
-    rows = x.astype(np.float64)
-    mean = np.zeros((rows.shape[0], 1)) if rms else rows.mean(axis=1, keepdims=True)
-    var = ((rows - mean) ** 2).mean(axis=1, keepdims=True)
-    rstd = 1.0 / np.sqrt(var + np.float64(np.float32(eps)))
-    y = (rows - mean) * rstd * gamma.astype(np.float64)
-    if beta is not None:
-        y = y + beta.astype(np.float64)
-    return y, mean.ravel(), rstd.ravel()
-
-
-def row_errors(y, ref):
-    return np.abs(y.astype(np.float64) - ref).max(axis=1) / np.abs(ref).max(axis=1)
 
 
 def metrics_text(port):
@@ -129,13 +113,13 @@ class GpuServerTest(unittest.TestCase):
                         beta = None if rms else rng.normal(0.0, 0.3, d).astype(np.float32)
                         tag = f"{dtype}_{d}_{int(rms)}"
                         y, _ = self.normalize(self.gpu, x, dtype, gamma, beta, rms, tag)
-                        want, _, _ = reference(x, gamma, beta, rms)
+                        want, _, _ = reference(x, gamma=gamma, beta=beta, rms=rms)
                         self.assertEqual(y.shape, want.shape)
-                        self.assertLessEqual(row_errors(y, want).max(), BOUND[dtype])
+                        self.assertLessEqual(max_error_per_row(y, want).max(), BOUND[dtype])
                         # The CPU server: each within the bound of float64,
                         # so within twice the bound of each other.
                         z, _ = self.normalize(self.cpu, x, dtype, gamma, beta, rms, tag + "_cpu")
-                        self.assertLessEqual(row_errors(y, z.astype(np.float64)).max(),
+                        self.assertLessEqual(max_error_per_row(y, z.astype(np.float64)).max(),
                                              2 * BOUND[dtype])
 
     def test_a_large_request_goes_through_the_pipelined_chunks(self):
@@ -146,8 +130,8 @@ class GpuServerTest(unittest.TestCase):
         beta = rng.normal(0.0, 0.3, d).astype(np.float32)
         y, stats = self.normalize(self.gpu, x, "float32", gamma, beta, False, "large",
                                   stats=True)
-        want, mean, rstd = reference(x, gamma, beta, False)
-        self.assertLessEqual(row_errors(y, want).max(), BOUND["float32"])
+        want, mean, rstd = reference(x, gamma=gamma, beta=beta)
+        self.assertLessEqual(max_error_per_row(y, want).max(), BOUND["float32"])
         self.assertGreater(len(stats), 0)
         for r, (m, s) in enumerate(stats):
             self.assertAlmostEqual(m, mean[r], delta=1e-5 / rstd[r])
