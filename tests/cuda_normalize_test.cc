@@ -351,36 +351,39 @@ TEST_F(CudaKernelTest, NanOrInfPoisonsOnlyItsRow) {
 TEST_F(CudaKernelTest, RowBitsDoNotDependOnBatchPositionOrAlignment) {
   std::mt19937 rng(11);
   for (DType in : {DType::kFloat32, DType::kBFloat16}) {
-    for (bool residual : {true, false}) {
-      for (int64_t d : {771, 768, 4100, 4096, 8192, 20000}) {
-        const int kRows = 24;
-        std::vector<float> g, b;
-        Case all = MakeCase(NormKind::kLayerNorm, in, DType::kFloat32, d, kRows,
-                            true, true, residual, &rng, &g, &b);
-        const size_t in_row = d * DTypeSize(in), out_row = d * 4;
-        auto slice = [&](int first, int rows) {
-          Case c = all;
-          c.rows = rows;
-          c.x.bytes.assign(all.x.bytes.begin() + first * in_row,
-                           all.x.bytes.begin() + (first + rows) * in_row);
-          if (residual) {
-            c.residual.bytes.assign(
-                all.residual.bytes.begin() + first * in_row,
-                all.residual.bytes.begin() + (first + rows) * in_row);
-          }
-          return c;
-        };
-        std::vector<std::vector<uint8_t>> alone(kRows);
-        for (int r = 0; r < kRows; ++r) alone[r] = RunOnGpu(slice(r, 1)).y;
-        for (size_t offset : {size_t{0}, size_t{4}, size_t{12}}) {
-          for (int first : {0, 3, 7}) {
-            const int rows = kRows - first;
-            const Output o = RunOnGpu(slice(first, rows), offset);
-            for (int j = 0; j < rows; ++j) {
-              ASSERT_EQ(0, std::memcmp(o.y.data() + j * out_row,
-                                       alone[first + j].data(), out_row))
-                  << Name(in) << " D " << d << " residual " << residual
-                  << " offset " << offset << " row " << first + j;
+    for (DType out : {DType::kFloat32, DType::kBFloat16}) {
+      for (bool residual : {true, false}) {
+        for (int64_t d : {771, 768, 4100, 4096, 8192, 20000}) {
+          const int kRows = 24;
+          std::vector<float> g, b;
+          Case all = MakeCase(NormKind::kLayerNorm, in, out, d, kRows, true,
+                              true, residual, &rng, &g, &b);
+          const size_t in_row = d * DTypeSize(in), out_row = d * DTypeSize(out);
+          auto slice = [&](int first, int rows) {
+            Case c = all;
+            c.rows = rows;
+            c.x.bytes.assign(all.x.bytes.begin() + first * in_row,
+                             all.x.bytes.begin() + (first + rows) * in_row);
+            if (residual) {
+              c.residual.bytes.assign(
+                  all.residual.bytes.begin() + first * in_row,
+                  all.residual.bytes.begin() + (first + rows) * in_row);
+            }
+            return c;
+          };
+          std::vector<std::vector<uint8_t>> alone(kRows);
+          for (int r = 0; r < kRows; ++r) alone[r] = RunOnGpu(slice(r, 1)).y;
+          for (size_t offset : {size_t{0}, size_t{4}, size_t{12}}) {
+            for (int first : {0, 3, 7}) {
+              const int rows = kRows - first;
+              const Output o = RunOnGpu(slice(first, rows), offset);
+              for (int j = 0; j < rows; ++j) {
+                ASSERT_EQ(0, std::memcmp(o.y.data() + j * out_row,
+                                         alone[first + j].data(), out_row))
+                    << Name(in) << "->" << Name(out) << " D " << d
+                    << " residual " << residual << " offset " << offset
+                    << " row " << first + j;
+              }
             }
           }
         }

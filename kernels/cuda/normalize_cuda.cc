@@ -77,6 +77,7 @@ absl::Status NormalizeRowsCuda(const DeviceRows& r, CUstream_st* stream) {
   args.beta = r.params.beta;
   args.rows = r.rows;
   args.dim = d;
+  args.inv_dim = 1.0 / static_cast<double>(d);
   args.epsilon = r.params.epsilon;
   args.layer_norm = r.params.kind == NormKind::kLayerNorm;
   args.input_dtype = r.input_dtype;

@@ -1,17 +1,9 @@
-// The CUDA row kernels. The row algorithm (NormalizeRow) is written once and
-// kept apart from where the row lives: a RegisterRow holds the thread's
-// share of the row in registers (warp and block mappings), a StreamingRow
-// reads it from global memory on every pass (very large D). Reductions go
-// through a WarpGroup or a BlockGroup. Residual, sum output, γ, β and the
-// statistics are run-time flags, uniform across a launch; only the dtypes,
-// the mapping and the packs per thread are template arguments.
-//
-// Ownership and order (see launch_plan.h): thread t of T owns packs
-// t, t + T, … and tail element t; it accumulates its packs in that order,
-// each pack's elements in order, then its tail element. Nothing here reads
-// an address to decide an order; 16-byte loads are used per row and per
-// buffer when that row's pointer is aligned for them, and fetch the same
-// values the element loads would.
+// The CUDA row kernels: the row algorithm (internal/normalize_row.h) run
+// by a warp or a block per row, with the row in registers, in global memory
+// or staged through shared memory; the reduction groups; the launch.
+// LayerNorm and RMSNorm are separate instantiations inside each kernel (a
+// uniform branch on KernelArgs::layer_norm), so that RMSNorm carries no
+// LayerNorm arithmetic.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -19,103 +11,16 @@
 #include <algorithm>
 #include <cstdint>
 #include <mutex>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
 #include "kernels/cuda/internal/kernel_launch.h"
+#include "kernels/cuda/internal/normalize_row.h"
 #include "kernels/cuda/launch_plan.h"
 
 namespace normserve::cuda::internal {
 namespace {
-
-// ---- Element types: storage bits and exact conversions ----
-
-struct F32 {
-  using Bits = float;
-  static __device__ __forceinline__ float ToFloat(float b) { return b; }
-  static __device__ __forceinline__ float FromFloat(float f) { return f; }
-};
-
-struct F16 {
-  using Bits = uint16_t;
-  static __device__ __forceinline__ float ToFloat(uint16_t b) {
-    return __half2float(__ushort_as_half(b));
-  }
-  static __device__ __forceinline__ uint16_t FromFloat(float f) {
-    return __half_as_ushort(__float2half_rn(f));
-  }
-};
-
-struct BF16 {
-  using Bits = uint16_t;
-  static __device__ __forceinline__ float ToFloat(uint16_t b) {
-    return __uint_as_float(static_cast<uint32_t>(b) << 16);
-  }
-  // Round to nearest even (the hardware conversion, subnormals kept); NaN
-  // keeps its sign and payload and becomes quiet: the same bits as
-  // FloatToBFloat16 in kernels/dtype.h.
-  static __device__ __forceinline__ uint16_t FromFloat(float f) {
-    if (f != f) {
-      return static_cast<uint16_t>((__float_as_uint(f) >> 16) | 0x40u);
-    }
-    return __bfloat16_as_ushort(__float2bfloat16_rn(f));
-  }
-};
-
-// f rounded to T and back: what an unfused add in T stores.
-template <typename T>
-__device__ __forceinline__ float RoundTo(float f) {
-  return T::ToFloat(T::FromFloat(f));
-}
-
-// Elements per 16-byte pack of T.
-template <typename T>
-constexpr int kPackOf = static_cast<int>(16 / sizeof(typename T::Bits));
-
-// V consecutive elements, aligned to their size so that they move as one
-// (or, for 32 bytes, two) vector accesses.
-template <typename Bits, int V>
-struct alignas(sizeof(Bits) * V) Pack {
-  Bits v[V];
-};
-
-template <typename Bits, int V>
-__host__ __device__ __forceinline__ bool CanVectorize(const void* row) {
-  return reinterpret_cast<uintptr_t>(row) % sizeof(Pack<Bits, V>) == 0;
-}
-
-// Elements [pack·V, pack·V + V) of `row` as floats.
-template <typename T, int V>
-__device__ __forceinline__ void LoadPack(const typename T::Bits* row,
-                                         int64_t pack, bool vector,
-                                         float (&out)[V]) {
-  using Bits = typename T::Bits;
-  const Bits* p = row + pack * V;
-  if (vector) {
-    const Pack<Bits, V> pk = *reinterpret_cast<const Pack<Bits, V>*>(p);
-#pragma unroll
-    for (int j = 0; j < V; ++j) out[j] = T::ToFloat(pk.v[j]);
-  } else {
-#pragma unroll
-    for (int j = 0; j < V; ++j) out[j] = T::ToFloat(p[j]);
-  }
-}
-
-template <typename T, int V>
-__device__ __forceinline__ void StorePack(typename T::Bits* row, int64_t pack,
-                                          bool vector, const float (&in)[V]) {
-  using Bits = typename T::Bits;
-  Bits* p = row + pack * V;
-  if (vector) {
-    Pack<Bits, V> pk;
-#pragma unroll
-    for (int j = 0; j < V; ++j) pk.v[j] = T::FromFloat(in[j]);
-    *reinterpret_cast<Pack<Bits, V>*>(p) = pk;
-  } else {
-#pragma unroll
-    for (int j = 0; j < V; ++j) p[j] = T::FromFloat(in[j]);
-  }
-}
 
 // ---- Reductions: identical result in every thread of the group ----
 
@@ -135,6 +40,11 @@ struct WarpGroup {
   __device__ __forceinline__ A Sum(A v) const {
     return WarpSum(v);
   }
+  // Two sums at once, in place.
+  __device__ __forceinline__ void Sum2(float* a, float* b) const {
+    *a = WarpSum(*a);
+    *b = WarpSum(*b);
+  }
   __device__ __forceinline__ bool Any(bool b) const {
     return __any_sync(0xffffffffu, b) != 0;
   }
@@ -143,7 +53,7 @@ struct WarpGroup {
 // The block serves the row: warp sums, then every warp sums the warps'
 // partial sums in warp order (lanes beyond the warp count add zero).
 struct BlockGroup {
-  float* partial_f;   // shared, 32
+  float* partial_f;   // shared, 64
   double* partial_d;  // shared, 32
 
   template <typename A>
@@ -157,6 +67,20 @@ struct BlockGroup {
     __syncthreads();
     return WarpSum(lane < warps ? partial[lane] : A(0));
   }
+  // Two sums through one pair of barriers, each as Sum would give it.
+  __device__ __forceinline__ void Sum2(float* a, float* b) const {
+    const int lane = threadIdx.x % 32;
+    const int warps = static_cast<int>(blockDim.x / 32);
+    const float wa = WarpSum(*a), wb = WarpSum(*b);
+    __syncthreads();
+    if (lane == 0) {
+      partial_f[threadIdx.x / 32] = wa;
+      partial_f[32 + threadIdx.x / 32] = wb;
+    }
+    __syncthreads();
+    *a = WarpSum(lane < warps ? partial_f[lane] : 0.0f);
+    *b = WarpSum(lane < warps ? partial_f[32 + lane] : 0.0f);
+  }
   __device__ __forceinline__ bool Any(bool b) const {
     return __syncthreads_or(b ? 1 : 0) != 0;
   }
@@ -166,163 +90,6 @@ struct BlockGroup {
   __device__ __forceinline__ double* Partial(double*) const {
     return partial_d;
   }
-};
-
-// ---- Where a row lives ----
-
-// Row pointers of one row, and how each may be accessed.
-template <typename In, typename Out>
-struct RowPointers {
-  using InBits = typename In::Bits;
-  using OutBits = typename Out::Bits;
-  static constexpr int V = kPackOf<In>;
-
-  const InBits* x;
-  const InBits* residual;  // null without
-  OutBits* y;
-  InBits* sum;  // null without
-  bool x_vec, residual_vec, y_vec, sum_vec;
-  int64_t packs;  // full packs
-  int tail;       // elements after them
-
-  __device__ RowPointers(const KernelArgs& a, int64_t row) {
-    const int64_t offset = row * a.dim;
-    x = static_cast<const InBits*>(a.input) + offset;
-    residual = a.residual != nullptr
-                   ? static_cast<const InBits*>(a.residual) + offset
-                   : nullptr;
-    y = static_cast<OutBits*>(a.output) + offset;
-    sum = a.sum_output != nullptr ? static_cast<InBits*>(a.sum_output) + offset
-                                  : nullptr;
-    x_vec = CanVectorize<InBits, V>(x);
-    residual_vec = residual != nullptr && CanVectorize<InBits, V>(residual);
-    y_vec = CanVectorize<OutBits, V>(y);
-    sum_vec = sum != nullptr && CanVectorize<InBits, V>(sum);
-    packs = a.dim / V;
-    tail = static_cast<int>(a.dim - packs * V);
-  }
-
-  // z of a pack: x [+ residual rounded to In].
-  __device__ __forceinline__ void LoadZ(int64_t pack, float (&z)[V]) const {
-    LoadPack<In, V>(x, pack, x_vec, z);
-    if (residual != nullptr) {
-      float r[V];
-      LoadPack<In, V>(residual, pack, residual_vec, r);
-#pragma unroll
-      for (int j = 0; j < V; ++j) z[j] = RoundTo<In>(z[j] + r[j]);
-    }
-  }
-  __device__ __forceinline__ float LoadZ(int64_t element) const {
-    float z = In::ToFloat(x[element]);
-    if (residual != nullptr) {
-      z = RoundTo<In>(z + In::ToFloat(residual[element]));
-    }
-    return z;
-  }
-};
-
-// The thread's packs (at most kPacks) and tail element, held in registers.
-template <typename In, typename Out, int kPacks>
-struct RegisterRow {
-  static constexpr int V = kPackOf<In>;
-  const RowPointers<In, Out>& ptr;
-  const int t, threads;
-  float z[kPacks][V];
-  float z_tail = 0.0f;
-
-  __device__ RegisterRow(const RowPointers<In, Out>& p, int thread,
-                         int num_threads)
-      : ptr(p), t(thread), threads(num_threads) {
-#pragma unroll
-    for (int k = 0; k < kPacks; ++k) {
-      const int64_t pack = t + static_cast<int64_t>(k) * threads;
-      if (pack < ptr.packs) ptr.LoadZ(pack, z[k]);
-    }
-    if (t < ptr.tail) z_tail = ptr.LoadZ(ptr.packs * V + t);
-  }
-
-  // z of element 0 (every thread loads it: one cached line).
-  __device__ __forceinline__ float First() const {
-    return ptr.LoadZ(int64_t{0});
-  }
-
-  // f(pack, z) for each owned pack, in order.
-  template <typename F>
-  __device__ __forceinline__ void ForEachPack(F&& f) const {
-#pragma unroll
-    for (int k = 0; k < kPacks; ++k) {
-      const int64_t pack = t + static_cast<int64_t>(k) * threads;
-      if (pack < ptr.packs) f(pack, z[k]);
-    }
-  }
-  // f(element, z) for the owned tail element, if any.
-  template <typename F>
-  __device__ __forceinline__ void ForTail(F&& f) const {
-    if (t < ptr.tail) f(ptr.packs * V + t, z_tail);
-  }
-};
-
-// The same interface over global memory: every pass reloads (and re-adds
-// the residual, which rounds to the same bits each time).
-template <typename In, typename Out>
-struct StreamingRow {
-  static constexpr int V = kPackOf<In>;
-  const RowPointers<In, Out>& ptr;
-  const int t, threads;
-
-  __device__ StreamingRow(const RowPointers<In, Out>& p, int thread,
-                          int num_threads)
-      : ptr(p), t(thread), threads(num_threads) {}
-
-  __device__ __forceinline__ float First() const {
-    return ptr.LoadZ(int64_t{0});
-  }
-
-  template <typename F>
-  __device__ __forceinline__ void ForEachPack(F&& f) const {
-    for (int64_t pack = t; pack < ptr.packs; pack += threads) {
-      float z[V];
-      ptr.LoadZ(pack, z);
-      f(pack, z);
-    }
-  }
-  template <typename F>
-  __device__ __forceinline__ void ForTail(F&& f) const {
-    if (t < ptr.tail) {
-      const int64_t e = ptr.packs * V + t;
-      f(e, ptr.LoadZ(e));
-    }
-  }
-};
-
-// The same interface over a copy of the row in shared memory (x only: no
-// residual, no tail), staged there by StageRow. Thread t reads packs
-// t, t + T, … in the order RegisterRow holds them, so the row's arithmetic
-// and its bits are the same as under the register mapping with T threads.
-template <typename In, typename Out>
-struct SharedRow {
-  static constexpr int V = kPackOf<In>;
-  using Bits = typename In::Bits;
-  const RowPointers<In, Out>& ptr;
-  const Pack<Bits, V>* row;  // shared
-  const int t, threads;
-
-  __device__ __forceinline__ float First() const {
-    return In::ToFloat(row[0].v[0]);
-  }
-
-  template <typename F>
-  __device__ __forceinline__ void ForEachPack(F&& f) const {
-    for (int64_t pack = t; pack < ptr.packs; pack += threads) {
-      const Pack<Bits, V> p = row[pack];
-      float z[V];
-#pragma unroll
-      for (int j = 0; j < V; ++j) z[j] = In::ToFloat(p.v[j]);
-      f(pack, z);
-    }
-  }
-  template <typename F>
-  __device__ __forceinline__ void ForTail(F&&) const {}
 };
 
 // Asynchronous 16-byte copies of row `row`'s packs into `dst` (shared), by
@@ -399,163 +166,18 @@ __device__ __forceinline__ void StagedRows(const KernelArgs& a, int64_t first,
   }
 }
 
-// ---- The row algorithm ----
-
-// y = v·rstd [·γ] [+β] for one pack, with v = (z − shift) − center.
-template <int V, typename A>
-__device__ __forceinline__ void Affine(const KernelArgs& a, int64_t first,
-                                       bool gamma_vec, bool beta_vec,
-                                       const float (&z)[V], A shift, A center,
-                                       A rstd, float (&y)[V]) {
-  float g[V], b[V];
-  if (a.gamma != nullptr) LoadPack<F32, V>(a.gamma, first / V, gamma_vec, g);
-  if (a.beta != nullptr) LoadPack<F32, V>(a.beta, first / V, beta_vec, b);
-#pragma unroll
-  for (int j = 0; j < V; ++j) {
-    A v = ((static_cast<A>(z[j]) - shift) - center) * rstd;
-    if (a.gamma != nullptr) v *= static_cast<A>(g[j]);
-    if (a.beta != nullptr) v += static_cast<A>(b[j]);
-    y[j] = static_cast<float>(v);
-  }
-}
-
-// Below this variance float32 squares may have underflowed: recompute in
-// double (as the CPU kernel does).
-constexpr double kTinyVariance = 1e-30;
-
-template <typename In, typename Out, class Row, class Group>
-__device__ __forceinline__ void NormalizeRow(const KernelArgs& a, int64_t row,
-                                             const RowPointers<In, Out>& ptr,
-                                             const Row& src, const Group& group,
-                                             bool leader) {
-  constexpr int V = kPackOf<In>;
-  const double d = static_cast<double>(a.dim);
-  const bool layer = a.layer_norm;
-  // The shift: z of element 0.
-  const float shift = layer ? src.First() : 0.0f;
-
-  // Pass 1 (LayerNorm): Σ (z − shift).
-  float center = 0.0f;
-  float sum1 = 0.0f;
-  if (layer) {
-    float acc = 0.0f;
-    src.ForEachPack([&](int64_t, const float(&z)[V]) {
-#pragma unroll
-      for (int j = 0; j < V; ++j) acc += z[j] - shift;
-    });
-    src.ForTail([&](int64_t, float z) { acc += z - shift; });
-    sum1 = group.Sum(acc);
-    center = static_cast<float>(static_cast<double>(sum1) / d);
-  }
-
-  // Pass 2: Σ (v − c)² and Σ (v − c), v = z − shift, c = center.
-  float sq = 0.0f, lin = 0.0f;
-  src.ForEachPack([&](int64_t, const float(&z)[V]) {
-#pragma unroll
-    for (int j = 0; j < V; ++j) {
-      const float v = (z[j] - shift) - center;
-      sq += v * v;
-      lin += v;
-    }
-  });
-  src.ForTail([&](int64_t, float z) {
-    const float v = (z - shift) - center;
-    sq += v * v;
-    lin += v;
-  });
-  sq = group.Sum(sq);
-  lin = layer ? group.Sum(lin) : 0.0f;
-  // Σ(v − c)² = Σ(v − m)² + (Σ(v − c))²/D removes the error of c.
-  const double lin_d = static_cast<double>(lin);
-  double var = (static_cast<double>(sq) - lin_d * lin_d / d) / d;
-  if (var < 0.0) var = 0.0;
-
-  bool use_double = !isfinite(sum1) || !isfinite(sq);
-  if (!use_double && var < kTinyVariance) {
-    // Exactly constant rows are fine in float32 (they give β); anything
-    // else this small is not.
-    bool varies = false;
-    src.ForEachPack([&](int64_t, const float(&z)[V]) {
-#pragma unroll
-      for (int j = 0; j < V; ++j) varies |= !(z[j] == shift);
-    });
-    src.ForTail([&](int64_t, float z) { varies |= !(z == shift); });
-    use_double = group.Any(varies);
-  }
-
-  const bool gamma_vec = a.gamma != nullptr && CanVectorize<float, V>(a.gamma);
-  const bool beta_vec = a.beta != nullptr && CanVectorize<float, V>(a.beta);
-  float mean_out, rstd_out;
-  if (!use_double) {
-    const float c = center + static_cast<float>(lin_d / d);
-    const float rstd =
-        static_cast<float>(1.0 / sqrt(var + static_cast<double>(a.epsilon)));
-    src.ForEachPack([&](int64_t pack, const float(&z)[V]) {
-      float y[V];
-      Affine<V, float>(a, pack * V, gamma_vec, beta_vec, z, shift, c, rstd, y);
-      StorePack<Out, V>(ptr.y, pack, ptr.y_vec, y);
-      if (ptr.sum != nullptr) StorePack<In, V>(ptr.sum, pack, ptr.sum_vec, z);
-    });
-    src.ForTail([&](int64_t e, float z) {
-      float v = ((z - shift) - c) * rstd;
-      if (a.gamma != nullptr) v *= a.gamma[e];
-      if (a.beta != nullptr) v += a.beta[e];
-      ptr.y[e] = Out::FromFloat(v);
-      if (ptr.sum != nullptr) ptr.sum[e] = In::FromFloat(z);
-    });
-    mean_out = static_cast<float>(static_cast<double>(shift) +
-                                  static_cast<double>(center) + lin_d / d);
-    rstd_out = rstd;
-  } else {
-    // Overflowing, underflowing or non-finite rows, in double throughout;
-    // NaN and Inf propagate to every output of the row.
-    const double s = static_cast<double>(shift);
-    double acc = 0.0;
-    if (layer) {
-      src.ForEachPack([&](int64_t, const float(&z)[V]) {
-#pragma unroll
-        for (int j = 0; j < V; ++j) acc += static_cast<double>(z[j]) - s;
-      });
-      src.ForTail([&](int64_t, float z) { acc += static_cast<double>(z) - s; });
-    }
-    const double mean = layer ? group.Sum(acc) / d : 0.0;
-    double m2 = 0.0;
-    src.ForEachPack([&](int64_t, const float(&z)[V]) {
-#pragma unroll
-      for (int j = 0; j < V; ++j) {
-        const double v = (static_cast<double>(z[j]) - s) - mean;
-        m2 += v * v;
-      }
-    });
-    src.ForTail([&](int64_t, float z) {
-      const double v = (static_cast<double>(z) - s) - mean;
-      m2 += v * v;
-    });
-    m2 = group.Sum(m2);
-    const double rstd = 1.0 / sqrt(m2 / d + static_cast<double>(a.epsilon));
-    src.ForEachPack([&](int64_t pack, const float(&z)[V]) {
-      float y[V];
-      Affine<V, double>(a, pack * V, gamma_vec, beta_vec, z, s, mean, rstd, y);
-      StorePack<Out, V>(ptr.y, pack, ptr.y_vec, y);
-      if (ptr.sum != nullptr) StorePack<In, V>(ptr.sum, pack, ptr.sum_vec, z);
-    });
-    src.ForTail([&](int64_t e, float z) {
-      double v = ((static_cast<double>(z) - s) - mean) * rstd;
-      if (a.gamma != nullptr) v *= static_cast<double>(a.gamma[e]);
-      if (a.beta != nullptr) v += static_cast<double>(a.beta[e]);
-      ptr.y[e] = Out::FromFloat(static_cast<float>(v));
-      if (ptr.sum != nullptr) ptr.sum[e] = In::FromFloat(z);
-    });
-    mean_out = static_cast<float>(s + mean);
-    rstd_out = static_cast<float>(rstd);
-  }
-  if (leader) {
-    if (a.mean != nullptr) a.mean[row] = layer ? mean_out : 0.0f;
-    if (a.rstd != nullptr) a.rstd[row] = rstd_out;
-  }
-}
-
 // ---- Kernels, one per mapping ----
+
+// Calls f(std::true_type{}) for LayerNorm launches, f(std::false_type{})
+// for RMSNorm: one instantiation of the row algorithm each.
+template <typename F>
+__device__ __forceinline__ void ForKind(const KernelArgs& a, F&& f) {
+  if (a.layer_norm) {
+    f(std::true_type{});
+  } else {
+    f(std::false_type{});
+  }
+}
 
 // At least 3 blocks per multiprocessor: more rows in flight outweigh the
 // few spilled registers of the 16-bit cases (measured on an H200,
@@ -567,45 +189,56 @@ __global__ void __launch_bounds__(kWarpRowsPerBlock * 32, 3)
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpRowsPerBlock +
                       static_cast<int64_t>(threadIdx.x / 32);
   if (row >= a.rows) return;  // the whole warp leaves together
-  const RowPointers<In, Out> ptr(a, row);
-  const RegisterRow<In, Out, kPacks> src(ptr, lane, 32);
-  NormalizeRow<In, Out>(a, row, ptr, src, WarpGroup{}, lane == 0);
+  const RowPointers<In, Out, false> ptr(a, row);
+  const RegisterRow<In, Out, false, kPacks> src(ptr, lane, 32);
+  ForKind(a, [&](auto layer) {
+    NormalizeRow<decltype(layer)::value>(a, row, ptr, src, WarpGroup{},
+                                         lane == 0);
+  });
 }
 
 template <typename In, typename Out, int kPacks>
 __global__ void __launch_bounds__(1024) BlockPerRowKernel(const KernelArgs a) {
-  __shared__ float partial_f[32];
+  __shared__ float partial_f[64];
   __shared__ double partial_d[32];
   const int64_t row = blockIdx.x;
   const int t = static_cast<int>(threadIdx.x);
-  const RowPointers<In, Out> ptr(a, row);
-  const RegisterRow<In, Out, kPacks> src(ptr, t, static_cast<int>(blockDim.x));
-  NormalizeRow<In, Out>(a, row, ptr, src, BlockGroup{partial_f, partial_d},
-                        t == 0);
+  const RowPointers<In, Out, false> ptr(a, row);
+  const RegisterRow<In, Out, false, kPacks> src(ptr, t,
+                                                static_cast<int>(blockDim.x));
+  ForKind(a, [&](auto layer) {
+    NormalizeRow<decltype(layer)::value>(
+        a, row, ptr, src, BlockGroup{partial_f, partial_d}, t == 0);
+  });
 }
 
 template <typename In, typename Out>
 __global__ void __launch_bounds__(kStreamingThreads)
     StreamingKernel(const KernelArgs a) {
-  __shared__ float partial_f[32];
+  __shared__ float partial_f[64];
   __shared__ double partial_d[32];
   const int64_t row = blockIdx.x;
   const int t = static_cast<int>(threadIdx.x);
-  const RowPointers<In, Out> ptr(a, row);
-  const StreamingRow<In, Out> src(ptr, t, static_cast<int>(blockDim.x));
-  NormalizeRow<In, Out>(a, row, ptr, src, BlockGroup{partial_f, partial_d},
-                        t == 0);
+  const RowPointers<In, Out, false> ptr(a, row);
+  const StreamingRow<In, Out, false> src{ptr, t, static_cast<int>(blockDim.x)};
+  ForKind(a, [&](auto layer) {
+    NormalizeRow<decltype(layer)::value>(
+        a, row, ptr, src, BlockGroup{partial_f, partial_d}, t == 0);
+  });
 }
 
-// The staged mappings (LaunchPlan::staged, launch_plan.h), for rows whose
-// input is 16-byte aligned, D a multiple of the pack and no residual; any
-// other launch takes the register kernels. Each row group (a warp, or the
-// block) loops over rows row0, row0 + stride, … and copies the next row
-// into shared memory (cp.async, two buffers) while it normalizes the
-// current one there, so a row's loads are in flight during the previous
-// row's reductions and stores, and registers hold no row.
+// The staged mappings (LaunchPlan::staged, launch_plan.h), for launches
+// whose rows are all aligned for 16-byte accesses (D a multiple of the
+// pack; input, output, sum, γ and β aligned) and no residual; any other
+// launch takes the register kernels. Each row group (a warp, or the block)
+// loops over rows row0, row0 + stride, … and copies the next row into
+// shared memory (cp.async, two buffers) while it normalizes the current one
+// there, so a row's loads are in flight during the previous row's
+// reductions and stores, and registers hold no row. The warp kernel is held
+// to 64 registers (4 blocks per multiprocessor), its budget when measured
+// (bench/results/cuda_2026-11-25/); the few values that spill are per row.
 template <typename In, typename Out>
-__global__ void __launch_bounds__(kWarpRowsPerBlock * 32)
+__global__ void __launch_bounds__(kWarpRowsPerBlock * 32, 4)
     StagedWarpKernel(const KernelArgs a) {
   using Bits = typename In::Bits;
   constexpr int V = kPackOf<In>;
@@ -614,15 +247,18 @@ __global__ void __launch_bounds__(kWarpRowsPerBlock * 32)
   const int warp = static_cast<int>(threadIdx.x / 32);
   auto* buffers = reinterpret_cast<Pack<Bits, V>*>(staged_smem) +
                   warp * kWarpStages * (a.dim / V);
-  StagedRows<kWarpStages, Bits, V>(
-      a, static_cast<int64_t>(blockIdx.x) * kWarpRowsPerBlock + warp,
-      static_cast<int64_t>(gridDim.x) * kWarpRowsPerBlock, buffers, lane, 32,
-      [] { __syncwarp(); },
-      [&](int64_t row, const Pack<Bits, V>* buffer) {
-        const RowPointers<In, Out> ptr(a, row);
-        const SharedRow<In, Out> src{ptr, buffer, lane, 32};
-        NormalizeRow<In, Out>(a, row, ptr, src, WarpGroup{}, lane == 0);
-      });
+  ForKind(a, [&](auto layer) {
+    StagedRows<kWarpStages, Bits, V>(
+        a, static_cast<int64_t>(blockIdx.x) * kWarpRowsPerBlock + warp,
+        static_cast<int64_t>(gridDim.x) * kWarpRowsPerBlock, buffers, lane, 32,
+        [] { __syncwarp(); },
+        [&](int64_t row, const Pack<Bits, V>* buffer) {
+          const RowPointers<In, Out, true> ptr(a, row);
+          const SharedRow<In, Out> src{ptr, buffer, lane, 32};
+          NormalizeRow<decltype(layer)::value>(a, row, ptr, src, WarpGroup{},
+                                               lane == 0);
+        });
+  });
 }
 
 template <typename In, typename Out>
@@ -630,19 +266,21 @@ __global__ void __launch_bounds__(1024) StagedBlockKernel(const KernelArgs a) {
   using Bits = typename In::Bits;
   constexpr int V = kPackOf<In>;
   extern __shared__ uint4 staged_smem[];
-  __shared__ float partial_f[32];
+  __shared__ float partial_f[64];
   __shared__ double partial_d[32];
   const int t = static_cast<int>(threadIdx.x);
   const int T = static_cast<int>(blockDim.x);
-  StagedRows<kBlockStages, Bits, V>(
-      a, blockIdx.x, gridDim.x, reinterpret_cast<Pack<Bits, V>*>(staged_smem),
-      t, T, [] { __syncthreads(); },
-      [&](int64_t row, const Pack<Bits, V>* buffer) {
-        const RowPointers<In, Out> ptr(a, row);
-        const SharedRow<In, Out> src{ptr, buffer, t, T};
-        NormalizeRow<In, Out>(a, row, ptr, src,
-                              BlockGroup{partial_f, partial_d}, t == 0);
-      });
+  ForKind(a, [&](auto layer) {
+    StagedRows<kBlockStages, Bits, V>(
+        a, blockIdx.x, gridDim.x, reinterpret_cast<Pack<Bits, V>*>(staged_smem),
+        t, T, [] { __syncthreads(); },
+        [&](int64_t row, const Pack<Bits, V>* buffer) {
+          const RowPointers<In, Out, true> ptr(a, row);
+          const SharedRow<In, Out> src{ptr, buffer, t, T};
+          NormalizeRow<decltype(layer)::value>(
+              a, row, ptr, src, BlockGroup{partial_f, partial_d}, t == 0);
+        });
+  });
 }
 
 // Blocks of `kernel` (with `smem` bytes of dynamic shared memory and
@@ -702,9 +340,14 @@ bool LaunchStaged(const KernelArgs& a, const LaunchPlan& plan,
   using Bits = typename In::Bits;
   constexpr int V = kPackOf<In>;
   // plan.staged already holds D to a multiple of the pack and the mapping
-  // to a warp or a block with the row in hand.
+  // to a warp or a block with the row in hand; with the base pointers
+  // aligned, so is every row.
   if (!plan.staged || a.residual != nullptr ||
-      !CanVectorize<Bits, V>(a.input)) {
+      !CanVectorize<Bits, V>(a.input) ||
+      (a.sum_output != nullptr && !CanVectorize<Bits, V>(a.sum_output)) ||
+      !CanVectorize<typename Out::Bits, V>(a.output) ||
+      (a.gamma != nullptr && !CanVectorize<float, V>(a.gamma)) ||
+      (a.beta != nullptr && !CanVectorize<float, V>(a.beta))) {
     return false;
   }
   const size_t row_bytes = static_cast<size_t>(a.dim) * sizeof(Bits);

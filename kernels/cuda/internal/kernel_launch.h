@@ -28,6 +28,7 @@ struct KernelArgs {
   const float* beta;   // may be null
   int64_t rows;
   int64_t dim;
+  double inv_dim;  // 1 / dim
   float epsilon;
   bool layer_norm;
   DType input_dtype;

@@ -1,0 +1,690 @@
+// The row algorithm of the CUDA kernels, written once for the device and the
+// host: the kernels (normalize_cuda.cu) run it on the GPU, and
+// tests/cuda_row_algorithm_test.cc runs the same code on the CPU, with
+// threads standing in for the lanes of a warp or a block, against the
+// float64 reference. Include only from kernels/cuda/ and its tests.
+//
+// The algorithm is kept apart from where the row lives: a RegisterRow holds
+// the thread's share of the row in registers (warp and block mappings), a
+// StreamingRow reads it from global memory on every pass (very large D), a
+// SharedRow reads a copy staged in shared memory. Reductions go through a
+// group (Sum, Sum2, Any: the same result in every thread of the row),
+// which the caller supplies. Residual, sum output, γ, β and the statistics are
+// run-time flags, uniform across a launch; the dtypes, LayerNorm or
+// RMSNorm, and whether every row is aligned for 16-byte accesses are
+// template arguments.
+//
+// Ownership and order (see launch_plan.h): thread t of T owns packs
+// t, t + T, … and tail element t; it accumulates its packs in that order,
+// each pack's elements in order, then its tail element. Nothing here reads
+// an address to decide an order; 16-byte loads are used per row and per
+// buffer when that row's pointer is aligned for them, and fetch the same
+// values the element loads would. Conversions of a whole pack give the bits
+// of element-by-element conversions.
+#ifndef NORMSERVE_KERNELS_CUDA_INTERNAL_NORMALIZE_ROW_H_
+#define NORMSERVE_KERNELS_CUDA_INTERNAL_NORMALIZE_ROW_H_
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "kernels/cuda/internal/kernel_launch.h"
+
+#define NORMSERVE_HD __host__ __device__ __forceinline__
+#ifdef __CUDA_ARCH__
+#define NORMSERVE_UNROLL _Pragma("unroll")
+#else
+#define NORMSERVE_UNROLL
+#endif
+
+namespace normserve::cuda::internal {
+
+// ---- Bits ----
+
+NORMSERVE_HD float FloatFromBits(uint32_t b) {
+#ifdef __CUDA_ARCH__
+  return __uint_as_float(b);
+#else
+  float f;
+  std::memcpy(&f, &b, sizeof(f));
+  return f;
+#endif
+}
+
+NORMSERVE_HD uint32_t BitsOfFloat(float f) {
+#ifdef __CUDA_ARCH__
+  return __float_as_uint(f);
+#else
+  uint32_t b;
+  std::memcpy(&b, &f, sizeof(b));
+  return b;
+#endif
+}
+
+NORMSERVE_HD bool Finite(float f) {
+#ifdef __CUDA_ARCH__
+  return isfinite(f);
+#else
+  return std::isfinite(f);
+#endif
+}
+
+// Products with their rounding spelled out. A product is never contracted
+// into a later sum behind the code's back: the compiler might do that in
+// one kernel and not in another, and every kernel must give a row the same
+// bits (batch invariance). Where a fused multiply-add is wanted, Fma says so.
+NORMSERVE_HD float Mul(float a, float b) {
+#ifdef __CUDA_ARCH__
+  return __fmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+NORMSERVE_HD double Mul(double a, double b) {
+#ifdef __CUDA_ARCH__
+  return __dmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+NORMSERVE_HD float Fma(float a, float b, float c) {
+#ifdef __CUDA_ARCH__
+  return __fmaf_rn(a, b, c);
+#else
+  return std::fma(a, b, c);
+#endif
+}
+NORMSERVE_HD double Fma(double a, double b, double c) {
+#ifdef __CUDA_ARCH__
+  return __fma_rn(a, b, c);
+#else
+  return std::fma(a, b, c);
+#endif
+}
+
+// 1/√x in double: the device's rsqrt (within 1 ulp), the host's quotient.
+NORMSERVE_HD double Rsqrt(double x) {
+#ifdef __CUDA_ARCH__
+  return rsqrt(x);
+#else
+  return 1.0 / std::sqrt(x);
+#endif
+}
+
+// ---- Packs: V consecutive elements that move as one 16-byte access ----
+
+// Aligned to their size so that they move as one (or, for 32 bytes, two)
+// vector accesses.
+template <typename Bits, int V>
+struct alignas(sizeof(Bits) * V) Pack {
+  Bits v[V];
+};
+
+template <typename Bits, int V>
+NORMSERVE_HD bool CanVectorize(const void* row) {
+  return reinterpret_cast<uintptr_t>(row) % sizeof(Pack<Bits, V>) == 0;
+}
+
+// Elements 2k and 2k + 1 of a 16-bit pack as the low and high halves of a
+// 32-bit word (the halves of one register after a vector load), and back.
+template <int V>
+NORMSERVE_HD uint32_t WordOf(const Pack<uint16_t, V>& p, int k) {
+  uint32_t w;
+  std::memcpy(&w, &p.v[2 * k], sizeof(w));
+  return w;
+}
+template <int V>
+NORMSERVE_HD void SetWord(Pack<uint16_t, V>& p, int k, uint32_t w) {
+  std::memcpy(&p.v[2 * k], &w, sizeof(w));
+}
+
+template <typename T>
+NORMSERVE_HD uint32_t WordOf(const T& pair) {
+  static_assert(sizeof(T) == sizeof(uint32_t));
+  uint32_t w;
+  std::memcpy(&w, &pair, sizeof(w));
+  return w;
+}
+
+// True if any of `in` is NaN.
+template <int V>
+NORMSERVE_HD bool AnyNan(const float (&in)[V]) {
+  bool nan = false;
+  NORMSERVE_UNROLL
+  for (int j = 0; j < V; ++j) nan |= in[j] != in[j];
+  return nan;
+}
+
+// ---- Element types: storage bits and exact conversions ----
+//
+// ToFloat/FromFloat convert one element; Unpack/Repack a whole pack, with
+// the same bits, in fewer instructions (a 16-bit pair per 32-bit word).
+
+struct F32 {
+  using Bits = float;
+  static NORMSERVE_HD float ToFloat(float b) { return b; }
+  static NORMSERVE_HD float FromFloat(float f) { return f; }
+  template <int V>
+  static NORMSERVE_HD void Unpack(const Pack<float, V>& p, float (&out)[V]) {
+    NORMSERVE_UNROLL
+    for (int j = 0; j < V; ++j) out[j] = p.v[j];
+  }
+  template <int V>
+  static NORMSERVE_HD Pack<float, V> Repack(const float (&in)[V]) {
+    Pack<float, V> p;
+    NORMSERVE_UNROLL
+    for (int j = 0; j < V; ++j) p.v[j] = in[j];
+    return p;
+  }
+};
+
+struct F16 {
+  using Bits = uint16_t;
+  static NORMSERVE_HD float ToFloat(uint16_t b) {
+    return __half2float(__ushort_as_half(b));
+  }
+  static NORMSERVE_HD uint16_t FromFloat(float f) {
+    return __half_as_ushort(__float2half_rn(f));
+  }
+  template <int V>
+  static NORMSERVE_HD void Unpack(const Pack<uint16_t, V>& p, float (&out)[V]) {
+    NORMSERVE_UNROLL
+    for (int k = 0; k < V / 2; ++k) {
+      const uint32_t w = WordOf(p, k);
+      out[2 * k] = ToFloat(static_cast<uint16_t>(w));
+      out[2 * k + 1] = ToFloat(static_cast<uint16_t>(w >> 16));
+    }
+  }
+  // Pairs through the two-way conversion; a pack with a NaN element by
+  // element, so that NaN bits are FromFloat's.
+  template <int V>
+  static NORMSERVE_HD Pack<uint16_t, V> Repack(const float (&in)[V]) {
+    Pack<uint16_t, V> p;
+    if (AnyNan(in)) {
+      NORMSERVE_UNROLL
+      for (int j = 0; j < V; ++j) p.v[j] = FromFloat(in[j]);
+      return p;
+    }
+    NORMSERVE_UNROLL
+    for (int k = 0; k < V / 2; ++k) {
+      SetWord(p, k, WordOf(__floats2half2_rn(in[2 * k], in[2 * k + 1])));
+    }
+    return p;
+  }
+};
+
+struct BF16 {
+  using Bits = uint16_t;
+  static NORMSERVE_HD float ToFloat(uint16_t b) {
+    return FloatFromBits(static_cast<uint32_t>(b) << 16);
+  }
+  // Round to nearest even (the hardware conversion, subnormals kept); NaN
+  // keeps its sign and payload and becomes quiet: the same bits as
+  // FloatToBFloat16 in kernels/dtype.h.
+  static NORMSERVE_HD uint16_t FromFloat(float f) {
+    if (f != f) return static_cast<uint16_t>((BitsOfFloat(f) >> 16) | 0x40u);
+    return __bfloat16_as_ushort(__float2bfloat16_rn(f));
+  }
+  // A bfloat16 is the high half of its float: a shift or a mask per element.
+  template <int V>
+  static NORMSERVE_HD void Unpack(const Pack<uint16_t, V>& p, float (&out)[V]) {
+    NORMSERVE_UNROLL
+    for (int k = 0; k < V / 2; ++k) {
+      const uint32_t w = WordOf(p, k);
+      out[2 * k] = FloatFromBits(w << 16);
+      out[2 * k + 1] = FloatFromBits(w & 0xffff0000u);
+    }
+  }
+  template <int V>
+  static NORMSERVE_HD Pack<uint16_t, V> Repack(const float (&in)[V]) {
+    Pack<uint16_t, V> p;
+    if (AnyNan(in)) {
+      NORMSERVE_UNROLL
+      for (int j = 0; j < V; ++j) p.v[j] = FromFloat(in[j]);
+      return p;
+    }
+    NORMSERVE_UNROLL
+    for (int k = 0; k < V / 2; ++k) {
+      SetWord(p, k, WordOf(__floats2bfloat162_rn(in[2 * k], in[2 * k + 1])));
+    }
+    return p;
+  }
+};
+
+// f rounded to T and back: what an unfused add in T stores.
+template <typename T>
+NORMSERVE_HD float RoundTo(float f) {
+  return T::ToFloat(T::FromFloat(f));
+}
+
+// Elements per 16-byte pack of T.
+template <typename T>
+constexpr int kPackOf = static_cast<int>(16 / sizeof(typename T::Bits));
+
+// One vector access at `p`, which is aligned for it. (The host build, for
+// the tests, copies instead: GCC may merge a vector path with the element
+// path beside it and keep the vector path's alignment, which the element
+// path does not have.)
+template <typename Bits, int V>
+NORMSERVE_HD Pack<Bits, V> LoadVector(const Bits* p) {
+#ifdef __CUDA_ARCH__
+  return *reinterpret_cast<const Pack<Bits, V>*>(p);
+#else
+  Pack<Bits, V> pk;
+  std::memcpy(&pk, p, sizeof(pk));
+  return pk;
+#endif
+}
+template <typename Bits, int V>
+NORMSERVE_HD void StoreVector(Bits* p, const Pack<Bits, V>& pk) {
+#ifdef __CUDA_ARCH__
+  *reinterpret_cast<Pack<Bits, V>*>(p) = pk;
+#else
+  std::memcpy(p, &pk, sizeof(pk));
+#endif
+}
+
+// Elements [pack·V, pack·V + V) of `row` as floats.
+template <typename T, int V>
+NORMSERVE_HD void LoadPack(const typename T::Bits* row, int64_t pack,
+                           bool vector, float (&out)[V]) {
+  using Bits = typename T::Bits;
+  const Bits* p = row + pack * V;
+  if (vector) {
+    T::Unpack(LoadVector<Bits, V>(p), out);
+  } else {
+    NORMSERVE_UNROLL
+    for (int j = 0; j < V; ++j) out[j] = T::ToFloat(p[j]);
+  }
+}
+
+template <typename T, int V>
+NORMSERVE_HD void StorePack(typename T::Bits* row, int64_t pack, bool vector,
+                            const float (&in)[V]) {
+  using Bits = typename T::Bits;
+  Bits* p = row + pack * V;
+  if (vector) {
+    StoreVector<Bits, V>(p, T::template Repack<V>(in));
+  } else {
+    NORMSERVE_UNROLL
+    for (int j = 0; j < V; ++j) p[j] = T::FromFloat(in[j]);
+  }
+}
+
+// ---- Where a row lives ----
+
+// Row pointers of one row, and how each may be accessed. kAligned: the
+// launch guarantees D a multiple of the pack, aligned rows of x, y, the
+// sum, γ and β, and no residual (the staged mappings), so every access is a
+// vector access and there is no tail.
+template <typename In, typename Out, bool kAligned>
+struct RowPointers {
+  using InBits = typename In::Bits;
+  using OutBits = typename Out::Bits;
+  static constexpr int V = kPackOf<In>;
+
+  const InBits* x;
+  const InBits* residual;  // null without
+  OutBits* y;
+  InBits* sum;  // null without
+  bool x_vec, residual_vec, y_vec, sum_vec, gamma_vec, beta_vec;
+  int64_t packs;  // full packs
+  int tail;       // elements after them
+
+  NORMSERVE_HD RowPointers(const KernelArgs& a, int64_t row) {
+    const int64_t offset = row * a.dim;
+    x = static_cast<const InBits*>(a.input) + offset;
+    y = static_cast<OutBits*>(a.output) + offset;
+    packs = a.dim / V;
+    sum = a.sum_output != nullptr ? static_cast<InBits*>(a.sum_output) + offset
+                                  : nullptr;
+    if constexpr (kAligned) {
+      residual = nullptr;
+      x_vec = residual_vec = y_vec = sum_vec = gamma_vec = beta_vec = true;
+      tail = 0;
+    } else {
+      residual = a.residual != nullptr
+                     ? static_cast<const InBits*>(a.residual) + offset
+                     : nullptr;
+      x_vec = CanVectorize<InBits, V>(x);
+      residual_vec = residual != nullptr && CanVectorize<InBits, V>(residual);
+      y_vec = CanVectorize<OutBits, V>(y);
+      sum_vec = sum != nullptr && CanVectorize<InBits, V>(sum);
+      gamma_vec = a.gamma != nullptr && CanVectorize<float, V>(a.gamma);
+      beta_vec = a.beta != nullptr && CanVectorize<float, V>(a.beta);
+      tail = static_cast<int>(a.dim - packs * V);
+    }
+  }
+
+  // z of a pack: x [+ residual rounded to In].
+  NORMSERVE_HD void LoadZ(int64_t pack, float (&z)[V]) const {
+    LoadPack<In, V>(x, pack, x_vec, z);
+    if (residual != nullptr) {
+      float r[V];
+      LoadPack<In, V>(residual, pack, residual_vec, r);
+      NORMSERVE_UNROLL
+      for (int j = 0; j < V; ++j) z[j] = RoundTo<In>(z[j] + r[j]);
+    }
+  }
+  NORMSERVE_HD float LoadZ(int64_t element) const {
+    float z = In::ToFloat(x[element]);
+    if (residual != nullptr) {
+      z = RoundTo<In>(z + In::ToFloat(residual[element]));
+    }
+    return z;
+  }
+};
+
+// The thread's packs (at most kPacks) and tail element, held in registers.
+template <typename In, typename Out, bool kAligned, int kPacks>
+struct RegisterRow {
+  static constexpr int V = kPackOf<In>;
+  const RowPointers<In, Out, kAligned>& ptr;
+  const int t, threads;
+  float z[kPacks][V];
+  float z_tail = 0.0f;
+
+  NORMSERVE_HD RegisterRow(const RowPointers<In, Out, kAligned>& p, int thread,
+                           int num_threads)
+      : ptr(p), t(thread), threads(num_threads) {
+    NORMSERVE_UNROLL
+    for (int k = 0; k < kPacks; ++k) {
+      const int64_t pack = t + static_cast<int64_t>(k) * threads;
+      if (pack < ptr.packs) ptr.LoadZ(pack, z[k]);
+    }
+    if (t < ptr.tail) z_tail = ptr.LoadZ(ptr.packs * V + t);
+  }
+
+  // z of element 0 (every thread loads it: one cached line).
+  NORMSERVE_HD float First() const { return ptr.LoadZ(int64_t{0}); }
+
+  // f(pack, z) for each owned pack, in order.
+  template <typename F>
+  NORMSERVE_HD void ForEachPack(F&& f) const {
+    NORMSERVE_UNROLL
+    for (int k = 0; k < kPacks; ++k) {
+      const int64_t pack = t + static_cast<int64_t>(k) * threads;
+      if (pack < ptr.packs) f(pack, z[k]);
+    }
+  }
+  // f(element, z) for the owned tail element, if any.
+  template <typename F>
+  NORMSERVE_HD void ForTail(F&& f) const {
+    if (t < ptr.tail) f(ptr.packs * V + t, z_tail);
+  }
+};
+
+// The same interface over global memory: every pass reloads (and re-adds
+// the residual, which rounds to the same bits each time).
+template <typename In, typename Out, bool kAligned>
+struct StreamingRow {
+  static constexpr int V = kPackOf<In>;
+  const RowPointers<In, Out, kAligned>& ptr;
+  const int t, threads;
+
+  NORMSERVE_HD float First() const { return ptr.LoadZ(int64_t{0}); }
+
+  template <typename F>
+  NORMSERVE_HD void ForEachPack(F&& f) const {
+    for (int64_t pack = t; pack < ptr.packs; pack += threads) {
+      float z[V];
+      ptr.LoadZ(pack, z);
+      f(pack, z);
+    }
+  }
+  template <typename F>
+  NORMSERVE_HD void ForTail(F&& f) const {
+    if (t < ptr.tail) {
+      const int64_t e = ptr.packs * V + t;
+      f(e, ptr.LoadZ(e));
+    }
+  }
+};
+
+// The same interface over a copy of the row's x (no residual, no tail) in
+// shared memory, staged there by the kernel. Thread t reads packs
+// t, t + T, … in the order RegisterRow holds them, so the row's arithmetic
+// and its bits are the same as under the register mapping with T threads.
+// Rows here are short (kBlockMaxPackedDim): 32-bit pack indices.
+template <typename In, typename Out>
+struct SharedRow {
+  static constexpr int V = kPackOf<In>;
+  using Bits = typename In::Bits;
+  const RowPointers<In, Out, true>& ptr;
+  const Pack<Bits, V>* row;  // shared
+  const int t, threads;
+
+  NORMSERVE_HD float First() const { return In::ToFloat(row[0].v[0]); }
+
+  template <typename F>
+  NORMSERVE_HD void ForEachPack(F&& f) const {
+    const int packs = static_cast<int>(ptr.packs);
+    for (int pack = t; pack < packs; pack += threads) {
+      const Pack<Bits, V> p = row[pack];
+      float z[V];
+      In::Unpack(p, z);
+      f(pack, z);
+    }
+  }
+  template <typename F>
+  NORMSERVE_HD void ForTail(F&&) const {}
+};
+
+// ---- The row algorithm ----
+
+// v·rstd, with v = (z − shift) − center (LayerNorm) or z (RMSNorm).
+template <bool kLayer, typename A>
+NORMSERVE_HD A Scaled(float z, A shift, A center, A rstd) {
+  A v = static_cast<A>(z);
+  if constexpr (kLayer) v = (v - shift) - center;
+  return Mul(v, rstd);
+}
+
+// y = v·rstd [·γ] [+β] for one pack (γ·u + β as one fused multiply-add).
+template <bool kLayer, int V, typename A>
+NORMSERVE_HD void Affine(const KernelArgs& a, int64_t pack, bool gamma_vec,
+                         bool beta_vec, const float (&z)[V], A shift, A center,
+                         A rstd, float (&y)[V]) {
+  A u[V];
+  NORMSERVE_UNROLL
+  for (int j = 0; j < V; ++j) u[j] = Scaled<kLayer>(z[j], shift, center, rstd);
+  if (a.gamma != nullptr) {
+    float g[V];
+    LoadPack<F32, V>(a.gamma, pack, gamma_vec, g);
+    if (a.beta != nullptr) {
+      float b[V];
+      LoadPack<F32, V>(a.beta, pack, beta_vec, b);
+      NORMSERVE_UNROLL
+      for (int j = 0; j < V; ++j) {
+        y[j] = static_cast<float>(
+            Fma(u[j], static_cast<A>(g[j]), static_cast<A>(b[j])));
+      }
+    } else {
+      NORMSERVE_UNROLL
+      for (int j = 0; j < V; ++j) {
+        y[j] = static_cast<float>(Mul(u[j], static_cast<A>(g[j])));
+      }
+    }
+  } else if (a.beta != nullptr) {
+    float b[V];
+    LoadPack<F32, V>(a.beta, pack, beta_vec, b);
+    NORMSERVE_UNROLL
+    for (int j = 0; j < V; ++j) {
+      y[j] = static_cast<float>(u[j] + static_cast<A>(b[j]));
+    }
+  } else {
+    NORMSERVE_UNROLL
+    for (int j = 0; j < V; ++j) y[j] = static_cast<float>(u[j]);
+  }
+}
+
+// The same for tail element e.
+template <bool kLayer, typename A>
+NORMSERVE_HD float AffineElement(const KernelArgs& a, int64_t e, float z,
+                                 A shift, A center, A rstd) {
+  const A u = Scaled<kLayer>(z, shift, center, rstd);
+  if (a.gamma != nullptr && a.beta != nullptr) {
+    return static_cast<float>(
+        Fma(u, static_cast<A>(a.gamma[e]), static_cast<A>(a.beta[e])));
+  }
+  if (a.gamma != nullptr) {
+    return static_cast<float>(Mul(u, static_cast<A>(a.gamma[e])));
+  }
+  if (a.beta != nullptr)
+    return static_cast<float>(u + static_cast<A>(a.beta[e]));
+  return static_cast<float>(u);
+}
+
+// Below this variance float32 squares may have underflowed: recompute in
+// double (as the CPU kernel does).
+constexpr double kTinyVariance = 1e-30;
+
+// Normalizes row `row` (LayerNorm if kLayer, else RMSNorm) as one thread of
+// `group`; `leader` (one thread of the group) writes the statistics.
+//
+// LayerNorm: shift s = z₀; pass 1 sums z − s, giving the center
+// c = Σ(z − s)/D; pass 2 sums v = (z − s) − c and v², and
+// Σ(v − m)² = Σv² − (Σv)²/D removes the error of c. RMSNorm: one pass of
+// z². Rows whose float32 sums overflow, or whose variance is so small that
+// the squares may have underflowed (and that are not exactly constant), are
+// redone in double.
+template <bool kLayer, typename In, typename Out, bool kAligned, class Row,
+          class Group>
+NORMSERVE_HD void NormalizeRow(const KernelArgs& a, int64_t row,
+                               const RowPointers<In, Out, kAligned>& ptr,
+                               const Row& src, const Group& group,
+                               bool leader) {
+  constexpr int V = kPackOf<In>;
+  const double inv_d = a.inv_dim;
+  const float shift = kLayer ? src.First() : 0.0f;
+
+  float center = 0.0f;
+  float sum1 = 0.0f;
+  if constexpr (kLayer) {
+    float acc = 0.0f;
+    src.ForEachPack([&](int64_t, const float(&z)[V]) {
+      NORMSERVE_UNROLL
+      for (int j = 0; j < V; ++j) acc += z[j] - shift;
+    });
+    src.ForTail([&](int64_t, float z) { acc += z - shift; });
+    sum1 = group.Sum(acc);
+    center = static_cast<float>(Mul(static_cast<double>(sum1), inv_d));
+  }
+
+  float sq = 0.0f, lin = 0.0f;
+  if constexpr (kLayer) {
+    src.ForEachPack([&](int64_t, const float(&z)[V]) {
+      NORMSERVE_UNROLL
+      for (int j = 0; j < V; ++j) {
+        const float v = (z[j] - shift) - center;
+        sq = Fma(v, v, sq);
+        lin += v;
+      }
+    });
+    src.ForTail([&](int64_t, float z) {
+      const float v = (z - shift) - center;
+      sq = Fma(v, v, sq);
+      lin += v;
+    });
+    group.Sum2(&sq, &lin);
+  } else {
+    src.ForEachPack([&](int64_t, const float(&z)[V]) {
+      NORMSERVE_UNROLL
+      for (int j = 0; j < V; ++j) sq = Fma(z[j], z[j], sq);
+    });
+    src.ForTail([&](int64_t, float z) { sq = Fma(z, z, sq); });
+    sq = group.Sum(sq);
+  }
+  const double lin_d = static_cast<double>(lin);
+  double var =
+      Mul(Fma(-Mul(lin_d, lin_d), inv_d, static_cast<double>(sq)), inv_d);
+  if (var < 0.0) var = 0.0;
+
+  bool use_double = !Finite(sum1) || !Finite(sq);
+  if (!use_double && var < kTinyVariance) {
+    // Exactly constant rows are fine in float32 (they give β); anything
+    // else this small is not.
+    bool varies = false;
+    src.ForEachPack([&](int64_t, const float(&z)[V]) {
+      NORMSERVE_UNROLL
+      for (int j = 0; j < V; ++j) varies |= !(z[j] == shift);
+    });
+    src.ForTail([&](int64_t, float z) { varies |= !(z == shift); });
+    use_double = group.Any(varies);
+  }
+
+  float mean_out, rstd_out;
+  if (!use_double) {
+    const float c = center + static_cast<float>(Mul(lin_d, inv_d));
+    const float rstd =
+        static_cast<float>(Rsqrt(var + static_cast<double>(a.epsilon)));
+    src.ForEachPack([&](int64_t pack, const float(&z)[V]) {
+      float y[V];
+      Affine<kLayer, V, float>(a, pack, ptr.gamma_vec, ptr.beta_vec, z, shift,
+                               c, rstd, y);
+      StorePack<Out, V>(ptr.y, pack, ptr.y_vec, y);
+      if (ptr.sum != nullptr) StorePack<In, V>(ptr.sum, pack, ptr.sum_vec, z);
+    });
+    src.ForTail([&](int64_t e, float z) {
+      ptr.y[e] = Out::FromFloat(AffineElement<kLayer>(a, e, z, shift, c, rstd));
+      if (ptr.sum != nullptr) ptr.sum[e] = In::FromFloat(z);
+    });
+    mean_out =
+        static_cast<float>(static_cast<double>(shift) +
+                           static_cast<double>(center) + Mul(lin_d, inv_d));
+    rstd_out = rstd;
+  } else {
+    // Overflowing, underflowing or non-finite rows, in double throughout;
+    // NaN and Inf propagate to every output of the row.
+    const double s = static_cast<double>(shift);
+    double mean = 0.0;
+    if constexpr (kLayer) {
+      double acc = 0.0;
+      src.ForEachPack([&](int64_t, const float(&z)[V]) {
+        NORMSERVE_UNROLL
+        for (int j = 0; j < V; ++j) acc += static_cast<double>(z[j]) - s;
+      });
+      src.ForTail([&](int64_t, float z) { acc += static_cast<double>(z) - s; });
+      mean = Mul(group.Sum(acc), inv_d);
+    }
+    double m2 = 0.0;
+    src.ForEachPack([&](int64_t, const float(&z)[V]) {
+      NORMSERVE_UNROLL
+      for (int j = 0; j < V; ++j) {
+        const double v = (static_cast<double>(z[j]) - s) - mean;
+        m2 = Fma(v, v, m2);
+      }
+    });
+    src.ForTail([&](int64_t, float z) {
+      const double v = (static_cast<double>(z) - s) - mean;
+      m2 = Fma(v, v, m2);
+    });
+    m2 = group.Sum(m2);
+    const double rstd = Rsqrt(Fma(m2, inv_d, static_cast<double>(a.epsilon)));
+    src.ForEachPack([&](int64_t pack, const float(&z)[V]) {
+      float y[V];
+      Affine<kLayer, V, double>(a, pack, ptr.gamma_vec, ptr.beta_vec, z, s,
+                                mean, rstd, y);
+      StorePack<Out, V>(ptr.y, pack, ptr.y_vec, y);
+      if (ptr.sum != nullptr) StorePack<In, V>(ptr.sum, pack, ptr.sum_vec, z);
+    });
+    src.ForTail([&](int64_t e, float z) {
+      ptr.y[e] = Out::FromFloat(AffineElement<kLayer>(a, e, z, s, mean, rstd));
+      if (ptr.sum != nullptr) ptr.sum[e] = In::FromFloat(z);
+    });
+    mean_out = static_cast<float>(s + mean);
+    rstd_out = static_cast<float>(rstd);
+  }
+  if (leader) {
+    if (a.mean != nullptr) a.mean[row] = kLayer ? mean_out : 0.0f;
+    if (a.rstd != nullptr) a.rstd[row] = rstd_out;
+  }
+}
+
+}  // namespace normserve::cuda::internal
+
+#endif  // NORMSERVE_KERNELS_CUDA_INTERNAL_NORMALIZE_ROW_H_

@@ -1,0 +1,614 @@
+// The CUDA kernels' row algorithm (kernels/cuda/internal/normalize_row.h)
+// run on the CPU, no GPU needed: host threads stand in for the threads of
+// a warp or a block, and meet at a barrier where the device would reduce
+// through shuffles and shared memory. Each row is mapped as the launch plan
+// maps it on the device (a warp or a block with the row in registers, a
+// streaming block, or a staged row in shared memory), and the results are
+// checked against the float64 reference and the CPU kernel. Also checked:
+// the pack conversions against element-by-element ones, and that a staged
+// row, an aligned register row and a misaligned register row get the same
+// bits.
+//
+// What this cannot check: the device's own arithmetic (its intrinsics run
+// here as CUDA's host versions), warp shuffles, cp.async staging and
+// occupancy. tests/cuda_normalize_test.cc runs the kernels on a GPU.
+#include <algorithm>
+#include <cmath>
+#include <condition_variable>
+#include <cstring>
+#include <limits>
+#include <mutex>
+#include <random>
+#include <thread>
+#include <type_traits>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "kernels/cuda/internal/kernel_launch.h"
+#include "kernels/cuda/internal/normalize_row.h"
+#include "kernels/cuda/launch_plan.h"
+#include "kernels/dtype.h"
+#include "tests/kernel_test_util.h"
+
+namespace normserve::cuda::internal {
+namespace {
+
+using testing::Case;
+using testing::CheckAgainstReference;
+using testing::Describe;
+using testing::Encode;
+using testing::kTypes;
+using testing::MakeCase;
+using testing::Name;
+using testing::Normal;
+using testing::Output;
+using testing::RandomCase;
+using testing::RunOnCpu;
+using testing::SweepSeed;
+using testing::Tensor;
+using testing::UlpStats;
+using testing::ValueAt;
+
+// ---- T host threads standing in for the T threads of a row group ----
+
+class Team {
+ public:
+  explicit Team(int threads) : threads_(threads), slots_(threads) {}
+
+  // Runs f(t) on threads t = 0 … T−1 and waits for all of them.
+  template <typename F>
+  void Run(F f) {
+    std::vector<std::thread> workers;
+    workers.reserve(static_cast<size_t>(threads_));
+    for (int t = 0; t < threads_; ++t) workers.emplace_back([&f, t] { f(t); });
+    for (std::thread& w : workers) w.join();
+  }
+
+  // Every thread's v summed in thread order, returned to every thread.
+  template <typename A>
+  A Sum(int t, A v) {
+    slots_[static_cast<size_t>(t)] = static_cast<double>(v);  // exact
+    Arrive();
+    A s = 0;
+    for (double x : slots_) s += static_cast<A>(x);
+    Arrive();  // everyone has read the slots before they are written again
+    return s;
+  }
+
+ private:
+  void Arrive() {
+    std::unique_lock<std::mutex> lock(mu_);
+    const uint64_t generation = generation_;
+    if (++arrived_ == threads_) {
+      arrived_ = 0;
+      ++generation_;
+      cv_.notify_all();
+      return;
+    }
+    cv_.wait(lock, [&] { return generation_ != generation; });
+  }
+
+  const int threads_;
+  std::vector<double> slots_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  int arrived_ = 0;
+  uint64_t generation_ = 0;
+};
+
+// The group interface of the device's WarpGroup and BlockGroup.
+struct TeamGroup {
+  Team* team;
+  int t;
+  template <typename A>
+  A Sum(A v) const {
+    return team->Sum(t, v);
+  }
+  void Sum2(float* a, float* b) const {
+    *a = team->Sum(t, *a);
+    *b = team->Sum(t, *b);
+  }
+  bool Any(bool b) const { return team->Sum(t, b ? 1.0 : 0.0) != 0.0; }
+};
+
+// ---- Running a case as the device would ----
+
+enum class Path {
+  kPlanned,  // the plan's register (or streaming) mapping
+  kStaged,   // the staged mapping: the row's x copied to an aligned buffer
+};
+
+template <typename F>
+void ForKind(const KernelArgs& a, F&& f) {
+  if (a.layer_norm) {
+    f(std::true_type{});
+  } else {
+    f(std::false_type{});
+  }
+}
+
+template <typename In, typename Out, int kPacks>
+void RunRegisterRows(const KernelArgs& a, int threads) {
+  Team team(threads);
+  team.Run([&](int t) {
+    for (int64_t row = 0; row < a.rows; ++row) {
+      const RowPointers<In, Out, false> ptr(a, row);
+      const RegisterRow<In, Out, false, kPacks> src(ptr, t, threads);
+      ForKind(a, [&](auto layer) {
+        NormalizeRow<decltype(layer)::value>(a, row, ptr, src,
+                                             TeamGroup{&team, t}, t == 0);
+      });
+    }
+  });
+}
+
+template <typename In, typename Out>
+void RunStreamingRows(const KernelArgs& a, int threads) {
+  Team team(threads);
+  team.Run([&](int t) {
+    for (int64_t row = 0; row < a.rows; ++row) {
+      const RowPointers<In, Out, false> ptr(a, row);
+      const StreamingRow<In, Out, false> src{ptr, t, threads};
+      ForKind(a, [&](auto layer) {
+        NormalizeRow<decltype(layer)::value>(a, row, ptr, src,
+                                             TeamGroup{&team, t}, t == 0);
+      });
+    }
+  });
+}
+
+template <typename In, typename Out>
+void RunStagedRows(const KernelArgs& a, int threads) {
+  using Bits = typename In::Bits;
+  constexpr int V = kPackOf<In>;
+  std::vector<Pack<Bits, V>> staged(static_cast<size_t>(a.dim / V));
+  Team team(threads);
+  team.Run([&](int t) {
+    for (int64_t row = 0; row < a.rows; ++row) {
+      if (t == 0) {
+        std::memcpy(staged.data(),
+                    static_cast<const Bits*>(a.input) + row * a.dim,
+                    static_cast<size_t>(a.dim) * sizeof(Bits));
+      }
+      team.Sum(t, 0.0f);  // the copy is in place (a barrier)
+      const RowPointers<In, Out, true> ptr(a, row);
+      const SharedRow<In, Out> src{ptr, staged.data(), t, threads};
+      ForKind(a, [&](auto layer) {
+        NormalizeRow<decltype(layer)::value>(a, row, ptr, src,
+                                             TeamGroup{&team, t}, t == 0);
+      });
+      team.Sum(t, 0.0f);  // done with the copy
+    }
+  });
+}
+
+template <typename In, typename Out>
+void RunTyped(const KernelArgs& a, const LaunchPlan& plan, Path path) {
+  constexpr int V = kPackOf<In>;
+  const int threads = plan.threads_per_row;
+  if (path == Path::kStaged) {
+    RunStagedRows<In, Out>(a, threads);
+    return;
+  }
+  switch (plan.mapping) {
+    case RowMapping::kWarpPerRow:
+      switch (plan.packs_per_thread) {
+        case 1:
+          return RunRegisterRows<In, Out, 1>(a, threads);
+        case 2:
+          return RunRegisterRows<In, Out, 2>(a, threads);
+        case 4:
+          return RunRegisterRows<In, Out, 4>(a, threads);
+        case 8:
+          return RunRegisterRows<In, Out, 8>(a, threads);
+      }
+      FAIL() << "packs_per_thread " << plan.packs_per_thread;
+      return;
+    case RowMapping::kBlockPerRow:
+      ASSERT_EQ(plan.packs_per_thread, 16 / V);
+      return RunRegisterRows<In, Out, 16 / V>(a, threads);
+    case RowMapping::kBlockStreaming:
+      return RunStreamingRows<In, Out>(a, threads);
+  }
+}
+
+template <typename In>
+void RunForInput(const KernelArgs& a, const LaunchPlan& plan, Path path) {
+  switch (a.output_dtype) {
+    case DType::kFloat32:
+      return RunTyped<In, F32>(a, plan, path);
+    case DType::kFloat16:
+      return RunTyped<In, F16>(a, plan, path);
+    case DType::kBFloat16:
+      return RunTyped<In, BF16>(a, plan, path);
+    case DType::kInt8:
+      break;
+  }
+  FAIL() << "output dtype";
+}
+
+// A byte buffer whose data starts `offset` bytes past a 64-byte boundary.
+class Buffer {
+ public:
+  Buffer(size_t bytes, size_t offset) : storage_(bytes + offset + 64) {
+    const auto base = reinterpret_cast<uintptr_t>(storage_.data());
+    data_ = storage_.data() + ((64 - base % 64) % 64) + offset;
+  }
+  uint8_t* data() { return data_; }
+
+ private:
+  std::vector<uint8_t> storage_;
+  uint8_t* data_;
+};
+
+// Runs `c` through the row algorithm on host threads; every buffer starts
+// `offset` bytes past a 64-byte boundary.
+Output RunEmulated(const Case& c, Path path = Path::kPlanned,
+                   size_t offset = 0) {
+  const int64_t d = c.params.dim;
+  const size_t n = static_cast<size_t>(c.rows * d);
+  const size_t in_bytes = n * DTypeSize(c.in), out_bytes = n * DTypeSize(c.out);
+  const size_t d_bytes = static_cast<size_t>(d) * sizeof(float);
+  Buffer x(in_bytes, offset), res(in_bytes, offset), y(out_bytes, offset),
+      sum(in_bytes, offset), mean(c.rows * 4, offset), rstd(c.rows * 4, offset),
+      gamma(d_bytes, offset), beta(d_bytes, offset);
+  std::memcpy(x.data(), c.x.bytes.data(), in_bytes);
+  if (c.with_residual)
+    std::memcpy(res.data(), c.residual.bytes.data(), in_bytes);
+  if (c.params.gamma) std::memcpy(gamma.data(), c.params.gamma, d_bytes);
+  if (c.params.beta) std::memcpy(beta.data(), c.params.beta, d_bytes);
+
+  KernelArgs a;
+  a.input = x.data();
+  a.residual = c.with_residual ? res.data() : nullptr;
+  a.output = y.data();
+  a.sum_output = sum.data();
+  a.mean = reinterpret_cast<float*>(mean.data());
+  a.rstd = reinterpret_cast<float*>(rstd.data());
+  a.gamma = c.params.gamma ? reinterpret_cast<float*>(gamma.data()) : nullptr;
+  a.beta = c.params.beta ? reinterpret_cast<float*>(beta.data()) : nullptr;
+  a.rows = c.rows;
+  a.dim = d;
+  a.inv_dim = 1.0 / static_cast<double>(d);
+  a.epsilon = c.params.epsilon;
+  a.layer_norm = c.params.kind == NormKind::kLayerNorm;
+  a.input_dtype = c.in;
+  a.output_dtype = c.out;
+  const LaunchPlan plan = PlanLaunch(d, c.in);
+  switch (c.in) {
+    case DType::kFloat32:
+      RunForInput<F32>(a, plan, path);
+      break;
+    case DType::kFloat16:
+      RunForInput<F16>(a, plan, path);
+      break;
+    case DType::kBFloat16:
+      RunForInput<BF16>(a, plan, path);
+      break;
+    case DType::kInt8:
+      ADD_FAILURE() << "input dtype";
+  }
+  Output o{std::vector<uint8_t>(y.data(), y.data() + out_bytes),
+           std::vector<uint8_t>(sum.data(), sum.data() + in_bytes),
+           std::vector<float>(c.rows), std::vector<float>(c.rows)};
+  std::memcpy(o.mean.data(), mean.data(), c.rows * 4);
+  std::memcpy(o.rstd.data(), rstd.data(), c.rows * 4);
+  return o;
+}
+
+// ---- Pack conversions ----
+
+// Every 16-bit pattern, eight to a pack, unpacks to the element conversion.
+template <typename T>
+void ExpectUnpackMatchesElements() {
+  for (uint32_t first = 0; first < 65536; first += 8) {
+    Pack<uint16_t, 8> p;
+    for (int j = 0; j < 8; ++j) p.v[j] = static_cast<uint16_t>(first + j);
+    float out[8];
+    T::Unpack(p, out);
+    for (int j = 0; j < 8; ++j) {
+      ASSERT_EQ(BitsOfFloat(out[j]), BitsOfFloat(T::ToFloat(p.v[j])))
+          << "bits " << first + j;
+    }
+  }
+}
+
+TEST(PackConversionTest, UnpackGivesTheElementConversions) {
+  ExpectUnpackMatchesElements<BF16>();
+  ExpectUnpackMatchesElements<F16>();
+  for (uint32_t h = 0; h < 65536; ++h) {
+    const auto bits = static_cast<uint16_t>(h);
+    ASSERT_EQ(BitsOfFloat(BF16::ToFloat(bits)),
+              BitsOfFloat(BFloat16ToFloat(bits)));
+    const float f = F16::ToFloat(bits);
+    if (f == f) {
+      ASSERT_EQ(BitsOfFloat(f), BitsOfFloat(HalfToFloat(bits)));
+    }
+  }
+}
+
+// Floats that exercise rounding: random bits, halfway cases of both 16-bit
+// formats, their subnormals, overflow, ±0, ±Inf and NaNs with payloads.
+std::vector<float> RoundingProbes() {
+  std::mt19937 rng(5);
+  std::vector<float> v;
+  for (int i = 0; i < 200000; ++i) v.push_back(FloatFromBits(rng()));
+  for (uint32_t h = 0; h < 65536; ++h) {
+    const uint32_t bf = h << 16;
+    for (uint32_t low : {0x7fffu, 0x8000u, 0x8001u}) {
+      v.push_back(FloatFromBits(bf | low));
+    }
+    const float f = HalfToFloat(static_cast<uint16_t>(h));
+    v.push_back(f);
+    v.push_back(std::nextafter(f, 0.0f));
+    v.push_back(std::nextafter(f, std::numeric_limits<float>::infinity()));
+  }
+  for (float f : {0.0f, -0.0f, 65504.0f, 65520.0f, 3.4e38f, 1e-45f, 6e-8f,
+                  std::numeric_limits<float>::infinity(),
+                  -std::numeric_limits<float>::infinity()}) {
+    v.push_back(f);
+  }
+  for (uint32_t nan :
+       {0x7fc00000u, 0xffc00000u, 0x7f800001u, 0xff812345u, 0x7fffffffu}) {
+    v.push_back(FloatFromBits(nan));
+  }
+  while (v.size() % 8 != 0) v.push_back(1.0f);
+  return v;
+}
+
+template <typename T>
+void ExpectRepackMatchesElements(const std::vector<float>& probes) {
+  for (size_t i = 0; i < probes.size(); i += 8) {
+    float in[8];
+    for (int j = 0; j < 8; ++j) in[j] = probes[i + j];
+    const Pack<uint16_t, 8> p = T::template Repack<8>(in);
+    for (int j = 0; j < 8; ++j) {
+      ASSERT_EQ(p.v[j], T::FromFloat(in[j]))
+          << "float bits " << std::hex << BitsOfFloat(in[j]);
+    }
+  }
+}
+
+TEST(PackConversionTest, RepackGivesTheElementConversions) {
+  const std::vector<float> probes = RoundingProbes();
+  ExpectRepackMatchesElements<BF16>(probes);
+  ExpectRepackMatchesElements<F16>(probes);
+  // And those are kernels/dtype.h's (NaN bits included for bfloat16).
+  for (float f : probes) {
+    ASSERT_EQ(BF16::FromFloat(f), FloatToBFloat16(f))
+        << std::hex << BitsOfFloat(f);
+    if (f == f) {
+      ASSERT_EQ(F16::FromFloat(f), FloatToHalf(f))
+          << std::hex << BitsOfFloat(f);
+    }
+  }
+}
+
+// ---- The row algorithm against the float64 reference ----
+
+TEST(CudaRowAlgorithmTest, EveryDtypePairKindAffineAndResidualMatches) {
+  std::mt19937 rng(1);
+  UlpStats total;
+  for (DType in : kTypes) {
+    for (DType out : kTypes) {
+      for (NormKind kind : {NormKind::kLayerNorm, NormKind::kRmsNorm}) {
+        for (int affine = 0; affine < 4; ++affine) {
+          for (bool residual : {false, true}) {
+            // Warp mappings with and without a tail, a block mapping.
+            for (int64_t d : {1, 37, 768, 1031, 2048}) {
+              std::vector<float> g, b;
+              const Case c = MakeCase(kind, in, out, d, 3, affine & 1,
+                                      affine & 2, residual, &rng, &g, &b);
+              SCOPED_TRACE(Describe(c));
+              total.Add(CheckAgainstReference(c, RunEmulated(c)));
+              if (!residual && d % (16 / DTypeSize(in)) == 0) {
+                total.Add(
+                    CheckAgainstReference(c, RunEmulated(c, Path::kStaged)));
+              }
+              if (HasFailure()) return;
+            }
+          }
+        }
+      }
+    }
+  }
+  // The bound of the CPU and GPU kernel tests.
+  EXPECT_GT(total.elements, 20000);
+  EXPECT_LE(total.over_one_ulp, total.elements / 1000);
+  EXPECT_LE(total.worst_ulps, 2);
+}
+
+// The kernel tests' random sweep, smaller: rows and D log-uniform, any
+// dtypes, kind, ε, γ/β, residual; buffers at a random 4-byte offset.
+TEST(CudaRowAlgorithmTest, RandomizedSweepMatchesReference) {
+  const uint32_t seed = SweepSeed();
+  std::mt19937 rng(seed);
+  for (int n = 0; n < 40; ++n) {
+    std::vector<float> g, b;
+    const Case c = RandomCase(int64_t{1} << 14, &rng, &g, &b);
+    const size_t offset = 4 * (rng() % 4);
+    SCOPED_TRACE(::testing::Message()
+                 << "seed " << seed << " case " << n << ": " << Describe(c)
+                 << " offset " << offset << " mapping "
+                 << RowMappingName(PlanLaunch(c.params.dim, c.in).mapping)
+                 << " (replay: NORMSERVE_TEST_SEED=" << seed << ")");
+    const UlpStats st =
+        CheckAgainstReference(c, RunEmulated(c, Path::kPlanned, offset));
+    EXPECT_LE(st.worst_ulps, 2);
+    if (HasFailure()) return;
+  }
+}
+
+TEST(CudaRowAlgorithmTest, LongRowsOnTheBlockAndStreamingMappings) {
+  std::mt19937 rng(2);
+  for (int64_t d : {8192, 16387, 40000}) {
+    for (DType t : {DType::kFloat32, DType::kBFloat16}) {
+      std::vector<float> g, b;
+      const Case c = MakeCase(NormKind::kLayerNorm, t, t, d, 2, true, true,
+                              false, &rng, &g, &b);
+      SCOPED_TRACE(::testing::Message()
+                   << "D " << d << " " << Name(t) << " mapping "
+                   << RowMappingName(PlanLaunch(d, t).mapping));
+      EXPECT_LE(CheckAgainstReference(c, RunEmulated(c)).worst_ulps, 2);
+    }
+  }
+}
+
+TEST(CudaRowAlgorithmTest, AccurateWhenMeanIsFarLargerThanStd) {
+  std::mt19937 rng(7);
+  for (int64_t d : {8, 768, 4096}) {
+    Case c;
+    c.params.dim = d;
+    c.rows = 2;
+    c.x = Encode(DType::kFloat32,
+                 Normal(static_cast<size_t>(2 * d), 1e4f, 1e-3f, &rng));
+    SCOPED_TRACE(::testing::Message() << "D " << d);
+    CheckAgainstReference(c, RunEmulated(c));
+  }
+}
+
+TEST(CudaRowAlgorithmTest, ConstantRowGivesExactlyBeta) {
+  for (int64_t d : {96, 3000}) {  // warp, block
+    std::vector<float> beta(d), gamma(d, 3.0f);
+    for (int64_t i = 0; i < d; ++i)
+      beta[i] = 0.25f * static_cast<float>(i % 9) - 1.0f;
+    for (DType t : kTypes) {
+      for (float v : {0.0f, -7.5f, 12288.0f, 1e-38f}) {
+        Case c;
+        c.params.dim = d;
+        c.params.gamma = gamma.data();
+        c.params.beta = beta.data();
+        c.in = c.out = t;
+        c.x = Encode(t, std::vector<float>(d, v));
+        for (Path path : {Path::kPlanned, Path::kStaged}) {
+          if (path == Path::kStaged && d % (16 / DTypeSize(t)) != 0) continue;
+          const Output o = RunEmulated(c, path);
+          for (int64_t i = 0; i < d; ++i) {
+            const float want = t == DType::kFloat32
+                                   ? beta[i]
+                                   : ValueAt(t, Encode(t, {beta[i]}).bytes, 0);
+            ASSERT_EQ(ValueAt(t, o.y, i), want)
+                << Name(t) << " D " << d << " constant " << v << " col " << i;
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(CudaRowAlgorithmTest, HugeAndTinyMagnitudesAreRecomputedInDouble) {
+  std::mt19937 rng(3);
+  for (int64_t d : {1000, 5000}) {
+    for (float scale : {1e25f, 1e37f, 1e-20f, 1e-40f}) {
+      for (NormKind kind : {NormKind::kLayerNorm, NormKind::kRmsNorm}) {
+        Case c;
+        c.params.kind = kind;
+        c.params.dim = d;
+        c.params.epsilon = 1e-38f;
+        c.rows = 2;
+        std::vector<float> x = Normal(2 * d, 0, 1, &rng);
+        for (float& v : x) v *= scale;
+        c.x = Encode(DType::kFloat32, x);
+        SCOPED_TRACE(::testing::Message()
+                     << "D " << d << " scale " << scale << " kind "
+                     << static_cast<int>(kind));
+        CheckAgainstReference(c, RunEmulated(c));
+      }
+    }
+  }
+}
+
+TEST(CudaRowAlgorithmTest, NanOrInfPoisonsOnlyItsRow) {
+  const float kNan = std::numeric_limits<float>::quiet_NaN();
+  const float kInf = std::numeric_limits<float>::infinity();
+  for (int64_t d : {48, 2000}) {
+    for (DType out : kTypes) {
+      for (float bad : {kNan, kInf, -kInf}) {
+        Case c;
+        c.params.dim = d;
+        c.out = out;
+        c.rows = 3;
+        std::vector<float> x(3 * d);
+        for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>(i % 5);
+        x[d + 5] = bad;
+        c.x = Encode(DType::kFloat32, x);
+        const Output o = RunEmulated(c);
+        for (int64_t i = 0; i < d; ++i) {
+          ASSERT_TRUE(std::isnan(ValueAt(out, o.y, d + i)))
+              << "D " << d << " bad " << bad << " col " << i;
+          ASSERT_FALSE(std::isnan(ValueAt(out, o.y, i)));
+          ASSERT_FALSE(std::isnan(ValueAt(out, o.y, 2 * d + i)));
+        }
+      }
+    }
+  }
+}
+
+// Within twice the reference bound of the CPU kernel.
+TEST(CudaRowAlgorithmTest, AgreesWithTheCpuKernel) {
+  std::mt19937 rng(3);
+  for (DType in : kTypes) {
+    for (int64_t d : {5, 768, 4096}) {
+      std::vector<float> g, b;
+      const Case c = MakeCase(NormKind::kLayerNorm, in, DType::kFloat32, d, 2,
+                              true, true, true, &rng, &g, &b);
+      const Output emulated = RunEmulated(c), cpu = RunOnCpu(c);
+      SCOPED_TRACE(::testing::Message() << Name(in) << " D " << d);
+      for (int64_t r = 0; r < c.rows; ++r) {
+        double scale = 0.0;
+        for (int64_t i = 0; i < d; ++i) {
+          scale = std::max<double>(
+              scale, std::abs(ValueAt(DType::kFloat32, cpu.y, r * d + i)));
+        }
+        for (int64_t i = 0; i < d; ++i) {
+          const size_t k = static_cast<size_t>(r * d + i);
+          ASSERT_LE(std::abs(ValueAt(DType::kFloat32, emulated.y, k) -
+                             ValueAt(DType::kFloat32, cpu.y, k)),
+                    2e-5 * scale)
+              << "row " << r << " col " << i;
+        }
+        EXPECT_NEAR(emulated.rstd[r], cpu.rstd[r], 2e-5 * cpu.rstd[r]);
+      }
+      EXPECT_EQ(emulated.sum, cpu.sum);  // z is defined exactly
+    }
+  }
+}
+
+// The staged instantiation (every access a vector access, no tail), the
+// register one on aligned buffers (vector accesses chosen per row) and on
+// misaligned ones (element accesses) give a row the same bits: as on the
+// device, the mapping may change with alignment, the bits may not.
+TEST(CudaRowAlgorithmTest, StagedAlignedAndMisalignedRowsHaveTheSameBits) {
+  std::mt19937 rng(11);
+  for (DType in : kTypes) {
+    for (DType out : kTypes) {
+      for (NormKind kind : {NormKind::kLayerNorm, NormKind::kRmsNorm}) {
+        for (int64_t d : {64, 768, 4096}) {
+          std::vector<float> g, b;
+          Case c =
+              MakeCase(kind, in, out, d, 3, true, true, false, &rng, &g, &b);
+          // Row 1 holds a NaN: the pack conversions' NaN path.
+          std::vector<float> row1(c.x.values.begin() + d,
+                                  c.x.values.begin() + 2 * d);
+          row1[3] = std::numeric_limits<float>::quiet_NaN();
+          const Tensor nan_row = Encode(in, row1);
+          std::copy(nan_row.bytes.begin(), nan_row.bytes.end(),
+                    c.x.bytes.begin() + d * DTypeSize(in));
+          SCOPED_TRACE(Describe(c));
+          const Output staged = RunEmulated(c, Path::kStaged);
+          for (size_t offset : {size_t{0}, size_t{4}}) {
+            const Output o = RunEmulated(c, Path::kPlanned, offset);
+            ASSERT_EQ(o.y, staged.y) << "offset " << offset;
+            ASSERT_EQ(0, std::memcmp(o.mean.data(), staged.mean.data(),
+                                     o.mean.size() * 4));
+            ASSERT_EQ(0, std::memcmp(o.rstd.data(), staged.rstd.data(),
+                                     o.rstd.size() * 4));
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace normserve::cuda::internal
