@@ -57,19 +57,23 @@ TEST(CudaLaunchPlanTest, SmallRowsGetAWarpEach) {
 }
 
 TEST(CudaLaunchPlanTest, MediumRowsGetTheSmallestBlockThatHoldsThem) {
+  // 32 floats per thread, as in the warp mapping.
   const LaunchPlan a = PlanLaunch(1028, DType::kFloat32);
   EXPECT_EQ(a.mapping, RowMapping::kBlockPerRow);
-  EXPECT_EQ(a.threads_per_row, 128);
-  EXPECT_EQ(a.packs_per_thread, 4);
+  EXPECT_EQ(a.threads_per_row, 64);  // 257 packs / 8 per thread → 33 → 64
+  EXPECT_EQ(a.packs_per_thread, 8);
   EXPECT_EQ(a.rows_per_block, 1);
-  EXPECT_EQ(PlanLaunch(4096, DType::kFloat32).threads_per_row, 256);
-  EXPECT_EQ(PlanLaunch(4097, DType::kFloat32).threads_per_row, 256);  // tail
-  EXPECT_EQ(PlanLaunch(4100, DType::kFloat32).threads_per_row, 512);
-  EXPECT_EQ(PlanLaunch(16384, DType::kFloat32).threads_per_row, 1024);
+  EXPECT_EQ(PlanLaunch(4096, DType::kFloat32).threads_per_row, 128);
+  EXPECT_EQ(PlanLaunch(4097, DType::kFloat32).threads_per_row, 128);  // tail
+  EXPECT_EQ(PlanLaunch(4100, DType::kFloat32).threads_per_row, 256);
+  EXPECT_EQ(PlanLaunch(16384, DType::kFloat32).threads_per_row,
+            kBlockMaxThreads);
   const LaunchPlan h = PlanLaunch(8192, DType::kBFloat16);
   EXPECT_EQ(h.mapping, RowMapping::kBlockPerRow);
-  EXPECT_EQ(h.packs_per_thread, 2);
-  EXPECT_EQ(h.threads_per_row, 512);
+  EXPECT_EQ(h.packs_per_thread, 4);
+  EXPECT_EQ(h.threads_per_row, 256);
+  EXPECT_EQ(PlanLaunch(16384, DType::kBFloat16).threads_per_row,
+            kBlockMaxThreads);
 }
 
 TEST(CudaLaunchPlanTest, StagesSixteenBitRowsAndLongFloat32Rows) {
@@ -116,6 +120,9 @@ TEST(CudaLaunchPlanTest, EveryDimIsCoveredOnceWithinLimits) {
       last_mapping = static_cast<int>(p.mapping);
       ASSERT_EQ(p.threads_per_row % 32, 0);
       ASSERT_LE(p.threads_per_block(), 1024);
+      if (p.mapping == RowMapping::kBlockPerRow) {
+        ASSERT_LE(p.threads_per_row, kBlockMaxThreads);
+      }
       ASSERT_LT(d % p.pack_elements, p.threads_per_row);  // tail fits
       if (p.mapping != RowMapping::kBlockStreaming) {
         const int ppt = p.packs_per_thread;

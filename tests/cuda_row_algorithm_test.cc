@@ -205,8 +205,8 @@ void RunTyped(const KernelArgs& a, const LaunchPlan& plan, Path path) {
       FAIL() << "packs_per_thread " << plan.packs_per_thread;
       return;
     case RowMapping::kBlockPerRow:
-      ASSERT_EQ(plan.packs_per_thread, 16 / V);
-      return RunRegisterRows<In, Out, 16 / V>(a, threads);
+      ASSERT_EQ(plan.packs_per_thread, kMaxFloatsPerThread / V);
+      return RunRegisterRows<In, Out, kMaxFloatsPerThread / V>(a, threads);
     case RowMapping::kBlockStreaming:
       return RunStreamingRows<In, Out>(a, threads);
   }

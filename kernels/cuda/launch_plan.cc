@@ -31,12 +31,13 @@ LaunchPlan PlanLaunch(int64_t dim, DType input_dtype) {
   plan.rows_per_block = 1;
   if (packed_dim <= kBlockMaxPackedDim) {
     plan.mapping = RowMapping::kBlockPerRow;
-    // 16 floats per thread: half the register budget of the warp mapping,
-    // so that blocks of up to 1024 threads fit the 64-register limit.
-    plan.packs_per_thread = 16 / plan.pack_elements;
+    // 32 floats per thread, as in the warp mapping: the work of a row's
+    // reductions and statistics is spread over as many elements as the
+    // registers allow (blocks of at most 512 threads).
+    plan.packs_per_thread = kMaxFloatsPerThread / plan.pack_elements;
     plan.threads_per_row = static_cast<int>(
         PowerOfTwoAtLeast(CeilDiv(packs, plan.packs_per_thread)));
-    if (plan.threads_per_row < 128) plan.threads_per_row = 128;
+    if (plan.threads_per_row < 64) plan.threads_per_row = 64;
     return plan;
   }
   plan.mapping = RowMapping::kBlockStreaming;

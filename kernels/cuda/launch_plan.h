@@ -20,10 +20,10 @@
 //   kWarpPerRow    D up to 1024 (+ a tail): one warp per row, several rows
 //                  per block, the row held in registers (up to 32 floats
 //                  per lane); no shared memory, no block barrier.
-//   kBlockPerRow   D up to 16384 (+ a tail): one block of 128–1024 threads
-//                  per row (the smallest that holds the row at 16 floats per
-//                  thread), the row in registers, warp partial sums combined
-//                  through shared memory.
+//   kBlockPerRow   D up to 16384 (+ a tail): one block of 64–512 threads
+//                  per row (the smallest that holds the row at 32 floats per
+//                  thread, as the warp mapping), the row in registers, warp
+//                  partial sums combined through shared memory.
 //   kBlockStreaming larger D: one block of 1024 threads per row and three
 //                  passes over the row in global memory (sums, squares,
 //                  output); the re-reads are served mostly by L2.
@@ -77,6 +77,10 @@ inline constexpr int64_t kWarpMaxPackedDim = 1024;
 inline constexpr int64_t kBlockMaxPackedDim = 16384;
 // Floats a thread keeps in registers at most.
 inline constexpr int kMaxFloatsPerThread = 32;
+// Threads of a block-per-row block at most (a row of kBlockMaxPackedDim at
+// kMaxFloatsPerThread).
+inline constexpr int kBlockMaxThreads =
+    static_cast<int>(kBlockMaxPackedDim / kMaxFloatsPerThread);
 // Warps (rows) per block in the warp-per-row mapping.
 inline constexpr int kWarpRowsPerBlock = 8;
 // Block size of the streaming mapping.

@@ -198,7 +198,8 @@ __global__ void __launch_bounds__(kWarpRowsPerBlock * 32, 3)
 }
 
 template <typename In, typename Out, int kPacks>
-__global__ void __launch_bounds__(1024) BlockPerRowKernel(const KernelArgs a) {
+__global__ void __launch_bounds__(kBlockMaxThreads)
+    BlockPerRowKernel(const KernelArgs a) {
   __shared__ float partial_f[64];
   __shared__ double partial_d[32];
   const int64_t row = blockIdx.x;
@@ -262,7 +263,8 @@ __global__ void __launch_bounds__(kWarpRowsPerBlock * 32, 4)
 }
 
 template <typename In, typename Out>
-__global__ void __launch_bounds__(1024) StagedBlockKernel(const KernelArgs a) {
+__global__ void __launch_bounds__(kBlockMaxThreads)
+    StagedBlockKernel(const KernelArgs a) {
   using Bits = typename In::Bits;
   constexpr int V = kPackOf<In>;
   extern __shared__ uint4 staged_smem[];
@@ -410,8 +412,12 @@ cudaError_t LaunchTyped(const KernelArgs& a, const LaunchPlan& plan,
       }
       break;
     case RowMapping::kBlockPerRow:
-      if (plan.packs_per_thread != 16 / V) return cudaErrorInvalidValue;
-      BlockPerRowKernel<In, Out, 16 / V><<<grid, block, 0, stream>>>(a);
+      if (plan.packs_per_thread != kMaxFloatsPerThread / V ||
+          plan.threads_per_row > kBlockMaxThreads) {
+        return cudaErrorInvalidValue;
+      }
+      BlockPerRowKernel<In, Out, kMaxFloatsPerThread / V>
+          <<<grid, block, 0, stream>>>(a);
       break;
     case RowMapping::kBlockStreaming:
       StreamingKernel<In, Out><<<grid, block, 0, stream>>>(a);
