@@ -599,6 +599,7 @@ TEST(CudaRowAlgorithmTest, StagedAlignedAndMisalignedRowsHaveTheSameBits) {
           for (size_t offset : {size_t{0}, size_t{4}}) {
             const Output o = RunEmulated(c, Path::kPlanned, offset);
             ASSERT_EQ(o.y, staged.y) << "offset " << offset;
+            ASSERT_EQ(o.sum, staged.sum) << "offset " << offset;
             ASSERT_EQ(0, std::memcmp(o.mean.data(), staged.mean.data(),
                                      o.mean.size() * 4));
             ASSERT_EQ(0, std::memcmp(o.rstd.data(), staged.rstd.data(),
