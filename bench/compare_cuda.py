@@ -13,6 +13,7 @@ and ratios, also written to bench/results/cuda_compare_<date>.md with the
 device name and the command.
 
 Usage: bench/compare_cuda.py [--build build-cuda] [--dims 768,...]
+                             [--bench_json J] [--baseline_json J]
 Needs a CUDA device, a CUDA build (`make build-cuda` or cmake with nvcc) and
 a PyTorch with CUDA importable by --python. Without a device it says why and
 exits 0.
@@ -136,6 +137,10 @@ def main():
     ap.add_argument("--bench_json",
                     help="normalize_cuda_bench's --benchmark_out JSON to use "
                     "instead of running it")
+    ap.add_argument("--baseline_json",
+                    help="another build's normalize_cuda_bench JSON from the "
+                    "same run (e.g. the commit before a kernel change): adds "
+                    "its GB/s and this build's speed-up over it")
     ap.add_argument("--out", default=os.path.join(REPO, "bench", "results"))
     args = ap.parse_args()
     dims = [int(d) for d in args.dims.split(",")]
@@ -145,6 +150,8 @@ def main():
         print(f"compare_cuda: skipped: {device}")
         return 0
     ours = normserve_results(args.build, dims, args.bench_json)
+    base = (normserve_results(None, dims, args.baseline_json)
+            if args.baseline_json else {})
 
     cases = []
     for dtype, (_, size) in DTYPES.items():
@@ -163,8 +170,9 @@ def main():
         gbps, vs_copy, copy_gbps = ours[(dtype, kind, d)]
         torch_gbps = moved / t["seconds"] if t["seconds"] else None
         torch_copy = moved / t["copy_seconds"] if t["copy_seconds"] else None
+        base_gbps = base.get((dtype, kind, d), (None,))[0]
         rows.append((dtype, kind, d, n, copy_gbps, gbps, vs_copy, torch_copy,
-                     torch_gbps))
+                     torch_gbps, base_gbps))
 
     def f(v, fmt):
         return "n/a" if v is None else fmt.format(v)
@@ -181,17 +189,26 @@ def main():
         "timings.", "",
         "| dtype | kind | D | rows | D2D copy GB/s | normserve GB/s "
         "| normserve / copy | torch copy GB/s | torch GB/s "
-        "| normserve vs torch |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| normserve vs torch |"
+        + (" baseline GB/s | vs baseline |" if base else ""),
+        "|---|---|---|---|---|---|---|---|---|---|"
+        + ("---|---|" if base else ""),
     ]
+    if base:
+        lines.insert(5, f"- Baseline: `{args.baseline_json}`, run on the same "
+                     "device in the same session.")
     for (dtype, kind, d, n, copy_gbps, gbps, vs_copy, torch_copy,
-         torch_gbps) in rows:
+         torch_gbps, base_gbps) in rows:
         speedup = gbps / torch_gbps if torch_gbps else None
-        lines.append(
+        line = (
             f"| {dtype} | {kind} | {d} | {n} | {f(copy_gbps, '{:.0f}')} "
             f"| {gbps:.0f} | {f(vs_copy, '{:.2f}')} "
             f"| {f(torch_copy, '{:.0f}')} | {f(torch_gbps, '{:.0f}')} "
             f"| {f(speedup, '{:.2f}×')} |")
+        if base:
+            gain = gbps / base_gbps if base_gbps else None
+            line += f" {f(base_gbps, '{:.0f}')} | {f(gain, '{:.2f}×')} |"
+        lines.append(line)
     text = "\n".join(lines) + "\n"
     print(text)
     os.makedirs(args.out, exist_ok=True)

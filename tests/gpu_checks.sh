@@ -16,7 +16,10 @@
 # Usage: tests/gpu_checks.sh [BUILD_DIR] [OUT_DIR]    (or: make gpu-check)
 # OUT_DIR defaults to BUILD_DIR/gpu-checks.
 # Environment: PYTHON (with NumPy; PyTorch for the comparison), default
-# python3; BENCH_ARGS, extra flags for normalize_cuda_bench; STEP_TIMEOUT_S,
+# python3; BENCH_ARGS, extra flags for normalize_cuda_bench; BASELINE_BENCH,
+# another build's normalize_cuda_bench (say, of the commit before a kernel
+# change), run right after this build's so that the comparison table gives
+# the change's speed-up measured in one run; STEP_TIMEOUT_S,
 # each sanitizer step's limit (default 600); DEADLINE_S, seconds after which
 # the remaining steps are reported as not run (default: none).
 set -uo pipefail
@@ -90,8 +93,16 @@ step gpu_server_test 300 env NORMSERVE_GPU_REPORT="$out/gpu_server_load.json" \
 step normalize_cuda_bench 300 "$build/bench/normalize_cuda_bench" \
   --benchmark_out="$out/normalize_cuda_bench.json" --benchmark_out_format=json \
   ${BENCH_ARGS:-}
+baseline_args=()
+if [ -n "${BASELINE_BENCH:-}" ]; then
+  # shellcheck disable=SC2086
+  step baseline_cuda_bench 300 "$BASELINE_BENCH" \
+    --benchmark_out="$out/baseline_cuda_bench.json" --benchmark_out_format=json \
+    ${BENCH_ARGS:-}
+  baseline_args=(--baseline_json "$out/baseline_cuda_bench.json")
+fi
 step compare_cuda 300 "$python" "$repo/bench/compare_cuda.py" --build "$build" \
-  --bench_json "$out/normalize_cuda_bench.json" --out "$out"
+  --bench_json "$out/normalize_cuda_bench.json" "${baseline_args[@]}" --out "$out"
 
 step memcheck_kernels "$step_limit" "$sanitizer" --tool memcheck --leak-check full \
   --error-exitcode 1 "$build/tests/cuda_normalize_test"
