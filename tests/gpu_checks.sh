@@ -18,8 +18,9 @@
 # Environment: PYTHON (with NumPy; PyTorch for the comparison), default
 # python3; BENCH_ARGS, extra flags for normalize_cuda_bench; BASELINE_BENCH,
 # another build's normalize_cuda_bench (say, of the commit before a kernel
-# change), run right after this build's so that the comparison table gives
-# the change's speed-up measured in one run; STEP_TIMEOUT_S,
+# change: bench/build_baseline.sh COMMIT), run right after this build's so
+# that the comparison table gives the change's speed-up measured in one run;
+# STEP_TIMEOUT_S,
 # each sanitizer step's limit (default 600); DEADLINE_S, seconds after which
 # the remaining steps are reported as not run (default: none).
 set -uo pipefail
