@@ -22,6 +22,7 @@
 #include "kernels/dtype.h"
 #include "kernels/normalize.h"
 #include "kernels/reference.h"
+#include "tests/kernel_checks.h"
 #include "tests/kernel_test_util.h"
 
 namespace normserve::cuda {
@@ -30,8 +31,15 @@ namespace {
 using testing::BitsAt;
 using testing::Case;
 using testing::CheckAgainstReference;
+using testing::CheckAgreesWithTheCpuKernel;
+using testing::CheckConstantRowsGiveExactlyBeta;
+using testing::CheckEveryDtypePair;
+using testing::CheckHugeAndTinyRows;
+using testing::CheckMeanFarLargerThanStd;
+using testing::CheckNanOrInfPoisonsOnlyItsRow;
 using testing::Describe;
 using testing::Encode;
+using testing::ExpectUlpBound;
 using testing::kTypes;
 using testing::MakeCase;
 using testing::Name;
@@ -132,35 +140,12 @@ class CudaKernelTest : public ::testing::Test {
   }
 };
 
+Output OnGpu(const Case& c) { return RunOnGpu(c); }
+
 TEST_F(CudaKernelTest, EveryDtypePairKindAffineAndResidualMatchesReference) {
-  std::mt19937 rng(1);
   UlpStats total;
-  for (DType in : kTypes) {
-    for (DType out : kTypes) {
-      for (NormKind kind : {NormKind::kLayerNorm, NormKind::kRmsNorm}) {
-        for (int affine = 0; affine < 4; ++affine) {
-          for (bool residual : {false, true}) {
-            for (int64_t d : {1, 3, 31, 64, 768, 769, 1031, 4097}) {
-              std::vector<float> g, b;
-              const Case c = MakeCase(kind, in, out, d, 5, affine & 1,
-                                      affine & 2, residual, &rng, &g, &b);
-              SCOPED_TRACE(::testing::Message()
-                           << Name(in) << "->" << Name(out) << " kind "
-                           << static_cast<int>(kind) << " affine " << affine
-                           << " residual " << residual << " D " << d);
-              total.Add(CheckAgainstReference(c, RunOnGpu(c)));
-              if (HasFailure()) return;
-            }
-          }
-        }
-      }
-    }
-  }
-  // As on the CPU: 16-bit outputs within 1 ulp of the correctly rounded
-  // reference in at least 99.9% of elements, never more than 2.
-  EXPECT_GT(total.elements, 100000);
-  EXPECT_LE(total.over_one_ulp, total.elements / 1000);
-  EXPECT_LE(total.worst_ulps, 2);
+  CheckEveryDtypePair(OnGpu, {1, 3, 31, 64, 768, 769, 1031, 4097}, 5, &total);
+  ExpectUlpBound(total, 100000);
 }
 
 // The CPU test's random sweep (testing::RandomCase), on the GPU: every
@@ -212,135 +197,27 @@ TEST_F(CudaKernelTest, LongRowsOnTheBlockAndStreamingMappings) {
   }
 }
 
-// GPU and CPU within twice the reference bound of each other (each is
-// within the bound of float64), for every dtype pair.
 TEST_F(CudaKernelTest, AgreesWithTheCpuKernel) {
-  std::mt19937 rng(3);
-  for (DType in : kTypes) {
-    for (DType out : kTypes) {
-      for (int64_t d : {5, 768, 1024, 4096, 20000}) {
-        std::vector<float> g, b;
-        const Case c = MakeCase(NormKind::kLayerNorm, in, out, d, 4, true, true,
-                                true, &rng, &g, &b);
-        const Output gpu = RunOnGpu(c), cpu = RunOnCpu(c);
-        SCOPED_TRACE(::testing::Message()
-                     << Name(in) << "->" << Name(out) << " D " << d);
-        for (int64_t r = 0; r < c.rows; ++r) {
-          double scale = 0.0;
-          for (int64_t i = 0; i < d; ++i) {
-            scale = std::max<double>(
-                scale,
-                std::abs(ValueAt(out, cpu.y, static_cast<size_t>(r * d + i))));
-          }
-          for (int64_t i = 0; i < d; ++i) {
-            const size_t k = static_cast<size_t>(r * d + i);
-            if (out == DType::kFloat32) {
-              ASSERT_LE(
-                  std::abs(ValueAt(out, gpu.y, k) - ValueAt(out, cpu.y, k)),
-                  2e-5 * scale)
-                  << "row " << r << " col " << i;
-            } else {
-              const float g = ValueAt(out, gpu.y, k),
-                          h = ValueAt(out, cpu.y, k);
-              ASSERT_TRUE(std::abs(Ordinal(BitsAt(gpu.y, k)) -
-                                   Ordinal(BitsAt(cpu.y, k))) <= 2 ||
-                          std::abs(g - h) <= 2e-5 * scale)
-                  << "row " << r << " col " << i << ": " << g << " vs " << h;
-            }
-          }
-          EXPECT_NEAR(gpu.rstd[r], cpu.rstd[r], 2e-5 * cpu.rstd[r]);
-        }
-        // z is defined exactly: the same bits on both.
-        EXPECT_EQ(gpu.sum, cpu.sum);
-      }
-    }
-  }
+  CheckAgreesWithTheCpuKernel(
+      OnGpu, {DType::kFloat32, DType::kFloat16, DType::kBFloat16},
+      {5, 768, 1024, 4096, 20000}, 4);
 }
 
 TEST_F(CudaKernelTest, AccurateWhenMeanIsFarLargerThanStd) {
-  std::mt19937 rng(7);
-  for (int64_t d : {8, 768, 4096, 65536}) {
-    Case c;
-    c.params.dim = d;
-    c.rows = 3;
-    c.x = Encode(DType::kFloat32,
-                 Normal(static_cast<size_t>(3 * d), 1e4f, 1e-3f, &rng));
-    SCOPED_TRACE(::testing::Message() << "D " << d);
-    CheckAgainstReference(c, RunOnGpu(c));
-  }
+  CheckMeanFarLargerThanStd(OnGpu, {8, 768, 4096, 65536});
 }
 
 TEST_F(CudaKernelTest, ConstantRowGivesExactlyBeta) {
-  for (int64_t d : {100, 3000, 40000}) {  // warp, block, streaming
-    std::vector<float> beta(d), gamma(d, 3.0f);
-    for (int64_t i = 0; i < d; ++i)
-      beta[i] = 0.25f * static_cast<float>(i % 9) - 1.0f;
-    for (DType t : kTypes) {
-      for (float v : {0.0f, 1.0f, -7.5f, 12288.0f, 3e38f, 1e-38f}) {
-        Case c;
-        c.params.dim = d;
-        c.params.gamma = gamma.data();
-        c.params.beta = beta.data();
-        c.in = c.out = t;
-        c.x = Encode(t, std::vector<float>(d, v));
-        if (std::isinf(c.x.values[0])) continue;  // 3e38 overflows float16
-        const Output o = RunOnGpu(c);
-        for (int64_t i = 0; i < d; ++i) {
-          const float want =
-              t == DType::kFloat32 ? beta[i] : Widen(t, RefRound(t, beta[i]));
-          ASSERT_EQ(ValueAt(t, o.y, i), want)
-              << Name(t) << " D " << d << " constant " << v << " col " << i;
-        }
-      }
-    }
-  }
+  CheckConstantRowsGiveExactlyBeta(OnGpu, {100, 3000, 40000});
 }
 
 TEST_F(CudaKernelTest, HugeAndTinyMagnitudesAreRecomputedInDouble) {
-  std::mt19937 rng(3);
-  for (int64_t d : {1000, 5000, 30000}) {
-    for (float scale : {1e25f, 1e37f, 1e-20f, 1e-40f}) {
-      for (NormKind kind : {NormKind::kLayerNorm, NormKind::kRmsNorm}) {
-        Case c;
-        c.params.kind = kind;
-        c.params.dim = d;
-        c.params.epsilon = 1e-38f;  // so that tiny rows are not swamped by ε
-        c.rows = 2;
-        std::vector<float> x = Normal(2 * d, 0, 1, &rng);
-        for (float& v : x) v *= scale;
-        c.x = Encode(DType::kFloat32, x);
-        SCOPED_TRACE(::testing::Message()
-                     << "D " << d << " scale " << scale << " kind "
-                     << static_cast<int>(kind));
-        CheckAgainstReference(c, RunOnGpu(c));
-      }
-    }
-  }
+  CheckHugeAndTinyRows(OnGpu, {1000, 5000, 30000});
 }
 
 TEST_F(CudaKernelTest, NanOrInfPoisonsOnlyItsRow) {
-  const float kNan = std::numeric_limits<float>::quiet_NaN();
-  const float kInf = std::numeric_limits<float>::infinity();
-  for (int64_t d : {48, 2000, 20000}) {
-    for (float bad : {kNan, kInf, -kInf}) {
-      for (int64_t pos : {int64_t{0}, int64_t{5}, d - 1}) {
-        Case c;
-        c.params.dim = d;
-        c.rows = 3;
-        std::vector<float> x(3 * d);
-        for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>(i % 5);
-        x[d + pos] = bad;
-        c.x = Encode(DType::kFloat32, x);
-        const Output o = RunOnGpu(c);
-        for (int64_t i = 0; i < d; ++i) {
-          ASSERT_TRUE(std::isnan(ValueAt(DType::kFloat32, o.y, d + i)))
-              << "D " << d << " bad " << bad << " at " << pos << " col " << i;
-          ASSERT_FALSE(std::isnan(ValueAt(DType::kFloat32, o.y, i)));
-          ASSERT_FALSE(std::isnan(ValueAt(DType::kFloat32, o.y, 2 * d + i)));
-        }
-      }
-    }
-  }
+  CheckNanOrInfPoisonsOnlyItsRow(OnGpu, {48, 2000, 20000},
+                                 {DType::kFloat32, DType::kBFloat16});
 }
 
 // A row's bits never depend on the batch: each row alone, then inside

@@ -28,6 +28,7 @@
 #include "kernels/cuda/internal/normalize_row.h"
 #include "kernels/cuda/launch_plan.h"
 #include "kernels/dtype.h"
+#include "tests/kernel_checks.h"
 #include "tests/kernel_test_util.h"
 
 namespace normserve::cuda::internal {
@@ -35,15 +36,22 @@ namespace {
 
 using testing::Case;
 using testing::CheckAgainstReference;
+using testing::CheckAgreesWithTheCpuKernel;
+using testing::CheckConstantRowsGiveExactlyBeta;
+using testing::CheckEveryDtypePair;
+using testing::CheckHugeAndTinyRows;
+using testing::CheckMeanFarLargerThanStd;
+using testing::CheckNanOrInfPoisonsOnlyItsRow;
 using testing::Describe;
 using testing::Encode;
+using testing::ExpectUlpBound;
 using testing::kTypes;
 using testing::MakeCase;
 using testing::Name;
 using testing::Normal;
 using testing::Output;
 using testing::RandomCase;
-using testing::RunOnCpu;
+using testing::Runner;
 using testing::SweepSeed;
 using testing::Tensor;
 using testing::UlpStats;
@@ -186,7 +194,11 @@ template <typename In, typename Out>
 void RunTyped(const KernelArgs& a, const LaunchPlan& plan, Path path) {
   constexpr int V = kPackOf<In>;
   const int threads = plan.threads_per_row;
-  if (path == Path::kStaged) {
+  // As the device's launcher: rows the staged kernels cannot take (a
+  // residual, a tail, a streaming D) go the planned way.
+  const bool stageable = a.residual == nullptr && a.dim % V == 0 &&
+                         plan.mapping != RowMapping::kBlockStreaming;
+  if (path == Path::kStaged && stageable) {
     RunStagedRows<In, Out>(a, threads);
     return;
   }
@@ -385,37 +397,23 @@ TEST(PackConversionTest, RepackGivesTheElementConversions) {
 }
 
 // ---- The row algorithm against the float64 reference ----
+//
+// The kernel tests' checks (tests/kernel_checks.h), each on the planned
+// mapping and on the staged one (which takes the rows it can, as on the
+// device), with fewer and shorter rows than on a GPU: every emulated
+// thread is a host thread.
+
+Output Planned(const Case& c) { return RunEmulated(c, Path::kPlanned); }
+Output Staged(const Case& c) { return RunEmulated(c, Path::kStaged); }
 
 TEST(CudaRowAlgorithmTest, EveryDtypePairKindAffineAndResidualMatches) {
-  std::mt19937 rng(1);
-  UlpStats total;
-  for (DType in : kTypes) {
-    for (DType out : kTypes) {
-      for (NormKind kind : {NormKind::kLayerNorm, NormKind::kRmsNorm}) {
-        for (int affine = 0; affine < 4; ++affine) {
-          for (bool residual : {false, true}) {
-            // Warp mappings with and without a tail, a block mapping.
-            for (int64_t d : {1, 37, 768, 1031, 2048}) {
-              std::vector<float> g, b;
-              const Case c = MakeCase(kind, in, out, d, 3, affine & 1,
-                                      affine & 2, residual, &rng, &g, &b);
-              SCOPED_TRACE(Describe(c));
-              total.Add(CheckAgainstReference(c, RunEmulated(c)));
-              if (!residual && d % (16 / DTypeSize(in)) == 0) {
-                total.Add(
-                    CheckAgainstReference(c, RunEmulated(c, Path::kStaged)));
-              }
-              if (HasFailure()) return;
-            }
-          }
-        }
-      }
-    }
+  for (const Runner& run : {Runner(Planned), Runner(Staged)}) {
+    UlpStats total;
+    // Warp mappings with and without a tail, block mappings.
+    CheckEveryDtypePair(run, {1, 37, 768, 1031, 2048}, 3, &total);
+    ExpectUlpBound(total, 20000);
+    if (HasFailure()) return;
   }
-  // The bound of the CPU and GPU kernel tests.
-  EXPECT_GT(total.elements, 20000);
-  EXPECT_LE(total.over_one_ulp, total.elements / 1000);
-  EXPECT_LE(total.worst_ulps, 2);
 }
 
 // The kernel tests' random sweep, smaller: rows and D log-uniform, any
@@ -449,129 +447,36 @@ TEST(CudaRowAlgorithmTest, LongRowsOnTheBlockAndStreamingMappings) {
       SCOPED_TRACE(::testing::Message()
                    << "D " << d << " " << Name(t) << " mapping "
                    << RowMappingName(PlanLaunch(d, t).mapping));
-      EXPECT_LE(CheckAgainstReference(c, RunEmulated(c)).worst_ulps, 2);
+      EXPECT_LE(CheckAgainstReference(c, Staged(c)).worst_ulps, 2);
     }
   }
 }
 
 TEST(CudaRowAlgorithmTest, AccurateWhenMeanIsFarLargerThanStd) {
-  std::mt19937 rng(7);
-  for (int64_t d : {8, 768, 4096}) {
-    Case c;
-    c.params.dim = d;
-    c.rows = 2;
-    c.x = Encode(DType::kFloat32,
-                 Normal(static_cast<size_t>(2 * d), 1e4f, 1e-3f, &rng));
-    SCOPED_TRACE(::testing::Message() << "D " << d);
-    CheckAgainstReference(c, RunEmulated(c));
-  }
+  CheckMeanFarLargerThanStd(Planned, {8, 768, 4096});
+  CheckMeanFarLargerThanStd(Staged, {8, 768, 4096});
 }
 
 TEST(CudaRowAlgorithmTest, ConstantRowGivesExactlyBeta) {
-  for (int64_t d : {96, 3000}) {  // warp, block
-    std::vector<float> beta(d), gamma(d, 3.0f);
-    for (int64_t i = 0; i < d; ++i)
-      beta[i] = 0.25f * static_cast<float>(i % 9) - 1.0f;
-    for (DType t : kTypes) {
-      for (float v : {0.0f, -7.5f, 12288.0f, 1e-38f}) {
-        Case c;
-        c.params.dim = d;
-        c.params.gamma = gamma.data();
-        c.params.beta = beta.data();
-        c.in = c.out = t;
-        c.x = Encode(t, std::vector<float>(d, v));
-        for (Path path : {Path::kPlanned, Path::kStaged}) {
-          if (path == Path::kStaged && d % (16 / DTypeSize(t)) != 0) continue;
-          const Output o = RunEmulated(c, path);
-          for (int64_t i = 0; i < d; ++i) {
-            const float want = t == DType::kFloat32
-                                   ? beta[i]
-                                   : ValueAt(t, Encode(t, {beta[i]}).bytes, 0);
-            ASSERT_EQ(ValueAt(t, o.y, i), want)
-                << Name(t) << " D " << d << " constant " << v << " col " << i;
-          }
-        }
-      }
-    }
-  }
+  CheckConstantRowsGiveExactlyBeta(Planned, {96, 3000});  // warp, block
+  CheckConstantRowsGiveExactlyBeta(Staged, {96, 3000});
 }
 
 TEST(CudaRowAlgorithmTest, HugeAndTinyMagnitudesAreRecomputedInDouble) {
-  std::mt19937 rng(3);
-  for (int64_t d : {1000, 5000}) {
-    for (float scale : {1e25f, 1e37f, 1e-20f, 1e-40f}) {
-      for (NormKind kind : {NormKind::kLayerNorm, NormKind::kRmsNorm}) {
-        Case c;
-        c.params.kind = kind;
-        c.params.dim = d;
-        c.params.epsilon = 1e-38f;
-        c.rows = 2;
-        std::vector<float> x = Normal(2 * d, 0, 1, &rng);
-        for (float& v : x) v *= scale;
-        c.x = Encode(DType::kFloat32, x);
-        SCOPED_TRACE(::testing::Message()
-                     << "D " << d << " scale " << scale << " kind "
-                     << static_cast<int>(kind));
-        CheckAgainstReference(c, RunEmulated(c));
-      }
-    }
-  }
+  CheckHugeAndTinyRows(Planned, {1000, 5000});
+  CheckHugeAndTinyRows(Staged, {1000, 5000});
 }
 
 TEST(CudaRowAlgorithmTest, NanOrInfPoisonsOnlyItsRow) {
-  const float kNan = std::numeric_limits<float>::quiet_NaN();
-  const float kInf = std::numeric_limits<float>::infinity();
-  for (int64_t d : {48, 2000}) {
-    for (DType out : kTypes) {
-      for (float bad : {kNan, kInf, -kInf}) {
-        Case c;
-        c.params.dim = d;
-        c.out = out;
-        c.rows = 3;
-        std::vector<float> x(3 * d);
-        for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>(i % 5);
-        x[d + 5] = bad;
-        c.x = Encode(DType::kFloat32, x);
-        const Output o = RunEmulated(c);
-        for (int64_t i = 0; i < d; ++i) {
-          ASSERT_TRUE(std::isnan(ValueAt(out, o.y, d + i)))
-              << "D " << d << " bad " << bad << " col " << i;
-          ASSERT_FALSE(std::isnan(ValueAt(out, o.y, i)));
-          ASSERT_FALSE(std::isnan(ValueAt(out, o.y, 2 * d + i)));
-        }
-      }
-    }
-  }
+  CheckNanOrInfPoisonsOnlyItsRow(
+      Planned, {48, 2000},
+      {DType::kFloat32, DType::kFloat16, DType::kBFloat16});
+  CheckNanOrInfPoisonsOnlyItsRow(Staged, {48, 2000}, {DType::kBFloat16});
 }
 
-// Within twice the reference bound of the CPU kernel.
 TEST(CudaRowAlgorithmTest, AgreesWithTheCpuKernel) {
-  std::mt19937 rng(3);
-  for (DType in : kTypes) {
-    for (int64_t d : {5, 768, 4096}) {
-      std::vector<float> g, b;
-      const Case c = MakeCase(NormKind::kLayerNorm, in, DType::kFloat32, d, 2,
-                              true, true, true, &rng, &g, &b);
-      const Output emulated = RunEmulated(c), cpu = RunOnCpu(c);
-      SCOPED_TRACE(::testing::Message() << Name(in) << " D " << d);
-      for (int64_t r = 0; r < c.rows; ++r) {
-        double scale = 0.0;
-        for (int64_t i = 0; i < d; ++i) {
-          scale = std::max<double>(
-              scale, std::abs(ValueAt(DType::kFloat32, cpu.y, r * d + i)));
-        }
-        for (int64_t i = 0; i < d; ++i) {
-          const size_t k = static_cast<size_t>(r * d + i);
-          ASSERT_LE(std::abs(ValueAt(DType::kFloat32, emulated.y, k) -
-                             ValueAt(DType::kFloat32, cpu.y, k)),
-                    2e-5 * scale)
-              << "row " << r << " col " << i;
-        }
-        EXPECT_NEAR(emulated.rstd[r], cpu.rstd[r], 2e-5 * cpu.rstd[r]);
-      }
-      EXPECT_EQ(emulated.sum, cpu.sum);  // z is defined exactly
-    }
-  }
+  CheckAgreesWithTheCpuKernel(Planned, {DType::kFloat32, DType::kBFloat16},
+                              {5, 768, 4096}, 2);
 }
 
 // The staged instantiation (every access a vector access, no tail), the

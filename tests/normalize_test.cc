@@ -17,6 +17,7 @@
 #include "kernels/dtype.h"
 #include "kernels/reference.h"
 #include "kernels/thread_pool.h"
+#include "tests/kernel_checks.h"
 #include "tests/kernel_test_util.h"
 
 namespace normserve {
@@ -24,8 +25,14 @@ namespace {
 
 using testing::Case;
 using testing::CheckAgainstReference;
+using testing::CheckConstantRowsGiveExactlyBeta;
+using testing::CheckEveryDtypePair;
+using testing::CheckHugeAndTinyRows;
+using testing::CheckMeanFarLargerThanStd;
+using testing::CheckNanOrInfPoisonsOnlyItsRow;
 using testing::Describe;
 using testing::Encode;
+using testing::ExpectUlpBound;
 using testing::kTypes;
 using testing::MakeCase;
 using testing::Name;
@@ -63,35 +70,12 @@ TEST_P(KernelTest, UsesTheTargetUnderTest) {
   EXPECT_STREQ(KernelTargetName(), hwy::TargetName(GetParam()));
 }
 
+Output OnCpu(const Case& c) { return RunOnCpu(c); }
+
 TEST_P(KernelTest, EveryDtypePairKindAffineAndResidualMatchesReference) {
-  std::mt19937 rng(1);
   UlpStats total;
-  for (DType in : kTypes) {
-    for (DType out : kTypes) {
-      for (NormKind kind : {NormKind::kLayerNorm, NormKind::kRmsNorm}) {
-        for (int affine = 0; affine < 4; ++affine) {
-          for (bool residual : {false, true}) {
-            for (int64_t d : {1, 3, 17, 64, 768, 1031}) {
-              std::vector<float> g, b;
-              const Case c = MakeCase(kind, in, out, d, 5, affine & 1,
-                                      affine & 2, residual, &rng, &g, &b);
-              SCOPED_TRACE(::testing::Message()
-                           << Name(in) << "->" << Name(out) << " kind "
-                           << static_cast<int>(kind) << " affine " << affine
-                           << " residual " << residual << " D " << d);
-              total.Add(CheckAgainstReference(c, RunOnCpu(c)));
-              if (HasFailure()) return;
-            }
-          }
-        }
-      }
-    }
-  }
-  // 16-bit outputs: within 1 ulp of the correctly rounded reference in at
-  // least 99.9% of elements, never more than 2.
-  EXPECT_GT(total.elements, 100000);
-  EXPECT_LE(total.over_one_ulp, total.elements / 1000);
-  EXPECT_LE(total.worst_ulps, 2);
+  CheckEveryDtypePair(OnCpu, {1, 3, 17, 64, 768, 1031}, 5, &total);
+  ExpectUlpBound(total, 100000);
 }
 
 // Random cases over the whole input space (testing::RandomCase: D from 1 to
@@ -145,93 +129,20 @@ TEST_P(KernelTest, LongRowsAndManyRows) {
 }
 
 TEST_P(KernelTest, AccurateWhenMeanIsFarLargerThanStd) {
-  std::mt19937 rng(7);
-  for (int64_t d : {8, 768, 65536}) {
-    Case c;
-    c.params.dim = d;
-    c.rows = 3;
-    c.x = Encode(DType::kFloat32,
-                 Normal(static_cast<size_t>(3 * d), 1e4f, 1e-3f, &rng));
-    SCOPED_TRACE(::testing::Message() << "D " << d);
-    CheckAgainstReference(c, RunOnCpu(c));
-  }
+  CheckMeanFarLargerThanStd(OnCpu, {8, 768, 65536});
 }
 
 TEST_P(KernelTest, ConstantRowGivesExactlyBeta) {
-  const int64_t d = 100;
-  std::vector<float> beta(d), gamma(d, 3.0f);
-  for (int64_t i = 0; i < d; ++i)
-    beta[i] = 0.25f * static_cast<float>(i % 9) - 1.0f;
-  for (DType t : kTypes) {
-    for (float v : {0.0f, 1.0f, -7.5f, 12288.0f, 3e38f, 1e-38f}) {
-      Case c;
-      c.params.dim = d;
-      c.params.gamma = gamma.data();
-      c.params.beta = beta.data();
-      c.in = c.out = t;
-      c.x = Encode(t, std::vector<float>(d, v));
-      if (std::isinf(c.x.values[0])) continue;  // 3e38 overflows float16
-      const Output o = RunOnCpu(c);
-      for (int64_t i = 0; i < d; ++i) {
-        float got;
-        if (t == DType::kFloat32) {
-          std::memcpy(&got, &o.y[i * 4], 4);
-        } else {
-          uint16_t bits;
-          std::memcpy(&bits, &o.y[i * 2], 2);
-          got = Widen(t, bits);
-        }
-        ASSERT_EQ(got, t == DType::kFloat32 ? beta[i]
-                                            : Widen(t, RefRound(t, beta[i])))
-            << Name(t) << " constant " << v << " col " << i;
-      }
-    }
-  }
+  CheckConstantRowsGiveExactlyBeta(OnCpu, {100});
 }
 
 TEST_P(KernelTest, HugeAndTinyMagnitudesAreRecomputedInDouble) {
-  std::mt19937 rng(3);
-  for (float scale : {1e25f, 1e37f, 1e-20f, 1e-40f}) {
-    for (NormKind kind : {NormKind::kLayerNorm, NormKind::kRmsNorm}) {
-      Case c;
-      c.params.kind = kind;
-      c.params.dim = 1000;
-      c.params.epsilon = 1e-38f;  // so that tiny rows are not swamped by eps
-      c.rows = 2;
-      std::vector<float> x = Normal(2000, 0, 1, &rng);
-      for (float& v : x) v *= scale;
-      c.x = Encode(DType::kFloat32, x);
-      SCOPED_TRACE(::testing::Message()
-                   << "scale " << scale << " kind " << static_cast<int>(kind));
-      CheckAgainstReference(c, RunOnCpu(c));
-    }
-  }
+  CheckHugeAndTinyRows(OnCpu, {1000});
 }
 
 TEST_P(KernelTest, NanOrInfPoisonsOnlyItsRow) {
-  const float kNan = std::numeric_limits<float>::quiet_NaN();
-  const float kInf = std::numeric_limits<float>::infinity();
-  for (float bad : {kNan, kInf, -kInf}) {
-    for (int64_t pos : {0, 5, 47}) {
-      Case c;
-      c.params.dim = 48;
-      c.rows = 3;
-      std::vector<float> x(3 * 48);
-      for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>(i % 5);
-      x[48 + pos] = bad;
-      c.x = Encode(DType::kFloat32, x);
-      const Output o = RunOnCpu(c);
-      for (int64_t i = 0; i < 48; ++i) {
-        float y0, y1, y2;
-        std::memcpy(&y0, &o.y[4 * i], 4);
-        std::memcpy(&y1, &o.y[4 * (48 + i)], 4);
-        std::memcpy(&y2, &o.y[4 * (96 + i)], 4);
-        EXPECT_TRUE(std::isnan(y1)) << "bad " << bad << " at " << pos;
-        EXPECT_FALSE(std::isnan(y0));
-        EXPECT_FALSE(std::isnan(y2));
-      }
-    }
-  }
+  CheckNanOrInfPoisonsOnlyItsRow(
+      OnCpu, {48}, {DType::kFloat32, DType::kFloat16, DType::kBFloat16});
 }
 
 // Rows of ±1 have mean 0 and variance 1, and with ε = 2^-60 rstd rounds to

@@ -1,0 +1,210 @@
+// Checks shared by the kernel tests: the CPU kernel (normalize_test.cc),
+// the CUDA kernels on a GPU (cuda_normalize_test.cc) and the CUDA row
+// algorithm on host threads (cuda_row_algorithm_test.cc) must all meet the
+// same contract, so each check takes the way to run a case and reports
+// through gtest assertions in the calling test.
+#ifndef NORMSERVE_TESTS_KERNEL_CHECKS_H_
+#define NORMSERVE_TESTS_KERNEL_CHECKS_H_
+
+#include <cmath>
+#include <functional>
+#include <initializer_list>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "tests/kernel_test_util.h"
+
+namespace normserve::testing {
+
+// Runs one case and returns what the kernel wrote.
+using Runner = std::function<Output(const Case&)>;
+
+// Every input × output dtype, kind, γ/β presence and residual option at
+// each D, `rows` rows each, against the float64 reference; the 16-bit ulp
+// statistics are added to *total. Stops at the first failing case.
+inline void CheckEveryDtypePair(const Runner& run,
+                                std::initializer_list<int64_t> dims,
+                                int64_t rows, UlpStats* total) {
+  std::mt19937 rng(1);
+  for (DType in : kTypes) {
+    for (DType out : kTypes) {
+      for (NormKind kind : {NormKind::kLayerNorm, NormKind::kRmsNorm}) {
+        for (int affine = 0; affine < 4; ++affine) {
+          for (bool residual : {false, true}) {
+            for (int64_t d : dims) {
+              std::vector<float> g, b;
+              const Case c = MakeCase(kind, in, out, d, rows, affine & 1,
+                                      affine & 2, residual, &rng, &g, &b);
+              SCOPED_TRACE(Describe(c));
+              total->Add(CheckAgainstReference(c, run(c)));
+              if (::testing::Test::HasFailure()) return;
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+// The bound of every kernel: 16-bit outputs within 1 ulp of the correctly
+// rounded reference in at least 99.9% of elements, never more than 2.
+inline void ExpectUlpBound(const UlpStats& total, int64_t min_elements) {
+  EXPECT_GT(total.elements, min_elements);
+  EXPECT_LE(total.over_one_ulp, total.elements / 1000);
+  EXPECT_LE(total.worst_ulps, 2);
+}
+
+// Rows with |mean| ≫ std (1e4 ± 1e-3): the shifted two-pass statistics
+// keep them accurate.
+inline void CheckMeanFarLargerThanStd(const Runner& run,
+                                      std::initializer_list<int64_t> dims) {
+  std::mt19937 rng(7);
+  for (int64_t d : dims) {
+    Case c;
+    c.params.dim = d;
+    c.rows = 3;
+    c.x = Encode(DType::kFloat32,
+                 Normal(static_cast<size_t>(3 * d), 1e4f, 1e-3f, &rng));
+    SCOPED_TRACE(::testing::Message() << "D " << d);
+    CheckAgainstReference(c, run(c));
+  }
+}
+
+// A constant row normalizes to exactly β (γ = 3), in every dtype, for
+// constants from 0 to near the float32 limits.
+inline void CheckConstantRowsGiveExactlyBeta(
+    const Runner& run, std::initializer_list<int64_t> dims) {
+  for (int64_t d : dims) {
+    std::vector<float> beta(d), gamma(d, 3.0f);
+    for (int64_t i = 0; i < d; ++i)
+      beta[i] = 0.25f * static_cast<float>(i % 9) - 1.0f;
+    for (DType t : kTypes) {
+      for (float v : {0.0f, 1.0f, -7.5f, 12288.0f, 3e38f, 1e-38f}) {
+        Case c;
+        c.params.dim = d;
+        c.params.gamma = gamma.data();
+        c.params.beta = beta.data();
+        c.in = c.out = t;
+        c.x = Encode(t, std::vector<float>(d, v));
+        if (std::isinf(c.x.values[0])) continue;  // 3e38 overflows float16
+        const Output o = run(c);
+        for (int64_t i = 0; i < d; ++i) {
+          const float want =
+              t == DType::kFloat32 ? beta[i] : Widen(t, RefRound(t, beta[i]));
+          ASSERT_EQ(ValueAt(t, o.y, i), want)
+              << Name(t) << " D " << d << " constant " << v << " col " << i;
+        }
+      }
+    }
+  }
+}
+
+// Rows whose float32 squares overflow or underflow are redone in double
+// and still meet the reference.
+inline void CheckHugeAndTinyRows(const Runner& run,
+                                 std::initializer_list<int64_t> dims) {
+  std::mt19937 rng(3);
+  for (int64_t d : dims) {
+    for (float scale : {1e25f, 1e37f, 1e-20f, 1e-40f}) {
+      for (NormKind kind : {NormKind::kLayerNorm, NormKind::kRmsNorm}) {
+        Case c;
+        c.params.kind = kind;
+        c.params.dim = d;
+        c.params.epsilon = 1e-38f;  // so that tiny rows are not swamped by ε
+        c.rows = 2;
+        std::vector<float> x = Normal(static_cast<size_t>(2 * d), 0, 1, &rng);
+        for (float& v : x) v *= scale;
+        c.x = Encode(DType::kFloat32, x);
+        SCOPED_TRACE(::testing::Message()
+                     << "D " << d << " scale " << scale << " kind "
+                     << static_cast<int>(kind));
+        CheckAgainstReference(c, run(c));
+      }
+    }
+  }
+}
+
+// A NaN or ±Inf in the middle row of three makes that row's outputs NaN
+// and leaves its neighbours alone, for each output dtype in `outs`.
+inline void CheckNanOrInfPoisonsOnlyItsRow(const Runner& run,
+                                           std::initializer_list<int64_t> dims,
+                                           std::initializer_list<DType> outs) {
+  const float kNan = std::numeric_limits<float>::quiet_NaN();
+  const float kInf = std::numeric_limits<float>::infinity();
+  for (int64_t d : dims) {
+    for (DType out : outs) {
+      for (float bad : {kNan, kInf, -kInf}) {
+        for (int64_t pos : {int64_t{0}, int64_t{5}, d - 1}) {
+          Case c;
+          c.params.dim = d;
+          c.out = out;
+          c.rows = 3;
+          std::vector<float> x(static_cast<size_t>(3 * d));
+          for (size_t i = 0; i < x.size(); ++i)
+            x[i] = static_cast<float>(i % 5);
+          x[static_cast<size_t>(d + pos)] = bad;
+          c.x = Encode(DType::kFloat32, x);
+          const Output o = run(c);
+          for (int64_t i = 0; i < d; ++i) {
+            ASSERT_TRUE(std::isnan(ValueAt(out, o.y, d + i)))
+                << "D " << d << " " << Name(out) << " bad " << bad << " at "
+                << pos << " col " << i;
+            ASSERT_FALSE(std::isnan(ValueAt(out, o.y, i)));
+            ASSERT_FALSE(std::isnan(ValueAt(out, o.y, 2 * d + i)));
+          }
+        }
+      }
+    }
+  }
+}
+
+// Within twice the reference bound of the CPU kernel (each is within the
+// bound of float64), for each input dtype and output in `outs`; the
+// residual sum z bit for bit.
+inline void CheckAgreesWithTheCpuKernel(const Runner& run,
+                                        std::initializer_list<DType> outs,
+                                        std::initializer_list<int64_t> dims,
+                                        int64_t rows) {
+  std::mt19937 rng(3);
+  for (DType in : kTypes) {
+    for (DType out : outs) {
+      for (int64_t d : dims) {
+        std::vector<float> g, b;
+        const Case c = MakeCase(NormKind::kLayerNorm, in, out, d, rows, true,
+                                true, true, &rng, &g, &b);
+        const Output got = run(c), cpu = RunOnCpu(c);
+        SCOPED_TRACE(::testing::Message()
+                     << Name(in) << "->" << Name(out) << " D " << d);
+        for (int64_t r = 0; r < c.rows; ++r) {
+          double scale = 0.0;
+          for (int64_t i = 0; i < d; ++i) {
+            scale = std::max<double>(
+                scale,
+                std::abs(ValueAt(out, cpu.y, static_cast<size_t>(r * d + i))));
+          }
+          for (int64_t i = 0; i < d; ++i) {
+            const size_t k = static_cast<size_t>(r * d + i);
+            const float a = ValueAt(out, got.y, k), h = ValueAt(out, cpu.y, k);
+            if (out == DType::kFloat32) {
+              ASSERT_LE(std::abs(a - h), 2e-5 * scale)
+                  << "row " << r << " col " << i;
+            } else {
+              ASSERT_TRUE(std::abs(Ordinal(BitsAt(got.y, k)) -
+                                   Ordinal(BitsAt(cpu.y, k))) <= 2 ||
+                          std::abs(a - h) <= 2e-5 * scale)
+                  << "row " << r << " col " << i << ": " << a << " vs " << h;
+            }
+          }
+          EXPECT_NEAR(got.rstd[r], cpu.rstd[r], 2e-5 * cpu.rstd[r]);
+        }
+        EXPECT_EQ(got.sum, cpu.sum);  // z is defined exactly
+      }
+    }
+  }
+}
+
+}  // namespace normserve::testing
+
+#endif  // NORMSERVE_TESTS_KERNEL_CHECKS_H_
