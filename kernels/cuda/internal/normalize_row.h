@@ -43,7 +43,10 @@
 
 namespace normserve::cuda::internal {
 
-// ---- Bits ----
+// ---- Device and host primitives ----
+//
+// The only place where the device and the host build differ: bit casts,
+// products and 1/√x, and vector accesses.
 
 NORMSERVE_HD float FloatFromBits(uint32_t b) {
 #ifdef __CUDA_ARCH__
@@ -115,10 +118,8 @@ NORMSERVE_HD double Rsqrt(double x) {
 #endif
 }
 
-// ---- Packs: V consecutive elements that move as one 16-byte access ----
-
-// Aligned to their size so that they move as one (or, for 32 bytes, two)
-// vector accesses.
+// V consecutive elements, aligned to their size so that they move as one
+// 16-byte access (or, for 32 bytes, two).
 template <typename Bits, int V>
 struct alignas(sizeof(Bits) * V) Pack {
   Bits v[V];
@@ -128,6 +129,31 @@ template <typename Bits, int V>
 NORMSERVE_HD bool CanVectorize(const void* row) {
   return reinterpret_cast<uintptr_t>(row) % sizeof(Pack<Bits, V>) == 0;
 }
+
+// One vector access at `p`, which is aligned for it. (The host build, for
+// the tests, copies instead: GCC may merge a vector path with the element
+// path beside it and keep the vector path's alignment, which the element
+// path does not have.)
+template <typename Bits, int V>
+NORMSERVE_HD Pack<Bits, V> LoadVector(const Bits* p) {
+#ifdef __CUDA_ARCH__
+  return *reinterpret_cast<const Pack<Bits, V>*>(p);
+#else
+  Pack<Bits, V> pk;
+  std::memcpy(&pk, p, sizeof(pk));
+  return pk;
+#endif
+}
+template <typename Bits, int V>
+NORMSERVE_HD void StoreVector(Bits* p, const Pack<Bits, V>& pk) {
+#ifdef __CUDA_ARCH__
+  *reinterpret_cast<Pack<Bits, V>*>(p) = pk;
+#else
+  std::memcpy(p, &pk, sizeof(pk));
+#endif
+}
+
+// ---- Packs of 16-bit elements as 32-bit words ----
 
 // Elements 2k and 2k + 1 of a 16-bit pack as the low and high halves of a
 // 32-bit word (the halves of one register after a vector load), and back.
@@ -264,29 +290,6 @@ NORMSERVE_HD float RoundTo(float f) {
 // Elements per 16-byte pack of T.
 template <typename T>
 constexpr int kPackOf = static_cast<int>(16 / sizeof(typename T::Bits));
-
-// One vector access at `p`, which is aligned for it. (The host build, for
-// the tests, copies instead: GCC may merge a vector path with the element
-// path beside it and keep the vector path's alignment, which the element
-// path does not have.)
-template <typename Bits, int V>
-NORMSERVE_HD Pack<Bits, V> LoadVector(const Bits* p) {
-#ifdef __CUDA_ARCH__
-  return *reinterpret_cast<const Pack<Bits, V>*>(p);
-#else
-  Pack<Bits, V> pk;
-  std::memcpy(&pk, p, sizeof(pk));
-  return pk;
-#endif
-}
-template <typename Bits, int V>
-NORMSERVE_HD void StoreVector(Bits* p, const Pack<Bits, V>& pk) {
-#ifdef __CUDA_ARCH__
-  *reinterpret_cast<Pack<Bits, V>*>(p) = pk;
-#else
-  std::memcpy(p, &pk, sizeof(pk));
-#endif
-}
 
 // Elements [pack·V, pack·V + V) of `row` as floats.
 template <typename T, int V>
