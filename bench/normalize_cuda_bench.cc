@@ -10,6 +10,11 @@
 // `vs_copy`, its bandwidth over a device-to-device copy of the same bytes
 // measured just before it (1.0 = copy speed).
 //
+// BM_CudaAddNorm/{dtype}/{D} is the "add & norm" call of a transformer
+// layer on the same rows: LayerNorm of x + residual with γ and β, writing
+// y and the sum; it moves four arrays, so `vs_copy` compares it with a
+// copy moving the same bytes.
+//
 // Without a device it prints why and exits 0. Run:
 //   build/bench/normalize_cuda_bench [--benchmark_format=json]
 #include <cuda_runtime_api.h>
@@ -32,6 +37,8 @@ constexpr int64_t kBytes = int64_t{512} << 20;  // input bytes per case
 struct Buffers {
   void* input = nullptr;
   void* output = nullptr;
+  void* residual = nullptr;  // BM_CudaAddNorm only (allocated on first use)
+  void* sum = nullptr;
   float* gamma = nullptr;
   float* beta = nullptr;
   cudaEvent_t start = nullptr, stop = nullptr;
@@ -163,8 +170,56 @@ void Cases(benchmark::internal::Benchmark* b, bool with_kind) {
   b->UseManualTime()->Unit(benchmark::kMicrosecond);
 }
 
+void BM_CudaAddNorm(benchmark::State& state) {
+  const auto dtype = static_cast<DType>(state.range(0));
+  const int64_t d = state.range(1);
+  const int64_t row_bytes = d * static_cast<int64_t>(DTypeSize(dtype));
+  const int64_t rows = kBytes / row_bytes;
+  FillInput(dtype);
+  Buffers& b = Shared();
+  if (b.residual == nullptr &&
+      (cudaMalloc(&b.residual, static_cast<size_t>(kBytes)) != cudaSuccess ||
+       cudaMalloc(&b.sum, static_cast<size_t>(kBytes)) != cudaSuccess)) {
+    state.SkipWithError("no device memory for the residual and the sum");
+    return;
+  }
+  // The residual: the input's values, so that z = 2x.
+  cudaMemcpy(b.residual, b.input, static_cast<size_t>(rows * row_bytes),
+             cudaMemcpyDeviceToDevice);
+  DeviceRows r;
+  r.params.kind = NormKind::kLayerNorm;
+  r.params.dim = d;
+  r.params.gamma = b.gamma;
+  r.params.beta = b.beta;
+  r.input_dtype = r.output_dtype = dtype;
+  r.input = b.input;
+  r.residual = b.residual;
+  r.output = b.output;
+  r.sum_output = b.sum;
+  r.rows = rows;
+  const absl::Status first = NormalizeRowsCuda(r, nullptr);
+  if (!first.ok() || cudaDeviceSynchronize() != cudaSuccess) {
+    state.SkipWithError(first.ok() ? "kernel failed"
+                                   : first.ToString().c_str());
+    return;
+  }
+  const double copy = CopySeconds(rows * row_bytes);  // moves 2 arrays
+  double total = 0;
+  for (auto _ : state) {
+    const double s =
+        TimeOnDevice(3, [&] { (void)NormalizeRowsCuda(r, nullptr); });
+    state.SetIterationTime(s);
+    total += s;
+  }
+  state.SetBytesProcessed(state.iterations() * 4 * rows * row_bytes);
+  state.counters["vs_copy"] =
+      2 * copy / (total / static_cast<double>(state.iterations()));
+  state.SetLabel(RowMappingName(PlanLaunch(d, dtype).mapping));
+}
+
 BENCHMARK(BM_CudaCopy)->Apply([](auto* b) { Cases(b, false); });
 BENCHMARK(BM_CudaNormalize)->Apply([](auto* b) { Cases(b, true); });
+BENCHMARK(BM_CudaAddNorm)->Apply([](auto* b) { Cases(b, false); });
 
 }  // namespace
 }  // namespace normserve::cuda
