@@ -169,16 +169,28 @@ template <typename In, typename Out>
 void RunStagedRows(const KernelArgs& a, int threads) {
   using Bits = typename In::Bits;
   constexpr int V = kPackOf<In>;
-  std::vector<Pack<Bits, V>> staged(static_cast<size_t>(a.dim / V));
+  const int64_t packs = a.dim / V;
+  const size_t row_bytes = static_cast<size_t>(a.dim) * sizeof(Bits);
+  // x, then the residual: one staged buffer, as on the device.
+  std::vector<Pack<Bits, V>> staged(static_cast<size_t>(2 * packs));
   Team team(threads);
   team.Run([&](int t) {
     for (int64_t row = 0; row < a.rows; ++row) {
       if (t == 0) {
         std::memcpy(staged.data(),
-                    static_cast<const Bits*>(a.input) + row * a.dim,
-                    static_cast<size_t>(a.dim) * sizeof(Bits));
+                    static_cast<const Bits*>(a.input) + row * a.dim, row_bytes);
+        if (a.residual != nullptr) {
+          std::memcpy(staged.data() + packs,
+                      static_cast<const Bits*>(a.residual) + row * a.dim,
+                      row_bytes);
+        }
       }
       team.Sum(t, 0.0f);  // the copy is in place (a barrier)
+      if (a.residual != nullptr) {
+        AddStagedResidual<In>(staged.data(), staged.data() + packs, packs, t,
+                              threads);
+        team.Sum(t, 0.0f);
+      }
       const RowPointers<In, Out, true> ptr(a, row);
       const SharedRow<In, Out> src{ptr, staged.data(), t, threads};
       ForKind(a, [&](auto layer) {
@@ -194,10 +206,10 @@ template <typename In, typename Out>
 void RunTyped(const KernelArgs& a, const LaunchPlan& plan, Path path) {
   constexpr int V = kPackOf<In>;
   const int threads = plan.threads_per_row;
-  // As the device's launcher: rows the staged kernels cannot take (a
-  // residual, a tail, a streaming D) go the planned way.
-  const bool stageable = a.residual == nullptr && a.dim % V == 0 &&
-                         plan.mapping != RowMapping::kBlockStreaming;
+  // As the device's launcher: rows the staged kernels cannot take (a tail,
+  // a streaming D) go the planned way.
+  const bool stageable =
+      a.dim % V == 0 && plan.mapping != RowMapping::kBlockStreaming;
   if (path == Path::kStaged && stageable) {
     RunStagedRows<In, Out>(a, threads);
     return;
@@ -477,38 +489,43 @@ TEST(CudaRowAlgorithmTest, NanOrInfPoisonsOnlyItsRow) {
 TEST(CudaRowAlgorithmTest, AgreesWithTheCpuKernel) {
   CheckAgreesWithTheCpuKernel(Planned, {DType::kFloat32, DType::kBFloat16},
                               {5, 768, 4096}, 2);
+  CheckAgreesWithTheCpuKernel(Staged, {DType::kFloat32, DType::kBFloat16},
+                              {768, 4096}, 2);
 }
 
 // The staged instantiation (every access a vector access, no tail), the
 // register one on aligned buffers (vector accesses chosen per row) and on
-// misaligned ones (element accesses) give a row the same bits: as on the
-// device, the mapping may change with alignment, the bits may not.
+// misaligned ones (element accesses) give a row the same bits, with and
+// without a residual: as on the device, the mapping may change with
+// alignment, the bits may not.
 TEST(CudaRowAlgorithmTest, StagedAlignedAndMisalignedRowsHaveTheSameBits) {
   std::mt19937 rng(11);
   for (DType in : kTypes) {
     for (DType out : kTypes) {
       for (NormKind kind : {NormKind::kLayerNorm, NormKind::kRmsNorm}) {
-        for (int64_t d : {64, 768, 4096}) {
-          std::vector<float> g, b;
-          Case c =
-              MakeCase(kind, in, out, d, 3, true, true, false, &rng, &g, &b);
-          // Row 1 holds a NaN: the pack conversions' NaN path.
-          std::vector<float> row1(c.x.values.begin() + d,
-                                  c.x.values.begin() + 2 * d);
-          row1[3] = std::numeric_limits<float>::quiet_NaN();
-          const Tensor nan_row = Encode(in, row1);
-          std::copy(nan_row.bytes.begin(), nan_row.bytes.end(),
-                    c.x.bytes.begin() + d * DTypeSize(in));
-          SCOPED_TRACE(Describe(c));
-          const Output staged = RunEmulated(c, Path::kStaged);
-          for (size_t offset : {size_t{0}, size_t{4}}) {
-            const Output o = RunEmulated(c, Path::kPlanned, offset);
-            ASSERT_EQ(o.y, staged.y) << "offset " << offset;
-            ASSERT_EQ(o.sum, staged.sum) << "offset " << offset;
-            ASSERT_EQ(0, std::memcmp(o.mean.data(), staged.mean.data(),
-                                     o.mean.size() * 4));
-            ASSERT_EQ(0, std::memcmp(o.rstd.data(), staged.rstd.data(),
-                                     o.rstd.size() * 4));
+        for (bool residual : {false, true}) {
+          for (int64_t d : {64, 768, 4096}) {
+            std::vector<float> g, b;
+            Case c = MakeCase(kind, in, out, d, 3, true, true, residual, &rng,
+                              &g, &b);
+            // Row 1 holds a NaN: the pack conversions' NaN path.
+            std::vector<float> row1(c.x.values.begin() + d,
+                                    c.x.values.begin() + 2 * d);
+            row1[3] = std::numeric_limits<float>::quiet_NaN();
+            const Tensor nan_row = Encode(in, row1);
+            std::copy(nan_row.bytes.begin(), nan_row.bytes.end(),
+                      c.x.bytes.begin() + d * DTypeSize(in));
+            SCOPED_TRACE(Describe(c));
+            const Output staged = RunEmulated(c, Path::kStaged);
+            for (size_t offset : {size_t{0}, size_t{4}}) {
+              const Output o = RunEmulated(c, Path::kPlanned, offset);
+              ASSERT_EQ(o.y, staged.y) << "offset " << offset;
+              ASSERT_EQ(o.sum, staged.sum) << "offset " << offset;
+              ASSERT_EQ(0, std::memcmp(o.mean.data(), staged.mean.data(),
+                                       o.mean.size() * 4));
+              ASSERT_EQ(0, std::memcmp(o.rstd.data(), staged.rstd.data(),
+                                       o.rstd.size() * 4));
+            }
           }
         }
       }

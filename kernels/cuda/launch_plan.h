@@ -39,7 +39,8 @@
 //   flight) and for float32 rows of 8192 elements or more (one or two rows
 //   per multiprocessor, whose loads would otherwise wait for the previous
 //   row's reductions). It also needs D a multiple of the pack; at launch,
-//   aligned input, output, sum, γ and β, and no residual (else the register
+//   aligned input, residual, output, sum, γ and β, and room in shared
+//   memory for two rows (twice that with a residual; else the register
 //   kernel runs).
 //
 // Thread-safe (pure); never fails for dim > 0.

@@ -92,14 +92,15 @@ struct BlockGroup {
   }
 };
 
-// Asynchronous 16-byte copies of row `row`'s packs into `dst` (shared), by
-// thread t of T; completes at the matching CpAsyncWait.
+// Asynchronous 16-byte copies of row `row` of `array` (rows of D elements)
+// into `dst` (shared), by thread t of T; complete at the matching
+// CpAsyncWait.
 template <typename Bits, int V>
-__device__ __forceinline__ void StageRow(const KernelArgs& a, int64_t row,
-                                         Pack<Bits, V>* dst, int t, int T) {
-  const auto* src =
-      static_cast<const Pack<Bits, V>*>(a.input) + row * (a.dim / V);
+__device__ __forceinline__ void StageRow(const KernelArgs& a, const void* array,
+                                         int64_t row, Pack<Bits, V>* dst, int t,
+                                         int T) {
   const int64_t packs = a.dim / V;
+  const auto* src = static_cast<const Pack<Bits, V>*>(array) + row * packs;
   for (int64_t p = t; p < packs; p += T) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     const auto shared =
@@ -130,37 +131,55 @@ __device__ __forceinline__ void CpAsyncWait() {
 
 // Row buffers in shared memory per row group (warp or block): row i is
 // normalized from buffer i mod kStages while rows i + 1 … i + kStages − 1
-// are being copied in.
+// are being copied in. A buffer holds the row's x and, with a residual,
+// the row's residual after it.
 inline constexpr int kWarpStages = 2;
 inline constexpr int kBlockStages = 2;
 
+// Packs of one buffer.
+__host__ __device__ inline int64_t StagedBufferPacks(const KernelArgs& a,
+                                                     int v) {
+  return a.dim / v * (a.residual != nullptr ? 2 : 1);
+}
+
 // The row loop of a staged mapping: rows first, first + stride, … < rows,
-// each staged kStages − 1 rows ahead into `buffers` (kStages × packs) by
-// thread t of T, then body(row, buffer) between two sync() barriers of the
-// row group.
-template <int kStages, typename Bits, int V, typename Sync, typename Body>
-__device__ __forceinline__ void StagedRows(const KernelArgs& a, int64_t first,
-                                           int64_t stride,
-                                           Pack<Bits, V>* buffers, int t, int T,
-                                           Sync sync, Body body) {
+// each staged kStages − 1 rows ahead into `buffers` (kStages buffers) by
+// thread t of T; with a residual, z = x + residual then replaces x in the
+// buffer; then body(row, z) between sync() barriers of the row group.
+template <int kStages, typename In, typename Sync, typename Body>
+__device__ __forceinline__ void StagedRows(
+    const KernelArgs& a, int64_t first, int64_t stride,
+    Pack<typename In::Bits, kPackOf<In>>* buffers, int t, int T, Sync sync,
+    Body body) {
+  using Bits = typename In::Bits;
+  constexpr int V = kPackOf<In>;
   const int64_t packs = a.dim / V;
+  const int64_t buffer_packs = StagedBufferPacks(a, V);
+  const bool residual = a.residual != nullptr;
+  auto stage = [&](int64_t row, Pack<Bits, V>* buffer) {
+    StageRow<Bits, V>(a, a.input, row, buffer, t, T);
+    if (residual) StageRow<Bits, V>(a, a.residual, row, buffer + packs, t, T);
+  };
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
     const int64_t r = first + s * stride;
-    if (r < a.rows) StageRow<Bits, V>(a, r, buffers + s * packs, t, T);
+    if (r < a.rows) stage(r, buffers + s * buffer_packs);
     CpAsyncCommit();
   }
   int b = 0;
   for (int64_t row = first; row < a.rows; row += stride) {
     const int64_t ahead = row + (kStages - 1) * stride;
     const int ahead_b = b == 0 ? kStages - 1 : b - 1;
-    if (ahead < a.rows) {
-      StageRow<Bits, V>(a, ahead, buffers + ahead_b * packs, t, T);
-    }
+    if (ahead < a.rows) stage(ahead, buffers + ahead_b * buffer_packs);
     CpAsyncCommit();
     CpAsyncWait<kStages - 1>();
     sync();
-    body(row, buffers + b * packs);
+    Pack<Bits, V>* buffer = buffers + b * buffer_packs;
+    if (residual) {
+      AddStagedResidual<In>(buffer, buffer + packs, packs, t, T);
+      sync();  // every thread reads element 0 (the shift)
+    }
+    body(row, buffer);
     sync();  // buffer b is read: a later row may be staged into it
     b = b + 1 == kStages ? 0 : b + 1;
   }
@@ -230,12 +249,13 @@ __global__ void __launch_bounds__(kStreamingThreads)
 
 // The staged mappings (LaunchPlan::staged, launch_plan.h), for launches
 // whose rows are all aligned for 16-byte accesses (D a multiple of the
-// pack; input, output, sum, γ and β aligned) and no residual; any other
-// launch takes the register kernels. Each row group (a warp, or the block)
-// loops over rows row0, row0 + stride, … and copies the next row into
-// shared memory (cp.async, two buffers) while it normalizes the current one
-// there, so a row's loads are in flight during the previous row's
-// reductions and stores, and registers hold no row. The warp kernel is held
+// pack; input, residual, output, sum, γ and β aligned) and whose buffers
+// fit in shared memory; any other launch takes the register kernels. Each
+// row group (a warp, or the block) loops over rows row0, row0 + stride, …
+// and copies the next row (and its residual) into shared memory (cp.async,
+// two buffers) while it normalizes the current one there, so a row's loads
+// are in flight during the previous row's reductions and stores, and
+// registers hold no row. The warp kernel is held
 // to 64 registers (4 blocks per multiprocessor), its budget when measured
 // (bench/results/cuda_2026-11-25/); the few values that spill are per row.
 template <typename In, typename Out>
@@ -247,9 +267,9 @@ __global__ void __launch_bounds__(kWarpRowsPerBlock * 32, 4)
   const int lane = static_cast<int>(threadIdx.x % 32);
   const int warp = static_cast<int>(threadIdx.x / 32);
   auto* buffers = reinterpret_cast<Pack<Bits, V>*>(staged_smem) +
-                  warp * kWarpStages * (a.dim / V);
+                  warp * kWarpStages * StagedBufferPacks(a, V);
   ForKind(a, [&](auto layer) {
-    StagedRows<kWarpStages, Bits, V>(
+    StagedRows<kWarpStages, In>(
         a, static_cast<int64_t>(blockIdx.x) * kWarpRowsPerBlock + warp,
         static_cast<int64_t>(gridDim.x) * kWarpRowsPerBlock, buffers, lane, 32,
         [] { __syncwarp(); },
@@ -273,7 +293,7 @@ __global__ void __launch_bounds__(kBlockMaxThreads)
   const int t = static_cast<int>(threadIdx.x);
   const int T = static_cast<int>(blockDim.x);
   ForKind(a, [&](auto layer) {
-    StagedRows<kBlockStages, Bits, V>(
+    StagedRows<kBlockStages, In>(
         a, blockIdx.x, gridDim.x, reinterpret_cast<Pack<Bits, V>*>(staged_smem),
         t, T, [] { __syncthreads(); },
         [&](int64_t row, const Pack<Bits, V>* buffer) {
@@ -344,18 +364,19 @@ bool LaunchStaged(const KernelArgs& a, const LaunchPlan& plan,
   // plan.staged already holds D to a multiple of the pack and the mapping
   // to a warp or a block with the row in hand; with the base pointers
   // aligned, so is every row.
-  if (!plan.staged || a.residual != nullptr ||
-      !CanVectorize<Bits, V>(a.input) ||
+  if (!plan.staged || !CanVectorize<Bits, V>(a.input) ||
+      (a.residual != nullptr && !CanVectorize<Bits, V>(a.residual)) ||
       (a.sum_output != nullptr && !CanVectorize<Bits, V>(a.sum_output)) ||
       !CanVectorize<typename Out::Bits, V>(a.output) ||
       (a.gamma != nullptr && !CanVectorize<float, V>(a.gamma)) ||
       (a.beta != nullptr && !CanVectorize<float, V>(a.beta))) {
     return false;
   }
-  const size_t row_bytes = static_cast<size_t>(a.dim) * sizeof(Bits);
+  const size_t buffer_bytes =
+      static_cast<size_t>(StagedBufferPacks(a, V)) * sizeof(Pack<Bits, V>);
   const bool warp = plan.mapping == RowMapping::kWarpPerRow;
   const int threads = plan.threads_per_block();
-  const size_t smem = row_bytes * static_cast<size_t>(plan.rows_per_block) *
+  const size_t smem = buffer_bytes * static_cast<size_t>(plan.rows_per_block) *
                       static_cast<size_t>(warp ? kWarpStages : kBlockStages);
   const void* kernel =
       warp ? reinterpret_cast<const void*>(&StagedWarpKernel<In, Out>)

@@ -321,9 +321,10 @@ NORMSERVE_HD void StorePack(typename T::Bits* row, int64_t pack, bool vector,
 // ---- Where a row lives ----
 
 // Row pointers of one row, and how each may be accessed. kAligned: the
-// launch guarantees D a multiple of the pack, aligned rows of x, y, the
-// sum, γ and β, and no residual (the staged mappings), so every access is a
-// vector access and there is no tail.
+// launch guarantees D a multiple of the pack and aligned rows of x, y, the
+// sum, γ and β (the staged mappings), so every access is a vector access
+// and there is no tail; the residual is then already added into the staged
+// row (AddStagedResidual), and `residual` is null.
 template <typename In, typename Out, bool kAligned>
 struct RowPointers {
   using InBits = typename In::Bits;
@@ -448,8 +449,8 @@ struct StreamingRow {
   }
 };
 
-// The same interface over a copy of the row's x (no residual, no tail) in
-// shared memory, staged there by the kernel. Thread t reads packs
+// The same interface over a copy of the row's z (no tail) in shared
+// memory, staged there by the kernel. Thread t reads packs
 // t, t + T, … in the order RegisterRow holds them, so the row's arithmetic
 // and its bits are the same as under the register mapping with T threads.
 // Rows here are short (kBlockMaxPackedDim): 32-bit pack indices.
@@ -476,6 +477,25 @@ struct SharedRow {
   template <typename F>
   NORMSERVE_HD void ForTail(F&&) const {}
 };
+
+// z = x + residual rounded to In (what RowPointers::LoadZ gives the
+// register rows), written over the staged x by thread t of T for the packs
+// it reads later (t, t + T, …); `x` and `residual` hold `packs` packs.
+template <typename In>
+NORMSERVE_HD void AddStagedResidual(
+    Pack<typename In::Bits, kPackOf<In>>* x,
+    const Pack<typename In::Bits, kPackOf<In>>* residual, int64_t packs, int t,
+    int threads) {
+  constexpr int V = kPackOf<In>;
+  for (int64_t p = t; p < packs; p += threads) {
+    float z[V], r[V];
+    In::Unpack(x[p], z);
+    In::Unpack(residual[p], r);
+    NORMSERVE_UNROLL
+    for (int j = 0; j < V; ++j) z[j] = RoundTo<In>(z[j] + r[j]);
+    x[p] = In::template Repack<V>(z);
+  }
+}
 
 // ---- The row algorithm ----
 
