@@ -231,7 +231,7 @@ TEST_F(CudaKernelTest, RowBitsDoNotDependOnBatchPositionOrAlignment) {
   for (DType in : {DType::kFloat32, DType::kBFloat16}) {
     for (DType out : kTypes) {
       for (bool residual : {true, false}) {
-        for (int64_t d : {771, 768, 4100, 4096, 8192, 20000}) {
+        for (int64_t d : {771, 768, 1024, 4100, 4096, 8192, 16384, 20000}) {
           const int kRows = 24;
           std::vector<float> g, b;
           Case all = MakeCase(NormKind::kLayerNorm, in, out, d, kRows, true,

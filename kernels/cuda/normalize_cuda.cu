@@ -305,10 +305,17 @@ __global__ void __launch_bounds__(kBlockMaxThreads)
   });
 }
 
-// Blocks of `kernel` (with `smem` bytes of dynamic shared memory and
-// `threads` threads) that the current device holds at once, over all its
-// multiprocessors; 0 if unknown. Cached per device, kernel and shape.
-int ResidentBlocks(const void* kernel, int threads, size_t smem) {
+// How a staged kernel launches with `smem` bytes of dynamic shared memory
+// and `threads` threads on the current device.
+struct StagedLimits {
+  int resident = 0;          // blocks held at once over all SMs; 0: none
+  int max_dynamic_smem = 0;  // the kernel's dynamic shared memory limit
+};
+
+// Cached per device, kernel and shape (a shape that needs more shared
+// memory than the device has included), so that a launch asks once; a
+// failing CUDA call is not cached.
+StagedLimits StagedLaunchLimits(const void* kernel, int threads, size_t smem) {
   struct Key {
     int device;
     const void* kernel;
@@ -316,9 +323,12 @@ int ResidentBlocks(const void* kernel, int threads, size_t smem) {
     size_t smem;
   };
   static std::mutex mu;
-  static std::vector<std::pair<Key, int>> cache;
+  static std::vector<std::pair<Key, StagedLimits>> cache;
   int device = 0;
-  if (cudaGetDevice(&device) != cudaSuccess) return 0;
+  if (cudaGetDevice(&device) != cudaSuccess) {
+    cudaGetLastError();
+    return {};
+  }
   {
     std::lock_guard<std::mutex> lock(mu);
     for (const auto& [k, v] : cache) {
@@ -331,27 +341,35 @@ int ResidentBlocks(const void* kernel, int threads, size_t smem) {
   // The kernel's dynamic shared memory limit goes to the most the device
   // allows beside its static shared memory (never down: another shape may
   // already launch with more).
+  StagedLimits limits;
   int sms = 0, per_sm = 0, optin = 0;
   cudaFuncAttributes attributes;
   if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) !=
           cudaSuccess ||
       cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin,
                              device) != cudaSuccess ||
-      cudaFuncGetAttributes(&attributes, kernel) != cudaSuccess ||
-      smem + attributes.sharedSizeBytes > static_cast<size_t>(optin) ||
-      cudaFuncSetAttribute(
-          kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-          optin - static_cast<int>(attributes.sharedSizeBytes)) !=
-          cudaSuccess ||
-      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads,
-                                                    smem) != cudaSuccess) {
-    cudaGetLastError();  // an answer, not a fault: the register path serves
-    return 0;
+      cudaFuncGetAttributes(&attributes, kernel) != cudaSuccess) {
+    cudaGetLastError();  // not cached: the register path serves this launch
+    return {};
   }
+  if (smem + attributes.sharedSizeBytes <= static_cast<size_t>(optin)) {
+    limits.max_dynamic_smem =
+        optin - static_cast<int>(attributes.sharedSizeBytes);
+    if (cudaFuncSetAttribute(kernel,
+                             cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             limits.max_dynamic_smem) != cudaSuccess ||
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads,
+                                                      smem) != cudaSuccess) {
+      cudaGetLastError();
+      return {};
+    }
+    limits.resident = sms * per_sm;
+  }
+  // Held: the device holds these blocks, or (too much shared memory) none.
   std::lock_guard<std::mutex> lock(mu);
   if (cache.size() < 256)
-    cache.push_back({{device, kernel, threads, smem}, sms * per_sm});
-  return sms * per_sm;
+    cache.push_back({{device, kernel, threads, smem}, limits});
+  return limits;
 }
 
 // Launches the staged mapping for `plan` if the rows allow it and the device
@@ -381,9 +399,21 @@ bool LaunchStaged(const KernelArgs& a, const LaunchPlan& plan,
   const void* kernel =
       warp ? reinterpret_cast<const void*>(&StagedWarpKernel<In, Out>)
            : reinterpret_cast<const void*>(&StagedBlockKernel<In, Out>);
-  const int resident = ResidentBlocks(kernel, threads, smem);
-  if (resident <= 0) return false;
-  const int64_t blocks = std::min<int64_t>(GridBlocks(plan, a.rows), resident);
+  const StagedLimits limits = StagedLaunchLimits(kernel, threads, smem);
+  if (limits.resident <= 0) return false;
+  // The limit is set again on every launch beyond the default 48 KiB: a
+  // device reset (the CUDA backend's recovery from a sticky error) drops
+  // function attributes, and the cache outlives it. Setting it to the
+  // device's maximum is idempotent, so concurrent launches never see it
+  // lowered.
+  if (smem > 48 * 1024 &&
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                           limits.max_dynamic_smem) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  const int64_t blocks =
+      std::min<int64_t>(GridBlocks(plan, a.rows), limits.resident);
   const dim3 grid(static_cast<unsigned>(blocks));
   const dim3 block(static_cast<unsigned>(threads));
   if (warp) {
