@@ -29,6 +29,7 @@ using inference::ModelInferResponse;
 using testing::Connect;
 using testing::HttpGet;
 using testing::MetricValue;
+using testing::ScrapeUntil;
 using testing::ServerProcess;
 
 std::vector<float> Random(size_t n, uint32_t seed) {
@@ -286,12 +287,12 @@ TEST_F(OipTest, StreamAnswersEveryMessageAndMetricsCountOipCalls) {
   EXPECT_EQ(answers, kMessages);
   EXPECT_EQ(errors, 1);
 
-  const std::string text = HttpGet(server_->metrics_port(), "/metrics");
   const std::string service = "grpc_service=\"inference.GRPCInferenceService\"";
-  EXPECT_EQ(MetricValue(text, "grpc_server_handled_total",
-                        {service, "grpc_method=\"ModelStreamInfer\"",
-                         "grpc_code=\"OK\""}),
-            1);
+  const std::vector<std::string> stream_ok = {
+      service, "grpc_method=\"ModelStreamInfer\"", "grpc_code=\"OK\""};
+  const std::string text = ScrapeUntil(
+      server_->metrics_port(), "grpc_server_handled_total", stream_ok, 1);
+  EXPECT_EQ(MetricValue(text, "grpc_server_handled_total", stream_ok), 1);
   // The requests computed went through the same stages as native ones.
   EXPECT_EQ(MetricValue(text, "normserve_request_latency_seconds_count",
                         {"model=\"default\""}),

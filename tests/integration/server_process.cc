@@ -16,6 +16,7 @@
 #include <fstream>
 #include <thread>
 
+#include "absl/time/clock.h"
 #include "client/metrics_scrape.h"
 
 namespace normserve::testing {
@@ -139,6 +140,18 @@ std::string HttpGet(int port, const std::string& path) {
 double MetricValue(const std::string& text, const std::string& name,
                    const std::vector<std::string>& labels) {
   return SumMetric(text, name, labels);
+}
+
+std::string ScrapeUntil(int port, const std::string& name,
+                        const std::vector<std::string>& labels, double at_least,
+                        absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  std::string text = HttpGet(port, "/metrics");
+  while (MetricValue(text, name, labels) < at_least && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(10));
+    text = HttpGet(port, "/metrics");
+  }
+  return text;
 }
 
 }  // namespace normserve::testing

@@ -55,6 +55,15 @@ std::string HttpGet(int port, const std::string& path);
 double MetricValue(const std::string& text, const std::string& name,
                    const std::vector<std::string>& labels = {});
 
+// Scrapes /metrics on `port` until metric `name` (with `labels`) is at least
+// `at_least`, or `timeout` passes; returns the last scrape. The server
+// counts a call (grpc_server_handled_total) when it is done with it, which
+// can be just after the client has seen it finish: a test reads such counts
+// through this rather than one scrape.
+std::string ScrapeUntil(int port, const std::string& name,
+                        const std::vector<std::string>& labels, double at_least,
+                        absl::Duration timeout = absl::Seconds(10));
+
 }  // namespace normserve::testing
 
 #endif  // NORMSERVE_TESTS_INTEGRATION_SERVER_PROCESS_H_

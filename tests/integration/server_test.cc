@@ -31,6 +31,7 @@ namespace {
 using testing::Connect;
 using testing::HttpGet;
 using testing::MetricValue;
+using testing::ScrapeUntil;
 using testing::ServerProcess;
 
 std::vector<float> Random(size_t n, uint32_t seed, float mean = 0,
@@ -382,9 +383,11 @@ TEST_F(ServerTest, MetricsScrapeCountsTheRequestsSent) {
   in.epsilon = -1.0f;
   for (int i = 0; i < kBad; ++i) ASSERT_FALSE(client_->Normalize(in).ok());
 
-  const std::string text = HttpGet(server_->metrics_port(), "/metrics");
-  ASSERT_FALSE(text.empty());
   const std::string method = "grpc_method=\"Normalize\"";
+  const std::string text =
+      ScrapeUntil(server_->metrics_port(), "grpc_server_handled_total",
+                  {method}, kOk + kBad);
+  ASSERT_FALSE(text.empty());
   EXPECT_EQ(MetricValue(text, "grpc_server_started_total", {method}),
             kOk + kBad);
   EXPECT_EQ(MetricValue(text, "grpc_server_handled_total",
