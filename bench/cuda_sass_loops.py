@@ -83,6 +83,8 @@ def describe(body):
         return "double path"
     if count(r"\bSTG\b"):
         return "output"
+    if count(r"\bSTS\b"):
+        return "residual add (staged)"
     if count(r"FSETP") >= count(r"LDS\.128") * 4:
         return "constant-row check"
     return "statistics pass"

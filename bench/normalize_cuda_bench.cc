@@ -118,12 +118,9 @@ void BM_CudaCopy(benchmark::State& state) {
   state.SetBytesProcessed(state.iterations() * 2 * bytes);
 }
 
-void BM_CudaNormalize(benchmark::State& state) {
-  const auto dtype = static_cast<DType>(state.range(0));
-  const auto kind = static_cast<NormKind>(state.range(1));
-  const int64_t d = state.range(2);
-  const int64_t row_bytes = d * static_cast<int64_t>(DTypeSize(dtype));
-  const int64_t rows = kBytes / row_bytes;
+// `rows` rows of D = `d` of the shared input (N(0,1) values of `dtype`)
+// into the shared output, in the same dtype, with γ and β.
+DeviceRows SharedRows(DType dtype, NormKind kind, int64_t d, int64_t rows) {
   FillInput(dtype);
   Buffers& b = Shared();
   DeviceRows r;
@@ -135,13 +132,22 @@ void BM_CudaNormalize(benchmark::State& state) {
   r.input = b.input;
   r.output = b.output;
   r.rows = rows;
+  return r;
+}
+
+// Times NormalizeRowsCuda(r) per benchmark iteration, counting `arrays`
+// arrays of r's rows read or written, and its bandwidth over a
+// device-to-device copy of the same bytes as `vs_copy`.
+void TimeRows(benchmark::State& state, const DeviceRows& r, int arrays) {
   const absl::Status first = NormalizeRowsCuda(r, nullptr);
   if (!first.ok() || cudaDeviceSynchronize() != cudaSuccess) {
     state.SkipWithError(first.ok() ? "kernel failed"
                                    : first.ToString().c_str());
     return;
   }
-  const double copy = CopySeconds(rows * row_bytes);
+  const int64_t bytes =
+      r.rows * r.params.dim * static_cast<int64_t>(DTypeSize(r.input_dtype));
+  const double copy = CopySeconds(bytes);  // moves 2 arrays
   double total = 0;
   for (auto _ : state) {
     const double s =
@@ -149,10 +155,19 @@ void BM_CudaNormalize(benchmark::State& state) {
     state.SetIterationTime(s);
     total += s;
   }
-  state.SetBytesProcessed(state.iterations() * 2 * rows * row_bytes);
+  state.SetBytesProcessed(state.iterations() * arrays * bytes);
   state.counters["vs_copy"] =
-      copy / (total / static_cast<double>(state.iterations()));
-  state.SetLabel(RowMappingName(PlanLaunch(d, dtype).mapping));
+      arrays / 2.0 * copy / (total / static_cast<double>(state.iterations()));
+  state.SetLabel(
+      RowMappingName(PlanLaunch(r.params.dim, r.input_dtype).mapping));
+}
+
+void BM_CudaNormalize(benchmark::State& state) {
+  const auto dtype = static_cast<DType>(state.range(0));
+  const auto kind = static_cast<NormKind>(state.range(1));
+  const int64_t d = state.range(2);
+  const int64_t rows = kBytes / (d * static_cast<int64_t>(DTypeSize(dtype)));
+  TimeRows(state, SharedRows(dtype, kind, d, rows), 2);
 }
 
 void Cases(benchmark::internal::Benchmark* b, bool with_kind) {
@@ -173,9 +188,8 @@ void Cases(benchmark::internal::Benchmark* b, bool with_kind) {
 void BM_CudaAddNorm(benchmark::State& state) {
   const auto dtype = static_cast<DType>(state.range(0));
   const int64_t d = state.range(1);
-  const int64_t row_bytes = d * static_cast<int64_t>(DTypeSize(dtype));
-  const int64_t rows = kBytes / row_bytes;
-  FillInput(dtype);
+  const int64_t rows = kBytes / (d * static_cast<int64_t>(DTypeSize(dtype)));
+  DeviceRows r = SharedRows(dtype, NormKind::kLayerNorm, d, rows);
   Buffers& b = Shared();
   if (b.residual == nullptr &&
       (cudaMalloc(&b.residual, static_cast<size_t>(kBytes)) != cudaSuccess ||
@@ -184,37 +198,11 @@ void BM_CudaAddNorm(benchmark::State& state) {
     return;
   }
   // The residual: the input's values, so that z = 2x.
-  cudaMemcpy(b.residual, b.input, static_cast<size_t>(rows * row_bytes),
+  cudaMemcpy(b.residual, b.input, static_cast<size_t>(kBytes),
              cudaMemcpyDeviceToDevice);
-  DeviceRows r;
-  r.params.kind = NormKind::kLayerNorm;
-  r.params.dim = d;
-  r.params.gamma = b.gamma;
-  r.params.beta = b.beta;
-  r.input_dtype = r.output_dtype = dtype;
-  r.input = b.input;
   r.residual = b.residual;
-  r.output = b.output;
   r.sum_output = b.sum;
-  r.rows = rows;
-  const absl::Status first = NormalizeRowsCuda(r, nullptr);
-  if (!first.ok() || cudaDeviceSynchronize() != cudaSuccess) {
-    state.SkipWithError(first.ok() ? "kernel failed"
-                                   : first.ToString().c_str());
-    return;
-  }
-  const double copy = CopySeconds(rows * row_bytes);  // moves 2 arrays
-  double total = 0;
-  for (auto _ : state) {
-    const double s =
-        TimeOnDevice(3, [&] { (void)NormalizeRowsCuda(r, nullptr); });
-    state.SetIterationTime(s);
-    total += s;
-  }
-  state.SetBytesProcessed(state.iterations() * 4 * rows * row_bytes);
-  state.counters["vs_copy"] =
-      2 * copy / (total / static_cast<double>(state.iterations()));
-  state.SetLabel(RowMappingName(PlanLaunch(d, dtype).mapping));
+  TimeRows(state, r, 4);  // x, residual, y, sum
 }
 
 BENCHMARK(BM_CudaCopy)->Apply([](auto* b) { Cases(b, false); });

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "kernels/cuda/internal/kernel_args.h"
 #include "kernels/cuda/internal/kernel_launch.h"
 #include "kernels/cuda/internal/normalize_row.h"
 #include "kernels/cuda/launch_plan.h"
@@ -282,22 +283,23 @@ Output RunEmulated(const Case& c, Path path = Path::kPlanned,
   if (c.params.gamma) std::memcpy(gamma.data(), c.params.gamma, d_bytes);
   if (c.params.beta) std::memcpy(beta.data(), c.params.beta, d_bytes);
 
-  KernelArgs a;
-  a.input = x.data();
-  a.residual = c.with_residual ? res.data() : nullptr;
-  a.output = y.data();
-  a.sum_output = sum.data();
-  a.mean = reinterpret_cast<float*>(mean.data());
-  a.rstd = reinterpret_cast<float*>(rstd.data());
-  a.gamma = c.params.gamma ? reinterpret_cast<float*>(gamma.data()) : nullptr;
-  a.beta = c.params.beta ? reinterpret_cast<float*>(beta.data()) : nullptr;
-  a.rows = c.rows;
-  a.dim = d;
-  a.inv_dim = 1.0 / static_cast<double>(d);
-  a.epsilon = c.params.epsilon;
-  a.layer_norm = c.params.kind == NormKind::kLayerNorm;
-  a.input_dtype = c.in;
-  a.output_dtype = c.out;
+  // The rows as a DeviceRows, translated as NormalizeRowsCuda does.
+  DeviceRows r;
+  r.params = c.params;
+  r.params.gamma =
+      c.params.gamma ? reinterpret_cast<float*>(gamma.data()) : nullptr;
+  r.params.beta =
+      c.params.beta ? reinterpret_cast<float*>(beta.data()) : nullptr;
+  r.input_dtype = c.in;
+  r.output_dtype = c.out;
+  r.input = x.data();
+  r.output = y.data();
+  r.rows = c.rows;
+  r.residual = c.with_residual ? res.data() : nullptr;
+  r.sum_output = sum.data();
+  r.mean = reinterpret_cast<float*>(mean.data());
+  r.rstd = reinterpret_cast<float*>(rstd.data());
+  const KernelArgs a = KernelArgsFor(r);
   const LaunchPlan plan = PlanLaunch(d, c.in);
   switch (c.in) {
     case DType::kFloat32:

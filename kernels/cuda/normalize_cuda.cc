@@ -7,6 +7,7 @@
 #include <limits>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/cuda/internal/kernel_args.h"
 #include "kernels/cuda/internal/kernel_launch.h"
 #include "kernels/cuda/launch_plan.h"
 
@@ -66,24 +67,9 @@ absl::Status NormalizeRowsCuda(const DeviceRows& r, CUstream_st* stream) {
     return absl::InvalidArgumentError(
         absl::StrCat("rows = ", r.rows, ": more than one launch can hold"));
   }
-  internal::KernelArgs args;
-  args.input = r.input;
-  args.residual = r.residual;
-  args.output = r.output;
-  args.sum_output = r.sum_output;
-  args.mean = r.mean;
-  args.rstd = r.rstd;
-  args.gamma = r.params.gamma;
-  args.beta = r.params.beta;
-  args.rows = r.rows;
-  args.dim = d;
-  args.inv_dim = 1.0 / static_cast<double>(d);
-  args.epsilon = r.params.epsilon;
-  args.layer_norm = r.params.kind == NormKind::kLayerNorm;
-  args.input_dtype = r.input_dtype;
-  args.output_dtype = r.output_dtype;
-  return CudaStatus(internal::LaunchNormalize(args, plan, stream),
-                    "normalize kernel launch");
+  return CudaStatus(
+      internal::LaunchNormalize(internal::KernelArgsFor(r), plan, stream),
+      "normalize kernel launch");
 }
 
 absl::Status CudaDevicePresent() {
@@ -112,3 +98,27 @@ std::string CudaDeviceName(int device) {
 }
 
 }  // namespace normserve::cuda
+
+namespace normserve::cuda::internal {
+
+KernelArgs KernelArgsFor(const DeviceRows& r) {
+  KernelArgs args;
+  args.input = r.input;
+  args.residual = r.residual;
+  args.output = r.output;
+  args.sum_output = r.sum_output;
+  args.mean = r.mean;
+  args.rstd = r.rstd;
+  args.gamma = r.params.gamma;
+  args.beta = r.params.beta;
+  args.rows = r.rows;
+  args.dim = r.params.dim;
+  args.inv_dim = 1.0 / static_cast<double>(r.params.dim);
+  args.epsilon = r.params.epsilon;
+  args.layer_norm = r.params.kind == NormKind::kLayerNorm;
+  args.input_dtype = r.input_dtype;
+  args.output_dtype = r.output_dtype;
+  return args;
+}
+
+}  // namespace normserve::cuda::internal

@@ -50,11 +50,16 @@ struct WarpGroup {
   }
 };
 
+// Shared memory of a BlockGroup: the warps' partial sums.
+struct BlockScratch {
+  float f[64];  // two float sums (Sum2) of up to 32 warps
+  double d[32];
+};
+
 // The block serves the row: warp sums, then every warp sums the warps'
 // partial sums in warp order (lanes beyond the warp count add zero).
 struct BlockGroup {
-  float* partial_f;   // shared, 64
-  double* partial_d;  // shared, 32
+  BlockScratch* scratch;  // shared
 
   template <typename A>
   __device__ __forceinline__ A Sum(A v) const {
@@ -71,24 +76,25 @@ struct BlockGroup {
   __device__ __forceinline__ void Sum2(float* a, float* b) const {
     const int lane = threadIdx.x % 32;
     const int warps = static_cast<int>(blockDim.x / 32);
+    float* partial = scratch->f;
     const float wa = WarpSum(*a), wb = WarpSum(*b);
     __syncthreads();
     if (lane == 0) {
-      partial_f[threadIdx.x / 32] = wa;
-      partial_f[32 + threadIdx.x / 32] = wb;
+      partial[threadIdx.x / 32] = wa;
+      partial[32 + threadIdx.x / 32] = wb;
     }
     __syncthreads();
-    *a = WarpSum(lane < warps ? partial_f[lane] : 0.0f);
-    *b = WarpSum(lane < warps ? partial_f[32 + lane] : 0.0f);
+    *a = WarpSum(lane < warps ? partial[lane] : 0.0f);
+    *b = WarpSum(lane < warps ? partial[32 + lane] : 0.0f);
   }
   __device__ __forceinline__ bool Any(bool b) const {
     return __syncthreads_or(b ? 1 : 0) != 0;
   }
 
  private:
-  __device__ __forceinline__ float* Partial(float*) const { return partial_f; }
+  __device__ __forceinline__ float* Partial(float*) const { return scratch->f; }
   __device__ __forceinline__ double* Partial(double*) const {
-    return partial_d;
+    return scratch->d;
   }
 };
 
@@ -219,31 +225,29 @@ __global__ void __launch_bounds__(kWarpRowsPerBlock * 32, 3)
 template <typename In, typename Out, int kPacks>
 __global__ void __launch_bounds__(kBlockMaxThreads)
     BlockPerRowKernel(const KernelArgs a) {
-  __shared__ float partial_f[64];
-  __shared__ double partial_d[32];
+  __shared__ BlockScratch scratch;
   const int64_t row = blockIdx.x;
   const int t = static_cast<int>(threadIdx.x);
   const RowPointers<In, Out, false> ptr(a, row);
   const RegisterRow<In, Out, false, kPacks> src(ptr, t,
                                                 static_cast<int>(blockDim.x));
   ForKind(a, [&](auto layer) {
-    NormalizeRow<decltype(layer)::value>(
-        a, row, ptr, src, BlockGroup{partial_f, partial_d}, t == 0);
+    NormalizeRow<decltype(layer)::value>(a, row, ptr, src, BlockGroup{&scratch},
+                                         t == 0);
   });
 }
 
 template <typename In, typename Out>
 __global__ void __launch_bounds__(kStreamingThreads)
     StreamingKernel(const KernelArgs a) {
-  __shared__ float partial_f[64];
-  __shared__ double partial_d[32];
+  __shared__ BlockScratch scratch;
   const int64_t row = blockIdx.x;
   const int t = static_cast<int>(threadIdx.x);
   const RowPointers<In, Out, false> ptr(a, row);
   const StreamingRow<In, Out, false> src{ptr, t, static_cast<int>(blockDim.x)};
   ForKind(a, [&](auto layer) {
-    NormalizeRow<decltype(layer)::value>(
-        a, row, ptr, src, BlockGroup{partial_f, partial_d}, t == 0);
+    NormalizeRow<decltype(layer)::value>(a, row, ptr, src, BlockGroup{&scratch},
+                                         t == 0);
   });
 }
 
@@ -255,8 +259,8 @@ __global__ void __launch_bounds__(kStreamingThreads)
 // and copies the next row (and its residual) into shared memory (cp.async,
 // two buffers) while it normalizes the current one there, so a row's loads
 // are in flight during the previous row's reductions and stores, and
-// registers hold no row. The warp kernel is held
-// to 64 registers (4 blocks per multiprocessor), its budget when measured
+// registers hold no row. The warp kernel is held to 64 registers (4 blocks
+// per multiprocessor), its budget when measured
 // (bench/results/cuda_2026-11-25/); the few values that spill are per row.
 template <typename In, typename Out>
 __global__ void __launch_bounds__(kWarpRowsPerBlock * 32, 4)
@@ -288,8 +292,7 @@ __global__ void __launch_bounds__(kBlockMaxThreads)
   using Bits = typename In::Bits;
   constexpr int V = kPackOf<In>;
   extern __shared__ uint4 staged_smem[];
-  __shared__ float partial_f[64];
-  __shared__ double partial_d[32];
+  __shared__ BlockScratch scratch;
   const int t = static_cast<int>(threadIdx.x);
   const int T = static_cast<int>(blockDim.x);
   ForKind(a, [&](auto layer) {
@@ -299,8 +302,8 @@ __global__ void __launch_bounds__(kBlockMaxThreads)
         [&](int64_t row, const Pack<Bits, V>* buffer) {
           const RowPointers<In, Out, true> ptr(a, row);
           const SharedRow<In, Out> src{ptr, buffer, t, T};
-          NormalizeRow<decltype(layer)::value>(
-              a, row, ptr, src, BlockGroup{partial_f, partial_d}, t == 0);
+          NormalizeRow<decltype(layer)::value>(a, row, ptr, src,
+                                               BlockGroup{&scratch}, t == 0);
         });
   });
 }

@@ -35,45 +35,40 @@
 #include "kernels/cuda/internal/kernel_launch.h"
 
 #define NORMSERVE_HD __host__ __device__ __forceinline__
+// The device and the host build differ only through these two macros:
+// NORMSERVE_ON_DEVICE(d, h) is d in device code and h in host code.
 #ifdef __CUDA_ARCH__
 #define NORMSERVE_UNROLL _Pragma("unroll")
+#define NORMSERVE_ON_DEVICE(device, host) device
 #else
 #define NORMSERVE_UNROLL
+#define NORMSERVE_ON_DEVICE(device, host) host
 #endif
 
 namespace normserve::cuda::internal {
 
 // ---- Device and host primitives ----
 //
-// The only place where the device and the host build differ: bit casts,
-// products and 1/√x, and vector accesses.
+// Bit casts, products and 1/√x, and vector accesses: the device's
+// intrinsics, or their host equivalents for the tests.
+
+// A T read from `p` on the host, whatever its alignment (and the host's bit
+// cast: std::bit_cast is C++20).
+template <typename T>
+inline T HostLoad(const void* p) {
+  T t;
+  std::memcpy(&t, p, sizeof(t));
+  return t;
+}
 
 NORMSERVE_HD float FloatFromBits(uint32_t b) {
-#ifdef __CUDA_ARCH__
-  return __uint_as_float(b);
-#else
-  float f;
-  std::memcpy(&f, &b, sizeof(f));
-  return f;
-#endif
+  return NORMSERVE_ON_DEVICE(__uint_as_float(b), HostLoad<float>(&b));
 }
-
 NORMSERVE_HD uint32_t BitsOfFloat(float f) {
-#ifdef __CUDA_ARCH__
-  return __float_as_uint(f);
-#else
-  uint32_t b;
-  std::memcpy(&b, &f, sizeof(b));
-  return b;
-#endif
+  return NORMSERVE_ON_DEVICE(__float_as_uint(f), HostLoad<uint32_t>(&f));
 }
-
 NORMSERVE_HD bool Finite(float f) {
-#ifdef __CUDA_ARCH__
-  return isfinite(f);
-#else
-  return std::isfinite(f);
-#endif
+  return NORMSERVE_ON_DEVICE(isfinite(f), std::isfinite(f));
 }
 
 // Products with their rounding spelled out. A product is never contracted
@@ -81,41 +76,21 @@ NORMSERVE_HD bool Finite(float f) {
 // one kernel and not in another, and every kernel must give a row the same
 // bits (batch invariance). Where a fused multiply-add is wanted, Fma says so.
 NORMSERVE_HD float Mul(float a, float b) {
-#ifdef __CUDA_ARCH__
-  return __fmul_rn(a, b);
-#else
-  return a * b;
-#endif
+  return NORMSERVE_ON_DEVICE(__fmul_rn(a, b), a * b);
 }
 NORMSERVE_HD double Mul(double a, double b) {
-#ifdef __CUDA_ARCH__
-  return __dmul_rn(a, b);
-#else
-  return a * b;
-#endif
+  return NORMSERVE_ON_DEVICE(__dmul_rn(a, b), a * b);
 }
 NORMSERVE_HD float Fma(float a, float b, float c) {
-#ifdef __CUDA_ARCH__
-  return __fmaf_rn(a, b, c);
-#else
-  return std::fma(a, b, c);
-#endif
+  return NORMSERVE_ON_DEVICE(__fmaf_rn(a, b, c), std::fma(a, b, c));
 }
 NORMSERVE_HD double Fma(double a, double b, double c) {
-#ifdef __CUDA_ARCH__
-  return __fma_rn(a, b, c);
-#else
-  return std::fma(a, b, c);
-#endif
+  return NORMSERVE_ON_DEVICE(__fma_rn(a, b, c), std::fma(a, b, c));
 }
 
 // 1/√x in double: the device's rsqrt (within 1 ulp), the host's quotient.
 NORMSERVE_HD double Rsqrt(double x) {
-#ifdef __CUDA_ARCH__
-  return rsqrt(x);
-#else
-  return 1.0 / std::sqrt(x);
-#endif
+  return NORMSERVE_ON_DEVICE(rsqrt(x), 1.0 / std::sqrt(x));
 }
 
 // V consecutive elements, aligned to their size so that they move as one
@@ -136,21 +111,14 @@ NORMSERVE_HD bool CanVectorize(const void* row) {
 // path does not have.)
 template <typename Bits, int V>
 NORMSERVE_HD Pack<Bits, V> LoadVector(const Bits* p) {
-#ifdef __CUDA_ARCH__
-  return *reinterpret_cast<const Pack<Bits, V>*>(p);
-#else
-  Pack<Bits, V> pk;
-  std::memcpy(&pk, p, sizeof(pk));
-  return pk;
-#endif
+  using P = Pack<Bits, V>;
+  return NORMSERVE_ON_DEVICE(*reinterpret_cast<const P*>(p), HostLoad<P>(p));
 }
 template <typename Bits, int V>
 NORMSERVE_HD void StoreVector(Bits* p, const Pack<Bits, V>& pk) {
-#ifdef __CUDA_ARCH__
-  *reinterpret_cast<Pack<Bits, V>*>(p) = pk;
-#else
-  std::memcpy(p, &pk, sizeof(pk));
-#endif
+  using P = Pack<Bits, V>;
+  NORMSERVE_ON_DEVICE(*reinterpret_cast<P*>(p) = pk,
+                      std::memcpy(p, &pk, sizeof(P)));
 }
 
 // ---- Packs of 16-bit elements as 32-bit words ----
@@ -183,6 +151,24 @@ NORMSERVE_HD bool AnyNan(const float (&in)[V]) {
   NORMSERVE_UNROLL
   for (int j = 0; j < V; ++j) nan |= in[j] != in[j];
   return nan;
+}
+
+// A 16-bit pack of T from floats: pairs through T::FromFloats (the
+// two-way conversion); a pack holding a NaN element by element, so that
+// NaN bits are T::FromFloat's.
+template <typename T, int V>
+NORMSERVE_HD Pack<uint16_t, V> RepackPairs(const float (&in)[V]) {
+  Pack<uint16_t, V> p;
+  if (AnyNan(in)) {
+    NORMSERVE_UNROLL
+    for (int j = 0; j < V; ++j) p.v[j] = T::FromFloat(in[j]);
+    return p;
+  }
+  NORMSERVE_UNROLL
+  for (int k = 0; k < V / 2; ++k) {
+    SetWord(p, k, T::FromFloats(in[2 * k], in[2 * k + 1]));
+  }
+  return p;
 }
 
 // ---- Element types: storage bits and exact conversions ----
@@ -225,21 +211,14 @@ struct F16 {
       out[2 * k + 1] = ToFloat(static_cast<uint16_t>(w >> 16));
     }
   }
-  // Pairs through the two-way conversion; a pack with a NaN element by
-  // element, so that NaN bits are FromFloat's.
+  // a and b as the low and high halves of a word, each as FromFloat gives
+  // it unless NaN.
+  static NORMSERVE_HD uint32_t FromFloats(float a, float b) {
+    return WordOf(__floats2half2_rn(a, b));
+  }
   template <int V>
   static NORMSERVE_HD Pack<uint16_t, V> Repack(const float (&in)[V]) {
-    Pack<uint16_t, V> p;
-    if (AnyNan(in)) {
-      NORMSERVE_UNROLL
-      for (int j = 0; j < V; ++j) p.v[j] = FromFloat(in[j]);
-      return p;
-    }
-    NORMSERVE_UNROLL
-    for (int k = 0; k < V / 2; ++k) {
-      SetWord(p, k, WordOf(__floats2half2_rn(in[2 * k], in[2 * k + 1])));
-    }
-    return p;
+    return RepackPairs<F16>(in);
   }
 };
 
@@ -265,19 +244,12 @@ struct BF16 {
       out[2 * k + 1] = FloatFromBits(w & 0xffff0000u);
     }
   }
+  static NORMSERVE_HD uint32_t FromFloats(float a, float b) {
+    return WordOf(__floats2bfloat162_rn(a, b));
+  }
   template <int V>
   static NORMSERVE_HD Pack<uint16_t, V> Repack(const float (&in)[V]) {
-    Pack<uint16_t, V> p;
-    if (AnyNan(in)) {
-      NORMSERVE_UNROLL
-      for (int j = 0; j < V; ++j) p.v[j] = FromFloat(in[j]);
-      return p;
-    }
-    NORMSERVE_UNROLL
-    for (int k = 0; k < V / 2; ++k) {
-      SetWord(p, k, WordOf(__floats2bfloat162_rn(in[2 * k], in[2 * k + 1])));
-    }
-    return p;
+    return RepackPairs<BF16>(in);
   }
 };
 
@@ -640,22 +612,29 @@ NORMSERVE_HD void NormalizeRow(const KernelArgs& a, int64_t row,
     use_double = group.Any(varies);
   }
 
+  // The outputs, in the precision A of shift, center and rstd: y and the
+  // residual sum z.
+  auto write = [&](auto shift_a, auto center_a, auto rstd_a) {
+    using A = decltype(rstd_a);
+    src.ForEachPack([&](int64_t pack, const float(&z)[V]) {
+      float y[V];
+      Affine<kLayer, V, A>(a, pack, ptr.gamma_vec, ptr.beta_vec, z, shift_a,
+                           center_a, rstd_a, y);
+      StorePack<Out, V>(ptr.y, pack, ptr.y_vec, y);
+      if (ptr.sum != nullptr) StorePack<In, V>(ptr.sum, pack, ptr.sum_vec, z);
+    });
+    src.ForTail([&](int64_t e, float z) {
+      ptr.y[e] = Out::FromFloat(
+          AffineElement<kLayer, A>(a, e, z, shift_a, center_a, rstd_a));
+      if (ptr.sum != nullptr) ptr.sum[e] = In::FromFloat(z);
+    });
+  };
   float mean_out, rstd_out;
   if (!use_double) {
     const float c = center + static_cast<float>(Mul(lin_d, inv_d));
     const float rstd =
         static_cast<float>(Rsqrt(var + static_cast<double>(a.epsilon)));
-    src.ForEachPack([&](int64_t pack, const float(&z)[V]) {
-      float y[V];
-      Affine<kLayer, V, float>(a, pack, ptr.gamma_vec, ptr.beta_vec, z, shift,
-                               c, rstd, y);
-      StorePack<Out, V>(ptr.y, pack, ptr.y_vec, y);
-      if (ptr.sum != nullptr) StorePack<In, V>(ptr.sum, pack, ptr.sum_vec, z);
-    });
-    src.ForTail([&](int64_t e, float z) {
-      ptr.y[e] = Out::FromFloat(AffineElement<kLayer>(a, e, z, shift, c, rstd));
-      if (ptr.sum != nullptr) ptr.sum[e] = In::FromFloat(z);
-    });
+    write(shift, c, rstd);
     mean_out =
         static_cast<float>(static_cast<double>(shift) +
                            static_cast<double>(center) + Mul(lin_d, inv_d));
@@ -688,17 +667,7 @@ NORMSERVE_HD void NormalizeRow(const KernelArgs& a, int64_t row,
     });
     m2 = group.Sum(m2);
     const double rstd = Rsqrt(Fma(m2, inv_d, static_cast<double>(a.epsilon)));
-    src.ForEachPack([&](int64_t pack, const float(&z)[V]) {
-      float y[V];
-      Affine<kLayer, V, double>(a, pack, ptr.gamma_vec, ptr.beta_vec, z, s,
-                                mean, rstd, y);
-      StorePack<Out, V>(ptr.y, pack, ptr.y_vec, y);
-      if (ptr.sum != nullptr) StorePack<In, V>(ptr.sum, pack, ptr.sum_vec, z);
-    });
-    src.ForTail([&](int64_t e, float z) {
-      ptr.y[e] = Out::FromFloat(AffineElement<kLayer>(a, e, z, s, mean, rstd));
-      if (ptr.sum != nullptr) ptr.sum[e] = In::FromFloat(z);
-    });
+    write(s, mean, rstd);
     mean_out = static_cast<float>(s + mean);
     rstd_out = static_cast<float>(rstd);
   }
