@@ -195,8 +195,9 @@ def main():
         + ("---|---|" if base else ""),
     ]
     if base:
-        lines.insert(5, f"- Baseline: `{args.baseline_json}`, run on the same "
-                     "device in the same session.")
+        name = os.path.basename(args.baseline_json)
+        lines.insert(5, f"- Baseline: `{name}`, run on the same device in "
+                     "the same session.")
     for (dtype, kind, d, n, copy_gbps, gbps, vs_copy, torch_copy,
          torch_gbps, base_gbps) in rows:
         speedup = gbps / torch_gbps if torch_gbps else None

@@ -84,13 +84,13 @@ TEST(CudaLaunchPlanTest, StagesSixteenBitRowsAndLongFloat32Rows) {
     EXPECT_FALSE(PlanLaunch(1031, t).staged);   // a tail
     EXPECT_FALSE(PlanLaunch(16392, t).staged);  // streaming
   }
-  for (int64_t d : {4, 768, 1024, 4096, 8188}) {
+  for (int64_t d : {4, 768, 1024, 2048, 4092}) {
     EXPECT_FALSE(PlanLaunch(d, DType::kFloat32).staged) << d;
   }
-  for (int64_t d : {8192, 12288, 16384}) {
+  for (int64_t d : {4096, 8192, 12288, 16384}) {
     EXPECT_TRUE(PlanLaunch(d, DType::kFloat32).staged) << d;
   }
-  EXPECT_FALSE(PlanLaunch(8193, DType::kFloat32).staged);  // a tail
+  EXPECT_FALSE(PlanLaunch(4097, DType::kFloat32).staged);  // a tail
   EXPECT_FALSE(PlanLaunch(65536, DType::kFloat32).staged);
 }
 

@@ -166,7 +166,10 @@ void RunStreamingRows(const KernelArgs& a, int threads) {
   });
 }
 
-template <typename In, typename Out>
+// Staged rows as the staged kernels run them: kPacks packs per thread at
+// most; under a block mapping (kHold) γ and β held by each thread across
+// the rows.
+template <typename In, typename Out, int kPacks, bool kHold>
 void RunStagedRows(const KernelArgs& a, int threads) {
   using Bits = typename In::Bits;
   constexpr int V = kPackOf<In>;
@@ -193,10 +196,16 @@ void RunStagedRows(const KernelArgs& a, int threads) {
         team.Sum(t, 0.0f);
       }
       const RowPointers<In, Out, true> ptr(a, row);
-      const SharedRow<In, Out> src{ptr, staged.data(), t, threads};
+      const SharedRow<In, Out, kPacks> src{ptr, staged.data(), t, threads};
       ForKind(a, [&](auto layer) {
-        NormalizeRow<decltype(layer)::value>(a, row, ptr, src,
-                                             TeamGroup{&team, t}, t == 0);
+        if constexpr (kHold) {
+          NormalizeRow<decltype(layer)::value>(
+              a, row, ptr, src, TeamGroup{&team, t}, t == 0,
+              HeldWeights<kPacks, V>(a, t, threads));
+        } else {
+          NormalizeRow<decltype(layer)::value>(a, row, ptr, src,
+                                               TeamGroup{&team, t}, t == 0);
+        }
       });
       team.Sum(t, 0.0f);  // done with the copy
     }
@@ -212,7 +221,21 @@ void RunTyped(const KernelArgs& a, const LaunchPlan& plan, Path path) {
   const bool stageable =
       a.dim % V == 0 && plan.mapping != RowMapping::kBlockStreaming;
   if (path == Path::kStaged && stageable) {
-    RunStagedRows<In, Out>(a, threads);
+    if (plan.mapping == RowMapping::kBlockPerRow) {
+      ASSERT_EQ(plan.packs_per_thread, kMaxFloatsPerThread / V);
+      return RunStagedRows<In, Out, kMaxFloatsPerThread / V, true>(a, threads);
+    }
+    switch (plan.packs_per_thread) {
+      case 1:
+        return RunStagedRows<In, Out, 1, false>(a, threads);
+      case 2:
+        return RunStagedRows<In, Out, 2, false>(a, threads);
+      case 4:
+        return RunStagedRows<In, Out, 4, false>(a, threads);
+      case 8:
+        return RunStagedRows<In, Out, 8, false>(a, threads);
+    }
+    FAIL() << "packs_per_thread " << plan.packs_per_thread;
     return;
   }
   switch (plan.mapping) {

@@ -33,12 +33,15 @@
 //   the block) may loop over rows and copy the next one into shared memory
 //   (cp.async, two buffers) while it normalizes the current one there. The
 //   threads, the packs each thread owns and the order of every sum are the
-//   same, so are the bits. `staged` says where that pays, as measured on an
-//   H200 (bench/results/cuda_2026-11-25/): for 16-bit inputs (the register
-//   row takes 2 float registers per input's 2 bytes, so fewer rows fit in
-//   flight) and for float32 rows of 8192 elements or more (one or two rows
-//   per multiprocessor, whose loads would otherwise wait for the previous
-//   row's reductions). It also needs D a multiple of the pack; at launch,
+//   same, so are the bits. Under the block mapping each thread also holds
+//   the γ and β of its packs in registers across the rows. `staged` says
+//   where that pays, as measured on an H200 (bench/results/cuda_2026-11-25/
+//   and cuda_2026-11-26/): for 16-bit inputs (the register row takes 2
+//   float registers per input's 2 bytes, so fewer rows fit in flight) and
+//   for float32 rows of 4096 elements or more (few rows per multiprocessor,
+//   whose loads would otherwise wait for the previous row's reductions, and
+//   γ and β that no longer stay in L1). It also needs D a multiple of the
+//   pack; at launch,
 //   aligned input, residual, output, sum, γ and β, and room in shared
 //   memory for two rows (twice that with a residual; else the register
 //   kernel runs).
@@ -72,7 +75,7 @@ struct LaunchPlan {
 };
 
 // Smallest float32 D that is staged.
-inline constexpr int64_t kStagedMinFloat32Dim = 8192;
+inline constexpr int64_t kStagedMinFloat32Dim = 4096;
 // Largest D (without its tail) kept in registers by a warp, and by a block.
 inline constexpr int64_t kWarpMaxPackedDim = 1024;
 inline constexpr int64_t kBlockMaxPackedDim = 16384;

@@ -259,10 +259,11 @@ __global__ void __launch_bounds__(kStreamingThreads)
 // and copies the next row (and its residual) into shared memory (cp.async,
 // two buffers) while it normalizes the current one there, so a row's loads
 // are in flight during the previous row's reductions and stores, and
-// registers hold no row. The warp kernel is held to 64 registers (4 blocks
-// per multiprocessor), its budget when measured
-// (bench/results/cuda_2026-11-25/); the few values that spill are per row.
-template <typename In, typename Out>
+// registers hold no row. Each thread reads at most kPacks packs of a row
+// (the plan's packs per thread), in a loop the compiler unrolls. The warp
+// kernel is held to 64 registers (4 blocks per multiprocessor), its budget
+// when measured (bench/results/cuda_2026-11-25/).
+template <typename In, typename Out, int kPacks>
 __global__ void __launch_bounds__(kWarpRowsPerBlock * 32, 4)
     StagedWarpKernel(const KernelArgs a) {
   using Bits = typename In::Bits;
@@ -279,31 +280,37 @@ __global__ void __launch_bounds__(kWarpRowsPerBlock * 32, 4)
         [] { __syncwarp(); },
         [&](int64_t row, const Pack<Bits, V>* buffer) {
           const RowPointers<In, Out, true> ptr(a, row);
-          const SharedRow<In, Out> src{ptr, buffer, lane, 32};
+          const SharedRow<In, Out, kPacks> src{ptr, buffer, lane, 32};
           NormalizeRow<decltype(layer)::value>(a, row, ptr, src, WarpGroup{},
                                                lane == 0);
         });
   });
 }
 
+// γ and β are held in registers across the block's rows (HeldWeights):
+// at these D they would not stay in L1, and reading them again from L2 for
+// every row held the kernel below copy speed (the hold measured 1.15–1.3×
+// on an H200 at D = 8192 and 16384, bench/results/cuda_2026-11-26/).
 template <typename In, typename Out>
 __global__ void __launch_bounds__(kBlockMaxThreads)
     StagedBlockKernel(const KernelArgs a) {
   using Bits = typename In::Bits;
   constexpr int V = kPackOf<In>;
+  constexpr int kPacks = kMaxFloatsPerThread / V;
   extern __shared__ uint4 staged_smem[];
   __shared__ BlockScratch scratch;
   const int t = static_cast<int>(threadIdx.x);
   const int T = static_cast<int>(blockDim.x);
+  const HeldWeights<kPacks, V> weights(a, t, T);
   ForKind(a, [&](auto layer) {
     StagedRows<kBlockStages, In>(
         a, blockIdx.x, gridDim.x, reinterpret_cast<Pack<Bits, V>*>(staged_smem),
         t, T, [] { __syncthreads(); },
         [&](int64_t row, const Pack<Bits, V>* buffer) {
           const RowPointers<In, Out, true> ptr(a, row);
-          const SharedRow<In, Out> src{ptr, buffer, t, T};
-          NormalizeRow<decltype(layer)::value>(a, row, ptr, src,
-                                               BlockGroup{&scratch}, t == 0);
+          const SharedRow<In, Out, kPacks> src{ptr, buffer, t, T};
+          NormalizeRow<decltype(layer)::value>(
+              a, row, ptr, src, BlockGroup{&scratch}, t == 0, weights);
         });
   });
 }
@@ -399,9 +406,27 @@ bool LaunchStaged(const KernelArgs& a, const LaunchPlan& plan,
   const int threads = plan.threads_per_block();
   const size_t smem = buffer_bytes * static_cast<size_t>(plan.rows_per_block) *
                       static_cast<size_t>(warp ? kWarpStages : kBlockStages);
-  const void* kernel =
-      warp ? reinterpret_cast<const void*>(&StagedWarpKernel<In, Out>)
-           : reinterpret_cast<const void*>(&StagedBlockKernel<In, Out>);
+  const void* kernel = nullptr;
+  if (warp) {
+    // Float32 rows are staged only under the block mapping
+    // (kStagedMinFloat32Dim): no warp kernels for them.
+    if constexpr (V != 4) {
+      switch (plan.packs_per_thread) {
+        case 1:
+          kernel = reinterpret_cast<const void*>(&StagedWarpKernel<In, Out, 1>);
+          break;
+        case 2:
+          kernel = reinterpret_cast<const void*>(&StagedWarpKernel<In, Out, 2>);
+          break;
+        case 4:
+          kernel = reinterpret_cast<const void*>(&StagedWarpKernel<In, Out, 4>);
+          break;
+      }
+    }
+  } else {
+    kernel = reinterpret_cast<const void*>(&StagedBlockKernel<In, Out>);
+  }
+  if (kernel == nullptr) return false;
   const StagedLimits limits = StagedLaunchLimits(kernel, threads, smem);
   if (limits.resident <= 0) return false;
   // The limit is set again on every launch beyond the default 48 KiB: a
@@ -417,14 +442,12 @@ bool LaunchStaged(const KernelArgs& a, const LaunchPlan& plan,
   }
   const int64_t blocks =
       std::min<int64_t>(GridBlocks(plan, a.rows), limits.resident);
-  const dim3 grid(static_cast<unsigned>(blocks));
-  const dim3 block(static_cast<unsigned>(threads));
-  if (warp) {
-    StagedWarpKernel<In, Out><<<grid, block, smem, stream>>>(a);
-  } else {
-    StagedBlockKernel<In, Out><<<grid, block, smem, stream>>>(a);
-  }
-  *error = cudaGetLastError();
+  void* args[] = {const_cast<KernelArgs*>(&a)};
+  const cudaError_t launched = cudaLaunchKernel(
+      kernel, dim3(static_cast<unsigned>(blocks)),
+      dim3(static_cast<unsigned>(threads)), args, smem, stream);
+  const cudaError_t last = cudaGetLastError();  // read and cleared
+  *error = launched != cudaSuccess ? launched : last;
   return true;
 }
 

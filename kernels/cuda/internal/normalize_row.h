@@ -378,13 +378,14 @@ struct RegisterRow {
   // z of element 0 (every thread loads it: one cached line).
   NORMSERVE_HD float First() const { return ptr.LoadZ(int64_t{0}); }
 
-  // f(pack, z) for each owned pack, in order.
+  // f(k, pack, z) for each owned pack, in order: the thread's k-th pack
+  // (its slot, see HeldWeights).
   template <typename F>
   NORMSERVE_HD void ForEachPack(F&& f) const {
     NORMSERVE_UNROLL
     for (int k = 0; k < kPacks; ++k) {
       const int64_t pack = t + static_cast<int64_t>(k) * threads;
-      if (pack < ptr.packs) f(pack, z[k]);
+      if (pack < ptr.packs) f(k, pack, z[k]);
     }
   }
   // f(element, z) for the owned tail element, if any.
@@ -406,10 +407,11 @@ struct StreamingRow {
 
   template <typename F>
   NORMSERVE_HD void ForEachPack(F&& f) const {
-    for (int64_t pack = t; pack < ptr.packs; pack += threads) {
+    int k = 0;
+    for (int64_t pack = t; pack < ptr.packs; pack += threads, ++k) {
       float z[V];
       ptr.LoadZ(pack, z);
-      f(pack, z);
+      f(k, pack, z);
     }
   }
   template <typename F>
@@ -422,11 +424,11 @@ struct StreamingRow {
 };
 
 // The same interface over a copy of the row's z (no tail) in shared
-// memory, staged there by the kernel. Thread t reads packs
-// t, t + T, … in the order RegisterRow holds them, so the row's arithmetic
+// memory, staged there by the kernel. Thread t reads packs t, t + T, … (at
+// most kPacks) in the order RegisterRow holds them, so the row's arithmetic
 // and its bits are the same as under the register mapping with T threads.
 // Rows here are short (kBlockMaxPackedDim): 32-bit pack indices.
-template <typename In, typename Out>
+template <typename In, typename Out, int kPacks>
 struct SharedRow {
   static constexpr int V = kPackOf<In>;
   using Bits = typename In::Bits;
@@ -439,11 +441,14 @@ struct SharedRow {
   template <typename F>
   NORMSERVE_HD void ForEachPack(F&& f) const {
     const int packs = static_cast<int>(ptr.packs);
-    for (int pack = t; pack < packs; pack += threads) {
-      const Pack<Bits, V> p = row[pack];
-      float z[V];
-      In::Unpack(p, z);
-      f(pack, z);
+    NORMSERVE_UNROLL
+    for (int k = 0; k < kPacks; ++k) {
+      const int pack = t + k * threads;
+      if (pack < packs) {
+        float z[V];
+        In::Unpack(row[pack], z);
+        f(k, pack, z);
+      }
     }
   }
   template <typename F>
@@ -479,20 +484,70 @@ NORMSERVE_HD A Scaled(float z, A shift, A center, A rstd) {
   return Mul(v, rstd);
 }
 
-// y = v·rstd [·γ] [+β] for one pack (γ·u + β as one fused multiply-add).
-template <bool kLayer, int V, typename A>
-NORMSERVE_HD void Affine(const KernelArgs& a, int64_t pack, bool gamma_vec,
-                         bool beta_vec, const float (&z)[V], A shift, A center,
+// γ and β of a row's packs, read from global memory for each pack.
+// (The arguments are held by reference: on the device they stay in the
+// kernel's parameter space instead of taking registers for the whole row.)
+template <int V>
+struct LoadedWeights {
+  const KernelArgs& a;
+  bool gamma_vec, beta_vec;
+
+  NORMSERVE_HD void Gamma(int, int64_t pack, float (&g)[V]) const {
+    LoadPack<F32, V>(a.gamma, pack, gamma_vec, g);
+  }
+  NORMSERVE_HD void Beta(int, int64_t pack, float (&b)[V]) const {
+    LoadPack<F32, V>(a.beta, pack, beta_vec, b);
+  }
+};
+
+// γ and β of thread t's packs t, t + T, … (at most kPacks, slot k holding
+// pack t + kT), loaded once and held in registers for every row the thread
+// normalizes: under a block mapping a thread owns the same packs in every
+// row, and a long row's γ and β would otherwise be read again from L2 for
+// each row. For aligned launches (16-byte loads, no tail).
+template <int kPacks, int V>
+struct HeldWeights {
+  float g[kPacks][V];
+  float b[kPacks][V];
+
+  NORMSERVE_HD HeldWeights(const KernelArgs& a, int t, int threads) {
+    const int64_t packs = a.dim / V;
+    NORMSERVE_UNROLL
+    for (int k = 0; k < kPacks; ++k) {
+      const int64_t pack = t + static_cast<int64_t>(k) * threads;
+      NORMSERVE_UNROLL
+      for (int j = 0; j < V; ++j) g[k][j] = b[k][j] = 0.0f;
+      if (pack < packs && a.gamma != nullptr)
+        LoadPack<F32, V>(a.gamma, pack, true, g[k]);
+      if (pack < packs && a.beta != nullptr)
+        LoadPack<F32, V>(a.beta, pack, true, b[k]);
+    }
+  }
+  NORMSERVE_HD void Gamma(int k, int64_t, float (&out)[V]) const {
+    NORMSERVE_UNROLL
+    for (int j = 0; j < V; ++j) out[j] = g[k][j];
+  }
+  NORMSERVE_HD void Beta(int k, int64_t, float (&out)[V]) const {
+    NORMSERVE_UNROLL
+    for (int j = 0; j < V; ++j) out[j] = b[k][j];
+  }
+};
+
+// y = v·rstd [·γ] [+β] for the thread's k-th pack, `pack` (γ·u + β as one
+// fused multiply-add), with γ and β from `w`.
+template <bool kLayer, int V, typename A, class Weights>
+NORMSERVE_HD void Affine(const KernelArgs& a, const Weights& w, int k,
+                         int64_t pack, const float (&z)[V], A shift, A center,
                          A rstd, float (&y)[V]) {
   A u[V];
   NORMSERVE_UNROLL
   for (int j = 0; j < V; ++j) u[j] = Scaled<kLayer>(z[j], shift, center, rstd);
   if (a.gamma != nullptr) {
     float g[V];
-    LoadPack<F32, V>(a.gamma, pack, gamma_vec, g);
+    w.Gamma(k, pack, g);
     if (a.beta != nullptr) {
       float b[V];
-      LoadPack<F32, V>(a.beta, pack, beta_vec, b);
+      w.Beta(k, pack, b);
       NORMSERVE_UNROLL
       for (int j = 0; j < V; ++j) {
         y[j] = static_cast<float>(
@@ -506,7 +561,7 @@ NORMSERVE_HD void Affine(const KernelArgs& a, int64_t pack, bool gamma_vec,
     }
   } else if (a.beta != nullptr) {
     float b[V];
-    LoadPack<F32, V>(a.beta, pack, beta_vec, b);
+    w.Beta(k, pack, b);
     NORMSERVE_UNROLL
     for (int j = 0; j < V; ++j) {
       y[j] = static_cast<float>(u[j] + static_cast<A>(b[j]));
@@ -546,13 +601,14 @@ constexpr double kTinyVariance = 1e-30;
 // Σ(v − m)² = Σv² − (Σv)²/D removes the error of c. RMSNorm: one pass of
 // z². Rows whose float32 sums overflow, or whose variance is so small that
 // the squares may have underflowed (and that are not exactly constant), are
-// redone in double.
+// redone in double. γ and β come from `weights` (LoadedWeights,
+// HeldWeights).
 template <bool kLayer, typename In, typename Out, bool kAligned, class Row,
-          class Group>
+          class Group, class Weights>
 NORMSERVE_HD void NormalizeRow(const KernelArgs& a, int64_t row,
                                const RowPointers<In, Out, kAligned>& ptr,
-                               const Row& src, const Group& group,
-                               bool leader) {
+                               const Row& src, const Group& group, bool leader,
+                               const Weights& weights) {
   constexpr int V = kPackOf<In>;
   const double inv_d = a.inv_dim;
   const float shift = kLayer ? src.First() : 0.0f;
@@ -561,7 +617,7 @@ NORMSERVE_HD void NormalizeRow(const KernelArgs& a, int64_t row,
   float sum1 = 0.0f;
   if constexpr (kLayer) {
     float acc = 0.0f;
-    src.ForEachPack([&](int64_t, const float(&z)[V]) {
+    src.ForEachPack([&](int, int64_t, const float(&z)[V]) {
       NORMSERVE_UNROLL
       for (int j = 0; j < V; ++j) acc += z[j] - shift;
     });
@@ -572,7 +628,7 @@ NORMSERVE_HD void NormalizeRow(const KernelArgs& a, int64_t row,
 
   float sq = 0.0f, lin = 0.0f;
   if constexpr (kLayer) {
-    src.ForEachPack([&](int64_t, const float(&z)[V]) {
+    src.ForEachPack([&](int, int64_t, const float(&z)[V]) {
       NORMSERVE_UNROLL
       for (int j = 0; j < V; ++j) {
         const float v = (z[j] - shift) - center;
@@ -587,7 +643,7 @@ NORMSERVE_HD void NormalizeRow(const KernelArgs& a, int64_t row,
     });
     group.Sum2(&sq, &lin);
   } else {
-    src.ForEachPack([&](int64_t, const float(&z)[V]) {
+    src.ForEachPack([&](int, int64_t, const float(&z)[V]) {
       NORMSERVE_UNROLL
       for (int j = 0; j < V; ++j) sq = Fma(z[j], z[j], sq);
     });
@@ -604,7 +660,7 @@ NORMSERVE_HD void NormalizeRow(const KernelArgs& a, int64_t row,
     // Exactly constant rows are fine in float32 (they give β); anything
     // else this small is not.
     bool varies = false;
-    src.ForEachPack([&](int64_t, const float(&z)[V]) {
+    src.ForEachPack([&](int, int64_t, const float(&z)[V]) {
       NORMSERVE_UNROLL
       for (int j = 0; j < V; ++j) varies |= !(z[j] == shift);
     });
@@ -616,10 +672,10 @@ NORMSERVE_HD void NormalizeRow(const KernelArgs& a, int64_t row,
   // residual sum z.
   auto write = [&](auto shift_a, auto center_a, auto rstd_a) {
     using A = decltype(rstd_a);
-    src.ForEachPack([&](int64_t pack, const float(&z)[V]) {
+    src.ForEachPack([&](int k, int64_t pack, const float(&z)[V]) {
       float y[V];
-      Affine<kLayer, V, A>(a, pack, ptr.gamma_vec, ptr.beta_vec, z, shift_a,
-                           center_a, rstd_a, y);
+      Affine<kLayer, V, A>(a, weights, k, pack, z, shift_a, center_a, rstd_a,
+                           y);
       StorePack<Out, V>(ptr.y, pack, ptr.y_vec, y);
       if (ptr.sum != nullptr) StorePack<In, V>(ptr.sum, pack, ptr.sum_vec, z);
     });
@@ -646,7 +702,7 @@ NORMSERVE_HD void NormalizeRow(const KernelArgs& a, int64_t row,
     double mean = 0.0;
     if constexpr (kLayer) {
       double acc = 0.0;
-      src.ForEachPack([&](int64_t, const float(&z)[V]) {
+      src.ForEachPack([&](int, int64_t, const float(&z)[V]) {
         NORMSERVE_UNROLL
         for (int j = 0; j < V; ++j) acc += static_cast<double>(z[j]) - s;
       });
@@ -654,7 +710,7 @@ NORMSERVE_HD void NormalizeRow(const KernelArgs& a, int64_t row,
       mean = Mul(group.Sum(acc), inv_d);
     }
     double m2 = 0.0;
-    src.ForEachPack([&](int64_t, const float(&z)[V]) {
+    src.ForEachPack([&](int, int64_t, const float(&z)[V]) {
       NORMSERVE_UNROLL
       for (int j = 0; j < V; ++j) {
         const double v = (static_cast<double>(z[j]) - s) - mean;
@@ -675,6 +731,18 @@ NORMSERVE_HD void NormalizeRow(const KernelArgs& a, int64_t row,
     if (a.mean != nullptr) a.mean[row] = kLayer ? mean_out : 0.0f;
     if (a.rstd != nullptr) a.rstd[row] = rstd_out;
   }
+}
+
+// The same with γ and β read from global memory for each pack.
+template <bool kLayer, typename In, typename Out, bool kAligned, class Row,
+          class Group>
+NORMSERVE_HD void NormalizeRow(const KernelArgs& a, int64_t row,
+                               const RowPointers<In, Out, kAligned>& ptr,
+                               const Row& src, const Group& group,
+                               bool leader) {
+  NormalizeRow<kLayer>(
+      a, row, ptr, src, group, leader,
+      LoadedWeights<kPackOf<In>>{a, ptr.gamma_vec, ptr.beta_vec});
 }
 
 }  // namespace normserve::cuda::internal
