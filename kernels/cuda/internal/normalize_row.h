@@ -602,13 +602,15 @@ constexpr double kTinyVariance = 1e-30;
 // z². Rows whose float32 sums overflow, or whose variance is so small that
 // the squares may have underflowed (and that are not exactly constant), are
 // redone in double. γ and β come from `weights` (LoadedWeights,
-// HeldWeights).
+// HeldWeights), taken by value: nvcc then keeps the register kernels'
+// allocation as it was without it (by reference, the 16-bit warp kernels
+// spilled twice as much).
 template <bool kLayer, typename In, typename Out, bool kAligned, class Row,
           class Group, class Weights>
 NORMSERVE_HD void NormalizeRow(const KernelArgs& a, int64_t row,
                                const RowPointers<In, Out, kAligned>& ptr,
                                const Row& src, const Group& group, bool leader,
-                               const Weights& weights) {
+                               const Weights weights) {
   constexpr int V = kPackOf<In>;
   const double inv_d = a.inv_dim;
   const float shift = kLayer ? src.First() : 0.0f;
