@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
 """One-run GPU comparison: normserve's CUDA kernels vs copy and vs PyTorch.
 
-On one GPU, in one run, for float32 and bfloat16 (and LayerNorm and RMSNorm)
-over D in {768, 1024, 4096, 8192, 16384} with 512 MiB of input (rows that
-fill the chip many times over):
+On one GPU, in one run, for float32 and bfloat16 (and LayerNorm, RMSNorm
+and the transformer's "add & norm", LayerNorm of x + residual that also
+writes the sum) over D in {768, 1024, 4096, 8192, 16384} with 512 MiB of
+input (rows that fill the chip many times over):
   - normserve's kernels and a device-to-device copy of the same bytes, from
     build/bench/normalize_cuda_bench (Google Benchmark, CUDA events);
-  - torch.nn.functional.layer_norm / rms_norm and torch's own device copy
-    (Tensor.copy_) on the same shapes, timed with CUDA events;
+  - torch.nn.functional.layer_norm / rms_norm (add & norm: torch.add into
+    the sum, then layer_norm of it, as eager PyTorch has no fused kernel)
+    and torch's own device copy (Tensor.copy_) on the same shapes, timed
+    with CUDA events;
 and prints a Markdown table of bandwidths (bytes read + written per second)
 and ratios, also written to bench/results/cuda_compare_<date>.md with the
 device name and the command.
@@ -30,7 +33,12 @@ import textwrap
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INPUT_BYTES = 512 << 20  # as normalize_cuda_bench's kBytes
 DTYPES = {"f32": (0, 4), "bf16": (2, 2)}  # name -> (DType enum, bytes)
-KINDS = {"layer_norm": 0, "rms_norm": 1}
+# name -> the kind argument of BM_CudaNormalize; add & norm is
+# BM_CudaAddNorm (no kind argument).
+KINDS = {"layer_norm": 0, "rms_norm": 1, "add_layer_norm": None}
+# Arrays each kind reads or writes, of rows × D elements: x and y; x, the
+# residual, y and the sum.
+ARRAYS = {"layer_norm": 2, "rms_norm": 2, "add_layer_norm": 4}
 
 # Runs inside --python: times torch on the GPU with CUDA events (median of
 # `iters` calls after warm-up), γ and β in the input dtype as users call it.
@@ -58,13 +66,19 @@ TORCH_SNIPPET = textwrap.dedent("""
         y = torch.empty_like(x)
         if kind == "layer_norm":
             run = lambda: F.layer_norm(x, (d,), w, b, 1e-5)
+        elif kind == "add_layer_norm":
+            r = torch.randn(rows, d, device=dev).to(t)
+            s = torch.empty_like(x)
+            def run():
+                torch.add(x, r, out=s)
+                return F.layer_norm(s, (d,), w, b, 1e-5)
         elif hasattr(F, "rms_norm"):
             run = lambda: F.rms_norm(x, (d,), w, 1e-5)
         else:
             run = None
         results.append({"seconds": median(run) if run else None,
                         "copy_seconds": median(lambda: y.copy_(x))})
-        del x, y
+        x = y = r = s = run = None
         torch.cuda.empty_cache()
     print(json.dumps({"results": results, "version": torch.__version__,
                       "device": torch.cuda.get_device_name(0)}))
@@ -100,7 +114,7 @@ def normserve_results(build, dims, bench_json=None):
             sys.exit(f"compare_cuda: {binary} is missing: build with CUDA first")
         enums = "|".join(str(v[0]) for v in DTYPES.values())
         dim_re = "|".join(str(d) for d in dims)
-        filt = f"BM_Cuda(Copy|Normalize)/({enums})/.*/?({dim_re})/"
+        filt = f"BM_Cuda(Copy|Normalize|AddNorm)/({enums})/.*/?({dim_re})/"
         out = subprocess.run([binary, "--benchmark_format=json",
                               f"--benchmark_filter={filt}"],
                              capture_output=True, text=True, check=True)
@@ -114,6 +128,8 @@ def normserve_results(build, dims, bench_json=None):
         gbps = b["bytes_per_second"] / 1e9
         if b["name"].startswith("BM_CudaCopy"):
             copies[(args[0], args[1])] = gbps
+        elif b["name"].startswith("BM_CudaAddNorm"):
+            results[(args[0], None, args[1])] = (gbps, b.get("vs_copy"))
         else:
             results[tuple(args)] = (gbps, b.get("vs_copy"))
     merged = {}
@@ -166,10 +182,11 @@ def main():
     version = timed["version"]
     rows = []
     for (dtype, kind, d, n), t in zip(cases, timed["results"]):
-        moved = 2 * n * d * DTYPES[dtype][1] / 1e9
+        moved = ARRAYS[kind] * n * d * DTYPES[dtype][1] / 1e9
         gbps, vs_copy, copy_gbps = ours[(dtype, kind, d)]
         torch_gbps = moved / t["seconds"] if t["seconds"] else None
-        torch_copy = moved / t["copy_seconds"] if t["copy_seconds"] else None
+        copied = 2 * n * d * DTYPES[dtype][1] / 1e9  # x to y
+        torch_copy = copied / t["copy_seconds"] if t["copy_seconds"] else None
         base_gbps = base.get((dtype, kind, d), (None,))[0]
         rows.append((dtype, kind, d, n, copy_gbps, gbps, vs_copy, torch_copy,
                      torch_gbps, base_gbps))
@@ -183,7 +200,9 @@ def main():
         f"- Device: {device}",
         f"- Command: `python3 bench/compare_cuda.py --dims {args.dims}`",
         f"- Input: {INPUT_BYTES >> 20} MiB per case, γ and β, ε = 1e-5, "
-        "output in the input dtype. Bandwidth counts bytes read + written.",
+        "output in the input dtype. Bandwidth counts bytes read + written "
+        "(add & norm: x, residual, y and the sum, for both; its copy moves "
+        "x and y only).",
         f"- PyTorch {version}: F.layer_norm / F.rms_norm with γ/β in the "
         "input dtype, and Tensor.copy_ as its copy; medians of CUDA-event "
         "timings.", "",

@@ -6,7 +6,11 @@ The staged kernels loop over a row held in shared memory, one 16-byte pack
 loop show what the kernel costs on a machine without a GPU. This is a
 reading of the code, not a measurement: the output loop's count covers the
 code for every γ/β combination, of which one runs, and nothing here says
-how well the schedulers issue.
+how well the schedulers issue. Since the staged kernels read a row in
+loops unrolled to the plan's packs per thread (2026-11-26), their passes
+are no longer loops of their own: the innermost loop found is then the
+whole row loop, every branch of it (the "double path" label), and its
+count per element is only an upper bound.
 
   python3 bench/cuda_sass_loops.py build/kernels/CMakeFiles/\\
       normserve_kernels_cuda.dir/cuda/normalize_cuda.cu.o --kernel StagedWarp

@@ -289,8 +289,9 @@ __global__ void __launch_bounds__(kWarpRowsPerBlock * 32, 4)
 
 // γ and β are held in registers across the block's rows (HeldWeights):
 // at these D they would not stay in L1, and reading them again from L2 for
-// every row held the kernel below copy speed (the hold measured 1.15–1.3×
-// on an H200 at D = 8192 and 16384, bench/results/cuda_2026-11-26/).
+// every row held the kernel below copy speed (holding them measured
+// 1.06–1.31× faster on an H200 at D = 8192 and 16384, LayerNorm
+// 1.19–1.26×; bench/results/cuda_2026-11-26/).
 template <typename In, typename Out>
 __global__ void __launch_bounds__(kBlockMaxThreads)
     StagedBlockKernel(const KernelArgs a) {

@@ -485,8 +485,6 @@ NORMSERVE_HD A Scaled(float z, A shift, A center, A rstd) {
 }
 
 // γ and β of a row's packs, read from global memory for each pack.
-// (The arguments are held by reference: on the device they stay in the
-// kernel's parameter space instead of taking registers for the whole row.)
 template <int V>
 struct LoadedWeights {
   const KernelArgs& a;
