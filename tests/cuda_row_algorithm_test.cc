@@ -225,32 +225,22 @@ void RunTyped(const KernelArgs& a, const LaunchPlan& plan, Path path) {
       ASSERT_EQ(plan.packs_per_thread, kMaxFloatsPerThread / V);
       return RunStagedRows<In, Out, kMaxFloatsPerThread / V, true>(a, threads);
     }
-    switch (plan.packs_per_thread) {
-      case 1:
-        return RunStagedRows<In, Out, 1, false>(a, threads);
-      case 2:
-        return RunStagedRows<In, Out, 2, false>(a, threads);
-      case 4:
-        return RunStagedRows<In, Out, 4, false>(a, threads);
-      case 8:
-        return RunStagedRows<In, Out, 8, false>(a, threads);
-    }
-    FAIL() << "packs_per_thread " << plan.packs_per_thread;
+    ASSERT_TRUE(WithPacksPerThread(
+        plan.packs_per_thread,
+        [&](auto packs) {
+          RunStagedRows<In, Out, decltype(packs)::value, false>(a, threads);
+        }))
+        << "packs_per_thread " << plan.packs_per_thread;
     return;
   }
   switch (plan.mapping) {
     case RowMapping::kWarpPerRow:
-      switch (plan.packs_per_thread) {
-        case 1:
-          return RunRegisterRows<In, Out, 1>(a, threads);
-        case 2:
-          return RunRegisterRows<In, Out, 2>(a, threads);
-        case 4:
-          return RunRegisterRows<In, Out, 4>(a, threads);
-        case 8:
-          return RunRegisterRows<In, Out, 8>(a, threads);
-      }
-      FAIL() << "packs_per_thread " << plan.packs_per_thread;
+      ASSERT_TRUE(WithPacksPerThread(
+          plan.packs_per_thread,
+          [&](auto packs) {
+            RunRegisterRows<In, Out, decltype(packs)::value>(a, threads);
+          }))
+          << "packs_per_thread " << plan.packs_per_thread;
       return;
     case RowMapping::kBlockPerRow:
       ASSERT_EQ(plan.packs_per_thread, kMaxFloatsPerThread / V);

@@ -51,6 +51,7 @@
 #define NORMSERVE_KERNELS_CUDA_LAUNCH_PLAN_H_
 
 #include <cstdint>
+#include <type_traits>
 
 #include "kernels/dtype.h"
 
@@ -89,6 +90,28 @@ inline constexpr int kBlockMaxThreads =
 inline constexpr int kWarpRowsPerBlock = 8;
 // Block size of the streaming mapping.
 inline constexpr int kStreamingThreads = 1024;
+
+// Calls f(std::integral_constant<int, K>{}) for K = packs (1, 2, 4 or 8,
+// the warp mapping's packs per thread), so that a kernel can be chosen by
+// its compile-time pack count; false, calling nothing, for any other value.
+template <typename F>
+bool WithPacksPerThread(int packs, F&& f) {
+  switch (packs) {
+    case 1:
+      f(std::integral_constant<int, 1>{});
+      return true;
+    case 2:
+      f(std::integral_constant<int, 2>{});
+      return true;
+    case 4:
+      f(std::integral_constant<int, 4>{});
+      return true;
+    case 8:
+      f(std::integral_constant<int, 8>{});
+      return true;
+  }
+  return false;
+}
 
 // The plan for rows of `dim` (> 0) elements of `input_dtype` (not kInt8).
 LaunchPlan PlanLaunch(int64_t dim, DType input_dtype);

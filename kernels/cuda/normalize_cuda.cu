@@ -412,17 +412,12 @@ bool LaunchStaged(const KernelArgs& a, const LaunchPlan& plan,
     // Float32 rows are staged only under the block mapping
     // (kStagedMinFloat32Dim): no warp kernels for them.
     if constexpr (V != 4) {
-      switch (plan.packs_per_thread) {
-        case 1:
-          kernel = reinterpret_cast<const void*>(&StagedWarpKernel<In, Out, 1>);
-          break;
-        case 2:
-          kernel = reinterpret_cast<const void*>(&StagedWarpKernel<In, Out, 2>);
-          break;
-        case 4:
-          kernel = reinterpret_cast<const void*>(&StagedWarpKernel<In, Out, 4>);
-          break;
-      }
+      WithPacksPerThread(plan.packs_per_thread, [&](auto packs) {
+        if constexpr (decltype(packs)::value * V <= kMaxFloatsPerThread) {
+          kernel = reinterpret_cast<const void*>(
+              &StagedWarpKernel<In, Out, decltype(packs)::value>);
+        }
+      });
     }
   } else {
     kernel = reinterpret_cast<const void*>(&StagedBlockKernel<In, Out>);
@@ -469,24 +464,15 @@ cudaError_t LaunchTyped(const KernelArgs& a, const LaunchPlan& plan,
     case RowMapping::kWarpPerRow:
       if (plan.rows_per_block != kWarpRowsPerBlock)
         return cudaErrorInvalidValue;
-      switch (plan.packs_per_thread) {
-        case 1:
-          WarpPerRowKernel<In, Out, 1><<<grid, block, 0, stream>>>(a);
-          break;
-        case 2:
-          WarpPerRowKernel<In, Out, 2><<<grid, block, 0, stream>>>(a);
-          break;
-        case 4:
-          WarpPerRowKernel<In, Out, 4><<<grid, block, 0, stream>>>(a);
-          break;
-        case 8:
-          if constexpr (V == 4) {
-            WarpPerRowKernel<In, Out, 8><<<grid, block, 0, stream>>>(a);
-            break;
-          }
-          return cudaErrorInvalidValue;
-        default:
-          return cudaErrorInvalidValue;
+      // At most kMaxFloatsPerThread floats: 8 packs for float32 only.
+      if (plan.packs_per_thread * V > kMaxFloatsPerThread ||
+          !WithPacksPerThread(plan.packs_per_thread, [&](auto packs) {
+            if constexpr (decltype(packs)::value * V <= kMaxFloatsPerThread) {
+              WarpPerRowKernel<In, Out, decltype(packs)::value>
+                  <<<grid, block, 0, stream>>>(a);
+            }
+          })) {
+        return cudaErrorInvalidValue;
       }
       break;
     case RowMapping::kBlockPerRow:
