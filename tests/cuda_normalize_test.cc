@@ -113,7 +113,7 @@ Output RunOnGpu(const Case& c, size_t offset_bytes = 0) {
   r.output = y.get() + pad;
   r.rows = c.rows;
   r.residual = c.with_residual ? res.get() + pad : nullptr;
-  r.sum_output = sum.get() + pad;
+  r.sum_output = c.with_sum ? sum.get() + pad : nullptr;
   r.mean = reinterpret_cast<float*>(mean.get() + pad);
   r.rstd = reinterpret_cast<float*>(rstd.get() + pad);
   const absl::Status s = NormalizeRowsCuda(r, nullptr);
@@ -123,7 +123,7 @@ Output RunOnGpu(const Case& c, size_t offset_bytes = 0) {
   Output o{std::vector<uint8_t>(out_bytes), std::vector<uint8_t>(in_bytes),
            std::vector<float>(c.rows), std::vector<float>(c.rows)};
   ToHost(o.y.data(), y.get() + pad, out_bytes);
-  ToHost(o.sum.data(), sum.get() + pad, in_bytes);
+  if (c.with_sum) ToHost(o.sum.data(), sum.get() + pad, in_bytes);
   ToHost(o.mean.data(), mean.get() + pad, stat_bytes);
   ToHost(o.rstd.data(), rstd.get() + pad, stat_bytes);
   return o;

@@ -167,8 +167,8 @@ void RunStreamingRows(const KernelArgs& a, int threads) {
 }
 
 // Staged rows as the staged kernels run them: kPacks packs per thread at
-// most; under a block mapping (kHold) γ and β held by each thread across
-// the rows.
+// most, the row loop compiled for the launch's RowVariant; under a block
+// mapping (kHold) γ and β held by each thread across the rows.
 template <typename In, typename Out, int kPacks, bool kHold>
 void RunStagedRows(const KernelArgs& a, int threads) {
   using Bits = typename In::Bits;
@@ -191,20 +191,22 @@ void RunStagedRows(const KernelArgs& a, int threads) {
       }
       team.Sum(t, 0.0f);  // the copy is in place (a barrier)
       if (a.residual != nullptr) {
-        AddStagedResidual<In>(staged.data(), staged.data() + packs, packs, t,
-                              threads);
+        AddStagedResidual<In, kPacks>(staged.data(), staged.data() + packs,
+                                      packs, t, threads);
         team.Sum(t, 0.0f);
       }
       const RowPointers<In, Out, true> ptr(a, row);
       const SharedRow<In, Out, kPacks> src{ptr, staged.data(), t, threads};
-      ForKind(a, [&](auto layer) {
+      ForKindAndVariant(a, [&](auto layer, auto variant) {
+        constexpr RowVariant kV = decltype(variant)::value;
         if constexpr (kHold) {
           NormalizeRow<decltype(layer)::value>(
               a, row, ptr, src, TeamGroup{&team, t}, t == 0,
-              HeldWeights<kPacks, V>(a, t, threads));
+              HeldWeights<kPacks, V, kV>(a, t, threads));
         } else {
-          NormalizeRow<decltype(layer)::value>(a, row, ptr, src,
-                                               TeamGroup{&team, t}, t == 0);
+          NormalizeRow<decltype(layer)::value>(
+              a, row, ptr, src, TeamGroup{&team, t}, t == 0,
+              LoadedWeights<V, kV>{a, true, true});
         }
       });
       team.Sum(t, 0.0f);  // done with the copy
@@ -309,7 +311,7 @@ Output RunEmulated(const Case& c, Path path = Path::kPlanned,
   r.output = y.data();
   r.rows = c.rows;
   r.residual = c.with_residual ? res.data() : nullptr;
-  r.sum_output = sum.data();
+  r.sum_output = c.with_sum ? sum.data() : nullptr;
   r.mean = reinterpret_cast<float*>(mean.data());
   r.rstd = reinterpret_cast<float*>(rstd.data());
   const KernelArgs a = KernelArgsFor(r);
@@ -511,18 +513,24 @@ TEST(CudaRowAlgorithmTest, AgreesWithTheCpuKernel) {
 // The staged instantiation (every access a vector access, no tail), the
 // register one on aligned buffers (vector accesses chosen per row) and on
 // misaligned ones (element accesses) give a row the same bits, with and
-// without a residual: as on the device, the mapping may change with
-// alignment, the bits may not.
+// without a residual, with γ and β, γ alone or neither: as on the device,
+// the mapping may change with alignment, the bits may not. (The staged
+// rows run the RowVariant of the launch, the register rows kAny.)
 TEST(CudaRowAlgorithmTest, StagedAlignedAndMisalignedRowsHaveTheSameBits) {
+  struct Options {
+    bool gamma, beta, residual;
+  };
   std::mt19937 rng(11);
   for (DType in : kTypes) {
     for (DType out : kTypes) {
       for (NormKind kind : {NormKind::kLayerNorm, NormKind::kRmsNorm}) {
-        for (bool residual : {false, true}) {
+        for (Options opt :
+             {Options{true, true, false}, Options{true, true, true},
+              Options{true, false, false}, Options{false, false, false}}) {
           for (int64_t d : {64, 768, 4096}) {
             std::vector<float> g, b;
-            Case c = MakeCase(kind, in, out, d, 3, true, true, residual, &rng,
-                              &g, &b);
+            Case c = MakeCase(kind, in, out, d, 3, opt.gamma, opt.beta,
+                              opt.residual, &rng, &g, &b);
             // Row 1 holds a NaN: the pack conversions' NaN path.
             std::vector<float> row1(c.x.values.begin() + d,
                                     c.x.values.begin() + 2 * d);

@@ -3,7 +3,9 @@
 // or staged through shared memory; the reduction groups; the launch.
 // LayerNorm and RMSNorm are separate instantiations inside each kernel (a
 // uniform branch on KernelArgs::layer_norm), so that RMSNorm carries no
-// LayerNorm arithmetic.
+// LayerNorm arithmetic; the staged kernels further split off the common
+// launches (RowVariant, normalize_row.h), whose loops test no optional
+// pointer.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -98,25 +100,32 @@ struct BlockGroup {
   }
 };
 
-// Asynchronous 16-byte copies of row `row` of `array` (rows of D elements)
-// into `dst` (shared), by thread t of T; complete at the matching
-// CpAsyncWait.
-template <typename Bits, int V>
-__device__ __forceinline__ void StageRow(const KernelArgs& a, const void* array,
-                                         int64_t row, Pack<Bits, V>* dst, int t,
+// Asynchronous 16-byte copies of the row at `src` (global, `packs` packs)
+// into shared memory at address `dst`: thread t of T copies packs t,
+// t + T, … (at most kPacks, the plan's packs per thread), in a loop the
+// compiler unrolls; complete at the matching CpAsyncWait.
+template <int kPacks, typename Bits, int V>
+__device__ __forceinline__ void StageRow(const Pack<Bits, V>* src,
+                                         Pack<Bits, V>* dst, int packs, int t,
                                          int T) {
-  const int64_t packs = a.dim / V;
-  const auto* src = static_cast<const Pack<Bits, V>*>(array) + row * packs;
-  for (int64_t p = t; p < packs; p += T) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    const auto shared =
-        static_cast<unsigned>(__cvta_generic_to_shared(dst + p));
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(shared),
-                 "l"(src + p)
-                 : "memory");
-#else
-    dst[p] = src[p];
+  // The shared address once, not per pack.
+  const auto shared = static_cast<unsigned>(__cvta_generic_to_shared(dst));
 #endif
+#pragma unroll
+  for (int k = 0; k < kPacks; ++k) {
+    const int p = t + k * T;
+    if (p < packs) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+      asm volatile(
+          "cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(
+              shared + static_cast<unsigned>(p * sizeof(Pack<Bits, V>))),
+          "l"(src + p)
+          : "memory");
+#else
+      dst[p] = src[p];
+#endif
+    }
   }
 }
 
@@ -150,39 +159,49 @@ __host__ __device__ inline int64_t StagedBufferPacks(const KernelArgs& a,
 
 // The row loop of a staged mapping: rows first, first + stride, … < rows,
 // each staged kStages − 1 rows ahead into `buffers` (kStages buffers) by
-// thread t of T; with a residual, z = x + residual then replaces x in the
-// buffer; then body(row, z) between sync() barriers of the row group.
-template <int kStages, typename In, typename Sync, typename Body>
+// thread t of T (kPacks packs each at most); with a residual, z = x +
+// residual then replaces x in the buffer; then body(row, z) between sync()
+// barriers of the row group. Staged launches have fewer than 2^31 rows
+// (LaunchStaged): row numbers are 32-bit, and a row's offset is one
+// 32 × 32-bit product.
+template <int kStages, int kPacks, typename In, RowVariant kV, typename Sync,
+          typename Body>
 __device__ __forceinline__ void StagedRows(
-    const KernelArgs& a, int64_t first, int64_t stride,
+    const KernelArgs& a, unsigned first, unsigned stride,
     Pack<typename In::Bits, kPackOf<In>>* buffers, int t, int T, Sync sync,
     Body body) {
-  using Bits = typename In::Bits;
+  using P = Pack<typename In::Bits, kPackOf<In>>;
   constexpr int V = kPackOf<In>;
-  const int64_t packs = a.dim / V;
-  const int64_t buffer_packs = StagedBufferPacks(a, V);
-  const bool residual = a.residual != nullptr;
-  auto stage = [&](int64_t row, Pack<Bits, V>* buffer) {
-    StageRow<Bits, V>(a, a.input, row, buffer, t, T);
-    if (residual) StageRow<Bits, V>(a, a.residual, row, buffer + packs, t, T);
+  const auto rows = static_cast<unsigned>(a.rows);
+  const auto packs = static_cast<unsigned>(a.dim / V);  // <= kBlockMaxPackedDim
+  const bool residual = HasResidual<kV>(a);
+  const unsigned buffer_packs = residual ? 2 * packs : packs;
+  const auto* x = static_cast<const P*>(a.input);
+  const auto* r = static_cast<const P*>(a.residual);
+  auto stage = [&](unsigned row, P* buffer) {
+    if (row < rows) {
+      const uint64_t offset = static_cast<uint64_t>(row) * packs;
+      StageRow<kPacks>(x + offset, buffer, static_cast<int>(packs), t, T);
+      if (residual) {
+        StageRow<kPacks>(r + offset, buffer + packs, static_cast<int>(packs), t,
+                         T);
+      }
+    }
+    CpAsyncCommit();
   };
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
-    const int64_t r = first + s * stride;
-    if (r < a.rows) stage(r, buffers + s * buffer_packs);
-    CpAsyncCommit();
+    stage(first + s * stride, buffers + s * buffer_packs);
   }
   int b = 0;
-  for (int64_t row = first; row < a.rows; row += stride) {
-    const int64_t ahead = row + (kStages - 1) * stride;
+  for (unsigned row = first; row < rows; row += stride) {
     const int ahead_b = b == 0 ? kStages - 1 : b - 1;
-    if (ahead < a.rows) stage(ahead, buffers + ahead_b * buffer_packs);
-    CpAsyncCommit();
+    stage(row + (kStages - 1) * stride, buffers + ahead_b * buffer_packs);
     CpAsyncWait<kStages - 1>();
     sync();
-    Pack<Bits, V>* buffer = buffers + b * buffer_packs;
+    P* buffer = buffers + b * buffer_packs;
     if (residual) {
-      AddStagedResidual<In>(buffer, buffer + packs, packs, t, T);
+      AddStagedResidual<In, kPacks>(buffer, buffer + packs, packs, t, T);
       sync();  // every thread reads element 0 (the shift)
     }
     body(row, buffer);
@@ -273,16 +292,17 @@ __global__ void __launch_bounds__(kWarpRowsPerBlock * 32, 4)
   const int warp = static_cast<int>(threadIdx.x / 32);
   auto* buffers = reinterpret_cast<Pack<Bits, V>*>(staged_smem) +
                   warp * kWarpStages * StagedBufferPacks(a, V);
-  ForKind(a, [&](auto layer) {
-    StagedRows<kWarpStages, In>(
-        a, static_cast<int64_t>(blockIdx.x) * kWarpRowsPerBlock + warp,
-        static_cast<int64_t>(gridDim.x) * kWarpRowsPerBlock, buffers, lane, 32,
-        [] { __syncwarp(); },
+  ForKindAndVariant(a, [&](auto layer, auto variant) {
+    constexpr RowVariant kV = decltype(variant)::value;
+    StagedRows<kWarpStages, kPacks, In, kV>(
+        a, blockIdx.x * kWarpRowsPerBlock + warp, gridDim.x * kWarpRowsPerBlock,
+        buffers, lane, 32, [] { __syncwarp(); },
         [&](int64_t row, const Pack<Bits, V>* buffer) {
           const RowPointers<In, Out, true> ptr(a, row);
           const SharedRow<In, Out, kPacks> src{ptr, buffer, lane, 32};
-          NormalizeRow<decltype(layer)::value>(a, row, ptr, src, WarpGroup{},
-                                               lane == 0);
+          NormalizeRow<decltype(layer)::value>(
+              a, row, ptr, src, WarpGroup{}, lane == 0,
+              LoadedWeights<V, kV>{a, true, true});
         });
   });
 }
@@ -302,9 +322,10 @@ __global__ void __launch_bounds__(kBlockMaxThreads)
   __shared__ BlockScratch scratch;
   const int t = static_cast<int>(threadIdx.x);
   const int T = static_cast<int>(blockDim.x);
-  const HeldWeights<kPacks, V> weights(a, t, T);
-  ForKind(a, [&](auto layer) {
-    StagedRows<kBlockStages, In>(
+  ForKindAndVariant(a, [&](auto layer, auto variant) {
+    constexpr RowVariant kV = decltype(variant)::value;
+    const HeldWeights<kPacks, V, kV> weights(a, t, T);
+    StagedRows<kBlockStages, kPacks, In, kV>(
         a, blockIdx.x, gridDim.x, reinterpret_cast<Pack<Bits, V>*>(staged_smem),
         t, T, [] { __syncthreads(); },
         [&](int64_t row, const Pack<Bits, V>* buffer) {
@@ -392,8 +413,8 @@ bool LaunchStaged(const KernelArgs& a, const LaunchPlan& plan,
   constexpr int V = kPackOf<In>;
   // plan.staged already holds D to a multiple of the pack and the mapping
   // to a warp or a block with the row in hand; with the base pointers
-  // aligned, so is every row.
-  if (!plan.staged || !CanVectorize<Bits, V>(a.input) ||
+  // aligned, so is every row. Row numbers are 32-bit (StagedRows).
+  if (!plan.staged || a.rows > INT32_MAX || !CanVectorize<Bits, V>(a.input) ||
       (a.residual != nullptr && !CanVectorize<Bits, V>(a.residual)) ||
       (a.sum_output != nullptr && !CanVectorize<Bits, V>(a.sum_output)) ||
       !CanVectorize<typename Out::Bits, V>(a.output) ||

@@ -31,6 +31,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "kernels/cuda/internal/kernel_launch.h"
 
@@ -144,29 +145,33 @@ NORMSERVE_HD uint32_t WordOf(const T& pair) {
   return w;
 }
 
-// True if any of `in` is NaN.
+// True if any of `in` (V even) is NaN. Tested a pair at a time, which the
+// device compiles to one unordered comparison of the two.
 template <int V>
 NORMSERVE_HD bool AnyNan(const float (&in)[V]) {
   bool nan = false;
   NORMSERVE_UNROLL
-  for (int j = 0; j < V; ++j) nan |= in[j] != in[j];
+  for (int j = 0; j < V; j += 2) {
+    const bool pair = (in[j] != in[j]) | (in[j + 1] != in[j + 1]);
+    nan |= pair;
+  }
   return nan;
 }
 
 // A 16-bit pack of T from floats: pairs through T::FromFloats (the
-// two-way conversion); a pack holding a NaN element by element, so that
-// NaN bits are T::FromFloat's.
+// two-way conversion); a pack holding a NaN is redone element by element,
+// so that NaN bits are T::FromFloat's. (Converting first and redoing after
+// lets nvcc convert straight into the registers of the vector store.)
 template <typename T, int V>
 NORMSERVE_HD Pack<uint16_t, V> RepackPairs(const float (&in)[V]) {
   Pack<uint16_t, V> p;
-  if (AnyNan(in)) {
-    NORMSERVE_UNROLL
-    for (int j = 0; j < V; ++j) p.v[j] = T::FromFloat(in[j]);
-    return p;
-  }
   NORMSERVE_UNROLL
   for (int k = 0; k < V / 2; ++k) {
     SetWord(p, k, T::FromFloats(in[2 * k], in[2 * k + 1]));
+  }
+  if (AnyNan(in)) {
+    NORMSERVE_UNROLL
+    for (int j = 0; j < V; ++j) p.v[j] = T::FromFloat(in[j]);
   }
   return p;
 }
@@ -457,14 +462,18 @@ struct SharedRow {
 
 // z = x + residual rounded to In (what RowPointers::LoadZ gives the
 // register rows), written over the staged x by thread t of T for the packs
-// it reads later (t, t + T, …); `x` and `residual` hold `packs` packs.
-template <typename In>
+// it reads later (t, t + T, …, at most kPacks); `x` and `residual` hold
+// `packs` packs.
+template <typename In, int kPacks>
 NORMSERVE_HD void AddStagedResidual(
     Pack<typename In::Bits, kPackOf<In>>* x,
     const Pack<typename In::Bits, kPackOf<In>>* residual, int64_t packs, int t,
     int threads) {
   constexpr int V = kPackOf<In>;
-  for (int64_t p = t; p < packs; p += threads) {
+  NORMSERVE_UNROLL
+  for (int k = 0; k < kPacks; ++k) {
+    const int p = t + k * threads;
+    if (p >= packs) break;
     float z[V], r[V];
     In::Unpack(x[p], z);
     In::Unpack(residual[p], r);
@@ -484,9 +493,59 @@ NORMSERVE_HD A Scaled(float z, A shift, A center, A rstd) {
   return Mul(v, rstd);
 }
 
+// What a row loop is compiled for. kAny reads every optional pointer from
+// KernelArgs. The common launches of an inference server are compiled
+// apart, so that their loops test no KernelArgs pointer per pack (nvcc
+// would predicate the code of the other cases beside theirs and issue
+// both) and carry no residual code: kGammaBeta, γ and β; kGammaOnly, γ
+// without β; neither with a residual or a sum output.
+enum class RowVariant { kAny, kGammaBeta, kGammaOnly };
+
+template <RowVariant kV>
+NORMSERVE_HD bool HasGamma(const KernelArgs& a) {
+  if constexpr (kV == RowVariant::kAny) return a.gamma != nullptr;
+  return true;
+}
+template <RowVariant kV>
+NORMSERVE_HD bool HasBeta(const KernelArgs& a) {
+  if constexpr (kV == RowVariant::kAny) return a.beta != nullptr;
+  return kV == RowVariant::kGammaBeta;
+}
+template <RowVariant kV>
+NORMSERVE_HD bool HasResidual(const KernelArgs& a) {
+  return kV == RowVariant::kAny && a.residual != nullptr;
+}
+template <RowVariant kV>
+NORMSERVE_HD bool HasSumOutput(const KernelArgs& a) {
+  return kV == RowVariant::kAny && a.sum_output != nullptr;
+}
+
+template <RowVariant kV>
+using RowVariantTag = std::integral_constant<RowVariant, kV>;
+
+// Calls f(kind, variant) with kind std::true_type for LayerNorm and
+// std::false_type for RMSNorm, and the RowVariantTag that fits the launch:
+// one instantiation of the row algorithm each.
+template <typename F>
+NORMSERVE_HD void ForKindAndVariant(const KernelArgs& a, F&& f) {
+  const bool plain = a.residual == nullptr && a.sum_output == nullptr;
+  if (a.layer_norm) {
+    if (plain && a.gamma != nullptr && a.beta != nullptr) {
+      f(std::true_type{}, RowVariantTag<RowVariant::kGammaBeta>{});
+    } else {
+      f(std::true_type{}, RowVariantTag<RowVariant::kAny>{});
+    }
+  } else if (plain && a.gamma != nullptr && a.beta == nullptr) {
+    f(std::false_type{}, RowVariantTag<RowVariant::kGammaOnly>{});
+  } else {
+    f(std::false_type{}, RowVariantTag<RowVariant::kAny>{});
+  }
+}
+
 // γ and β of a row's packs, read from global memory for each pack.
-template <int V>
+template <int V, RowVariant kV = RowVariant::kAny>
 struct LoadedWeights {
+  static constexpr RowVariant kVariant = kV;
   const KernelArgs& a;
   bool gamma_vec, beta_vec;
 
@@ -503,8 +562,9 @@ struct LoadedWeights {
 // normalizes: under a block mapping a thread owns the same packs in every
 // row, and a long row's γ and β would otherwise be read again from L2 for
 // each row. For aligned launches (16-byte loads, no tail).
-template <int kPacks, int V>
+template <int kPacks, int V, RowVariant kV = RowVariant::kAny>
 struct HeldWeights {
+  static constexpr RowVariant kVariant = kV;
   float g[kPacks][V];
   float b[kPacks][V];
 
@@ -515,9 +575,9 @@ struct HeldWeights {
       const int64_t pack = t + static_cast<int64_t>(k) * threads;
       NORMSERVE_UNROLL
       for (int j = 0; j < V; ++j) g[k][j] = b[k][j] = 0.0f;
-      if (pack < packs && a.gamma != nullptr)
+      if (pack < packs && HasGamma<kV>(a))
         LoadPack<F32, V>(a.gamma, pack, true, g[k]);
-      if (pack < packs && a.beta != nullptr)
+      if (pack < packs && HasBeta<kV>(a))
         LoadPack<F32, V>(a.beta, pack, true, b[k]);
     }
   }
@@ -537,13 +597,14 @@ template <bool kLayer, int V, typename A, class Weights>
 NORMSERVE_HD void Affine(const KernelArgs& a, const Weights& w, int k,
                          int64_t pack, const float (&z)[V], A shift, A center,
                          A rstd, float (&y)[V]) {
+  constexpr RowVariant kV = Weights::kVariant;
   A u[V];
   NORMSERVE_UNROLL
   for (int j = 0; j < V; ++j) u[j] = Scaled<kLayer>(z[j], shift, center, rstd);
-  if (a.gamma != nullptr) {
+  if (HasGamma<kV>(a)) {
     float g[V];
     w.Gamma(k, pack, g);
-    if (a.beta != nullptr) {
+    if (HasBeta<kV>(a)) {
       float b[V];
       w.Beta(k, pack, b);
       NORMSERVE_UNROLL
@@ -557,7 +618,7 @@ NORMSERVE_HD void Affine(const KernelArgs& a, const Weights& w, int k,
         y[j] = static_cast<float>(Mul(u[j], static_cast<A>(g[j])));
       }
     }
-  } else if (a.beta != nullptr) {
+  } else if (HasBeta<kV>(a)) {
     float b[V];
     w.Beta(k, pack, b);
     NORMSERVE_UNROLL
@@ -600,9 +661,10 @@ constexpr double kTinyVariance = 1e-30;
 // z². Rows whose float32 sums overflow, or whose variance is so small that
 // the squares may have underflowed (and that are not exactly constant), are
 // redone in double. γ and β come from `weights` (LoadedWeights,
-// HeldWeights), taken by value: nvcc then keeps the register kernels'
-// allocation as it was without it (by reference, the 16-bit warp kernels
-// spilled twice as much).
+// HeldWeights), which also name the RowVariant the loop is compiled for;
+// taken by value: nvcc then keeps the register kernels' allocation as it
+// was without it (by reference, the 16-bit warp kernels spilled twice as
+// much).
 template <bool kLayer, typename In, typename Out, bool kAligned, class Row,
           class Group, class Weights>
 NORMSERVE_HD void NormalizeRow(const KernelArgs& a, int64_t row,
@@ -677,12 +739,14 @@ NORMSERVE_HD void NormalizeRow(const KernelArgs& a, int64_t row,
       Affine<kLayer, V, A>(a, weights, k, pack, z, shift_a, center_a, rstd_a,
                            y);
       StorePack<Out, V>(ptr.y, pack, ptr.y_vec, y);
-      if (ptr.sum != nullptr) StorePack<In, V>(ptr.sum, pack, ptr.sum_vec, z);
+      if (HasSumOutput<Weights::kVariant>(a)) {
+        StorePack<In, V>(ptr.sum, pack, ptr.sum_vec, z);
+      }
     });
     src.ForTail([&](int64_t e, float z) {
       ptr.y[e] = Out::FromFloat(
           AffineElement<kLayer, A>(a, e, z, shift_a, center_a, rstd_a));
-      if (ptr.sum != nullptr) ptr.sum[e] = In::FromFloat(z);
+      if (HasSumOutput<Weights::kVariant>(a)) ptr.sum[e] = In::FromFloat(z);
     });
   };
   float mean_out, rstd_out;
