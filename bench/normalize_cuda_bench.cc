@@ -119,7 +119,9 @@ void BM_CudaCopy(benchmark::State& state) {
 }
 
 // `rows` rows of D = `d` of the shared input (N(0,1) values of `dtype`)
-// into the shared output, in the same dtype, with γ and β.
+// into the shared output, in the same dtype, with γ and β for LayerNorm and
+// γ alone for RMSNorm (as torch.nn.functional.rms_norm takes it, and as
+// the RMSNorm of Llama-style models has it).
 DeviceRows SharedRows(DType dtype, NormKind kind, int64_t d, int64_t rows) {
   FillInput(dtype);
   Buffers& b = Shared();
@@ -127,7 +129,7 @@ DeviceRows SharedRows(DType dtype, NormKind kind, int64_t d, int64_t rows) {
   r.params.kind = kind;
   r.params.dim = d;
   r.params.gamma = b.gamma;
-  r.params.beta = b.beta;
+  r.params.beta = kind == NormKind::kLayerNorm ? b.beta : nullptr;
   r.input_dtype = r.output_dtype = dtype;
   r.input = b.input;
   r.output = b.output;
