@@ -63,8 +63,9 @@ def row_loops(code):
 
 
 def walk(code, first, last, decisions):
-    """The instructions from code[first] to the back-edge code[last], and
-    the decisions taken as (address, 't' or 'n')."""
+    """The instructions from code[first] to the back-edge code[last] (or,
+    with last None, to the first EXIT), and the decisions taken as
+    (address, 't' or 'n')."""
     index = {a: k for k, (a, _) in enumerate(code)}
     path, taken, k = [], [], first
     while len(path) < 100000:
@@ -83,7 +84,9 @@ def walk(code, first, last, decisions):
             if d == "t":
                 k = target
                 continue
-        elif text.startswith("EXIT"):
+        elif re.match(r"EXIT\b", text):
+            if last is None:
+                return path, taken
             break
         k += 1
     sys.exit("the walk left the loop without reaching its back-edge")
@@ -96,7 +99,9 @@ def main():
                         help="regex matching one kernel, e.g. "
                              "'StagedWarpKernel<BF16, BF16, 4>'")
     parser.add_argument("--loop", type=int, default=0,
-                        help="which row loop, in address order (default 0)")
+                        help="which row loop, in address order (default 0); "
+                             "-1: the whole kernel from its entry to EXIT "
+                             "(the register kernels, one row per thread)")
     parser.add_argument("--decisions", default="",
                         help="t/n for each conditional branch met")
     parser.add_argument("--elements", type=int,
@@ -115,14 +120,18 @@ def main():
                  (len(found), ", ".join(n for n, _ in found)))
     name, code = found[0]
     loops = row_loops(code)
-    if not 0 <= args.loop < len(loops):
+    if args.loop == -1:
+        span, where = (0, None), "entry to EXIT"
+    elif 0 <= args.loop < len(loops):
+        span = loops[args.loop]
+        where = "row loop %d at %#x" % (args.loop, code[span[0]][0])
+    else:
         sys.exit("%s has %d row loops" % (name, len(loops)))
-    path, taken = walk(code, *loops[args.loop], args.decisions)
+    path, taken = walk(code, *span, args.decisions)
     if args.v:
         for text in path:
             print("   ", text)
-    print("%s, row loop %d at %#x: %d instructions" %
-          (name, args.loop, code[loops[args.loop][0]][0], len(path)), end="")
+    print("%s, %s: %d instructions" % (name, where, len(path)), end="")
     if args.elements:
         print(", %.2f per element" % (len(path) / args.elements), end="")
     print()
@@ -138,6 +147,10 @@ def main():
     print("  " + ", ".join("%s %d" % kv for kv in sorted(
         classes.items(), key=lambda kv: -kv[1])))
     print("  decisions: " + " ".join("%x:%s" % t for t in taken))
+    calls = sum(1 for text in path if re.match(r"CALL", text))
+    if calls:
+        print("  (the path makes %d calls, e.g. the slow path of a double "
+              "1/sqrt; the count stops at the call)" % calls)
     if len(taken) != len(args.decisions):
         print("  (%d decisions given, %d met)" % (len(args.decisions),
                                                    len(taken)))
