@@ -136,17 +136,15 @@ void ForKind(const KernelArgs& a, F&& f) {
   }
 }
 
+// Rows in registers as the register kernels run them: the RowVariant loops
+// for aligned launches, the general loop for any other.
 template <typename In, typename Out, int kPacks>
 void RunRegisterRows(const KernelArgs& a, int threads) {
   Team team(threads);
   team.Run([&](int t) {
     for (int64_t row = 0; row < a.rows; ++row) {
-      const RowPointers<In, Out, false> ptr(a, row);
-      const RegisterRow<In, Out, false, kPacks> src(ptr, t, threads);
-      ForKind(a, [&](auto layer) {
-        NormalizeRow<decltype(layer)::value>(a, row, ptr, src,
-                                             TeamGroup{&team, t}, t == 0);
-      });
+      NormalizeRegisterRow<In, Out, kPacks>(a, row, t, threads,
+                                            TeamGroup{&team, t});
     }
   });
 }
@@ -197,7 +195,7 @@ void RunStagedRows(const KernelArgs& a, int threads) {
       }
       const RowPointers<In, Out, true> ptr(a, row);
       const SharedRow<In, Out, kPacks> src{ptr, staged.data(), t, threads};
-      ForKindAndVariant(a, [&](auto layer, auto variant) {
+      ForKindAndVariant(a, true, [&](auto layer, auto variant) {
         constexpr RowVariant kV = decltype(variant)::value;
         if constexpr (kHold) {
           NormalizeRow<decltype(layer)::value>(
@@ -511,11 +509,11 @@ TEST(CudaRowAlgorithmTest, AgreesWithTheCpuKernel) {
 }
 
 // The staged instantiation (every access a vector access, no tail), the
-// register one on aligned buffers (vector accesses chosen per row) and on
-// misaligned ones (element accesses) give a row the same bits, with and
-// without a residual, with γ and β, γ alone or neither: as on the device,
-// the mapping may change with alignment, the bits may not. (The staged
-// rows run the RowVariant of the launch, the register rows kAny.)
+// register one on aligned buffers (the RowVariant loops where the launch
+// has one, vector accesses only) and on misaligned ones (the general loop,
+// element accesses) give a row the same bits, with and without a residual,
+// with γ and β, γ alone or neither: as on the device, the mapping may
+// change with alignment, the bits may not.
 TEST(CudaRowAlgorithmTest, StagedAlignedAndMisalignedRowsHaveTheSameBits) {
   struct Options {
     bool gamma, beta, residual;

@@ -233,12 +233,7 @@ __global__ void __launch_bounds__(kWarpRowsPerBlock * 32, 3)
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpRowsPerBlock +
                       static_cast<int64_t>(threadIdx.x / 32);
   if (row >= a.rows) return;  // the whole warp leaves together
-  const RowPointers<In, Out, false> ptr(a, row);
-  const RegisterRow<In, Out, false, kPacks> src(ptr, lane, 32);
-  ForKind(a, [&](auto layer) {
-    NormalizeRow<decltype(layer)::value>(a, row, ptr, src, WarpGroup{},
-                                         lane == 0);
-  });
+  NormalizeRegisterRow<In, Out, kPacks>(a, row, lane, 32, WarpGroup{});
 }
 
 template <typename In, typename Out, int kPacks>
@@ -246,14 +241,9 @@ __global__ void __launch_bounds__(kBlockMaxThreads)
     BlockPerRowKernel(const KernelArgs a) {
   __shared__ BlockScratch scratch;
   const int64_t row = blockIdx.x;
-  const int t = static_cast<int>(threadIdx.x);
-  const RowPointers<In, Out, false> ptr(a, row);
-  const RegisterRow<In, Out, false, kPacks> src(ptr, t,
-                                                static_cast<int>(blockDim.x));
-  ForKind(a, [&](auto layer) {
-    NormalizeRow<decltype(layer)::value>(a, row, ptr, src, BlockGroup{&scratch},
-                                         t == 0);
-  });
+  NormalizeRegisterRow<In, Out, kPacks>(a, row, static_cast<int>(threadIdx.x),
+                                        static_cast<int>(blockDim.x),
+                                        BlockGroup{&scratch});
 }
 
 template <typename In, typename Out>
@@ -292,7 +282,7 @@ __global__ void __launch_bounds__(kWarpRowsPerBlock * 32, 4)
   const int warp = static_cast<int>(threadIdx.x / 32);
   auto* buffers = reinterpret_cast<Pack<Bits, V>*>(staged_smem) +
                   warp * kWarpStages * StagedBufferPacks(a, V);
-  ForKindAndVariant(a, [&](auto layer, auto variant) {
+  ForKindAndVariant(a, true, [&](auto layer, auto variant) {
     constexpr RowVariant kV = decltype(variant)::value;
     StagedRows<kWarpStages, kPacks, In, kV>(
         a, blockIdx.x * kWarpRowsPerBlock + warp, gridDim.x * kWarpRowsPerBlock,
@@ -322,7 +312,7 @@ __global__ void __launch_bounds__(kBlockMaxThreads)
   __shared__ BlockScratch scratch;
   const int t = static_cast<int>(threadIdx.x);
   const int T = static_cast<int>(blockDim.x);
-  ForKindAndVariant(a, [&](auto layer, auto variant) {
+  ForKindAndVariant(a, true, [&](auto layer, auto variant) {
     constexpr RowVariant kV = decltype(variant)::value;
     const HeldWeights<kPacks, V, kV> weights(a, t, T);
     StagedRows<kBlockStages, kPacks, In, kV>(
@@ -411,15 +401,9 @@ bool LaunchStaged(const KernelArgs& a, const LaunchPlan& plan,
                   cudaStream_t stream, cudaError_t* error) {
   using Bits = typename In::Bits;
   constexpr int V = kPackOf<In>;
-  // plan.staged already holds D to a multiple of the pack and the mapping
-  // to a warp or a block with the row in hand; with the base pointers
-  // aligned, so is every row. Row numbers are 32-bit (StagedRows).
-  if (!plan.staged || a.rows > INT32_MAX || !CanVectorize<Bits, V>(a.input) ||
-      (a.residual != nullptr && !CanVectorize<Bits, V>(a.residual)) ||
-      (a.sum_output != nullptr && !CanVectorize<Bits, V>(a.sum_output)) ||
-      !CanVectorize<typename Out::Bits, V>(a.output) ||
-      (a.gamma != nullptr && !CanVectorize<float, V>(a.gamma)) ||
-      (a.beta != nullptr && !CanVectorize<float, V>(a.beta))) {
+  // plan.staged holds the mapping to a warp or a block with the row in
+  // hand. Row numbers are 32-bit (StagedRows).
+  if (!plan.staged || a.rows > INT32_MAX || !AlignedLaunch<In, Out>(a)) {
     return false;
   }
   const size_t buffer_bytes =

@@ -297,11 +297,28 @@ NORMSERVE_HD void StorePack(typename T::Bits* row, int64_t pack, bool vector,
 
 // ---- Where a row lives ----
 
+// True if every row of the launch can be read and written by vector
+// accesses: D a multiple of In's pack, and input, residual, output, sum, γ
+// and β aligned for them. The staged mappings need it; the register
+// mappings then run the RowVariant loops (NormalizeRegisterRow).
+template <typename In, typename Out>
+NORMSERVE_HD bool AlignedLaunch(const KernelArgs& a) {
+  using Bits = typename In::Bits;
+  constexpr int V = kPackOf<In>;
+  return a.dim % V == 0 && CanVectorize<Bits, V>(a.input) &&
+         (a.residual == nullptr || CanVectorize<Bits, V>(a.residual)) &&
+         (a.sum_output == nullptr || CanVectorize<Bits, V>(a.sum_output)) &&
+         CanVectorize<typename Out::Bits, V>(a.output) &&
+         (a.gamma == nullptr || CanVectorize<float, V>(a.gamma)) &&
+         (a.beta == nullptr || CanVectorize<float, V>(a.beta));
+}
+
 // Row pointers of one row, and how each may be accessed. kAligned: the
 // launch guarantees D a multiple of the pack and aligned rows of x, y, the
-// sum, γ and β (the staged mappings), so every access is a vector access
-// and there is no tail; the residual is then already added into the staged
-// row (AddStagedResidual), and `residual` is null.
+// sum, γ and β (AlignedLaunch), so every access is a vector access and
+// there is no tail; `residual` is null (the staged mappings add it into
+// the staged row, AddStagedResidual; the register mappings take aligned
+// rows only in the RowVariant loops, which have none).
 template <typename In, typename Out, bool kAligned>
 struct RowPointers {
   using InBits = typename In::Bits;
@@ -524,11 +541,12 @@ template <RowVariant kV>
 using RowVariantTag = std::integral_constant<RowVariant, kV>;
 
 // Calls f(kind, variant) with kind std::true_type for LayerNorm and
-// std::false_type for RMSNorm, and the RowVariantTag that fits the launch:
-// one instantiation of the row algorithm each.
+// std::false_type for RMSNorm, and the RowVariantTag that fits the launch
+// (kAny unless `variants`): one instantiation of the row algorithm each.
 template <typename F>
-NORMSERVE_HD void ForKindAndVariant(const KernelArgs& a, F&& f) {
-  const bool plain = a.residual == nullptr && a.sum_output == nullptr;
+NORMSERVE_HD void ForKindAndVariant(const KernelArgs& a, bool variants, F&& f) {
+  const bool plain =
+      variants && a.residual == nullptr && a.sum_output == nullptr;
   if (a.layer_norm) {
     if (plain && a.gamma != nullptr && a.beta != nullptr) {
       f(std::true_type{}, RowVariantTag<RowVariant::kGammaBeta>{});
@@ -795,6 +813,30 @@ NORMSERVE_HD void NormalizeRow(const KernelArgs& a, int64_t row,
     if (a.mean != nullptr) a.mean[row] = kLayer ? mean_out : 0.0f;
     if (a.rstd != nullptr) a.rstd[row] = rstd_out;
   }
+}
+
+// Row `row` held in registers (kPacks packs per thread at most) by thread
+// t of T in `group`: an aligned launch runs the RowVariant loops (vector
+// accesses only, no per-pack test of the optional pointers), any other the
+// general one. Thread 0 writes the statistics.
+template <typename In, typename Out, int kPacks, class Group>
+NORMSERVE_HD void NormalizeRegisterRow(const KernelArgs& a, int64_t row, int t,
+                                       int threads, const Group& group) {
+  ForKindAndVariant(
+      a, AlignedLaunch<In, Out>(a), [&](auto layer, auto variant) {
+        constexpr bool kLayer = decltype(layer)::value;
+        constexpr RowVariant kV = decltype(variant)::value;
+        if constexpr (kV == RowVariant::kAny) {
+          const RowPointers<In, Out, false> ptr(a, row);
+          const RegisterRow<In, Out, false, kPacks> src(ptr, t, threads);
+          NormalizeRow<kLayer>(a, row, ptr, src, group, t == 0);
+        } else {
+          const RowPointers<In, Out, true> ptr(a, row);
+          const RegisterRow<In, Out, true, kPacks> src(ptr, t, threads);
+          NormalizeRow<kLayer>(a, row, ptr, src, group, t == 0,
+                               LoadedWeights<kPackOf<In>, kV>{a, true, true});
+        }
+      });
 }
 
 // The same with γ and β read from global memory for each pack.
