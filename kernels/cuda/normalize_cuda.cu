@@ -3,9 +3,9 @@
 // or staged through shared memory; the reduction groups; the launch.
 // LayerNorm and RMSNorm are separate instantiations inside each kernel (a
 // uniform branch on KernelArgs::layer_norm), so that RMSNorm carries no
-// LayerNorm arithmetic; the staged kernels further split off the common
-// launches (RowVariant, normalize_row.h), whose loops test no optional
-// pointer.
+// LayerNorm arithmetic; the staged kernels, and the register kernels on
+// aligned launches, further split off the common launches (RowVariant,
+// normalize_row.h), whose loops test no optional pointer.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
