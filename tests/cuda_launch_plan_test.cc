@@ -12,8 +12,8 @@ namespace {
 constexpr DType kTypes[] = {DType::kFloat32, DType::kFloat16, DType::kBFloat16};
 
 // Marks the elements thread t owns, as RegisterRow / StreamingRow walk
-// them: packs t, t + T, … (at most packs_per_thread of them unless
-// streaming), then tail element t.
+// them (and the staged kernels copy and read them): packs t, t + T, … (at
+// most packs_per_thread of them unless streaming), then tail element t.
 std::vector<int> Ownership(const LaunchPlan& plan, int64_t dim) {
   std::vector<int> owners(static_cast<size_t>(dim), 0);
   const int64_t v = plan.pack_elements;

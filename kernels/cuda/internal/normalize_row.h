@@ -480,7 +480,10 @@ struct SharedRow {
 // z = x + residual rounded to In (what RowPointers::LoadZ gives the
 // register rows), written over the staged x by thread t of T for the packs
 // it reads later (t, t + T, …, at most kPacks); `x` and `residual` hold
-// `packs` packs.
+// `packs` packs. Repack does the rounding: it rounds to nearest even as
+// RoundTo does, and a NaN goes through T::FromFloat either way (whose NaN
+// bits do not change when converted again), so the bits are RoundTo's
+// without converting twice.
 template <typename In, int kPacks>
 NORMSERVE_HD void AddStagedResidual(
     Pack<typename In::Bits, kPackOf<In>>* x,
@@ -495,7 +498,7 @@ NORMSERVE_HD void AddStagedResidual(
     In::Unpack(x[p], z);
     In::Unpack(residual[p], r);
     NORMSERVE_UNROLL
-    for (int j = 0; j < V; ++j) z[j] = RoundTo<In>(z[j] + r[j]);
+    for (int j = 0; j < V; ++j) z[j] += r[j];
     x[p] = In::template Repack<V>(z);
   }
 }
