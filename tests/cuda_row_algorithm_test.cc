@@ -125,6 +125,9 @@ struct TeamGroup {
 enum class Path {
   kPlanned,  // the plan's register (or streaming) mapping
   kStaged,   // the staged mapping: the row's x copied to an aligned buffer
+  // The same, with the residual read from its own array rather than copied
+  // beside x (KernelArgs::stage_residual false).
+  kStagedResidualInMemory,
 };
 
 template <typename F>
@@ -178,19 +181,22 @@ void RunStagedRows(const KernelArgs& a, int threads) {
   Team team(threads);
   team.Run([&](int t) {
     for (int64_t row = 0; row < a.rows; ++row) {
+      const auto* residual =
+          a.residual == nullptr
+              ? nullptr
+              : static_cast<const Pack<Bits, V>*>(a.residual) + row * packs;
       if (t == 0) {
         std::memcpy(staged.data(),
                     static_cast<const Bits*>(a.input) + row * a.dim, row_bytes);
-        if (a.residual != nullptr) {
-          std::memcpy(staged.data() + packs,
-                      static_cast<const Bits*>(a.residual) + row * a.dim,
-                      row_bytes);
+        if (residual != nullptr && a.stage_residual) {
+          std::memcpy(staged.data() + packs, residual, row_bytes);
         }
       }
       team.Sum(t, 0.0f);  // the copy is in place (a barrier)
-      if (a.residual != nullptr) {
-        AddStagedResidual<In, kPacks>(staged.data(), staged.data() + packs,
-                                      packs, t, threads);
+      if (residual != nullptr) {
+        AddStagedResidual<In, kPacks>(
+            staged.data(), a.stage_residual ? staged.data() + packs : residual,
+            packs, t, threads);
         team.Sum(t, 0.0f);
       }
       const RowPointers<In, Out, true> ptr(a, row);
@@ -220,7 +226,7 @@ void RunTyped(const KernelArgs& a, const LaunchPlan& plan, Path path) {
   // a streaming D) go the planned way.
   const bool stageable =
       a.dim % V == 0 && plan.mapping != RowMapping::kBlockStreaming;
-  if (path == Path::kStaged && stageable) {
+  if (path != Path::kPlanned && stageable) {
     if (plan.mapping == RowMapping::kBlockPerRow) {
       ASSERT_EQ(plan.packs_per_thread, kMaxFloatsPerThread / V);
       return RunStagedRows<In, Out, kMaxFloatsPerThread / V, true>(a, threads);
@@ -312,7 +318,8 @@ Output RunEmulated(const Case& c, Path path = Path::kPlanned,
   r.sum_output = c.with_sum ? sum.data() : nullptr;
   r.mean = reinterpret_cast<float*>(mean.data());
   r.rstd = reinterpret_cast<float*>(rstd.data());
-  const KernelArgs a = KernelArgsFor(r);
+  KernelArgs a = KernelArgsFor(r);
+  a.stage_residual = path != Path::kStagedResidualInMemory;
   const LaunchPlan plan = PlanLaunch(d, c.in);
   switch (c.in) {
     case DType::kFloat32:
@@ -511,9 +518,10 @@ TEST(CudaRowAlgorithmTest, AgreesWithTheCpuKernel) {
 // The staged instantiation (every access a vector access, no tail), the
 // register one on aligned buffers (the RowVariant loops where the launch
 // has one, vector accesses only) and on misaligned ones (the general loop,
-// element accesses) give a row the same bits, with and without a residual,
-// with γ and β, γ alone or neither: as on the device, the mapping may
-// change with alignment, the bits may not.
+// element accesses) give a row the same bits, with and without a residual
+// (staged beside x, or read from its own array), with γ and β, γ alone or
+// neither: as on the device, the mapping may change with alignment, the
+// bits may not.
 TEST(CudaRowAlgorithmTest, StagedAlignedAndMisalignedRowsHaveTheSameBits) {
   struct Options {
     bool gamma, beta, residual;
@@ -538,6 +546,11 @@ TEST(CudaRowAlgorithmTest, StagedAlignedAndMisalignedRowsHaveTheSameBits) {
                       c.x.bytes.begin() + d * DTypeSize(in));
             SCOPED_TRACE(Describe(c));
             const Output staged = RunEmulated(c, Path::kStaged);
+            if (opt.residual) {
+              const Output o = RunEmulated(c, Path::kStagedResidualInMemory);
+              ASSERT_EQ(o.y, staged.y) << "residual in memory";
+              ASSERT_EQ(o.sum, staged.sum) << "residual in memory";
+            }
             for (size_t offset : {size_t{0}, size_t{4}}) {
               const Output o = RunEmulated(c, Path::kPlanned, offset);
               ASSERT_EQ(o.y, staged.y) << "offset " << offset;

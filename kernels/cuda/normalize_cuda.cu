@@ -146,24 +146,24 @@ __device__ __forceinline__ void CpAsyncWait() {
 
 // Row buffers in shared memory per row group (warp or block): row i is
 // normalized from buffer i mod kStages while rows i + 1 … i + kStages − 1
-// are being copied in. A buffer holds the row's x and, with a residual,
-// the row's residual after it.
+// are being copied in. A buffer holds the row's x and, with a residual
+// (KernelArgs::stage_residual), the row's residual after it.
 inline constexpr int kWarpStages = 2;
 inline constexpr int kBlockStages = 2;
 
 // Packs of one buffer.
 __host__ __device__ inline int64_t StagedBufferPacks(const KernelArgs& a,
                                                      int v) {
-  return a.dim / v * (a.residual != nullptr ? 2 : 1);
+  return a.dim / v * (a.residual != nullptr && a.stage_residual ? 2 : 1);
 }
 
 // The row loop of a staged mapping: rows first, first + stride, … < rows,
 // each staged kStages − 1 rows ahead into `buffers` (kStages buffers) by
-// thread t of T (kPacks packs each at most); with a residual, z = x +
-// residual then replaces x in the buffer; then body(row, z) between sync()
-// barriers of the row group. Staged launches have fewer than 2^31 rows
-// (LaunchStaged): row numbers are 32-bit, and a row's offset is one
-// 32 × 32-bit product.
+// thread t of T (kPacks packs each at most); with a residual (staged
+// beside x, or read from global memory), z = x + residual then replaces x
+// in the buffer; then body(row, z) between sync() barriers of the row
+// group. Staged launches have fewer than 2^31 rows (LaunchStaged): row
+// numbers are 32-bit, and a row's offset is one 32 × 32-bit product.
 template <int kStages, int kPacks, typename In, RowVariant kV, typename Sync,
           typename Body>
 __device__ __forceinline__ void StagedRows(
@@ -175,14 +175,15 @@ __device__ __forceinline__ void StagedRows(
   const auto rows = static_cast<unsigned>(a.rows);
   const auto packs = static_cast<unsigned>(a.dim / V);  // <= kBlockMaxPackedDim
   const bool residual = HasResidual<kV>(a);
-  const unsigned buffer_packs = residual ? 2 * packs : packs;
+  const bool staged_residual = residual && a.stage_residual;
+  const unsigned buffer_packs = staged_residual ? 2 * packs : packs;
   const auto* x = static_cast<const P*>(a.input);
   const auto* r = static_cast<const P*>(a.residual);
   auto stage = [&](unsigned row, P* buffer) {
     if (row < rows) {
       const uint64_t offset = static_cast<uint64_t>(row) * packs;
       StageRow<kPacks>(x + offset, buffer, static_cast<int>(packs), t, T);
-      if (residual) {
+      if (staged_residual) {
         StageRow<kPacks>(r + offset, buffer + packs, static_cast<int>(packs), t,
                          T);
       }
@@ -201,7 +202,11 @@ __device__ __forceinline__ void StagedRows(
     sync();
     P* buffer = buffers + b * buffer_packs;
     if (residual) {
-      AddStagedResidual<In, kPacks>(buffer, buffer + packs, packs, t, T);
+      AddStagedResidual<In, kPacks>(
+          buffer,
+          staged_residual ? buffer + packs
+                          : r + static_cast<uint64_t>(row) * packs,
+          packs, t, T);
       sync();  // every thread reads element 0 (the shift)
     }
     body(row, buffer);
@@ -406,12 +411,14 @@ bool LaunchStaged(const KernelArgs& a, const LaunchPlan& plan,
   if (!plan.staged || a.rows > INT32_MAX || !AlignedLaunch<In, Out>(a)) {
     return false;
   }
-  const size_t buffer_bytes =
-      static_cast<size_t>(StagedBufferPacks(a, V)) * sizeof(Pack<Bits, V>);
   const bool warp = plan.mapping == RowMapping::kWarpPerRow;
   const int threads = plan.threads_per_block();
-  const size_t smem = buffer_bytes * static_cast<size_t>(plan.rows_per_block) *
-                      static_cast<size_t>(warp ? kWarpStages : kBlockStages);
+  // Dynamic shared memory of the launch: every row group's buffers.
+  auto smem_of = [&](const KernelArgs& k) {
+    return static_cast<size_t>(StagedBufferPacks(k, V)) *
+           sizeof(Pack<Bits, V>) * static_cast<size_t>(plan.rows_per_block) *
+           static_cast<size_t>(warp ? kWarpStages : kBlockStages);
+  };
   const void* kernel = nullptr;
   if (warp) {
     // Float32 rows are staged only under the block mapping
@@ -428,7 +435,20 @@ bool LaunchStaged(const KernelArgs& a, const LaunchPlan& plan,
     kernel = reinterpret_cast<const void*>(&StagedBlockKernel<In, Out>);
   }
   if (kernel == nullptr) return false;
-  const StagedLimits limits = StagedLaunchLimits(kernel, threads, smem);
+  KernelArgs staged = a;
+  size_t smem = smem_of(staged);
+  StagedLimits limits = StagedLaunchLimits(kernel, threads, smem);
+  if (limits.resident <= 0 && staged.residual != nullptr) {
+    // x and its residual do not fit in shared memory twice (float32 add &
+    // norm from D ≈ 14500): stage x alone and read the residual from global
+    // memory. The register kernel otherwise taken holds one row per
+    // multiprocessor and prefetches none (0.59 of copy for float32 add &
+    // norm at D = 16384 on an H200); this still prefetches x. Not yet
+    // measured.
+    staged.stage_residual = false;
+    smem = smem_of(staged);
+    limits = StagedLaunchLimits(kernel, threads, smem);
+  }
   if (limits.resident <= 0) return false;
   // The limit is set again on every launch beyond the default 48 KiB: a
   // device reset (the CUDA backend's recovery from a sticky error) drops
@@ -443,7 +463,7 @@ bool LaunchStaged(const KernelArgs& a, const LaunchPlan& plan,
   }
   const int64_t blocks =
       std::min<int64_t>(GridBlocks(plan, a.rows), limits.resident);
-  void* args[] = {const_cast<KernelArgs*>(&a)};
+  void* args[] = {&staged};
   const cudaError_t launched = cudaLaunchKernel(
       kernel, dim3(static_cast<unsigned>(blocks)),
       dim3(static_cast<unsigned>(threads)), args, smem, stream);

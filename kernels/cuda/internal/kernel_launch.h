@@ -33,6 +33,10 @@ struct KernelArgs {
   bool layer_norm;
   DType input_dtype;
   DType output_dtype;
+  // The staged mappings copy the residual into shared memory beside x;
+  // false (set at launch where the two would not fit) reads it from global
+  // memory instead.
+  bool stage_residual = true;
 };
 
 // Enqueues the kernel `plan` selects; returns the cudaError_t of the launch.
