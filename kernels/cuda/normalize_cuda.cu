@@ -202,11 +202,14 @@ __device__ __forceinline__ void StagedRows(
     sync();
     P* buffer = buffers + b * buffer_packs;
     if (residual) {
-      AddStagedResidual<In, kPacks>(
-          buffer,
-          staged_residual ? buffer + packs
-                          : r + static_cast<uint64_t>(row) * packs,
-          packs, t, T);
+      // Two calls, not one on a chosen pointer: nvcc then reads the staged
+      // residual with shared loads, not generic ones.
+      if (staged_residual) {
+        AddStagedResidual<In, kPacks>(buffer, buffer + packs, packs, t, T);
+      } else {
+        AddStagedResidual<In, kPacks>(
+            buffer, r + static_cast<uint64_t>(row) * packs, packs, t, T);
+      }
       sync();  // every thread reads element 0 (the shift)
     }
     body(row, buffer);

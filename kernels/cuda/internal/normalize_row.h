@@ -494,9 +494,12 @@ NORMSERVE_HD void AddStagedResidual(
   for (int k = 0; k < kPacks; ++k) {
     const int p = t + k * threads;
     if (p >= packs) break;
+    // Whole packs copied first: one 16-byte load each (unpacking through
+    // the reference, nvcc read a residual in global memory byte by byte).
+    const Pack<typename In::Bits, V> xp = x[p], rp = residual[p];
     float z[V], r[V];
-    In::Unpack(x[p], z);
-    In::Unpack(residual[p], r);
+    In::Unpack(xp, z);
+    In::Unpack(rp, r);
     NORMSERVE_UNROLL
     for (int j = 0; j < V; ++j) z[j] += r[j];
     x[p] = In::template Repack<V>(z);
