@@ -314,11 +314,11 @@ NORMSERVE_HD bool AlignedLaunch(const KernelArgs& a) {
 }
 
 // Row pointers of one row, and how each may be accessed. kAligned: the
-// launch guarantees D a multiple of the pack and aligned rows of x, y, the
-// sum, γ and β (AlignedLaunch), so every access is a vector access and
-// there is no tail; `residual` is null (the staged mappings add it into
-// the staged row, AddStagedResidual; the register mappings take aligned
-// rows only in the RowVariant loops, which have none).
+// launch guarantees D a multiple of the pack and aligned rows of x, the
+// residual, y, the sum, γ and β (AlignedLaunch), so every access is a
+// vector access and there is no tail. (The staged mappings read z from
+// their buffer, where AddStagedResidual added the residual, and never call
+// LoadZ.)
 template <typename In, typename Out, bool kAligned>
 struct RowPointers {
   using InBits = typename In::Bits;
@@ -333,21 +333,23 @@ struct RowPointers {
   int64_t packs;  // full packs
   int tail;       // elements after them
 
-  NORMSERVE_HD RowPointers(const KernelArgs& a, int64_t row) {
+  // with_residual false: the row reads no residual (a RowVariant loop,
+  // whose launch has none; passed as a constant, it drops the tests).
+  NORMSERVE_HD RowPointers(const KernelArgs& a, int64_t row,
+                           bool with_residual = true) {
     const int64_t offset = row * a.dim;
     x = static_cast<const InBits*>(a.input) + offset;
     y = static_cast<OutBits*>(a.output) + offset;
     packs = a.dim / V;
     sum = a.sum_output != nullptr ? static_cast<InBits*>(a.sum_output) + offset
                                   : nullptr;
+    residual = with_residual && a.residual != nullptr
+                   ? static_cast<const InBits*>(a.residual) + offset
+                   : nullptr;
     if constexpr (kAligned) {
-      residual = nullptr;
       x_vec = residual_vec = y_vec = sum_vec = gamma_vec = beta_vec = true;
       tail = 0;
     } else {
-      residual = a.residual != nullptr
-                     ? static_cast<const InBits*>(a.residual) + offset
-                     : nullptr;
       x_vec = CanVectorize<InBits, V>(x);
       residual_vec = residual != nullptr && CanVectorize<InBits, V>(residual);
       y_vec = CanVectorize<OutBits, V>(y);
@@ -822,27 +824,33 @@ NORMSERVE_HD void NormalizeRow(const KernelArgs& a, int64_t row,
 }
 
 // Row `row` held in registers (kPacks packs per thread at most) by thread
-// t of T in `group`: an aligned launch runs the RowVariant loops (vector
-// accesses only, no per-pack test of the optional pointers), any other the
-// general one. Thread 0 writes the statistics.
+// t of T in `group`. An aligned launch takes vector accesses only, in the
+// RowVariant loops where it is one of theirs; any other launch the general
+// loop, which picks vector or element accesses per row and buffer (nvcc
+// issues both ways). Thread 0 writes the statistics.
 template <typename In, typename Out, int kPacks, class Group>
 NORMSERVE_HD void NormalizeRegisterRow(const KernelArgs& a, int64_t row, int t,
                                        int threads, const Group& group) {
-  ForKindAndVariant(
-      a, AlignedLaunch<In, Out>(a), [&](auto layer, auto variant) {
-        constexpr bool kLayer = decltype(layer)::value;
-        constexpr RowVariant kV = decltype(variant)::value;
-        if constexpr (kV == RowVariant::kAny) {
-          const RowPointers<In, Out, false> ptr(a, row);
-          const RegisterRow<In, Out, false, kPacks> src(ptr, t, threads);
-          NormalizeRow<kLayer>(a, row, ptr, src, group, t == 0);
-        } else {
-          const RowPointers<In, Out, true> ptr(a, row);
-          const RegisterRow<In, Out, true, kPacks> src(ptr, t, threads);
-          NormalizeRow<kLayer>(a, row, ptr, src, group, t == 0,
-                               LoadedWeights<kPackOf<In>, kV>{a, true, true});
-        }
-      });
+  const bool aligned = AlignedLaunch<In, Out>(a);
+  ForKindAndVariant(a, aligned, [&](auto layer, auto variant) {
+    constexpr bool kLayer = decltype(layer)::value;
+    constexpr RowVariant kV = decltype(variant)::value;
+    auto vectors_only = [&] {
+      const RowPointers<In, Out, true> ptr(a, row, kV == RowVariant::kAny);
+      const RegisterRow<In, Out, true, kPacks> src(ptr, t, threads);
+      NormalizeRow<kLayer>(a, row, ptr, src, group, t == 0,
+                           LoadedWeights<kPackOf<In>, kV>{a, true, true});
+    };
+    if constexpr (kV != RowVariant::kAny) {
+      vectors_only();  // chosen for aligned launches only
+    } else if (aligned) {
+      vectors_only();
+    } else {
+      const RowPointers<In, Out, false> ptr(a, row);
+      const RegisterRow<In, Out, false, kPacks> src(ptr, t, threads);
+      NormalizeRow<kLayer>(a, row, ptr, src, group, t == 0);
+    }
+  });
 }
 
 // The same with γ and β read from global memory for each pack.
