@@ -20,7 +20,6 @@
 #include <mutex>
 #include <random>
 #include <thread>
-#include <type_traits>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -130,15 +129,6 @@ enum class Path {
   kStagedResidualInMemory,
 };
 
-template <typename F>
-void ForKind(const KernelArgs& a, F&& f) {
-  if (a.layer_norm) {
-    f(std::true_type{});
-  } else {
-    f(std::false_type{});
-  }
-}
-
 // Rows in registers as the register kernels run them: the RowVariant loops
 // for aligned launches, the general loop for any other.
 template <typename In, typename Out, int kPacks>
@@ -157,12 +147,7 @@ void RunStreamingRows(const KernelArgs& a, int threads) {
   Team team(threads);
   team.Run([&](int t) {
     for (int64_t row = 0; row < a.rows; ++row) {
-      const RowPointers<In, Out, false> ptr(a, row);
-      const StreamingRow<In, Out, false> src{ptr, t, threads};
-      ForKind(a, [&](auto layer) {
-        NormalizeRow<decltype(layer)::value>(a, row, ptr, src,
-                                             TeamGroup{&team, t}, t == 0);
-      });
+      NormalizeStreamingRow<In, Out>(a, row, t, threads, TeamGroup{&team, t});
     }
   });
 }

@@ -13,7 +13,6 @@
 #include <algorithm>
 #include <cstdint>
 #include <mutex>
-#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -220,17 +219,6 @@ __device__ __forceinline__ void StagedRows(
 
 // ---- Kernels, one per mapping ----
 
-// Calls f(std::true_type{}) for LayerNorm launches, f(std::false_type{})
-// for RMSNorm: one instantiation of the row algorithm each.
-template <typename F>
-__device__ __forceinline__ void ForKind(const KernelArgs& a, F&& f) {
-  if (a.layer_norm) {
-    f(std::true_type{});
-  } else {
-    f(std::false_type{});
-  }
-}
-
 // At least 3 blocks per multiprocessor: more rows in flight outweigh the
 // few spilled registers of the 16-bit cases (measured on an H200,
 // bench/results/cuda_2026-11-25/).
@@ -258,14 +246,9 @@ template <typename In, typename Out>
 __global__ void __launch_bounds__(kStreamingThreads)
     StreamingKernel(const KernelArgs a) {
   __shared__ BlockScratch scratch;
-  const int64_t row = blockIdx.x;
-  const int t = static_cast<int>(threadIdx.x);
-  const RowPointers<In, Out, false> ptr(a, row);
-  const StreamingRow<In, Out, false> src{ptr, t, static_cast<int>(blockDim.x)};
-  ForKind(a, [&](auto layer) {
-    NormalizeRow<decltype(layer)::value>(a, row, ptr, src, BlockGroup{&scratch},
-                                         t == 0);
-  });
+  NormalizeStreamingRow<In, Out>(a, blockIdx.x, static_cast<int>(threadIdx.x),
+                                 static_cast<int>(blockDim.x),
+                                 BlockGroup{&scratch});
 }
 
 // The staged mappings (LaunchPlan::staged, launch_plan.h), for launches

@@ -853,6 +853,19 @@ NORMSERVE_HD void NormalizeRegisterRow(const KernelArgs& a, int64_t row, int t,
   });
 }
 
+// Row `row` read from global memory on every pass (very large D) by
+// thread t of T in `group`: the general loop. Thread 0 writes the
+// statistics.
+template <typename In, typename Out, class Group>
+NORMSERVE_HD void NormalizeStreamingRow(const KernelArgs& a, int64_t row, int t,
+                                        int threads, const Group& group) {
+  const RowPointers<In, Out, false> ptr(a, row);
+  const StreamingRow<In, Out, false> src{ptr, t, threads};
+  ForKindAndVariant(a, false, [&](auto layer, auto) {
+    NormalizeRow<decltype(layer)::value>(a, row, ptr, src, group, t == 0);
+  });
+}
+
 // The same with γ and β read from global memory for each pack.
 template <bool kLayer, typename In, typename Out, bool kAligned, class Row,
           class Group>
