@@ -49,7 +49,7 @@ test-sanitize: deps
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	  ctest --output-on-failure --timeout 900 -j $(JOBS) -LE "container|external_tool"
 	cmake -S . -B build-tsan $(SAN_CMAKE) -DNORMSERVE_SANITIZE=thread
-	cmake --build build-tsan -j $(JOBS) --target batcher_test normalize_test
+	cmake --build build-tsan -j $(JOBS) --target concurrency_tests
 	cd build-tsan && TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
 	  ctest --output-on-failure --timeout 900 -L concurrency
 

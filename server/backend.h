@@ -78,7 +78,10 @@ struct CudaBackendOptions {
 // INTERNAL for a CUDA error; after an error the streams are drained and,
 // when the error poisoned the CUDA context, the device is reset and the
 // buffers allocated again (UNAVAILABLE from then on if that fails).
-// Concurrent Run() calls take turns: each uses every stream.
+// Concurrent Run() calls share the streams: each batch takes the free
+// streams it can use (at least one, waiting for it) and hands each back
+// after its last chunk there, so batches from several batcher workers
+// overlap on the device.
 absl::StatusOr<std::unique_ptr<Backend>> MakeCudaBackend(
     const CudaBackendOptions& options);
 

@@ -1,10 +1,12 @@
 // The CUDA backend: carries out a PipelinePlan (server/internal/
-// cuda_pipeline.h) with pinned staging buffers and one stream per slot.
+// cuda_pipeline.h) with pinned staging buffers and one stream per slot,
+// the slots shared by concurrent batches (server/internal/slot_pool.h).
 // Compiled only where CMake found nvcc; backend_cuda_stub.cc otherwise.
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -15,6 +17,7 @@
 #include "server/backend.h"
 #include "server/internal/cuda_pipeline.h"
 #include "server/internal/mutex.h"
+#include "server/internal/slot_pool.h"
 #include "server/internal/status_macros.h"
 
 namespace normserve {
@@ -116,6 +119,11 @@ absl::StatusOr<BatchShape> ShapeOf(absl::Span<Job* const> batch,
   return b;
 }
 
+// Concurrency: batches run side by side, each on the slots it took from
+// pool_ (server/internal/slot_pool.h); a slot's stream and buffers are
+// touched only by the batch holding it. Every batch holds device_mu_
+// shared; resetting the device after a fault holds it exclusively, so that
+// no batch is on the device meanwhile.
 class CudaBackend final : public Backend {
  public:
   static absl::StatusOr<std::unique_ptr<Backend>> Create(
@@ -132,7 +140,7 @@ class CudaBackend final : public Backend {
   }
 
   ~CudaBackend() override {
-    MutexLock lock(&mu_);
+    WriterMutexLock lock(&device_mu_);
     if (cudaSetDevice(options_.device) == cudaSuccess) FreeSlots();
     cudaGetLastError();
   }
@@ -143,29 +151,45 @@ class CudaBackend final : public Backend {
     ASSIGN_OR_RETURN(shape, ShapeOf(batch, defaults_));
     PipelinePlan plan;
     ASSIGN_OR_RETURN(plan, internal::PlanPipeline(shape.jobs, shape.options));
+    if (plan.chunks.empty()) return absl::OkStatus();
 
     absl::Status status;
-    std::function<void(const CudaDeviceStats&)> observer;
-    CudaDeviceStats stats;
+    bool healthy = true;
+    uint64_t generation = 0;
+    std::optional<CudaDeviceStats> stats;
     {
-      MutexLock lock(&mu_);
+      ReaderMutexLock device_lock(&device_mu_);
       if (broken_) {
         return absl::UnavailableError(
             "the CUDA backend is disabled after a device error it could not "
             "recover from; restart the server");
       }
-      const absl::Time start = absl::Now();
-      status = Execute(batch, shape, plan);
-      if (!status.ok()) Recover();
-      const absl::Time end = absl::Now();
-      busy_ += end - start;
-      if (options_.stats_observer &&
-          end - last_report_ >= options_.stats_interval) {
-        stats = Stats(end);
-        observer = options_.stats_observer;
+      generation = generation_;
+      std::vector<int> slots = pool_.Acquire(plan.slots_used);
+      if (static_cast<int>(slots.size()) != plan.slots_used) {
+        // Fewer slots free than the plan can use: the same chunks on fewer
+        // streams (the chunking does not depend on the stream count).
+        shape.options.num_streams = static_cast<int>(slots.size());
+        absl::StatusOr<PipelinePlan> fewer =
+            internal::PlanPipeline(shape.jobs, shape.options);
+        if (!fewer.ok()) {
+          for (int s : slots) pool_.Release(s);
+          return fewer.status();
+        }
+        plan = *std::move(fewer);
       }
+      BeginBusy();
+      status = Execute(batch, shape, plan, slots);
+      EndBusy();
+      if (!status.ok()) healthy = DeviceHealthy();
+      if (healthy) stats = MaybeStats();
     }
-    if (observer) observer(stats);
+    if (!healthy) {
+      WriterMutexLock lock(&device_mu_);
+      // Another batch that saw the same fault may have reset already.
+      if (generation_ == generation) ResetDevice();
+    }
+    if (stats.has_value()) options_.stats_observer(*stats);
     return status;
   }
 
@@ -183,7 +207,9 @@ class CudaBackend final : public Backend {
   };
 
   explicit CudaBackend(const CudaBackendOptions& options)
-      : options_(options), slots_(static_cast<size_t>(options.num_streams)) {
+      : options_(options),
+        pool_(options.num_streams),
+        slots_(static_cast<size_t>(options.num_streams)) {
     defaults_.num_streams = options.num_streams;
     defaults_.slot_bytes = options.staging_bytes;
     last_report_ = absl::Now();
@@ -193,7 +219,7 @@ class CudaBackend final : public Backend {
   // the kernels were not compiled for fails here, at startup, not on the
   // first request.
   absl::Status Start() {
-    MutexLock lock(&mu_);
+    WriterMutexLock lock(&device_mu_);
     RETURN_IF_ERROR(Check(cudaSetDevice(options_.device), "cudaSetDevice"));
     absl::Status s = AllocateSlots(options_.staging_bytes);
     if (s.ok()) s = SelfTest();
@@ -204,7 +230,7 @@ class CudaBackend final : public Backend {
     return s;
   }
 
-  absl::Status SelfTest() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+  absl::Status SelfTest() ABSL_EXCLUSIVE_LOCKS_REQUIRED(device_mu_) {
     Slot& slot = slots_[0];
     const float x[4] = {1, 2, 3, 4};
     std::memcpy(slot.host, x, sizeof(x));
@@ -233,35 +259,41 @@ class CudaBackend final : public Backend {
     return absl::OkStatus();
   }
 
-  absl::Status AllocateSlots(int64_t bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    for (Slot& s : slots_) {
-      if (s.stream == nullptr) {
-        RETURN_IF_ERROR(
-            Check(cudaStreamCreateWithFlags(&s.stream, cudaStreamNonBlocking),
-                  "cudaStreamCreate"));
-      }
-      if (s.bytes >= bytes) continue;
-      if (s.host != nullptr) cudaFreeHost(s.host);
-      if (s.device != nullptr) cudaFree(s.device);
-      s.host = nullptr;
-      s.device = nullptr;
-      s.bytes = 0;
-      void* host = nullptr;
-      void* device = nullptr;
-      RETURN_IF_ERROR(Check(cudaHostAlloc(&host, static_cast<size_t>(bytes),
-                                          cudaHostAllocDefault),
-                            "cudaHostAlloc"));
-      s.host = static_cast<uint8_t*>(host);
+  // Gives `slot` a stream and buffers of at least `bytes`. The caller holds
+  // the slot, or device_mu_ exclusively.
+  static absl::Status PrepareSlot(Slot& s, int64_t bytes) {
+    if (s.stream == nullptr) {
       RETURN_IF_ERROR(
-          Check(cudaMalloc(&device, static_cast<size_t>(bytes)), "cudaMalloc"));
-      s.device = static_cast<uint8_t*>(device);
-      s.bytes = bytes;
+          Check(cudaStreamCreateWithFlags(&s.stream, cudaStreamNonBlocking),
+                "cudaStreamCreate"));
     }
+    if (s.bytes >= bytes) return absl::OkStatus();
+    if (s.host != nullptr) cudaFreeHost(s.host);
+    if (s.device != nullptr) cudaFree(s.device);
+    s.host = nullptr;
+    s.device = nullptr;
+    s.bytes = 0;
+    void* host = nullptr;
+    void* device = nullptr;
+    RETURN_IF_ERROR(Check(
+        cudaHostAlloc(&host, static_cast<size_t>(bytes), cudaHostAllocDefault),
+        "cudaHostAlloc"));
+    s.host = static_cast<uint8_t*>(host);
+    RETURN_IF_ERROR(
+        Check(cudaMalloc(&device, static_cast<size_t>(bytes)), "cudaMalloc"));
+    s.device = static_cast<uint8_t*>(device);
+    s.bytes = bytes;
+    return absl::OkStatus();
+  }
+
+  absl::Status AllocateSlots(int64_t bytes)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(device_mu_) {
+    for (Slot& s : slots_) RETURN_IF_ERROR(PrepareSlot(s, bytes));
     return absl::OkStatus();
   }
 
   // Releases everything; errors are ignored (this runs after failures).
-  void FreeSlots() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+  void FreeSlots() ABSL_EXCLUSIVE_LOCKS_REQUIRED(device_mu_) {
     for (Slot& s : slots_) {
       if (s.stream != nullptr) {
         cudaStreamSynchronize(s.stream);
@@ -273,29 +305,50 @@ class CudaBackend final : public Backend {
     }
   }
 
+  // Carries out `plan` on `slots` (plan slot i is slots[i]), handing each
+  // back to the pool after its last chunk. On an error, the slots still
+  // held are drained first, so that no copy of this batch is in flight on a
+  // slot another batch gets.
   absl::Status Execute(absl::Span<Job* const> batch, const BatchShape& shape,
-                       const PipelinePlan& plan)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    RETURN_IF_ERROR(Check(cudaSetDevice(options_.device), "cudaSetDevice"));
-    RETURN_IF_ERROR(AllocateSlots(
-        std::max<int64_t>(options_.staging_bytes, plan.max_chunk_bytes)));
+                       const PipelinePlan& plan, const std::vector<int>& slots)
+      ABSL_SHARED_LOCKS_REQUIRED(device_mu_) {
+    std::vector<bool> held(slots.size(), true);
+    absl::Status status =
+        Check(cudaSetDevice(options_.device), "cudaSetDevice");
+    const int64_t slot_bytes =
+        std::max<int64_t>(options_.staging_bytes, plan.max_chunk_bytes);
+    for (size_t i = 0; i < slots.size() && status.ok(); ++i) {
+      status = PrepareSlot(slots_[static_cast<size_t>(slots[i])], slot_bytes);
+    }
     for (const PipelineStep& step : plan.steps) {
+      if (!status.ok()) break;
       const PipelineChunk& chunk = plan.chunks[step.chunk];
+      Slot& slot = slots_[static_cast<size_t>(slots[chunk.slot])];
       if (step.kind == PipelineStepKind::kStage) {
-        RETURN_IF_ERROR(Stage(batch, shape, chunk));
+        status = Stage(batch, shape, chunk, slot);
       } else {
-        RETURN_IF_ERROR(Finish(batch, shape, chunk));
+        status = Finish(batch, shape, chunk, slot);
+        if (status.ok() && step.last_on_slot) {
+          held[static_cast<size_t>(chunk.slot)] = false;
+          pool_.Release(slots[chunk.slot]);
+        }
       }
     }
-    return absl::OkStatus();
+    for (size_t i = 0; i < slots.size(); ++i) {
+      if (!held[i]) continue;
+      // Only after an error (a successful plan releases every slot).
+      const Slot& slot = slots_[static_cast<size_t>(slots[i])];
+      if (slot.stream != nullptr) cudaStreamSynchronize(slot.stream);
+      pool_.Release(slots[i]);
+    }
+    if (!status.ok()) cudaGetLastError();
+    return status;
   }
 
   // Packs the chunk's inputs into the slot's pinned buffer and enqueues
   // copy in, kernels, copy out.
   absl::Status Stage(absl::Span<Job* const> batch, const BatchShape& shape,
-                     const PipelineChunk& chunk)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    Slot& slot = slots_[chunk.slot];
+                     const PipelineChunk& chunk, Slot& slot) {
     const internal::ChunkLayout& L = chunk.layout;
     const PipelineOptions& o = shape.options;
     const size_t d_bytes = static_cast<size_t>(shape.dim) * sizeof(float);
@@ -365,9 +418,7 @@ class CudaBackend final : public Backend {
 
   // Waits for the chunk's stream and copies its outputs to the jobs.
   absl::Status Finish(absl::Span<Job* const> batch, const BatchShape& shape,
-                      const PipelineChunk& chunk)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    Slot& slot = slots_[chunk.slot];
+                      const PipelineChunk& chunk, Slot& slot) {
     RETURN_IF_ERROR(Check(cudaStreamSynchronize(slot.stream),
                           "cudaStreamSynchronize (copy in, kernel, copy out)"));
     const internal::ChunkLayout& L = chunk.layout;
@@ -402,18 +453,21 @@ class CudaBackend final : public Backend {
     return absl::OkStatus();
   }
 
-  // After a failed batch: drain every stream and clear the error. An error
-  // that poisoned the context (a kernel fault) makes every later call fail:
-  // then reset the device and allocate again, or give up for good.
-  void Recover() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    for (Slot& s : slots_) {
-      if (s.stream != nullptr) cudaStreamSynchronize(s.stream);
-    }
+  // Whether the device still works after a failed batch: false when the
+  // error poisoned the CUDA context (a kernel fault), which only a reset
+  // mends.
+  bool DeviceHealthy() ABSL_SHARED_LOCKS_REQUIRED(device_mu_) {
+    const bool healthy = cudaDeviceSynchronize() == cudaSuccess &&
+                         cudaGetLastError() == cudaSuccess;
     cudaGetLastError();
-    if (cudaDeviceSynchronize() == cudaSuccess &&
-        cudaGetLastError() == cudaSuccess) {
-      return;
-    }
+    return healthy;
+  }
+
+  // Resets the device and allocates every slot again; if that fails, the
+  // backend refuses every later batch (UNAVAILABLE).
+  void ResetDevice() ABSL_EXCLUSIVE_LOCKS_REQUIRED(device_mu_) {
+    ++generation_;
+    cudaSetDevice(options_.device);
     FreeSlots();
     cudaGetLastError();
     const absl::Status reset = Check(cudaDeviceReset(), "cudaDeviceReset");
@@ -421,34 +475,66 @@ class CudaBackend final : public Backend {
         reset.ok() ? AllocateSlots(options_.staging_bytes) : reset;
     if (!again.ok()) {
       FreeSlots();
+      cudaGetLastError();
       broken_ = true;
     }
   }
 
-  CudaDeviceStats Stats(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+  // The busy time is the union of the batches' times on the device.
+  void BeginBusy() {
+    MutexLock lock(&stats_mu_);
+    if (active_batches_++ == 0) busy_since_ = absl::Now();
+  }
+  void EndBusy() {
+    MutexLock lock(&stats_mu_);
+    if (--active_batches_ == 0) busy_ += absl::Now() - busy_since_;
+  }
+
+  // The stats, when an observer wants them and stats_interval has passed.
+  std::optional<CudaDeviceStats> MaybeStats()
+      ABSL_SHARED_LOCKS_REQUIRED(device_mu_) {
+    if (!options_.stats_observer) return std::nullopt;
     CudaDeviceStats stats;
+    {
+      MutexLock lock(&stats_mu_);
+      const absl::Time now = absl::Now();
+      const absl::Duration window = now - last_report_;
+      if (window < options_.stats_interval) return std::nullopt;
+      absl::Duration busy = busy_;
+      if (active_batches_ > 0) {
+        busy += now - busy_since_;
+        busy_since_ = now;
+      }
+      if (window > absl::ZeroDuration()) {
+        stats.busy_ratio = std::min(1.0, absl::FDivDuration(busy, window));
+      }
+      busy_ = absl::ZeroDuration();
+      last_report_ = now;
+    }
     size_t free_bytes = 0, total_bytes = 0;
     if (cudaMemGetInfo(&free_bytes, &total_bytes) == cudaSuccess) {
       stats.memory_total_bytes = static_cast<int64_t>(total_bytes);
       stats.memory_used_bytes = static_cast<int64_t>(total_bytes - free_bytes);
     }
     cudaGetLastError();
-    const absl::Duration window = now - last_report_;
-    if (window > absl::ZeroDuration()) {
-      stats.busy_ratio = std::min(1.0, absl::FDivDuration(busy_, window));
-    }
-    busy_ = absl::ZeroDuration();
-    last_report_ = now;
     return stats;
   }
 
   const CudaBackendOptions options_;
   PipelineOptions defaults_;
-  Mutex mu_;
-  std::vector<Slot> slots_ ABSL_GUARDED_BY(mu_);
-  bool broken_ ABSL_GUARDED_BY(mu_) = false;
-  absl::Duration busy_ ABSL_GUARDED_BY(mu_);
-  absl::Time last_report_ ABSL_GUARDED_BY(mu_);
+  internal::SlotPool pool_;
+  SharedMutex device_mu_;
+  // Fixed size. Slot i belongs to the batch holding i in pool_, or to
+  // whoever holds device_mu_ exclusively.
+  std::vector<Slot> slots_;
+  bool broken_ ABSL_GUARDED_BY(device_mu_) = false;
+  // Counts device resets.
+  uint64_t generation_ ABSL_GUARDED_BY(device_mu_) = 0;
+  Mutex stats_mu_;
+  int active_batches_ ABSL_GUARDED_BY(stats_mu_) = 0;
+  absl::Time busy_since_ ABSL_GUARDED_BY(stats_mu_);
+  absl::Duration busy_ ABSL_GUARDED_BY(stats_mu_);
+  absl::Time last_report_ ABSL_GUARDED_BY(stats_mu_);
 };
 
 }  // namespace

@@ -118,17 +118,22 @@ absl::StatusOr<std::unique_ptr<NormServer>> NormServer::Create(
   RETURN_IF_ERROR(StartCuda(options, s.get(), &model_options.default_device));
   ASSIGN_OR_RETURN(s->models, ModelRegistry::Create(model_options));
   ASSIGN_OR_RETURN(s->metrics, Metrics::Create(options.metrics_address));
-  if (options.batch_workers <= 0 || options.cpu_threads <= 0) {
+  if (options.batch_workers < 0 || options.cpu_threads <= 0) {
     return absl::InvalidArgumentError(
-        "batch_workers and cpu_threads must be > 0");
+        "batch_workers must be >= 0 and cpu_threads > 0");
+  }
+  int batch_workers = options.batch_workers;
+  if (batch_workers == 0) {
+    batch_workers =
+        s->cuda_backend != nullptr ? std::max(1, options.cuda.num_streams) : 1;
   }
   s->pool = std::make_unique<ThreadPool>(
-      std::max(0, options.cpu_threads - options.batch_workers));
+      std::max(0, options.cpu_threads - batch_workers));
   s->backend = MakeCpuBackend(s->pool.get());
   s->router = MakeDeviceRouter(s->backend.get(), s->cuda_backend.get());
 
   Batcher::Options batcher_options;
-  batcher_options.num_workers = options.batch_workers;
+  batcher_options.num_workers = batch_workers;
   Backend* backend = s->router.get();
   batcher_options.runner = options.batch_runner_for_benchmarks;
   if (!batcher_options.runner) {

@@ -69,7 +69,9 @@ struct ServerOptions {
   TlsOptions tls;
   ConnectionLimits connection;
   // Batcher worker threads: batches run concurrently, one per worker.
-  int batch_workers = 1;
+  // 0: one, or CudaBackendOptions::num_streams when the CUDA backend runs
+  // (a batch per stream can be on the GPU at once).
+  int batch_workers = 0;
   // Threads computing at most, all batches together (batch workers
   // included): the kernel pool gets cpu_threads − batch_workers threads.
   int cpu_threads = 1;

@@ -40,9 +40,10 @@ ABSL_FLAG(int64_t, max_queue_delay_us, 0,
           "batches.");
 ABSL_FLAG(int64_t, max_queue_requests, 1024,
           "Requests a queue holds before answering RESOURCE_EXHAUSTED.");
-ABSL_FLAG(int, batch_workers, 1,
-          "Threads forming and running batches (each batch is split across "
-          "--cpu_threads).");
+ABSL_FLAG(int, batch_workers, 0,
+          "Threads forming and running batches (each CPU batch is split "
+          "across --cpu_threads). 0: one, or one per CUDA stream when the "
+          "CUDA backend runs, so that batches overlap on the GPU.");
 ABSL_FLAG(int, cpu_threads, 0,
           "Threads computing at most, all batches together; 0 means one per "
           "CPU core.");
@@ -171,14 +172,13 @@ int ServerMain(int argc, char** argv, const MainOptions& main_options) {
   }
   const auto& b = options.models.default_batching;
   if (b.max_batch_rows <= 0 || b.max_queue_requests <= 0 ||
-      b.max_queue_delay < absl::ZeroDuration() || options.batch_workers <= 0 ||
+      b.max_queue_delay < absl::ZeroDuration() || options.batch_workers < 0 ||
       options.max_message_bytes <= 0 || options.limits.max_elements <= 0 ||
       options.limits.max_rank <= 0) {
     std::fprintf(stderr,
                  "normserve: --max_batch_rows, --max_queue_requests, "
-                 "--batch_workers, --max_message_bytes, --max_elements and "
-                 "--max_rank must be "
-                 "> 0 and --max_queue_delay_us >= 0\n");
+                 "--max_message_bytes, --max_elements and --max_rank must be "
+                 "> 0, --batch_workers and --max_queue_delay_us >= 0\n");
     return 2;
   }
 

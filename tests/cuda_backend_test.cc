@@ -1,10 +1,13 @@
 // The device router and the CUDA backend. Routing and the refusal on hosts
 // (or builds) without CUDA run everywhere; the backend's results need a GPU
 // and skip with "no CUDA device" without one.
+#include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <memory>
 #include <random>
+#include <thread>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -12,6 +15,7 @@
 #include "kernels/normalize.h"
 #include "server/backend.h"
 #include "server/model_registry.h"
+#include "tests/backend_test_jobs.h"
 
 namespace normserve {
 namespace {
@@ -71,79 +75,6 @@ TEST(CudaBackendTest, FactoryRefusesHostsWithoutAUsableDevice) {
 }
 
 // ---- With a GPU ----
-
-// A job and the buffers it points at.
-struct TestJob {
-  NormParams params;
-  std::vector<float> gamma, beta;
-  std::vector<uint8_t> input, residual, output, sum;
-  std::vector<float> mean, rstd;
-  Job job;
-};
-
-std::unique_ptr<TestJob> MakeJob(int64_t d, int64_t rows, DType in, DType out,
-                                 bool affine, bool residual, bool extras,
-                                 std::mt19937* rng) {
-  auto t = std::make_unique<TestJob>();
-  std::normal_distribution<float> dist(1.0f, 2.0f);
-  t->params.dim = d;
-  if (affine) {
-    for (int64_t i = 0; i < d; ++i) {
-      t->gamma.push_back(dist(*rng));
-      t->beta.push_back(dist(*rng));
-    }
-    t->params.gamma = t->gamma.data();
-    t->params.beta = t->beta.data();
-  }
-  const size_t n = static_cast<size_t>(rows * d);
-  auto fill = [&](std::vector<uint8_t>* bytes) {
-    bytes->resize(n * DTypeSize(in));
-    for (size_t i = 0; i < n; ++i) {
-      const float v = dist(*rng);
-      if (in == DType::kFloat32) {
-        std::memcpy(bytes->data() + 4 * i, &v, 4);
-      } else {
-        const uint16_t h =
-            in == DType::kFloat16 ? FloatToHalf(v) : FloatToBFloat16(v);
-        std::memcpy(bytes->data() + 2 * i, &h, 2);
-      }
-    }
-  };
-  fill(&t->input);
-  if (residual) fill(&t->residual);
-  t->output.assign(n * DTypeSize(out), 0);
-  RowSegment& s = t->job.segment;
-  s.params = &t->params;
-  s.input_dtype = in;
-  s.output_dtype = out;
-  s.input = t->input.data();
-  s.output = t->output.data();
-  s.rows = rows;
-  s.residual = residual ? t->residual.data() : nullptr;
-  if (extras) {
-    t->sum.assign(n * DTypeSize(in), 0);
-    t->mean.assign(static_cast<size_t>(rows), 0);
-    t->rstd.assign(static_cast<size_t>(rows), 0);
-    s.sum_output = t->sum.data();
-    s.mean = t->mean.data();
-    s.rstd = t->rstd.data();
-  }
-  t->job.rows = rows;
-  t->job.key.device = static_cast<int>(DeviceKind::kCuda);
-  t->job.key.dim = d;
-  return t;
-}
-
-float At(DType t, const std::vector<uint8_t>& b, size_t k) {
-  if (t == DType::kFloat32) {
-    float f;
-    std::memcpy(&f, &b[4 * k], 4);
-    return f;
-  }
-  uint16_t h;
-  std::memcpy(&h, &b[2 * k], 2);
-  return t == DType::kFloat16 ? HalfToFloat(h) : BFloat16ToFloat(h);
-}
 
 class CudaBackendGpuTest : public ::testing::Test {
  protected:
@@ -212,6 +143,89 @@ TEST_F(CudaBackendGpuTest, MixedBatchMatchesCpuAndIsBatchInvariant) {
       }
     }
   }
+}
+
+// Batches from several batcher workers at once share the streams: each
+// takes the free ones and hands them back after its last chunk. Every job's
+// results equal the same batch run alone, bit for bit, and the stats
+// observer sees a busy ratio within [0, 1] and the device's memory.
+TEST(CudaBackendConcurrencyTest, ConcurrentBatchesEqualTheSameBatchesRunAlone) {
+  CudaBackendOptions options;
+  options.staging_bytes = 1 << 20;  // small: large batches span every slot
+  std::atomic<int> reports{0}, bad_reports{0};
+  options.stats_interval = absl::ZeroDuration();
+  options.stats_observer = [&](const CudaDeviceStats& s) {
+    reports.fetch_add(1);
+    if (!(s.busy_ratio >= 0.0 && s.busy_ratio <= 1.0) ||
+        s.memory_total_bytes <= 0 || s.memory_used_bytes <= 0) {
+      bad_reports.fetch_add(1);
+    }
+  };
+  auto backend = MakeCudaBackend(options);
+  if (!backend.ok()) GTEST_SKIP() << backend.status().message();
+
+  constexpr int kThreads = 4, kBatches = 8;
+  struct Batch {
+    std::vector<std::unique_ptr<TestJob>> jobs;
+    std::vector<std::vector<uint8_t>> output, sum;  // run alone
+  };
+  std::vector<std::vector<Batch>> work(kThreads);
+  std::mt19937 rng(11);
+  for (int t = 0; t < kThreads; ++t) {
+    for (int b = 0; b < kBatches; ++b) {
+      Batch batch;
+      const int64_t d = std::vector<int64_t>{768, 1031, 4096}[rng() % 3];
+      const DType in = rng() % 2 ? DType::kFloat32 : DType::kBFloat16;
+      // From one small job to several megabytes (several chunks).
+      const int jobs = 1 + static_cast<int>(rng() % 6);
+      for (int j = 0; j < jobs; ++j) {
+        const int64_t rows = 1 + static_cast<int64_t>(rng() % 300);
+        batch.jobs.push_back(
+            MakeJob(d, rows, in, in, rng() % 2, rng() % 2, rng() % 2, &rng));
+      }
+      work[static_cast<size_t>(t)].push_back(std::move(batch));
+    }
+  }
+  auto run = [&](Batch& batch) {
+    std::vector<Job*> jobs;
+    for (auto& j : batch.jobs) jobs.push_back(&j->job);
+    return (*backend)->Run(jobs);
+  };
+  for (auto& batches : work) {
+    for (Batch& batch : batches) {
+      ASSERT_TRUE(run(batch).ok());
+      for (auto& j : batch.jobs) {
+        batch.output.push_back(j->output);
+        batch.sum.push_back(j->sum);
+        std::fill(j->output.begin(), j->output.end(), 0);
+        std::fill(j->sum.begin(), j->sum.end(), 0);
+      }
+    }
+  }
+  std::atomic<int> failures{0};
+  std::vector<std::thread> threads;
+  for (auto& batches : work) {
+    threads.emplace_back([&] {
+      for (Batch& batch : batches) {
+        if (!run(batch).ok()) failures.fetch_add(1);
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  EXPECT_EQ(failures.load(), 0);
+  for (int t = 0; t < kThreads; ++t) {
+    for (int b = 0; b < kBatches; ++b) {
+      const Batch& batch = work[static_cast<size_t>(t)][static_cast<size_t>(b)];
+      for (size_t j = 0; j < batch.jobs.size(); ++j) {
+        EXPECT_EQ(batch.jobs[j]->output, batch.output[j])
+            << "thread " << t << " batch " << b << " job " << j;
+        EXPECT_EQ(batch.jobs[j]->sum, batch.sum[j])
+            << "thread " << t << " batch " << b << " job " << j;
+      }
+    }
+  }
+  EXPECT_GT(reports.load(), 0);
+  EXPECT_EQ(bad_reports.load(), 0);
 }
 
 TEST_F(CudaBackendGpuTest, Int8IsRefusedWithFailedPrecondition) {

@@ -4,6 +4,7 @@
 // aligned and the copies contiguous.
 #include "server/internal/cuda_pipeline.h"
 
+#include <algorithm>
 #include <map>
 #include <random>
 #include <vector>
@@ -91,11 +92,18 @@ void CheckPlan(const std::vector<PipelineJob>& jobs, const PipelineOptions& o,
   // c mod num_streams; a slot is staged only when its last chunk finished.
   std::vector<int> staged(plan.chunks.size(), 0),
       finished(plan.chunks.size(), 0);
+  // Each used slot is marked free exactly once, on its last step; slots
+  // 0 … slots_used − 1 are the ones used.
   std::map<int, int> busy;  // slot -> chunk staged and not finished
+  std::map<int, bool> released;
   for (const PipelineStep& s : plan.steps) {
     const PipelineChunk& c = plan.chunks[s.chunk];
     ASSERT_EQ(c.slot, s.chunk % o.num_streams);
+    ASSERT_LT(c.slot, plan.slots_used);
+    ASSERT_FALSE(released[c.slot])
+        << "slot " << c.slot << " used after release";
     if (s.kind == PipelineStepKind::kStage) {
+      ASSERT_FALSE(s.last_on_slot);
       ASSERT_EQ(staged[s.chunk]++, 0);
       ASSERT_EQ(busy.count(c.slot), 0u) << "slot " << c.slot << " reused early";
       busy[c.slot] = s.chunk;
@@ -104,9 +112,15 @@ void CheckPlan(const std::vector<PipelineJob>& jobs, const PipelineOptions& o,
       ASSERT_EQ(finished[s.chunk]++, 0);
       ASSERT_EQ(busy[c.slot], s.chunk);
       busy.erase(c.slot);
+      released[c.slot] = s.last_on_slot;
     }
   }
   for (size_t c = 0; c < plan.chunks.size(); ++c) ASSERT_EQ(finished[c], 1);
+  ASSERT_EQ(plan.slots_used,
+            std::min<int>(o.num_streams, static_cast<int>(plan.chunks.size())));
+  for (int slot = 0; slot < plan.slots_used; ++slot) {
+    ASSERT_TRUE(released[slot]) << "slot " << slot << " never released";
+  }
 }
 
 TEST(CudaPipelineTest, SmallBatchIsOneChunkAndOneLaunch) {

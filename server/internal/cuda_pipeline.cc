@@ -163,9 +163,11 @@ absl::StatusOr<PipelinePlan> PlanPipeline(absl::Span<const PipelineJob> jobs,
     }
     plan.steps.push_back({PipelineStepKind::kStage, c});
   }
+  // Round robin: the last num_streams chunks are each the last on a slot.
   for (int c = std::max(0, n - o.num_streams); c < n; ++c) {
-    plan.steps.push_back({PipelineStepKind::kFinish, c});
+    plan.steps.push_back({PipelineStepKind::kFinish, c, true});
   }
+  plan.slots_used = std::min(n, o.num_streams);
   return plan;
 }
 

@@ -103,6 +103,9 @@ enum class PipelineStepKind { kStage, kFinish };
 struct PipelineStep {
   PipelineStepKind kind = PipelineStepKind::kStage;
   int chunk = 0;
+  // On the finish of the last chunk on its slot: the slot is free for
+  // other batches after this step.
+  bool last_on_slot = false;
 };
 
 struct PipelinePlan {
@@ -111,6 +114,8 @@ struct PipelinePlan {
   std::vector<PipelineStep> steps;
   // The largest chunk's total_bytes: what each slot must hold.
   int64_t max_chunk_bytes = 0;
+  // Slots 0 … slots_used − 1 hold chunks: min(num_streams, chunks).
+  int slots_used = 0;
 };
 
 // Alignment of every region in a slot.

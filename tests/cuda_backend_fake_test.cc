@@ -1,0 +1,271 @@
+// The CUDA backend (server/backend_cuda.cc) on the fake CUDA runtime of
+// tests/fake_cuda: its pipeline, its sharing of streams between concurrent
+// batches, and its recovery from device errors, on machines without a GPU.
+// The fake runs each "kernel" with the CPU kernel, so every result must
+// equal the CPU kernel's bit for bit; what the real kernels compute is
+// cuda_normalize_test's business. Runs under ThreadSanitizer (label
+// "concurrency"): the fake's streams are threads, so a batch that touched
+// a staging buffer while its stream still copied would be reported.
+#include <algorithm>
+#include <atomic>
+#include <memory>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "kernels/normalize.h"
+#include "server/backend.h"
+#include "tests/backend_test_jobs.h"
+#include "tests/fake_cuda/fake_cuda.h"
+
+namespace normserve {
+namespace {
+
+using Batch = std::vector<std::unique_ptr<TestJob>>;
+
+// `jobs` jobs of D = d in one dtype, with every option mixed in.
+Batch MakeBatch(int64_t d, DType dtype, int jobs, int64_t max_rows,
+                std::mt19937* rng) {
+  Batch batch;
+  // One output dtype per batch, as the batch key guarantees.
+  const DType output = (*rng)() % 2 ? dtype : DType::kFloat32;
+  for (int j = 0; j < jobs; ++j) {
+    const int64_t rows = 1 + static_cast<int64_t>((*rng)() % max_rows);
+    batch.push_back(MakeJob(d, rows, dtype, output, (*rng)() % 2, (*rng)() % 2,
+                            (*rng)() % 2, rng));
+  }
+  return batch;
+}
+
+absl::Status RunBatch(Backend& backend, Batch& batch) {
+  std::vector<Job*> jobs;
+  for (auto& t : batch) jobs.push_back(&t->job);
+  return backend.Run(jobs);
+}
+
+// Every job's outputs against the CPU kernel run on the same job.
+void ExpectCpuResults(const Batch& batch) {
+  for (size_t j = 0; j < batch.size(); ++j) {
+    const TestJob& t = *batch[j];
+    RowSegment s = t.job.segment;
+    std::vector<uint8_t> output(t.output.size()), sum(t.sum.size());
+    std::vector<float> mean(t.mean.size()), rstd(t.rstd.size());
+    s.output = output.data();
+    if (s.sum_output != nullptr) {
+      s.sum_output = sum.data();
+      s.mean = mean.data();
+      s.rstd = rstd.data();
+    }
+    NormalizeSegments({&s, 1});
+    EXPECT_EQ(t.output, output) << "job " << j;
+    EXPECT_EQ(t.sum, sum) << "job " << j;
+    EXPECT_EQ(t.mean, mean) << "job " << j;
+    EXPECT_EQ(t.rstd, rstd) << "job " << j;
+  }
+}
+
+class CudaBackendFakeTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    fake_cuda::Restart();
+    live_before_ = fake_cuda::LiveAllocations();
+  }
+  void TearDown() override {
+    // The backend gave back every buffer it allocated.
+    EXPECT_EQ(fake_cuda::LiveAllocations(), live_before_);
+    fake_cuda::Restart();
+  }
+
+  static std::unique_ptr<Backend> Make(CudaBackendOptions options = {}) {
+    options.staging_bytes = 1 << 20;  // small: batches span several chunks
+    auto backend = MakeCudaBackend(options);
+    EXPECT_TRUE(backend.ok()) << backend.status();
+    return backend.ok() ? *std::move(backend) : nullptr;
+  }
+
+  int live_before_ = 0;
+};
+
+TEST_F(CudaBackendFakeTest, BatchesOfEveryShapeMatchTheCpuKernel) {
+  auto backend = Make();
+  ASSERT_NE(backend, nullptr);
+  EXPECT_EQ(backend->Describe(), "Fake CUDA device (sm_90)");
+  std::mt19937 rng(3);
+  for (DType dtype : {DType::kFloat32, DType::kFloat16, DType::kBFloat16}) {
+    for (int64_t d : {1, 7, 768, 1031, 70000}) {
+      // From one row to several megabytes (several chunks on every slot),
+      // and a D whose single row outgrows the staging buffer.
+      Batch batch = MakeBatch(d, dtype, 1 + static_cast<int>(rng() % 8),
+                              d > 5000 ? 4 : 600, &rng);
+      ASSERT_TRUE(RunBatch(*backend, batch).ok()) << "D " << d;
+      ExpectCpuResults(batch);
+    }
+  }
+}
+
+TEST_F(CudaBackendFakeTest, ConcurrentBatchesOverlapOnTheDevice) {
+  CudaBackendOptions options;
+  std::atomic<int> reports{0}, bad_reports{0};
+  options.stats_interval = absl::ZeroDuration();
+  options.stats_observer = [&](const CudaDeviceStats& s) {
+    reports.fetch_add(1);
+    if (!(s.busy_ratio >= 0.0 && s.busy_ratio <= 1.0) ||
+        s.memory_used_bytes <= 0 ||
+        s.memory_total_bytes <= s.memory_used_bytes) {
+      bad_reports.fetch_add(1);
+    }
+  };
+  auto backend = Make(options);
+  ASSERT_NE(backend, nullptr);
+  fake_cuda::SetKernelTime(absl::Milliseconds(2));
+  constexpr int kThreads = 4, kBatches = 6;
+  std::vector<std::vector<Batch>> work(kThreads);
+  std::mt19937 rng(9);
+  for (auto& batches : work) {
+    for (int b = 0; b < kBatches; ++b) {
+      const DType dtype = rng() % 2 ? DType::kFloat32 : DType::kBFloat16;
+      batches.push_back(MakeBatch(rng() % 2 ? 768 : 4096, dtype,
+                                  1 + static_cast<int>(rng() % 4), 200, &rng));
+    }
+  }
+  std::atomic<int> failures{0};
+  std::vector<std::thread> threads;
+  for (auto& batches : work) {
+    threads.emplace_back([&] {
+      for (Batch& batch : batches) {
+        if (!RunBatch(*backend, batch).ok()) failures.fetch_add(1);
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  EXPECT_EQ(failures.load(), 0);
+  for (const auto& batches : work) {
+    for (const Batch& batch : batches) ExpectCpuResults(batch);
+  }
+  // Batches from different threads had work on the device at once.
+  EXPECT_GE(fake_cuda::GetCounters().max_threads_in_flight, 2);
+  EXPECT_GT(reports.load(), 0);
+  EXPECT_EQ(bad_reports.load(), 0);
+}
+
+TEST_F(CudaBackendFakeTest,
+       OutOfMemoryIsResourceExhaustedAndTheNextBatchWorks) {
+  auto backend = Make();
+  ASSERT_NE(backend, nullptr);
+  std::mt19937 rng(5);
+  // A row larger than the staging buffers: the slot must grow, and cannot.
+  Batch big = MakeBatch(400000, DType::kFloat32, 1, 1, &rng);
+  fake_cuda::FailNextCall("cudaMalloc", cudaErrorMemoryAllocation);
+  const absl::Status s = RunBatch(*backend, big);
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
+  EXPECT_NE(s.message().find("cudaMalloc"), absl::string_view::npos) << s;
+  EXPECT_EQ(fake_cuda::GetCounters().device_resets, 0);
+  ASSERT_TRUE(RunBatch(*backend, big).ok());
+  ExpectCpuResults(big);
+}
+
+TEST_F(CudaBackendFakeTest, AFailedCopyIsInternalAndTheNextBatchWorks) {
+  auto backend = Make();
+  ASSERT_NE(backend, nullptr);
+  std::mt19937 rng(6);
+  Batch batch = MakeBatch(1024, DType::kBFloat16, 6, 300, &rng);
+  fake_cuda::FailNextCall("cudaMemcpyAsync", cudaErrorInvalidValue);
+  const absl::Status s = RunBatch(*backend, batch);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInternal) << s;
+  EXPECT_EQ(fake_cuda::GetCounters().device_resets, 0);
+  ASSERT_TRUE(RunBatch(*backend, batch).ok());
+  ExpectCpuResults(batch);
+}
+
+TEST_F(CudaBackendFakeTest,
+       AKernelFaultResetsTheDeviceOnceAndLaterBatchesWork) {
+  auto backend = Make();
+  ASSERT_NE(backend, nullptr);
+  std::mt19937 rng(7);
+  Batch batch = MakeBatch(768, DType::kFloat32, 4, 500, &rng);
+  fake_cuda::FaultNextKernel();
+  const absl::Status s = RunBatch(*backend, batch);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInternal) << s;
+  EXPECT_EQ(fake_cuda::GetCounters().device_resets, 1);
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE(RunBatch(*backend, batch).ok());
+    ExpectCpuResults(batch);
+  }
+  EXPECT_EQ(fake_cuda::GetCounters().device_resets, 1);
+}
+
+TEST_F(CudaBackendFakeTest,
+       AFaultAmongConcurrentBatchesResetsOnceAndAllRecover) {
+  auto backend = Make();
+  ASSERT_NE(backend, nullptr);
+  fake_cuda::SetKernelTime(absl::Milliseconds(1));
+  constexpr int kThreads = 4;
+  std::vector<Batch> batches;
+  std::mt19937 rng(8);
+  for (int t = 0; t < kThreads; ++t) {
+    batches.push_back(MakeBatch(2048, DType::kBFloat16, 3, 300, &rng));
+  }
+  fake_cuda::FaultNextKernel();
+  std::atomic<int> failed{0};
+  std::vector<std::thread> threads;
+  for (Batch& batch : batches) {
+    threads.emplace_back([&] {
+      const absl::Status s = RunBatch(*backend, batch);
+      if (!s.ok()) {
+        failed.fetch_add(1);
+        EXPECT_EQ(s.code(), absl::StatusCode::kInternal) << s;
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  // The faulted batch failed, and others on the device with it may have;
+  // one reset served them all.
+  EXPECT_GE(failed.load(), 1);
+  EXPECT_GE(fake_cuda::GetCounters().device_resets, 1);
+  EXPECT_LE(fake_cuda::GetCounters().device_resets, failed.load());
+  for (Batch& batch : batches) {
+    ASSERT_TRUE(RunBatch(*backend, batch).ok());
+    ExpectCpuResults(batch);
+  }
+}
+
+TEST_F(CudaBackendFakeTest, AFailedResetMakesTheBackendUnavailable) {
+  auto backend = Make();
+  ASSERT_NE(backend, nullptr);
+  std::mt19937 rng(10);
+  Batch batch = MakeBatch(768, DType::kFloat32, 2, 10, &rng);
+  fake_cuda::FaultNextKernel();
+  fake_cuda::FailDeviceResets(true);
+  EXPECT_EQ(RunBatch(*backend, batch).code(), absl::StatusCode::kInternal);
+  const absl::Status later = RunBatch(*backend, batch);
+  EXPECT_EQ(later.code(), absl::StatusCode::kUnavailable) << later;
+  EXPECT_NE(later.message().find("restart the server"),
+            absl::string_view::npos);
+  // What the broken device still holds goes with a reset that works.
+  fake_cuda::FailDeviceResets(false);
+  backend.reset();
+  ASSERT_EQ(cudaDeviceReset(), cudaSuccess);
+}
+
+TEST_F(CudaBackendFakeTest, Int8IsFailedPrecondition) {
+  auto backend = Make();
+  ASSERT_NE(backend, nullptr);
+  TestJob t;
+  t.job.segment.input_dtype = t.job.segment.output_dtype = DType::kInt8;
+  t.job.segment.rows = 1;
+  Job* batch[] = {&t.job};
+  EXPECT_EQ(backend->Run(batch).code(), absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_F(CudaBackendFakeTest, AStartupFailureLeavesNothingAllocated) {
+  fake_cuda::FailNextCall("kernel", cudaErrorNoKernelImageForDevice);
+  CudaBackendOptions options;
+  auto backend = MakeCudaBackend(options);
+  ASSERT_FALSE(backend.ok());
+  EXPECT_EQ(backend.status().code(), absl::StatusCode::kFailedPrecondition)
+      << backend.status();
+}
+
+}  // namespace
+}  // namespace normserve
