@@ -16,6 +16,12 @@ Starts the real server with --device=cuda (and a second one with
 Without a usable GPU the server refuses --device=cuda; the test then says
 so and exits 77 (CTest's skip code here).
 
+CTest also runs it, as fake_gpu_server, against normserve_fake_cuda_server:
+the same server on the fake CUDA runtime of tests/fake_cuda, whose kernels
+are the CPU kernel. That checks the server's CUDA path (routing, the
+pipelined backend under concurrent load, the gauges) on machines without a
+GPU; its throughput figures say nothing about a GPU and are labelled "fake".
+
 Usage: gpu_server_test.py NORMSERVE NORMCTL [NORMBENCH]
 """
 import json
@@ -141,7 +147,8 @@ class GpuServerTest(unittest.TestCase):
         if NORMBENCH is None:
             self.skipTest("no normbench binary given")
         report = {}
-        for name, server in (("cuda", self.gpu), ("cpu", self.cpu)):
+        gpu_name = "fake" if os.environ.get("NORMSERVE_FAKE_CUDA") else "cuda"
+        for name, server in ((gpu_name, self.gpu), ("cpu", self.cpu)):
             for shape in ("1,768", "64,4096", "512,4096"):
                 run = subprocess.run(
                     [NORMBENCH, f"--server=127.0.0.1:{server.grpc_port}",
