@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "absl/status/status.h"
@@ -27,6 +28,20 @@
 
 namespace normserve {
 
+// What the CUDA backend reports about its device (read at each scrape of
+// the metrics).
+struct CudaDeviceStats {
+  // Device memory in use, by every process (cudaMemGetInfo: total − free);
+  // both 0 when it cannot be read.
+  int64_t memory_used_bytes = 0;
+  int64_t memory_total_bytes = 0;
+  // Seconds, since the backend started, during which it had at least one
+  // batch on the GPU (staged and not yet finished): the backend's own
+  // occupancy of the device, not NVML's SM utilization. Its rate over a
+  // window is the busy fraction.
+  double busy_seconds = 0.0;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -34,22 +49,14 @@ class Backend {
   // The device, for logs (e.g. "NVIDIA H100 80GB HBM3 (sm_90)"); may be
   // empty.
   virtual std::string Describe() const { return ""; }
+  // The GPU's figures, for a backend that runs on one (the CUDA backend);
+  // nullopt otherwise. Thread-safe, and cheap enough for every scrape.
+  virtual std::optional<CudaDeviceStats> CudaStats() { return std::nullopt; }
 };
 
 // Runs batches with the CPU kernels: on the calling thread and, for large
 // batches, on `pool` (borrowed, may be null; must outlive the backend).
 std::unique_ptr<Backend> MakeCpuBackend(ThreadPool* pool);
-
-// What the CUDA backend reports about its device.
-struct CudaDeviceStats {
-  // Device memory in use, by every process (cudaMemGetInfo: total − free).
-  int64_t memory_used_bytes = 0;
-  int64_t memory_total_bytes = 0;
-  // Fraction of wall time, since the previous report, during which the
-  // backend had a batch on the GPU (staged and not yet finished): the
-  // backend's own occupancy of the device, not NVML's SM utilization.
-  double busy_ratio = 0.0;
-};
 
 struct CudaBackendOptions {
   // CUDA device ordinal.
@@ -62,10 +69,6 @@ struct CudaBackendOptions {
   // than one buffer is cut into chunks; a single row that does not fit
   // grows the buffers. Memory used: 2 · num_streams · staging_bytes.
   int64_t staging_bytes = int64_t{16} << 20;
-  // Optional: called from Run() (on a batch worker, without locks held) at
-  // most once per stats_interval.
-  std::function<void(const CudaDeviceStats&)> stats_observer;
-  absl::Duration stats_interval = absl::Seconds(1);
 };
 
 // Runs batches on a CUDA GPU: each batch is staged through pinned host

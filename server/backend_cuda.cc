@@ -156,7 +156,6 @@ class CudaBackend final : public Backend {
     absl::Status status;
     bool healthy = true;
     uint64_t generation = 0;
-    std::optional<CudaDeviceStats> stats;
     {
       ReaderMutexLock device_lock(&device_mu_);
       if (broken_) {
@@ -182,19 +181,36 @@ class CudaBackend final : public Backend {
       status = Execute(batch, shape, plan, slots);
       EndBusy();
       if (!status.ok()) healthy = DeviceHealthy();
-      if (healthy) stats = MaybeStats();
     }
     if (!healthy) {
       WriterMutexLock lock(&device_mu_);
       // Another batch that saw the same fault may have reset already.
       if (generation_ == generation) ResetDevice();
     }
-    if (stats.has_value()) options_.stats_observer(*stats);
     return status;
   }
 
   std::string Describe() const override {
     return cuda::CudaDeviceName(options_.device);
+  }
+
+  std::optional<CudaDeviceStats> CudaStats() override {
+    CudaDeviceStats stats;
+    {
+      MutexLock lock(&stats_mu_);
+      absl::Duration busy = busy_;
+      if (active_batches_ > 0) busy += absl::Now() - busy_since_;
+      stats.busy_seconds = absl::ToDoubleSeconds(busy);
+    }
+    ReaderMutexLock device_lock(&device_mu_);
+    size_t free_bytes = 0, total_bytes = 0;
+    if (!broken_ && cudaSetDevice(options_.device) == cudaSuccess &&
+        cudaMemGetInfo(&free_bytes, &total_bytes) == cudaSuccess) {
+      stats.memory_total_bytes = static_cast<int64_t>(total_bytes);
+      stats.memory_used_bytes = static_cast<int64_t>(total_bytes - free_bytes);
+    }
+    cudaGetLastError();
+    return stats;
   }
 
  private:
@@ -212,7 +228,6 @@ class CudaBackend final : public Backend {
         slots_(static_cast<size_t>(options.num_streams)) {
     defaults_.num_streams = options.num_streams;
     defaults_.slot_bytes = options.staging_bytes;
-    last_report_ = absl::Now();
   }
 
   // Streams and buffers, then one tiny normalization end to end: a device
@@ -480,7 +495,8 @@ class CudaBackend final : public Backend {
     }
   }
 
-  // The busy time is the union of the batches' times on the device.
+  // The busy time is the union of the batches' times on the device: a
+  // spell runs from the first batch's start to the last one's end.
   void BeginBusy() {
     MutexLock lock(&stats_mu_);
     if (active_batches_++ == 0) busy_since_ = absl::Now();
@@ -488,36 +504,6 @@ class CudaBackend final : public Backend {
   void EndBusy() {
     MutexLock lock(&stats_mu_);
     if (--active_batches_ == 0) busy_ += absl::Now() - busy_since_;
-  }
-
-  // The stats, when an observer wants them and stats_interval has passed.
-  std::optional<CudaDeviceStats> MaybeStats()
-      ABSL_SHARED_LOCKS_REQUIRED(device_mu_) {
-    if (!options_.stats_observer) return std::nullopt;
-    CudaDeviceStats stats;
-    {
-      MutexLock lock(&stats_mu_);
-      const absl::Time now = absl::Now();
-      const absl::Duration window = now - last_report_;
-      if (window < options_.stats_interval) return std::nullopt;
-      absl::Duration busy = busy_;
-      if (active_batches_ > 0) {
-        busy += now - busy_since_;
-        busy_since_ = now;
-      }
-      if (window > absl::ZeroDuration()) {
-        stats.busy_ratio = std::min(1.0, absl::FDivDuration(busy, window));
-      }
-      busy_ = absl::ZeroDuration();
-      last_report_ = now;
-    }
-    size_t free_bytes = 0, total_bytes = 0;
-    if (cudaMemGetInfo(&free_bytes, &total_bytes) == cudaSuccess) {
-      stats.memory_total_bytes = static_cast<int64_t>(total_bytes);
-      stats.memory_used_bytes = static_cast<int64_t>(total_bytes - free_bytes);
-    }
-    cudaGetLastError();
-    return stats;
   }
 
   const CudaBackendOptions options_;
@@ -533,8 +519,7 @@ class CudaBackend final : public Backend {
   Mutex stats_mu_;
   int active_batches_ ABSL_GUARDED_BY(stats_mu_) = 0;
   absl::Time busy_since_ ABSL_GUARDED_BY(stats_mu_);
-  absl::Duration busy_ ABSL_GUARDED_BY(stats_mu_);
-  absl::Time last_report_ ABSL_GUARDED_BY(stats_mu_);
+  absl::Duration busy_ ABSL_GUARDED_BY(stats_mu_);  // of finished spells
 };
 
 }  // namespace

@@ -2,11 +2,64 @@
 
 #include <exception>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "prometheus/collectable.h"
+#include "prometheus/metric_family.h"
 #include "server/model_registry.h"
 
 namespace normserve {
+
+// The CUDA families, read from the backend when scraped, so that they are
+// current also while no batch runs.
+class Metrics::CudaCollectable : public prometheus::Collectable {
+ public:
+  void Set(std::function<std::optional<CudaDeviceStats>()> source) {
+    MutexLock lock(&mu_);
+    source_ = std::move(source);
+  }
+
+  std::vector<prometheus::MetricFamily> Collect() const override {
+    MutexLock lock(&mu_);
+    if (!source_) return {};
+    const std::optional<CudaDeviceStats> stats = source_();
+    if (!stats.has_value()) return {};
+    auto family = [](const char* name, const char* help,
+                     prometheus::MetricType type, double value) {
+      prometheus::MetricFamily f;
+      f.name = name;
+      f.help = help;
+      f.type = type;
+      prometheus::ClientMetric m;
+      if (type == prometheus::MetricType::Counter) {
+        m.counter.value = value;
+      } else {
+        m.gauge.value = value;
+      }
+      f.metric.push_back(std::move(m));
+      return f;
+    };
+    return {
+        family("normserve_cuda_memory_used_bytes",
+               "CUDA device memory in use, all processes.",
+               prometheus::MetricType::Gauge,
+               static_cast<double>(stats->memory_used_bytes)),
+        family("normserve_cuda_memory_total_bytes", "CUDA device memory.",
+               prometheus::MetricType::Gauge,
+               static_cast<double>(stats->memory_total_bytes)),
+        family("normserve_cuda_busy_seconds_total",
+               "Time the CUDA backend had a batch on the GPU (its rate is "
+               "the busy fraction; not NVML utilization).",
+               prometheus::MetricType::Counter, stats->busy_seconds),
+    };
+  }
+
+ private:
+  mutable Mutex mu_;
+  std::function<std::optional<CudaDeviceStats>()> source_ ABSL_GUARDED_BY(mu_);
+};
+
 namespace {
 
 prometheus::Histogram::BucketBoundaries LatencyBuckets() {
@@ -49,7 +102,9 @@ const char* DeviceLabel(int device_kind) {
   return device_kind == static_cast<int>(DeviceKind::kCuda) ? "cuda" : "cpu";
 }
 
-Metrics::Metrics() : registry_(std::make_shared<prometheus::Registry>()) {
+Metrics::Metrics()
+    : registry_(std::make_shared<prometheus::Registry>()),
+      cuda_(std::make_shared<CudaCollectable>()) {
   using prometheus::BuildCounter;
   using prometheus::BuildGauge;
   using prometheus::BuildHistogram;
@@ -118,6 +173,7 @@ absl::StatusOr<std::unique_ptr<Metrics>> Metrics::Create(
           "--metrics_address ", listen_address, ": cannot listen: ", e.what()));
     }
     m->exposer_->RegisterCollectable(m->registry_);
+    m->exposer_->RegisterCollectable(m->cuda_);
   }
   return m;
 }
@@ -207,24 +263,9 @@ void Metrics::RequestDone(const std::string& model, const char* device,
 
 void Metrics::InFlightAdd(int delta) { in_flight_->Increment(delta); }
 
-void Metrics::SetCudaDevice(int64_t memory_used_bytes, double busy_ratio) {
-  MutexLock lock(&mu_);
-  if (cuda_memory_used_ == nullptr) {
-    cuda_memory_used_ = &prometheus::BuildGauge()
-                             .Name("normserve_cuda_memory_used_bytes")
-                             .Help("CUDA device memory in use, all processes.")
-                             .Register(*registry_)
-                             .Add({});
-    cuda_busy_ = &prometheus::BuildGauge()
-                      .Name("normserve_cuda_busy_ratio")
-                      .Help(
-                          "Fraction of time the CUDA backend had a batch on "
-                          "the GPU, over the last report interval.")
-                      .Register(*registry_)
-                      .Add({});
-  }
-  cuda_memory_used_->Set(static_cast<double>(memory_used_bytes));
-  cuda_busy_->Set(busy_ratio);
+void Metrics::SetCudaSource(
+    std::function<std::optional<CudaDeviceStats>()> source) {
+  cuda_->Set(std::move(source));
 }
 
 void Metrics::OnQueueDepth(int64_t queued_jobs) {

@@ -13,11 +13,13 @@
 //   normserve_requests_in_flight                     gauge
 //   normserve_cuda_memory_used_bytes                 gauge, device memory in
 //                                                    use (all processes)
-//   normserve_cuda_busy_ratio                        gauge, fraction of time
-//                                                    the CUDA backend had a
-//                                                    batch on the GPU
-//   (the two CUDA gauges appear once the CUDA backend reports, about every
-//   second while it runs batches)
+//   normserve_cuda_memory_total_bytes                gauge
+//   normserve_cuda_busy_seconds_total                counter, time the CUDA
+//                                                    backend had a batch on
+//                                                    the GPU; its rate is the
+//                                                    busy fraction
+//   (the CUDA families exist while the CUDA backend runs, read from it at
+//   each scrape)
 //   normserve_request_bytes_total{model}             counter, tensor bytes in
 //   normserve_response_bytes_total{model}            counter, tensor bytes out
 // Latency buckets span 10 µs to 10 s.
@@ -28,7 +30,9 @@
 #define NORMSERVE_SERVER_METRICS_H_
 
 #include <atomic>
+#include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "absl/base/thread_annotations.h"
@@ -41,6 +45,7 @@
 #include "prometheus/gauge.h"
 #include "prometheus/histogram.h"
 #include "prometheus/registry.h"
+#include "server/backend.h"
 #include "server/batcher.h"
 #include "server/internal/mutex.h"
 
@@ -72,9 +77,11 @@ class Metrics : public BatchObserver {
                    absl::Duration queue_wait, absl::Duration latency,
                    int64_t bytes_in, int64_t bytes_out);
   void InFlightAdd(int delta);
-  // The CUDA backend's device statistics (see CudaDeviceStats in
-  // server/backend.h).
-  void SetCudaDevice(int64_t memory_used_bytes, double busy_ratio);
+  // Where the CUDA families are read at each scrape (on the exposer's
+  // thread): `source` returns the backend's figures, nullopt for none.
+  // Setting an empty function (before the backend goes) waits for a scrape
+  // in progress and drops the families.
+  void SetCudaSource(std::function<std::optional<CudaDeviceStats>()> source);
 
   // BatchObserver.
   void OnQueueDepth(int64_t queued_jobs) override;
@@ -129,8 +136,8 @@ class Metrics : public BatchObserver {
   prometheus::Family<prometheus::Counter>* bytes_out_;
   prometheus::Gauge* queue_depth_;
   prometheus::Gauge* in_flight_;
-  prometheus::Gauge* cuda_memory_used_ ABSL_GUARDED_BY(mu_) = nullptr;
-  prometheus::Gauge* cuda_busy_ ABSL_GUARDED_BY(mu_) = nullptr;
+  class CudaCollectable;
+  std::shared_ptr<CudaCollectable> cuda_;
 
   Mutex mu_;
   // Node map: callers keep pointers to values past the lock.

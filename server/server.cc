@@ -34,6 +34,11 @@ struct NormServer::State {
   Mutex mu;
   bool shut_down ABSL_GUARDED_BY(mu) = false;
   Notification done;
+
+  // The metrics outlive the CUDA backend they read from.
+  ~State() {
+    if (metrics != nullptr) metrics->SetCudaSource(nullptr);
+  }
 };
 
 namespace {
@@ -83,13 +88,7 @@ absl::Status StartCuda(const ServerOptions& options, NormServer::State* s,
     s->device_summary = "cpu";
     return absl::OkStatus();
   }
-  CudaBackendOptions cuda_options = options.cuda;
-  cuda_options.stats_observer = [s](const CudaDeviceStats& stats) {
-    if (s->metrics != nullptr) {
-      s->metrics->SetCudaDevice(stats.memory_used_bytes, stats.busy_ratio);
-    }
-  };
-  absl::StatusOr<std::unique_ptr<Backend>> cuda = MakeCudaBackend(cuda_options);
+  absl::StatusOr<std::unique_ptr<Backend>> cuda = MakeCudaBackend(options.cuda);
   if (!cuda.ok()) {
     if (options.device == DeviceChoice::kCuda) {
       return absl::FailedPreconditionError(
@@ -118,6 +117,10 @@ absl::StatusOr<std::unique_ptr<NormServer>> NormServer::Create(
   RETURN_IF_ERROR(StartCuda(options, s.get(), &model_options.default_device));
   ASSIGN_OR_RETURN(s->models, ModelRegistry::Create(model_options));
   ASSIGN_OR_RETURN(s->metrics, Metrics::Create(options.metrics_address));
+  if (s->cuda_backend != nullptr) {
+    Backend* cuda = s->cuda_backend.get();
+    s->metrics->SetCudaSource([cuda] { return cuda->CudaStats(); });
+  }
   if (options.batch_workers < 0 || options.cpu_threads <= 0) {
     return absl::InvalidArgumentError(
         "batch_workers must be >= 0 and cpu_threads > 0");

@@ -30,6 +30,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 import unittest
 import urllib.request
 
@@ -179,9 +180,25 @@ class GpuServerTest(unittest.TestCase):
         self.normalize(self.gpu, x, "float32", np.ones(768, np.float32), None, False, "m")
         text = metrics_text(self.gpu.metrics_port)
         used = metric_values(text, "normserve_cuda_memory_used_bytes")
-        busy = metric_values(text, "normserve_cuda_busy_ratio")
-        self.assertTrue(used and all(v > 0 for v in used), used)
-        self.assertTrue(busy and all(0 <= v <= 1 for v in busy), busy)
+        total = metric_values(text, "normserve_cuda_memory_total_bytes")
+        busy = metric_values(text, "normserve_cuda_busy_seconds_total")
+        self.assertEqual(len(used), 1, text)
+        self.assertEqual(len(total), 1, text)
+        self.assertEqual(len(busy), 1, text)
+        self.assertGreater(used[0], 0)
+        self.assertGreaterEqual(total[0], used[0])
+        self.assertGreater(busy[0], 0)
+        # Read at each scrape: a counter that stands still while idle and
+        # moves with the next request.
+        time.sleep(0.2)
+        self.assertEqual(metric_values(metrics_text(self.gpu.metrics_port),
+                                       "normserve_cuda_busy_seconds_total"), busy)
+        self.normalize(self.gpu, x, "float32", np.ones(768, np.float32), None, False, "m2")
+        self.assertGreater(metric_values(metrics_text(self.gpu.metrics_port),
+                                         "normserve_cuda_busy_seconds_total")[0], busy[0])
+        # The CPU server has no CUDA families.
+        self.assertEqual(metric_values(metrics_text(self.cpu.metrics_port),
+                                       "normserve_cuda_busy_seconds_total"), [])
         self.assertGreater(sum(metric_values(
             text, "normserve_request_latency_seconds_count", 'device="cuda"')), 0)
         self.assertEqual(sum(metric_values(
