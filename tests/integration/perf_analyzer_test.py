@@ -54,7 +54,8 @@ class PerfAnalyzerTest(unittest.TestCase):
                 with open(report) as f:
                     rows = list(csv.DictReader(f))
                 want = [1, 4] if levels == "1:4:3" else [2]
-                self.assertEqual([int(r["Concurrency"]) for r in rows], want)
+                # perf_analyzer orders the rows by throughput, not by level.
+                self.assertEqual(sorted(int(r["Concurrency"]) for r in rows), want)
                 for r in rows:
                     self.assertGreater(float(r["Inferences/Second"]), 0)
             body = urllib.request.urlopen(
