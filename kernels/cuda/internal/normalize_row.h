@@ -360,14 +360,17 @@ struct RowPointers {
     }
   }
 
-  // z of a pack: x [+ residual rounded to In].
+  // z of a pack: x [+ residual rounded to In]. The pack is rounded as a
+  // whole (paired conversions for 16-bit types), as AddStagedResidual
+  // does; the bits are RoundTo's.
   NORMSERVE_HD void LoadZ(int64_t pack, float (&z)[V]) const {
     LoadPack<In, V>(x, pack, x_vec, z);
     if (residual != nullptr) {
       float r[V];
       LoadPack<In, V>(residual, pack, residual_vec, r);
       NORMSERVE_UNROLL
-      for (int j = 0; j < V; ++j) z[j] = RoundTo<In>(z[j] + r[j]);
+      for (int j = 0; j < V; ++j) z[j] += r[j];
+      In::Unpack(In::template Repack<V>(z), z);
     }
   }
   NORMSERVE_HD float LoadZ(int64_t element) const {
