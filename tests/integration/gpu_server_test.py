@@ -9,8 +9,8 @@ Starts the real server with --device=cuda (and a second one with
   - the GPU server's answers against the CPU server's for the same inputs;
   - a 32 MiB request, which the CUDA backend cuts into pipelined chunks;
   - concurrent load from normbench (no errors; requests/s and MB/s of the
-    GPU and CPU servers printed, and written as JSON to $NORMSERVE_GPU_REPORT
-    when set);
+    GPU server, the GPU server with one batch worker and the CPU server
+    printed, and written as JSON to $NORMSERVE_GPU_REPORT when set);
   - the GPU gauges and the device="cuda" latency series on /metrics.
 
 Without a usable GPU the server refuses --device=cuda; the test then says
@@ -147,9 +147,17 @@ class GpuServerTest(unittest.TestCase):
     def test_concurrent_load_has_no_errors(self):
         if NORMBENCH is None:
             self.skipTest("no normbench binary given")
-        report = {}
         gpu_name = "fake" if os.environ.get("NORMSERVE_FAKE_CUDA") else "cuda"
-        for name, server in ((gpu_name, self.gpu), ("cpu", self.cpu)):
+        # Also the GPU server with one batch worker (batches one at a time on
+        # the GPU), against the default (one per stream, batches overlap):
+        # the same load, measured in the same run.
+        with LiveServer(SERVER, "--device=cuda", "--batch_workers=1") as one_worker:
+            self.load(((gpu_name, self.gpu), (f"{gpu_name}, 1 worker", one_worker),
+                       ("cpu", self.cpu)))
+
+    def load(self, servers):
+        report = {}
+        for name, server in servers:
             for shape in ("1,768", "64,4096", "512,4096"):
                 run = subprocess.run(
                     [NORMBENCH, f"--server=127.0.0.1:{server.grpc_port}",
@@ -166,7 +174,7 @@ class GpuServerTest(unittest.TestCase):
                     self.assertGreater(s["requests"], 0, s)
                 report[f"{name} {shape}"] = steps
                 best = max(steps, key=lambda s: s["bytes_per_s"])
-                print(f"{name:4} {shape:>8}: best {best['requests_per_s']:9.0f} req/s "
+                print(f"{name:14} {shape:>8}: best {best['requests_per_s']:9.0f} req/s "
                       f"{best['bytes_per_s'] / 1e6:8.1f} MB/s at concurrency "
                       f"{best['concurrency']}, p99 {best['p99_ms']:.3f} ms", flush=True)
         if os.environ.get("NORMSERVE_GPU_REPORT"):
