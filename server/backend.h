@@ -32,7 +32,7 @@ namespace normserve {
 // the metrics).
 struct CudaDeviceStats {
   // Device memory in use, by every process (cudaMemGetInfo: total − free);
-  // both 0 when it cannot be read.
+  // both 0 when it cannot be read (then the metrics leave them out).
   int64_t memory_used_bytes = 0;
   int64_t memory_total_bytes = 0;
   // Seconds, since the backend started, during which it had at least one

@@ -123,7 +123,10 @@ absl::StatusOr<BatchShape> ShapeOf(absl::Span<Job* const> batch,
 // pool_ (server/internal/slot_pool.h); a slot's stream and buffers are
 // touched only by the batch holding it. Every batch holds device_mu_
 // shared; resetting the device after a fault holds it exclusively, so that
-// no batch is on the device meanwhile.
+// no batch is on the device meanwhile. A batch may wait for slots while
+// holding device_mu_ shared: holders of slots never wait for device_mu_,
+// so that cannot deadlock. After a fault every batch fails fast, so the
+// readers drain and the reset gets its turn.
 class CudaBackend final : public Backend {
  public:
   static absl::StatusOr<std::unique_ptr<Backend>> Create(
@@ -202,7 +205,9 @@ class CudaBackend final : public Backend {
       if (active_batches_ > 0) busy += absl::Now() - busy_since_;
       stats.busy_seconds = absl::ToDoubleSeconds(busy);
     }
-    ReaderMutexLock device_lock(&device_mu_);
+    // During a device reset the memory figures are left out rather than
+    // making the scrape wait for it.
+    if (!device_mu_.ReaderTryLock()) return stats;
     size_t free_bytes = 0, total_bytes = 0;
     if (!broken_ && cudaSetDevice(options_.device) == cudaSuccess &&
         cudaMemGetInfo(&free_bytes, &total_bytes) == cudaSuccess) {
@@ -210,6 +215,7 @@ class CudaBackend final : public Backend {
       stats.memory_used_bytes = static_cast<int64_t>(total_bytes - free_bytes);
     }
     cudaGetLastError();
+    device_mu_.ReaderUnlock();
     return stats;
   }
 
@@ -275,7 +281,9 @@ class CudaBackend final : public Backend {
   }
 
   // Gives `slot` a stream and buffers of at least `bytes`. The caller holds
-  // the slot, or device_mu_ exclusively.
+  // the slot, or device_mu_ exclusively. (Growing a slot frees its old
+  // buffers, and cudaFree waits for the whole device: a batch with rows
+  // larger than the slots have held so far waits for the others' work.)
   static absl::Status PrepareSlot(Slot& s, int64_t bytes) {
     if (s.stream == nullptr) {
       RETURN_IF_ERROR(

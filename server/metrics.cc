@@ -40,19 +40,23 @@ class Metrics::CudaCollectable : public prometheus::Collectable {
       f.metric.push_back(std::move(m));
       return f;
     };
-    return {
-        family("normserve_cuda_memory_used_bytes",
-               "CUDA device memory in use, all processes.",
-               prometheus::MetricType::Gauge,
-               static_cast<double>(stats->memory_used_bytes)),
-        family("normserve_cuda_memory_total_bytes", "CUDA device memory.",
-               prometheus::MetricType::Gauge,
-               static_cast<double>(stats->memory_total_bytes)),
+    std::vector<prometheus::MetricFamily> families;
+    if (stats->memory_total_bytes > 0) {
+      families.push_back(family("normserve_cuda_memory_used_bytes",
+                                "CUDA device memory in use, all processes.",
+                                prometheus::MetricType::Gauge,
+                                static_cast<double>(stats->memory_used_bytes)));
+      families.push_back(
+          family("normserve_cuda_memory_total_bytes", "CUDA device memory.",
+                 prometheus::MetricType::Gauge,
+                 static_cast<double>(stats->memory_total_bytes)));
+    }
+    families.push_back(
         family("normserve_cuda_busy_seconds_total",
                "Time the CUDA backend had a batch on the GPU (its rate is "
                "the busy fraction; not NVML utilization).",
-               prometheus::MetricType::Counter, stats->busy_seconds),
-    };
+               prometheus::MetricType::Counter, stats->busy_seconds));
+    return families;
   }
 
  private:

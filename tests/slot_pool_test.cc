@@ -60,6 +60,30 @@ TEST(SlotPoolTest, AcquireWaitsForARelease) {
   EXPECT_EQ(waiter_slots, (std::vector<int>{0}));
 }
 
+TEST(SlotPoolTest, WaitingBatchesAreServedInArrivalOrder) {
+  SlotPool pool(1);
+  ASSERT_EQ(pool.Acquire(1), (std::vector<int>{0}));
+  Mutex mu;
+  std::vector<int> order;
+  std::vector<std::thread> waiters;
+  for (int w = 0; w < 3; ++w) {
+    waiters.emplace_back([&, w] {
+      pool.Acquire(1);
+      {
+        MutexLock lock(&mu);
+        order.push_back(w);
+      }
+      pool.Release(0);
+    });
+    // The next waiter arrives only once this one waits.
+    while (pool.waiting() != w + 1) std::this_thread::yield();
+  }
+  pool.Release(0);
+  for (std::thread& t : waiters) t.join();
+  EXPECT_EQ(order, (std::vector<int>{0, 1, 2}));
+  EXPECT_EQ(pool.waiting(), 0);
+}
+
 TEST(SlotPoolTest, ConcurrentBatchesNeverShareASlot) {
   constexpr int kSlots = 3, kThreads = 6, kRounds = 2000;
   SlotPool pool(kSlots);

@@ -12,7 +12,11 @@ SlotPool::SlotPool(int size)
 std::vector<int> SlotPool::Acquire(int want) {
   want = std::clamp(want, 1, size_);
   MutexLock lock(&mu_);
-  while (free_ == 0) freed_.Wait(&mu_);
+  // First come, first served: a batch that arrives later never overtakes
+  // one that waits.
+  const uint64_t ticket = next_ticket_++;
+  while (ticket != serving_ || free_ == 0) freed_.Wait(&mu_);
+  ++serving_;
   std::vector<int> slots;
   for (int s = 0; s < size_ && static_cast<int>(slots.size()) < want; ++s) {
     if (taken_[static_cast<size_t>(s)]) continue;
@@ -20,8 +24,8 @@ std::vector<int> SlotPool::Acquire(int want) {
     slots.push_back(s);
   }
   free_ -= static_cast<int>(slots.size());
-  // Slots left over may serve another waiter.
-  if (free_ > 0) freed_.Signal();
+  // The next ticket may go on if slots are left.
+  freed_.SignalAll();
   return slots;
 }
 
@@ -31,12 +35,17 @@ void SlotPool::Release(int slot) {
   if (slot < 0 || slot >= size_ || !taken_[static_cast<size_t>(slot)]) return;
   taken_[static_cast<size_t>(slot)] = false;
   ++free_;
-  freed_.Signal();
+  freed_.SignalAll();  // the head of the queue, whichever thread it is
 }
 
 int SlotPool::free_slots() {
   MutexLock lock(&mu_);
   return free_;
+}
+
+int SlotPool::waiting() {
+  MutexLock lock(&mu_);
+  return static_cast<int>(next_ticket_ - serving_);
 }
 
 }  // namespace normserve::internal

@@ -1,13 +1,16 @@
 // SlotPool: the staging slots (stream and buffers) of the CUDA backend,
 // shared by batches that run at the same time. A batch takes the free slots
 // it can use, waiting only when none is free, and hands each back as soon as
-// its last chunk on it has finished, so that a small batch runs beside a
-// large one instead of behind it.
+// its last chunk on it has finished. So batches of a chunk or two (the
+// common case) run side by side; a batch that arrives while a large one
+// holds every slot waits for the large one's last chunks. Waiting batches
+// are served in arrival order.
 //
 // Device-independent, so that it is tested everywhere (with ThreadSanitizer).
 #ifndef NORMSERVE_SERVER_INTERNAL_SLOT_POOL_H_
 #define NORMSERVE_SERVER_INTERNAL_SLOT_POOL_H_
 
+#include <cstdint>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -25,8 +28,9 @@ class SlotPool {
 
   int size() const { return size_; }
 
-  // Waits until a slot is free, then takes min(want, free) slots, lowest
-  // numbers first. want >= 1 (larger than size() takes at most all).
+  // Waits until a slot is free and every earlier caller is served, then
+  // takes min(want, free) slots, lowest numbers first. want >= 1 (larger
+  // than size() takes at most all).
   std::vector<int> Acquire(int want) ABSL_LOCKS_EXCLUDED(mu_);
 
   // Hands back a slot taken by Acquire. One that is not taken (out of
@@ -34,6 +38,8 @@ class SlotPool {
   void Release(int slot) ABSL_LOCKS_EXCLUDED(mu_);
 
   int free_slots() ABSL_LOCKS_EXCLUDED(mu_);
+  // Callers inside Acquire (waiting, or about to return).
+  int waiting() ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
   const int size_;
@@ -41,6 +47,9 @@ class SlotPool {
   CondVar freed_;
   std::vector<bool> taken_ ABSL_GUARDED_BY(mu_);
   int free_ ABSL_GUARDED_BY(mu_);
+  // Tickets handed out, and the ticket whose turn it is.
+  uint64_t next_ticket_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t serving_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace normserve::internal

@@ -8,6 +8,8 @@
 // order, so work overlaps the calling thread as on a GPU and a caller that
 // touches a buffer before synchronizing races (ThreadSanitizer sees it). A
 // kernel computes its rows with the CPU kernel (kernels/normalize.h).
+// Synchronizations, and cudaFree/cudaFreeHost as on a GPU, wait for the
+// work issued before them. There is one device, 0.
 //
 // Checks a GPU would make: every copy and kernel argument must lie inside
 // one live allocation of the right kind (else the copy fails with
@@ -43,8 +45,11 @@ void Restart();
 // "kernel") returns `error` and does nothing; a plain error, not sticky.
 void FailNextCall(const std::string& function, cudaError_t error);
 
-// The next kernel faults when it runs: cudaErrorIllegalAddress, sticky.
-void FaultNextKernel();
+// The next kernel enqueued faults when it runs: cudaErrorIllegalAddress,
+// sticky. With threads_in_flight > 1 it first waits (up to 5 s) until that
+// many host threads have work on the device, so that the fault hits
+// several batches at once.
+void FaultNextKernel(int threads_in_flight = 1);
 
 // Whether cudaDeviceReset fails (cudaErrorUnknown, leaving the fault).
 void FailDeviceResets(bool fail);

@@ -1,5 +1,6 @@
 // The fake CUDA runtime of fake_cuda.h.
 #include <algorithm>
+#include <chrono>
 #include <condition_variable>
 #include <cstdlib>
 #include <cstring>
@@ -22,7 +23,8 @@ namespace {
 struct Op {
   std::function<void()> run;
   bool kernel = false;
-  bool fault = false;  // the kernel faults instead of running
+  bool fault = false;     // the kernel faults instead of running
+  int fault_threads = 1;  // … once this many threads have work in flight
   std::thread::id from;
 };
 
@@ -35,6 +37,9 @@ struct CUstream_st {
   bool busy = false;  // running the op just popped
   bool stop = false;
   std::condition_variable work;
+  // Ops enqueued and ops finished, ever: a synchronization waits for the
+  // ops issued before it, not for later ones.
+  uint64_t issued = 0, finished = 0;
 };
 
 namespace normserve::fake_cuda {
@@ -50,6 +55,7 @@ struct Fake {
   cudaError_t sticky = cudaSuccess;
   std::map<std::string, cudaError_t> fail_next;
   bool fault_next_kernel = false;
+  int fault_threads = 1;
   bool fail_resets = false;
   absl::Duration kernel_time;
   std::map<uintptr_t, std::pair<size_t, Memory>> allocations;
@@ -89,7 +95,20 @@ bool Inside(const Fake& f, const void* p, size_t n, Memory kind) {
   return it->second.second == kind && at + n <= it->first + it->second.first;
 }
 
-bool Drained(const CUstream_st* s) { return s->queue.empty() && !s->busy; }
+// Waits (mu held through `lock`) until every op issued so far on `streams`
+// (all streams when null) has finished, or its stream is gone.
+void WaitForIssued(Fake& f, std::unique_lock<std::mutex>& lock,
+                   CUstream_st* stream = nullptr) {
+  std::map<CUstream_st*, uint64_t> issued;
+  for (CUstream_st* s : f.streams) {
+    if (stream == nullptr || s == stream) issued[s] = s->issued;
+  }
+  f.op_done.wait(lock, [&] {
+    return std::all_of(issued.begin(), issued.end(), [&](const auto& e) {
+      return f.streams.count(e.first) == 0 || e.first->finished >= e.second;
+    });
+  });
+}
 
 void RunStream(CUstream_st* s) {
   Fake& f = State();
@@ -100,6 +119,11 @@ void RunStream(CUstream_st* s) {
     Op op = std::move(s->queue.front());
     s->queue.pop_front();
     s->busy = true;
+    if (op.fault) {
+      f.op_done.wait_for(lock, std::chrono::seconds(5), [&] {
+        return static_cast<int>(f.in_flight.size()) >= op.fault_threads;
+      });
+    }
     // A faulted context runs nothing more.
     if (op.fault && f.sticky == cudaSuccess) f.sticky = cudaErrorIllegalAddress;
     const bool run = f.sticky == cudaSuccess;
@@ -113,6 +137,7 @@ void RunStream(CUstream_st* s) {
     lock.lock();
     if (run && op.kernel) ++f.counters.kernels;
     s->busy = false;
+    ++s->finished;
     if (--f.in_flight[op.from] == 0) f.in_flight.erase(op.from);
     f.op_done.notify_all();
   }
@@ -124,7 +149,9 @@ void Enqueue(Fake& f, CUstream_st* s, Op op) {
   f.counters.max_threads_in_flight = std::max(
       f.counters.max_threads_in_flight, static_cast<int>(f.in_flight.size()));
   s->queue.push_back(std::move(op));
+  ++s->issued;
   s->work.notify_one();
+  f.op_done.notify_all();  // a fault may wait for work in flight
 }
 
 cudaError_t Allocate(void** p, size_t bytes, Memory kind, const char* what) {
@@ -139,11 +166,13 @@ cudaError_t Allocate(void** p, size_t bytes, Memory kind, const char* what) {
   return cudaSuccess;
 }
 
+// As cudaFree does, waits for the work issued before it first.
 cudaError_t Free(void* p, Memory kind, const char* what) {
   Fake& f = State();
-  std::lock_guard<std::mutex> lock(f.mu);
+  std::unique_lock<std::mutex> lock(f.mu);
   if (const cudaError_t e = Enter(f, what)) return Return(e);
   if (p == nullptr) return cudaSuccess;
+  WaitForIssued(f, lock);
   auto it = f.allocations.find(reinterpret_cast<uintptr_t>(p));
   if (it == f.allocations.end() || it->second.second != kind) {
     return Return(cudaErrorInvalidValue);
@@ -184,10 +213,11 @@ void FailNextCall(const std::string& function, cudaError_t error) {
   f.fail_next[function] = error;
 }
 
-void FaultNextKernel() {
+void FaultNextKernel(int threads_in_flight) {
   Fake& f = State();
   std::lock_guard<std::mutex> lock(f.mu);
   f.fault_next_kernel = true;
+  f.fault_threads = threads_in_flight;
 }
 
 void FailDeviceResets(bool fail) {
@@ -310,16 +340,14 @@ cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
   if (f.streams.count(stream) == 0) {
     return fake::Return(cudaErrorInvalidResourceHandle);
   }
-  f.op_done.wait(lock, [&] { return fake::Drained(stream); });
+  fake::WaitForIssued(f, lock, stream);
   return fake::Return(f.sticky);
 }
 
 cudaError_t cudaDeviceSynchronize() {
   auto& f = State();
   std::unique_lock<std::mutex> lock(f.mu);
-  f.op_done.wait(lock, [&] {
-    return std::all_of(f.streams.begin(), f.streams.end(), fake::Drained);
-  });
+  fake::WaitForIssued(f, lock);
   return fake::Return(f.sticky);
 }
 
@@ -420,6 +448,7 @@ int LaunchNormalize(const KernelArgs& a, const LaunchPlan&,
              !fits(a.residual, in) || !fits(a.sum_output, in) ||
              !fits(a.mean, row_stats) || !fits(a.rstd, row_stats) ||
              !fits(a.gamma, weights) || !fits(a.beta, weights);
+  op.fault_threads = f.fault_threads;
   f.fault_next_kernel = false;
   op.run = [a] {
     NormParams params;
