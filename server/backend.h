@@ -40,6 +40,10 @@ struct CudaDeviceStats {
   // occupancy of the device, not NVML's SM utilization. Its rate over a
   // window is the busy fraction.
   double busy_seconds = 0.0;
+  // NVML's GPU utilization: the fraction of its last sample period during
+  // which a kernel ran, any process's (what nvidia-smi shows); nullopt
+  // without NVML (server/internal/nvml.h).
+  std::optional<double> utilization;
 };
 
 class Backend {

@@ -17,6 +17,7 @@
 #include "server/backend.h"
 #include "server/internal/cuda_pipeline.h"
 #include "server/internal/mutex.h"
+#include "server/internal/nvml.h"
 #include "server/internal/slot_pool.h"
 #include "server/internal/status_macros.h"
 
@@ -205,6 +206,7 @@ class CudaBackend final : public Backend {
       if (active_batches_ > 0) busy += absl::Now() - busy_since_;
       stats.busy_seconds = absl::ToDoubleSeconds(busy);
     }
+    if (nvml_ != nullptr) stats.utilization = nvml_->Read();
     // During a device reset the memory figures are left out rather than
     // making the scrape wait for it.
     if (!device_mu_.ReaderTryLock()) return stats;
@@ -247,7 +249,14 @@ class CudaBackend final : public Backend {
     if (!s.ok()) {
       FreeSlots();
       cudaGetLastError();
+      return s;
     }
+    char bus_id[32];
+    if (cudaDeviceGetPCIBusId(bus_id, sizeof(bus_id), options_.device) ==
+        cudaSuccess) {
+      nvml_ = internal::NvmlUtilization::Open(bus_id);
+    }
+    cudaGetLastError();
     return s;
   }
 
@@ -517,6 +526,7 @@ class CudaBackend final : public Backend {
   const CudaBackendOptions options_;
   PipelineOptions defaults_;
   internal::SlotPool pool_;
+  std::unique_ptr<internal::NvmlUtilization> nvml_;  // set by Start()
   SharedMutex device_mu_;
   // Fixed size. Slot i belongs to the batch holding i in pool_, or to
   // whoever holds device_mu_ exclusively.

@@ -51,6 +51,13 @@ class Metrics::CudaCollectable : public prometheus::Collectable {
                  prometheus::MetricType::Gauge,
                  static_cast<double>(stats->memory_total_bytes)));
     }
+    if (stats->utilization.has_value()) {
+      families.push_back(
+          family("normserve_cuda_utilization_ratio",
+                 "NVML GPU utilization: fraction of the last sample period in "
+                 "which a kernel ran, any process.",
+                 prometheus::MetricType::Gauge, *stats->utilization));
+    }
     families.push_back(
         family("normserve_cuda_busy_seconds_total",
                "Time the CUDA backend had a batch on the GPU (its rate is "

@@ -14,6 +14,9 @@
 //   normserve_cuda_memory_used_bytes                 gauge, device memory in
 //                                                    use (all processes)
 //   normserve_cuda_memory_total_bytes                gauge
+//   normserve_cuda_utilization_ratio                 gauge, NVML's GPU
+//                                                    utilization (where NVML
+//                                                    loads)
 //   normserve_cuda_busy_seconds_total                counter, time the CUDA
 //                                                    backend had a batch on
 //                                                    the GPU; its rate is the

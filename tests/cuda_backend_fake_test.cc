@@ -147,9 +147,12 @@ TEST_F(CudaBackendFakeTest, ConcurrentBatchesOverlapOnTheDevice) {
   EXPECT_LE(stats->busy_seconds, elapsed);
   absl::SleepFor(absl::Milliseconds(20));
   EXPECT_EQ(backend->CudaStats()->busy_seconds, stats->busy_seconds);
-  // Three slots of at least 1 MiB each, on an 80 GiB device.
+  // Three slots of at least 1 MiB each, on an 80 GiB device; NVML (the
+  // fake libnvidia-ml.so.1 on the test's run path) found the device by its
+  // PCI bus id.
   EXPECT_GE(stats->memory_used_bytes, 3 << 20);
   EXPECT_EQ(stats->memory_total_bytes, int64_t{80} << 30);
+  EXPECT_EQ(stats->utilization, 0.37);
 }
 
 TEST_F(CudaBackendFakeTest,

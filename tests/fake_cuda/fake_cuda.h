@@ -9,7 +9,8 @@
 // touches a buffer before synchronizing races (ThreadSanitizer sees it). A
 // kernel computes its rows with the CPU kernel (kernels/normalize.h).
 // Synchronizations, and cudaFree/cudaFreeHost as on a GPU, wait for the
-// work issued before them. There is one device, 0.
+// work issued before them. There is one device, 0, at PCI bus id
+// 0000:00:00.0 (where fake_nvml.cc, a fake libnvidia-ml.so.1, finds it).
 //
 // Checks a GPU would make: every copy and kernel argument must lie inside
 // one live allocation of the right kind (else the copy fails with

@@ -270,6 +270,13 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
   return cudaSuccess;
 }
 
+cudaError_t cudaDeviceGetPCIBusId(char* bus_id, int length, int device) {
+  if (device != 0) return fake::Return(cudaErrorInvalidDevice);
+  if (length < 13) return fake::Return(cudaErrorInvalidValue);
+  std::strcpy(bus_id, "0000:00:00.0");
+  return cudaSuccess;
+}
+
 cudaError_t cudaSetDevice(int device) {
   auto& f = State();
   std::lock_guard<std::mutex> lock(f.mu);

@@ -204,6 +204,15 @@ class GpuServerTest(unittest.TestCase):
         self.normalize(self.gpu, x, "float32", np.ones(768, np.float32), None, False, "m2")
         self.assertGreater(metric_values(metrics_text(self.gpu.metrics_port),
                                          "normserve_cuda_busy_seconds_total")[0], busy[0])
+        # NVML's utilization: the fake NVML's device reports 37 %; on a GPU
+        # host NVML comes with the driver.
+        utilization = metric_values(text, "normserve_cuda_utilization_ratio")
+        if os.environ.get("NORMSERVE_FAKE_CUDA"):
+            self.assertEqual(utilization, [0.37])
+        elif utilization:
+            self.assertTrue(0 <= utilization[0] <= 1, utilization)
+        else:
+            print("no normserve_cuda_utilization_ratio: NVML did not load", flush=True)
         # The CPU server has no CUDA families.
         self.assertEqual(metric_values(metrics_text(self.cpu.metrics_port),
                                        "normserve_cuda_busy_seconds_total"), [])
