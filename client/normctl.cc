@@ -35,6 +35,8 @@ ABSL_FLAG(std::string, dtype, "float32",
 ABSL_FLAG(std::string, output_dtype, "",
           "Output type: float32, float16 or bfloat16; empty: the input's.");
 ABSL_FLAG(bool, stats, false, "Also print per-row mean and rstd.");
+ABSL_FLAG(std::string, device, "",
+          "Where to compute: cpu or cuda; empty: the model's device.");
 ABSL_FLAG(uint32_t, seed, 1, "Seed of the random input.");
 ABSL_FLAG(int, timeout_ms, 10000, "Deadline of the call.");
 ABSL_FLAG(bool, list_models, false, "List the server's models and exit.");
@@ -126,6 +128,14 @@ int main(int argc, char** argv) {
         "--dtype/--output_dtype: expected float32, float16 or bfloat16"));
   }
   in.return_statistics = absl::GetFlag(FLAGS_stats);
+  const std::string device = absl::GetFlag(FLAGS_device);
+  if (device == "cpu") {
+    in.device = normserve::v1::DEVICE_CPU;
+  } else if (device == "cuda") {
+    in.device = normserve::v1::DEVICE_CUDA;
+  } else if (!device.empty()) {
+    return Fail(absl::InvalidArgumentError("--device: expected cpu or cuda"));
+  }
   in.request_id = "normctl";
   if (!absl::GetFlag(FLAGS_input).empty()) {
     auto x = normserve::ReadNpyFile(absl::GetFlag(FLAGS_input));

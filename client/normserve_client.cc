@@ -136,6 +136,7 @@ v1::NormalizeRequest NormClient::BuildRequest(const NormalizeInput& input) {
   req.set_output_dtype(input.output_dtype);
   req.set_return_residual_sum(input.return_residual_sum);
   req.set_return_statistics(input.return_statistics);
+  req.set_device(input.device);
   return req;
 }
 

@@ -44,6 +44,8 @@ struct NormalizeInput {
   std::vector<float> residual;  // Empty: not sent.
   bool return_residual_sum = false;
   bool return_statistics = false;
+  // Where to compute; unspecified: the model's device.
+  v1::Device device = v1::DEVICE_UNSPECIFIED;
 };
 
 struct NormalizeOutput {

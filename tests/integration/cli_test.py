@@ -193,6 +193,10 @@ class NormctlTest(unittest.TestCase):
             (["--shape=2,-3"], "normctl: INVALID_ARGUMENT: --shape: expected positive integers"),
             (["--shape=2,8", "--dtype=int4"], "normctl: INVALID_ARGUMENT: --dtype/--output_dtype"),
             ([], "normctl: INVALID_ARGUMENT: give --shape or --input"),
+            (["--shape=2,8", "--device=tpu"], "normctl: INVALID_ARGUMENT: --device: expected cpu or cuda"),
+            # A CPU server asked for DEVICE_CUDA.
+            (["--shape=2,8", "--device=cuda"],
+             "normctl: FAILED_PRECONDITION: device = DEVICE_CUDA: this server has no usable CUDA device"),
         ]
         for args, message in cases:
             run = normctl(f"--server={self.target}", *args)

@@ -11,6 +11,9 @@ Starts the real server with --device=cuda (and a second one with
   - concurrent load from normbench (no errors; requests/s and MB/s of the
     GPU server, the GPU server with one batch worker and the CPU server
     printed, and written as JSON to $NORMSERVE_GPU_REPORT when set);
+  - a request's own device (DEVICE_CPU on the GPU server runs on the CPU;
+    the CPU server refuses DEVICE_CUDA with FAILED_PRECONDITION), by the
+    device-labelled latency series;
   - the GPU gauges and the device="cuda" latency series on /metrics.
 
 Without a usable GPU the server refuses --device=cuda; the test then says
@@ -86,7 +89,7 @@ class GpuServerTest(unittest.TestCase):
     def path(self, name):
         return os.path.join(self.tmp.name, name)
 
-    def normalize(self, server, x, dtype, gamma, beta, rms, tag, stats=False):
+    def normalize(self, server, x, dtype, gamma, beta, rms, tag, stats=False, device=None):
         """normctl's answer (float32) and its printed per-row statistics."""
         np.save(self.path(f"{tag}_x.npy"), x)
         np.save(self.path(f"{tag}_g.npy"), gamma)
@@ -101,6 +104,8 @@ class GpuServerTest(unittest.TestCase):
             args.append("--rms")
         if stats:
             args.append("--stats")
+        if device:
+            args.append(f"--device={device}")
         run = subprocess.run(args, capture_output=True, text=True, timeout=120)
         self.assertEqual(run.returncode, 0, f"{tag}: {run.stderr}")
         y = np.load(self.path(f"{tag}_y.npy")).astype(np.float32)
@@ -218,8 +223,38 @@ class GpuServerTest(unittest.TestCase):
                                        "normserve_cuda_busy_seconds_total"), [])
         self.assertGreater(sum(metric_values(
             text, "normserve_request_latency_seconds_count", 'device="cuda"')), 0)
-        self.assertEqual(sum(metric_values(
-            text, "normserve_request_latency_seconds_count", 'device="cpu"')), 0)
+
+    def test_a_request_may_pick_its_device(self):
+        rng = np.random.default_rng(14)
+        x = rng.normal(0, 1, (4, 768)).astype(np.float32)
+        gamma = rng.normal(1.0, 0.3, 768).astype(np.float32)
+        want, _, _ = reference(x, gamma=gamma)
+
+        def count(device):
+            return sum(metric_values(metrics_text(self.gpu.metrics_port),
+                                     "normserve_request_latency_seconds_count",
+                                     f'device="{device}"'))
+
+        # On the GPU server: no device means the model's (CUDA); DEVICE_CPU
+        # runs on the CPU. Each request lands in its device's series.
+        for device, series in ((None, "cuda"), ("cpu", "cpu"), ("cuda", "cuda")):
+            with self.subTest(device=device):
+                before = {d: count(d) for d in ("cpu", "cuda")}
+                y, _ = self.normalize(self.gpu, x, "float32", gamma, None, False,
+                                      f"pick_{device}", device=device)
+                self.assertLessEqual(max_error_per_row(y, want).max(), BOUND["float32"])
+                after = {d: count(d) for d in ("cpu", "cuda")}
+                other = "cpu" if series == "cuda" else "cuda"
+                self.assertEqual(after[series], before[series] + 1)
+                self.assertEqual(after[other], before[other])
+        # The CPU server refuses DEVICE_CUDA with FAILED_PRECONDITION.
+        np.save(self.path("pick_x.npy"), x)
+        run = subprocess.run([NORMCTL, f"--server=127.0.0.1:{self.cpu.grpc_port}",
+                              f"--input={self.path('pick_x.npy')}", "--device=cuda"],
+                             capture_output=True, text=True, timeout=60)
+        self.assertNotEqual(run.returncode, 0)
+        self.assertIn("FAILED_PRECONDITION", run.stderr)
+        self.assertIn("CUDA", run.stderr)
 
 
 def gpu_usable(binary):
