@@ -14,14 +14,12 @@
 #define NORMSERVE_SERVER_BACKEND_H_
 
 #include <cstdint>
-#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "kernels/thread_pool.h"
 #include "server/batcher.h"

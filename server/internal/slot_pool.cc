@@ -5,9 +5,11 @@
 namespace normserve::internal {
 
 SlotPool::SlotPool(int size)
-    : size_(std::max(1, size)),
-      taken_(static_cast<size_t>(size_), false),
-      free_(size_) {}
+    : size_(std::max(1, size)), taken_(static_cast<size_t>(size_), false) {}
+
+int SlotPool::FreeLocked() const {
+  return static_cast<int>(std::count(taken_.begin(), taken_.end(), false));
+}
 
 std::vector<int> SlotPool::Acquire(int want) {
   want = std::clamp(want, 1, size_);
@@ -15,7 +17,7 @@ std::vector<int> SlotPool::Acquire(int want) {
   // First come, first served: a batch that arrives later never overtakes
   // one that waits.
   const uint64_t ticket = next_ticket_++;
-  while (ticket != serving_ || free_ == 0) freed_.Wait(&mu_);
+  while (ticket != serving_ || FreeLocked() == 0) freed_.Wait(&mu_);
   ++serving_;
   std::vector<int> slots;
   for (int s = 0; s < size_ && static_cast<int>(slots.size()) < want; ++s) {
@@ -23,7 +25,6 @@ std::vector<int> SlotPool::Acquire(int want) {
     taken_[static_cast<size_t>(s)] = true;
     slots.push_back(s);
   }
-  free_ -= static_cast<int>(slots.size());
   // The next ticket may go on if slots are left.
   freed_.SignalAll();
   return slots;
@@ -31,16 +32,15 @@ std::vector<int> SlotPool::Acquire(int want) {
 
 void SlotPool::Release(int slot) {
   MutexLock lock(&mu_);
-  // A slot that is not taken (released twice) must not count twice.
+  // A slot that is not taken (released twice) is ignored.
   if (slot < 0 || slot >= size_ || !taken_[static_cast<size_t>(slot)]) return;
   taken_[static_cast<size_t>(slot)] = false;
-  ++free_;
   freed_.SignalAll();  // the head of the queue, whichever thread it is
 }
 
 int SlotPool::free_slots() {
   MutexLock lock(&mu_);
-  return free_;
+  return FreeLocked();
 }
 
 int SlotPool::waiting() {

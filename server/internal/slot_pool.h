@@ -45,8 +45,9 @@ class SlotPool {
   const int size_;
   Mutex mu_;
   CondVar freed_;
+  int FreeLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
   std::vector<bool> taken_ ABSL_GUARDED_BY(mu_);
-  int free_ ABSL_GUARDED_BY(mu_);
   // Tickets handed out, and the ticket whose turn it is.
   uint64_t next_ticket_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t serving_ ABSL_GUARDED_BY(mu_) = 0;

@@ -32,7 +32,6 @@
 namespace normserve::fake_cuda {
 
 struct Counters {
-  int64_t kernels = 0;        // run (not faulted or skipped)
   int64_t device_resets = 0;  // successful cudaDeviceReset calls
   // The most host threads that had work queued on the device at once.
   int max_threads_in_flight = 0;

@@ -34,7 +34,6 @@ struct Op {
 struct CUstream_st {
   std::thread worker;
   std::deque<Op> queue;
-  bool busy = false;  // running the op just popped
   bool stop = false;
   std::condition_variable work;
   // Ops enqueued and ops finished, ever: a synchronization waits for the
@@ -118,7 +117,6 @@ void RunStream(CUstream_st* s) {
     if (s->queue.empty()) return;  // stopped and drained
     Op op = std::move(s->queue.front());
     s->queue.pop_front();
-    s->busy = true;
     if (op.fault) {
       f.op_done.wait_for(lock, std::chrono::seconds(5), [&] {
         return static_cast<int>(f.in_flight.size()) >= op.fault_threads;
@@ -135,8 +133,6 @@ void RunStream(CUstream_st* s) {
       op.run();
     }
     lock.lock();
-    if (run && op.kernel) ++f.counters.kernels;
-    s->busy = false;
     ++s->finished;
     if (--f.in_flight[op.from] == 0) f.in_flight.erase(op.from);
     f.op_done.notify_all();
