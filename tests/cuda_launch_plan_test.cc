@@ -40,20 +40,42 @@ TEST(CudaLaunchPlanTest, PacksAreSixteenBytesOfTheInputType) {
 
 TEST(CudaLaunchPlanTest, SmallRowsGetAWarpEach) {
   for (DType t : kTypes) {
-    for (int64_t d : {1, 3, 31, 32, 768, 1024}) {
+    for (int64_t d : {1, 3, 31, 33, 767, 1025}) {
       const LaunchPlan p = PlanLaunch(d, t);
       EXPECT_EQ(p.mapping, RowMapping::kWarpPerRow) << d;
+      EXPECT_FALSE(p.staged);
       EXPECT_EQ(p.threads_per_row, 32);
       EXPECT_EQ(p.rows_per_block, kWarpRowsPerBlock);
     }
+  }
+  for (int64_t d : {32, 768, 1024}) {
+    EXPECT_EQ(PlanLaunch(d, DType::kFloat32).threads_per_row, 32) << d;
   }
   // A tail beyond 1024 packed elements stays on the warp.
   EXPECT_EQ(PlanLaunch(1027, DType::kFloat32).mapping, RowMapping::kWarpPerRow);
   EXPECT_EQ(PlanLaunch(1031, DType::kBFloat16).mapping,
             RowMapping::kWarpPerRow);
   EXPECT_EQ(PlanLaunch(768, DType::kFloat32).packs_per_thread, 8);  // 6 → 8
-  EXPECT_EQ(PlanLaunch(1024, DType::kBFloat16).packs_per_thread, 4);
+  EXPECT_EQ(PlanLaunch(1031, DType::kBFloat16).packs_per_thread, 4);
   EXPECT_EQ(PlanLaunch(64, DType::kFloat32).packs_per_thread, 1);
+}
+
+TEST(CudaLaunchPlanTest, StagedSixteenBitRowsGetHalfAWarpEach) {
+  for (DType t : {DType::kFloat16, DType::kBFloat16}) {
+    for (int64_t d : {8, 64, 768, 1024}) {
+      const LaunchPlan p = PlanLaunch(d, t);
+      EXPECT_EQ(p.mapping, RowMapping::kWarpPerRow) << d;
+      EXPECT_TRUE(p.staged);
+      EXPECT_EQ(p.threads_per_row, kSubWarpThreads);
+      EXPECT_EQ(p.rows_per_block, kWarpRowsPerBlock);
+      EXPECT_EQ(p.threads_per_block(), kWarpRowsPerBlock * kSubWarpThreads);
+    }
+    EXPECT_EQ(PlanLaunch(8, t).packs_per_thread, 1);
+    EXPECT_EQ(PlanLaunch(384, t).packs_per_thread, 4);  // 3 → 4
+    EXPECT_EQ(PlanLaunch(640, t).packs_per_thread, 6);  // 5 → 6
+    EXPECT_EQ(PlanLaunch(768, t).packs_per_thread, 6);
+    EXPECT_EQ(PlanLaunch(1024, t).packs_per_thread, 8);
+  }
 }
 
 TEST(CudaLaunchPlanTest, MediumRowsGetTheSmallestBlockThatHoldsThem) {
@@ -118,13 +140,16 @@ TEST(CudaLaunchPlanTest, EveryDimIsCoveredOnceWithinLimits) {
                    << "D " << d << " dtype " << static_cast<int>(t));
       ASSERT_GE(static_cast<int>(p.mapping), last_mapping);
       last_mapping = static_cast<int>(p.mapping);
-      ASSERT_EQ(p.threads_per_row % 32, 0);
+      ASSERT_EQ(p.threads_per_row % (p.staged ? kSubWarpThreads : 32), 0);
       ASSERT_LE(p.threads_per_block(), 1024);
       if (p.mapping == RowMapping::kBlockPerRow) {
         ASSERT_LE(p.threads_per_row, kBlockMaxThreads);
       }
       ASSERT_LT(d % p.pack_elements, p.threads_per_row);  // tail fits
-      if (p.mapping != RowMapping::kBlockStreaming) {
+      if (p.mapping == RowMapping::kWarpPerRow && p.staged) {
+        // Read from shared memory, not held: no register budget.
+        ASSERT_TRUE(WithStagedWarpPacks(p.packs_per_thread, [](auto) {}));
+      } else if (p.mapping != RowMapping::kBlockStreaming) {
         const int ppt = p.packs_per_thread;
         ASSERT_TRUE(ppt == 1 || ppt == 2 || ppt == 4 || ppt == 8);
         ASSERT_LE(ppt * p.pack_elements, kMaxFloatsPerThread);

@@ -23,9 +23,13 @@ LaunchPlan PlanLaunch(int64_t dim, DType input_dtype) {
                 (input_dtype != DType::kFloat32 || dim >= kStagedMinFloat32Dim);
   if (packed_dim <= kWarpMaxPackedDim) {
     plan.mapping = RowMapping::kWarpPerRow;
-    plan.threads_per_row = 32;
+    plan.threads_per_row = plan.staged ? kSubWarpThreads : 32;
     plan.rows_per_block = kWarpRowsPerBlock;
-    plan.packs_per_thread = PowerOfTwoAtLeast(CeilDiv(packs, 32));
+    const int64_t per_thread = CeilDiv(packs, plan.threads_per_row);
+    // Staged: 6 packs too, for D = 768 (the commonest) and 640.
+    plan.packs_per_thread = plan.staged && per_thread > 4 && per_thread <= 6
+                                ? 6
+                                : PowerOfTwoAtLeast(per_thread);
     return plan;
   }
   plan.rows_per_block = 1;

@@ -19,7 +19,13 @@
 // The three mappings
 //   kWarpPerRow    D up to 1024 (+ a tail): one warp per row, several rows
 //                  per block, the row held in registers (up to 32 floats
-//                  per lane); no shared memory, no block barrier.
+//                  per lane); no shared memory, no block barrier. Staged
+//                  rows (below) take half a warp each instead
+//                  (kSubWarpThreads), up to 8 packs per thread: the work
+//                  done once per row and thread (reductions, statistics,
+//                  staging the next row) was a third of a 16-bit row's
+//                  instructions at D = 768 with a warp per row, and now
+//                  serves two rows per instruction.
 //   kBlockPerRow   D up to 16384 (+ a tail): one block of 64–512 threads
 //                  per row (the smallest that holds the row at 32 floats per
 //                  thread, as the warp mapping), the row in registers, warp
@@ -29,22 +35,23 @@
 //                  output); the re-reads are served mostly by L2.
 //
 // Staging (kWarpPerRow and kBlockPerRow)
-//   Instead of loading its row into registers, a row group (the warp, or
-//   the block) may loop over rows and copy the next one into shared memory
-//   (cp.async, two buffers) while it normalizes the current one there. The
-//   threads, the packs each thread owns and the order of every sum are the
-//   same, so are the bits. Under the block mapping each thread also holds
-//   the γ and β of its packs in registers across the rows. `staged` says
+//   Instead of loading its row into registers, a row group (the warp or
+//   half-warp, or the block) may loop over rows and copy the next one into
+//   shared memory (cp.async, two buffers) while it normalizes the current one
+//   there. The threads, the packs each thread owns and the order of every sum
+//   are the same, so are the bits. Under the block mapping each thread also
+//   holds the γ and β of its packs in registers across the rows. `staged` says
 //   where that pays, as measured on an H200 (bench/results/cuda_2026-11-25/
 //   and cuda_2026-11-26/): for 16-bit inputs (the register row takes 2
 //   float registers per input's 2 bytes, so fewer rows fit in flight) and
 //   for float32 rows of 4096 elements or more (few rows per multiprocessor,
 //   whose loads would otherwise wait for the previous row's reductions, and
 //   γ and β that no longer stay in L1). It also needs D a multiple of the
-//   pack; at launch,
-//   aligned input, residual, output, sum, γ and β, and room in shared
-//   memory for two rows (twice that with a residual; else the register
-//   kernel runs).
+//   pack; at launch, aligned input, residual, output, sum, γ and β, and
+//   room in shared memory for two rows (twice that with a residual). Else
+//   the register kernel runs, with the same threads per row; for a staged
+//   warp mapping, whose threads own more packs than registers hold, it
+//   reads the row from global memory on every pass (as kBlockStreaming).
 //
 // Thread-safe (pure); never fails for dim > 0.
 #ifndef NORMSERVE_KERNELS_CUDA_LAUNCH_PLAN_H_
@@ -65,10 +72,11 @@ struct LaunchPlan {
   int pack_elements = 4;
   // Threads that share one row (32 for a warp, else the block size).
   int threads_per_row = 32;
-  // Packs each thread keeps in registers (1, 2, 4 or 8); 0 for
+  // Packs each thread keeps in registers (1, 2, 4 or 8; a staged warp
+  // mapping's thread reads 1, 2, 4, 6 or 8 from shared memory); 0 for
   // kBlockStreaming, where a thread loops over its packs in memory.
   int packs_per_thread = 1;
-  // Rows one block serves (warps per block for kWarpPerRow, else 1).
+  // Rows one block serves (kWarpRowsPerBlock for kWarpPerRow, else 1).
   int rows_per_block = 1;
   // Rows staged through shared memory where the input allows (above).
   bool staged = false;
@@ -86,8 +94,10 @@ inline constexpr int kMaxFloatsPerThread = 32;
 // kMaxFloatsPerThread).
 inline constexpr int kBlockMaxThreads =
     static_cast<int>(kBlockMaxPackedDim / kMaxFloatsPerThread);
-// Warps (rows) per block in the warp-per-row mapping.
+// Rows per block in the warp-per-row mapping (a warp or half-warp each).
 inline constexpr int kWarpRowsPerBlock = 8;
+// Threads per row of a staged warp mapping (two rows per warp).
+inline constexpr int kSubWarpThreads = 16;
 // Block size of the streaming mapping.
 inline constexpr int kStreamingThreads = 1024;
 
@@ -111,6 +121,17 @@ bool WithPacksPerThread(int packs, F&& f) {
       return true;
   }
   return false;
+}
+
+// The same for the packs per thread of a staged warp mapping (1, 2, 4, 6
+// or 8).
+template <typename F>
+bool WithStagedWarpPacks(int packs, F&& f) {
+  if (packs == 6) {
+    f(std::integral_constant<int, 6>{});
+    return true;
+  }
+  return WithPacksPerThread(packs, f);
 }
 
 // The plan for rows of `dim` (> 0) elements of `input_dtype` (not kInt8).

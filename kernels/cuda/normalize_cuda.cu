@@ -25,29 +25,46 @@ namespace {
 
 // ---- Reductions: identical result in every thread of the group ----
 
-// Butterfly: lane i adds lane i^o's value, and lane i^o adds lane i's; as
-// float addition is commutative both get the same bits, so after the last
-// step every lane holds the same sum.
-template <typename A>
-__device__ __forceinline__ A WarpSum(A v) {
+// Butterfly over a group of kLanes lanes (`mask`, aligned to kLanes): lane
+// i adds lane i^o's value, and lane i^o adds lane i's; as float addition is
+// commutative both get the same bits, so after the last step every lane of
+// the group holds the same sum.
+template <int kLanes, typename A>
+__device__ __forceinline__ A WarpSum(A v, unsigned mask) {
 #pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  for (int o = kLanes / 2; o > 0; o >>= 1) v += __shfl_xor_sync(mask, v, o);
   return v;
 }
 
-// One warp serves the row.
+// The lanes of the kLanes-lane group that holds lane `lane`.
+template <int kLanes>
+__device__ __forceinline__ unsigned GroupMask(int lane) {
+  if constexpr (kLanes == 32) {
+    return 0xffffffffu;
+  } else {
+    return ((1u << kLanes) - 1u) << (lane / kLanes * kLanes);
+  }
+}
+
+// kLanes lanes of a warp serve the row: the whole warp, or half of it (a
+// staged warp mapping). Every exchange names the group's lanes only, so
+// the two rows of a warp may branch apart (one redone in double) or end
+// apart.
+template <int kLanes>
 struct WarpGroup {
+  unsigned mask;  // GroupMask
+
   template <typename A>
   __device__ __forceinline__ A Sum(A v) const {
-    return WarpSum(v);
+    return WarpSum<kLanes>(v, mask);
   }
   // Two sums at once, in place.
   __device__ __forceinline__ void Sum2(float* a, float* b) const {
-    *a = WarpSum(*a);
-    *b = WarpSum(*b);
+    *a = WarpSum<kLanes>(*a, mask);
+    *b = WarpSum<kLanes>(*b, mask);
   }
   __device__ __forceinline__ bool Any(bool b) const {
-    return __any_sync(0xffffffffu, b) != 0;
+    return __any_sync(mask, b) != 0;
   }
 };
 
@@ -67,26 +84,27 @@ struct BlockGroup {
     A* partial = Partial(static_cast<A*>(nullptr));
     const int lane = threadIdx.x % 32;
     const int warps = static_cast<int>(blockDim.x / 32);
-    v = WarpSum(v);
+    v = WarpSum<32>(v, 0xffffffffu);
     __syncthreads();  // earlier readers of `partial` are done
     if (lane == 0) partial[threadIdx.x / 32] = v;
     __syncthreads();
-    return WarpSum(lane < warps ? partial[lane] : A(0));
+    return WarpSum<32>(lane < warps ? partial[lane] : A(0), 0xffffffffu);
   }
   // Two sums through one pair of barriers, each as Sum would give it.
   __device__ __forceinline__ void Sum2(float* a, float* b) const {
     const int lane = threadIdx.x % 32;
     const int warps = static_cast<int>(blockDim.x / 32);
     float* partial = scratch->f;
-    const float wa = WarpSum(*a), wb = WarpSum(*b);
+    const float wa = WarpSum<32>(*a, 0xffffffffu);
+    const float wb = WarpSum<32>(*b, 0xffffffffu);
     __syncthreads();
     if (lane == 0) {
       partial[threadIdx.x / 32] = wa;
       partial[32 + threadIdx.x / 32] = wb;
     }
     __syncthreads();
-    *a = WarpSum(lane < warps ? partial[lane] : 0.0f);
-    *b = WarpSum(lane < warps ? partial[32 + lane] : 0.0f);
+    *a = WarpSum<32>(lane < warps ? partial[lane] : 0.0f, 0xffffffffu);
+    *b = WarpSum<32>(lane < warps ? partial[32 + lane] : 0.0f, 0xffffffffu);
   }
   __device__ __forceinline__ bool Any(bool b) const {
     return __syncthreads_or(b ? 1 : 0) != 0;
@@ -229,7 +247,25 @@ __global__ void __launch_bounds__(kWarpRowsPerBlock * 32, 3)
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpRowsPerBlock +
                       static_cast<int64_t>(threadIdx.x / 32);
   if (row >= a.rows) return;  // the whole warp leaves together
-  NormalizeRegisterRow<In, Out, kPacks>(a, row, lane, 32, WarpGroup{});
+  NormalizeRegisterRow<In, Out, kPacks>(a, row, lane, 32,
+                                        WarpGroup<32>{0xffffffffu});
+}
+
+// The register kernel of a staged warp mapping (kSubWarpThreads threads per
+// row), for launches the staged kernel cannot take (unaligned rows): its
+// threads own more packs than registers hold, so they read the row from
+// global memory on every pass, as the streaming mapping does.
+template <typename In, typename Out>
+__global__ void __launch_bounds__(kWarpRowsPerBlock* kSubWarpThreads)
+    SubWarpStreamingKernel(const KernelArgs a) {
+  const int t = static_cast<int>(threadIdx.x % kSubWarpThreads);
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpRowsPerBlock +
+                      static_cast<int64_t>(threadIdx.x / kSubWarpThreads);
+  if (row >= a.rows) return;  // the whole group leaves together
+  NormalizeStreamingRow<In, Out>(
+      a, row, t, kSubWarpThreads,
+      WarpGroup<kSubWarpThreads>{
+          GroupMask<kSubWarpThreads>(static_cast<int>(threadIdx.x % 32))});
 }
 
 template <typename In, typename Out, int kPacks>
@@ -255,34 +291,40 @@ __global__ void __launch_bounds__(kStreamingThreads)
 // whose rows are all aligned for 16-byte accesses (D a multiple of the
 // pack; input, residual, output, sum, γ and β aligned) and whose buffers
 // fit in shared memory; any other launch takes the register kernels. Each
-// row group (a warp, or the block) loops over rows row0, row0 + stride, …
-// and copies the next row (and its residual) into shared memory (cp.async,
-// two buffers) while it normalizes the current one there, so a row's loads
-// are in flight during the previous row's reductions and stores, and
-// registers hold no row. Each thread reads at most kPacks packs of a row
-// (the plan's packs per thread), in a loop the compiler unrolls. The warp
-// kernel is held to 64 registers (4 blocks per multiprocessor), its budget
-// when measured (bench/results/cuda_2026-11-25/).
+// row group (half a warp, or the block) loops over rows row0, row0 +
+// stride, … and copies the next row (and its residual) into shared memory
+// (cp.async, two buffers) while it normalizes the current one there, so a
+// row's loads are in flight during the previous row's reductions and
+// stores, and registers hold no row. Each thread reads at most kPacks packs
+// of a row (the plan's packs per thread), in a loop the compiler unrolls.
+// The warp kernel serves two rows per warp (kSubWarpThreads threads each),
+// so that what a thread does once per row is done for two rows at once; it
+// is held to 64 registers (8 blocks of 8 rows per multiprocessor, the
+// rows and registers of the one-row-per-warp kernel measured in
+// bench/results/cuda_2026-11-25/).
 template <typename In, typename Out, int kPacks>
-__global__ void __launch_bounds__(kWarpRowsPerBlock * 32, 4)
+__global__ void __launch_bounds__(kWarpRowsPerBlock* kSubWarpThreads, 8)
     StagedWarpKernel(const KernelArgs a) {
   using Bits = typename In::Bits;
   constexpr int V = kPackOf<In>;
+  constexpr int T = kSubWarpThreads;
   extern __shared__ uint4 staged_smem[];
-  const int lane = static_cast<int>(threadIdx.x % 32);
-  const int warp = static_cast<int>(threadIdx.x / 32);
+  const int t = static_cast<int>(threadIdx.x % T);
+  const int group = static_cast<int>(threadIdx.x / T);  // the block's row
+  const unsigned mask = GroupMask<T>(static_cast<int>(threadIdx.x % 32));
   auto* buffers = reinterpret_cast<Pack<Bits, V>*>(staged_smem) +
-                  warp * kWarpStages * StagedBufferPacks(a, V);
+                  group * kWarpStages * StagedBufferPacks(a, V);
   ForKindAndVariant(a, true, [&](auto layer, auto variant) {
     constexpr RowVariant kV = decltype(variant)::value;
     StagedRows<kWarpStages, kPacks, In, kV>(
-        a, blockIdx.x * kWarpRowsPerBlock + warp, gridDim.x * kWarpRowsPerBlock,
-        buffers, lane, 32, [] { __syncwarp(); },
+        a, blockIdx.x * kWarpRowsPerBlock + group,
+        gridDim.x * kWarpRowsPerBlock, buffers, t, T,
+        [mask] { __syncwarp(mask); },
         [&](int64_t row, const Pack<Bits, V>* buffer) {
           const RowPointers<In, Out, true> ptr(a, row);
-          const SharedRow<In, Out, kPacks> src{ptr, buffer, lane, 32};
+          const SharedRow<In, Out, kPacks> src{ptr, buffer, t, T};
           NormalizeRow<decltype(layer)::value>(
-              a, row, ptr, src, WarpGroup{}, lane == 0,
+              a, row, ptr, src, WarpGroup<T>{mask}, t == 0,
               LoadedWeights<V, kV>{a, true, true});
         });
   });
@@ -410,12 +452,13 @@ bool LaunchStaged(const KernelArgs& a, const LaunchPlan& plan,
     // Float32 rows are staged only under the block mapping
     // (kStagedMinFloat32Dim): no warp kernels for them.
     if constexpr (V != 4) {
-      WithPacksPerThread(plan.packs_per_thread, [&](auto packs) {
-        if constexpr (decltype(packs)::value * V <= kMaxFloatsPerThread) {
+      if (plan.threads_per_row == kSubWarpThreads &&
+          plan.rows_per_block == kWarpRowsPerBlock) {
+        WithStagedWarpPacks(plan.packs_per_thread, [&](auto packs) {
           kernel = reinterpret_cast<const void*>(
               &StagedWarpKernel<In, Out, decltype(packs)::value>);
-        }
-      });
+        });
+      }
     }
   } else {
     kernel = reinterpret_cast<const void*>(&StagedBlockKernel<In, Out>);
@@ -475,6 +518,15 @@ cudaError_t LaunchTyped(const KernelArgs& a, const LaunchPlan& plan,
     case RowMapping::kWarpPerRow:
       if (plan.rows_per_block != kWarpRowsPerBlock)
         return cudaErrorInvalidValue;
+      if (plan.threads_per_row == kSubWarpThreads) {
+        // A staged warp mapping's rows that could not be staged.
+        if constexpr (V != 4) {
+          SubWarpStreamingKernel<In, Out><<<grid, block, 0, stream>>>(a);
+          break;
+        }
+        return cudaErrorInvalidValue;
+      }
+      if (plan.threads_per_row != 32) return cudaErrorInvalidValue;
       // At most kMaxFloatsPerThread floats: 8 packs for float32 only.
       if (plan.packs_per_thread * V > kMaxFloatsPerThread ||
           !WithPacksPerThread(plan.packs_per_thread, [&](auto packs) {
