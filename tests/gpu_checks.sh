@@ -8,7 +8,10 @@
 #   3. the CUDA benchmark (GB/s against a device-to-device copy in the same
 #      run; JSON in OUT_DIR) and the one-run comparison with PyTorch
 #      (bench/compare_cuda.py, table in OUT_DIR);
-#   4. compute-sanitizer: memcheck (with leak checks) over the kernel and
+#   4. where ncu (Nsight Compute) is on PATH, the kernels' counters per
+#      element: instructions, issue rate, DRAM throughput, occupancy
+#      (bench/profile_cuda.py; ncu_kernels.md in OUT_DIR);
+#   5. compute-sanitizer: memcheck (with leak checks) over the kernel and
 #      backend tests, racecheck, synccheck and initcheck over the kernel
 #      tests.
 # A summary table ends the output; the exit status is 1 if any step failed.
@@ -104,6 +107,13 @@ if [ -n "${BASELINE_BENCH:-}" ]; then
 fi
 step compare_cuda 300 "$python" "$repo/bench/compare_cuda.py" --build "$build" \
   --bench_json "$out/normalize_cuda_bench.json" "${baseline_args[@]}" --out "$out"
+
+if command -v ncu >/dev/null 2>&1; then
+  step profile_cuda 300 "$python" "$repo/bench/profile_cuda.py" \
+    --bench "$build/bench/normalize_cuda_bench" --out "$out"
+else
+  summary+=("$(printf '%-28s %-24s' profile_cuda "not run: no ncu on PATH")")
+fi
 
 step memcheck_kernels "$step_limit" "$sanitizer" --tool memcheck --leak-check full \
   --error-exitcode 1 "$build/tests/cuda_normalize_test"

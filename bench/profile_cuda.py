@@ -1,0 +1,168 @@
+#!/usr/bin/env python3
+"""Hardware counters of the CUDA kernels, per element, with Nsight Compute.
+
+The staged kernels have been bound by instruction issue (bench/results/
+cuda_2026-11-25/, cuda_2026-11-26/), and bench/cuda_sass_path.py predicts
+their instructions per element from the machine code. This measures what
+the GPU issued: for one launch of each case of bench/normalize_cuda_bench
+(512 MiB of input, γ and β), ncu's thread and warp instructions divided by
+the input elements, the issue rate per scheduler, DRAM throughput and
+occupancy. It writes ncu_kernels.md (and each case's raw CSV) to --out.
+
+  python3 bench/profile_cuda.py --bench build/bench/normalize_cuda_bench \\
+      --out build/gpu-checks
+
+Needs ncu (Nsight Compute) on PATH, or --ncu, and a GPU whose counters the
+user may read.
+"""
+import argparse
+import csv
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+# Must match bench/normalize_cuda_bench.cc (kBytes) and kernels/dtype.h.
+INPUT_BYTES = 512 << 20
+DTYPES = {"f32": (0, 4), "f16": (1, 2), "bf16": (2, 2)}
+KINDS = {"layer_norm": 0, "rms_norm": 1}
+
+METRICS = [
+    ("thread_inst", "smsp__thread_inst_executed.sum"),
+    ("warp_inst", "smsp__inst_executed.sum"),
+    ("issue", "smsp__issue_active.avg.per_cycle_active"),
+    ("dram_pct", "dram__throughput.avg.pct_of_peak_sustained_elapsed"),
+    ("occupancy_pct", "sm__warps_active.avg.pct_of_peak_sustained_active"),
+    ("duration", "gpu__time_duration.sum"),
+]
+
+# (label, benchmark filter, input dtype): the shapes of the README's table.
+DEFAULT_CASES = [
+    ("bf16 layer_norm 768", "BM_CudaNormalize/2/0/768/", "bf16"),
+    ("bf16 layer_norm 1024", "BM_CudaNormalize/2/0/1024/", "bf16"),
+    ("bf16 layer_norm 4096", "BM_CudaNormalize/2/0/4096/", "bf16"),
+    ("bf16 layer_norm 16384", "BM_CudaNormalize/2/0/16384/", "bf16"),
+    ("bf16 rms_norm 768", "BM_CudaNormalize/2/1/768/", "bf16"),
+    ("f32 layer_norm 768", "BM_CudaNormalize/0/0/768/", "f32"),
+    ("f32 layer_norm 4096", "BM_CudaNormalize/0/0/4096/", "f32"),
+    ("f32 layer_norm 16384", "BM_CudaNormalize/0/0/16384/", "f32"),
+    ("bf16 add & norm 4096", "BM_CudaAddNorm/2/4096/", "bf16"),
+]
+
+
+def number(text):
+    """A metric value as ncu prints it ("1,234.5", "n/a")."""
+    try:
+        return float(text.replace(",", ""))
+    except ValueError:
+        return None
+
+
+def parse_details_csv(text):
+    """{kernel launch ID: {"kernel": name, "block": …, "grid": …, metric
+    name: value}} from ncu's --csv output (the details page: one row per
+    launch and metric). Lines before the header (ncu's own messages) are
+    skipped."""
+    lines = text.splitlines()
+    start = next((i for i, line in enumerate(lines)
+                  if line.startswith('"ID"')), None)
+    if start is None:
+        return {}
+    launches = {}
+    for row in csv.DictReader(lines[start:]):
+        if not (row.get("ID") or "").isdigit() or not row.get("Metric Name"):
+            continue  # a message of ncu's among the rows
+        launch = launches.setdefault(row["ID"], {
+            "kernel": row.get("Kernel Name", "?"),
+            "block": row.get("Block Size", "?"),
+            "grid": row.get("Grid Size", "?"),
+        })
+        launch[row["Metric Name"]] = number(row.get("Metric Value", ""))
+        launch[row["Metric Name"] + " unit"] = row.get("Metric Unit", "")
+    return launches
+
+
+def short_kernel(name):
+    """StagedWarpKernel<BF16, BF16, 6> from the demangled name."""
+    m = re.search(r"(\w+Kernel)<([^()]*)>", name)
+    if not m:
+        return name
+    args = ", ".join(a.strip().split("::")[-1] for a in m.group(2).split(","))
+    return "%s<%s>" % (m.group(1), args)
+
+
+def row_for(label, launch, elements):
+    def get(key):
+        return launch.get(dict(METRICS)[key])
+
+    def per_element(key):
+        v = get(key)
+        return "%.2f" % (v / elements) if v is not None else "?"
+
+    def fmt(key, spec):
+        v = get(key)
+        return spec % v if v is not None else "?"
+
+    return "| %s | %s | %s × %s | %s | %s | %s | %s | %s | %s |" % (
+        label, short_kernel(launch["kernel"]), launch["grid"],
+        launch["block"], per_element("thread_inst"),
+        per_element("warp_inst"), fmt("issue", "%.2f"),
+        fmt("dram_pct", "%.0f %%"), fmt("occupancy_pct", "%.0f %%"),
+        fmt("duration", "%.1f") + " " + launch.get(
+            dict(METRICS)["duration"] + " unit", ""))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--bench", required=True,
+                        help="build/bench/normalize_cuda_bench")
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--ncu", default=shutil.which("ncu") or "ncu")
+    parser.add_argument("--case", action="append", default=[],
+                        help="LABEL=FILTER=DTYPE, instead of the defaults")
+    args = parser.parse_args()
+    cases = DEFAULT_CASES
+    if args.case:
+        cases = [tuple(c.split("=")) for c in args.case]
+    os.makedirs(args.out, exist_ok=True)
+    rows, failures = [], 0
+    for label, bench_filter, dtype in cases:
+        elements = INPUT_BYTES // DTYPES[dtype][1]
+        log = os.path.join(args.out, "ncu_%s.csv" % re.sub(r"\W+", "_",
+                                                             label))
+        cmd = [args.ncu, "--csv", "--log-file", log, "--clock-control",
+               "none", "--metrics", ",".join(m for _, m in METRICS),
+               "-k", "regex:Kernel", "-c", "1", args.bench,
+               "--benchmark_filter=^" + bench_filter,
+               "--benchmark_min_time=0"]
+        print("==", " ".join(cmd), flush=True)
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        text = open(log).read() if os.path.exists(log) else ""
+        launches = parse_details_csv(text)
+        if done.returncode != 0 or not launches:
+            failures += 1
+            print("%s: ncu exit %d, %d launches profiled\n%s\n%s" %
+                  (label, done.returncode, len(launches), done.stderr[-2000:],
+                   text[:2000]), file=sys.stderr)
+            rows.append("| %s | (not profiled) | | | | | | | |" % label)
+            continue
+        for launch in launches.values():
+            rows.append(row_for(label, launch, elements))
+    table = "\n".join([
+        "| case | kernel | grid × block | thread instructions / element "
+        "| warp instructions / element | issue per scheduler (active) "
+        "| DRAM | occupancy | duration |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ] + rows)
+    with open(os.path.join(args.out, "ncu_kernels.md"), "w") as f:
+        f.write("# Kernel counters (ncu), one launch per case\n\n"
+                "Input elements per case: %d MiB of input; "
+                "instructions per input element.\n\n%s\n" %
+                (INPUT_BYTES >> 20, table))
+    print(table)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
