@@ -218,6 +218,9 @@ TEST_F(CudaKernelTest, HugeAndTinyMagnitudesAreRecomputedInDouble) {
 TEST_F(CudaKernelTest, NanOrInfPoisonsOnlyItsRow) {
   CheckNanOrInfPoisonsOnlyItsRow(OnGpu, {48, 2000, 20000},
                                  {DType::kFloat32, DType::kBFloat16});
+  // Staged 16-bit rows, two per warp.
+  CheckNanOrInfPoisonsOnlyItsRow(OnGpu, {768}, {DType::kBFloat16},
+                                 {DType::kBFloat16, DType::kFloat16});
 }
 
 // A row's bits never depend on the batch: each row alone, then inside

@@ -496,6 +496,8 @@ TEST(CudaRowAlgorithmTest, NanOrInfPoisonsOnlyItsRow) {
       Planned, {48, 2000},
       {DType::kFloat32, DType::kFloat16, DType::kBFloat16});
   CheckNanOrInfPoisonsOnlyItsRow(Staged, {48, 2000}, {DType::kBFloat16});
+  CheckNanOrInfPoisonsOnlyItsRow(Staged, {768}, {DType::kBFloat16},
+                                 {DType::kBFloat16, DType::kFloat16});
 }
 
 TEST(CudaRowAlgorithmTest, AgreesWithTheCpuKernel) {

@@ -127,32 +127,40 @@ inline void CheckHugeAndTinyRows(const Runner& run,
 }
 
 // A NaN or ±Inf in the middle row of three makes that row's outputs NaN
-// and leaves its neighbours alone, for each output dtype in `outs`.
+// and leaves its neighbours alone, for each input dtype in `ins` and output
+// dtype in `outs`. (On the GPU, rows 0 and 1 share a warp where a warp
+// serves two rows: one of its halves then takes the double-precision
+// branch and the other does not.)
 inline void CheckNanOrInfPoisonsOnlyItsRow(const Runner& run,
                                            std::initializer_list<int64_t> dims,
-                                           std::initializer_list<DType> outs) {
+                                           std::initializer_list<DType> outs,
+                                           std::initializer_list<DType> ins = {
+                                               DType::kFloat32}) {
   const float kNan = std::numeric_limits<float>::quiet_NaN();
   const float kInf = std::numeric_limits<float>::infinity();
   for (int64_t d : dims) {
-    for (DType out : outs) {
-      for (float bad : {kNan, kInf, -kInf}) {
-        for (int64_t pos : {int64_t{0}, int64_t{5}, d - 1}) {
-          Case c;
-          c.params.dim = d;
-          c.out = out;
-          c.rows = 3;
-          std::vector<float> x(static_cast<size_t>(3 * d));
-          for (size_t i = 0; i < x.size(); ++i)
-            x[i] = static_cast<float>(i % 5);
-          x[static_cast<size_t>(d + pos)] = bad;
-          c.x = Encode(DType::kFloat32, x);
-          const Output o = run(c);
-          for (int64_t i = 0; i < d; ++i) {
-            ASSERT_TRUE(std::isnan(ValueAt(out, o.y, d + i)))
-                << "D " << d << " " << Name(out) << " bad " << bad << " at "
-                << pos << " col " << i;
-            ASSERT_FALSE(std::isnan(ValueAt(out, o.y, i)));
-            ASSERT_FALSE(std::isnan(ValueAt(out, o.y, 2 * d + i)));
+    for (DType in : ins) {
+      for (DType out : outs) {
+        for (float bad : {kNan, kInf, -kInf}) {
+          for (int64_t pos : {int64_t{0}, int64_t{5}, d - 1}) {
+            Case c;
+            c.params.dim = d;
+            c.in = in;
+            c.out = out;
+            c.rows = 3;
+            std::vector<float> x(static_cast<size_t>(3 * d));
+            for (size_t i = 0; i < x.size(); ++i)
+              x[i] = static_cast<float>(i % 5);
+            x[static_cast<size_t>(d + pos)] = bad;
+            c.x = Encode(in, x);
+            const Output o = run(c);
+            for (int64_t i = 0; i < d; ++i) {
+              ASSERT_TRUE(std::isnan(ValueAt(out, o.y, d + i)))
+                  << "D " << d << " " << Name(in) << "->" << Name(out)
+                  << " bad " << bad << " at " << pos << " col " << i;
+              ASSERT_FALSE(std::isnan(ValueAt(out, o.y, i)));
+              ASSERT_FALSE(std::isnan(ValueAt(out, o.y, 2 * d + i)));
+            }
           }
         }
       }

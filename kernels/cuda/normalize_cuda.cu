@@ -161,7 +161,7 @@ __device__ __forceinline__ void CpAsyncWait() {
 #endif
 }
 
-// Row buffers in shared memory per row group (warp or block): row i is
+// Row buffers in shared memory per row group (half-warp or block): row i is
 // normalized from buffer i mod kStages while rows i + 1 … i + kStages − 1
 // are being copied in. A buffer holds the row's x and, with a residual
 // (KernelArgs::stage_residual), the row's residual after it.
