@@ -9,7 +9,8 @@
 //   threads_per_row threads serving a row owns packs t, t + T, t + 2T, …
 //   (T = threads_per_row) and tail element t, and accumulates them in that
 //   order; the per-thread sums are then combined by a fixed butterfly within
-//   each warp and, for a block per row, a fixed sum over the warps. That
+//   each warp (or half-warp, for a row of 16 threads) and, for a block per
+//   row, a fixed sum over the warps. That
 //   order is the reduction order of the row, and it depends on D and the
 //   input dtype only: not on the batch, the row's position or the
 //   alignment of any buffer. (Whether a pack is fetched with one 16-byte
