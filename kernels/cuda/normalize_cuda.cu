@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <mutex>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -68,36 +69,50 @@ struct WarpGroup {
   }
 };
 
-// Shared memory of a BlockGroup: the warps' partial sums.
+// Shared memory of a BlockGroup: the warps' partial sums, a separate array
+// for each kind of sum a row takes.
 struct BlockScratch {
-  float f[64];  // two float sums (Sum2) of up to 32 warps
-  double d[32];
+  float sum[32];   // Sum<float>: up to 32 warps
+  float sum2[64];  // Sum2: two sums of up to 32 warps
+  double d[32];    // Sum<double>
 };
 
 // The block serves the row: warp sums, then every warp sums the warps'
 // partial sums in warp order (lanes beyond the warp count add zero).
+//
+// A float Sum and a Sum2 write their partial sums without a barrier first:
+// a row takes at most one of each, each into its own array, and rows of
+// one block are barriers apart (StagedRows; the register kernels serve one
+// row per block), so the readers of the previous row's partial sums are
+// done. The double sums (a row redone in double) come twice in a row and
+// wait for the first one's readers.
 struct BlockGroup {
   BlockScratch* scratch;  // shared
 
   template <typename A>
   __device__ __forceinline__ A Sum(A v) const {
-    A* partial = Partial(static_cast<A*>(nullptr));
+    static_assert(std::is_same_v<A, float> || std::is_same_v<A, double>);
     const int lane = threadIdx.x % 32;
     const int warps = static_cast<int>(blockDim.x / 32);
     v = WarpSum<32>(v, 0xffffffffu);
-    __syncthreads();  // earlier readers of `partial` are done
+    A* partial;
+    if constexpr (std::is_same_v<A, double>) {
+      __syncthreads();  // earlier readers of `partial` are done
+      partial = scratch->d;
+    } else {
+      partial = scratch->sum;
+    }
     if (lane == 0) partial[threadIdx.x / 32] = v;
     __syncthreads();
     return WarpSum<32>(lane < warps ? partial[lane] : A(0), 0xffffffffu);
   }
-  // Two sums through one pair of barriers, each as Sum would give it.
+  // Two sums through one barrier, each as Sum would give it.
   __device__ __forceinline__ void Sum2(float* a, float* b) const {
     const int lane = threadIdx.x % 32;
     const int warps = static_cast<int>(blockDim.x / 32);
-    float* partial = scratch->f;
+    float* partial = scratch->sum2;
     const float wa = WarpSum<32>(*a, 0xffffffffu);
     const float wb = WarpSum<32>(*b, 0xffffffffu);
-    __syncthreads();
     if (lane == 0) {
       partial[threadIdx.x / 32] = wa;
       partial[32 + threadIdx.x / 32] = wb;
@@ -108,12 +123,6 @@ struct BlockGroup {
   }
   __device__ __forceinline__ bool Any(bool b) const {
     return __syncthreads_or(b ? 1 : 0) != 0;
-  }
-
- private:
-  __device__ __forceinline__ float* Partial(float*) const { return scratch->f; }
-  __device__ __forceinline__ double* Partial(double*) const {
-    return scratch->d;
   }
 };
 
