@@ -23,10 +23,9 @@ import shutil
 import subprocess
 import sys
 
-# Must match bench/normalize_cuda_bench.cc (kBytes) and kernels/dtype.h.
+# Must match bench/normalize_cuda_bench.cc (kBytes).
 INPUT_BYTES = 512 << 20
-DTYPES = {"f32": (0, 4), "f16": (1, 2), "bf16": (2, 2)}
-KINDS = {"layer_norm": 0, "rms_norm": 1}
+DTYPE_BYTES = {"f32": 4, "f16": 2, "bf16": 2}
 
 METRICS = [
     ("thread_inst", "smsp__thread_inst_executed.sum"),
@@ -36,6 +35,7 @@ METRICS = [
     ("occupancy_pct", "sm__warps_active.avg.pct_of_peak_sustained_active"),
     ("duration", "gpu__time_duration.sum"),
 ]
+METRIC = dict(METRICS)  # short name → ncu metric
 
 # (label, benchmark filter, input dtype): the shapes of the README's table.
 DEFAULT_CASES = [
@@ -94,7 +94,7 @@ def short_kernel(name):
 
 def row_for(label, launch, elements):
     def get(key):
-        return launch.get(dict(METRICS)[key])
+        return launch.get(METRIC[key])
 
     def per_element(key):
         v = get(key)
@@ -110,7 +110,7 @@ def row_for(label, launch, elements):
         per_element("warp_inst"), fmt("issue", "%.2f"),
         fmt("dram_pct", "%.0f %%"), fmt("occupancy_pct", "%.0f %%"),
         fmt("duration", "%.1f") + " " + launch.get(
-            dict(METRICS)["duration"] + " unit", ""))
+            METRIC["duration"] + " unit", ""))
 
 
 def main():
@@ -128,7 +128,7 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     rows, failures = [], 0
     for label, bench_filter, dtype in cases:
-        elements = INPUT_BYTES // DTYPES[dtype][1]
+        elements = INPUT_BYTES // DTYPE_BYTES[dtype]
         log = os.path.join(args.out, "ncu_%s.csv" % re.sub(r"\W+", "_",
                                                              label))
         cmd = [args.ncu, "--csv", "--log-file", log, "--clock-control",

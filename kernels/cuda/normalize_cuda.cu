@@ -528,12 +528,14 @@ cudaError_t LaunchTyped(const KernelArgs& a, const LaunchPlan& plan,
       if (plan.rows_per_block != kWarpRowsPerBlock)
         return cudaErrorInvalidValue;
       if (plan.threads_per_row == kSubWarpThreads) {
-        // A staged warp mapping's rows that could not be staged.
-        if constexpr (V != 4) {
+        // A staged warp mapping's rows that could not be staged (16-bit
+        // inputs only: float32 rows are never staged on a warp).
+        if constexpr (V == 4) {
+          return cudaErrorInvalidValue;
+        } else {
           SubWarpStreamingKernel<In, Out><<<grid, block, 0, stream>>>(a);
           break;
         }
-        return cudaErrorInvalidValue;
       }
       if (plan.threads_per_row != 32) return cudaErrorInvalidValue;
       // At most kMaxFloatsPerThread floats: 8 packs for float32 only.
