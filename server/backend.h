@@ -84,9 +84,10 @@ struct CudaBackendOptions {
 // when the error poisoned the CUDA context, the device is reset and the
 // buffers allocated again (UNAVAILABLE from then on if that fails).
 // Concurrent Run() calls share the streams: each batch takes the free
-// streams it can use (at least one, waiting for it) and hands each back
-// after its last chunk there, so batches from several batcher workers
-// overlap on the device.
+// streams it can use (at least one, waiting for it) and hands one back
+// after any of its chunks when another batch waits for it, so batches from
+// several batcher workers overlap on the device and a small batch never
+// waits for a large one's end.
 absl::StatusOr<std::unique_ptr<Backend>> MakeCudaBackend(
     const CudaBackendOptions& options);
 

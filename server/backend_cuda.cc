@@ -1,6 +1,6 @@
 // The CUDA backend: carries out a PipelinePlan (server/internal/
 // cuda_pipeline.h) with pinned staging buffers and one stream per slot,
-// the slots shared by concurrent batches (server/internal/slot_pool.h).
+// the slots shared by concurrent batches (server/internal/chunk_runner.h).
 // Compiled only where CMake found nvcc; backend_cuda_stub.cc otherwise.
 #include <cuda_runtime_api.h>
 
@@ -15,6 +15,7 @@
 #include "absl/time/clock.h"
 #include "kernels/cuda/normalize_cuda.h"
 #include "server/backend.h"
+#include "server/internal/chunk_runner.h"
 #include "server/internal/cuda_pipeline.h"
 #include "server/internal/mutex.h"
 #include "server/internal/nvml.h"
@@ -30,8 +31,6 @@ using internal::PipelineLaunch;
 using internal::PipelineOptions;
 using internal::PipelinePiece;
 using internal::PipelinePlan;
-using internal::PipelineStep;
-using internal::PipelineStepKind;
 
 absl::Status Check(cudaError_t e, const char* what) {
   return cuda::CudaStatus(e, what);
@@ -120,8 +119,8 @@ absl::StatusOr<BatchShape> ShapeOf(absl::Span<Job* const> batch,
   return b;
 }
 
-// Concurrency: batches run side by side, each on the slots it took from
-// pool_ (server/internal/slot_pool.h); a slot's stream and buffers are
+// Concurrency: batches run side by side, each on the slots it holds in
+// pool_ (server/internal/chunk_runner.h); a slot's stream and buffers are
 // touched only by the batch holding it. Every batch holds device_mu_
 // shared; resetting the device after a fault holds it exclusively, so that
 // no batch is on the device meanwhile. A batch may wait for slots while
@@ -168,21 +167,8 @@ class CudaBackend final : public Backend {
             "recover from; restart the server");
       }
       generation = generation_;
-      std::vector<int> slots = pool_.Acquire(plan.slots_used);
-      if (static_cast<int>(slots.size()) != plan.slots_used) {
-        // Fewer slots free than the plan can use: the same chunks on fewer
-        // streams (the chunking does not depend on the stream count).
-        shape.options.num_streams = static_cast<int>(slots.size());
-        absl::StatusOr<PipelinePlan> fewer =
-            internal::PlanPipeline(shape.jobs, shape.options);
-        if (!fewer.ok()) {
-          for (int s : slots) pool_.Release(s);
-          return fewer.status();
-        }
-        plan = *std::move(fewer);
-      }
       BeginBusy();
-      status = Execute(batch, shape, plan, slots);
+      status = Execute(batch, shape, plan);
       EndBusy();
       if (!status.ok()) healthy = DeviceHealthy();
     }
@@ -234,7 +220,6 @@ class CudaBackend final : public Backend {
       : options_(options),
         pool_(options.num_streams),
         slots_(static_cast<size_t>(options.num_streams)) {
-    defaults_.num_streams = options.num_streams;
     defaults_.slot_bytes = options.staging_bytes;
   }
 
@@ -337,50 +322,56 @@ class CudaBackend final : public Backend {
     }
   }
 
-  // Carries out `plan` on `slots` (plan slot i is slots[i]), handing each
-  // back to the pool after its last chunk. On an error, the slots still
-  // held are drained first, so that no copy of this batch is in flight on a
-  // slot another batch gets.
+  // Carries out `plan` on slots it takes from pool_ and hands back.
   absl::Status Execute(absl::Span<Job* const> batch, const BatchShape& shape,
-                       const PipelinePlan& plan, const std::vector<int>& slots)
+                       const PipelinePlan& plan)
       ABSL_SHARED_LOCKS_REQUIRED(device_mu_) {
-    std::vector<bool> held(slots.size(), true);
-    absl::Status status =
-        Check(cudaSetDevice(options_.device), "cudaSetDevice");
-    const int64_t slot_bytes =
-        std::max<int64_t>(options_.staging_bytes, plan.max_chunk_bytes);
-    for (size_t i = 0; i < slots.size() && status.ok(); ++i) {
-      status = PrepareSlot(slots_[static_cast<size_t>(slots[i])], slot_bytes);
-    }
-    for (const PipelineStep& step : plan.steps) {
-      if (!status.ok()) break;
-      const PipelineChunk& chunk = plan.chunks[step.chunk];
-      Slot& slot = slots_[static_cast<size_t>(slots[chunk.slot])];
-      if (step.kind == PipelineStepKind::kStage) {
-        status = Stage(batch, shape, chunk, slot);
-      } else {
-        status = Finish(batch, shape, chunk, slot);
-        if (status.ok() && step.last_on_slot) {
-          held[static_cast<size_t>(chunk.slot)] = false;
-          pool_.Release(slots[chunk.slot]);
-        }
+    RETURN_IF_ERROR(Check(cudaSetDevice(options_.device), "cudaSetDevice"));
+    // What one batch does on a slot it holds.
+    class Steps final : public internal::ChunkSteps {
+     public:
+      Steps(CudaBackend& backend, absl::Span<Job* const> batch,
+            const BatchShape& shape, const PipelinePlan& plan)
+          : backend_(backend),
+            batch_(batch),
+            shape_(shape),
+            plan_(plan),
+            slot_bytes_(std::max<int64_t>(backend.options_.staging_bytes,
+                                          plan.max_chunk_bytes)) {}
+      absl::Status Stage(int chunk, int slot) override {
+        Slot& s = backend_.slots_[static_cast<size_t>(slot)];
+        RETURN_IF_ERROR(PrepareSlot(s, slot_bytes_));
+        return CudaBackend::Stage(batch_, shape_, plan_.chunks[chunk], s);
       }
-    }
-    for (size_t i = 0; i < slots.size(); ++i) {
-      if (!held[i]) continue;
-      // Only after an error (a successful plan releases every slot).
-      const Slot& slot = slots_[static_cast<size_t>(slots[i])];
-      if (slot.stream != nullptr) cudaStreamSynchronize(slot.stream);
-      pool_.Release(slots[i]);
-    }
+      absl::Status Finish(int chunk, int slot) override {
+        return CudaBackend::Finish(batch_, shape_, plan_.chunks[chunk],
+                                   backend_.slots_[static_cast<size_t>(slot)]);
+      }
+      void Drain(int slot) override {
+        const Slot& s = backend_.slots_[static_cast<size_t>(slot)];
+        if (s.stream != nullptr) cudaStreamSynchronize(s.stream);
+      }
+
+     private:
+      CudaBackend& backend_;
+      const absl::Span<Job* const> batch_;
+      const BatchShape& shape_;
+      const PipelinePlan& plan_;
+      const int64_t slot_bytes_;
+    };
+    Steps steps(*this, batch, shape, plan);
+    const absl::Status status =
+        internal::RunChunks(static_cast<int>(plan.chunks.size()),
+                            options_.num_streams, pool_, steps);
     if (!status.ok()) cudaGetLastError();
     return status;
   }
 
   // Packs the chunk's inputs into the slot's pinned buffer and enqueues
   // copy in, kernels, copy out.
-  absl::Status Stage(absl::Span<Job* const> batch, const BatchShape& shape,
-                     const PipelineChunk& chunk, Slot& slot) {
+  static absl::Status Stage(absl::Span<Job* const> batch,
+                            const BatchShape& shape, const PipelineChunk& chunk,
+                            Slot& slot) {
     const internal::ChunkLayout& L = chunk.layout;
     const PipelineOptions& o = shape.options;
     const size_t d_bytes = static_cast<size_t>(shape.dim) * sizeof(float);
@@ -449,8 +440,9 @@ class CudaBackend final : public Backend {
   }
 
   // Waits for the chunk's stream and copies its outputs to the jobs.
-  absl::Status Finish(absl::Span<Job* const> batch, const BatchShape& shape,
-                      const PipelineChunk& chunk, Slot& slot) {
+  static absl::Status Finish(absl::Span<Job* const> batch,
+                             const BatchShape& shape,
+                             const PipelineChunk& chunk, Slot& slot) {
     RETURN_IF_ERROR(Check(cudaStreamSynchronize(slot.stream),
                           "cudaStreamSynchronize (copy in, kernel, copy out)"));
     const internal::ChunkLayout& L = chunk.layout;

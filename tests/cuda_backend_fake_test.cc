@@ -155,6 +155,38 @@ TEST_F(CudaBackendFakeTest, ConcurrentBatchesOverlapOnTheDevice) {
   EXPECT_EQ(stats->utilization, 0.37);
 }
 
+TEST_F(CudaBackendFakeTest, ASmallBatchWaitsForOneChunkOfALargeOne) {
+  auto backend = Make();
+  ASSERT_NE(backend, nullptr);
+  fake_cuda::SetKernelTime(absl::Milliseconds(5));
+  std::mt19937 rng(12);
+  // 16 MiB of float32 in and 16 out: over 30 chunks of the 1 MiB slots
+  // (about 10 on each of the three streams), one kernel each.
+  Batch large;
+  large.push_back(MakeJob(4096, 1024, DType::kFloat32, DType::kFloat32, true,
+                          false, false, &rng));
+  Batch small = MakeBatch(768, DType::kFloat32, 1, 4, &rng);
+  const int64_t self_test = fake_cuda::GetCounters().kernels_run;
+  std::thread large_thread(
+      [&] { EXPECT_TRUE(RunBatch(*backend, large).ok()); });
+  // Once the large batch holds every slot and has a kernel done.
+  while (fake_cuda::GetCounters().kernels_run == self_test) {
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  EXPECT_TRUE(RunBatch(*backend, small).ok());
+  const int64_t kernels_before_small_returned =
+      fake_cuda::GetCounters().kernels_run - self_test;
+  large_thread.join();
+  const int64_t kernels = fake_cuda::GetCounters().kernels_run - self_test;
+  ASSERT_GE(kernels, 30);
+  // The small batch took the slot of one finished large chunk, rather than
+  // waiting for the large batch's last chunks.
+  EXPECT_LT(kernels_before_small_returned, kernels / 2)
+      << "of " << kernels << " kernels";
+  ExpectCpuResults(large);
+  ExpectCpuResults(small);
+}
+
 TEST_F(CudaBackendFakeTest,
        OutOfMemoryIsResourceExhaustedAndTheNextBatchWorks) {
   auto backend = Make();

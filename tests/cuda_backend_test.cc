@@ -146,11 +146,10 @@ TEST_F(CudaBackendGpuTest, MixedBatchMatchesCpuAndIsBatchInvariant) {
   }
 }
 
-// Batches from several batcher workers at once share the streams: each
-// takes the free ones and hands them back after its last chunk. Every job's
-// results equal the same batch run alone, bit for bit, and the backend
-// reports its busy time (at most the time since it started) and the
-// device's memory.
+// Batches from several batcher workers at once share the streams
+// (server/internal/chunk_runner.h). Every job's results equal the same
+// batch run alone, bit for bit, and the backend reports its busy time (at
+// most the time since it started) and the device's memory.
 TEST(CudaBackendConcurrencyTest, ConcurrentBatchesEqualTheSameBatchesRunAlone) {
   CudaBackendOptions options;
   options.staging_bytes = 1 << 20;  // small: large batches span every slot

@@ -5,6 +5,7 @@
 #include "server/internal/slot_pool.h"
 
 #include <atomic>
+#include <optional>
 #include <random>
 #include <thread>
 #include <vector>
@@ -82,6 +83,37 @@ TEST(SlotPoolTest, WaitingBatchesAreServedInArrivalOrder) {
   for (std::thread& t : waiters) t.join();
   EXPECT_EQ(order, (std::vector<int>{0, 1, 2}));
   EXPECT_EQ(pool.waiting(), 0);
+}
+
+TEST(SlotPoolTest, TryAcquireTakesAFreeSlotUnlessSomebodyWaits) {
+  SlotPool pool(2);
+  EXPECT_EQ(pool.TryAcquire(), 0);
+  EXPECT_EQ(pool.TryAcquire(), 1);
+  EXPECT_EQ(pool.TryAcquire(), std::nullopt);
+  EXPECT_FALSE(pool.starved());
+  // A waiter, with no slot free: starved.
+  Notification done;
+  std::thread waiter([&] {
+    const std::vector<int> got = pool.Acquire(2);
+    done.WaitForNotification();
+    for (int s : got) pool.Release(s);
+  });
+  while (pool.waiting() != 1) std::this_thread::yield();
+  EXPECT_TRUE(pool.starved());
+  // A slot frees up: it is the waiter's, whether or not it has woken yet.
+  pool.Release(1);
+  EXPECT_FALSE(pool.starved());
+  const std::optional<int> jumped = pool.TryAcquire();
+  EXPECT_EQ(jumped, std::nullopt) << "TryAcquire overtook a waiter";
+  if (jumped.has_value()) pool.Release(*jumped);
+  done.Notify();
+  waiter.join();
+  EXPECT_EQ(pool.waiting(), 0);
+  EXPECT_FALSE(pool.starved());
+  EXPECT_EQ(pool.TryAcquire(), 1);
+  pool.Release(0);
+  pool.Release(1);
+  EXPECT_EQ(pool.free_slots(), 2);
 }
 
 TEST(SlotPoolTest, ConcurrentBatchesNeverShareASlot) {

@@ -80,10 +80,10 @@ void Layout(const PipelineOptions& o, PipelineChunk* c) {
 
 absl::StatusOr<PipelinePlan> PlanPipeline(absl::Span<const PipelineJob> jobs,
                                           const PipelineOptions& o) {
-  if (o.num_streams <= 0 || o.target_chunks <= 0 || o.slot_bytes <= 0 ||
-      o.min_chunk_bytes < 0 || o.input_row_bytes <= 0 ||
-      o.output_row_bytes <= 0 || o.residual_row_bytes < 0 ||
-      o.sum_row_bytes < 0 || o.group_param_bytes < 0) {
+  if (o.target_chunks <= 0 || o.slot_bytes <= 0 || o.min_chunk_bytes < 0 ||
+      o.input_row_bytes <= 0 || o.output_row_bytes <= 0 ||
+      o.residual_row_bytes < 0 || o.sum_row_bytes < 0 ||
+      o.group_param_bytes < 0) {
     return absl::InvalidArgumentError("PlanPipeline: bad options");
   }
   int64_t total_rows = 0;
@@ -112,7 +112,6 @@ absl::StatusOr<PipelinePlan> PlanPipeline(absl::Span<const PipelineJob> jobs,
   std::vector<int> groups_in_chunk;
   auto close_chunk = [&] {
     if (current.rows == 0) return;
-    current.slot = static_cast<int>(plan.chunks.size() % o.num_streams);
     Layout(o, &current);
     plan.max_chunk_bytes =
         std::max(plan.max_chunk_bytes, current.layout.total_bytes);
@@ -155,19 +154,6 @@ absl::StatusOr<PipelinePlan> PlanPipeline(absl::Span<const PipelineJob> jobs,
     }
   }
   close_chunk();
-
-  const int n = static_cast<int>(plan.chunks.size());
-  for (int c = 0; c < n; ++c) {
-    if (c >= o.num_streams) {
-      plan.steps.push_back({PipelineStepKind::kFinish, c - o.num_streams});
-    }
-    plan.steps.push_back({PipelineStepKind::kStage, c});
-  }
-  // Round robin: the last num_streams chunks are each the last on a slot.
-  for (int c = std::max(0, n - o.num_streams); c < n; ++c) {
-    plan.steps.push_back({PipelineStepKind::kFinish, c, true});
-  }
-  plan.slots_used = std::min(n, o.num_streams);
   return plan;
 }
 

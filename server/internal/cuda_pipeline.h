@@ -1,19 +1,16 @@
-// The CUDA backend's schedule for one batch, as plain data: how the batch's
+// The CUDA backend's plan for one batch, as plain data: how the batch's
 // rows are cut into chunks, where each chunk's buffers sit in a staging
-// slot, which rows share a kernel launch, and in which order chunks are
-// staged and finished. No CUDA here, so that all of it is tested on the CPU;
-// server/backend_cuda.cc only carries the plan out.
+// slot, and which rows share a kernel launch. No CUDA here, so that all of
+// it is tested on the CPU; server/backend_cuda.cc only carries it out.
 //
 // The pipeline
-//   Each of `num_streams` slots owns a CUDA stream, a pinned host buffer and
-//   a device buffer of the same layout. Staging chunk c on slot c mod
-//   num_streams means: copy its inputs (and γ/β) into the slot's pinned
-//   buffer, then enqueue one host→device copy, its kernels and one
-//   device→host copy on the slot's stream. Finishing chunk c means: wait for
-//   that stream, then copy its outputs into the jobs' buffers. A slot is
-//   staged again only after its previous chunk finished, so the host packs
-//   chunk c + 1 while the GPU copies and computes chunk c, and copies in,
-//   kernels and copies out of different chunks overlap across streams.
+//   Each staging slot owns a CUDA stream, a pinned host buffer and a device
+//   buffer of the same layout. Staging a chunk on a slot means: copy its
+//   inputs (and γ/β) into the slot's pinned buffer, then enqueue one
+//   host→device copy, its kernels and one device→host copy on the slot's
+//   stream. Finishing it means: wait for that stream, then copy its outputs
+//   into the jobs' buffers. Which slot each chunk gets, and when, is decided
+//   at run time (chunk_runner.h), so that concurrent batches share slots.
 //
 // Chunk size
 //   A batch below min_chunk_bytes is one chunk; a larger one is cut into
@@ -48,8 +45,6 @@ struct PipelineJob {
 };
 
 struct PipelineOptions {
-  // Streams (= staging slots). > 0.
-  int num_streams = 3;
   // Bytes per row in each region; 0 for a region the batch does not use.
   int64_t input_row_bytes = 0;
   int64_t residual_row_bytes = 0;
@@ -92,30 +87,16 @@ struct ChunkLayout {
 };
 
 struct PipelineChunk {
-  int slot = 0;
   int64_t rows = 0;
   std::vector<PipelinePiece> pieces;
   std::vector<PipelineLaunch> launches;
   ChunkLayout layout;
 };
 
-enum class PipelineStepKind { kStage, kFinish };
-struct PipelineStep {
-  PipelineStepKind kind = PipelineStepKind::kStage;
-  int chunk = 0;
-  // On the finish of the last chunk on its slot: the slot is free for
-  // other batches after this step.
-  bool last_on_slot = false;
-};
-
 struct PipelinePlan {
   std::vector<PipelineChunk> chunks;
-  // Every chunk is staged once and finished once, in this order.
-  std::vector<PipelineStep> steps;
   // The largest chunk's total_bytes: what each slot must hold.
   int64_t max_chunk_bytes = 0;
-  // Slots 0 … slots_used − 1 hold chunks: min(num_streams, chunks).
-  int slots_used = 0;
 };
 
 // Alignment of every region in a slot.

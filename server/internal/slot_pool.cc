@@ -30,6 +30,17 @@ std::vector<int> SlotPool::Acquire(int want) {
   return slots;
 }
 
+std::optional<int> SlotPool::TryAcquire() {
+  MutexLock lock(&mu_);
+  if (next_ticket_ != serving_) return std::nullopt;  // others wait
+  for (int s = 0; s < size_; ++s) {
+    if (taken_[static_cast<size_t>(s)]) continue;
+    taken_[static_cast<size_t>(s)] = true;
+    return s;
+  }
+  return std::nullopt;
+}
+
 void SlotPool::Release(int slot) {
   MutexLock lock(&mu_);
   // A slot that is not taken (released twice) is ignored.
@@ -46,6 +57,11 @@ int SlotPool::free_slots() {
 int SlotPool::waiting() {
   MutexLock lock(&mu_);
   return static_cast<int>(next_ticket_ - serving_);
+}
+
+bool SlotPool::starved() {
+  MutexLock lock(&mu_);
+  return next_ticket_ != serving_ && FreeLocked() == 0;
 }
 
 }  // namespace normserve::internal

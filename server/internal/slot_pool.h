@@ -1,16 +1,13 @@
 // SlotPool: the staging slots (stream and buffers) of the CUDA backend,
-// shared by batches that run at the same time. A batch takes the free slots
-// it can use, waiting only when none is free, and hands each back as soon as
-// its last chunk on it has finished. So batches of a chunk or two (the
-// common case) run side by side; a batch that arrives while a large one
-// holds every slot waits for the large one's last chunks. Waiting batches
-// are served in arrival order.
+// shared by batches that run at the same time (how a batch takes and hands
+// back slots: chunk_runner.h). Waiting batches are served in arrival order.
 //
 // Device-independent, so that it is tested everywhere (with ThreadSanitizer).
 #ifndef NORMSERVE_SERVER_INTERNAL_SLOT_POOL_H_
 #define NORMSERVE_SERVER_INTERNAL_SLOT_POOL_H_
 
 #include <cstdint>
+#include <optional>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -33,13 +30,19 @@ class SlotPool {
   // than size() takes at most all).
   std::vector<int> Acquire(int want) ABSL_LOCKS_EXCLUDED(mu_);
 
-  // Hands back a slot taken by Acquire. One that is not taken (out of
-  // range, or released already) is ignored.
+  // The lowest free slot, taken, if one is free and nobody waits in
+  // Acquire (who would come first); never waits.
+  std::optional<int> TryAcquire() ABSL_LOCKS_EXCLUDED(mu_);
+
+  // Hands back a slot taken by Acquire or TryAcquire. One that is not taken
+  // (out of range, or released already) is ignored.
   void Release(int slot) ABSL_LOCKS_EXCLUDED(mu_);
 
   int free_slots() ABSL_LOCKS_EXCLUDED(mu_);
   // Callers inside Acquire (waiting, or about to return).
   int waiting() ABSL_LOCKS_EXCLUDED(mu_);
+  // Whether a caller waits in Acquire and no slot is free for it.
+  bool starved() ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
   const int size_;

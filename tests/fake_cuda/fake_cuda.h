@@ -35,6 +35,8 @@ struct Counters {
   int64_t device_resets = 0;  // successful cudaDeviceReset calls
   // The most host threads that had work queued on the device at once.
   int max_threads_in_flight = 0;
+  // Kernels that ran to the end (a faulted one does not count).
+  int64_t kernels_run = 0;
 };
 
 // A fresh device: no faults pending, counters zero. Allocations and streams

@@ -133,6 +133,7 @@ void RunStream(CUstream_st* s) {
       op.run();
     }
     lock.lock();
+    if (run && op.kernel) ++f.counters.kernels_run;
     ++s->finished;
     if (--f.in_flight[op.from] == 0) f.in_flight.erase(op.from);
     f.op_done.notify_all();
