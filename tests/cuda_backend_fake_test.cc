@@ -120,6 +120,9 @@ TEST_F(CudaBackendFakeTest, ConcurrentBatchesOverlapOnTheDevice) {
                                   1 + static_cast<int>(rng() % 4), 200, &rng));
     }
   }
+  // One batch whose rows outgrow the 1 MiB slots: a slot grows while other
+  // batches have work on the device.
+  work[0][1] = MakeBatch(200000, DType::kFloat32, 2, 2, &rng);
   std::atomic<int> failures{0};
   std::vector<std::thread> threads;
   for (auto& batches : work) {
