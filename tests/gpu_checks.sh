@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Everything that needs a CUDA GPU, in one run, over a build made with nvcc
-# (the CUDA targets, normserve, normctl and normbench):
+# (the CUDA targets, the two CUDA benchmarks, normserve, normctl and
+# normbench):
 #   1. the CUDA unit tests: kernels against float64 and the CPU kernel, the
 #      backend, the pipeline, the launch plan. With a GPU present, a test
 #      that skips for "no CUDA device" fails this step;
 #   2. the server on the GPU end to end (tests/integration/gpu_server_test.py);
 #   3. the CUDA benchmark (GB/s against a device-to-device copy in the same
 #      run; JSON in OUT_DIR) and the one-run comparison with PyTorch
-#      (bench/compare_cuda.py, table in OUT_DIR);
+#      (bench/compare_cuda.py, table in OUT_DIR); the backend's benchmark
+#      (whole host batches against host-copy and PCIe ceilings; JSON in
+#      OUT_DIR);
 #   4. where ncu (Nsight Compute) is on PATH, the kernels' counters per
 #      element: instructions, issue rate, DRAM throughput, occupancy
 #      (bench/profile_cuda.py; ncu_kernels.md in OUT_DIR);
@@ -107,6 +110,11 @@ if [ -n "${BASELINE_BENCH:-}" ]; then
 fi
 step compare_cuda 300 "$python" "$repo/bench/compare_cuda.py" --build "$build" \
   --bench_json "$out/normalize_cuda_bench.json" "${baseline_args[@]}" --out "$out"
+
+# shellcheck disable=SC2086
+step cuda_backend_bench 300 "$build/bench/cuda_backend_bench" \
+  --benchmark_out="$out/cuda_backend_bench.json" --benchmark_out_format=json \
+  ${BENCH_ARGS:-}
 
 if command -v ncu >/dev/null 2>&1; then
   step profile_cuda 300 "$python" "$repo/bench/profile_cuda.py" \

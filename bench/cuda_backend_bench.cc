@@ -1,0 +1,243 @@
+// Google Benchmark suite for the CUDA backend (server/backend.h,
+// MakeCudaBackend): whole batches in pageable host memory, as the server
+// hands them over. The backend packs them into its pinned staging buffers,
+// copies them to the GPU, normalizes, copies back and unpacks into the
+// jobs' outputs, pipelined over its streams. Against the two ceilings of
+// such a path, measured in the same run just before each case:
+//   - host copy: one thread's memcpy of the batch's input bytes and of its
+//     output bytes (what packing and unpacking cost at the least);
+//   - PCIe: the input bytes host→device and the output bytes device→host
+//     between pinned buffers, both directions at once on two streams.
+//
+// BM_CudaBackend/{dtype}/{D}/{input MiB} runs batches of 8 jobs with γ and β
+// (output in the input dtype). bytes_per_second counts bytes in + out;
+// `vs_host_copy` and `vs_pcie` are each ceiling's time over the backend's
+// (1.0 = at that ceiling), `host_copy_GBps` and `pcie_GBps` the ceilings'
+// bandwidths over the same bytes.
+// BM_CpuBackend runs the same batches on the CPU backend with a thread per
+// core, for comparison on the same host.
+//
+// Without a device it prints why and exits 0. Run:
+//   build/bench/cuda_backend_bench [--benchmark_format=json]
+#include <cuda_runtime_api.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "benchmark/benchmark.h"
+#include "kernels/dtype.h"
+#include "kernels/normalize.h"
+#include "kernels/thread_pool.h"
+#include "server/backend.h"
+
+namespace normserve {
+namespace {
+
+constexpr int kJobs = 8;
+
+using Clock = std::chrono::steady_clock;
+
+double SecondsSince(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+// A batch of kJobs jobs of D = d, `input_bytes` of N(0,1) input in all.
+struct Batch {
+  NormParams params;
+  std::vector<float> gamma, beta;
+  std::vector<uint8_t> input, output;
+  std::vector<Job> jobs;
+  std::vector<Job*> pointers;
+  int64_t bytes = 0;  // in + out
+};
+
+std::unique_ptr<Batch> MakeBatch(DType dtype, int64_t d, int64_t input_bytes) {
+  auto b = std::make_unique<Batch>();
+  const int64_t row_bytes = d * static_cast<int64_t>(DTypeSize(dtype));
+  const int64_t rows_per_job =
+      std::max<int64_t>(1, input_bytes / row_bytes / kJobs);
+  const int64_t rows = rows_per_job * kJobs;
+  b->gamma.assign(static_cast<size_t>(d), 1.25f);
+  b->beta.assign(static_cast<size_t>(d), -0.5f);
+  b->params.dim = d;
+  b->params.gamma = b->gamma.data();
+  b->params.beta = b->beta.data();
+  b->input.resize(static_cast<size_t>(rows * row_bytes));
+  b->output.resize(b->input.size());
+  std::mt19937 rng(1);
+  std::normal_distribution<float> dist(0.0f, 1.0f);
+  const size_t n = static_cast<size_t>(rows * d);
+  for (size_t i = 0; i < n; ++i) {
+    const float v = dist(rng);
+    if (dtype == DType::kFloat32) {
+      std::memcpy(b->input.data() + 4 * i, &v, 4);
+    } else {
+      const uint16_t h = FloatToBFloat16(v);
+      std::memcpy(b->input.data() + 2 * i, &h, 2);
+    }
+  }
+  b->jobs.resize(kJobs);
+  for (int j = 0; j < kJobs; ++j) {
+    RowSegment& s = b->jobs[j].segment;
+    s.params = &b->params;
+    s.input_dtype = s.output_dtype = dtype;
+    s.input = b->input.data() + j * rows_per_job * row_bytes;
+    s.output = b->output.data() + j * rows_per_job * row_bytes;
+    s.rows = rows_per_job;
+    b->jobs[j].rows = rows_per_job;
+    b->jobs[j].key.dim = d;
+    b->pointers.push_back(&b->jobs[j]);
+  }
+  b->bytes = 2 * rows * row_bytes;
+  return b;
+}
+
+// Seconds to copy the input into a staging buffer and from there into the
+// output, one memcpy each on this thread (what the backend's packing and
+// unpacking do, at the least).
+double HostCopySeconds(Batch& b) {
+  std::vector<uint8_t> staging(b.input.size());
+  double best = 1e30;
+  for (int rep = 0; rep < 3; ++rep) {
+    const Clock::time_point start = Clock::now();
+    std::memcpy(staging.data(), b.input.data(), b.input.size());
+    std::memcpy(b.output.data(), staging.data(), b.output.size());
+    benchmark::ClobberMemory();
+    best = std::min(best, SecondsSince(start));
+  }
+  return best;
+}
+
+// Seconds per host→device copy of the input bytes and device→host copy of
+// the output bytes, pinned, on two streams at once; 0 if CUDA fails.
+double PcieSeconds(const Batch& b) {
+  const size_t in = b.input.size(), out = b.output.size();
+  void *host_in = nullptr, *host_out = nullptr, *dev_in = nullptr,
+       *dev_out = nullptr;
+  cudaStream_t up = nullptr, down = nullptr;
+  double best = 0;
+  if (cudaHostAlloc(&host_in, in, cudaHostAllocDefault) == cudaSuccess &&
+      cudaHostAlloc(&host_out, out, cudaHostAllocDefault) == cudaSuccess &&
+      cudaMalloc(&dev_in, in) == cudaSuccess &&
+      cudaMalloc(&dev_out, out) == cudaSuccess &&
+      cudaStreamCreateWithFlags(&up, cudaStreamNonBlocking) == cudaSuccess &&
+      cudaStreamCreateWithFlags(&down, cudaStreamNonBlocking) == cudaSuccess) {
+    best = 1e30;
+    for (int rep = 0; rep < 4; ++rep) {  // the first warms up
+      const Clock::time_point start = Clock::now();
+      const bool ok =
+          cudaMemcpyAsync(dev_in, host_in, in, cudaMemcpyHostToDevice, up) ==
+              cudaSuccess &&
+          cudaMemcpyAsync(host_out, dev_out, out, cudaMemcpyDeviceToHost,
+                          down) == cudaSuccess &&
+          cudaStreamSynchronize(up) == cudaSuccess &&
+          cudaStreamSynchronize(down) == cudaSuccess;
+      if (!ok) {
+        best = 0;
+        break;
+      }
+      if (rep > 0) best = std::min(best, SecondsSince(start));
+    }
+  }
+  if (up != nullptr) cudaStreamDestroy(up);
+  if (down != nullptr) cudaStreamDestroy(down);
+  if (dev_in != nullptr) cudaFree(dev_in);
+  if (dev_out != nullptr) cudaFree(dev_out);
+  if (host_in != nullptr) cudaFreeHost(host_in);
+  if (host_out != nullptr) cudaFreeHost(host_out);
+  cudaGetLastError();
+  return best;
+}
+
+// The CUDA backend every case shares (started by main).
+Backend* cuda_backend = nullptr;
+
+// Seconds per backend.Run of the batch (after one run to warm up), or 0
+// after an error (the case then reports it).
+double TimeBackend(benchmark::State& state, Backend& backend, Batch& b) {
+  const absl::Status first = backend.Run(b.pointers);
+  if (!first.ok()) {
+    state.SkipWithError(first.ToString().c_str());
+    return 0;
+  }
+  double total = 0;
+  for (auto _ : state) {
+    const Clock::time_point start = Clock::now();
+    const absl::Status s = backend.Run(b.pointers);
+    const double seconds = SecondsSince(start);
+    if (!s.ok()) {
+      state.SkipWithError(s.ToString().c_str());
+      return 0;
+    }
+    state.SetIterationTime(seconds);
+    total += seconds;
+  }
+  state.SetBytesProcessed(state.iterations() * b.bytes);
+  return total / static_cast<double>(state.iterations());
+}
+
+void BM_CudaBackend(benchmark::State& state) {
+  const auto dtype = static_cast<DType>(state.range(0));
+  const std::unique_ptr<Batch> b =
+      MakeBatch(dtype, state.range(1), state.range(2) << 20);
+  const double host_copy = HostCopySeconds(*b);
+  const double pcie = PcieSeconds(*b);
+  const double per_batch = TimeBackend(state, *cuda_backend, *b);
+  if (per_batch <= 0) return;
+  const double bytes = static_cast<double>(b->bytes);
+  state.counters["vs_host_copy"] = host_copy / per_batch;
+  state.counters["host_copy_GBps"] = bytes / host_copy / 1e9;
+  if (pcie > 0) {
+    state.counters["vs_pcie"] = pcie / per_batch;
+    state.counters["pcie_GBps"] = bytes / pcie / 1e9;
+  }
+}
+
+void BM_CpuBackend(benchmark::State& state) {
+  const auto dtype = static_cast<DType>(state.range(0));
+  const std::unique_ptr<Batch> b =
+      MakeBatch(dtype, state.range(1), state.range(2) << 20);
+  const int cores = static_cast<int>(std::thread::hardware_concurrency());
+  static ThreadPool* pool = new ThreadPool(std::max(0, cores - 1));
+  static Backend* backend = MakeCpuBackend(pool).release();
+  TimeBackend(state, *backend, *b);
+}
+
+void Cases(benchmark::internal::Benchmark* b) {
+  for (DType t : {DType::kFloat32, DType::kBFloat16}) {
+    for (int64_t d : {768, 4096}) {
+      for (int64_t mib : {1, 8, 64}) {
+        b->Args({static_cast<int64_t>(t), d, mib});
+      }
+    }
+  }
+  b->UseManualTime()->Unit(benchmark::kMillisecond);
+}
+
+BENCHMARK(BM_CudaBackend)->Apply(Cases);
+BENCHMARK(BM_CpuBackend)->Apply(Cases);
+
+}  // namespace
+}  // namespace normserve
+
+int main(int argc, char** argv) {
+  benchmark::Initialize(&argc, argv);
+  absl::StatusOr<std::unique_ptr<normserve::Backend>> cuda =
+      normserve::MakeCudaBackend({});
+  if (!cuda.ok()) {
+    std::fprintf(stderr, "cuda_backend_bench: skipped: %s\n",
+                 std::string(cuda.status().message()).c_str());
+    return 0;
+  }
+  std::fprintf(stderr, "cuda_backend_bench: %s\n", (*cuda)->Describe().c_str());
+  normserve::cuda_backend = cuda->get();
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
