@@ -9,13 +9,15 @@
 //   - PCIe: the input bytes host→device and the output bytes device→host
 //     between pinned buffers, both directions at once on two streams.
 //
-// BM_CudaBackend/{dtype}/{D}/{input MiB} runs batches of 8 jobs with γ and β
-// (output in the input dtype). bytes_per_second counts bytes in + out;
-// `vs_host_copy` and `vs_pcie` are each ceiling's time over the backend's
-// (1.0 = at that ceiling), `host_copy_GBps` and `pcie_GBps` the ceilings'
-// bandwidths over the same bytes.
-// BM_CpuBackend runs the same batches on the CPU backend with a thread per
-// core, for comparison on the same host.
+// BM_CudaBackend/{dtype}/{D}/{input MiB}/{copy threads} runs batches of 8
+// jobs with γ and β (output in the input dtype), with 4 copy threads and
+// with none (CudaBackendOptions::copy_threads; the default takes 4 on a
+// machine of 16 cores or more).
+// bytes_per_second counts bytes in + out; `vs_host_copy` and `vs_pcie` are each
+// ceiling's time over the backend's (1.0 = at that ceiling), `host_copy_GBps`
+// and `pcie_GBps` the ceilings' bandwidths over the same bytes. BM_CpuBackend
+// runs the same batches on the CPU backend with a thread per core, for
+// comparison on the same host.
 //
 // Without a device it prints why and exits 0. Run:
 //   build/bench/cuda_backend_bench [--benchmark_format=json]
@@ -24,6 +26,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <map>
 #include <memory>
 #include <random>
 #include <string>
@@ -155,8 +158,23 @@ double PcieSeconds(const Batch& b) {
   return best;
 }
 
-// The CUDA backend every case shares (started by main).
-Backend* cuda_backend = nullptr;
+// The CUDA backends the cases share, by copy threads; main starts the
+// default one (or finds there is no device).
+std::map<int, std::unique_ptr<Backend>>& CudaBackends() {
+  static auto* backends = new std::map<int, std::unique_ptr<Backend>>;
+  return *backends;
+}
+
+Backend* CudaBackendWith(int copy_threads) {
+  std::unique_ptr<Backend>& b = CudaBackends()[copy_threads];
+  if (b == nullptr) {
+    CudaBackendOptions options;
+    options.copy_threads = copy_threads;
+    absl::StatusOr<std::unique_ptr<Backend>> made = MakeCudaBackend(options);
+    if (made.ok()) b = *std::move(made);
+  }
+  return b.get();
+}
 
 // Seconds per backend.Run of the batch (after one run to warm up), or 0
 // after an error (the case then reports it).
@@ -186,9 +204,14 @@ void BM_CudaBackend(benchmark::State& state) {
   const auto dtype = static_cast<DType>(state.range(0));
   const std::unique_ptr<Batch> b =
       MakeBatch(dtype, state.range(1), state.range(2) << 20);
+  Backend* backend = CudaBackendWith(static_cast<int>(state.range(3)));
+  if (backend == nullptr) {
+    state.SkipWithError("the CUDA backend did not start");
+    return;
+  }
   const double host_copy = HostCopySeconds(*b);
   const double pcie = PcieSeconds(*b);
-  const double per_batch = TimeBackend(state, *cuda_backend, *b);
+  const double per_batch = TimeBackend(state, *backend, *b);
   if (per_batch <= 0) return;
   const double bytes = static_cast<double>(b->bytes);
   state.counters["vs_host_copy"] = host_copy / per_batch;
@@ -209,19 +232,27 @@ void BM_CpuBackend(benchmark::State& state) {
   TimeBackend(state, *backend, *b);
 }
 
-void Cases(benchmark::internal::Benchmark* b) {
+// {dtype, D, MiB of input} and, for the CUDA backend, its copy threads:
+// 4 and none, so that their gain is measured in one run.
+void Cases(benchmark::internal::Benchmark* b, bool cuda) {
   for (DType t : {DType::kFloat32, DType::kBFloat16}) {
     for (int64_t d : {768, 4096}) {
       for (int64_t mib : {1, 8, 64}) {
-        b->Args({static_cast<int64_t>(t), d, mib});
+        if (!cuda) {
+          b->Args({static_cast<int64_t>(t), d, mib});
+          continue;
+        }
+        for (int64_t threads : {4, 0}) {
+          b->Args({static_cast<int64_t>(t), d, mib, threads});
+        }
       }
     }
   }
   b->UseManualTime()->Unit(benchmark::kMillisecond);
 }
 
-BENCHMARK(BM_CudaBackend)->Apply(Cases);
-BENCHMARK(BM_CpuBackend)->Apply(Cases);
+BENCHMARK(BM_CudaBackend)->Apply([](auto* b) { Cases(b, true); });
+BENCHMARK(BM_CpuBackend)->Apply([](auto* b) { Cases(b, false); });
 
 }  // namespace
 }  // namespace normserve
@@ -236,7 +267,7 @@ int main(int argc, char** argv) {
     return 0;
   }
   std::fprintf(stderr, "cuda_backend_bench: %s\n", (*cuda)->Describe().c_str());
-  normserve::cuda_backend = cuda->get();
+  cuda->reset();
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   return 0;

@@ -71,6 +71,15 @@ struct CudaBackendOptions {
   // than one buffer is cut into chunks; a single row that does not fit
   // grows the buffers. Memory used: 2 · num_streams · staging_bytes.
   int64_t staging_bytes = int64_t{16} << 20;
+  // Threads, besides the batch's own, that pack a chunk into its staging
+  // buffer and unpack its results (chunks of 1 MiB or more, cut into
+  // 256 KiB slices). One thread's memcpy of a large batch is far slower
+  // than a PCIe 4 or 5 link, so large batches are bound by it without
+  // them (bench/cuda_backend_bench measures both). 0: the batch's
+  // thread alone; kAutoCopyThreads: a quarter of the cores, at most 4
+  // (none on a machine of fewer than 4).
+  static constexpr int kAutoCopyThreads = -1;
+  int copy_threads = kAutoCopyThreads;
 };
 
 // Runs batches on a CUDA GPU: each batch is staged through pinned host

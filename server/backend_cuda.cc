@@ -8,12 +8,14 @@
 #include <cstring>
 #include <optional>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "kernels/cuda/normalize_cuda.h"
+#include "kernels/thread_pool.h"
 #include "server/backend.h"
 #include "server/internal/chunk_runner.h"
 #include "server/internal/cuda_pipeline.h"
@@ -39,6 +41,41 @@ absl::Status Check(cudaError_t e, const char* what) {
 int64_t AlignUp(int64_t v) {
   return (v + internal::kRegionAlignment - 1) / internal::kRegionAlignment *
          internal::kRegionAlignment;
+}
+
+// One host copy of a chunk's packing or unpacking.
+struct HostCopy {
+  uint8_t* to;
+  const uint8_t* from;
+  size_t bytes;
+};
+
+// Slices of large host copies, spread over the copy threads.
+constexpr size_t kCopySlice = size_t{256} << 10;
+// Below this many bytes a chunk's copies run on the batch's thread alone.
+constexpr size_t kParallelCopyBytes = size_t{1} << 20;
+
+// Runs `copies`: on this thread, or cut into kCopySlice slices run on
+// `pool` and this thread when they are large enough to gain from it.
+void RunCopies(const std::vector<HostCopy>& copies, ThreadPool* pool) {
+  size_t total = 0;
+  for (const HostCopy& c : copies) total += c.bytes;
+  if (pool == nullptr || pool->num_threads() == 0 ||
+      total < kParallelCopyBytes) {
+    for (const HostCopy& c : copies) std::memcpy(c.to, c.from, c.bytes);
+    return;
+  }
+  std::vector<HostCopy> slices;
+  for (const HostCopy& c : copies) {
+    for (size_t at = 0; at < c.bytes; at += kCopySlice) {
+      slices.push_back(
+          {c.to + at, c.from + at, std::min(kCopySlice, c.bytes - at)});
+    }
+  }
+  pool->ParallelFor(static_cast<int64_t>(slices.size()), [&](int64_t i) {
+    const HostCopy& c = slices[static_cast<size_t>(i)];
+    std::memcpy(c.to, c.from, c.bytes);
+  });
 }
 
 // What jobs must agree on to share a launch.
@@ -131,9 +168,11 @@ class CudaBackend final : public Backend {
  public:
   static absl::StatusOr<std::unique_ptr<Backend>> Create(
       const CudaBackendOptions& options) {
-    if (options.num_streams <= 0 || options.staging_bytes <= 0) {
+    if (options.num_streams <= 0 || options.staging_bytes <= 0 ||
+        options.copy_threads < CudaBackendOptions::kAutoCopyThreads) {
       return absl::InvalidArgumentError(
-          "CUDA backend: num_streams and staging_bytes must be > 0");
+          "CUDA backend: num_streams and staging_bytes must be > 0, "
+          "copy_threads >= 0 (or kAutoCopyThreads)");
     }
     absl::Status present = cuda::CudaDevicePresent();
     if (!present.ok()) return present;
@@ -221,6 +260,13 @@ class CudaBackend final : public Backend {
         pool_(options.num_streams),
         slots_(static_cast<size_t>(options.num_streams)) {
     defaults_.slot_bytes = options.staging_bytes;
+    int copy_threads = options.copy_threads;
+    if (copy_threads == CudaBackendOptions::kAutoCopyThreads) {
+      copy_threads = std::min<int>(4, std::thread::hardware_concurrency() / 4);
+    }
+    if (copy_threads > 0) {
+      copy_pool_ = std::make_unique<ThreadPool>(copy_threads);
+    }
   }
 
   // Streams and buffers, then one tiny normalization end to end: a device
@@ -341,11 +387,11 @@ class CudaBackend final : public Backend {
       absl::Status Stage(int chunk, int slot) override {
         Slot& s = backend_.slots_[static_cast<size_t>(slot)];
         RETURN_IF_ERROR(PrepareSlot(s, slot_bytes_));
-        return CudaBackend::Stage(batch_, shape_, plan_.chunks[chunk], s);
+        return backend_.Stage(batch_, shape_, plan_.chunks[chunk], s);
       }
       absl::Status Finish(int chunk, int slot) override {
-        return CudaBackend::Finish(batch_, shape_, plan_.chunks[chunk],
-                                   backend_.slots_[static_cast<size_t>(slot)]);
+        return backend_.Finish(batch_, shape_, plan_.chunks[chunk],
+                               backend_.slots_[static_cast<size_t>(slot)]);
       }
       void Drain(int slot) override {
         const Slot& s = backend_.slots_[static_cast<size_t>(slot)];
@@ -369,34 +415,40 @@ class CudaBackend final : public Backend {
 
   // Packs the chunk's inputs into the slot's pinned buffer and enqueues
   // copy in, kernels, copy out.
-  static absl::Status Stage(absl::Span<Job* const> batch,
-                            const BatchShape& shape, const PipelineChunk& chunk,
-                            Slot& slot) {
+  absl::Status Stage(absl::Span<Job* const> batch, const BatchShape& shape,
+                     const PipelineChunk& chunk, Slot& slot) const {
     const internal::ChunkLayout& L = chunk.layout;
     const PipelineOptions& o = shape.options;
     const size_t d_bytes = static_cast<size_t>(shape.dim) * sizeof(float);
+    std::vector<HostCopy> copies;
     for (const PipelineLaunch& l : chunk.launches) {
       if (o.group_param_bytes == 0) break;
       const GroupKey& g = shape.groups[l.group];
       uint8_t* p = slot.host + l.param_offset;
-      if (g.gamma != nullptr) std::memcpy(p, g.gamma, d_bytes);
-      if (g.beta != nullptr)
-        std::memcpy(p + shape.beta_offset, g.beta, d_bytes);
+      if (g.gamma != nullptr) {
+        copies.push_back(
+            {p, reinterpret_cast<const uint8_t*>(g.gamma), d_bytes});
+      }
+      if (g.beta != nullptr) {
+        copies.push_back({p + shape.beta_offset,
+                          reinterpret_cast<const uint8_t*>(g.beta), d_bytes});
+      }
     }
     for (const PipelinePiece& p : chunk.pieces) {
       const RowSegment& s = batch[p.job]->segment;
-      const int64_t rows = p.row_end - p.row_begin;
-      std::memcpy(slot.host + L.input + p.chunk_row * o.input_row_bytes,
-                  static_cast<const uint8_t*>(s.input) +
-                      p.row_begin * o.input_row_bytes,
-                  static_cast<size_t>(rows * o.input_row_bytes));
+      const size_t bytes =
+          static_cast<size_t>((p.row_end - p.row_begin) * o.input_row_bytes);
+      const int64_t from = p.row_begin * o.input_row_bytes;
+      const int64_t to = p.chunk_row * o.input_row_bytes;
+      copies.push_back({slot.host + L.input + to,
+                        static_cast<const uint8_t*>(s.input) + from, bytes});
       if (s.residual != nullptr) {
-        std::memcpy(slot.host + L.residual + p.chunk_row * o.input_row_bytes,
-                    static_cast<const uint8_t*>(s.residual) +
-                        p.row_begin * o.input_row_bytes,
-                    static_cast<size_t>(rows * o.input_row_bytes));
+        copies.push_back({slot.host + L.residual + to,
+                          static_cast<const uint8_t*>(s.residual) + from,
+                          bytes});
       }
     }
+    RunCopies(copies, copy_pool_.get());
     RETURN_IF_ERROR(
         Check(cudaMemcpyAsync(slot.device, slot.host,
                               static_cast<size_t>(L.host_to_device_bytes),
@@ -440,40 +492,38 @@ class CudaBackend final : public Backend {
   }
 
   // Waits for the chunk's stream and copies its outputs to the jobs.
-  static absl::Status Finish(absl::Span<Job* const> batch,
-                             const BatchShape& shape,
-                             const PipelineChunk& chunk, Slot& slot) {
+  absl::Status Finish(absl::Span<Job* const> batch, const BatchShape& shape,
+                      const PipelineChunk& chunk, Slot& slot) const {
     RETURN_IF_ERROR(Check(cudaStreamSynchronize(slot.stream),
                           "cudaStreamSynchronize (copy in, kernel, copy out)"));
     const internal::ChunkLayout& L = chunk.layout;
     const PipelineOptions& o = shape.options;
+    std::vector<HostCopy> copies;
     for (const PipelinePiece& p : chunk.pieces) {
       const RowSegment& s = batch[p.job]->segment;
       const int64_t rows = p.row_end - p.row_begin;
-      std::memcpy(
-          static_cast<uint8_t*>(s.output) + p.row_begin * o.output_row_bytes,
-          slot.host + L.output + p.chunk_row * o.output_row_bytes,
-          static_cast<size_t>(rows * o.output_row_bytes));
+      copies.push_back(
+          {static_cast<uint8_t*>(s.output) + p.row_begin * o.output_row_bytes,
+           slot.host + L.output + p.chunk_row * o.output_row_bytes,
+           static_cast<size_t>(rows * o.output_row_bytes)});
       if (s.sum_output != nullptr) {
-        std::memcpy(static_cast<uint8_t*>(s.sum_output) +
-                        p.row_begin * o.input_row_bytes,
-                    slot.host + L.sum + p.chunk_row * o.input_row_bytes,
-                    static_cast<size_t>(rows * o.input_row_bytes));
+        copies.push_back({static_cast<uint8_t*>(s.sum_output) +
+                              p.row_begin * o.input_row_bytes,
+                          slot.host + L.sum + p.chunk_row * o.input_row_bytes,
+                          static_cast<size_t>(rows * o.input_row_bytes)});
       }
       const size_t stat_bytes = static_cast<size_t>(rows) * sizeof(float);
+      const int64_t stat_at = p.chunk_row * 4;
       if (s.mean != nullptr) {
-        std::memcpy(
-            s.mean + p.row_begin,
-            reinterpret_cast<const float*>(slot.host + L.mean) + p.chunk_row,
-            stat_bytes);
+        copies.push_back({reinterpret_cast<uint8_t*>(s.mean + p.row_begin),
+                          slot.host + L.mean + stat_at, stat_bytes});
       }
       if (s.rstd != nullptr) {
-        std::memcpy(
-            s.rstd + p.row_begin,
-            reinterpret_cast<const float*>(slot.host + L.rstd) + p.chunk_row,
-            stat_bytes);
+        copies.push_back({reinterpret_cast<uint8_t*>(s.rstd + p.row_begin),
+                          slot.host + L.rstd + stat_at, stat_bytes});
       }
     }
+    RunCopies(copies, copy_pool_.get());
     return absl::OkStatus();
   }
 
@@ -517,6 +567,9 @@ class CudaBackend final : public Backend {
 
   const CudaBackendOptions options_;
   PipelineOptions defaults_;
+  // Packs and unpacks large chunks beside the batch's thread (null without
+  // copy threads).
+  std::unique_ptr<ThreadPool> copy_pool_;
   internal::SlotPool pool_;
   std::unique_ptr<internal::NvmlUtilization> nvml_;  // set by Start()
   SharedMutex device_mu_;

@@ -158,6 +158,29 @@ TEST_F(CudaBackendFakeTest, ConcurrentBatchesOverlapOnTheDevice) {
   EXPECT_EQ(stats->utilization, 0.37);
 }
 
+TEST_F(CudaBackendFakeTest, CopyThreadsPackAndUnpackLargeChunksExactly) {
+  // Chunks of several MiB, so that packing and unpacking are cut into
+  // slices run on the copy threads; two batches at once share them.
+  CudaBackendOptions options;
+  options.copy_threads = 2;
+  options.staging_bytes = 8 << 20;
+  auto made = MakeCudaBackend(options);
+  ASSERT_TRUE(made.ok()) << made.status();
+  Backend& backend = **made;
+  std::mt19937 rng(14);
+  std::vector<Batch> batches;
+  for (DType dtype : {DType::kFloat32, DType::kBFloat16}) {
+    // Residual, sum and statistics in some jobs: every kind of copy.
+    batches.push_back(MakeBatch(4096, dtype, 6, 300, &rng));
+  }
+  std::vector<std::thread> threads;
+  for (Batch& batch : batches) {
+    threads.emplace_back([&] { EXPECT_TRUE(RunBatch(backend, batch).ok()); });
+  }
+  for (std::thread& t : threads) t.join();
+  for (const Batch& batch : batches) ExpectCpuResults(batch);
+}
+
 TEST_F(CudaBackendFakeTest, ASmallBatchWaitsForOneChunkOfALargeOne) {
   auto backend = Make();
   ASSERT_NE(backend, nullptr);
