@@ -372,7 +372,11 @@ class CudaBackend final : public Backend {
   absl::Status Execute(absl::Span<Job* const> batch, const BatchShape& shape,
                        const PipelinePlan& plan)
       ABSL_SHARED_LOCKS_REQUIRED(device_mu_) {
-    RETURN_IF_ERROR(Check(cudaSetDevice(options_.device), "cudaSetDevice"));
+    if (absl::Status s = Check(cudaSetDevice(options_.device), "cudaSetDevice");
+        !s.ok()) {
+      cudaGetLastError();
+      return s;
+    }
     // What one batch does on a slot it holds.
     class Steps final : public internal::ChunkSteps {
      public:
@@ -421,8 +425,14 @@ class CudaBackend final : public Backend {
     const PipelineOptions& o = shape.options;
     const size_t d_bytes = static_cast<size_t>(shape.dim) * sizeof(float);
     std::vector<HostCopy> copies;
+    std::vector<int64_t> params_packed;  // launches of a group share them
     for (const PipelineLaunch& l : chunk.launches) {
       if (o.group_param_bytes == 0) break;
+      if (std::find(params_packed.begin(), params_packed.end(),
+                    l.param_offset) != params_packed.end()) {
+        continue;
+      }
+      params_packed.push_back(l.param_offset);
       const GroupKey& g = shape.groups[l.group];
       uint8_t* p = slot.host + l.param_offset;
       if (g.gamma != nullptr) {

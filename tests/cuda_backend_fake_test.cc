@@ -170,8 +170,27 @@ TEST_F(CudaBackendFakeTest, CopyThreadsPackAndUnpackLargeChunksExactly) {
   std::mt19937 rng(14);
   std::vector<Batch> batches;
   for (DType dtype : {DType::kFloat32, DType::kBFloat16}) {
-    // Residual, sum and statistics in some jobs: every kind of copy.
-    batches.push_back(MakeBatch(4096, dtype, 6, 300, &rng));
+    // 6 jobs of 256 rows of 8 or 16 KiB: chunks of 1 MiB or more. With
+    // and without γ and β, residual, sum and statistics: every kind of
+    // copy.
+    Batch batch;
+    for (int j = 0; j < 6; ++j) {
+      batch.push_back(MakeJob(4096, 256, dtype, dtype, j % 2 == 0, j % 3 == 0,
+                              j >= 3, &rng));
+    }
+    batches.push_back(std::move(batch));
+  }
+  {
+    // One-row jobs of 256 KiB taking turns between two models' γ and β:
+    // chunks of 4 rows launch as groups A, B, A, B, whose parameters are
+    // packed once per group.
+    Batch batch;
+    for (int j = 0; j < 32; ++j) {
+      batch.push_back(MakeJob(65536, 1, DType::kFloat32, DType::kFloat32, true,
+                              false, false, &rng));
+      if (j >= 2) batch[j]->job.segment.params = &batch[j % 2]->params;
+    }
+    batches.push_back(std::move(batch));
   }
   std::vector<std::thread> threads;
   for (Batch& batch : batches) {
@@ -196,9 +215,12 @@ TEST_F(CudaBackendFakeTest, ASmallBatchWaitsForOneChunkOfALargeOne) {
   std::thread large_thread(
       [&] { EXPECT_TRUE(RunBatch(*backend, large).ok()); });
   // Once the large batch holds every slot and has a kernel done.
-  while (fake_cuda::GetCounters().kernels_run == self_test) {
+  const absl::Time give_up = absl::Now() + absl::Seconds(30);
+  while (fake_cuda::GetCounters().kernels_run == self_test &&
+         absl::Now() < give_up) {
     absl::SleepFor(absl::Milliseconds(1));
   }
+  EXPECT_LT(absl::Now(), give_up) << "the large batch ran no kernel";
   EXPECT_TRUE(RunBatch(*backend, small).ok());
   const int64_t kernels_before_small_returned =
       fake_cuda::GetCounters().kernels_run - self_test;

@@ -34,8 +34,9 @@ class SlotPool {
   // Acquire (who would come first); never waits.
   std::optional<int> TryAcquire() ABSL_LOCKS_EXCLUDED(mu_);
 
-  // Hands back a slot taken by Acquire or TryAcquire. One that is not taken
-  // (out of range, or released already) is ignored.
+  // Hands back a slot taken by Acquire or TryAcquire, once: a second
+  // release could free the slot after another batch took it. A slot that
+  // is not taken (out of range, or free) is ignored.
   void Release(int slot) ABSL_LOCKS_EXCLUDED(mu_);
 
   int free_slots() ABSL_LOCKS_EXCLUDED(mu_);
