@@ -269,6 +269,7 @@ int main(int argc, char** argv) {
     return 0;
   }
   std::fprintf(stderr, "cuda_backend_bench: %s\n", (*cuda)->Describe().c_str());
+  benchmark::AddCustomContext("cuda_device", (*cuda)->Describe());
   cuda->reset();
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();

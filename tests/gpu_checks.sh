@@ -9,8 +9,8 @@
 #   3. the CUDA benchmark (GB/s against a device-to-device copy in the same
 #      run; JSON in OUT_DIR) and the one-run comparison with PyTorch
 #      (bench/compare_cuda.py, table in OUT_DIR); the backend's benchmark
-#      (whole host batches against host-copy and PCIe ceilings; JSON in
-#      OUT_DIR);
+#      (whole host batches against one thread's memcpy and PCIe; JSON and
+#      bench/backend_report.py's table in OUT_DIR);
 #   4. where ncu (Nsight Compute) is on PATH, the kernels' counters per
 #      element: instructions, issue rate, DRAM throughput, occupancy
 #      (bench/profile_cuda.py; ncu_kernels.md in OUT_DIR);
@@ -115,6 +115,8 @@ step compare_cuda 300 "$python" "$repo/bench/compare_cuda.py" --build "$build" \
 step cuda_backend_bench 300 "$build/bench/cuda_backend_bench" \
   --benchmark_out="$out/cuda_backend_bench.json" --benchmark_out_format=json \
   ${BENCH_ARGS:-}
+step backend_report 60 "$python" "$repo/bench/backend_report.py" \
+  --bench_json "$out/cuda_backend_bench.json" --out "$out"
 
 if command -v ncu >/dev/null 2>&1; then
   step profile_cuda 300 "$python" "$repo/bench/profile_cuda.py" \
