@@ -31,7 +31,8 @@ def load(path):
         data = json.load(fh)
     cases = {}
     for b in data.get("benchmarks", []):
-        if b.get("run_type", "iteration") != "iteration" or b.get("error_occurred"):
+        if (b.get("run_type", "iteration") != "iteration"
+                or b.get("error_occurred")):
             continue
         parts = b["name"].split("/")
         args = tuple(int(p) for p in parts[1:] if p.isdigit())
@@ -112,8 +113,8 @@ def main():
     text = "\n".join([
         f"# CUDA backend on whole batches, {today}", "",
         f"- Machine: {machine}",
-        "- Batches of 8 jobs with γ and β in pageable host memory, output in "
-        "the input dtype; GB/s counts bytes in + out. Ratios compare best "
+        "- Batches of 8 jobs with γ and β in pageable host memory, output "
+        "in the input dtype; GB/s counts bytes in + out. Ratios compare best "
         "runs measured just before each case (1.0 = as fast as the "
         "reference).", "",
         body, ""])
