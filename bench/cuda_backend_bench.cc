@@ -30,11 +30,11 @@
 #include <cstring>
 #include <map>
 #include <memory>
-#include <random>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "bench/bench_buffers.h"
 #include "benchmark/benchmark.h"
 #include "kernels/dtype.h"
 #include "kernels/normalize.h"
@@ -52,11 +52,14 @@ double SecondsSince(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
 
-// A batch of kJobs jobs of D = d, `input_bytes` of N(0,1) input in all.
+// A batch of kJobs jobs of D = d, `input_bytes` of N(0,1) input in all,
+// in the benchmarks' shared buffers (bench/bench_buffers.h).
 struct Batch {
   NormParams params;
   std::vector<float> gamma, beta;
-  std::vector<uint8_t> input, output;
+  const uint8_t* input = nullptr;
+  uint8_t* output = nullptr;
+  size_t array_bytes = 0;  // of the input, and of the output
   std::vector<Job> jobs;
   std::vector<Job*> pointers;
   int64_t bytes = 0;  // in + out
@@ -73,27 +76,16 @@ std::unique_ptr<Batch> MakeBatch(DType dtype, int64_t d, int64_t input_bytes) {
   b->params.dim = d;
   b->params.gamma = b->gamma.data();
   b->params.beta = b->beta.data();
-  b->input.resize(static_cast<size_t>(rows * row_bytes));
-  b->output.resize(b->input.size());
-  std::mt19937 rng(1);
-  std::normal_distribution<float> dist(0.0f, 1.0f);
-  const size_t n = static_cast<size_t>(rows * d);
-  for (size_t i = 0; i < n; ++i) {
-    const float v = dist(rng);
-    if (dtype == DType::kFloat32) {
-      std::memcpy(b->input.data() + 4 * i, &v, 4);
-    } else {
-      const uint16_t h = FloatToBFloat16(v);
-      std::memcpy(b->input.data() + 2 * i, &h, 2);
-    }
-  }
+  b->array_bytes = static_cast<size_t>(rows * row_bytes);
+  b->input = bench::RandomInput(dtype, b->array_bytes);
+  b->output = bench::Output(b->array_bytes);
   b->jobs.resize(kJobs);
   for (int j = 0; j < kJobs; ++j) {
     RowSegment& s = b->jobs[j].segment;
     s.params = &b->params;
     s.input_dtype = s.output_dtype = dtype;
-    s.input = b->input.data() + j * rows_per_job * row_bytes;
-    s.output = b->output.data() + j * rows_per_job * row_bytes;
+    s.input = b->input + j * rows_per_job * row_bytes;
+    s.output = b->output + j * rows_per_job * row_bytes;
     s.rows = rows_per_job;
     b->jobs[j].rows = rows_per_job;
     b->jobs[j].key.dim = d;
@@ -105,14 +97,14 @@ std::unique_ptr<Batch> MakeBatch(DType dtype, int64_t d, int64_t input_bytes) {
 
 // Seconds to copy the input into a staging buffer and from there into the
 // output, one memcpy each on this thread (what the backend's packing and
-// unpacking do, at the least).
-double HostCopySeconds(Batch& b) {
-  std::vector<uint8_t> staging(b.input.size());
+// unpacking do without copy threads).
+double HostCopySeconds(const Batch& b) {
+  const bench::Buffer staging = bench::Allocate(b.array_bytes);
   double best = 1e30;
   for (int rep = 0; rep < 3; ++rep) {
     const Clock::time_point start = Clock::now();
-    std::memcpy(staging.data(), b.input.data(), b.input.size());
-    std::memcpy(b.output.data(), staging.data(), b.output.size());
+    std::memcpy(staging.get(), b.input, b.array_bytes);
+    std::memcpy(b.output, staging.get(), b.array_bytes);
     benchmark::ClobberMemory();
     best = std::min(best, SecondsSince(start));
   }
@@ -122,7 +114,7 @@ double HostCopySeconds(Batch& b) {
 // Seconds per host→device copy of the input bytes and device→host copy of
 // the output bytes, pinned, on two streams at once; 0 if CUDA fails.
 double PcieSeconds(const Batch& b) {
-  const size_t in = b.input.size(), out = b.output.size();
+  const size_t in = b.array_bytes, out = b.array_bytes;
   void *host_in = nullptr, *host_out = nullptr, *dev_in = nullptr,
        *dev_out = nullptr;
   cudaStream_t up = nullptr, down = nullptr;
@@ -160,8 +152,8 @@ double PcieSeconds(const Batch& b) {
   return best;
 }
 
-// The CUDA backends the cases share, by copy threads; main starts the
-// default one (or finds there is no device).
+// The CUDA backends the cases share, by copy threads; main starts the one
+// with 4 (or finds there is no device).
 std::map<int, std::unique_ptr<Backend>>& CudaBackends() {
   static auto* backends = new std::map<int, std::unique_ptr<Backend>>;
   return *backends;
@@ -261,8 +253,11 @@ BENCHMARK(BM_CpuBackend)->Apply([](auto* b) { Cases(b, false); });
 
 int main(int argc, char** argv) {
   benchmark::Initialize(&argc, argv);
+  // The first backend of the cases, or why there is none.
+  normserve::CudaBackendOptions options;
+  options.copy_threads = 4;
   absl::StatusOr<std::unique_ptr<normserve::Backend>> cuda =
-      normserve::MakeCudaBackend({});
+      normserve::MakeCudaBackend(options);
   if (!cuda.ok()) {
     std::fprintf(stderr, "cuda_backend_bench: skipped: %s\n",
                  std::string(cuda.status().message()).c_str());
@@ -270,7 +265,7 @@ int main(int argc, char** argv) {
   }
   std::fprintf(stderr, "cuda_backend_bench: %s\n", (*cuda)->Describe().c_str());
   benchmark::AddCustomContext("cuda_device", (*cuda)->Describe());
-  cuda->reset();
+  normserve::CudaBackends()[options.copy_threads] = *std::move(cuda);
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   return 0;

@@ -425,16 +425,10 @@ class CudaBackend final : public Backend {
     const PipelineOptions& o = shape.options;
     const size_t d_bytes = static_cast<size_t>(shape.dim) * sizeof(float);
     std::vector<HostCopy> copies;
-    std::vector<int64_t> params_packed;  // launches of a group share them
-    for (const PipelineLaunch& l : chunk.launches) {
+    for (const internal::ParamBlock& block : chunk.param_blocks) {
       if (o.group_param_bytes == 0) break;
-      if (std::find(params_packed.begin(), params_packed.end(),
-                    l.param_offset) != params_packed.end()) {
-        continue;
-      }
-      params_packed.push_back(l.param_offset);
-      const GroupKey& g = shape.groups[l.group];
-      uint8_t* p = slot.host + l.param_offset;
+      const GroupKey& g = shape.groups[block.group];
+      uint8_t* p = slot.host + block.offset;
       if (g.gamma != nullptr) {
         copies.push_back(
             {p, reinterpret_cast<const uint8_t*>(g.gamma), d_bytes});

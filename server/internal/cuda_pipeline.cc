@@ -43,19 +43,14 @@ void Layout(const PipelineOptions& o, PipelineChunk* c) {
   int64_t at = 0;
   for (PipelineLaunch& l : c->launches) {
     // Launches of one group share its parameters.
-    bool seen = false;
-    for (const PipelineLaunch& e : c->launches) {
-      if (&e == &l) break;
-      if (e.group == l.group) {
-        l.param_offset = e.param_offset;
-        seen = true;
-        break;
-      }
-    }
-    if (!seen) {
-      l.param_offset = at;
+    auto block =
+        std::find_if(c->param_blocks.begin(), c->param_blocks.end(),
+                     [&](const ParamBlock& b) { return b.group == l.group; });
+    if (block == c->param_blocks.end()) {
+      block = c->param_blocks.insert(c->param_blocks.end(), {l.group, at});
       at += AlignUp(o.group_param_bytes);
     }
+    l.param_offset = block->offset;
   }
   ChunkLayout& L = c->layout;
   L.input = at;

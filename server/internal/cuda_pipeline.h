@@ -86,10 +86,18 @@ struct ChunkLayout {
   int64_t total_bytes = 0;
 };
 
+// Where a launch group's γ/β sit in the slot: one block per group of the
+// chunk, shared by all its launches.
+struct ParamBlock {
+  int group = 0;
+  int64_t offset = 0;
+};
+
 struct PipelineChunk {
   int64_t rows = 0;
   std::vector<PipelinePiece> pieces;
   std::vector<PipelineLaunch> launches;
+  std::vector<ParamBlock> param_blocks;  // in order of first launch
   ChunkLayout layout;
 };
 

@@ -19,12 +19,7 @@ std::vector<int> SlotPool::Acquire(int want) {
   const uint64_t ticket = next_ticket_++;
   while (ticket != serving_ || FreeLocked() == 0) freed_.Wait(&mu_);
   ++serving_;
-  std::vector<int> slots;
-  for (int s = 0; s < size_ && static_cast<int>(slots.size()) < want; ++s) {
-    if (taken_[static_cast<size_t>(s)]) continue;
-    taken_[static_cast<size_t>(s)] = true;
-    slots.push_back(s);
-  }
+  std::vector<int> slots = TakeLocked(want);
   // The next ticket may go on if slots are left.
   freed_.SignalAll();
   return slots;
@@ -33,12 +28,19 @@ std::vector<int> SlotPool::Acquire(int want) {
 std::optional<int> SlotPool::TryAcquire() {
   MutexLock lock(&mu_);
   if (next_ticket_ != serving_) return std::nullopt;  // others wait
-  for (int s = 0; s < size_; ++s) {
+  const std::vector<int> slot = TakeLocked(1);
+  if (slot.empty()) return std::nullopt;
+  return slot[0];
+}
+
+std::vector<int> SlotPool::TakeLocked(int want) {
+  std::vector<int> slots;
+  for (int s = 0; s < size_ && static_cast<int>(slots.size()) < want; ++s) {
     if (taken_[static_cast<size_t>(s)]) continue;
     taken_[static_cast<size_t>(s)] = true;
-    return s;
+    slots.push_back(s);
   }
-  return std::nullopt;
+  return slots;
 }
 
 void SlotPool::Release(int slot) {

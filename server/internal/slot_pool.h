@@ -50,6 +50,8 @@ class SlotPool {
   Mutex mu_;
   CondVar freed_;
   int FreeLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Takes up to `want` free slots, lowest first.
+  std::vector<int> TakeLocked(int want) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   std::vector<bool> taken_ ABSL_GUARDED_BY(mu_);
   // Tickets handed out, and the ticket whose turn it is.
