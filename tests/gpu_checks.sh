@@ -11,12 +11,12 @@
 #      (bench/compare_cuda.py, table in OUT_DIR); the backend's benchmark
 #      (whole host batches against one thread's memcpy and PCIe; JSON and
 #      bench/backend_report.py's table in OUT_DIR);
-#   4. where ncu (Nsight Compute) is on PATH, the kernels' counters per
-#      element: instructions, issue rate, DRAM throughput, occupancy
-#      (bench/profile_cuda.py; ncu_kernels.md in OUT_DIR);
-#   5. compute-sanitizer: memcheck (with leak checks) over the kernel and
+#   4. compute-sanitizer: memcheck (with leak checks) over the kernel and
 #      backend tests, racecheck, synccheck and initcheck over the kernel
-#      tests.
+#      tests;
+#   5. where ncu (Nsight Compute) is on PATH, the kernels' counters per
+#      element: instructions, issue rate, DRAM throughput, occupancy
+#      (bench/profile_cuda.py; ncu_kernels.md in OUT_DIR).
 # A summary table ends the output; the exit status is 1 if any step failed.
 #
 # Usage: tests/gpu_checks.sh [BUILD_DIR] [OUT_DIR]    (or: make gpu-check)
@@ -28,7 +28,8 @@
 # that the comparison table gives the change's speed-up measured in one run;
 # STEP_TIMEOUT_S,
 # each sanitizer step's limit (default 600); DEADLINE_S, seconds after which
-# the remaining steps are reported as not run (default: none).
+# the remaining steps are reported as not run (default: none); SKIP_STEPS,
+# names of steps to leave out (space-separated, reported as not run).
 set -uo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 build=$(cd "${1:-$repo/build}" && pwd)
@@ -48,6 +49,10 @@ step() {
   local name=$1 limit=$2
   shift 2
   local start=$SECONDS
+  if [[ " ${SKIP_STEPS:-} " == *" $name "* ]]; then
+    summary+=("$(printf '%-28s %-24s' "$name" "not run: in SKIP_STEPS")")
+    return
+  fi
   if [ "$deadline" -gt 0 ] && [ "$SECONDS" -ge "$deadline" ]; then
     failed=1
     summary+=("$(printf '%-28s %-24s' "$name" "not run: past DEADLINE_S")")
@@ -118,13 +123,6 @@ step cuda_backend_bench 300 "$build/bench/cuda_backend_bench" \
 step backend_report 60 "$python" "$repo/bench/backend_report.py" \
   --bench_json "$out/cuda_backend_bench.json" --out "$out"
 
-if command -v ncu >/dev/null 2>&1; then
-  step profile_cuda 300 "$python" "$repo/bench/profile_cuda.py" \
-    --bench "$build/bench/normalize_cuda_bench" --out "$out"
-else
-  summary+=("$(printf '%-28s %-24s' profile_cuda "not run: no ncu on PATH")")
-fi
-
 step memcheck_kernels "$step_limit" "$sanitizer" --tool memcheck --leak-check full \
   --error-exitcode 1 "$build/tests/cuda_normalize_test"
 step memcheck_backend "$step_limit" "$sanitizer" --tool memcheck --leak-check full \
@@ -135,6 +133,13 @@ step synccheck_kernels "$step_limit" "$sanitizer" --tool synccheck --error-exitc
   "$build/tests/cuda_normalize_test"
 step initcheck_kernels "$step_limit" "$sanitizer" --tool initcheck --error-exitcode 1 \
   "$build/tests/cuda_normalize_test"
+
+if command -v ncu >/dev/null 2>&1; then
+  step profile_cuda 300 "$python" "$repo/bench/profile_cuda.py" \
+    --bench "$build/bench/normalize_cuda_bench" --out "$out"
+else
+  summary+=("$(printf '%-28s %-24s' profile_cuda "not run: no ncu on PATH")")
+fi
 
 echo
 echo "== summary (logs in $out)"
