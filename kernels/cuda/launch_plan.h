@@ -49,10 +49,13 @@
 //   whose loads would otherwise wait for the previous row's reductions, and
 //   γ and β that no longer stay in L1). It also needs D a multiple of the
 //   pack; at launch, aligned input, residual, output, sum, γ and β, and
-//   room in shared memory for two rows (twice that with a residual). Else
-//   the register kernel runs, with the same threads per row; for a staged
-//   warp mapping, whose threads own more packs than registers hold, it
-//   reads the row from global memory on every pass (as kBlockStreaming).
+//   room in shared memory for two rows (the residual is staged beside x
+//   where that fits, and under the warp mapping only where it holds as many
+//   blocks per multiprocessor as x alone; else the rows read it from global
+//   memory). Else the register kernel runs, with the same threads per row;
+//   for a staged warp mapping, whose threads own more packs than registers
+//   hold, it reads the row from global memory on every pass (as
+//   kBlockStreaming).
 //
 // Thread-safe (pure); never fails for dim > 0.
 #ifndef NORMSERVE_KERNELS_CUDA_LAUNCH_PLAN_H_

@@ -173,9 +173,21 @@ __device__ __forceinline__ void CpAsyncWait() {
 // Row buffers in shared memory per row group (half-warp or block): row i is
 // normalized from buffer i mod kStages while rows i + 1 … i + kStages − 1
 // are being copied in. A buffer holds the row's x and, with a residual
-// (KernelArgs::stage_residual), the row's residual after it.
-inline constexpr int kWarpStages = 2;
-inline constexpr int kBlockStages = 2;
+// (KernelArgs::stage_residual), the row's residual after it. Two each, as
+// measured; the CMake cache variables NORMSERVE_CUDA_WARP_STAGES and
+// NORMSERVE_CUDA_BLOCK_STAGES build other counts, to measure them against
+// this one in one run (bench/build_baseline.sh).
+#ifndef NORMSERVE_CUDA_WARP_STAGES
+#define NORMSERVE_CUDA_WARP_STAGES 2
+#endif
+#ifndef NORMSERVE_CUDA_BLOCK_STAGES
+#define NORMSERVE_CUDA_BLOCK_STAGES 2
+#endif
+inline constexpr int kWarpStages = NORMSERVE_CUDA_WARP_STAGES;
+inline constexpr int kBlockStages = NORMSERVE_CUDA_BLOCK_STAGES;
+static_assert(kWarpStages >= 2 && kWarpStages <= 4 && kBlockStages >= 2 &&
+                  kBlockStages <= 4,
+              "2 to 4 row buffers per row group");
 
 // Packs of one buffer.
 __host__ __device__ inline int64_t StagedBufferPacks(const KernelArgs& a,
@@ -476,16 +488,30 @@ bool LaunchStaged(const KernelArgs& a, const LaunchPlan& plan,
   KernelArgs staged = a;
   size_t smem = smem_of(staged);
   StagedLimits limits = StagedLaunchLimits(kernel, threads, smem);
-  if (limits.resident <= 0 && staged.residual != nullptr) {
-    // x and its residual do not fit in shared memory twice (float32 add &
-    // norm from D ≈ 14500): stage x alone and read the residual from global
-    // memory. The register kernel otherwise taken holds one row per
-    // multiprocessor and prefetches none (0.59 of copy for float32 add &
-    // norm at D = 16384 on an H200); this still prefetches x. Not yet
-    // measured.
-    staged.stage_residual = false;
-    smem = smem_of(staged);
-    limits = StagedLaunchLimits(kernel, threads, smem);
+  if (staged.residual != nullptr) {
+    // Where staging the residual beside x costs rows in flight, stage x
+    // alone and read the residual from global memory:
+    // - x and its residual do not fit in shared memory twice (float32 add
+    //   & norm from D ≈ 14500). The register kernel otherwise taken holds
+    //   one row per multiprocessor and prefetches none: at D = 16384 this
+    //   measured 0.75 of copy against its 0.69 (H100, 2026-11-26).
+    // - Under the warp mapping, whenever it holds more blocks: half-warp
+    //   rows take twice a warp's shared memory per thread, and with their
+    //   residuals staged only 4 blocks (16 warps) of 16-bit rows at
+    //   D = 768 fit per multiprocessor instead of 8; add & norm there ran
+    //   at 0.85 of copy against 0.90 with a warp per row (H100); x alone
+    //   keeps 8 blocks (not yet measured). The block mapping keeps its
+    //   residual staged: there float32 add & norm ran as fast as LayerNorm
+    //   (0.91–0.94 of copy) with fewer blocks.
+    KernelArgs x_only = staged;
+    x_only.stage_residual = false;
+    const size_t x_smem = smem_of(x_only);
+    const StagedLimits x_limits = StagedLaunchLimits(kernel, threads, x_smem);
+    if (limits.resident <= 0 || (warp && x_limits.resident > limits.resident)) {
+      staged = x_only;
+      smem = x_smem;
+      limits = x_limits;
+    }
   }
   if (limits.resident <= 0) return false;
   // The limit is set again on every launch beyond the default 48 KiB: a
