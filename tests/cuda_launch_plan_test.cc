@@ -103,8 +103,7 @@ TEST(CudaLaunchPlanTest, StagesSixteenBitRowsAndLongFloat32Rows) {
     for (int64_t d : {8, 768, 1024, 4096, 16384}) {
       EXPECT_TRUE(PlanLaunch(d, t).staged) << d;
     }
-    EXPECT_FALSE(PlanLaunch(1031, t).staged);   // a tail
-    EXPECT_FALSE(PlanLaunch(16392, t).staged);  // streaming
+    EXPECT_FALSE(PlanLaunch(1031, t).staged);  // a tail
   }
   for (int64_t d : {4, 768, 1024, 2048, 4092}) {
     EXPECT_FALSE(PlanLaunch(d, DType::kFloat32).staged) << d;
@@ -113,7 +112,20 @@ TEST(CudaLaunchPlanTest, StagesSixteenBitRowsAndLongFloat32Rows) {
     EXPECT_TRUE(PlanLaunch(d, DType::kFloat32).staged) << d;
   }
   EXPECT_FALSE(PlanLaunch(4097, DType::kFloat32).staged);  // a tail
-  EXPECT_FALSE(PlanLaunch(65536, DType::kFloat32).staged);
+}
+
+TEST(CudaLaunchPlanTest, StagesStreamingRowsOfWholePacksUpToTheStagedLimit) {
+  for (DType t : kTypes) {
+    const int64_t v = PlanLaunch(1, t).pack_elements;
+    const int64_t limit = int64_t{kStreamingThreads} * kStreamingStagedPacks;
+    for (int64_t packs : {int64_t{16392} / 4, limit}) {
+      const LaunchPlan p = PlanLaunch(packs * v, t);
+      EXPECT_EQ(p.mapping, RowMapping::kBlockStreaming) << packs;
+      EXPECT_TRUE(p.staged) << packs;
+    }
+    EXPECT_FALSE(PlanLaunch((limit + 1) * v, t).staged);  // too long
+    EXPECT_FALSE(PlanLaunch(16392 * v + 1, t).staged);    // a tail
+  }
 }
 
 TEST(CudaLaunchPlanTest, VeryLongRowsStreamThroughAFullBlock) {

@@ -178,7 +178,7 @@ TEST_F(CudaKernelTest, RandomizedSweepMatchesReference) {
 
 TEST_F(CudaKernelTest, LongRowsOnTheBlockAndStreamingMappings) {
   std::mt19937 rng(2);
-  for (int64_t d : {8192, 16384, 16387, 65536, 65537, 262147}) {
+  for (int64_t d : {8192, 16384, 16387, 32768, 65536, 65537, 262147}) {
     for (DType t : {DType::kFloat32, DType::kBFloat16}) {
       for (bool residual : {false, true}) {
         std::vector<float> g, b;

@@ -16,10 +16,12 @@
 #include <cmath>
 #include <condition_variable>
 #include <cstring>
+#include <iterator>
 #include <limits>
 #include <mutex>
 #include <random>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -154,8 +156,9 @@ void RunStreamingRows(const KernelArgs& a, int threads) {
 
 // Staged rows as the staged kernels run them: kPacks packs per thread at
 // most, the row loop compiled for the launch's RowVariant; under a block
-// mapping (kHold) γ and β held by each thread across the rows.
-template <typename In, typename Out, int kPacks, bool kHold>
+// mapping (kHold) γ and β held by each thread across the rows; a long
+// (streaming) row read in a loop (kLong, SharedStreamingRow).
+template <typename In, typename Out, int kPacks, bool kHold, bool kLong = false>
 void RunStagedRows(const KernelArgs& a, int threads) {
   using Bits = typename In::Bits;
   constexpr int V = kPackOf<In>;
@@ -185,7 +188,9 @@ void RunStagedRows(const KernelArgs& a, int threads) {
         team.Sum(t, 0.0f);
       }
       const RowPointers<In, Out, true> ptr(a, row);
-      const SharedRow<In, Out, kPacks> src{ptr, staged.data(), t, threads};
+      using Row = std::conditional_t<kLong, SharedStreamingRow<In, Out>,
+                                     SharedRow<In, Out, kPacks>>;
+      const Row src{ptr, staged.data(), t, threads};
       ForKindAndVariant(a, true, [&](auto layer, auto variant) {
         constexpr RowVariant kV = decltype(variant)::value;
         if constexpr (kHold) {
@@ -208,10 +213,15 @@ void RunTyped(const KernelArgs& a, const LaunchPlan& plan, Path path) {
   constexpr int V = kPackOf<In>;
   const int threads = plan.threads_per_row;
   // As the device's launcher: rows the staged kernels cannot take (a tail,
-  // a streaming D) go the planned way.
+  // a streaming row too long to stage) go the planned way.
   const bool stageable =
-      a.dim % V == 0 && plan.mapping != RowMapping::kBlockStreaming;
+      a.dim % V == 0 &&
+      (plan.mapping != RowMapping::kBlockStreaming || plan.staged);
   if (path != Path::kPlanned && stageable) {
+    if (plan.mapping == RowMapping::kBlockStreaming) {
+      return RunStagedRows<In, Out, kStreamingStagedPacks, false, true>(
+          a, threads);
+    }
     if (plan.mapping == RowMapping::kBlockPerRow) {
       ASSERT_EQ(plan.packs_per_thread, kMaxFloatsPerThread / V);
       return RunStagedRows<In, Out, kMaxFloatsPerThread / V, true>(a, threads);
@@ -513,19 +523,21 @@ TEST(CudaRowAlgorithmTest, AgreesWithTheCpuKernel) {
 // element accesses) give a row the same bits, with and without a residual
 // (staged beside x, or read from its own array), with γ and β, γ alone or
 // neither: as on the device, the mapping may change with alignment, the
-// bits may not.
-TEST(CudaRowAlgorithmTest, StagedAlignedAndMisalignedRowsHaveTheSameBits) {
-  struct Options {
-    bool gamma, beta, residual;
-  };
+// bits may not. Rows of `dims`, for every input and output dtype of
+// `types`, both kinds.
+struct Options {
+  bool gamma, beta, residual;
+};
+
+void CheckStagedAndPlannedBits(const std::vector<DType>& types,
+                               const std::vector<int64_t>& dims,
+                               const std::vector<Options>& options) {
   std::mt19937 rng(11);
-  for (DType in : kTypes) {
-    for (DType out : kTypes) {
+  for (DType in : types) {
+    for (DType out : types) {
       for (NormKind kind : {NormKind::kLayerNorm, NormKind::kRmsNorm}) {
-        for (Options opt :
-             {Options{true, true, false}, Options{true, true, true},
-              Options{true, false, false}, Options{false, false, false}}) {
-          for (int64_t d : {64, 640, 768, 4096}) {
+        for (Options opt : options) {
+          for (int64_t d : dims) {
             std::vector<float> g, b;
             Case c = MakeCase(kind, in, out, d, 3, opt.gamma, opt.beta,
                               opt.residual, &rng, &g, &b);
@@ -557,6 +569,23 @@ TEST(CudaRowAlgorithmTest, StagedAlignedAndMisalignedRowsHaveTheSameBits) {
       }
     }
   }
+}
+
+TEST(CudaRowAlgorithmTest, StagedAlignedAndMisalignedRowsHaveTheSameBits) {
+  CheckStagedAndPlannedBits(
+      {std::begin(kTypes), std::end(kTypes)}, {64, 640, 768, 4096},
+      {Options{true, true, false}, Options{true, true, true},
+       Options{true, false, false}, Options{false, false, false}});
+}
+
+// Rows longer than the block mapping's, staged whole in shared memory
+// (StagedStreamingKernel) and streamed from global memory (StreamingKernel):
+// one float32 and one 16-bit input (each row is 1024 host threads).
+TEST(CudaRowAlgorithmTest, StagedAndStreamedLongRowsHaveTheSameBits) {
+  CheckStagedAndPlannedBits(
+      {DType::kFloat32, DType::kBFloat16}, {16392},
+      {Options{true, true, false}, Options{true, true, true},
+       Options{false, false, false}});
 }
 
 }  // namespace

@@ -47,6 +47,8 @@ LaunchPlan PlanLaunch(int64_t dim, DType input_dtype) {
   plan.mapping = RowMapping::kBlockStreaming;
   plan.threads_per_row = kStreamingThreads;
   plan.packs_per_thread = 0;
+  plan.staged = packed_dim == dim &&
+                packs <= int64_t{kStreamingThreads} * kStreamingStagedPacks;
   return plan;
 }
 

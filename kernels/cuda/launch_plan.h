@@ -33,9 +33,11 @@
 //                  partial sums combined through shared memory.
 //   kBlockStreaming larger D: one block of 1024 threads per row and three
 //                  passes over the row in global memory (sums, squares,
-//                  output); the re-reads are served mostly by L2.
+//                  output); the re-reads are served mostly by L2. Staged
+//                  (below), the block copies the whole row into shared
+//                  memory once instead and makes its passes there.
 //
-// Staging (kWarpPerRow and kBlockPerRow)
+// Staging
 //   Instead of loading its row into registers, a row group (the warp or
 //   half-warp, or the block) may loop over rows and copy the next one into
 //   shared memory (cp.async, two buffers) while it normalizes the current one
@@ -47,15 +49,18 @@
 //   float registers per input's 2 bytes, so fewer rows fit in flight) and
 //   for float32 rows of 4096 elements or more (few rows per multiprocessor,
 //   whose loads would otherwise wait for the previous row's reductions, and
-//   γ and β that no longer stay in L1). It also needs D a multiple of the
-//   pack; at launch, aligned input, residual, output, sum, γ and β, and
-//   room in shared memory for two rows (the residual is staged beside x
-//   where that fits, and under the warp mapping only where it holds as many
-//   blocks per multiprocessor as x alone; else the rows read it from global
-//   memory). Else the register kernel runs, with the same threads per row;
-//   for a staged warp mapping, whose threads own more packs than registers
-//   hold, it reads the row from global memory on every pass (as
-//   kBlockStreaming).
+//   γ and β that no longer stay in L1). Under kBlockStreaming every row of
+//   whole packs is `staged`: one buffer, the whole row, read once from
+//   memory instead of three times (0.52–0.66 of copy on an H100), where it
+//   fits in shared memory.
+//   Staging also needs D a multiple of the pack; at launch, aligned input,
+//   residual, output, sum, γ and β, and room in shared memory for the
+//   buffers. The residual is staged beside x where that fits (under the
+//   warp mapping, only where it holds as many blocks per multiprocessor as
+//   x alone); else the rows read it from global memory. Otherwise the
+//   register kernel runs, with the same threads per row; for a staged warp
+//   mapping, whose threads own more packs than registers hold, it reads the
+//   row from global memory on every pass (as kBlockStreaming).
 //
 // Thread-safe (pure); never fails for dim > 0.
 #ifndef NORMSERVE_KERNELS_CUDA_LAUNCH_PLAN_H_
@@ -104,6 +109,10 @@ inline constexpr int kWarpRowsPerBlock = 8;
 inline constexpr int kSubWarpThreads = 16;
 // Block size of the streaming mapping.
 inline constexpr int kStreamingThreads = 1024;
+// Packs a thread of a staged streaming row reads at most: rows of up to
+// 16 × 1024 packs (256 KiB), more than a block's shared memory holds on
+// any GPU so far (227 KiB on sm_90), so that shared memory decides.
+inline constexpr int kStreamingStagedPacks = 16;
 
 // Calls f(std::integral_constant<int, K>{}) for K = packs (1, 2, 4 or 8,
 // the warp mapping's packs per thread), so that a kernel can be chosen by

@@ -185,6 +185,8 @@ __device__ __forceinline__ void CpAsyncWait() {
 #endif
 inline constexpr int kWarpStages = NORMSERVE_CUDA_WARP_STAGES;
 inline constexpr int kBlockStages = NORMSERVE_CUDA_BLOCK_STAGES;
+// A staged streaming row fills most of the shared memory alone.
+inline constexpr int kStreamingStages = 1;
 static_assert(kWarpStages >= 2 && kWarpStages <= 4 && kBlockStages >= 2 &&
                   kBlockStages <= 4,
               "2 to 4 row buffers per row group");
@@ -211,7 +213,7 @@ __device__ __forceinline__ void StagedRows(
   using P = Pack<typename In::Bits, kPackOf<In>>;
   constexpr int V = kPackOf<In>;
   const auto rows = static_cast<unsigned>(a.rows);
-  const auto packs = static_cast<unsigned>(a.dim / V);  // <= kBlockMaxPackedDim
+  const auto packs = static_cast<unsigned>(a.dim / V);  // <= 2^14
   const bool residual = HasResidual<kV>(a);
   const bool staged_residual = residual && a.stage_residual;
   const unsigned buffer_packs = staged_residual ? 2 * packs : packs;
@@ -381,6 +383,41 @@ __global__ void __launch_bounds__(kBlockMaxThreads)
   });
 }
 
+// The staged streaming mapping: rows too long for the block mapping that
+// fit in shared memory (16-bit rows up to about 115K elements, float32 up to
+// about 57K on sm_90). The block copies its row there once and makes the
+// row's passes over that copy, not over global memory: thread t reads packs
+// t, t + T, … as StreamingKernel's thread t does, so the bits are
+// StreamingKernel's. One buffer (the row is most of the shared memory) and
+// one block per multiprocessor (1024 threads at 64 registers fill the
+// register file): a block does not prefetch its next row, so its
+// multiprocessor reads nothing while it reduces. Expected between
+// StreamingKernel's 0.52–0.66 of copy (H100) and the staged block kernel's
+// 0.93; not yet measured.
+template <typename In, typename Out>
+__global__ void __launch_bounds__(kStreamingThreads)
+    StagedStreamingKernel(const KernelArgs a) {
+  using Bits = typename In::Bits;
+  constexpr int V = kPackOf<In>;
+  extern __shared__ uint4 staged_smem[];
+  __shared__ BlockScratch scratch;
+  const int t = static_cast<int>(threadIdx.x);
+  const int T = static_cast<int>(blockDim.x);
+  ForKindAndVariant(a, true, [&](auto layer, auto variant) {
+    constexpr RowVariant kV = decltype(variant)::value;
+    StagedRows<kStreamingStages, kStreamingStagedPacks, In, kV>(
+        a, blockIdx.x, gridDim.x, reinterpret_cast<Pack<Bits, V>*>(staged_smem),
+        t, T, [] { __syncthreads(); },
+        [&](int64_t row, const Pack<Bits, V>* buffer) {
+          const RowPointers<In, Out, true> ptr(a, row);
+          const SharedStreamingRow<In, Out> src{ptr, buffer, t, T};
+          NormalizeRow<decltype(layer)::value>(
+              a, row, ptr, src, BlockGroup{&scratch}, t == 0,
+              LoadedWeights<V, kV>{a, true, true});
+        });
+  });
+}
+
 // How a staged kernel launches with `smem` bytes of dynamic shared memory
 // and `threads` threads on the current device.
 struct StagedLimits {
@@ -455,18 +492,21 @@ bool LaunchStaged(const KernelArgs& a, const LaunchPlan& plan,
                   cudaStream_t stream, cudaError_t* error) {
   using Bits = typename In::Bits;
   constexpr int V = kPackOf<In>;
-  // plan.staged holds the mapping to a warp or a block with the row in
-  // hand. Row numbers are 32-bit (StagedRows).
+  // plan.staged: the plan's mapping has a staged kernel for these rows
+  // (launch_plan.h). Row numbers are 32-bit (StagedRows).
   if (!plan.staged || a.rows > INT32_MAX || !AlignedLaunch<In, Out>(a)) {
     return false;
   }
   const bool warp = plan.mapping == RowMapping::kWarpPerRow;
+  const bool streaming = plan.mapping == RowMapping::kBlockStreaming;
   const int threads = plan.threads_per_block();
+  const int stages =
+      warp ? kWarpStages : (streaming ? kStreamingStages : kBlockStages);
   // Dynamic shared memory of the launch: every row group's buffers.
   auto smem_of = [&](const KernelArgs& k) {
     return static_cast<size_t>(StagedBufferPacks(k, V)) *
            sizeof(Pack<Bits, V>) * static_cast<size_t>(plan.rows_per_block) *
-           static_cast<size_t>(warp ? kWarpStages : kBlockStages);
+           static_cast<size_t>(stages);
   };
   const void* kernel = nullptr;
   if (warp) {
@@ -480,6 +520,11 @@ bool LaunchStaged(const KernelArgs& a, const LaunchPlan& plan,
               &StagedWarpKernel<In, Out, decltype(packs)::value>);
         });
       }
+    }
+  } else if (streaming) {
+    if (plan.threads_per_row == kStreamingThreads &&
+        a.dim / V <= int64_t{kStreamingThreads} * kStreamingStagedPacks) {
+      kernel = reinterpret_cast<const void*>(&StagedStreamingKernel<In, Out>);
     }
   } else {
     kernel = reinterpret_cast<const void*>(&StagedBlockKernel<In, Out>);

@@ -454,7 +454,8 @@ struct StreamingRow {
 // memory, staged there by the kernel. Thread t reads packs t, t + T, … (at
 // most kPacks) in the order RegisterRow holds them, so the row's arithmetic
 // and its bits are the same as under the register mapping with T threads.
-// Rows here are short (kBlockMaxPackedDim): 32-bit pack indices.
+// Rows here fit in shared memory (at most kStreamingThreads ×
+// kStreamingStagedPacks packs): 32-bit pack indices.
 template <typename In, typename Out, int kPacks>
 struct SharedRow {
   static constexpr int V = kPackOf<In>;
@@ -476,6 +477,34 @@ struct SharedRow {
         In::Unpack(row[pack], z);
         f(k, pack, z);
       }
+    }
+  }
+  template <typename F>
+  NORMSERVE_HD void ForTail(F&&) const {}
+};
+
+// The same over a row too long to unroll (StagedStreamingKernel): packs t,
+// t + T, … in a loop, as StreamingRow walks them in global memory. Its
+// thread's pack count k is not bounded by registers: the row goes with
+// weights read per pack (LoadedWeights), which ignore it.
+template <typename In, typename Out>
+struct SharedStreamingRow {
+  static constexpr int V = kPackOf<In>;
+  using Bits = typename In::Bits;
+  const RowPointers<In, Out, true>& ptr;
+  const Pack<Bits, V>* row;  // shared
+  const int t, threads;
+
+  NORMSERVE_HD float First() const { return In::ToFloat(row[0].v[0]); }
+
+  template <typename F>
+  NORMSERVE_HD void ForEachPack(F&& f) const {
+    const int packs = static_cast<int>(ptr.packs);
+    int k = 0;
+    for (int pack = t; pack < packs; pack += threads, ++k) {
+      float z[V];
+      In::Unpack(row[pack], z);
+      f(k, pack, z);
     }
   }
   template <typename F>
