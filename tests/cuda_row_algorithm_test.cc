@@ -21,7 +21,6 @@
 #include <mutex>
 #include <random>
 #include <thread>
-#include <type_traits>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -157,7 +156,7 @@ void RunStreamingRows(const KernelArgs& a, int threads) {
 // Staged rows as the staged kernels run them: kPacks packs per thread at
 // most, the row loop compiled for the launch's RowVariant; under a block
 // mapping (kHold) γ and β held by each thread across the rows; a long
-// (streaming) row read in a loop (kLong, SharedStreamingRow).
+// (streaming) row read in a loop (kLong: SharedRow<…, kLoopedPacks>).
 template <typename In, typename Out, int kPacks, bool kHold, bool kLong = false>
 void RunStagedRows(const KernelArgs& a, int threads) {
   using Bits = typename In::Bits;
@@ -188,9 +187,8 @@ void RunStagedRows(const KernelArgs& a, int threads) {
         team.Sum(t, 0.0f);
       }
       const RowPointers<In, Out, true> ptr(a, row);
-      using Row = std::conditional_t<kLong, SharedStreamingRow<In, Out>,
-                                     SharedRow<In, Out, kPacks>>;
-      const Row src{ptr, staged.data(), t, threads};
+      const SharedRow<In, Out, kLong ? kLoopedPacks : kPacks> src{
+          ptr, staged.data(), t, threads};
       ForKindAndVariant(a, true, [&](auto layer, auto variant) {
         constexpr RowVariant kV = decltype(variant)::value;
         if constexpr (kHold) {

@@ -410,7 +410,7 @@ __global__ void __launch_bounds__(kStreamingThreads)
         t, T, [] { __syncthreads(); },
         [&](int64_t row, const Pack<Bits, V>* buffer) {
           const RowPointers<In, Out, true> ptr(a, row);
-          const SharedStreamingRow<In, Out> src{ptr, buffer, t, T};
+          const SharedRow<In, Out, kLoopedPacks> src{ptr, buffer, t, T};
           NormalizeRow<decltype(layer)::value>(
               a, row, ptr, src, BlockGroup{&scratch}, t == 0,
               LoadedWeights<V, kV>{a, true, true});

@@ -452,10 +452,14 @@ struct StreamingRow {
 
 // The same interface over a copy of the row's z (no tail) in shared
 // memory, staged there by the kernel. Thread t reads packs t, t + T, … (at
-// most kPacks) in the order RegisterRow holds them, so the row's arithmetic
-// and its bits are the same as under the register mapping with T threads.
-// Rows here fit in shared memory (at most kStreamingThreads ×
+// most kPacks, in a loop the compiler unrolls; any number for kPacks =
+// kLoopedPacks, in a loop, for rows too long to unroll) in the order
+// RegisterRow and StreamingRow walk them, so the row's arithmetic and its
+// bits are the same as under the register or streaming mapping with T
+// threads. Rows here fit in shared memory (at most kStreamingThreads ×
 // kStreamingStagedPacks packs): 32-bit pack indices.
+inline constexpr int kLoopedPacks = 0;
+
 template <typename In, typename Out, int kPacks>
 struct SharedRow {
   static constexpr int V = kPackOf<In>;
@@ -469,42 +473,22 @@ struct SharedRow {
   template <typename F>
   NORMSERVE_HD void ForEachPack(F&& f) const {
     const int packs = static_cast<int>(ptr.packs);
-    NORMSERVE_UNROLL
-    for (int k = 0; k < kPacks; ++k) {
-      const int pack = t + k * threads;
-      if (pack < packs) {
-        float z[V];
-        In::Unpack(row[pack], z);
-        f(k, pack, z);
-      }
-    }
-  }
-  template <typename F>
-  NORMSERVE_HD void ForTail(F&&) const {}
-};
-
-// The same over a row too long to unroll (StagedStreamingKernel): packs t,
-// t + T, … in a loop, as StreamingRow walks them in global memory. Its
-// thread's pack count k is not bounded by registers: the row goes with
-// weights read per pack (LoadedWeights), which ignore it.
-template <typename In, typename Out>
-struct SharedStreamingRow {
-  static constexpr int V = kPackOf<In>;
-  using Bits = typename In::Bits;
-  const RowPointers<In, Out, true>& ptr;
-  const Pack<Bits, V>* row;  // shared
-  const int t, threads;
-
-  NORMSERVE_HD float First() const { return In::ToFloat(row[0].v[0]); }
-
-  template <typename F>
-  NORMSERVE_HD void ForEachPack(F&& f) const {
-    const int packs = static_cast<int>(ptr.packs);
-    int k = 0;
-    for (int pack = t; pack < packs; pack += threads, ++k) {
+    auto visit = [&](int k, int pack) {
       float z[V];
       In::Unpack(row[pack], z);
       f(k, pack, z);
+    };
+    if constexpr (kPacks == kLoopedPacks) {
+      // k is then unbounded: such rows go with weights read per pack
+      // (LoadedWeights), which do not index by it.
+      int k = 0;
+      for (int pack = t; pack < packs; pack += threads, ++k) visit(k, pack);
+    } else {
+      NORMSERVE_UNROLL
+      for (int k = 0; k < kPacks; ++k) {
+        const int pack = t + k * threads;
+        if (pack < packs) visit(k, pack);
+      }
     }
   }
   template <typename F>
