@@ -174,7 +174,7 @@ void BM_CudaNormalize(benchmark::State& state) {
 
 void Cases(benchmark::internal::Benchmark* b, bool with_kind) {
   for (DType t : {DType::kFloat32, DType::kBFloat16, DType::kFloat16}) {
-    for (int64_t d : {768, 1024, 4096, 8192, 16384, 65536}) {
+    for (int64_t d : {768, 1024, 4096, 8192, 16384, 32768, 65536}) {
       if (with_kind) {
         for (NormKind k : {NormKind::kLayerNorm, NormKind::kRmsNorm}) {
           b->Args({static_cast<int64_t>(t), static_cast<int64_t>(k), d});
