@@ -148,7 +148,7 @@ def main():
     ap.add_argument("--build", default=os.path.join(REPO, "build-cuda"))
     ap.add_argument("--python", default=sys.executable,
                     help="interpreter with PyTorch (CUDA build)")
-    ap.add_argument("--dims", default="768,1024,4096,8192,16384")
+    ap.add_argument("--dims", default="768,1024,4096,8192,16384,32768,65536")
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--bench_json",
                     help="normalize_cuda_bench's --benchmark_out JSON to use "
