@@ -37,7 +37,8 @@ METRICS = [
 ]
 METRIC = dict(METRICS)  # short name → ncu metric
 
-# (label, benchmark filter, input dtype): the shapes of the README's table.
+# (label, benchmark filter, input dtype): the shapes of the README's table,
+# the half-warp add & norm and the long rows (staged whole or streamed).
 DEFAULT_CASES = [
     ("bf16 layer_norm 768", "BM_CudaNormalize/2/0/768/", "bf16"),
     ("bf16 layer_norm 1024", "BM_CudaNormalize/2/0/1024/", "bf16"),
@@ -48,6 +49,10 @@ DEFAULT_CASES = [
     ("f32 layer_norm 4096", "BM_CudaNormalize/0/0/4096/", "f32"),
     ("f32 layer_norm 16384", "BM_CudaNormalize/0/0/16384/", "f32"),
     ("bf16 add & norm 4096", "BM_CudaAddNorm/2/4096/", "bf16"),
+    ("bf16 add & norm 768", "BM_CudaAddNorm/2/768/", "bf16"),
+    ("bf16 layer_norm 65536", "BM_CudaNormalize/2/0/65536/", "bf16"),
+    ("f32 layer_norm 32768", "BM_CudaNormalize/0/0/32768/", "f32"),
+    ("f32 layer_norm 65536", "BM_CudaNormalize/0/0/65536/", "f32"),
 ]
 
 
