@@ -522,10 +522,8 @@ bool LaunchStaged(const KernelArgs& a, const LaunchPlan& plan,
       }
     }
   } else if (streaming) {
-    if (plan.threads_per_row == kStreamingThreads &&
-        a.dim / V <= int64_t{kStreamingThreads} * kStreamingStagedPacks) {
-      kernel = reinterpret_cast<const void*>(&StagedStreamingKernel<In, Out>);
-    }
+    // plan.staged bounds the row to what kStreamingStagedPacks covers.
+    kernel = reinterpret_cast<const void*>(&StagedStreamingKernel<In, Out>);
   } else {
     kernel = reinterpret_cast<const void*>(&StagedBlockKernel<In, Out>);
   }
@@ -533,7 +531,7 @@ bool LaunchStaged(const KernelArgs& a, const LaunchPlan& plan,
   KernelArgs staged = a;
   size_t smem = smem_of(staged);
   StagedLimits limits = StagedLaunchLimits(kernel, threads, smem);
-  if (staged.residual != nullptr) {
+  if (staged.residual != nullptr && (warp || limits.resident <= 0)) {
     // Where staging the residual beside x costs rows in flight, stage x
     // alone and read the residual from global memory:
     // - x and its residual do not fit in shared memory twice (float32 add
