@@ -12,14 +12,16 @@
 # as CMAKE_CUDA_ARCHITECTURES (e.g. 90-real to build for Hopper only).
 #
 # Arguments after the commit go to CMake, to build a variant of a commit
-# (e.g. the staged kernels' row buffers, NORMSERVE_CUDA_BLOCK_STAGES) and
-# measure it against that commit's default in one run:
+# (e.g. other nvcc flags) and measure it against that commit's default in
+# one run:
 #
-#   BASELINE_BENCH=$(bench/build_baseline.sh HEAD -DNORMSERVE_CUDA_BLOCK_STAGES=3) \
-#     make gpu-check
+#   BASELINE_BENCH=$(bench/build_baseline.sh HEAD \
+#     -DCMAKE_CUDA_FLAGS=--maxrregcount=96) make gpu-check
 #
 # (the table's "baseline" columns are then the variant's). Each variant gets
-# its own build folder.
+# its own build folder. The staged kernels' launch tuning (row buffers,
+# rows per block) needs no variant build: BM_CudaTuning in the benchmark
+# itself measures it.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 commit=$(git -C "$repo" rev-parse --short "${1:-HEAD~1}^{commit}")

@@ -15,15 +15,27 @@
 // y and the sum; it moves four arrays, so `vs_copy` compares it with a
 // copy moving the same bytes.
 //
+// BM_CudaTuning/{dtype}/{D}/{add}/{staged}/{buffers}/{rows_per_group}
+// runs LayerNorm (add = 1: add & norm, as BM_CudaAddNorm) on the same rows
+// through the internal launch, either with staging off (staged = 0: the
+// register kernels) or staged with the given StagedTuning, so that one run
+// measures the launch choices against each other on this GPU; the label
+// names the choice, and bench/tuning_report.py tabulates them. It is left
+// out of the default run of tests/gpu_checks.sh's benchmark step, which
+// runs it as a step of its own.
+//
 // Without a device it prints why and exits 0. Run:
 //   build/bench/normalize_cuda_bench [--benchmark_format=json]
 #include <cuda_runtime_api.h>
 
 #include <cstdio>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "benchmark/benchmark.h"
+#include "kernels/cuda/internal/kernel_args.h"
+#include "kernels/cuda/internal/kernel_launch.h"
 #include "kernels/cuda/launch_plan.h"
 #include "kernels/cuda/normalize_cuda.h"
 #include "kernels/dtype.h"
@@ -137,11 +149,14 @@ DeviceRows SharedRows(DType dtype, NormKind kind, int64_t d, int64_t rows) {
   return r;
 }
 
-// Times NormalizeRowsCuda(r) per benchmark iteration, counting `arrays`
-// arrays of r's rows read or written, and its bandwidth over a
-// device-to-device copy of the same bytes as `vs_copy`.
-void TimeRows(benchmark::State& state, const DeviceRows& r, int arrays) {
-  const absl::Status first = NormalizeRowsCuda(r, nullptr);
+// Times launch() (which enqueues the normalization of r on the default
+// stream) per benchmark iteration, counting `arrays` arrays of r's rows
+// read or written, and its bandwidth over a device-to-device copy of the
+// same bytes as `vs_copy`.
+template <typename Launch>
+void TimeLaunches(benchmark::State& state, const DeviceRows& r, int arrays,
+                  Launch launch) {
+  const absl::Status first = launch();
   if (!first.ok() || cudaDeviceSynchronize() != cudaSuccess) {
     state.SkipWithError(first.ok() ? "kernel failed"
                                    : first.ToString().c_str());
@@ -152,14 +167,18 @@ void TimeRows(benchmark::State& state, const DeviceRows& r, int arrays) {
   const double copy = CopySeconds(bytes);  // moves 2 arrays
   double total = 0;
   for (auto _ : state) {
-    const double s =
-        TimeOnDevice(3, [&] { (void)NormalizeRowsCuda(r, nullptr); });
+    const double s = TimeOnDevice(3, [&] { (void)launch(); });
     state.SetIterationTime(s);
     total += s;
   }
   state.SetBytesProcessed(state.iterations() * arrays * bytes);
   state.counters["vs_copy"] =
       arrays / 2.0 * copy / (total / static_cast<double>(state.iterations()));
+}
+
+// TimeLaunches through the public entry point, NormalizeRowsCuda.
+void TimeRows(benchmark::State& state, const DeviceRows& r, int arrays) {
+  TimeLaunches(state, r, arrays, [&] { return NormalizeRowsCuda(r, nullptr); });
   state.SetLabel(
       RowMappingName(PlanLaunch(r.params.dim, r.input_dtype).mapping));
 }
@@ -187,29 +206,86 @@ void Cases(benchmark::internal::Benchmark* b, bool with_kind) {
   b->UseManualTime()->Unit(benchmark::kMicrosecond);
 }
 
-void BM_CudaAddNorm(benchmark::State& state) {
-  const auto dtype = static_cast<DType>(state.range(0));
-  const int64_t d = state.range(1);
-  const int64_t rows = kBytes / (d * static_cast<int64_t>(DTypeSize(dtype)));
-  DeviceRows r = SharedRows(dtype, NormKind::kLayerNorm, d, rows);
+// Gives r a residual (the input's values, so that z = 2x) and a sum
+// output; false, with the benchmark skipped, without the device memory.
+bool AddResidual(benchmark::State& state, DeviceRows& r) {
   Buffers& b = Shared();
   if (b.residual == nullptr &&
       (cudaMalloc(&b.residual, static_cast<size_t>(kBytes)) != cudaSuccess ||
        cudaMalloc(&b.sum, static_cast<size_t>(kBytes)) != cudaSuccess)) {
     state.SkipWithError("no device memory for the residual and the sum");
-    return;
+    return false;
   }
-  // The residual: the input's values, so that z = 2x.
   cudaMemcpy(b.residual, b.input, static_cast<size_t>(kBytes),
              cudaMemcpyDeviceToDevice);
   r.residual = b.residual;
   r.sum_output = b.sum;
+  return true;
+}
+
+void BM_CudaAddNorm(benchmark::State& state) {
+  const auto dtype = static_cast<DType>(state.range(0));
+  const int64_t d = state.range(1);
+  const int64_t rows = kBytes / (d * static_cast<int64_t>(DTypeSize(dtype)));
+  DeviceRows r = SharedRows(dtype, NormKind::kLayerNorm, d, rows);
+  if (!AddResidual(state, r)) return;
   TimeRows(state, r, 4);  // x, residual, y, sum
+}
+
+void BM_CudaTuning(benchmark::State& state) {
+  const auto dtype = static_cast<DType>(state.range(0));
+  const int64_t d = state.range(1);
+  const bool add = state.range(2) != 0;
+  const bool staged = state.range(3) != 0;
+  StagedTuning tuning;
+  tuning.warp_stages = tuning.block_stages = static_cast<int>(state.range(4));
+  tuning.rows_per_group = static_cast<int>(state.range(5));
+  const int64_t rows = kBytes / (d * static_cast<int64_t>(DTypeSize(dtype)));
+  DeviceRows r = SharedRows(dtype, NormKind::kLayerNorm, d, rows);
+  if (add && !AddResidual(state, r)) return;
+  const LaunchPlan plan =
+      PlanLaunch(d, dtype, staged ? Staging::kAuto : Staging::kOff);
+  const internal::KernelArgs args = internal::KernelArgsFor(r);
+  TimeLaunches(state, r, add ? 4 : 2, [&] {
+    return CudaStatus(internal::LaunchNormalize(args, plan, nullptr, tuning),
+                      "normalize kernel launch");
+  });
+  std::string label = RowMappingName(plan.mapping);
+  if (!plan.staged) {
+    label += ", registers";
+  } else {
+    label += ", staged, " + std::to_string(tuning.block_stages) + " buffers, ";
+    label += tuning.rows_per_group == 0
+                 ? std::string("resident blocks")
+                 : std::to_string(tuning.rows_per_group) + " rows per group";
+  }
+  state.SetLabel(label);
+}
+
+// The shapes where the plan stages rows (float32 from D = 4096, 16-bit at
+// every D), LayerNorm and add & norm, each with staging off and with 2–4
+// buffers and three grids.
+void TuningCases(benchmark::internal::Benchmark* b) {
+  const auto f32 = static_cast<int64_t>(DType::kFloat32);
+  const auto bf16 = static_cast<int64_t>(DType::kBFloat16);
+  const int64_t shapes[][3] = {
+      {f32, 4096, 0},  {f32, 16384, 0}, {f32, 4096, 1},   {bf16, 768, 0},
+      {bf16, 1024, 0}, {bf16, 4096, 0}, {bf16, 16384, 0}, {bf16, 768, 1}};
+  for (const auto& s : shapes) {
+    b->Args({s[0], s[1], s[2], 0, 2, 0});
+    for (int64_t buffers = 2; buffers <= kMaxStagedBuffers; ++buffers) {
+      for (int64_t rows_per_group : {0, 8, 32}) {
+        b->Args({s[0], s[1], s[2], 1, buffers, rows_per_group});
+      }
+    }
+  }
+  b->UseManualTime()->Unit(benchmark::kMicrosecond);
 }
 
 BENCHMARK(BM_CudaCopy)->Apply([](auto* b) { Cases(b, false); });
 BENCHMARK(BM_CudaNormalize)->Apply([](auto* b) { Cases(b, true); });
 BENCHMARK(BM_CudaAddNorm)->Apply([](auto* b) { Cases(b, false); });
+BENCHMARK(BM_CudaTuning)->Apply(TuningCases);
 
 }  // namespace
 }  // namespace normserve::cuda
@@ -222,8 +298,9 @@ int main(int argc, char** argv) {
                  std::string(present.message()).c_str());
     return 0;
   }
-  std::fprintf(stderr, "normalize_cuda_bench: %s\n",
-               normserve::cuda::CudaDeviceName(0).c_str());
+  const std::string device = normserve::cuda::CudaDeviceName(0);
+  std::fprintf(stderr, "normalize_cuda_bench: %s\n", device.c_str());
+  benchmark::AddCustomContext("cuda_device", device);
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   return 0;

@@ -182,6 +182,73 @@ TEST(CudaLaunchPlanTest, GridCoversEveryRow) {
   EXPECT_EQ(GridBlocks(block, 5), 5);
 }
 
+TEST(CudaLaunchPlanTest, StagingOffGivesTheRegisterPlan) {
+  for (DType t : kTypes) {
+    for (int64_t d : {8, 768, 1024, 4096, 16384, 32768, 65536}) {
+      const LaunchPlan off = PlanLaunch(d, t, Staging::kOff);
+      EXPECT_FALSE(off.staged) << d;
+      // The plan of the same D with a tail, which is never staged: the
+      // same mapping, threads and packs.
+      const LaunchPlan tail = PlanLaunch(d + 1, t);
+      ASSERT_FALSE(tail.staged);
+      EXPECT_EQ(off.mapping, tail.mapping) << d;
+      EXPECT_EQ(off.threads_per_row, tail.threads_per_row) << d;
+      EXPECT_EQ(off.packs_per_thread, tail.packs_per_thread) << d;
+    }
+  }
+  // 16-bit rows then take a whole warp each, in registers.
+  EXPECT_EQ(PlanLaunch(768, DType::kBFloat16, Staging::kOff).threads_per_row,
+            32);
+  EXPECT_EQ(PlanLaunch(768, DType::kBFloat16, Staging::kOff).packs_per_thread,
+            4);
+}
+
+TEST(CudaLaunchPlanTest, StagedTuningRanges) {
+  EXPECT_TRUE(ValidStagedTuning(StagedTuning{}));
+  for (int stages : {2, 3, kMaxStagedBuffers}) {
+    StagedTuning t;
+    t.warp_stages = stages;
+    t.block_stages = stages;
+    EXPECT_TRUE(ValidStagedTuning(t)) << stages;
+  }
+  for (int stages : {0, 1, kMaxStagedBuffers + 1}) {
+    StagedTuning warp, block;
+    warp.warp_stages = stages;
+    block.block_stages = stages;
+    EXPECT_FALSE(ValidStagedTuning(warp)) << stages;
+    EXPECT_FALSE(ValidStagedTuning(block)) << stages;
+  }
+  StagedTuning rows, blocks;
+  rows.rows_per_group = -1;
+  blocks.max_blocks = -1;
+  EXPECT_FALSE(ValidStagedTuning(rows));
+  EXPECT_FALSE(ValidStagedTuning(blocks));
+}
+
+TEST(CudaLaunchPlanTest, StagedGridFillsTheDeviceOrGivesEachGroupItsRows) {
+  const LaunchPlan warp = PlanLaunch(768, DType::kBFloat16);  // 8 rows/block
+  const LaunchPlan block = PlanLaunch(4096, DType::kFloat32);
+  StagedTuning resident;
+  // As many blocks as the device holds, never more than the rows need.
+  EXPECT_EQ(StagedGridBlocks(block, 100000, 528, resident), 528);
+  EXPECT_EQ(StagedGridBlocks(block, 300, 528, resident), 300);
+  EXPECT_EQ(StagedGridBlocks(warp, 100000, 1056, resident), 1056);
+  EXPECT_EQ(StagedGridBlocks(warp, 81, 1056, resident), 11);
+  // About rows_per_group rows per row group, where that takes more blocks.
+  StagedTuning eight;
+  eight.rows_per_group = 8;
+  EXPECT_EQ(StagedGridBlocks(block, 100000, 528, eight), 12500);
+  EXPECT_EQ(StagedGridBlocks(block, 100001, 528, eight), 12501);
+  EXPECT_EQ(StagedGridBlocks(block, 4000, 528, eight), 528);
+  EXPECT_EQ(StagedGridBlocks(warp, 100000, 1056, eight), 1563);  // 64 rows
+  EXPECT_EQ(StagedGridBlocks(warp, 100, 1056, eight), 13);
+  // Capped by max_blocks.
+  StagedTuning one = eight;
+  one.max_blocks = 1;
+  EXPECT_EQ(StagedGridBlocks(block, 100000, 528, one), 1);
+  EXPECT_EQ(StagedGridBlocks(warp, 100000, 1056, one), 1);
+}
+
 TEST(CudaLaunchPlanTest, MappingNames) {
   EXPECT_STREQ(RowMappingName(RowMapping::kWarpPerRow), "warp");
   EXPECT_STREQ(RowMappingName(RowMapping::kBlockPerRow), "block");

@@ -17,6 +17,8 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "kernels/cuda/internal/kernel_args.h"
+#include "kernels/cuda/internal/kernel_launch.h"
 #include "kernels/cuda/launch_plan.h"
 #include "kernels/cuda/normalize_cuda.h"
 #include "kernels/dtype.h"
@@ -85,8 +87,10 @@ void ToHost(void* dst, const void* src, size_t bytes) {
 
 // Runs `c` on the GPU; every device buffer starts `offset_bytes` past a
 // 256-byte boundary (a multiple of 4 bytes, to move 16-byte
-// alignment around).
-Output RunOnGpu(const Case& c, size_t offset_bytes = 0) {
+// alignment around). With `tuning`, through the internal launch with that
+// StagedTuning instead of NormalizeRowsCuda.
+Output RunOnGpu(const Case& c, size_t offset_bytes = 0,
+                const StagedTuning* tuning = nullptr) {
   const size_t n = static_cast<size_t>(c.rows * c.params.dim);
   const size_t in_bytes = n * DTypeSize(c.in), out_bytes = n * DTypeSize(c.out);
   const size_t d_bytes = static_cast<size_t>(c.params.dim) * 4;
@@ -116,7 +120,14 @@ Output RunOnGpu(const Case& c, size_t offset_bytes = 0) {
   r.sum_output = c.with_sum ? sum.get() + pad : nullptr;
   r.mean = reinterpret_cast<float*>(mean.get() + pad);
   r.rstd = reinterpret_cast<float*>(rstd.get() + pad);
-  const absl::Status s = NormalizeRowsCuda(r, nullptr);
+  const absl::Status s =
+      tuning == nullptr
+          ? NormalizeRowsCuda(r, nullptr)
+          : CudaStatus(
+                internal::LaunchNormalize(
+                    internal::KernelArgsFor(r),
+                    PlanLaunch(r.params.dim, r.input_dtype), nullptr, *tuning),
+                "launch");
   EXPECT_TRUE(s.ok()) << s;
   EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
 
@@ -276,6 +287,75 @@ TEST_F(CudaKernelTest, RowBitsDoNotDependOnBatchPositionOrAlignment) {
       }
     }
   }
+}
+
+// The staged launches' tuning (row buffers, blocks, rows per group) moves
+// rows between blocks and buffers, never their bits: each row of a batch
+// run with every tuning matches the row run alone. One or two blocks make
+// every row group wrap around its buffers many times with few rows.
+TEST_F(CudaKernelTest, StagedTuningDoesNotChangeBits) {
+  std::mt19937 rng(23);
+  for (DType in : {DType::kFloat32, DType::kBFloat16}) {
+    for (bool residual : {false, true}) {
+      for (int64_t d : {768, 1024, 4096, 16384, 32768}) {
+        if (!PlanLaunch(d, in).staged) continue;  // float32 D < 4096
+        const int kRows = 37;
+        std::vector<float> g, b;
+        const Case all = MakeCase(NormKind::kLayerNorm, in, in, d, kRows, true,
+                                  true, residual, &rng, &g, &b);
+        const size_t in_row = d * DTypeSize(in);
+        std::vector<Output> alone;
+        for (int r = 0; r < kRows; ++r) {
+          Case c = all;
+          c.rows = 1;
+          c.x.bytes.assign(all.x.bytes.begin() + r * in_row,
+                           all.x.bytes.begin() + (r + 1) * in_row);
+          if (residual) {
+            c.residual.bytes.assign(
+                all.residual.bytes.begin() + r * in_row,
+                all.residual.bytes.begin() + (r + 1) * in_row);
+          }
+          alone.push_back(RunOnGpu(c));
+        }
+        for (int stages = 2; stages <= kMaxStagedBuffers; ++stages) {
+          for (int max_blocks : {1, 2, 0}) {
+            for (int rows_per_group : {0, 1, 5}) {
+              StagedTuning t;
+              t.warp_stages = t.block_stages = stages;
+              t.max_blocks = max_blocks;
+              t.rows_per_group = rows_per_group;
+              const Output o = RunOnGpu(all, 0, &t);
+              for (int r = 0; r < kRows; ++r) {
+                SCOPED_TRACE(
+                    ::testing::Message()
+                    << Name(in) << " D " << d << " residual " << residual
+                    << " stages " << stages << " max_blocks " << max_blocks
+                    << " rows_per_group " << rows_per_group << " row " << r);
+                ASSERT_EQ(0, std::memcmp(o.y.data() + r * in_row,
+                                         alone[r].y.data(), in_row));
+                ASSERT_EQ(0, std::memcmp(o.sum.data() + r * in_row,
+                                         alone[r].sum.data(), in_row));
+                ASSERT_EQ(0, std::memcmp(&o.mean[r], alone[r].mean.data(), 4));
+                ASSERT_EQ(0, std::memcmp(&o.rstd[r], alone[r].rstd.data(), 4));
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(CudaKernelArgumentsTest, TuningOutOfRangeIsRefused) {
+  internal::KernelArgs a{};
+  a.rows = 1;
+  a.dim = 768;
+  StagedTuning t;
+  t.block_stages = kMaxStagedBuffers + 1;
+  // Refused before any CUDA call, so also without a device.
+  EXPECT_NE(internal::LaunchNormalize(a, PlanLaunch(768, DType::kFloat32),
+                                      nullptr, t),
+            0);
 }
 
 TEST_F(CudaKernelTest, ZeroRowsIsANoOp) {

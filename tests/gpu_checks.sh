@@ -8,7 +8,9 @@
 #   2. the server on the GPU end to end (tests/integration/gpu_server_test.py);
 #   3. the CUDA benchmark (GB/s against a device-to-device copy in the same
 #      run; JSON in OUT_DIR) and the one-run comparison with PyTorch
-#      (bench/compare_cuda.py, table in OUT_DIR); the backend's benchmark
+#      (bench/compare_cuda.py, table in OUT_DIR); the staged kernels' launch
+#      choices against each other (BM_CudaTuning, bench/tuning_report.py's
+#      table in OUT_DIR); the backend's benchmark
 #      (whole host batches against one thread's memcpy and PCIe; JSON and
 #      bench/backend_report.py's table in OUT_DIR);
 #   4. compute-sanitizer: memcheck (with leak checks) over the kernel and
@@ -101,20 +103,28 @@ step gpu_server_test 300 env NORMSERVE_GPU_REPORT="$out/gpu_server_load.json" \
   "$python" "$repo/tests/integration/gpu_server_test.py" \
   "$build/server/normserve" "$build/client/normctl" "$build/client/normbench"
 
+# The launch choices (BM_CudaTuning) have a step of their own, below.
 # shellcheck disable=SC2086  # BENCH_ARGS is a list of flags
 step normalize_cuda_bench 300 "$build/bench/normalize_cuda_bench" \
   --benchmark_out="$out/normalize_cuda_bench.json" --benchmark_out_format=json \
-  ${BENCH_ARGS:-}
+  --benchmark_filter=-BM_CudaTuning ${BENCH_ARGS:-}
 baseline_args=()
 if [ -n "${BASELINE_BENCH:-}" ]; then
   # shellcheck disable=SC2086
   step baseline_cuda_bench 300 "$BASELINE_BENCH" \
     --benchmark_out="$out/baseline_cuda_bench.json" --benchmark_out_format=json \
-    ${BENCH_ARGS:-}
+    --benchmark_filter=-BM_CudaTuning ${BENCH_ARGS:-}
   baseline_args=(--baseline_json "$out/baseline_cuda_bench.json")
 fi
 step compare_cuda 300 "$python" "$repo/bench/compare_cuda.py" --build "$build" \
   --bench_json "$out/normalize_cuda_bench.json" "${baseline_args[@]}" --out "$out"
+
+# shellcheck disable=SC2086
+step tuning 300 "$build/bench/normalize_cuda_bench" \
+  --benchmark_out="$out/tuning.json" --benchmark_out_format=json \
+  ${BENCH_ARGS:-} --benchmark_filter=BM_CudaTuning
+step tuning_report 60 "$python" "$repo/bench/tuning_report.py" \
+  --bench_json "$out/tuning.json" --out "$out"
 
 # shellcheck disable=SC2086
 step cuda_backend_bench 300 "$build/bench/cuda_backend_bench" \

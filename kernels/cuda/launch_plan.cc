@@ -1,5 +1,7 @@
 #include "kernels/cuda/launch_plan.h"
 
+#include <algorithm>
+
 namespace normserve::cuda {
 namespace {
 
@@ -14,12 +16,13 @@ int PowerOfTwoAtLeast(int64_t n) {
 
 }  // namespace
 
-LaunchPlan PlanLaunch(int64_t dim, DType input_dtype) {
+LaunchPlan PlanLaunch(int64_t dim, DType input_dtype, Staging staging) {
   LaunchPlan plan;
   plan.pack_elements = static_cast<int>(16 / DTypeSize(input_dtype));
   const int64_t packs = dim / plan.pack_elements;
   const int64_t packed_dim = packs * plan.pack_elements;
-  plan.staged = packed_dim == dim && packed_dim <= kBlockMaxPackedDim &&
+  const bool may_stage = staging == Staging::kAuto && packed_dim == dim;
+  plan.staged = may_stage && packed_dim <= kBlockMaxPackedDim &&
                 (input_dtype != DType::kFloat32 || dim >= kStagedMinFloat32Dim);
   if (packed_dim <= kWarpMaxPackedDim) {
     plan.mapping = RowMapping::kWarpPerRow;
@@ -47,13 +50,32 @@ LaunchPlan PlanLaunch(int64_t dim, DType input_dtype) {
   plan.mapping = RowMapping::kBlockStreaming;
   plan.threads_per_row = kStreamingThreads;
   plan.packs_per_thread = 0;
-  plan.staged = packed_dim == dim &&
-                packs <= int64_t{kStreamingThreads} * kStreamingStagedPacks;
+  plan.staged =
+      may_stage && packs <= int64_t{kStreamingThreads} * kStreamingStagedPacks;
   return plan;
 }
 
 int64_t GridBlocks(const LaunchPlan& plan, int64_t rows) {
   return CeilDiv(rows, plan.rows_per_block);
+}
+
+bool ValidStagedTuning(const StagedTuning& tuning) {
+  auto stages_ok = [](int s) { return s >= 2 && s <= kMaxStagedBuffers; };
+  return stages_ok(tuning.warp_stages) && stages_ok(tuning.block_stages) &&
+         tuning.rows_per_group >= 0 && tuning.max_blocks >= 0;
+}
+
+int64_t StagedGridBlocks(const LaunchPlan& plan, int64_t rows, int64_t resident,
+                         const StagedTuning& tuning) {
+  int64_t blocks = resident;
+  if (tuning.rows_per_group > 0) {
+    blocks = std::max(blocks, CeilDiv(rows, int64_t{plan.rows_per_block} *
+                                                tuning.rows_per_group));
+  }
+  blocks = std::min(blocks, GridBlocks(plan, rows));
+  if (tuning.max_blocks > 0)
+    blocks = std::min<int64_t>(blocks, tuning.max_blocks);
+  return blocks;
 }
 
 const char* RowMappingName(RowMapping mapping) {

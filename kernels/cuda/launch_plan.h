@@ -147,11 +147,53 @@ bool WithStagedWarpPacks(int packs, F&& f) {
   return WithPacksPerThread(packs, f);
 }
 
+// Whether a plan may stage its rows: kAuto where that pays (above); kOff
+// never, so that one binary can measure the register kernels against the
+// staged ones on the same GPU (BM_CudaTuning, bench/normalize_cuda_bench.cc).
+enum class Staging { kAuto, kOff };
+
 // The plan for rows of `dim` (> 0) elements of `input_dtype` (not kInt8).
-LaunchPlan PlanLaunch(int64_t dim, DType input_dtype);
+LaunchPlan PlanLaunch(int64_t dim, DType input_dtype,
+                      Staging staging = Staging::kAuto);
 
 // Blocks to launch for `rows` rows under `plan`.
 int64_t GridBlocks(const LaunchPlan& plan, int64_t rows);
+
+// How a staged launch runs where the plan leaves it open. None of it
+// changes a row's bits: only how many rows are in flight and which block
+// serves which row. The defaults are the measured ones; the tuning
+// benchmark (BM_CudaTuning) measures the others against them in one run.
+inline constexpr int kMaxStagedBuffers = 4;
+struct StagedTuning {
+  // Row buffers per row group of the warp and of the block mapping (2 to
+  // kMaxStagedBuffers): a group normalizes row i from one buffer while rows
+  // i + 1 … i + stages − 1 are being copied into the others. A staged
+  // streaming row takes one buffer (the row fills the shared memory). Two,
+  // as measured on an H200, where a third did not pay
+  // (bench/results/cuda_2026-11-25/); not yet measured on an H100.
+  int warp_stages = 2;
+  int block_stages = 2;
+  // Rows per row group: 0 launches as many blocks as the device holds at
+  // once, each serving a fixed share of the rows; n > 0 launches enough
+  // blocks that each group serves about n rows, when that is more, so that
+  // the hardware hands the later blocks to multiprocessors as earlier ones
+  // finish (a slow multiprocessor then serves fewer rows, and the last
+  // rows do not wait on one).
+  int rows_per_group = 0;
+  // Blocks at most (0: no limit), below the above: lets a test run many
+  // rows through each row group's buffers with a small batch.
+  int max_blocks = 0;
+};
+
+// True if every field is within its range (above).
+bool ValidStagedTuning(const StagedTuning& tuning);
+
+// Blocks of a staged launch of `rows` (> 0) rows under `plan` on a device
+// that holds `resident` (> 0) of its blocks at once, per
+// tuning.rows_per_group and tuning.max_blocks; never more than GridBlocks
+// (a row group per row).
+int64_t StagedGridBlocks(const LaunchPlan& plan, int64_t rows, int64_t resident,
+                         const StagedTuning& tuning);
 
 // "warp", "block" or "streaming", for logs and benchmark labels.
 const char* RowMappingName(RowMapping mapping);

@@ -170,26 +170,30 @@ __device__ __forceinline__ void CpAsyncWait() {
 #endif
 }
 
-// Row buffers in shared memory per row group (half-warp or block): row i is
-// normalized from buffer i mod kStages while rows i + 1 … i + kStages − 1
-// are being copied in. A buffer holds the row's x and, with a residual
-// (KernelArgs::stage_residual), the row's residual after it. Two each, as
-// measured; the CMake cache variables NORMSERVE_CUDA_WARP_STAGES and
-// NORMSERVE_CUDA_BLOCK_STAGES build other counts, to measure them against
-// this one in one run (bench/build_baseline.sh).
-#ifndef NORMSERVE_CUDA_WARP_STAGES
-#define NORMSERVE_CUDA_WARP_STAGES 2
-#endif
-#ifndef NORMSERVE_CUDA_BLOCK_STAGES
-#define NORMSERVE_CUDA_BLOCK_STAGES 2
-#endif
-inline constexpr int kWarpStages = NORMSERVE_CUDA_WARP_STAGES;
-inline constexpr int kBlockStages = NORMSERVE_CUDA_BLOCK_STAGES;
-// A staged streaming row fills most of the shared memory alone.
+// CpAsyncWait<n> for a runtime n (a row group's buffers − 1; uniform, so
+// one branch the whole group takes).
+__device__ __forceinline__ void CpAsyncWaitFor(int n) {
+  static_assert(kMaxStagedBuffers == 4, "one case per pending count");
+  switch (n) {
+    case 0:
+      CpAsyncWait<0>();
+      break;
+    case 1:
+      CpAsyncWait<1>();
+      break;
+    case 2:
+      CpAsyncWait<2>();
+      break;
+    default:
+      CpAsyncWait<3>();
+      break;
+  }
+}
+
+// A staged streaming row fills most of the shared memory alone: one buffer.
 inline constexpr int kStreamingStages = 1;
-static_assert(kWarpStages >= 2 && kWarpStages <= 4 && kBlockStages >= 2 &&
-                  kBlockStages <= 4,
-              "2 to 4 row buffers per row group");
+// Rows of a staged launch at most (StagedRows).
+inline constexpr int64_t kMaxStagedRows = int64_t{1} << 30;
 
 // Packs of one buffer.
 __host__ __device__ inline int64_t StagedBufferPacks(const KernelArgs& a,
@@ -198,14 +202,15 @@ __host__ __device__ inline int64_t StagedBufferPacks(const KernelArgs& a,
 }
 
 // The row loop of a staged mapping: rows first, first + stride, … < rows,
-// each staged kStages − 1 rows ahead into `buffers` (kStages buffers) by
-// thread t of T (kPacks packs each at most); with a residual (staged
-// beside x, or read from global memory), z = x + residual then replaces x
-// in the buffer; then body(row, z) between sync() barriers of the row
-// group. Staged launches have fewer than 2^31 rows (LaunchStaged): row
-// numbers are 32-bit, and a row's offset is one 32 × 32-bit product.
-template <int kStages, int kPacks, typename In, RowVariant kV, typename Sync,
-          typename Body>
+// each staged a.stages − 1 rows ahead (KernelArgs::stages; StagedTuning,
+// launch_plan.h) into `buffers` (a.stages of them, used in turn) by thread
+// t of T (kPacks packs each at most); with a residual (staged beside x, or
+// read from global memory), z = x + residual then replaces x in the
+// buffer; then body(row, z) between sync() barriers of the row group.
+// Staged launches have at most 2^30 rows (LaunchStaged), and a stride of at
+// most the rows rounded up to a block: row numbers (and a row plus the
+// stride) are 32-bit, and a row's offset is one 32 × 32-bit product.
+template <int kPacks, typename In, RowVariant kV, typename Sync, typename Body>
 __device__ __forceinline__ void StagedRows(
     const KernelArgs& a, unsigned first, unsigned stride,
     Pack<typename In::Bits, kPackOf<In>>* buffers, int t, int T, Sync sync,
@@ -214,14 +219,18 @@ __device__ __forceinline__ void StagedRows(
   constexpr int V = kPackOf<In>;
   const auto rows = static_cast<unsigned>(a.rows);
   const auto packs = static_cast<unsigned>(a.dim / V);  // <= 2^14
+  const int stages = a.stages;
   const bool residual = HasResidual<kV>(a);
   const bool staged_residual = residual && a.stage_residual;
   const unsigned buffer_packs = staged_residual ? 2 * packs : packs;
   const auto* x = static_cast<const P*>(a.input);
   const auto* r = static_cast<const P*>(a.residual);
-  auto stage = [&](unsigned row, P* buffer) {
+  // Rows ahead are 64-bit: with many blocks (StagedTuning::rows_per_group)
+  // the stride may be the row count, and three strides past a row pass
+  // 2^32.
+  auto stage = [&](uint64_t row, P* buffer) {
     if (row < rows) {
-      const uint64_t offset = static_cast<uint64_t>(row) * packs;
+      const uint64_t offset = row * packs;
       StageRow<kPacks>(x + offset, buffer, static_cast<int>(packs), t, T);
       if (staged_residual) {
         StageRow<kPacks>(r + offset, buffer + packs, static_cast<int>(packs), t,
@@ -230,15 +239,15 @@ __device__ __forceinline__ void StagedRows(
     }
     CpAsyncCommit();
   };
-#pragma unroll
-  for (int s = 0; s < kStages - 1; ++s) {
-    stage(first + s * stride, buffers + s * buffer_packs);
+  for (int s = 0; s < stages - 1; ++s) {
+    stage(first + uint64_t{stride} * s, buffers + s * buffer_packs);
   }
   int b = 0;
   for (unsigned row = first; row < rows; row += stride) {
-    const int ahead_b = b == 0 ? kStages - 1 : b - 1;
-    stage(row + (kStages - 1) * stride, buffers + ahead_b * buffer_packs);
-    CpAsyncWait<kStages - 1>();
+    const int ahead_b = b == 0 ? stages - 1 : b - 1;
+    stage(row + uint64_t{stride} * (stages - 1),
+          buffers + ahead_b * buffer_packs);
+    CpAsyncWaitFor(stages - 1);
     sync();
     P* buffer = buffers + b * buffer_packs;
     if (residual) {
@@ -254,7 +263,7 @@ __device__ __forceinline__ void StagedRows(
     }
     body(row, buffer);
     sync();  // buffer b is read: a later row may be staged into it
-    b = b + 1 == kStages ? 0 : b + 1;
+    b = b + 1 == stages ? 0 : b + 1;
   }
 }
 
@@ -336,10 +345,10 @@ __global__ void __launch_bounds__(kWarpRowsPerBlock* kSubWarpThreads, 8)
   const int group = static_cast<int>(threadIdx.x / T);  // the block's row
   const unsigned mask = GroupMask<T>(static_cast<int>(threadIdx.x % 32));
   auto* buffers = reinterpret_cast<Pack<Bits, V>*>(staged_smem) +
-                  group * kWarpStages * StagedBufferPacks(a, V);
+                  group * a.stages * StagedBufferPacks(a, V);
   ForKindAndVariant(a, true, [&](auto layer, auto variant) {
     constexpr RowVariant kV = decltype(variant)::value;
-    StagedRows<kWarpStages, kPacks, In, kV>(
+    StagedRows<kPacks, In, kV>(
         a, blockIdx.x * kWarpRowsPerBlock + group,
         gridDim.x * kWarpRowsPerBlock, buffers, t, T,
         [mask] { __syncwarp(mask); },
@@ -371,7 +380,7 @@ __global__ void __launch_bounds__(kBlockMaxThreads)
   ForKindAndVariant(a, true, [&](auto layer, auto variant) {
     constexpr RowVariant kV = decltype(variant)::value;
     const HeldWeights<kPacks, V, kV> weights(a, t, T);
-    StagedRows<kBlockStages, kPacks, In, kV>(
+    StagedRows<kPacks, In, kV>(
         a, blockIdx.x, gridDim.x, reinterpret_cast<Pack<Bits, V>*>(staged_smem),
         t, T, [] { __syncthreads(); },
         [&](int64_t row, const Pack<Bits, V>* buffer) {
@@ -405,7 +414,7 @@ __global__ void __launch_bounds__(kStreamingThreads)
   const int T = static_cast<int>(blockDim.x);
   ForKindAndVariant(a, true, [&](auto layer, auto variant) {
     constexpr RowVariant kV = decltype(variant)::value;
-    StagedRows<kStreamingStages, kStreamingStagedPacks, In, kV>(
+    StagedRows<kStreamingStagedPacks, In, kV>(
         a, blockIdx.x, gridDim.x, reinterpret_cast<Pack<Bits, V>*>(staged_smem),
         t, T, [] { __syncthreads(); },
         [&](int64_t row, const Pack<Bits, V>* buffer) {
@@ -489,24 +498,26 @@ StagedLimits StagedLaunchLimits(const void* kernel, int threads, size_t smem) {
 // holds at least one block; false to use the register mapping instead.
 template <typename In, typename Out>
 bool LaunchStaged(const KernelArgs& a, const LaunchPlan& plan,
-                  cudaStream_t stream, cudaError_t* error) {
+                  const StagedTuning& tuning, cudaStream_t stream,
+                  cudaError_t* error) {
   using Bits = typename In::Bits;
   constexpr int V = kPackOf<In>;
   // plan.staged: the plan's mapping has a staged kernel for these rows
   // (launch_plan.h). Row numbers are 32-bit (StagedRows).
-  if (!plan.staged || a.rows > INT32_MAX || !AlignedLaunch<In, Out>(a)) {
+  if (!plan.staged || a.rows > kMaxStagedRows || !AlignedLaunch<In, Out>(a)) {
     return false;
   }
   const bool warp = plan.mapping == RowMapping::kWarpPerRow;
   const bool streaming = plan.mapping == RowMapping::kBlockStreaming;
   const int threads = plan.threads_per_block();
-  const int stages =
-      warp ? kWarpStages : (streaming ? kStreamingStages : kBlockStages);
+  KernelArgs staged = a;
+  staged.stages = warp ? tuning.warp_stages
+                       : (streaming ? kStreamingStages : tuning.block_stages);
   // Dynamic shared memory of the launch: every row group's buffers.
   auto smem_of = [&](const KernelArgs& k) {
     return static_cast<size_t>(StagedBufferPacks(k, V)) *
            sizeof(Pack<Bits, V>) * static_cast<size_t>(plan.rows_per_block) *
-           static_cast<size_t>(stages);
+           static_cast<size_t>(k.stages);
   };
   const void* kernel = nullptr;
   if (warp) {
@@ -528,7 +539,6 @@ bool LaunchStaged(const KernelArgs& a, const LaunchPlan& plan,
     kernel = reinterpret_cast<const void*>(&StagedBlockKernel<In, Out>);
   }
   if (kernel == nullptr) return false;
-  KernelArgs staged = a;
   size_t smem = smem_of(staged);
   StagedLimits limits = StagedLaunchLimits(kernel, threads, smem);
   if (staged.residual != nullptr && (warp || limits.resident <= 0)) {
@@ -569,7 +579,7 @@ bool LaunchStaged(const KernelArgs& a, const LaunchPlan& plan,
     return false;
   }
   const int64_t blocks =
-      std::min<int64_t>(GridBlocks(plan, a.rows), limits.resident);
+      StagedGridBlocks(plan, a.rows, limits.resident, tuning);
   void* args[] = {&staged};
   const cudaError_t launched = cudaLaunchKernel(
       kernel, dim3(static_cast<unsigned>(blocks)),
@@ -583,11 +593,11 @@ bool LaunchStaged(const KernelArgs& a, const LaunchPlan& plan,
 
 template <typename In, typename Out>
 cudaError_t LaunchTyped(const KernelArgs& a, const LaunchPlan& plan,
-                        cudaStream_t stream) {
+                        const StagedTuning& tuning, cudaStream_t stream) {
   constexpr int V = kPackOf<In>;
   if (plan.pack_elements != V) return cudaErrorInvalidValue;
   cudaError_t staged_error = cudaSuccess;
-  if (LaunchStaged<In, Out>(a, plan, stream, &staged_error)) {
+  if (LaunchStaged<In, Out>(a, plan, tuning, stream, &staged_error)) {
     return staged_error;
   }
   const dim3 grid(static_cast<unsigned>(GridBlocks(plan, a.rows)));
@@ -635,14 +645,14 @@ cudaError_t LaunchTyped(const KernelArgs& a, const LaunchPlan& plan,
 
 template <typename In>
 cudaError_t LaunchForInput(const KernelArgs& a, const LaunchPlan& plan,
-                           cudaStream_t stream) {
+                           const StagedTuning& tuning, cudaStream_t stream) {
   switch (a.output_dtype) {
     case DType::kFloat32:
-      return LaunchTyped<In, F32>(a, plan, stream);
+      return LaunchTyped<In, F32>(a, plan, tuning, stream);
     case DType::kFloat16:
-      return LaunchTyped<In, F16>(a, plan, stream);
+      return LaunchTyped<In, F16>(a, plan, tuning, stream);
     case DType::kBFloat16:
-      return LaunchTyped<In, BF16>(a, plan, stream);
+      return LaunchTyped<In, BF16>(a, plan, tuning, stream);
     case DType::kInt8:
       break;
   }
@@ -652,14 +662,15 @@ cudaError_t LaunchForInput(const KernelArgs& a, const LaunchPlan& plan,
 }  // namespace
 
 int LaunchNormalize(const KernelArgs& args, const LaunchPlan& plan,
-                    CUstream_st* stream) {
+                    CUstream_st* stream, const StagedTuning& tuning) {
+  if (!ValidStagedTuning(tuning)) return cudaErrorInvalidValue;
   switch (args.input_dtype) {
     case DType::kFloat32:
-      return LaunchForInput<F32>(args, plan, stream);
+      return LaunchForInput<F32>(args, plan, tuning, stream);
     case DType::kFloat16:
-      return LaunchForInput<F16>(args, plan, stream);
+      return LaunchForInput<F16>(args, plan, tuning, stream);
     case DType::kBFloat16:
-      return LaunchForInput<BF16>(args, plan, stream);
+      return LaunchForInput<BF16>(args, plan, tuning, stream);
     case DType::kInt8:
       break;
   }

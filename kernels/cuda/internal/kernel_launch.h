@@ -37,11 +37,17 @@ struct KernelArgs {
   // false (set at launch where the two would not fit) reads it from global
   // memory instead.
   bool stage_residual = true;
+  // Row buffers per row group of a staged mapping (set at launch from
+  // StagedTuning).
+  int stages = 2;
 };
 
-// Enqueues the kernel `plan` selects; returns the cudaError_t of the launch.
+// Enqueues the kernel `plan` selects, a staged one shaped by `tuning`;
+// returns the cudaError_t of the launch (cudaErrorInvalidValue for a
+// tuning out of range).
 int LaunchNormalize(const KernelArgs& args, const LaunchPlan& plan,
-                    CUstream_st* stream);
+                    CUstream_st* stream,
+                    const StagedTuning& tuning = StagedTuning{});
 
 }  // namespace normserve::cuda::internal
 

@@ -1,0 +1,81 @@
+#!/usr/bin/env python3
+"""bench/tuning_report.py on a sample of the benchmark's JSON (no GPU
+needed): which entries it reads, the fastest choice per case, and the
+default's fraction of it."""
+import json
+import os
+import sys
+import tempfile
+import unittest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                "..", "bench"))
+import tuning_report  # noqa: E402
+
+
+def entry(args, vs_copy, **extra):
+    name = "BM_CudaTuning/" + "/".join(str(a) for a in args) + "/manual_time"
+    e = {"name": name, "run_type": "iteration", "vs_copy": vs_copy}
+    e.update(extra)
+    return e
+
+
+SAMPLE = {
+    "context": {"cuda_device": "NVIDIA H100 80GB HBM3 (sm_90)"},
+    "benchmarks": [
+        entry((2, 768, 0, 0, 2, 0), 0.90),   # registers
+        entry((2, 768, 0, 1, 2, 0), 0.88),   # the default
+        entry((2, 768, 0, 1, 3, 8), 0.94),   # the best
+        entry((2, 768, 0, 1, 4, 32), 0.99, error_occurred=True),
+        entry((0, 4096, 1, 1, 2, 0), 0.93),  # add & norm, default only
+        {"name": "BM_CudaNormalize/0/0/4096/manual_time", "vs_copy": 0.5},
+        entry((0, 4096, 1, 1, 2, 0), 0.10, run_type="aggregate"),
+    ],
+}
+
+
+class TuningReportTest(unittest.TestCase):
+    def setUp(self):
+        fd, self.path = tempfile.mkstemp(suffix=".json")
+        with os.fdopen(fd, "w") as fh:
+            json.dump(SAMPLE, fh)
+
+    def tearDown(self):
+        os.unlink(self.path)
+
+    def test_reads_tuning_iterations_only(self):
+        context, cases = tuning_report.load(self.path)
+        self.assertEqual(context["cuda_device"],
+                         "NVIDIA H100 80GB HBM3 (sm_90)")
+        self.assertEqual(sorted(cases), [(0, 4096, 1), (2, 768, 0)])
+        self.assertEqual(cases[(2, 768, 0)],
+                         {(0, 2, 0): 0.90, (1, 2, 0): 0.88, (1, 3, 8): 0.94})
+        self.assertEqual(cases[(0, 4096, 1)], {(1, 2, 0): 0.93})
+
+    def test_marks_the_best_and_the_default_fraction(self):
+        _, cases = tuning_report.load(self.path)
+        lines = tuning_report.table(cases).splitlines()
+        self.assertEqual(
+            lines[0], "| case | registers | 2 buf, resident | 3 buf, 8 rows "
+            "| best | default / best |")
+        add, ln = lines[2], lines[3]
+        self.assertEqual(add, "| f32 add & LayerNorm 4096 | n/a | **0.930** "
+                         "| n/a | 2 buf, resident | 1.000 |")
+        self.assertEqual(ln, "| bf16 LayerNorm 768 | 0.900 | 0.880 "
+                         "| **0.940** | 3 buf, 8 rows | 0.936 |")
+
+    def test_no_tuning_results_fails(self):
+        with tempfile.NamedTemporaryFile("w", suffix=".json",
+                                         delete=False) as fh:
+            json.dump({"benchmarks": []}, fh)
+        try:
+            with tempfile.TemporaryDirectory() as out:
+                sys.argv = ["tuning_report.py", "--bench_json", fh.name,
+                            "--out", out]
+                self.assertEqual(tuning_report.main(), 1)
+        finally:
+            os.unlink(fh.name)
+
+
+if __name__ == "__main__":
+    unittest.main()
