@@ -15,10 +15,11 @@
 // y and the sum; it moves four arrays, so `vs_copy` compares it with a
 // copy moving the same bytes.
 //
-// BM_CudaTuning/{dtype}/{D}/{add}/{staged}/{buffers}/{rows_per_group}
-// runs LayerNorm (add = 1: add & norm, as BM_CudaAddNorm) on the same rows
-// through the internal launch, either with staging off (staged = 0: the
-// register kernels) or staged with the given StagedTuning, so that one run
+// BM_CudaTuning/{dtype}/{D}/{add}/{staged}/{buffers}/{rows_per_group}/
+// {residual} runs LayerNorm (add = 1: add & norm, as BM_CudaAddNorm) on the
+// same rows through the internal launch, either with staging off (staged =
+// 0: the register kernels) or staged with the given StagedTuning (residual:
+// StagedTuning::Residual's value), so that one run
 // measures the launch choices against each other on this GPU; the label
 // names the choice, and bench/tuning_report.py tabulates them. It is left
 // out of the default run of tests/gpu_checks.sh's benchmark step, which
@@ -240,6 +241,7 @@ void BM_CudaTuning(benchmark::State& state) {
   StagedTuning tuning;
   tuning.warp_stages = tuning.block_stages = static_cast<int>(state.range(4));
   tuning.rows_per_group = static_cast<int>(state.range(5));
+  tuning.residual = static_cast<StagedTuning::Residual>(state.range(6));
   const int64_t rows = kBytes / (d * static_cast<int64_t>(DTypeSize(dtype)));
   DeviceRows r = SharedRows(dtype, NormKind::kLayerNorm, d, rows);
   if (add && !AddResidual(state, r)) return;
@@ -258,13 +260,19 @@ void BM_CudaTuning(benchmark::State& state) {
     label += tuning.rows_per_group == 0
                  ? std::string("resident blocks")
                  : std::to_string(tuning.rows_per_group) + " rows per group";
+    if (tuning.residual == StagedTuning::Residual::kBeside) {
+      label += ", residual beside x";
+    } else if (tuning.residual == StagedTuning::Residual::kFromMemory) {
+      label += ", residual from memory";
+    }
   }
   state.SetLabel(label);
 }
 
 // The shapes where the plan stages rows (float32 from D = 4096, 16-bit at
 // every D), LayerNorm and add & norm, each with staging off and with 2–4
-// buffers and three grids.
+// buffers and three grids; add & norm also with its residual beside x and
+// from memory (2 buffers, resident blocks).
 void TuningCases(benchmark::internal::Benchmark* b) {
   const auto f32 = static_cast<int64_t>(DType::kFloat32);
   const auto bf16 = static_cast<int64_t>(DType::kBFloat16);
@@ -272,10 +280,16 @@ void TuningCases(benchmark::internal::Benchmark* b) {
       {f32, 4096, 0},  {f32, 16384, 0}, {f32, 4096, 1},   {bf16, 768, 0},
       {bf16, 1024, 0}, {bf16, 4096, 0}, {bf16, 16384, 0}, {bf16, 768, 1}};
   for (const auto& s : shapes) {
-    b->Args({s[0], s[1], s[2], 0, 2, 0});
+    b->Args({s[0], s[1], s[2], 0, 2, 0, 0});
     for (int64_t buffers = 2; buffers <= kMaxStagedBuffers; ++buffers) {
       for (int64_t rows_per_group : {0, 8, 32}) {
-        b->Args({s[0], s[1], s[2], 1, buffers, rows_per_group});
+        b->Args({s[0], s[1], s[2], 1, buffers, rows_per_group, 0});
+      }
+    }
+    if (s[2] != 0) {
+      for (auto residual : {StagedTuning::Residual::kBeside,
+                            StagedTuning::Residual::kFromMemory}) {
+        b->Args({s[0], s[1], s[2], 1, 2, 0, static_cast<int64_t>(residual)});
       }
     }
   }

@@ -7,7 +7,8 @@ prints one row per case (dtype, D, LayerNorm or add & norm) with each
 choice's bandwidth over a device-to-device copy measured just before it
 (`vs_copy`): the register kernels (staging off), then the staged kernels
 with 2–4 row buffers per row group and three grids (as many blocks as the
-device holds, or about 8 or 32 rows per row group). The last columns name
+device holds, or about 8 or 32 rows per row group), and for add & norm its
+residual beside x or read from memory. The last columns name
 the fastest choice and give the default's (2 buffers, resident blocks)
 fraction of it, so a change of default can be read off one run. The table
 is also written to OUT/cuda_tuning_<date>.md.
@@ -21,12 +22,14 @@ import os
 import sys
 
 DTYPES = {0: "f32", 1: "f16", 2: "bf16"}
-DEFAULT = (1, 2, 0)  # staged, 2 buffers, resident blocks
+DEFAULT = (1, 2, 0, 0)  # staged, 2 buffers, resident blocks, residual auto
+RESIDUAL = {0: "", 1: ", residual beside x", 2: ", residual from memory"}
 
 
 def load(path):
-    """(context, {(dtype, D, add): {(staged, buffers, rows_per_group):
-    vs_copy}}) from a Google Benchmark JSON; failed runs are left out."""
+    """(context, {(dtype, D, add): {(staged, buffers, rows_per_group,
+    residual): vs_copy}}) from a Google Benchmark JSON; failed runs are left
+    out."""
     with open(path) as fh:
         data = json.load(fh)
     cases = {}
@@ -37,18 +40,18 @@ def load(path):
                 or "vs_copy" not in b):
             continue
         args = tuple(int(p) for p in parts[1:] if p.isdigit())
-        if len(args) != 6:
+        if len(args) != 7:
             continue
         cases.setdefault(args[:3], {})[args[3:]] = b["vs_copy"]
     return data.get("context", {}), cases
 
 
 def choice_name(choice):
-    staged, buffers, rows_per_group = choice
+    staged, buffers, rows_per_group, residual = choice
     if not staged:
         return "registers"
     grid = "resident" if rows_per_group == 0 else f"{rows_per_group} rows"
-    return f"{buffers} buf, {grid}"
+    return f"{buffers} buf, {grid}{RESIDUAL.get(residual, residual)}"
 
 
 def table(cases):
@@ -95,7 +98,8 @@ def main():
         "speed); the fastest choice of a row in bold.",
         "- Columns: staging off (the register kernels), or row buffers per "
         "row group and the grid (as many blocks as the device holds, or "
-        "enough that each row group serves about that many rows).", "",
+        "enough that each row group serves about that many rows); add & "
+        "norm's residual beside x or from memory, where given.", "",
         table(cases), ""])
     print(text)
     os.makedirs(args.out, exist_ok=True)

@@ -14,6 +14,7 @@
 #include <cstring>
 #include <limits>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -289,10 +290,11 @@ TEST_F(CudaKernelTest, RowBitsDoNotDependOnBatchPositionOrAlignment) {
   }
 }
 
-// The staged launches' tuning (row buffers, blocks, rows per group) moves
-// rows between blocks and buffers, never their bits: each row of a batch
-// run with every tuning matches the row run alone. One or two blocks make
-// every row group wrap around its buffers many times with few rows.
+// The staged launches' tuning (row buffers, blocks, rows per group, where
+// the residual goes) moves rows between blocks and buffers, never their
+// bits: each row of a batch run with each tuning matches the row run
+// alone. One or two blocks make every row group wrap around its buffers
+// many times with few rows.
 TEST_F(CudaKernelTest, StagedTuningDoesNotChangeBits) {
   std::mt19937 rng(23);
   for (DType in : {DType::kFloat32, DType::kBFloat16}) {
@@ -317,28 +319,45 @@ TEST_F(CudaKernelTest, StagedTuningDoesNotChangeBits) {
           }
           alone.push_back(RunOnGpu(c));
         }
+        std::vector<StagedTuning> tunings;
         for (int stages = 2; stages <= kMaxStagedBuffers; ++stages) {
-          for (int max_blocks : {1, 2, 0}) {
-            for (int rows_per_group : {0, 1, 5}) {
-              StagedTuning t;
-              t.warp_stages = t.block_stages = stages;
-              t.max_blocks = max_blocks;
-              t.rows_per_group = rows_per_group;
-              const Output o = RunOnGpu(all, 0, &t);
-              for (int r = 0; r < kRows; ++r) {
-                SCOPED_TRACE(
-                    ::testing::Message()
-                    << Name(in) << " D " << d << " residual " << residual
-                    << " stages " << stages << " max_blocks " << max_blocks
-                    << " rows_per_group " << rows_per_group << " row " << r);
-                ASSERT_EQ(0, std::memcmp(o.y.data() + r * in_row,
-                                         alone[r].y.data(), in_row));
-                ASSERT_EQ(0, std::memcmp(o.sum.data() + r * in_row,
-                                         alone[r].sum.data(), in_row));
-                ASSERT_EQ(0, std::memcmp(&o.mean[r], alone[r].mean.data(), 4));
-                ASSERT_EQ(0, std::memcmp(&o.rstd[r], alone[r].rstd.data(), 4));
-              }
-            }
+          // One block (every row group wraps its buffers), two blocks with
+          // about 5 rows per group (more blocks than two then), and a
+          // block per row group of one row each.
+          for (auto [max_blocks, rows_per_group] :
+               {std::pair{1, 0}, std::pair{2, 5}, std::pair{0, 1}}) {
+            StagedTuning t;
+            t.warp_stages = t.block_stages = stages;
+            t.max_blocks = max_blocks;
+            t.rows_per_group = rows_per_group;
+            tunings.push_back(t);
+          }
+        }
+        if (residual) {
+          for (auto where : {StagedTuning::Residual::kBeside,
+                             StagedTuning::Residual::kFromMemory}) {
+            StagedTuning t;
+            t.warp_stages = t.block_stages = 3;
+            t.max_blocks = 1;
+            t.residual = where;
+            tunings.push_back(t);
+          }
+        }
+        for (const StagedTuning& t : tunings) {
+          const Output o = RunOnGpu(all, 0, &t);
+          for (int r = 0; r < kRows; ++r) {
+            SCOPED_TRACE(::testing::Message()
+                         << Name(in) << " D " << d << " residual " << residual
+                         << " stages " << t.block_stages << " max_blocks "
+                         << t.max_blocks << " rows_per_group "
+                         << t.rows_per_group << " residual placement "
+                         << static_cast<int>(t.residual) << " row " << r);
+            ASSERT_EQ(0, std::memcmp(o.y.data() + r * in_row, alone[r].y.data(),
+                                     in_row));
+            ASSERT_EQ(0, std::memcmp(o.sum.data() + r * in_row,
+                                     alone[r].sum.data(), in_row));
+            ASSERT_EQ(0, std::memcmp(&o.mean[r], alone[r].mean.data(), 4));
+            ASSERT_EQ(0, std::memcmp(&o.rstd[r], alone[r].rstd.data(), 4));
           }
         }
       }

@@ -183,6 +183,13 @@ struct StagedTuning {
   // Blocks at most (0: no limit), below the above: lets a test run many
   // rows through each row group's buffers with a small batch.
   int max_blocks = 0;
+  // Where an add & norm launch's residual goes: kAuto as measured (beside
+  // x in the row buffers, except where x alone holds more blocks under the
+  // warp mapping, or the two do not fit); kBeside wherever the two fit;
+  // kFromMemory never (x alone is staged, and the rows read the residual
+  // from global memory).
+  enum class Residual { kAuto, kBeside, kFromMemory };
+  Residual residual = Residual::kAuto;
 };
 
 // True if every field is within its range (above).

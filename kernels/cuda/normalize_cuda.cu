@@ -541,9 +541,13 @@ bool LaunchStaged(const KernelArgs& a, const LaunchPlan& plan,
   if (kernel == nullptr) return false;
   size_t smem = smem_of(staged);
   StagedLimits limits = StagedLaunchLimits(kernel, threads, smem);
-  if (staged.residual != nullptr && (warp || limits.resident <= 0)) {
-    // Where staging the residual beside x costs rows in flight, stage x
-    // alone and read the residual from global memory:
+  using Residual = StagedTuning::Residual;
+  if (staged.residual != nullptr &&
+      (tuning.residual == Residual::kFromMemory || limits.resident <= 0 ||
+       (tuning.residual == Residual::kAuto && warp))) {
+    // Where staging the residual beside x costs rows in flight (or the
+    // tuning says so), stage x alone and read the residual from global
+    // memory:
     // - x and its residual do not fit in shared memory twice (float32 add
     //   & norm from D ≈ 14500). The register kernel otherwise taken holds
     //   one row per multiprocessor and prefetches none: at D = 16384 this
@@ -560,7 +564,8 @@ bool LaunchStaged(const KernelArgs& a, const LaunchPlan& plan,
     x_only.stage_residual = false;
     const size_t x_smem = smem_of(x_only);
     const StagedLimits x_limits = StagedLaunchLimits(kernel, threads, x_smem);
-    if (limits.resident <= 0 || (warp && x_limits.resident > limits.resident)) {
+    if (tuning.residual == Residual::kFromMemory || limits.resident <= 0 ||
+        x_limits.resident > limits.resident) {
       staged = x_only;
       smem = x_smem;
       limits = x_limits;
