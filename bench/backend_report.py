@@ -22,6 +22,8 @@ import subprocess
 import sys
 import tempfile
 
+from report_file import publish
+
 DTYPES = {0: "f32", 1: "f16", 2: "bf16"}
 
 
@@ -118,12 +120,7 @@ def main():
         "runs measured just before each case (1.0 = as fast as the "
         "reference).", "",
         body, ""])
-    print(text)
-    os.makedirs(args.out, exist_ok=True)
-    out = os.path.join(args.out, f"cuda_backend_{today}.md")
-    with open(out, "w") as fh:
-        fh.write(text)
-    print(f"written to {out}")
+    publish(text, args.out, f"cuda_backend_{today}.md")
     return 0
 
 

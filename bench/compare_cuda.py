@@ -30,6 +30,8 @@ import subprocess
 import sys
 import textwrap
 
+from report_file import publish
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INPUT_BYTES = 512 << 20  # as normalize_cuda_bench's kBytes
 DTYPES = {"f32": (0, 4), "bf16": (2, 2)}  # name -> (DType enum, bytes)
@@ -229,13 +231,7 @@ def main():
             gain = gbps / base_gbps if base_gbps else None
             line += f" {f(base_gbps, '{:.0f}')} | {f(gain, '{:.2f}×')} |"
         lines.append(line)
-    text = "\n".join(lines) + "\n"
-    print(text)
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, f"cuda_compare_{today}.md")
-    with open(path, "w") as fh:
-        fh.write(text)
-    print(f"written to {path}")
+    publish("\n".join(lines) + "\n", args.out, f"cuda_compare_{today}.md")
     return 0
 
 

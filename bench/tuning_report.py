@@ -18,8 +18,9 @@ Usage: bench/tuning_report.py --bench_json J [--out DIR]
 import argparse
 import datetime
 import json
-import os
 import sys
+
+from report_file import publish
 
 DTYPES = {0: "f32", 1: "f16", 2: "bf16"}
 DEFAULT = (1, 2, 0, 0)  # staged, 2 buffers, resident blocks, residual auto
@@ -101,12 +102,7 @@ def main():
         "enough that each row group serves about that many rows); add & "
         "norm's residual beside x or from memory, where given.", "",
         table(cases), ""])
-    print(text)
-    os.makedirs(args.out, exist_ok=True)
-    out = os.path.join(args.out, f"cuda_tuning_{today}.md")
-    with open(out, "w") as fh:
-        fh.write(text)
-    print(f"written to {out}")
+    publish(text, args.out, f"cuda_tuning_{today}.md")
     return 0
 
 
