@@ -40,18 +40,18 @@
 // Staging
 //   Instead of loading its row into registers, a row group (the warp or
 //   half-warp, or the block) may loop over rows and copy the next one into
-//   shared memory (cp.async, two buffers) while it normalizes the current one
-//   there. The threads, the packs each thread owns and the order of every sum
-//   are the same, so are the bits. Under the block mapping each thread also
-//   holds the γ and β of its packs in registers across the rows. `staged` says
-//   where that pays, as measured on an H200 (bench/results/cuda_2026-11-25/
-//   and cuda_2026-11-26/): for 16-bit inputs (the register row takes 2
-//   float registers per input's 2 bytes, so fewer rows fit in flight) and
-//   for float32 rows of 4096 elements or more (few rows per multiprocessor,
-//   whose loads would otherwise wait for the previous row's reductions, and
-//   γ and β that no longer stay in L1). Under kBlockStreaming every row of
-//   whole packs is `staged`: one buffer, the whole row, read once from
-//   memory instead of three times (0.52–0.66 of copy on an H100), where it
+//   shared memory (cp.async, two buffers by default: StagedTuning) while it
+//   normalizes the current one there. The threads, the packs each thread owns
+//   and the order of every sum are the same, so are the bits. Under the block
+//   mapping each thread also holds the γ and β of its packs in registers across
+//   the rows. `staged` says where that pays, as measured on an H200
+//   (bench/results/cuda_2026-11-25/ and cuda_2026-11-26/): for 16-bit inputs
+//   (the register row takes 2 float registers per input's 2 bytes, so fewer
+//   rows fit in flight) and for float32 rows of 4096 elements or more (few rows
+//   per multiprocessor, whose loads would otherwise wait for the previous row's
+//   reductions, and γ and β that no longer stay in L1). Under kBlockStreaming
+//   every row of whole packs is `staged`: one buffer, the whole row, read once
+//   from memory instead of three times (0.52–0.66 of copy on an H100), where it
 //   fits in shared memory.
 //   Staging also needs D a multiple of the pack; at launch, aligned input,
 //   residual, output, sum, γ and β, and room in shared memory for the

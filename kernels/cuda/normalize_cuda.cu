@@ -325,8 +325,8 @@ __global__ void __launch_bounds__(kStreamingThreads)
 // fit in shared memory; any other launch takes the register kernels. Each
 // row group (half a warp, or the block) loops over rows row0, row0 +
 // stride, … and copies the next row (and its residual) into shared memory
-// (cp.async, two buffers) while it normalizes the current one there, so a
-// row's loads are in flight during the previous row's reductions and
+// (cp.async, StagedTuning's buffers) while it normalizes the current one there,
+// so a row's loads are in flight during the previous row's reductions and
 // stores, and registers hold no row. Each thread reads at most kPacks packs
 // of a row (the plan's packs per thread), in a loop the compiler unrolls.
 // The warp kernel serves two rows per warp (kSubWarpThreads threads each),
