@@ -427,8 +427,8 @@ cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes,
 
 namespace normserve::cuda::internal {
 
-int LaunchNormalize(const KernelArgs& a, const LaunchPlan&,
-                    CUstream_st* stream, const StagedTuning&) {
+int LaunchNormalize(const KernelArgs& a, const LaunchPlan&, CUstream_st* stream,
+                    const StagedTuning&) {
   auto& f = State();
   std::lock_guard<std::mutex> lock(f.mu);
   if (const cudaError_t e = fake_cuda::Enter(f, "kernel"))
