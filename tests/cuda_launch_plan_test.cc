@@ -223,6 +223,16 @@ TEST(CudaLaunchPlanTest, StagedTuningRanges) {
   blocks.max_blocks = -1;
   EXPECT_FALSE(ValidStagedTuning(rows));
   EXPECT_FALSE(ValidStagedTuning(blocks));
+  for (auto where :
+       {StagedTuning::Residual::kAuto, StagedTuning::Residual::kBeside,
+        StagedTuning::Residual::kFromMemory}) {
+    StagedTuning t;
+    t.residual = where;
+    EXPECT_TRUE(ValidStagedTuning(t)) << static_cast<int>(where);
+  }
+  StagedTuning residual;
+  residual.residual = static_cast<StagedTuning::Residual>(3);  // none such
+  EXPECT_FALSE(ValidStagedTuning(residual));
 }
 
 TEST(CudaLaunchPlanTest, StagedGridFillsTheDeviceOrGivesEachGroupItsRows) {

@@ -20,6 +20,7 @@
 #include "gtest/gtest.h"
 #include "kernels/cuda/internal/kernel_args.h"
 #include "kernels/cuda/internal/kernel_launch.h"
+#include "kernels/cuda/internal/staged_rows.h"
 #include "kernels/cuda/launch_plan.h"
 #include "kernels/cuda/normalize_cuda.h"
 #include "kernels/dtype.h"
@@ -91,7 +92,8 @@ void ToHost(void* dst, const void* src, size_t bytes) {
 // alignment around). With `tuning`, through the internal launch with that
 // StagedTuning instead of NormalizeRowsCuda.
 Output RunOnGpu(const Case& c, size_t offset_bytes = 0,
-                const StagedTuning* tuning = nullptr) {
+                const StagedTuning* tuning = nullptr,
+                internal::LaunchReport* report = nullptr) {
   const size_t n = static_cast<size_t>(c.rows * c.params.dim);
   const size_t in_bytes = n * DTypeSize(c.in), out_bytes = n * DTypeSize(c.out);
   const size_t d_bytes = static_cast<size_t>(c.params.dim) * 4;
@@ -124,11 +126,11 @@ Output RunOnGpu(const Case& c, size_t offset_bytes = 0,
   const absl::Status s =
       tuning == nullptr
           ? NormalizeRowsCuda(r, nullptr)
-          : CudaStatus(
-                internal::LaunchNormalize(
-                    internal::KernelArgsFor(r),
-                    PlanLaunch(r.params.dim, r.input_dtype), nullptr, *tuning),
-                "launch");
+          : CudaStatus(internal::LaunchNormalize(
+                           internal::KernelArgsFor(r),
+                           PlanLaunch(r.params.dim, r.input_dtype), nullptr,
+                           *tuning, report),
+                       "launch");
   EXPECT_TRUE(s.ok()) << s;
   EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
 
@@ -290,11 +292,65 @@ TEST_F(CudaKernelTest, RowBitsDoNotDependOnBatchPositionOrAlignment) {
   }
 }
 
+// The bytes of `a`'s staged buffers under `plan` with `stages` buffers per
+// row group and the residual beside x or not, against the device's shared
+// memory per block: 1 where they fit (with room for the kernels' static
+// shared memory), -1 where they do not, 0 in between.
+int StagedFit(internal::KernelArgs a, const LaunchPlan& plan, int stages,
+              bool residual_beside) {
+  int optin = 0;
+  EXPECT_EQ(cudaDeviceGetAttribute(&optin,
+                                   cudaDevAttrMaxSharedMemoryPerBlockOptin, 0),
+            cudaSuccess);
+  a.stages = stages;
+  a.stage_residual = residual_beside;
+  const size_t bytes =
+      internal::StagedSharedBytes(a, plan.pack_elements, plan.rows_per_block);
+  if (bytes + 1024 <= static_cast<size_t>(optin)) return 1;
+  return bytes > static_cast<size_t>(optin) ? -1 : 0;
+}
+
+// That a staged launch ran as `t` asked where its buffers fit in shared
+// memory, and fell back where they do not: the buffers per row group, the
+// residual's place, the blocks.
+void ExpectTuningHonoured(const Case& c, const StagedTuning& t,
+                          const internal::LaunchReport& report) {
+  const LaunchPlan plan = PlanLaunch(c.params.dim, c.in);
+  internal::KernelArgs a{};
+  a.dim = c.params.dim;
+  a.residual = c.with_residual ? &a : nullptr;  // only its presence counts
+  const int stages = internal::StagedBuffers(plan, t);
+  const int x_alone = StagedFit(a, plan, stages, false);
+  const int beside = c.with_residual ? StagedFit(a, plan, stages, true) : -1;
+  using Residual = StagedTuning::Residual;
+  if (x_alone < 0) {
+    EXPECT_FALSE(report.staged) << "buffers that do not fit";
+    return;
+  }
+  if (x_alone == 0) return;  // at the limit: either
+  ASSERT_TRUE(report.staged);
+  EXPECT_EQ(report.stages, stages);
+  if (c.with_residual && t.residual == Residual::kFromMemory) {
+    EXPECT_FALSE(report.residual_staged);
+  } else if (c.with_residual && t.residual == Residual::kBeside) {
+    if (beside != 0) {
+      EXPECT_EQ(report.residual_staged, beside > 0);
+    }
+  }
+  if (t.max_blocks > 0) {
+    EXPECT_LE(report.blocks, t.max_blocks);
+  }
+  if (t.max_blocks == 0 && t.rows_per_group == 1) {
+    EXPECT_EQ(report.blocks, GridBlocks(plan, c.rows));
+  }
+}
+
 // The staged launches' tuning (row buffers, blocks, rows per group, where
 // the residual goes) moves rows between blocks and buffers, never their
 // bits: each row of a batch run with each tuning matches the row run
 // alone. One or two blocks make every row group wrap around its buffers
-// many times with few rows.
+// many times with few rows. Each launch is checked to have run as tuned
+// where its buffers fit in shared memory (ExpectTuningHonoured).
 TEST_F(CudaKernelTest, StagedTuningDoesNotChangeBits) {
   std::mt19937 rng(23);
   for (DType in : {DType::kFloat32, DType::kBFloat16}) {
@@ -321,8 +377,8 @@ TEST_F(CudaKernelTest, StagedTuningDoesNotChangeBits) {
         }
         std::vector<StagedTuning> tunings;
         for (int stages = 2; stages <= kMaxStagedBuffers; ++stages) {
-          // One block (every row group wraps its buffers), two blocks with
-          // about 5 rows per group (more blocks than two then), and a
+          // One block (every row group wraps its buffers), two blocks
+          // (about 18 rows a group, or 2 under the warp mapping), and a
           // block per row group of one row each.
           for (auto [max_blocks, rows_per_group] :
                {std::pair{1, 0}, std::pair{2, 5}, std::pair{0, 1}}) {
@@ -344,14 +400,17 @@ TEST_F(CudaKernelTest, StagedTuningDoesNotChangeBits) {
           }
         }
         for (const StagedTuning& t : tunings) {
-          const Output o = RunOnGpu(all, 0, &t);
+          SCOPED_TRACE(::testing::Message()
+                       << Name(in) << " D " << d << " residual " << residual
+                       << " stages " << t.block_stages << " max_blocks "
+                       << t.max_blocks << " rows_per_group " << t.rows_per_group
+                       << " residual placement "
+                       << static_cast<int>(t.residual));
+          internal::LaunchReport report;
+          const Output o = RunOnGpu(all, 0, &t, &report);
+          ExpectTuningHonoured(all, t, report);
           for (int r = 0; r < kRows; ++r) {
-            SCOPED_TRACE(::testing::Message()
-                         << Name(in) << " D " << d << " residual " << residual
-                         << " stages " << t.block_stages << " max_blocks "
-                         << t.max_blocks << " rows_per_group "
-                         << t.rows_per_group << " residual placement "
-                         << static_cast<int>(t.residual) << " row " << r);
+            SCOPED_TRACE(::testing::Message() << "row " << r);
             ASSERT_EQ(0, std::memcmp(o.y.data() + r * in_row, alone[r].y.data(),
                                      in_row));
             ASSERT_EQ(0, std::memcmp(o.sum.data() + r * in_row,
@@ -362,6 +421,53 @@ TEST_F(CudaKernelTest, StagedTuningDoesNotChangeBits) {
         }
       }
     }
+  }
+}
+
+// A staged grid of more blocks than the device holds at once (one row per
+// row group: the hardware hands blocks out as others finish) gives the bits
+// of the default grid, which holds its blocks resident and loops them over
+// the rows.
+TEST_F(CudaKernelTest, StagedGridBeyondTheResidentBlocksDoesNotChangeBits) {
+  std::mt19937 rng(29);
+  for (auto [in, d] : {std::pair{DType::kFloat32, int64_t{16384}},
+                       std::pair{DType::kBFloat16, int64_t{4096}}}) {
+    SCOPED_TRACE(::testing::Message() << Name(in) << " D " << d);
+    // Rows beyond what the device could hold at once: blocks per
+    // multiprocessor at most as its shared memory and threads allow.
+    const LaunchPlan plan = PlanLaunch(d, in);
+    internal::KernelArgs a{};
+    a.dim = d;
+    const size_t bytes = internal::StagedSharedBytes(a, plan.pack_elements, 1);
+    int sms = 0, smem_per_sm = 0;
+    ASSERT_EQ(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0),
+              cudaSuccess);
+    ASSERT_EQ(cudaDeviceGetAttribute(
+                  &smem_per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, 0),
+              cudaSuccess);
+    const int64_t per_sm =
+        std::min<int64_t>(smem_per_sm / static_cast<int64_t>(bytes),
+                          2048 / plan.threads_per_block());
+    const int64_t rows = 2 * sms * per_sm;
+    std::vector<float> g, b;
+    const Case c = MakeCase(NormKind::kLayerNorm, in, in, d, rows, true, true,
+                            false, &rng, &g, &b);
+    StagedTuning resident_grid;
+    internal::LaunchReport resident;
+    const Output o_resident = RunOnGpu(c, 0, &resident_grid, &resident);
+    ASSERT_TRUE(resident.staged);
+    ASSERT_LT(resident.blocks, rows);  // rows looped over resident blocks
+    StagedTuning one_row;
+    one_row.rows_per_group = 1;
+    internal::LaunchReport beyond;
+    const Output o = RunOnGpu(c, 0, &one_row, &beyond);
+    ASSERT_TRUE(beyond.staged);
+    EXPECT_EQ(beyond.blocks, rows);
+    EXPECT_EQ(o.y, o_resident.y);
+    EXPECT_EQ(0, std::memcmp(o.mean.data(), o_resident.mean.data(),
+                             static_cast<size_t>(rows) * 4));
+    EXPECT_EQ(0, std::memcmp(o.rstd.data(), o_resident.rstd.data(),
+                             static_cast<size_t>(rows) * 4));
   }
 }
 

@@ -7,15 +7,19 @@
 // checked against the float64 reference and the CPU kernel. Also checked:
 // the pack conversions against element-by-element ones, and that a staged
 // row, an aligned register row and a misaligned register row get the same
-// bits.
+// bits. Staged rows go through the kernels' own row loop
+// (internal/staged_rows.h), its buffers in a block's shared memory of the
+// size the launch asks for, with host copies that land as early or as late
+// as cp.async allows.
 //
 // What this cannot check: the device's own arithmetic (its intrinsics run
-// here as CUDA's host versions), warp shuffles, cp.async staging and
+// here as CUDA's host versions), warp shuffles, cp.async itself and
 // occupancy. tests/cuda_normalize_test.cc runs the kernels on a GPU.
 #include <algorithm>
 #include <cmath>
 #include <condition_variable>
 #include <cstring>
+#include <deque>
 #include <iterator>
 #include <limits>
 #include <mutex>
@@ -27,6 +31,7 @@
 #include "kernels/cuda/internal/kernel_args.h"
 #include "kernels/cuda/internal/kernel_launch.h"
 #include "kernels/cuda/internal/normalize_row.h"
+#include "kernels/cuda/internal/staged_rows.h"
 #include "kernels/cuda/launch_plan.h"
 #include "kernels/dtype.h"
 #include "tests/kernel_checks.h"
@@ -153,61 +158,119 @@ void RunStreamingRows(const KernelArgs& a, int threads) {
   });
 }
 
-// Staged rows as the staged kernels run them: kPacks packs per thread at
-// most, the row loop compiled for the launch's RowVariant; under a block
-// mapping (kHold) γ and β held by each thread across the rows; a long
-// (streaming) row read in a loop (kLong: SharedRow<…, kLoopedPacks>).
-template <typename In, typename Out, int kPacks, bool kHold, bool kLong = false>
-void RunStagedRows(const KernelArgs& a, int threads) {
-  using Bits = typename In::Bits;
-  constexpr int V = kPackOf<In>;
-  const int64_t packs = a.dim / V;
-  const size_t row_bytes = static_cast<size_t>(a.dim) * sizeof(Bits);
-  // x, then the residual: one staged buffer, as on the device.
-  std::vector<Pack<Bits, V>> staged(static_cast<size_t>(2 * packs));
-  Team team(threads);
-  team.Run([&](int t) {
-    for (int64_t row = 0; row < a.rows; ++row) {
-      const auto* residual =
-          a.residual == nullptr
-              ? nullptr
-              : static_cast<const Pack<Bits, V>*>(a.residual) + row * packs;
-      if (t == 0) {
-        std::memcpy(staged.data(),
-                    static_cast<const Bits*>(a.input) + row * a.dim, row_bytes);
-        if (residual != nullptr && a.stage_residual) {
-          std::memcpy(staged.data() + packs, residual, row_bytes);
-        }
+// ---- Staged rows on host threads ----
+
+// When a host thread's staged copy lands in its buffer: at once, or as late
+// as cp.async allows (at the Wait that leaves its group done). A loop that
+// reads a buffer before its row's group is done reads the row before (late),
+// and one that stages into a buffer still being read overwrites it (early).
+enum class Landing { kEarly, kLate };
+
+// StagedRows' copier (internal/staged_rows.h) of one host thread.
+class HostCopier {
+ public:
+  explicit HostCopier(Landing landing) : landing_(landing) {}
+
+  template <int kPacks, typename P>
+  void Copy(const P* src, P* dst, int packs, int t, int threads) {
+    static_assert(sizeof(P) == 16);
+    // The packs StageRow copies: t, t + T, …, at most kPacks.
+    for (int k = 0; k < kPacks; ++k) {
+      const int p = t + k * threads;
+      if (p >= packs) break;
+      if (landing_ == Landing::kEarly) {
+        std::memcpy(dst + p, src + p, sizeof(P));
+      } else {
+        open_.push_back({dst + p, src + p});
       }
-      team.Sum(t, 0.0f);  // the copy is in place (a barrier)
-      if (residual != nullptr) {
-        AddStagedResidual<In, kPacks>(
-            staged.data(), a.stage_residual ? staged.data() + packs : residual,
-            packs, t, threads);
-        team.Sum(t, 0.0f);
-      }
-      const RowPointers<In, Out, true> ptr(a, row);
-      const SharedRow<In, Out, kLong ? kLoopedPacks : kPacks> src{
-          ptr, staged.data(), t, threads};
-      ForKindAndVariant(a, true, [&](auto layer, auto variant) {
-        constexpr RowVariant kV = decltype(variant)::value;
-        if constexpr (kHold) {
-          NormalizeRow<decltype(layer)::value>(
-              a, row, ptr, src, TeamGroup{&team, t}, t == 0,
-              HeldWeights<kPacks, V, kV>(a, t, threads));
-        } else {
-          NormalizeRow<decltype(layer)::value>(
-              a, row, ptr, src, TeamGroup{&team, t}, t == 0,
-              LoadedWeights<V, kV>{a, true, true});
-        }
-      });
-      team.Sum(t, 0.0f);  // done with the copy
     }
-  });
+  }
+  void Commit() {
+    groups_.push_back(std::move(open_));
+    open_.clear();
+  }
+  void Wait(int pending) {
+    while (groups_.size() > static_cast<size_t>(pending)) {
+      for (const Copy16& c : groups_.front()) std::memcpy(c.dst, c.src, 16);
+      groups_.pop_front();
+    }
+  }
+
+ private:
+  struct Copy16 {
+    void* dst;
+    const void* src;
+  };
+  const Landing landing_;
+  std::vector<Copy16> open_;
+  std::deque<std::vector<Copy16>> groups_;
+};
+
+// How the emulation runs a staged launch: the buffers per row group that
+// `tuning` gives the plan's mapping, as at launch; blocks (each with
+// plan.rows_per_block row groups, its own shared memory and rows
+// block·groups + group, + blocks·groups, …); when copies land.
+struct StagedRun {
+  StagedTuning tuning;
+  int blocks = 1;
+  Landing landing = Landing::kLate;
+};
+
+// Staged rows as the staged kernels run them: StagedRows over each row
+// group's buffers in a block's shared memory of the launch's size (a vector
+// of exactly that size, so that the sanitizer build sees any access past
+// it), kPacks packs per thread at most, the row loop compiled for the
+// launch's RowVariant; under a block mapping (kHold) γ and β held by each
+// thread across the rows; a long (streaming) row read in a loop (kLong:
+// SharedRow<…, kLoopedPacks>). The row groups run one after another.
+template <typename In, typename Out, int kPacks, bool kHold, bool kLong = false>
+void RunStagedRows(const KernelArgs& launch, const LaunchPlan& plan,
+                   const StagedRun& run) {
+  using P = Pack<typename In::Bits, kPackOf<In>>;
+  constexpr int V = kPackOf<In>;
+  KernelArgs a = launch;
+  a.stages = StagedBuffers(plan, run.tuning);
+  const int groups = plan.rows_per_block;
+  const int threads = plan.threads_per_row;
+  const auto stride = static_cast<unsigned>(run.blocks * groups);
+  for (int block = 0; block < run.blocks; ++block) {
+    const size_t smem_bytes = StagedSharedBytes(a, V, groups);
+    ASSERT_EQ(smem_bytes % sizeof(P), 0u);
+    std::vector<P> smem(smem_bytes / sizeof(P));
+    for (int group = 0; group < groups; ++group) {
+      P* buffers = StagedGroupBuffers(smem.data(), a, V, group);
+      const auto first = static_cast<unsigned>(block * groups + group);
+      Team team(threads);
+      team.Run([&](int t) {
+        HostCopier copier(run.landing);
+        auto sync = [&team, t] { team.Sum(t, 0.0f); };
+        ForKindAndVariant(a, true, [&](auto layer, auto variant) {
+          constexpr RowVariant kV = decltype(variant)::value;
+          auto rows = [&](const auto& weights) {
+            StagedRows<kPacks, In, kV>(
+                a, first, stride, buffers, t, threads, copier, sync,
+                [&](int64_t row, const P* buffer) {
+                  const RowPointers<In, Out, true> ptr(a, row);
+                  const SharedRow<In, Out, kLong ? kLoopedPacks : kPacks> src{
+                      ptr, buffer, t, threads};
+                  NormalizeRow<decltype(layer)::value>(
+                      a, row, ptr, src, TeamGroup{&team, t}, t == 0, weights);
+                });
+          };
+          if constexpr (kHold) {
+            rows(HeldWeights<kPacks, V, kV>(a, t, threads));
+          } else {
+            rows(LoadedWeights<V, kV>{a, true, true});
+          }
+        });
+      });
+    }
+  }
 }
 
 template <typename In, typename Out>
-void RunTyped(const KernelArgs& a, const LaunchPlan& plan, Path path) {
+void RunTyped(const KernelArgs& a, const LaunchPlan& plan, Path path,
+              const StagedRun& run) {
   constexpr int V = kPackOf<In>;
   const int threads = plan.threads_per_row;
   // As the device's launcher: rows the staged kernels cannot take (a tail,
@@ -217,17 +280,18 @@ void RunTyped(const KernelArgs& a, const LaunchPlan& plan, Path path) {
       (plan.mapping != RowMapping::kBlockStreaming || plan.staged);
   if (path != Path::kPlanned && stageable) {
     if (plan.mapping == RowMapping::kBlockStreaming) {
-      return RunStagedRows<In, Out, kStreamingStagedPacks, false, true>(
-          a, threads);
+      return RunStagedRows<In, Out, kStreamingStagedPacks, false, true>(a, plan,
+                                                                        run);
     }
     if (plan.mapping == RowMapping::kBlockPerRow) {
       ASSERT_EQ(plan.packs_per_thread, kMaxFloatsPerThread / V);
-      return RunStagedRows<In, Out, kMaxFloatsPerThread / V, true>(a, threads);
+      return RunStagedRows<In, Out, kMaxFloatsPerThread / V, true>(a, plan,
+                                                                   run);
     }
     ASSERT_TRUE(WithStagedWarpPacks(
         plan.packs_per_thread,
         [&](auto packs) {
-          RunStagedRows<In, Out, decltype(packs)::value, false>(a, threads);
+          RunStagedRows<In, Out, decltype(packs)::value, false>(a, plan, run);
         }))
         << "packs_per_thread " << plan.packs_per_thread;
     return;
@@ -255,14 +319,15 @@ void RunTyped(const KernelArgs& a, const LaunchPlan& plan, Path path) {
 }
 
 template <typename In>
-void RunForInput(const KernelArgs& a, const LaunchPlan& plan, Path path) {
+void RunForInput(const KernelArgs& a, const LaunchPlan& plan, Path path,
+                 const StagedRun& run) {
   switch (a.output_dtype) {
     case DType::kFloat32:
-      return RunTyped<In, F32>(a, plan, path);
+      return RunTyped<In, F32>(a, plan, path, run);
     case DType::kFloat16:
-      return RunTyped<In, F16>(a, plan, path);
+      return RunTyped<In, F16>(a, plan, path, run);
     case DType::kBFloat16:
-      return RunTyped<In, BF16>(a, plan, path);
+      return RunTyped<In, BF16>(a, plan, path, run);
     case DType::kInt8:
       break;
   }
@@ -284,9 +349,9 @@ class Buffer {
 };
 
 // Runs `c` through the row algorithm on host threads; every buffer starts
-// `offset` bytes past a 64-byte boundary.
-Output RunEmulated(const Case& c, Path path = Path::kPlanned,
-                   size_t offset = 0) {
+// `offset` bytes past a 64-byte boundary; a staged path runs as `run` says.
+Output RunEmulated(const Case& c, Path path = Path::kPlanned, size_t offset = 0,
+                   const StagedRun& run = StagedRun{}) {
   const int64_t d = c.params.dim;
   const size_t n = static_cast<size_t>(c.rows * d);
   const size_t in_bytes = n * DTypeSize(c.in), out_bytes = n * DTypeSize(c.out);
@@ -321,13 +386,13 @@ Output RunEmulated(const Case& c, Path path = Path::kPlanned,
   const LaunchPlan plan = PlanLaunch(d, c.in);
   switch (c.in) {
     case DType::kFloat32:
-      RunForInput<F32>(a, plan, path);
+      RunForInput<F32>(a, plan, path, run);
       break;
     case DType::kFloat16:
-      RunForInput<F16>(a, plan, path);
+      RunForInput<F16>(a, plan, path, run);
       break;
     case DType::kBFloat16:
-      RunForInput<BF16>(a, plan, path);
+      RunForInput<BF16>(a, plan, path, run);
       break;
     case DType::kInt8:
       ADD_FAILURE() << "input dtype";
@@ -584,6 +649,70 @@ TEST(CudaRowAlgorithmTest, StagedAndStreamedLongRowsHaveTheSameBits) {
       {DType::kFloat32, DType::kBFloat16}, {16392},
       {Options{true, true, false}, Options{true, true, true},
        Options{false, false, false}});
+}
+
+// The staged row loop itself (StagedRows, as the kernels run it): 2 to
+// kMaxStagedBuffers buffers per row group (a streaming row has one),
+// several blocks whose row groups serve several rows each (one group a row
+// fewer), copies that land at once or as late as cp.async allows, the
+// residual beside x or in memory. Every run gives every row the bits the
+// planned mapping gives it, where each row group serves one row, loaded
+// anew.
+TEST(CudaRowAlgorithmTest, StagedRowLoopGivesEveryRowTheBitsOfTheRowAlone) {
+  struct Shape {
+    DType in;
+    int64_t d;
+    int blocks;
+    int rows_per_group;
+  };
+  const Shape shapes[] = {
+      {DType::kBFloat16, 768, 2, 5},  // half-warp groups, 6 packs a thread
+      {DType::kFloat16, 128, 1, 6},   // half-warp groups, 1 pack a thread
+      {DType::kFloat32, 4096, 3, 5},  // block mapping, γ and β held
+      {DType::kBFloat16, 8192, 2, 5},
+      {DType::kFloat32, 16392, 2, 2},  // streaming: one buffer
+  };
+  std::mt19937 rng(5);
+  for (const Shape& shape : shapes) {
+    const LaunchPlan plan = PlanLaunch(shape.d, shape.in);
+    const bool streaming = plan.mapping == RowMapping::kBlockStreaming;
+    ASSERT_TRUE(plan.staged) << shape.d;
+    const int64_t rows =
+        int64_t{shape.blocks} * plan.rows_per_block * shape.rows_per_group - 1;
+    for (const bool residual : {false, true}) {
+      std::vector<float> g, b;
+      const Case c = MakeCase(
+          residual ? NormKind::kLayerNorm : NormKind::kRmsNorm, shape.in,
+          shape.in, shape.d, rows, true, true, residual, &rng, &g, &b);
+      SCOPED_TRACE(Describe(c));
+      const Output alone = RunEmulated(c, Path::kPlanned);
+      const int max_stages = streaming ? 2 : kMaxStagedBuffers;
+      for (int stages = 2; stages <= max_stages; ++stages) {
+        for (const Landing landing : {Landing::kEarly, Landing::kLate}) {
+          for (const Path path :
+               {Path::kStaged, Path::kStagedResidualInMemory}) {
+            if (path == Path::kStagedResidualInMemory && !residual) continue;
+            StagedRun run;
+            run.tuning.warp_stages = run.tuning.block_stages = stages;
+            run.blocks = shape.blocks;
+            run.landing = landing;
+            SCOPED_TRACE(
+                ::testing::Message()
+                << "buffers " << StagedBuffers(plan, run.tuning)
+                << (landing == Landing::kEarly ? ", early" : ", late")
+                << (path == Path::kStaged ? "" : ", residual in memory"));
+            const Output o = RunEmulated(c, path, 0, run);
+            ASSERT_EQ(o.y, alone.y);
+            ASSERT_EQ(o.sum, alone.sum);
+            ASSERT_EQ(0, std::memcmp(o.mean.data(), alone.mean.data(),
+                                     o.mean.size() * 4));
+            ASSERT_EQ(0, std::memcmp(o.rstd.data(), alone.rstd.data(),
+                                     o.rstd.size() * 4));
+          }
+        }
+      }
+    }
+  }
 }
 
 }  // namespace

@@ -61,8 +61,12 @@ int64_t GridBlocks(const LaunchPlan& plan, int64_t rows) {
 
 bool ValidStagedTuning(const StagedTuning& tuning) {
   auto stages_ok = [](int s) { return s >= 2 && s <= kMaxStagedBuffers; };
+  using Residual = StagedTuning::Residual;
+  const bool residual_ok = tuning.residual == Residual::kAuto ||
+                           tuning.residual == Residual::kBeside ||
+                           tuning.residual == Residual::kFromMemory;
   return stages_ok(tuning.warp_stages) && stages_ok(tuning.block_stages) &&
-         tuning.rows_per_group >= 0 && tuning.max_blocks >= 0;
+         tuning.rows_per_group >= 0 && tuning.max_blocks >= 0 && residual_ok;
 }
 
 int64_t StagedGridBlocks(const LaunchPlan& plan, int64_t rows, int64_t resident,

@@ -19,6 +19,7 @@
 
 #include "kernels/cuda/internal/kernel_launch.h"
 #include "kernels/cuda/internal/normalize_row.h"
+#include "kernels/cuda/internal/staged_rows.h"
 #include "kernels/cuda/launch_plan.h"
 
 namespace normserve::cuda::internal {
@@ -190,82 +191,19 @@ __device__ __forceinline__ void CpAsyncWaitFor(int n) {
   }
 }
 
-// A staged streaming row fills most of the shared memory alone: one buffer.
-inline constexpr int kStreamingStages = 1;
-// Rows of a staged launch at most (StagedRows).
-inline constexpr int64_t kMaxStagedRows = int64_t{1} << 30;
-
-// Packs of one buffer.
-__host__ __device__ inline int64_t StagedBufferPacks(const KernelArgs& a,
-                                                     int v) {
-  return a.dim / v * (a.residual != nullptr && a.stage_residual ? 2 : 1);
-}
-
-// The row loop of a staged mapping: rows first, first + stride, … < rows,
-// each staged a.stages − 1 rows ahead (KernelArgs::stages; StagedTuning,
-// launch_plan.h) into `buffers` (a.stages of them, used in turn) by thread
-// t of T (kPacks packs each at most); with a residual (staged beside x, or
-// read from global memory), z = x + residual then replaces x in the
-// buffer; then body(row, z) between sync() barriers of the row group.
-// Staged launches have at most 2^30 rows (LaunchStaged), and a stride of at
-// most the rows rounded up to a block: row numbers (and a row plus the
-// stride) are 32-bit, and a row's offset is one 32 × 32-bit product.
-template <int kPacks, typename In, RowVariant kV, typename Sync, typename Body>
-__device__ __forceinline__ void StagedRows(
-    const KernelArgs& a, unsigned first, unsigned stride,
-    Pack<typename In::Bits, kPackOf<In>>* buffers, int t, int T, Sync sync,
-    Body body) {
-  using P = Pack<typename In::Bits, kPackOf<In>>;
-  constexpr int V = kPackOf<In>;
-  const auto rows = static_cast<unsigned>(a.rows);
-  const auto packs = static_cast<unsigned>(a.dim / V);  // <= 2^14
-  const int stages = a.stages;
-  const bool residual = HasResidual<kV>(a);
-  const bool staged_residual = residual && a.stage_residual;
-  const unsigned buffer_packs = staged_residual ? 2 * packs : packs;
-  const auto* x = static_cast<const P*>(a.input);
-  const auto* r = static_cast<const P*>(a.residual);
-  // Rows ahead are 64-bit: with many blocks (StagedTuning::rows_per_group)
-  // the stride may be the row count, and three strides past a row pass
-  // 2^32.
-  auto stage = [&](uint64_t row, P* buffer) {
-    if (row < rows) {
-      const uint64_t offset = row * packs;
-      StageRow<kPacks>(x + offset, buffer, static_cast<int>(packs), t, T);
-      if (staged_residual) {
-        StageRow<kPacks>(r + offset, buffer + packs, static_cast<int>(packs), t,
-                         T);
-      }
-    }
-    CpAsyncCommit();
-  };
-  for (int s = 0; s < stages - 1; ++s) {
-    stage(first + uint64_t{stride} * s, buffers + s * buffer_packs);
+// The copies of StagedRows (internal/staged_rows.h) on the device.
+struct CpAsyncCopier {
+  template <int kPacks, typename Bits, int V>
+  __device__ __forceinline__ void Copy(const Pack<Bits, V>* src,
+                                       Pack<Bits, V>* dst, int packs, int t,
+                                       int T) const {
+    StageRow<kPacks>(src, dst, packs, t, T);
   }
-  int b = 0;
-  for (unsigned row = first; row < rows; row += stride) {
-    const int ahead_b = b == 0 ? stages - 1 : b - 1;
-    stage(row + uint64_t{stride} * (stages - 1),
-          buffers + ahead_b * buffer_packs);
-    CpAsyncWaitFor(stages - 1);
-    sync();
-    P* buffer = buffers + b * buffer_packs;
-    if (residual) {
-      // Two calls, not one on a chosen pointer: nvcc then reads the staged
-      // residual with shared loads, not generic ones.
-      if (staged_residual) {
-        AddStagedResidual<In, kPacks>(buffer, buffer + packs, packs, t, T);
-      } else {
-        AddStagedResidual<In, kPacks>(
-            buffer, r + static_cast<uint64_t>(row) * packs, packs, t, T);
-      }
-      sync();  // every thread reads element 0 (the shift)
-    }
-    body(row, buffer);
-    sync();  // buffer b is read: a later row may be staged into it
-    b = b + 1 == stages ? 0 : b + 1;
+  __device__ __forceinline__ void Commit() const { CpAsyncCommit(); }
+  __device__ __forceinline__ void Wait(int pending) const {
+    CpAsyncWaitFor(pending);
   }
-}
+};
 
 // ---- Kernels, one per mapping ----
 
@@ -344,13 +282,14 @@ __global__ void __launch_bounds__(kWarpRowsPerBlock* kSubWarpThreads, 8)
   const int t = static_cast<int>(threadIdx.x % T);
   const int group = static_cast<int>(threadIdx.x / T);  // the block's row
   const unsigned mask = GroupMask<T>(static_cast<int>(threadIdx.x % 32));
-  auto* buffers = reinterpret_cast<Pack<Bits, V>*>(staged_smem) +
-                  group * a.stages * StagedBufferPacks(a, V);
+  auto* buffers = StagedGroupBuffers(
+      reinterpret_cast<Pack<Bits, V>*>(staged_smem), a, V, group);
+  CpAsyncCopier copier;
   ForKindAndVariant(a, true, [&](auto layer, auto variant) {
     constexpr RowVariant kV = decltype(variant)::value;
     StagedRows<kPacks, In, kV>(
         a, blockIdx.x * kWarpRowsPerBlock + group,
-        gridDim.x * kWarpRowsPerBlock, buffers, t, T,
+        gridDim.x * kWarpRowsPerBlock, buffers, t, T, copier,
         [mask] { __syncwarp(mask); },
         [&](int64_t row, const Pack<Bits, V>* buffer) {
           const RowPointers<In, Out, true> ptr(a, row);
@@ -377,12 +316,15 @@ __global__ void __launch_bounds__(kBlockMaxThreads)
   __shared__ BlockScratch scratch;
   const int t = static_cast<int>(threadIdx.x);
   const int T = static_cast<int>(blockDim.x);
+  auto* buffers = StagedGroupBuffers(
+      reinterpret_cast<Pack<Bits, V>*>(staged_smem), a, V, 0);
+  CpAsyncCopier copier;
   ForKindAndVariant(a, true, [&](auto layer, auto variant) {
     constexpr RowVariant kV = decltype(variant)::value;
     const HeldWeights<kPacks, V, kV> weights(a, t, T);
     StagedRows<kPacks, In, kV>(
-        a, blockIdx.x, gridDim.x, reinterpret_cast<Pack<Bits, V>*>(staged_smem),
-        t, T, [] { __syncthreads(); },
+        a, blockIdx.x, gridDim.x, buffers, t, T, copier,
+        [] { __syncthreads(); },
         [&](int64_t row, const Pack<Bits, V>* buffer) {
           const RowPointers<In, Out, true> ptr(a, row);
           const SharedRow<In, Out, kPacks> src{ptr, buffer, t, T};
@@ -412,11 +354,14 @@ __global__ void __launch_bounds__(kStreamingThreads)
   __shared__ BlockScratch scratch;
   const int t = static_cast<int>(threadIdx.x);
   const int T = static_cast<int>(blockDim.x);
+  auto* buffers = StagedGroupBuffers(
+      reinterpret_cast<Pack<Bits, V>*>(staged_smem), a, V, 0);
+  CpAsyncCopier copier;
   ForKindAndVariant(a, true, [&](auto layer, auto variant) {
     constexpr RowVariant kV = decltype(variant)::value;
     StagedRows<kStreamingStagedPacks, In, kV>(
-        a, blockIdx.x, gridDim.x, reinterpret_cast<Pack<Bits, V>*>(staged_smem),
-        t, T, [] { __syncthreads(); },
+        a, blockIdx.x, gridDim.x, buffers, t, T, copier,
+        [] { __syncthreads(); },
         [&](int64_t row, const Pack<Bits, V>* buffer) {
           const RowPointers<In, Out, true> ptr(a, row);
           const SharedRow<In, Out, kLoopedPacks> src{ptr, buffer, t, T};
@@ -499,8 +444,7 @@ StagedLimits StagedLaunchLimits(const void* kernel, int threads, size_t smem) {
 template <typename In, typename Out>
 bool LaunchStaged(const KernelArgs& a, const LaunchPlan& plan,
                   const StagedTuning& tuning, cudaStream_t stream,
-                  cudaError_t* error) {
-  using Bits = typename In::Bits;
+                  cudaError_t* error, LaunchReport* report) {
   constexpr int V = kPackOf<In>;
   // plan.staged: the plan's mapping has a staged kernel for these rows
   // (launch_plan.h). Row numbers are 32-bit (StagedRows).
@@ -511,13 +455,10 @@ bool LaunchStaged(const KernelArgs& a, const LaunchPlan& plan,
   const bool streaming = plan.mapping == RowMapping::kBlockStreaming;
   const int threads = plan.threads_per_block();
   KernelArgs staged = a;
-  staged.stages = warp ? tuning.warp_stages
-                       : (streaming ? kStreamingStages : tuning.block_stages);
+  staged.stages = StagedBuffers(plan, tuning);
   // Dynamic shared memory of the launch: every row group's buffers.
   auto smem_of = [&](const KernelArgs& k) {
-    return static_cast<size_t>(StagedBufferPacks(k, V)) *
-           sizeof(Pack<Bits, V>) * static_cast<size_t>(plan.rows_per_block) *
-           static_cast<size_t>(k.stages);
+    return StagedSharedBytes(k, V, plan.rows_per_block);
   };
   const void* kernel = nullptr;
   if (warp) {
@@ -591,6 +532,11 @@ bool LaunchStaged(const KernelArgs& a, const LaunchPlan& plan,
       dim3(static_cast<unsigned>(threads)), args, smem, stream);
   const cudaError_t last = cudaGetLastError();  // read and cleared
   *error = launched != cudaSuccess ? launched : last;
+  report->staged = true;
+  report->stages = staged.stages;
+  report->residual_staged = staged.residual != nullptr && staged.stage_residual;
+  report->blocks = blocks;
+  report->shared_bytes = smem;
   return true;
 }
 
@@ -598,14 +544,17 @@ bool LaunchStaged(const KernelArgs& a, const LaunchPlan& plan,
 
 template <typename In, typename Out>
 cudaError_t LaunchTyped(const KernelArgs& a, const LaunchPlan& plan,
-                        const StagedTuning& tuning, cudaStream_t stream) {
+                        const StagedTuning& tuning, cudaStream_t stream,
+                        LaunchReport* report) {
   constexpr int V = kPackOf<In>;
   if (plan.pack_elements != V) return cudaErrorInvalidValue;
   cudaError_t staged_error = cudaSuccess;
-  if (LaunchStaged<In, Out>(a, plan, tuning, stream, &staged_error)) {
+  if (LaunchStaged<In, Out>(a, plan, tuning, stream, &staged_error, report)) {
     return staged_error;
   }
   const dim3 grid(static_cast<unsigned>(GridBlocks(plan, a.rows)));
+  *report = LaunchReport{};
+  report->blocks = grid.x;
   const dim3 block(static_cast<unsigned>(plan.threads_per_block()));
   switch (plan.mapping) {
     case RowMapping::kWarpPerRow:
@@ -650,14 +599,15 @@ cudaError_t LaunchTyped(const KernelArgs& a, const LaunchPlan& plan,
 
 template <typename In>
 cudaError_t LaunchForInput(const KernelArgs& a, const LaunchPlan& plan,
-                           const StagedTuning& tuning, cudaStream_t stream) {
+                           const StagedTuning& tuning, cudaStream_t stream,
+                           LaunchReport* report) {
   switch (a.output_dtype) {
     case DType::kFloat32:
-      return LaunchTyped<In, F32>(a, plan, tuning, stream);
+      return LaunchTyped<In, F32>(a, plan, tuning, stream, report);
     case DType::kFloat16:
-      return LaunchTyped<In, F16>(a, plan, tuning, stream);
+      return LaunchTyped<In, F16>(a, plan, tuning, stream, report);
     case DType::kBFloat16:
-      return LaunchTyped<In, BF16>(a, plan, tuning, stream);
+      return LaunchTyped<In, BF16>(a, plan, tuning, stream, report);
     case DType::kInt8:
       break;
   }
@@ -667,15 +617,18 @@ cudaError_t LaunchForInput(const KernelArgs& a, const LaunchPlan& plan,
 }  // namespace
 
 int LaunchNormalize(const KernelArgs& args, const LaunchPlan& plan,
-                    CUstream_st* stream, const StagedTuning& tuning) {
+                    CUstream_st* stream, const StagedTuning& tuning,
+                    LaunchReport* report) {
   if (!ValidStagedTuning(tuning)) return cudaErrorInvalidValue;
+  LaunchReport ignored;
+  if (report == nullptr) report = &ignored;
   switch (args.input_dtype) {
     case DType::kFloat32:
-      return LaunchForInput<F32>(args, plan, tuning, stream);
+      return LaunchForInput<F32>(args, plan, tuning, stream, report);
     case DType::kFloat16:
-      return LaunchForInput<F16>(args, plan, tuning, stream);
+      return LaunchForInput<F16>(args, plan, tuning, stream, report);
     case DType::kBFloat16:
-      return LaunchForInput<BF16>(args, plan, tuning, stream);
+      return LaunchForInput<BF16>(args, plan, tuning, stream, report);
     case DType::kInt8:
       break;
   }

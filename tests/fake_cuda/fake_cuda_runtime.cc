@@ -428,7 +428,7 @@ cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes,
 namespace normserve::cuda::internal {
 
 int LaunchNormalize(const KernelArgs& a, const LaunchPlan&, CUstream_st* stream,
-                    const StagedTuning&) {
+                    const StagedTuning&, LaunchReport*) {
   auto& f = State();
   std::lock_guard<std::mutex> lock(f.mu);
   if (const cudaError_t e = fake_cuda::Enter(f, "kernel"))

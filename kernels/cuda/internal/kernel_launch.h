@@ -42,12 +42,25 @@ struct KernelArgs {
   int stages = 2;
 };
 
+// What a launch ran, for the tests and the tuning benchmark: a staged
+// launch may be refused (rows not aligned, buffers that do not fit in
+// shared memory) and run the register kernels instead, or stage x alone
+// where the tuning asked for its residual beside it.
+struct LaunchReport {
+  bool staged = false;
+  int stages = 0;                // buffers per row group (staged)
+  bool residual_staged = false;  // the residual beside x (staged)
+  int64_t blocks = 0;
+  size_t shared_bytes = 0;  // dynamic shared memory per block
+};
+
 // Enqueues the kernel `plan` selects, a staged one shaped by `tuning`;
 // returns the cudaError_t of the launch (cudaErrorInvalidValue for a
-// tuning out of range).
+// tuning out of range) and, where `report` is given, what it launched.
 int LaunchNormalize(const KernelArgs& args, const LaunchPlan& plan,
                     CUstream_st* stream,
-                    const StagedTuning& tuning = StagedTuning{});
+                    const StagedTuning& tuning = StagedTuning{},
+                    LaunchReport* report = nullptr);
 
 }  // namespace normserve::cuda::internal
 
