@@ -28,7 +28,8 @@ absl::StatusOr<std::unique_ptr<Batcher>> Batcher::Create(Options options) {
 Batcher::Batcher(Options options)
     : options_(std::move(options)),
       clock_(options_.clock != nullptr ? options_.clock : Clock::Real()),
-      queues_(std::make_unique<internal::BatchQueues>()) {
+      queues_(
+          std::make_unique<internal::BatchQueues>(options_.max_queued_bytes)) {
   workers_.reserve(static_cast<size_t>(options_.num_workers));
   for (int i = 0; i < options_.num_workers; ++i) {
     workers_.emplace_back([this] { WorkerLoop(); });

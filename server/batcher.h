@@ -107,6 +107,9 @@ struct Job {
   BatchKey key;
   QueueOptions queue;
   int64_t rows = 0;
+  // Memory the job holds while it waits (its input and output buffers),
+  // for Batcher::Options::max_queued_bytes.
+  int64_t bytes = 0;
   absl::Time deadline = absl::InfiniteFuture();
   // Polled when the batch forms; may be empty (never cancelled).
   std::function<bool()> is_cancelled;
@@ -145,6 +148,11 @@ class Batcher {
     BatchObserver* observer = nullptr;
     // Time source; nullptr means the real clock. Tests inject a fake.
     Clock* clock = nullptr;
+    // Bytes of jobs (Job::bytes) queued over all queues at most; 0: no
+    // bound. Each queue has its own bound in jobs (max_queue_requests), but
+    // requests with distinct parameters get distinct queues: this bounds
+    // them all. A job is admitted whenever nothing is queued.
+    int64_t max_queued_bytes = 0;
   };
 
   static absl::StatusOr<std::unique_ptr<Batcher>> Create(Options options);
@@ -153,7 +161,8 @@ class Batcher {
   Batcher& operator=(const Batcher&) = delete;
 
   // Queues `job`. On OK the batcher owns it and will call job->done. On
-  // error (RESOURCE_EXHAUSTED: queue full; UNAVAILABLE: stopped;
+  // error (RESOURCE_EXHAUSTED: its queue, or all queues together, full;
+  // UNAVAILABLE: stopped;
   // INVALID_ARGUMENT: bad queue options) the job is destroyed unrun and
   // its done is not called.
   absl::Status Submit(std::unique_ptr<Job> job);

@@ -42,7 +42,16 @@ struct ValidationLimits {
   int max_rank = 8;
   // Maximum elements in one input tensor.
   int64_t max_elements = int64_t{1} << 26;
+  // The largest message the server sends (its gRPC send limit); 0: none.
+  // A request whose response tensors (output, residual sum, statistics)
+  // would not fit in it, less kResponseFramingBytes for the rest of the
+  // message, is refused before it is computed.
+  int64_t max_response_bytes = 0;
 };
+
+// Room left in a response for everything but its tensors' data (shapes,
+// names, ids: a few hundred bytes at most ranks).
+inline constexpr int64_t kResponseFramingBytes = 1024;
 
 // Which devices the server can run on.
 struct DeviceAvailability {

@@ -145,10 +145,13 @@ absl::StatusOr<std::unique_ptr<NormServer>> NormServer::Create(
     };
   }
   batcher_options.observer = s->metrics.get();
+  batcher_options.max_queued_bytes = options.max_queued_bytes;
   ASSIGN_OR_RETURN(s->batcher, Batcher::Create(std::move(batcher_options)));
 
   NormalizationServiceImpl::Options service_options;
   service_options.limits = options.limits;
+  service_options.limits.max_response_bytes = options.max_message_bytes;
+  service_options.stream_window = options.stream_window;
   service_options.devices.cuda = s->cuda_backend != nullptr;
   s->service = std::make_unique<NormalizationServiceImpl>(
       service_options, s->models.get(), s->batcher.get(), s->metrics.get());

@@ -25,6 +25,7 @@
 #include "server/batcher.h"
 #include "server/model_registry.h"
 #include "server/request_decoder.h"
+#include "server/service.h"
 
 namespace normserve {
 
@@ -64,8 +65,12 @@ struct ServerOptions {
   std::string metrics_address = "127.0.0.1:8002";
   ModelRegistry::Options models;
   ValidationLimits limits;
+  StreamWindow stream_window;
   // Largest gRPC message accepted (and sent).
   int max_message_bytes = 64 << 20;
+  // Bytes of requests (inputs and output buffers) queued over all queues
+  // at most (Batcher::Options::max_queued_bytes).
+  int64_t max_queued_bytes = int64_t{4} << 30;
   TlsOptions tls;
   ConnectionLimits connection;
   // Batcher worker threads: batches run concurrently, one per worker.

@@ -52,6 +52,14 @@ ABSL_FLAG(int, max_message_bytes, 64 << 20,
 ABSL_FLAG(int64_t, max_elements, int64_t{1} << 24,
           "Largest input tensor, in elements.");
 ABSL_FLAG(int, max_rank, 8, "Largest input tensor rank.");
+ABSL_FLAG(int64_t, max_queued_bytes, int64_t{4} << 30,
+          "Bytes of requests (inputs and outputs) queued over all queues "
+          "before answering RESOURCE_EXHAUSTED.");
+ABSL_FLAG(int64_t, stream_window_messages, 128,
+          "A stream reads no further message while this many of its messages "
+          "are being computed or wait for the client to take their answers.");
+ABSL_FLAG(int64_t, stream_window_bytes, int64_t{64} << 20,
+          "The same, in bytes of those messages (one message is always read).");
 ABSL_FLAG(std::string, metrics_host, "",
           "Address for the metrics endpoint; empty means --host.");
 ABSL_FLAG(std::string, tls_cert, "",
@@ -158,6 +166,9 @@ int ServerMain(int argc, char** argv, const MainOptions& main_options) {
   options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   options.limits.max_elements = absl::GetFlag(FLAGS_max_elements);
   options.limits.max_rank = absl::GetFlag(FLAGS_max_rank);
+  options.max_queued_bytes = absl::GetFlag(FLAGS_max_queued_bytes);
+  options.stream_window.messages = absl::GetFlag(FLAGS_stream_window_messages);
+  options.stream_window.bytes = absl::GetFlag(FLAGS_stream_window_bytes);
   const std::string device = absl::GetFlag(FLAGS_device);
   if (device == "cpu") {
     options.device = DeviceChoice::kCpu;
@@ -174,11 +185,14 @@ int ServerMain(int argc, char** argv, const MainOptions& main_options) {
   if (b.max_batch_rows <= 0 || b.max_queue_requests <= 0 ||
       b.max_queue_delay < absl::ZeroDuration() || options.batch_workers < 0 ||
       options.max_message_bytes <= 0 || options.limits.max_elements <= 0 ||
-      options.limits.max_rank <= 0) {
+      options.limits.max_rank <= 0 || options.max_queued_bytes <= 0 ||
+      options.stream_window.messages <= 0 || options.stream_window.bytes <= 0) {
     std::fprintf(stderr,
                  "normserve: --max_batch_rows, --max_queue_requests, "
-                 "--max_message_bytes, --max_elements and --max_rank must be "
-                 "> 0, --batch_workers and --max_queue_delay_us >= 0\n");
+                 "--max_message_bytes, --max_elements, --max_rank, "
+                 "--max_queued_bytes and --stream_window_{messages,bytes} "
+                 "must be > 0, "
+                 "--batch_workers and --max_queue_delay_us >= 0\n");
     return 2;
   }
 

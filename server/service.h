@@ -42,12 +42,22 @@ using NormalizationServiceBase = Native::WithCallbackMethod_Normalize<
         Native::WithCallbackMethod_ListModels<Native::Service>>>;
 }  // namespace internal
 
+// How far a stream reads ahead of the answers it has written: it reads no
+// further message while this many of its messages, or this many bytes of
+// them, are being computed or wait to be written (one message is always
+// read, whatever its size). See internal/stream_reactor.h.
+struct StreamWindow {
+  int64_t messages = 128;
+  int64_t bytes = int64_t{64} << 20;
+};
+
 class NormalizationServiceImpl final
     : public internal::NormalizationServiceBase {
  public:
   struct Options {
     ValidationLimits limits;
     DeviceAvailability devices;
+    StreamWindow stream_window;
   };
 
   NormalizationServiceImpl(const Options& options, const ModelRegistry* models,
@@ -104,6 +114,7 @@ class NormalizationServiceImpl final
   bool draining() const { return draining_.load(); }
   const ModelRegistry& models() const { return *models_; }
   const ValidationLimits& limits() const { return options_.limits; }
+  const StreamWindow& stream_window() const { return options_.stream_window; }
   const DeviceAvailability& devices() const { return options_.devices; }
   Metrics* metrics() { return metrics_; }
 

@@ -59,6 +59,37 @@ TEST(BatchQueuesTest, BatchClosesWhenRowsReachTheLimit) {
   EXPECT_FALSE(queues.PopReady(kT0, false).has_value());
 }
 
+// The byte bound spans every queue: jobs with distinct keys (as requests
+// with distinct parameters get) fill it together; a popped job frees its
+// bytes; a job is admitted whenever nothing is queued, however large.
+TEST(BatchQueuesTest, ByteBoundSpansEveryQueue) {
+  BatchQueues queues(1000);
+  const QueueOptions q = Opts(1, absl::Hours(1));
+  auto job = [&](const std::string& model, int64_t bytes) {
+    auto j = MakeJob(1, q, model);
+    j->bytes = bytes;
+    return j;
+  };
+  const absl::Duration s = absl::Seconds(1);
+  ASSERT_TRUE(queues.Add(job("a", 400), kT0).ok());
+  ASSERT_TRUE(queues.Add(job("b", 400), kT0 + s).ok());
+  const absl::Status full = queues.Add(job("c", 300), kT0 + 2 * s);
+  EXPECT_EQ(full.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(full.message().find("2 requests of 800 bytes waiting, and this "
+                                "one needs 300 more (max_queued_bytes 1000)"),
+            absl::string_view::npos)
+      << full;
+  ASSERT_TRUE(queues.Add(job("c", 200), kT0 + 2 * s).ok());  // exactly 1000
+  EXPECT_EQ(queues.bytes(), 1000);
+  ASSERT_TRUE(queues.PopReady(kT0 + 3 * s, false).has_value());  // "a"
+  EXPECT_EQ(queues.bytes(), 600);
+  ASSERT_TRUE(queues.Add(job("d", 400), kT0 + 3 * s).ok());
+  while (queues.PopReady(kT0 + 4 * s, true).has_value()) {
+  }
+  EXPECT_EQ(queues.bytes(), 0);
+  ASSERT_TRUE(queues.Add(job("e", 5000), kT0).ok());  // alone: admitted
+}
+
 TEST(BatchQueuesTest, BatchClosesAfterTheDelay) {
   BatchQueues queues;
   const QueueOptions q = Opts(100, absl::Microseconds(100));

@@ -14,6 +14,13 @@ absl::Status BatchQueues::Add(std::unique_ptr<Job> job, absl::Time now) {
         ", max_queue_delay = ", absl::FormatDuration(o.max_queue_delay),
         ": expected positive sizes and a non-negative delay"));
   }
+  if (max_queued_bytes_ > 0 && size_ > 0 &&
+      bytes_ + job->bytes > max_queued_bytes_) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the server's queues are full: ", size_, " requests of ", bytes_,
+        " bytes waiting, and this one needs ", job->bytes,
+        " more (max_queued_bytes ", max_queued_bytes_, "); retry later"));
+  }
   auto it = queues_.find(job->key);
   if (it == queues_.end()) {
     it = queues_.emplace(job->key, Queue{}).first;
@@ -29,6 +36,7 @@ absl::Status BatchQueues::Add(std::unique_ptr<Job> job, absl::Time now) {
   }
   job->enqueue_time = now;
   q.rows += job->rows;
+  bytes_ += job->bytes;
   q.jobs.push_back(std::move(job));
   ++size_;
   return absl::OkStatus();
@@ -67,6 +75,7 @@ std::optional<BatchQueues::Popped> BatchQueues::PopReady(absl::Time now,
     q.jobs.pop_front();
     q.rows -= job->rows;
     --size_;
+    bytes_ -= job->bytes;
     if (expired) {
       out.expired.push_back(std::move(job));
     } else if (cancelled) {

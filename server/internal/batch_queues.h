@@ -20,6 +20,10 @@ namespace normserve::internal {
 
 class BatchQueues {
  public:
+  // `max_queued_bytes`: Batcher::Options::max_queued_bytes.
+  explicit BatchQueues(int64_t max_queued_bytes = 0)
+      : max_queued_bytes_(max_queued_bytes) {}
+
   struct Popped {
     std::vector<std::unique_ptr<Job>> batch;    // to run, maybe empty
     std::vector<std::unique_ptr<Job>> expired;  // deadline passed
@@ -27,7 +31,8 @@ class BatchQueues {
   };
 
   // Appends `job` to its key's queue, stamping enqueue_time = now.
-  // RESOURCE_EXHAUSTED when the queue holds max_queue_requests jobs;
+  // RESOURCE_EXHAUSTED when the queue holds max_queue_requests jobs, or
+  // the job's bytes would take all queues past max_queued_bytes;
   // INVALID_ARGUMENT when the job's queue options are out of range.
   absl::Status Add(std::unique_ptr<Job> job, absl::Time now);
 
@@ -42,6 +47,7 @@ class BatchQueues {
   absl::Time NextReadyTime() const;
 
   int64_t size() const { return size_; }
+  int64_t bytes() const { return bytes_; }
   bool empty() const { return size_ == 0; }
 
  private:
@@ -53,8 +59,10 @@ class BatchQueues {
   };
   bool Ready(const Queue& q, absl::Time now) const;
 
+  const int64_t max_queued_bytes_;
   absl::flat_hash_map<BatchKey, Queue> queues_;
   int64_t size_ = 0;
+  int64_t bytes_ = 0;  // Job::bytes of every queued job
 };
 
 }  // namespace normserve::internal

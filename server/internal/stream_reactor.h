@@ -15,6 +15,14 @@
 // stream's reads, looking exactly like the client's half-close, and the
 // stream would finish OK with that message and every later one unanswered.
 //
+// Backpressure: the reactor reads no further message while the messages it
+// has read and not yet written an answer for reach the service's
+// StreamWindow (a count, and the bytes of those messages; at least one is
+// always read). A client that sends without reading its answers is then
+// held back by HTTP/2 flow control instead of filling the server's memory
+// with answers it does not take. An answer, once serialized, drops its
+// request and its message form: a waiting item holds its wire bytes only.
+//
 // Threading: gRPC's reactor callbacks and `done` may run on any threads;
 // the state they share is guarded by mu_. The reactor deletes itself in
 // OnDone().
@@ -46,6 +54,7 @@ class StreamReactor final
     Request request;
     Response answer;
     grpc::ByteBuffer wire;  // The answer, serialized for its write.
+    int64_t bytes = 0;      // Of the message read (StreamWindow).
   };
   using StartFn = std::function<void(grpc::CallbackServerContext* context,
                                      const std::shared_ptr<Item>& item,
@@ -65,6 +74,7 @@ class StreamReactor final
         method_(method),
         start_fn_(std::move(start)),
         parse_error_fn_(std::move(parse_error)),
+        window_(service->stream_window()),
         start_(absl::Now()) {
     service_->CallStarted();
     service_->metrics()->RpcStarted(metrics_service_, method_, kType);
@@ -84,12 +94,14 @@ class StreamReactor final
     }
     auto item = std::make_shared<Item>();
     ++messages_read_;
+    item->bytes = static_cast<int64_t>(incoming_.Length());
     const bool parsed = grpc::SerializationTraits<Request>::Deserialize(
                             &incoming_, &item->request)
                             .ok();
     {
       MutexLock lock(&mu_);
       ++pending_;
+      pending_bytes_ += item->bytes;
     }
     if (parsed) {
       start_fn_(context_, item, [this, item] { Answered(item); });
@@ -103,19 +115,26 @@ class StreamReactor final
       Answered(item);
     }
     incoming_.Clear();
-    this->StartRead(&incoming_);
+    bool read;
+    {
+      MutexLock lock(&mu_);
+      read = !WindowFull();
+      read_paused_ = !read;
+    }
+    if (read) this->StartRead(&incoming_);
   }
 
   void OnWriteDone(bool ok) override {
     std::shared_ptr<Item> next;
     bool finish;
+    bool resume;
     {
       MutexLock lock(&mu_);
+      Written(*writes_.front());
       writes_.pop_front();
-      --pending_;
       if (!ok) broken_ = true;
       if (broken_) {
-        pending_ -= static_cast<int64_t>(writes_.size());
+        for (const auto& dropped : writes_) Written(*dropped);
         writes_.clear();
       }
       if (!writes_.empty()) {
@@ -124,8 +143,10 @@ class StreamReactor final
         writing_ = false;
       }
       finish = ShouldFinish();
+      resume = ShouldResumeReading();
     }
     if (next != nullptr) this->StartWrite(&next->wire);
+    if (resume) this->StartRead(&incoming_);
     if (finish) this->Finish(grpc::Status::OK);
   }
 
@@ -148,13 +169,18 @@ class StreamReactor final
     grpc::SerializationTraits<Response>::Serialize(item->answer, &item->wire,
                                                    &own_buffer)
         .IgnoreError();
+    // Their memory goes now (Clear would keep the strings' capacity).
+    Request().Swap(&item->request);
+    Response().Swap(&item->answer);
     bool start_write = false;
     bool finish = false;
+    bool resume = false;
     {
       MutexLock lock(&mu_);
       if (broken_) {
-        --pending_;
+        Written(*item);
         finish = ShouldFinish();
+        resume = ShouldResumeReading();
       } else {
         writes_.push_back(item);
         if (!writing_) {
@@ -164,7 +190,26 @@ class StreamReactor final
       }
     }
     if (start_write) this->StartWrite(&item->wire);
+    if (resume) this->StartRead(&incoming_);
     if (finish) this->Finish(grpc::Status::OK);
+  }
+
+  // `item` is written or dropped: it leaves the window.
+  void Written(const Item& item) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    --pending_;
+    pending_bytes_ -= item.bytes;
+  }
+
+  bool WindowFull() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return pending_ >= window_.messages || pending_bytes_ >= window_.bytes;
+  }
+
+  // True once when a paused stream may read again (the read to start is
+  // then the caller's).
+  bool ShouldResumeReading() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (!read_paused_ || WindowFull()) return false;
+    read_paused_ = false;
+    return true;
   }
 
   // True exactly once: when nothing is left to read, compute or write.
@@ -180,14 +225,19 @@ class StreamReactor final
   const char* const method_;
   const StartFn start_fn_;
   const ParseErrorFn parse_error_fn_;
+  const StreamWindow window_;
   const absl::Time start_;
   // Owned by the read in flight (reads are serialized).
   grpc::ByteBuffer incoming_;
   int64_t messages_read_ = 0;
 
   Mutex mu_;
-  // Items started and not yet written (or dropped).
+  // Items started and not yet written (or dropped), and their messages'
+  // bytes.
   int64_t pending_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t pending_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  // No read is in flight: the window was full after the last one.
+  bool read_paused_ ABSL_GUARDED_BY(mu_) = false;
   std::deque<std::shared_ptr<Item>> writes_ ABSL_GUARDED_BY(mu_);
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
   bool reads_done_ ABSL_GUARDED_BY(mu_) = false;

@@ -495,7 +495,7 @@ TEST_F(BadRequestsWireTest, EveryOipCaseOnAStreamGetsAnErrorAnswer) {
 TEST(BadRequestsWireLimitsTest, OversizedMessagesAndTensorsAreRefused) {
   ServerProcess server(NORMSERVE_BINARY, {"--model_config=" + ModelConfigFile(),
                                           "--max_message_bytes=1048576",
-                                          "--max_elements=100000"});
+                                          "--max_elements=300000"});
   ValidTraffic traffic(server.grpc_target());
   auto client = Connect(server.grpc_target());
   auto oip = GRPCInferenceService::NewStub(client->channel());
@@ -503,8 +503,18 @@ TEST(BadRequestsWireLimitsTest, OversizedMessagesAndTensorsAreRefused) {
   big.shape = {2, 200000};  // 1.6 MB
   big.values.assign(400000, 1.0f);
   NormalizeInput many;
-  many.shape = {1, 100001};  // 400 KB, one element too many
-  many.values.assign(100001, 1.0f);
+  many.shape = {1, 300001};  // 600 KB, one element too many
+  many.values.assign(300001, 1.0f);
+  many.dtype = v1::DATA_TYPE_BFLOAT16;
+  // 200000 bfloat16 elements and their residual in (800 KB); float32 out
+  // and the bfloat16 sum back: 1.2 MB.
+  NormalizeInput wide;
+  wide.shape = {2, 100000};
+  wide.values.assign(200000, 1.0f);
+  wide.residual.assign(200000, 0.5f);
+  wide.dtype = v1::DATA_TYPE_BFLOAT16;
+  wide.output_dtype = v1::DATA_TYPE_FLOAT32;
+  wide.return_residual_sum = true;
   const struct {
     const char* name;
     v1::NormalizeRequest request;
@@ -514,7 +524,12 @@ TEST(BadRequestsWireLimitsTest, OversizedMessagesAndTensorsAreRefused) {
       {"message over --max_message_bytes", NormClient::BuildRequest(big),
        grpc::RESOURCE_EXHAUSTED, "larger than max"},
       {"tensor over --max_elements", NormClient::BuildRequest(many),
-       grpc::INVALID_ARGUMENT, "more than 100000 elements"},
+       grpc::INVALID_ARGUMENT, "more than 300000 elements"},
+      {"response over --max_message_bytes", NormClient::BuildRequest(wide),
+       grpc::RESOURCE_EXHAUSTED,
+       "response: output 800000 bytes (DATA_TYPE_FLOAT32) + residual sum "
+       "400000 = 1200000 bytes, over the server's max_message_bytes "
+       "1048576"},
   };
   for (const auto& c : cases) {
     grpc::ClientContext ctx;

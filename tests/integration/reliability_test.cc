@@ -10,9 +10,11 @@
 #include <atomic>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <map>
 #include <random>
+#include <set>
 #include <sstream>
 #include <thread>
 
@@ -322,6 +324,58 @@ TEST(ReliabilityTest, AnOpenStreamHoldsTheDrainOnlyForTheGrace) {
   // The stream was cut, not finished: the client learns it.
   EXPECT_FALSE(stream->Read(&answer));
   EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::UNAVAILABLE);
+}
+
+// A client that writes on a stream without reading its answers is held
+// back by flow control once the server's stream window is full (here two
+// messages), instead of the server reading every message and keeping every
+// answer in memory; once the client reads, every answer arrives and the
+// stream ends OK.
+TEST(ReliabilityTest, AStreamWhoseAnswersAreNotReadIsHeldBackThenAnswered) {
+  ServerProcess server(NORMSERVE_BINARY, {"--stream_window_messages=2"});
+  auto client = Connect(server.grpc_target());
+  grpc::ClientContext ctx;
+  auto stream = client->stub()->NormalizeStream(&ctx);
+  const int kMessages = 160;
+  const NormalizeInput in = RandomInput(64, 4096, 21);  // 1 MiB a message
+  std::atomic<int> written{0};
+  std::thread writer([&] {
+    v1::NormalizeStreamRequest msg;
+    *msg.mutable_request() = NormClient::BuildRequest(in);
+    for (int i = 0; i < kMessages; ++i) {
+      msg.mutable_request()->set_request_id(absl::StrCat(i));
+      if (!stream->Write(msg)) break;
+      written.fetch_add(1);
+    }
+    stream->WritesDone();
+  });
+  // Until the writes stop advancing (or all are written).
+  int last = -1;
+  while (written.load() != last && written.load() < kMessages) {
+    last = written.load();
+    absl::SleepFor(absl::Seconds(1));
+  }
+  const int held = written.load();
+  EXPECT_LT(held, kMessages)
+      << "the server read every message while no answer was taken";
+  std::set<std::string> ids;
+  v1::NormalizeStreamResponse answer;
+  while (stream->Read(&answer)) {
+    ASSERT_EQ(answer.status_code(), 0) << answer.status_message();
+    const v1::Tensor& out = answer.response().output();
+    ASSERT_EQ(out.data().size(), in.values.size() * sizeof(float));
+    if (ids.empty()) {
+      NormalizeOutput o;
+      o.values.resize(in.values.size());
+      std::memcpy(o.values.data(), out.data().data(), out.data().size());
+      EXPECT_TRUE(MatchesReference(in, o));
+    }
+    EXPECT_TRUE(ids.insert(answer.request_id()).second) << answer.request_id();
+  }
+  writer.join();
+  EXPECT_EQ(ids.size(), static_cast<size_t>(kMessages)) << "held at " << held;
+  EXPECT_TRUE(stream->Finish().ok());
+  EXPECT_EQ(server.Stop(SIGTERM, 30), 0) << server.Output();
 }
 
 // One stream of raw bytes through the generic stub (which sends bytes that
