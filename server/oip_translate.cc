@@ -1,10 +1,13 @@
 #include "server/oip_translate.h"
 
+#include <cmath>
 #include <cstdint>
 #include <optional>
 
+#include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "server/internal/status_macros.h"
 
 namespace normserve {
 namespace {
@@ -33,6 +36,20 @@ absl::Status BadValue(absl::string_view key, absl::string_view value,
       absl::StrCat("parameters['", key, "'] = '", value, "': expected ", want));
 }
 
+// A double parameter as the float the native request carries; a finite,
+// non-zero value that float32 cannot hold (it would become 0 or Inf, and
+// the native check would then quote a value the client never sent) is
+// refused here, naming the parameter and the value sent.
+absl::StatusOr<float> FloatParameter(absl::string_view field, double d) {
+  const float v = static_cast<float>(d);
+  if (std::isfinite(d) && d != 0 && (v == 0 || !std::isfinite(v))) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        field, " = ", absl::SixDigits(d),
+        ": expected a value float32 holds (magnitude 1e-45 to 3.4e38)"));
+  }
+  return v;
+}
+
 absl::Status RequestParameter(const std::string& key, const InferParameter& p,
                               v1::NormalizeRequest* r) {
   const auto want = [&](InferParameter::ParameterChoiceCase c) {
@@ -42,7 +59,9 @@ absl::Status RequestParameter(const std::string& key, const InferParameter& p,
     if (!want(InferParameter::kDoubleParam)) {
       return WrongType(key, "double_param");
     }
-    const float v = static_cast<float>(p.double_param());
+    ASSIGN_OR_RETURN(const float v,
+                     FloatParameter(absl::StrCat("parameters['", key, "']"),
+                                    p.double_param()));
     key == "epsilon" ? r->set_epsilon(v) : r->set_output_scale(v);
   } else if (key == "normalized_ndim" || key == "output_zero_point") {
     if (!want(InferParameter::kInt64Param)) {
@@ -124,7 +143,9 @@ absl::Status TensorParameters(const ModelInferRequest::InferInputTensor& in,
         return absl::InvalidArgumentError(
             absl::StrCat(field, ": expected a double_param"));
       }
-      t->set_scale(static_cast<float>(p.double_param()));
+      ASSIGN_OR_RETURN(const float scale,
+                       FloatParameter(field, p.double_param()));
+      t->set_scale(scale);
     } else if (key == "zero_point") {
       if (p.parameter_choice_case() != InferParameter::kInt64Param) {
         return absl::InvalidArgumentError(

@@ -191,6 +191,12 @@ inline std::vector<OipBadRequestCase> OipBadRequestCases() {
        },
        absl::StatusCode::kInvalidArgument,
        "parameters['epsilon']: expected a double_param"},
+      {"epsilon that float32 rounds to 0",
+       [](auto* r) {
+         (*r->mutable_parameters())["epsilon"].set_double_param(1e-50);
+       },
+       absl::StatusCode::kInvalidArgument,
+       "parameters['epsilon'] = 1e-50: expected a value float32 holds"},
       {"normalized_ndim beyond int32",
        [](auto* r) {
          (*r->mutable_parameters())["normalized_ndim"].set_int64_param(
