@@ -38,18 +38,43 @@ Batcher::Batcher(Options options)
 
 Batcher::~Batcher() { Stop(); }
 
-absl::Status Batcher::Submit(std::unique_ptr<Job> job) {
-  MutexLock lock(&mu_);
-  if (stopping_) {
-    return absl::UnavailableError("server is shutting down");
+namespace {
+
+// Answers the jobs found expired or cancelled in the queues at `now`.
+void AnswerDropped(internal::BatchQueues::Popped& popped, absl::Time now) {
+  for (auto& job : popped.expired) {
+    job->done(absl::DeadlineExceededError(
+                  "deadline passed while the request was queued"),
+              JobTimings{now - job->enqueue_time, absl::ZeroDuration()});
   }
-  const absl::Status s = queues_->Add(std::move(job), clock_->Now());
-  if (!s.ok()) return s;
-  // Reported under the lock so that depth updates cannot be reordered.
-  if (options_.observer != nullptr)
-    options_.observer->OnQueueDepth(queues_->size());
-  wake_.Signal();
-  return absl::OkStatus();
+  for (auto& job : popped.cancelled) {
+    job->done(absl::CancelledError("call cancelled while queued"),
+              JobTimings{now - job->enqueue_time, absl::ZeroDuration()});
+  }
+}
+
+}  // namespace
+
+absl::Status Batcher::Submit(std::unique_ptr<Job> job) {
+  // Jobs that died in a full queue, taken out to make room: answered
+  // after the lock is released.
+  internal::BatchQueues::Popped dropped;
+  absl::Status s;
+  absl::Time now;
+  {
+    MutexLock lock(&mu_);
+    if (stopping_) {
+      return absl::UnavailableError("server is shutting down");
+    }
+    now = clock_->Now();
+    s = queues_->Add(std::move(job), now, &dropped);
+    // Reported under the lock so that depth updates cannot be reordered.
+    if (options_.observer != nullptr)
+      options_.observer->OnQueueDepth(queues_->size());
+    if (s.ok()) wake_.Signal();
+  }
+  AnswerDropped(dropped, now);
+  return s;
 }
 
 void Batcher::Stop() {
@@ -103,15 +128,7 @@ void Batcher::WorkerLoop() {
     }
 
     const absl::Time start = clock_->Now();
-    for (auto& job : popped.expired) {
-      job->done(absl::DeadlineExceededError(
-                    "deadline passed while the request was queued"),
-                JobTimings{start - job->enqueue_time, absl::ZeroDuration()});
-    }
-    for (auto& job : popped.cancelled) {
-      job->done(absl::CancelledError("call cancelled while queued"),
-                JobTimings{start - job->enqueue_time, absl::ZeroDuration()});
-    }
+    AnswerDropped(popped, start);
     if (popped.batch.empty()) continue;
 
     std::vector<Job*> batch;

@@ -154,6 +154,34 @@ TEST(BatchQueuesTest, ExpiredAndCancelledJobsAreDroppedNotBatched) {
   EXPECT_EQ(popped->batch.size(), 1u);
 }
 
+// A full queue whose jobs are dead (deadline passed, call cancelled) makes
+// room for a live one: the dead go to *dropped, for their answers. Without
+// `dropped` (or with live jobs only) the queue stays full.
+TEST(BatchQueuesTest, DeadJobsDoNotHoldAFullQueue) {
+  BatchQueues queues;
+  const QueueOptions q = Opts(100, absl::Hours(1), /*max_requests=*/2);
+  auto expired = MakeJob(1, q);
+  expired->deadline = kT0 + absl::Seconds(1);
+  auto cancelled = MakeJob(1, q);
+  bool cancel = false;
+  cancelled->is_cancelled = [&cancel] { return cancel; };
+  ASSERT_TRUE(queues.Add(std::move(expired), kT0).ok());
+  ASSERT_TRUE(queues.Add(std::move(cancelled), kT0).ok());
+  BatchQueues::Popped dropped;
+  // Both alive: full.
+  EXPECT_EQ(queues.Add(MakeJob(1, q), kT0, &dropped).code(),
+            absl::StatusCode::kResourceExhausted);
+  EXPECT_TRUE(dropped.expired.empty() && dropped.cancelled.empty());
+  cancel = true;
+  const absl::Time later = kT0 + absl::Seconds(2);
+  EXPECT_EQ(queues.Add(MakeJob(1, q), later).code(),
+            absl::StatusCode::kResourceExhausted);  // nowhere to drop them
+  ASSERT_TRUE(queues.Add(MakeJob(1, q), later, &dropped).ok());
+  EXPECT_EQ(dropped.expired.size(), 1u);
+  EXPECT_EQ(dropped.cancelled.size(), 1u);
+  EXPECT_EQ(queues.size(), 1);
+}
+
 TEST(BatchQueuesTest, KeysNeverShareABatchAndOldestGoesFirst) {
   BatchQueues queues;
   const QueueOptions q = Opts(100, absl::ZeroDuration());
@@ -205,6 +233,29 @@ TEST(BatcherTest, FakeClockDrivesTheDelay) {
   (*batcher)->TEST_Wake();
   EXPECT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(10)));
   EXPECT_EQ(batches.load(), 1);
+}
+
+// Submit answers the dead jobs it takes out of a full queue
+// (DEADLINE_EXCEEDED), and admits the new one.
+TEST(BatcherTest, SubmitToAFullQueueAnswersItsExpiredJobsAndAdmits) {
+  FakeClock clock(kT0);
+  Batcher::Options o;
+  o.clock = &clock;
+  o.runner = [](absl::Span<Job* const>) { return absl::OkStatus(); };
+  auto batcher = Batcher::Create(std::move(o));
+  ASSERT_TRUE(batcher.ok());
+  const QueueOptions q = Opts(100, absl::Hours(1), /*max_requests=*/1);
+  int code = -1;
+  auto doomed = MakeJob(1, q, "m", &code);
+  doomed->deadline = kT0 + absl::Seconds(1);
+  ASSERT_TRUE((*batcher)->Submit(std::move(doomed)).ok());
+  EXPECT_EQ((*batcher)->Submit(MakeJob(1, q)).code(),
+            absl::StatusCode::kResourceExhausted);
+  clock.Advance(absl::Seconds(2));
+  ASSERT_TRUE((*batcher)->Submit(MakeJob(1, q)).ok());
+  EXPECT_EQ(code, static_cast<int>(absl::StatusCode::kDeadlineExceeded));
+  EXPECT_EQ((*batcher)->queued_jobs(), 1);
+  (*batcher)->Stop();
 }
 
 TEST(BatcherTest, StopRunsAdmittedJobsThenRefusesNewOnes) {

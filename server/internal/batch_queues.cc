@@ -4,7 +4,8 @@
 
 namespace normserve::internal {
 
-absl::Status BatchQueues::Add(std::unique_ptr<Job> job, absl::Time now) {
+absl::Status BatchQueues::Add(std::unique_ptr<Job> job, absl::Time now,
+                              Popped* dropped) {
   const QueueOptions& o = job->queue;
   if (o.max_batch_rows <= 0 || o.max_queue_requests <= 0 ||
       o.max_queue_delay < absl::ZeroDuration()) {
@@ -14,32 +15,70 @@ absl::Status BatchQueues::Add(std::unique_ptr<Job> job, absl::Time now) {
         ", max_queue_delay = ", absl::FormatDuration(o.max_queue_delay),
         ": expected positive sizes and a non-negative delay"));
   }
-  if (max_queued_bytes_ > 0 && size_ > 0 &&
-      bytes_ + job->bytes > max_queued_bytes_) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "the server's queues are full: ", size_, " requests of ", bytes_,
-        " bytes waiting, and this one needs ", job->bytes,
-        " more (max_queued_bytes ", max_queued_bytes_, "); retry later"));
+  absl::Status full = Full(*job);
+  if (!full.ok() && dropped != nullptr) {
+    DropDead(now, dropped);
+    full = Full(*job);
   }
+  if (!full.ok()) return full;
   auto it = queues_.find(job->key);
   if (it == queues_.end()) {
     it = queues_.emplace(job->key, Queue{}).first;
     it->second.options = o;
   }
   Queue& q = it->second;
-  if (static_cast<int64_t>(q.jobs.size()) >= q.options.max_queue_requests) {
-    if (q.jobs.empty()) queues_.erase(it);
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "queue for model '", job->key.model, "' (D = ", job->key.dim,
-        ") is full: ", q.options.max_queue_requests,
-        " requests waiting; retry later"));
-  }
   job->enqueue_time = now;
   q.rows += job->rows;
   bytes_ += job->bytes;
   q.jobs.push_back(std::move(job));
   ++size_;
   return absl::OkStatus();
+}
+
+absl::Status BatchQueues::Full(const Job& job) const {
+  if (max_queued_bytes_ > 0 && size_ > 0 &&
+      bytes_ + job.bytes > max_queued_bytes_) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the server's queues are full: ", size_, " requests of ", bytes_,
+        " bytes waiting, and this one needs ", job.bytes,
+        " more (max_queued_bytes ", max_queued_bytes_, "); retry later"));
+  }
+  const auto it = queues_.find(job.key);
+  if (it != queues_.end() && static_cast<int64_t>(it->second.jobs.size()) >=
+                                 it->second.options.max_queue_requests) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("queue for model '", job.key.model, "' (D = ", job.key.dim,
+                     ") is full: ", it->second.options.max_queue_requests,
+                     " requests waiting; retry later"));
+  }
+  return absl::OkStatus();
+}
+
+void BatchQueues::DropDead(absl::Time now, Popped* dropped) {
+  for (auto it = queues_.begin(); it != queues_.end();) {
+    Queue& q = it->second;
+    std::deque<std::unique_ptr<Job>> live;
+    for (std::unique_ptr<Job>& job : q.jobs) {
+      const bool expired = now >= job->deadline;
+      const bool cancelled =
+          !expired && job->is_cancelled && job->is_cancelled();
+      if (!expired && !cancelled) {
+        live.push_back(std::move(job));
+        continue;
+      }
+      q.rows -= job->rows;
+      --size_;
+      bytes_ -= job->bytes;
+      (expired ? dropped->expired : dropped->cancelled)
+          .push_back(std::move(job));
+    }
+    q.jobs = std::move(live);
+    if (q.jobs.empty()) {
+      queues_.erase(it++);
+    } else {
+      ++it;
+    }
+  }
 }
 
 bool BatchQueues::Ready(const Queue& q, absl::Time now) const {

@@ -32,9 +32,13 @@ class BatchQueues {
 
   // Appends `job` to its key's queue, stamping enqueue_time = now.
   // RESOURCE_EXHAUSTED when the queue holds max_queue_requests jobs, or
-  // the job's bytes would take all queues past max_queued_bytes;
-  // INVALID_ARGUMENT when the job's queue options are out of range.
-  absl::Status Add(std::unique_ptr<Job> job, absl::Time now);
+  // the job's bytes would take all queues past max_queued_bytes, counting
+  // no job whose deadline has passed or whose call is cancelled: before
+  // refusing, those are taken out of every queue into *dropped (when
+  // given; the caller answers them). INVALID_ARGUMENT when the job's
+  // queue options are out of range.
+  absl::Status Add(std::unique_ptr<Job> job, absl::Time now,
+                   Popped* dropped = nullptr);
 
   // Cuts the next batch from the ready queue whose oldest job is oldest.
   // With `flush`, every non-empty queue counts as ready (shutdown). Jobs
@@ -58,6 +62,10 @@ class BatchQueues {
     int64_t rows = 0;
   };
   bool Ready(const Queue& q, absl::Time now) const;
+  // Why `job` cannot be queued now, or OK.
+  absl::Status Full(const Job& job) const;
+  // Moves the expired and cancelled jobs of every queue into *dropped.
+  void DropDead(absl::Time now, Popped* dropped);
 
   const int64_t max_queued_bytes_;
   absl::flat_hash_map<BatchKey, Queue> queues_;
