@@ -55,7 +55,7 @@ ABSL_FLAG(int, max_rank, 8, "Largest input tensor rank.");
 ABSL_FLAG(int64_t, max_queued_bytes, int64_t{4} << 30,
           "Bytes of requests (inputs and outputs) queued over all queues "
           "before answering RESOURCE_EXHAUSTED.");
-ABSL_FLAG(int64_t, stream_window_messages, 128,
+ABSL_FLAG(int64_t, stream_window_messages, 1024,
           "A stream reads no further message while this many of its messages "
           "are being computed or wait for the client to take their answers.");
 ABSL_FLAG(int64_t, stream_window_bytes, int64_t{64} << 20,

@@ -47,7 +47,7 @@ using NormalizationServiceBase = Native::WithCallbackMethod_Normalize<
 // them, are being computed or wait to be written (one message is always
 // read, whatever its size). See internal/stream_reactor.h.
 struct StreamWindow {
-  int64_t messages = 128;
+  int64_t messages = 1024;
   int64_t bytes = int64_t{64} << 20;
 };
 
