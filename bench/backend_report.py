@@ -6,7 +6,8 @@ with --bench) and prints, per batch shape: the backend's GB/s with 4 copy
 threads and with none, the copy threads' speed-up, each against one
 thread's memcpy of the same bytes (`vs_host_copy`) and against pinned PCIe
 copies both ways (`vs_pcie`, the ceiling of a path through host memory),
-and the CPU backend's GB/s on the same batches. Every figure of a row
+`vs_pcie` with 8 and 16 copy threads where the benchmark ran them (the
+largest batches), and the CPU backend's GB/s on the same batches. Every figure of a row
 comes from the same run. The table is also written to
 OUT/cuda_backend_<date>.md.
 
@@ -54,26 +55,32 @@ def table(context, cases):
     lines = [
         "| dtype | D | MiB in | GB/s, 4 copy threads | GB/s, none "
         "| speed-up | vs_host_copy (4 / none) | vs_pcie (4 / none) "
-        "| PCIe GB/s | CPU backend GB/s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| vs_pcie (8 / 16) | PCIe GB/s | CPU backend GB/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for shape in shapes:
         four = cases.get(("BM_CudaBackend", shape + (4,)))
         none = cases.get(("BM_CudaBackend", shape + (0,)))
+        eight = cases.get(("BM_CudaBackend", shape + (8,)))
+        sixteen = cases.get(("BM_CudaBackend", shape + (16,)))
         cpu = cases.get(("BM_CpuBackend", shape))
         speedup = (gbps(four) / gbps(none)) if four and none else None
 
-        def both(key):
+        def both(key, pair=(four, none)):
             return " / ".join(f(b.get(key) if b else None, "{:.2f}")
-                              for b in (four, none))
+                              for b in pair)
 
         pcie = (four or none or {}).get("pcie_GBps")
+        # 8 and 16 copy threads run on the largest batches only.
+        more = ("–" if eight is None and sixteen is None
+                else both("vs_pcie", (eight, sixteen)))
         dtype, d, mib = shape
         lines.append(
             f"| {DTYPES.get(dtype, dtype)} | {d} | {mib} "
             f"| {f(gbps(four), '{:.1f}')} | {f(gbps(none), '{:.1f}')} "
             f"| {f(speedup, '{:.2f}×')} | {both('vs_host_copy')} "
-            f"| {both('vs_pcie')} | {f(pcie, '{:.1f}')} "
+            f"| {both('vs_pcie')} | {more} "
+            f"| {f(pcie, '{:.1f}')} "
             f"| {f(gbps(cpu), '{:.1f}')} |")
     machine = (f"{context.get('cuda_device', 'unknown device')}; "
                f"{context.get('num_cpus', '?')} CPUs")
