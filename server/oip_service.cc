@@ -177,6 +177,24 @@ void InferenceServiceImpl::StartInfer(
   }
   std::shared_ptr<DecodedRequest> decoded = std::move(decoded_or).value();
   const DecodedRequest& d = *decoded;
+  {
+    // Only the outputs asked for are sent.
+    std::vector<ResponsePart> parts;
+    for (const std::string& name : call->oip.outputs) {
+      if (name == "output") {
+        parts.push_back({"output", d.output_dtype, d.elements});
+      } else if (name == "residual_sum") {
+        parts.push_back({"residual_sum", d.input_dtype, d.elements});
+      } else {
+        parts.push_back(
+            {name == "mean" ? "mean" : "rstd", DType::kFloat32, d.rows});
+      }
+    }
+    if (absl::Status s = CheckResponseFits(parts, native_->limits()); !s.ok()) {
+      finish(s);
+      return;
+    }
+  }
 
   response->set_model_name(d.model->name);
   response->set_model_version(kOipModelVersion);

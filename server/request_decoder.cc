@@ -307,37 +307,6 @@ uint64_t ParamsIdentity(const NormParams& p, int64_t count) {
                       p.beta != nullptr, bytes(p.beta)));
 }
 
-// RESOURCE_EXHAUSTED where `r`'s response would be larger than the server
-// sends (ValidationLimits::max_response_bytes): refused before it is queued
-// and computed, with what would have to change, rather than failing at the
-// send with gRPC's own message (and, on a stream, ending the stream).
-absl::Status CheckResponseFits(const DecodedRequest& r,
-                               const ValidationLimits& limits) {
-  if (limits.max_response_bytes <= 0) return absl::OkStatus();
-  // Each term is at most max_elements × 4 bytes: no overflow.
-  const int64_t output =
-      r.elements * static_cast<int64_t>(DTypeSize(r.output_dtype));
-  const int64_t sum =
-      r.return_residual_sum
-          ? r.elements * static_cast<int64_t>(DTypeSize(r.input_dtype))
-          : 0;
-  const int64_t stats = r.return_statistics ? 2 * r.rows * 4 : 0;
-  const int64_t room = limits.max_response_bytes - kResponseFramingBytes;
-  if (output + sum + stats <= room) return absl::OkStatus();
-  std::string parts =
-      absl::StrCat("output ", output, " bytes (",
-                   DataTypeName(ToProtoDType(r.output_dtype)), ")");
-  if (sum > 0) absl::StrAppend(&parts, " + residual sum ", sum);
-  if (stats > 0) absl::StrAppend(&parts, " + statistics ", stats);
-  return absl::ResourceExhaustedError(
-      absl::StrCat("response: ", parts, " = ", output + sum + stats,
-                   " bytes, over the server's max_message_bytes ",
-                   limits.max_response_bytes, " less ", kResponseFramingBytes,
-                   " for the rest of the message; expected at most ", room,
-                   " bytes: a smaller input, a narrower output_dtype, or "
-                   "return_residual_sum / return_statistics unset"));
-}
-
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<DecodedRequest>> DecodeRequest(
@@ -505,8 +474,6 @@ absl::StatusOr<std::unique_ptr<DecodedRequest>> DecodeRequest(
     out->output_dtype = *output;
   }
 
-  RETURN_IF_ERROR(CheckResponseFits(*out, limits));
-
   const bool model_params =
       !request.has_epsilon() && !request.has_gamma() && !request.has_beta();
   out->key.model = model->name;
@@ -524,6 +491,28 @@ absl::StatusOr<std::unique_ptr<DecodedRequest>> DecodeRequest(
                         out->int8.affine->output_zero_point));
   }
   return out;
+}
+
+absl::Status CheckResponseFits(absl::Span<const ResponsePart> parts,
+                               const ValidationLimits& limits) {
+  if (limits.max_response_bytes <= 0) return absl::OkStatus();
+  // Each part is at most max_elements × 4 bytes: no overflow.
+  int64_t total = 0;
+  std::string listed;
+  for (const ResponsePart& p : parts) {
+    const int64_t bytes = p.elements * static_cast<int64_t>(DTypeSize(p.dtype));
+    total += bytes;
+    absl::StrAppend(&listed, listed.empty() ? "" : " + ", p.name, " ", bytes,
+                    " bytes (", DataTypeName(ToProtoDType(p.dtype)), ")");
+  }
+  const int64_t room = limits.max_response_bytes - kResponseFramingBytes;
+  if (total <= room) return absl::OkStatus();
+  return absl::ResourceExhaustedError(absl::StrCat(
+      "response: ", listed, " = ", total,
+      " bytes, over the server's max_message_bytes ", limits.max_response_bytes,
+      " less ", kResponseFramingBytes,
+      " for the rest of the message; expected at most ", room,
+      " bytes: a smaller input, a narrower output_dtype, or fewer outputs"));
 }
 
 v1::DataType ToProtoDType(DType dtype) {

@@ -43,9 +43,9 @@ struct ValidationLimits {
   // Maximum elements in one input tensor.
   int64_t max_elements = int64_t{1} << 26;
   // The largest message the server sends (its gRPC send limit); 0: none.
-  // A request whose response tensors (output, residual sum, statistics)
-  // would not fit in it, less kResponseFramingBytes for the rest of the
-  // message, is refused before it is computed.
+  // A request whose response tensors would not fit in it, less
+  // kResponseFramingBytes for the rest of the message, is refused before
+  // it is computed (CheckResponseFits).
   int64_t max_response_bytes = 0;
 };
 
@@ -125,6 +125,23 @@ absl::StatusOr<std::unique_ptr<DecodedRequest>> DecodeRequest(
 
 // The wire enum of a kernel dtype, and back (nullopt for INT8/unknown).
 v1::DataType ToProtoDType(DType dtype);
+
+// One tensor a response carries: its name in the protocol, dtype and
+// element count.
+struct ResponsePart {
+  const char* name;
+  DType dtype;
+  int64_t elements;
+};
+
+// RESOURCE_EXHAUSTED, naming each part's bytes, where the tensors one
+// response carries (only those sent: OIP returns the outputs asked for)
+// exceed limits.max_response_bytes less kResponseFramingBytes. Checked
+// before the output buffers are allocated and the request is queued: such
+// a response would otherwise be computed and then fail at the send (on a
+// stream, ending the stream).
+absl::Status CheckResponseFits(absl::Span<const ResponsePart> parts,
+                               const ValidationLimits& limits);
 
 }  // namespace normserve
 

@@ -110,6 +110,12 @@ absl::StatusOr<std::unique_ptr<NormServer>> NormServer::Create(
     const ServerOptions& options) {
   // Everything that can fail on bad configuration comes before anything
   // that starts threads or binds ports.
+  if (options.stream_window.messages <= 0 || options.stream_window.bytes <= 0 ||
+      options.max_queued_bytes <= 0) {
+    return absl::InvalidArgumentError(
+        "stream_window.messages, stream_window.bytes and max_queued_bytes "
+        "must be > 0");
+  }
   std::shared_ptr<grpc::ServerCredentials> credentials;
   ASSIGN_OR_RETURN(credentials, MakeCredentials(options.tls));
   auto s = std::make_unique<State>();

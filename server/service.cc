@@ -3,6 +3,7 @@
 #include <memory>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "absl/time/clock.h"
 #include "server/internal/stream_reactor.h"
@@ -63,6 +64,22 @@ void NormalizationServiceImpl::Start(
     return;
   }
   std::shared_ptr<DecodedRequest> decoded = std::move(decoded_or).value();
+  {
+    std::vector<ResponsePart> parts = {
+        {"output", decoded->output_dtype, decoded->elements}};
+    if (decoded->return_residual_sum) {
+      parts.push_back(
+          {"residual_sum", decoded->input_dtype, decoded->elements});
+    }
+    if (decoded->return_statistics) {
+      parts.push_back({"mean", DType::kFloat32, decoded->rows});
+      parts.push_back({"rstd", DType::kFloat32, decoded->rows});
+    }
+    if (absl::Status s = CheckResponseFits(parts, options_.limits); !s.ok()) {
+      finish(s);
+      return;
+    }
+  }
 
   response->set_request_id(request.request_id());
   response->set_model(decoded->model->name);

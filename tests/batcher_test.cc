@@ -182,6 +182,40 @@ TEST(BatchQueuesTest, DeadJobsDoNotHoldAFullQueue) {
   EXPECT_EQ(queues.size(), 1);
 }
 
+// Over the byte bound, dead jobs of every queue make room, but the queued
+// jobs are walked at most once per kDeadScanInterval.
+TEST(BatchQueuesTest, DeadJobsMakeRoomUnderTheByteBoundAtMostOncePerInterval) {
+  BatchQueues queues(1000);
+  const QueueOptions q = Opts(100, absl::Hours(1));
+  auto job = [&](const std::string& model) {
+    auto j = MakeJob(1, q, model);
+    j->bytes = 600;
+    return j;
+  };
+  auto a = job("a");
+  a->deadline = kT0 + absl::Seconds(1);
+  ASSERT_TRUE(queues.Add(std::move(a), kT0).ok());
+  const absl::Time t = kT0 + absl::Seconds(2);
+  BatchQueues::Popped dropped;
+  bool cancel_b = false;
+  auto b = job("b");
+  b->is_cancelled = [&cancel_b] { return cancel_b; };
+  ASSERT_TRUE(queues.Add(std::move(b), t, &dropped).ok());
+  EXPECT_EQ(dropped.expired.size(), 1u);  // "a", from another queue
+  cancel_b = true;
+  const absl::Duration within = BatchQueues::kDeadScanInterval / 2;
+  EXPECT_EQ(queues.Add(job("c"), t + within, &dropped).code(),
+            absl::StatusCode::kResourceExhausted);  // no scan yet
+  EXPECT_TRUE(dropped.cancelled.empty());
+  ASSERT_TRUE(
+      queues
+          .Add(job("c"), t + BatchQueues::kDeadScanInterval + within, &dropped)
+          .ok());
+  EXPECT_EQ(dropped.cancelled.size(), 1u);  // "b"
+  EXPECT_EQ(queues.size(), 1);
+  EXPECT_EQ(queues.bytes(), 600);
+}
+
 TEST(BatchQueuesTest, KeysNeverShareABatchAndOldestGoesFirst) {
   BatchQueues queues;
   const QueueOptions q = Opts(100, absl::ZeroDuration());

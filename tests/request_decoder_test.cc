@@ -150,38 +150,26 @@ TEST(RequestDecoderTest, ElementLimitIsEnforcedBeforeAllocation) {
 }
 
 // A response larger than the server sends is refused before it is
-// computed: an output wider than the input, a residual sum or statistics
-// beside it, each counted; the same request fits under a larger limit.
+// computed, naming each tensor it would carry; it fits at exactly the
+// limit less the framing allowance, and without a limit.
 TEST(RequestDecoderTest, ResponseOverTheMessageLimitIsRefusedUpFront) {
-  auto models = Registry();
-  v1::NormalizeRequest r;
-  r.mutable_input()->add_shape(4);
-  r.mutable_input()->add_shape(1000);
-  r.mutable_input()->set_dtype(v1::DATA_TYPE_BFLOAT16);
-  r.mutable_input()->set_data(std::string(8000, '\0'));
   ValidationLimits limits;
-  // bfloat16 out: 8000 bytes; float32 out: 16000 bytes.
-  limits.max_response_bytes = 8000 + kResponseFramingBytes;
-  ASSERT_TRUE(DecodeRequest(r, *models, limits, {}).ok());
-  r.set_output_dtype(v1::DATA_TYPE_FLOAT32);
-  auto wide = DecodeRequest(r, *models, limits, {});
-  ASSERT_FALSE(wide.ok());
-  EXPECT_EQ(wide.status().code(), absl::StatusCode::kResourceExhausted);
-  EXPECT_NE(wide.status().message().find(
-                "response: output 16000 bytes (DATA_TYPE_FLOAT32) = 16000 "
-                "bytes, over the server's max_message_bytes 9024"),
-            absl::string_view::npos)
-      << wide.status();
   limits.max_response_bytes = 16000 + kResponseFramingBytes;
-  ASSERT_TRUE(DecodeRequest(r, *models, limits, {}).ok());
-  r.set_return_statistics(true);  // 4 rows: 32 bytes more
-  auto stats = DecodeRequest(r, *models, limits, {});
-  ASSERT_FALSE(stats.ok());
-  EXPECT_NE(stats.status().message().find("+ statistics 32 = 16032 bytes"),
+  const ResponsePart output{"output", DType::kFloat32, 4000};  // 16000 bytes
+  const ResponsePart mean{"mean", DType::kFloat32, 4};
+  EXPECT_TRUE(CheckResponseFits({output}, limits).ok());
+  const absl::Status over = CheckResponseFits({output, mean}, limits);
+  EXPECT_EQ(over.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(over.message().find(
+                "response: output 16000 bytes (DATA_TYPE_FLOAT32) + mean 16 "
+                "bytes (DATA_TYPE_FLOAT32) = 16016 bytes, over the server's "
+                "max_message_bytes 17024 less 1024"),
             absl::string_view::npos)
-      << stats.status();
+      << over;
+  const ResponsePart half{"output", DType::kBFloat16, 4000};  // 8000 bytes
+  EXPECT_TRUE(CheckResponseFits({half, mean}, limits).ok());
   limits.max_response_bytes = 0;  // no limit
-  EXPECT_TRUE(DecodeRequest(r, *models, limits, {}).ok());
+  EXPECT_TRUE(CheckResponseFits({output, mean}, limits).ok());
 }
 
 }  // namespace

@@ -17,7 +17,12 @@ absl::Status BatchQueues::Add(std::unique_ptr<Job> job, absl::Time now,
   }
   absl::Status full = Full(*job);
   if (!full.ok() && dropped != nullptr) {
-    DropDead(now, dropped);
+    if (!OverBytes(*job)) {
+      DropDead(now, &job->key, dropped);
+    } else if (now >= next_dead_scan_) {
+      DropDead(now, nullptr, dropped);
+      next_dead_scan_ = now + kDeadScanInterval;
+    }
     full = Full(*job);
   }
   if (!full.ok()) return full;
@@ -35,9 +40,13 @@ absl::Status BatchQueues::Add(std::unique_ptr<Job> job, absl::Time now,
   return absl::OkStatus();
 }
 
+bool BatchQueues::OverBytes(const Job& job) const {
+  return max_queued_bytes_ > 0 && size_ > 0 &&
+         bytes_ + job.bytes > max_queued_bytes_;
+}
+
 absl::Status BatchQueues::Full(const Job& job) const {
-  if (max_queued_bytes_ > 0 && size_ > 0 &&
-      bytes_ + job.bytes > max_queued_bytes_) {
+  if (OverBytes(job)) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "the server's queues are full: ", size_, " requests of ", bytes_,
         " bytes waiting, and this one needs ", job.bytes,
@@ -54,8 +63,10 @@ absl::Status BatchQueues::Full(const Job& job) const {
   return absl::OkStatus();
 }
 
-void BatchQueues::DropDead(absl::Time now, Popped* dropped) {
-  for (auto it = queues_.begin(); it != queues_.end();) {
+void BatchQueues::DropDead(absl::Time now, const BatchKey* key,
+                           Popped* dropped) {
+  auto it = key != nullptr ? queues_.find(*key) : queues_.begin();
+  while (it != queues_.end()) {
     Queue& q = it->second;
     std::deque<std::unique_ptr<Job>> live;
     for (std::unique_ptr<Job>& job : q.jobs) {
@@ -78,6 +89,7 @@ void BatchQueues::DropDead(absl::Time now, Popped* dropped) {
     } else {
       ++it;
     }
+    if (key != nullptr) break;
   }
 }
 

@@ -34,9 +34,10 @@ class BatchQueues {
   // RESOURCE_EXHAUSTED when the queue holds max_queue_requests jobs, or
   // the job's bytes would take all queues past max_queued_bytes, counting
   // no job whose deadline has passed or whose call is cancelled: before
-  // refusing, those are taken out of every queue into *dropped (when
-  // given; the caller answers them). INVALID_ARGUMENT when the job's
-  // queue options are out of range.
+  // refusing, those are taken out into *dropped (when given; the caller
+  // answers them), from the job's queue when that is full, else from every
+  // queue (at most once per kDeadScanInterval, as it walks every queued
+  // job). INVALID_ARGUMENT when the job's queue options are out of range.
   absl::Status Add(std::unique_ptr<Job> job, absl::Time now,
                    Popped* dropped = nullptr);
 
@@ -49,6 +50,8 @@ class BatchQueues {
   // The earliest time a non-empty queue becomes ready by delay;
   // InfiniteFuture when all are empty.
   absl::Time NextReadyTime() const;
+
+  static constexpr absl::Duration kDeadScanInterval = absl::Milliseconds(1);
 
   int64_t size() const { return size_; }
   int64_t bytes() const { return bytes_; }
@@ -64,13 +67,16 @@ class BatchQueues {
   bool Ready(const Queue& q, absl::Time now) const;
   // Why `job` cannot be queued now, or OK.
   absl::Status Full(const Job& job) const;
-  // Moves the expired and cancelled jobs of every queue into *dropped.
-  void DropDead(absl::Time now, Popped* dropped);
+  bool OverBytes(const Job& job) const;
+  // Moves the expired and cancelled jobs of `key`'s queue, or of every
+  // queue (key null), into *dropped.
+  void DropDead(absl::Time now, const BatchKey* key, Popped* dropped);
 
   const int64_t max_queued_bytes_;
   absl::flat_hash_map<BatchKey, Queue> queues_;
   int64_t size_ = 0;
   int64_t bytes_ = 0;  // Job::bytes of every queued job
+  absl::Time next_dead_scan_ = absl::InfinitePast();
 };
 
 }  // namespace normserve::internal

@@ -200,8 +200,10 @@ class StreamReactor final
     pending_bytes_ -= item.bytes;
   }
 
+  // Never with nothing pending: one message is always read.
   bool WindowFull() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    return pending_ >= window_.messages || pending_bytes_ >= window_.bytes;
+    return pending_ > 0 &&
+           (pending_ >= window_.messages || pending_bytes_ >= window_.bytes);
   }
 
   // True once when a paused stream may read again (the read to start is

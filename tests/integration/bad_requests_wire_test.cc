@@ -506,8 +506,8 @@ TEST(BadRequestsWireLimitsTest, OversizedMessagesAndTensorsAreRefused) {
   many.shape = {1, 300001};  // 600 KB, one element too many
   many.values.assign(300001, 1.0f);
   many.dtype = v1::DATA_TYPE_BFLOAT16;
-  // 200000 bfloat16 elements and their residual in (800 KB); float32 out
-  // and the bfloat16 sum back: 1.2 MB.
+  // 200000 bfloat16 elements and their residual in (800 KB); float32 out,
+  // the bfloat16 sum and the statistics back: 1.2 MB.
   NormalizeInput wide;
   wide.shape = {2, 100000};
   wide.values.assign(200000, 1.0f);
@@ -515,6 +515,7 @@ TEST(BadRequestsWireLimitsTest, OversizedMessagesAndTensorsAreRefused) {
   wide.dtype = v1::DATA_TYPE_BFLOAT16;
   wide.output_dtype = v1::DATA_TYPE_FLOAT32;
   wide.return_residual_sum = true;
+  wide.return_statistics = true;
   const struct {
     const char* name;
     v1::NormalizeRequest request;
@@ -527,9 +528,8 @@ TEST(BadRequestsWireLimitsTest, OversizedMessagesAndTensorsAreRefused) {
        grpc::INVALID_ARGUMENT, "more than 300000 elements"},
       {"response over --max_message_bytes", NormClient::BuildRequest(wide),
        grpc::RESOURCE_EXHAUSTED,
-       "response: output 800000 bytes (DATA_TYPE_FLOAT32) + residual sum "
-       "400000 = 1200000 bytes, over the server's max_message_bytes "
-       "1048576"},
+       "= 1200016 bytes, over the server's max_message_bytes 1048576 less "
+       "1024"},
   };
   for (const auto& c : cases) {
     grpc::ClientContext ctx;
@@ -546,6 +546,19 @@ TEST(BadRequestsWireLimitsTest, OversizedMessagesAndTensorsAreRefused) {
     EXPECT_EQ(o.error_code(), c.code) << c.name << ": " << o.error_message();
     EXPECT_NE(o.error_message().find(c.message_part), std::string::npos)
         << c.name << ": " << o.error_message();
+  }
+  // Over OIP only the outputs asked for are sent: the same request asking
+  // for the mean alone fits.
+  {
+    ModelInferRequest mean_only = ToOip(NormClient::BuildRequest(wide));
+    mean_only.clear_outputs();
+    mean_only.add_outputs()->set_name("mean");
+    grpc::ClientContext ctx;
+    ModelInferResponse response;
+    const grpc::Status o = oip->ModelInfer(&ctx, mean_only, &response);
+    EXPECT_TRUE(o.ok()) << o.error_message();
+    ASSERT_EQ(response.outputs_size(), 1);
+    EXPECT_EQ(response.outputs(0).name(), "mean");
   }
   const auto [right, wrong] = traffic.Stop();
   EXPECT_GT(right, 0);
