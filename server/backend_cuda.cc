@@ -253,6 +253,9 @@ class CudaBackend final : public Backend {
     uint8_t* host = nullptr;    // pinned
     uint8_t* device = nullptr;  // same layout
     int64_t bytes = 0;
+    // Buffers the slot outgrew (host, device), freed with the slots:
+    // cudaFree and cudaFreeHost wait for the whole device.
+    std::vector<std::pair<uint8_t*, uint8_t*>> retired;
   };
 
   explicit CudaBackend(const CudaBackendOptions& options)
@@ -321,9 +324,13 @@ class CudaBackend final : public Backend {
   }
 
   // Gives `slot` a stream and buffers of at least `bytes`. The caller holds
-  // the slot, or device_mu_ exclusively. (Growing a slot frees its old
-  // buffers, and cudaFree waits for the whole device: a batch with rows
-  // larger than the slots have held so far waits for the others' work.)
+  // the slot, or device_mu_ exclusively. A slot grows (for a row larger
+  // than it holds) to at least twice its size, and keeps the buffers it
+  // outgrew until the slots are freed (FreeSlots): cudaFree and
+  // cudaFreeHost would wait for every stream's work, not only this
+  // batch's. (The allocations themselves still serialize with the other
+  // streams, once per doubling.) Growing by doubling keeps the outgrown
+  // buffers below the slot's own size.
   static absl::Status PrepareSlot(Slot& s, int64_t bytes) {
     if (s.stream == nullptr) {
       RETURN_IF_ERROR(
@@ -331,8 +338,10 @@ class CudaBackend final : public Backend {
                 "cudaStreamCreate"));
     }
     if (s.bytes >= bytes) return absl::OkStatus();
-    if (s.host != nullptr) cudaFreeHost(s.host);
-    if (s.device != nullptr) cudaFree(s.device);
+    if (s.bytes > 0) bytes = std::max(bytes, 2 * s.bytes);
+    if (s.host != nullptr || s.device != nullptr) {
+      s.retired.emplace_back(s.host, s.device);
+    }
     s.host = nullptr;
     s.device = nullptr;
     s.bytes = 0;
@@ -364,6 +373,10 @@ class CudaBackend final : public Backend {
       }
       if (s.host != nullptr) cudaFreeHost(s.host);
       if (s.device != nullptr) cudaFree(s.device);
+      for (const auto& [host, device] : s.retired) {
+        if (host != nullptr) cudaFreeHost(host);
+        if (device != nullptr) cudaFree(device);
+      }
       s = Slot();
     }
   }

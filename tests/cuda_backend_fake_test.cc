@@ -121,7 +121,8 @@ TEST_F(CudaBackendFakeTest, ConcurrentBatchesOverlapOnTheDevice) {
     }
   }
   // One batch whose rows outgrow the 1 MiB slots: a slot grows while other
-  // batches have work on the device.
+  // batches have work on the device, without freeing the buffers it
+  // outgrew (cudaFree would wait for the other batches' work).
   work[0][1] = MakeBatch(200000, DType::kFloat32, 2, 2, &rng);
   std::atomic<int> failures{0};
   std::vector<std::thread> threads;
@@ -137,6 +138,7 @@ TEST_F(CudaBackendFakeTest, ConcurrentBatchesOverlapOnTheDevice) {
   for (const auto& batches : work) {
     for (const Batch& batch : batches) ExpectCpuResults(batch);
   }
+  EXPECT_EQ(fake_cuda::GetCounters().frees, 0);
   // Batches from different threads had work on the device at once.
   EXPECT_GE(fake_cuda::GetCounters().max_threads_in_flight, 2);
 

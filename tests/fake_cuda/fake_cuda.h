@@ -37,6 +37,8 @@ struct Counters {
   int max_threads_in_flight = 0;
   // Kernels that ran to the end (a faulted one does not count).
   int64_t kernels_run = 0;
+  // Successful cudaFree and cudaFreeHost calls (each waits for the device).
+  int64_t frees = 0;
 };
 
 // A fresh device: no faults pending, counters zero. Allocations and streams

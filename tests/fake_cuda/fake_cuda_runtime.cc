@@ -176,6 +176,7 @@ cudaError_t Free(void* p, Memory kind, const char* what) {
   }
   f.allocations.erase(it);
   std::free(p);
+  ++f.counters.frees;
   return cudaSuccess;
 }
 
