@@ -75,8 +75,18 @@ void FillTensor(const std::vector<int64_t>& shape, const std::vector<float>& v,
 }  // namespace
 
 absl::StatusOr<std::vector<float>> TensorValues(const v1::Tensor& t) {
+  // The reply is not trusted: a negative dimension or a shape of more
+  // elements than any reply holds is refused before it is multiplied out.
+  constexpr int64_t kMaxElements = int64_t{1} << 40;
   int64_t count = 1;
-  for (int64_t d : t.shape()) count *= d;
+  for (int64_t d : t.shape()) {
+    if (d < 0 || (d > 0 && count > kMaxElements / d)) {
+      return absl::DataLossError(
+          absl::StrCat("tensor shape has dimension ", d,
+                       ": not a shape of at most 2^40 elements"));
+    }
+    count *= d;
+  }
   if (t.float_data_size() > 0) {
     if (t.float_data_size() != count) {
       return absl::DataLossError("tensor float_data does not match its shape");
