@@ -15,7 +15,6 @@ Usage: bench/backend_report.py (--bench_json J | --bench BINARY
                                 [--bench_args ARGS]) [--out DIR]
 """
 import argparse
-import datetime
 import json
 import os
 import shlex
@@ -118,16 +117,13 @@ def main():
         print(f"backend_report: no BM_CudaBackend results in {path}")
         return 1
     body, machine = table(context, cases)
-    today = datetime.date.today().isoformat()
-    text = "\n".join([
-        f"# CUDA backend on whole batches, {today}", "",
+    publish("CUDA backend on whole batches", [
         f"- Machine: {machine}",
         "- Batches of 8 jobs with γ and β in pageable host memory, output "
         "in the input dtype; GB/s counts bytes in + out. Ratios compare best "
         "runs measured just before each case (1.0 = as fast as the "
         "reference).", "",
-        body, ""])
-    publish(text, args.out, f"cuda_backend_{today}.md")
+        body], args.out, "cuda_backend")
     return 0
 
 

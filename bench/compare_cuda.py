@@ -22,7 +22,6 @@ a PyTorch with CUDA importable by --python. Without a device it says why and
 exits 0.
 """
 import argparse
-import datetime
 import json
 import os
 import re
@@ -196,9 +195,7 @@ def main():
     def f(v, fmt):
         return "n/a" if v is None else fmt.format(v)
 
-    today = datetime.date.today().isoformat()
     lines = [
-        f"# GPU normalization comparison, {today}", "",
         f"- Device: {device}",
         f"- Command: `python3 bench/compare_cuda.py --dims {args.dims}`",
         f"- Input: {INPUT_BYTES >> 20} MiB per case, γ and β, ε = 1e-5, "
@@ -217,7 +214,7 @@ def main():
     ]
     if base:
         name = os.path.basename(args.baseline_json)
-        lines.insert(5, f"- Baseline: `{name}`, run on the same device in "
+        lines.insert(3, f"- Baseline: `{name}`, run on the same device in "
                      "the same session.")
     for (dtype, kind, d, n, copy_gbps, gbps, vs_copy, torch_copy,
          torch_gbps, base_gbps) in rows:
@@ -231,7 +228,7 @@ def main():
             gain = gbps / base_gbps if base_gbps else None
             line += f" {f(base_gbps, '{:.0f}')} | {f(gain, '{:.2f}×')} |"
         lines.append(line)
-    publish("\n".join(lines) + "\n", args.out, f"cuda_compare_{today}.md")
+    publish("GPU normalization comparison", lines, args.out, "cuda_compare")
     return 0
 
 

@@ -16,7 +16,6 @@ is also written to OUT/cuda_tuning_<date>.md.
 Usage: bench/tuning_report.py --bench_json J [--out DIR]
 """
 import argparse
-import datetime
 import json
 import sys
 
@@ -89,9 +88,7 @@ def main():
     if not cases:
         print(f"tuning_report: no BM_CudaTuning results in {args.bench_json}")
         return 1
-    today = datetime.date.today().isoformat()
-    text = "\n".join([
-        f"# Staged launch choices, {today}", "",
+    publish("Staged launch choices", [
         f"- Machine: {context.get('cuda_device', 'unknown device')}",
         "- 512 MiB of input per case, γ and β, output in the input dtype. "
         "Each cell is `vs_copy`: the bandwidth over a device-to-device copy "
@@ -101,8 +98,7 @@ def main():
         "row group and the grid (as many blocks as the device holds, or "
         "enough that each row group serves about that many rows); add & "
         "norm's residual beside x or from memory, where given.", "",
-        table(cases), ""])
-    publish(text, args.out, f"cuda_tuning_{today}.md")
+        table(cases)], args.out, "cuda_tuning")
     return 0
 
 
