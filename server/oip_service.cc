@@ -5,6 +5,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/container/inlined_vector.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "server/internal/stream_reactor.h"
@@ -178,16 +179,15 @@ void InferenceServiceImpl::StartInfer(
   std::shared_ptr<DecodedRequest> decoded = std::move(decoded_or).value();
   const DecodedRequest& d = *decoded;
   {
-    // Only the outputs asked for are sent.
-    std::vector<ResponsePart> parts;
+    // Only the outputs asked for are sent (the statistics otherwise).
+    absl::InlinedVector<ResponsePart, 4> parts;
     for (const std::string& name : call->oip.outputs) {
       if (name == "output") {
-        parts.push_back({"output", d.output_dtype, d.elements});
+        parts.push_back({name.c_str(), d.output_dtype, d.elements});
       } else if (name == "residual_sum") {
-        parts.push_back({"residual_sum", d.input_dtype, d.elements});
+        parts.push_back({name.c_str(), d.input_dtype, d.elements});
       } else {
-        parts.push_back(
-            {name == "mean" ? "mean" : "rstd", DType::kFloat32, d.rows});
+        parts.push_back({name.c_str(), DType::kFloat32, d.rows});
       }
     }
     if (absl::Status s = CheckResponseFits(parts, native_->limits()); !s.ok()) {

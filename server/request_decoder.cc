@@ -497,16 +497,18 @@ absl::Status CheckResponseFits(absl::Span<const ResponsePart> parts,
                                const ValidationLimits& limits) {
   if (limits.max_response_bytes <= 0) return absl::OkStatus();
   // Each part is at most max_elements × 4 bytes: no overflow.
+  const auto bytes = [](const ResponsePart& p) {
+    return p.elements * static_cast<int64_t>(DTypeSize(p.dtype));
+  };
   int64_t total = 0;
-  std::string listed;
-  for (const ResponsePart& p : parts) {
-    const int64_t bytes = p.elements * static_cast<int64_t>(DTypeSize(p.dtype));
-    total += bytes;
-    absl::StrAppend(&listed, listed.empty() ? "" : " + ", p.name, " ", bytes,
-                    " bytes (", DataTypeName(ToProtoDType(p.dtype)), ")");
-  }
+  for (const ResponsePart& p : parts) total += bytes(p);
   const int64_t room = limits.max_response_bytes - kResponseFramingBytes;
   if (total <= room) return absl::OkStatus();
+  std::string listed;
+  for (const ResponsePart& p : parts) {
+    absl::StrAppend(&listed, listed.empty() ? "" : " + ", p.name, " ", bytes(p),
+                    " bytes (", DataTypeName(ToProtoDType(p.dtype)), ")");
+  }
   return absl::ResourceExhaustedError(absl::StrCat(
       "response: ", listed, " = ", total,
       " bytes, over the server's max_message_bytes ", limits.max_response_bytes,

@@ -5,6 +5,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/container/inlined_vector.h"
 #include "absl/time/clock.h"
 #include "server/internal/stream_reactor.h"
 
@@ -65,7 +66,7 @@ void NormalizationServiceImpl::Start(
   }
   std::shared_ptr<DecodedRequest> decoded = std::move(decoded_or).value();
   {
-    std::vector<ResponsePart> parts = {
+    absl::InlinedVector<ResponsePart, 4> parts = {
         {"output", decoded->output_dtype, decoded->elements}};
     if (decoded->return_residual_sum) {
       parts.push_back(
