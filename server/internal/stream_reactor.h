@@ -98,10 +98,17 @@ class StreamReactor final
     const bool parsed = grpc::SerializationTraits<Request>::Deserialize(
                             &incoming_, &item->request)
                             .ok();
+    incoming_.Clear();
+    // Whether to read on is decided here, with the item counted: answers
+    // only shrink the window, and one that empties a paused window resumes
+    // the reads (ShouldResumeReading). One lock per message.
+    bool read;
     {
       MutexLock lock(&mu_);
       ++pending_;
       pending_bytes_ += item->bytes;
+      read = !WindowFull();
+      read_paused_ = !read;
     }
     if (parsed) {
       start_fn_(context_, item, [this, item] { Answered(item); });
@@ -113,13 +120,6 @@ class StreamReactor final
               " (skipped; the stream goes on)")),
           &item->answer);
       Answered(item);
-    }
-    incoming_.Clear();
-    bool read;
-    {
-      MutexLock lock(&mu_);
-      read = !WindowFull();
-      read_paused_ = !read;
     }
     if (read) this->StartRead(&incoming_);
   }
