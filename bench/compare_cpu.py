@@ -12,6 +12,10 @@ and prints a Markdown table of times and ratios, also written to
 bench/results/cpu_compare_<date>.md with the CPU model and the command.
 
 Usage: bench/compare_cpu.py [--build build] [--threads 1,2] [--dims 768,...]
+                            [--bytes 1073741824]
+--bytes is the input's size: 1 GiB (the default) measures the DRAM regime,
+262144 the regime of a server batch, whose input and output stay in cache
+(it has to be a footprint that normalize_bench registers).
 Run from the repository root after `make build`. It installs its own
 baselines (deploy/install-bench-deps.sh, a pinned virtual environment in
 BUILD/bench-venv) and needs several GiB of free memory.
@@ -110,14 +114,25 @@ def gbench(build, dtype_index, d, nbytes, threads):
     return res
 
 
+def size_text(nbytes):
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if nbytes >= 1 << shift and nbytes % (1 << shift) == 0:
+            return f"{nbytes >> shift} {unit}"
+    return f"{nbytes} bytes"
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--build", default=os.path.join(REPO, "build"))
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--dims", default="768,1024,4096,16384")
-    ap.add_argument("--iters", type=int, default=3)
+    ap.add_argument("--bytes", type=int, default=GIB)
+    ap.add_argument("--iters", type=int, default=None,
+                    help="calls timed per baseline (default: 3 for 1 GiB, more for less)")
     ap.add_argument("--out", default=os.path.join(REPO, "bench", "results"))
     args = ap.parse_args()
+    if args.iters is None:
+        args.iters = max(3, min(2000, 3 * GIB // args.bytes))
 
     subprocess.run(["bash", os.path.join(REPO, "deploy", "install-bench-deps.sh")], check=True)
     subprocess.run(["cmake", "-S", REPO, "-B", args.build], check=True, capture_output=True)
@@ -129,8 +144,8 @@ def main():
     for threads in [int(t) for t in args.threads.split(",")]:
         for dtype, index, size in (("f32", 0, 4), ("bf16", 2, 2)):
             for d in [int(x) for x in args.dims.split(",")]:
-                rows = GIB // (d * size)
-                t = gbench(args.build, index, d, GIB, threads)
+                rows = args.bytes // (d * size)
+                t = gbench(args.build, index, d, args.bytes, threads)
                 omp = dict(os.environ, OMP_NUM_THREADS=str(threads))
                 t["onednn"] = run_json([os.path.join(args.build, "bench", "onednn_layer_norm"),
                                         f"--dtype={dtype}", f"--d={d}", f"--rows={rows}",
@@ -147,8 +162,11 @@ def main():
                 print(threads, dtype, d, {k: round(v * 1e3, 1) if v else None for k, v in t.items()},
                       flush=True)
 
+    small = args.bytes < 64 << 20
+    unit, scale = ("µs", 1e6) if small else ("ms", 1e3)
+
     def ms(v):
-        return f"{v * 1e3:.1f}" if v else "n/a"
+        return f"{v * scale:.1f}" if v else "n/a"
 
     def ratio(a, b):
         return f"{a / b:.2f}×" if a and b else "n/a"
@@ -156,18 +174,23 @@ def main():
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
                 if l.startswith("model name")), platform.processor())
     lines = [
-        f"# CPU LayerNorm comparison, {datetime.date.today().isoformat()}",
+        f"# CPU LayerNorm comparison{'' if args.bytes == GIB else ', ' + size_text(args.bytes)}, "
+        f"{datetime.date.today().isoformat()}",
         "",
         f"- Machine: {cpu}, {os.cpu_count()} cores; kernel target chosen at run time.",
-        f"- Command: `python3 bench/compare_cpu.py --threads {args.threads} --dims {args.dims}`",
-        f"- Tensors: 1 GiB of input (rows × D), DRAM-sized; LayerNorm with γ and β, ε = 1e-5;",
-        "  output in the input dtype. Times are medians; memcpy copies the same bytes.",
+        f"- Command: `python3 bench/compare_cpu.py --threads {args.threads} --dims {args.dims}"
+        + ("" if args.bytes == GIB else f" --bytes {args.bytes}") + "`",
+        f"- Tensors: {size_text(args.bytes)} of input (rows × D), "
+        + ("in cache, as a server batch; " if small else "DRAM-sized; ")
+        + "LayerNorm with γ and β, ε = 1e-5;",
+        f"  output in the input dtype. Times are medians ({args.iters} calls for the baselines);"
+        " memcpy copies the same bytes.",
         f"- Baselines: PyTorch {versions.get('torch')} (PyPI) and {versions.get('torch_debian')} (Debian),",
         f"  ONNX Runtime {versions.get('onnxruntime')} (float32 only: its CPU kernel has no bfloat16),",
         "  oneDNN 2.6 (Debian). PyTorch and ONNX Runtime allocate their output on each call,",
         "  as their users call them; normserve and oneDNN write into preallocated buffers.",
         "",
-        "| threads | dtype | D | memcpy ms | normserve ms | normserve / memcpy | oneDNN ms | PyTorch ms | PyTorch 1.13 ms | ONNX RT ms | vs oneDNN | vs PyTorch | vs PyTorch 1.13 | vs ONNX RT |",
+        f"| threads | dtype | D | memcpy {unit} | normserve {unit} | normserve / memcpy | oneDNN {unit} | PyTorch {unit} | PyTorch 1.13 {unit} | ONNX RT {unit} | vs oneDNN | vs PyTorch | vs PyTorch 1.13 | vs ONNX RT |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for threads, dtype, d, rows, t in rows_out:
@@ -182,7 +205,8 @@ def main():
     text = "\n".join(lines) + "\n"
     print(text)
     os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, f"cpu_compare_{datetime.date.today().isoformat()}.md")
+    stem = "cpu_compare" if args.bytes == GIB else f"cpu_compare_{size_text(args.bytes).replace(' ', '')}"
+    path = os.path.join(args.out, f"{stem}_{datetime.date.today().isoformat()}.md")
     with open(path, "w") as f:
         f.write(text)
     print("wrote", path)

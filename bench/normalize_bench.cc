@@ -1,11 +1,13 @@
 // Google Benchmark suite for the CPU kernels.
 //
 // BM_Normalize/{dtype}/{kind}/{D}/{footprint}/{threads} normalizes
-// footprint-sized input (L2: 1 MiB, L3: 64 MiB, DRAM: 1 GiB) of the dtype
-// into the same dtype; BM_Memcpy/{footprint}/{threads} copies the same bytes.
-// bytes_per_second counts bytes read + bytes written for both, so
-// kernel/memcpy is the fraction of copy speed the kernel reaches.
-// bench/summarize_kernel_bench.py turns the JSON output into that table.
+// footprint-sized input of the dtype into the same dtype; BM_Memcpy/
+// {footprint}/{threads} copies the same bytes. Footprints: 256 KiB (input
+// and output stay in one core's L2: a server batch of a few hundred rows),
+// 1 MiB, 64 MiB (L3) and 1 GiB (DRAM). bytes_per_second counts bytes read +
+// bytes written for both, so kernel/memcpy is the fraction of copy speed the
+// kernel reaches. bench/compare_cpu.py runs a footprint of it beside oneDNN,
+// PyTorch and ONNX Runtime.
 #include <algorithm>
 #include <cstring>
 #include <memory>
@@ -19,6 +21,7 @@
 namespace normserve::bench {
 namespace {
 
+constexpr int64_t kHot = int64_t{256} << 10;
 constexpr int64_t kL2 = int64_t{1} << 20;
 constexpr int64_t kL3 = int64_t{64} << 20;
 constexpr int64_t kDram = int64_t{1} << 30;
@@ -85,10 +88,10 @@ void BM_Memcpy(benchmark::State& state) {
 void NormalizeArgs(benchmark::internal::Benchmark* b) {
   b->ArgNames({"dtype", "kind", "D", "bytes", "threads"});
   for (int threads : {1, 2}) {
-    for (int64_t footprint : {kL2, kL3, kDram}) {
+    for (int64_t footprint : {kHot, kL2, kL3, kDram}) {
       for (int dtype : {0, 1, 2}) {
         for (int kind : {0, 1}) {
-          for (int64_t d : {64, 768, 1024, 4096, 16384}) {
+          for (int64_t d : {64, 768, 1024, 2048, 4096, 8192, 16384}) {
             b->Args({dtype, kind, d, footprint, threads});
           }
         }
@@ -100,7 +103,7 @@ void NormalizeArgs(benchmark::internal::Benchmark* b) {
 void MemcpyArgs(benchmark::internal::Benchmark* b) {
   b->ArgNames({"bytes", "threads"});
   for (int threads : {1, 2}) {
-    for (int64_t footprint : {kL2, kL3, kDram}) {
+    for (int64_t footprint : {kHot, kL2, kL3, kDram}) {
       // The same bytes as each dtype's kernel case moves.
       b->Args({footprint, threads});
       b->Args({footprint / 2 * 2, threads});

@@ -102,25 +102,31 @@ inline void CheckConstantRowsGiveExactlyBeta(
 }
 
 // Rows whose float32 squares overflow or underflow are redone in double
-// and still meet the reference.
+// and still meet the reference, for each input dtype in `ins` (float32 and
+// bfloat16 reach these magnitudes; float16 does not).
 inline void CheckHugeAndTinyRows(const Runner& run,
-                                 std::initializer_list<int64_t> dims) {
+                                 std::initializer_list<int64_t> dims,
+                                 std::initializer_list<DType> ins = {
+                                     DType::kFloat32}) {
   std::mt19937 rng(3);
-  for (int64_t d : dims) {
-    for (float scale : {1e25f, 1e37f, 1e-20f, 1e-40f}) {
-      for (NormKind kind : {NormKind::kLayerNorm, NormKind::kRmsNorm}) {
-        Case c;
-        c.params.kind = kind;
-        c.params.dim = d;
-        c.params.epsilon = 1e-38f;  // so that tiny rows are not swamped by ε
-        c.rows = 2;
-        std::vector<float> x = Normal(static_cast<size_t>(2 * d), 0, 1, &rng);
-        for (float& v : x) v *= scale;
-        c.x = Encode(DType::kFloat32, x);
-        SCOPED_TRACE(::testing::Message()
-                     << "D " << d << " scale " << scale << " kind "
-                     << static_cast<int>(kind));
-        CheckAgainstReference(c, run(c));
+  for (DType in : ins) {
+    for (int64_t d : dims) {
+      for (float scale : {1e25f, 1e37f, 1e-20f, 1e-40f}) {
+        for (NormKind kind : {NormKind::kLayerNorm, NormKind::kRmsNorm}) {
+          Case c;
+          c.params.kind = kind;
+          c.params.dim = d;
+          c.params.epsilon = 1e-38f;  // so tiny rows are not swamped by ε
+          c.rows = 2;
+          c.in = c.out = in;
+          std::vector<float> x = Normal(static_cast<size_t>(2 * d), 0, 1, &rng);
+          for (float& v : x) v *= scale;
+          c.x = Encode(in, x);
+          SCOPED_TRACE(::testing::Message()
+                       << Name(in) << " D " << d << " scale " << scale
+                       << " kind " << static_cast<int>(kind));
+          CheckAgainstReference(c, run(c));
+        }
       }
     }
   }

@@ -1,13 +1,17 @@
 // The SIMD row kernel, compiled once per instruction set by Highway and
 // chosen at run time (no -march flags: the binary runs on any x86-64).
 //
-// Per row: (1) z = input [+ residual], converted to float32 (in place for
-// float32 input without residual, else into a per-thread scratch row);
-// (2) Σ(z − s) with s = z[0]; (3) Σ((z − s) − m)²; (4) y = ((z − s) − m)·rstd
-// [·γ] [+β], converted to the output type. Passes 2–4 read the row from L1/L2,
-// so DRAM sees one read and one write per element. Sums run over blocks of
-// kBlock elements in four vector accumulators, each block reduced to a float
-// and added to a double: the order depends only on D and the vector width.
+// Per row of LayerNorm, with s = z[0] and z = input [+ residual]:
+// (1) Σ(z − s), reading the input from memory; (2) Σ((z − s) − m)²;
+// (3) y = ((z − s) − m)·rstd [·γ] [+β], converted to the output type.
+// RMSNorm skips (1) with s = m = 0. Passes 2 and 3 read the row from L1/L2,
+// so DRAM sees one read and one write per element. What they read depends
+// on the input: float32 rows in place; 16-bit rows of D <= kKeepMaxDim as
+// z − s, kept in float32 by pass 1; longer 16-bit rows in place, converting
+// again; rows with a residual as z, which pass 1 writes to float32 scratch.
+// The values are the same either way. Sums run over blocks of kBlock
+// elements in four vector accumulators, each block reduced to a float and
+// added to a double: the order depends only on D and the vector width.
 #include <cmath>
 #include <cstring>
 #include <type_traits>
@@ -54,6 +58,19 @@ HWY_INLINE hn::Vec<DF> LoadAs(DF df, const float* p) {
 
 template <class DF>
 HWY_INLINE hn::Vec<DF> LoadAs(DF df, const BF16* p) {
+#if HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX3
+  if constexpr (hn::MaxLanes(DF()) == 16) {
+    // One shuffle instead of widen-then-shift: word k of the 16 loaded goes
+    // to the upper half of lane k, the lower halves are zeroed.
+    const __m512i upper_halves =
+        _mm512_set_epi16(15, 0, 14, 0, 13, 0, 12, 0, 11, 0, 10, 0, 9, 0, 8, 0,
+                         7, 0, 6, 0, 5, 0, 4, 0, 3, 0, 2, 0, 1, 0, 0, 0);
+    const __m512i words = _mm512_castsi256_si512(
+        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    return hn::Vec<DF>{_mm512_castsi512_ps(
+        _mm512_maskz_permutexvar_epi16(0xAAAAAAAAu, upper_halves, words))};
+  }
+#endif
   const hn::Rebind<uint16_t, DF> du16;
   const hn::RebindToUnsigned<DF> du32;
   const auto bits = hn::LoadU(du16, reinterpret_cast<const uint16_t*>(p));
@@ -133,13 +150,21 @@ HWY_INLINE hn::Vec<DF> RoundTo(DF df, hn::Vec<DF> v) {
 // Σ (z − shift), or with kSquares Σ ((z − shift) − center)², in the fixed
 // block order described at the top of the file. `load(tag, i)` returns the
 // Lanes(tag) values of z at i (and may convert and store them as it goes).
-template <bool kSquares, class Loader>
-double SumRow(size_t d, float shift, float center, const Loader& load) {
+//
+// kShifted: the loaded values are z − shift already (shift is ignored).
+// kKeep: stores each z − shift to kept[i], for the later passes.
+template <bool kSquares, bool kShifted = false, bool kKeep = false,
+          class Loader>
+double SumRow(size_t d, float shift, float center, const Loader& load_ref,
+              float* kept = nullptr) {
+  const Loader load = load_ref;  // as in OutputRow: a loader may store
   const hn::ScalableTag<float> df;
   const hn::CappedTag<float, 1> d1;
   const size_t n = hn::Lanes(df);
   auto accumulate = [&](auto tag, auto acc, size_t i) {
-    auto v = hn::Sub(load(tag, i), hn::Set(tag, shift));
+    auto v = load(tag, i);
+    if constexpr (!kShifted) v = hn::Sub(v, hn::Set(tag, shift));
+    if constexpr (kKeep) hn::StoreU(v, tag, kept + i);
     if constexpr (kSquares) {
       v = hn::Sub(v, hn::Set(tag, center));
       return hn::MulAdd(v, v, acc);
@@ -301,7 +326,8 @@ NORMSERVE_BF16_ATTR HWY_INLINE void StoreBF16Native(hn::Vec512<float> v,
 #endif
 
 // y = ((z − shift) − mean)·rstd [·γ] [+β] at element i, as float32 lanes.
-template <typename Src, bool kGamma, bool kBeta>
+// With kShifted, z holds z − shift already (the first pass kept it).
+template <typename Src, bool kGamma, bool kBeta, bool kShifted>
 struct RowValue {
   const Src* z;
   float shift, mean, rstd;
@@ -310,8 +336,9 @@ struct RowValue {
 
   template <class D>
   HWY_INLINE hn::Vec<D> operator()(D tag, size_t i) const {
-    auto v = hn::Sub(hn::Sub(LoadAs(tag, z + i), hn::Set(tag, shift)),
-                     hn::Set(tag, mean));
+    auto v = LoadAs(tag, z + i);
+    if constexpr (!kShifted) v = hn::Sub(v, hn::Set(tag, shift));
+    v = hn::Sub(v, hn::Set(tag, mean));
     v = hn::Mul(v, hn::Set(tag, rstd));
     if constexpr (kGamma && kBeta) {
       v = hn::MulAdd(v, hn::LoadU(tag, gamma + i), hn::LoadU(tag, beta + i));
@@ -328,7 +355,10 @@ struct RowValue {
 // cache (for outputs larger than the caches); the element values are the
 // same either way, only the store instruction differs.
 template <typename T, bool kStream, class Value>
-void OutputRow(const Value& value, size_t d, T* out) {
+void OutputRow(const Value& value_ref, size_t d, T* out) {
+  // A local copy: its fields stay in registers, where the caller's object
+  // would be reloaded after every store (the stores may alias it).
+  const Value value = value_ref;
   const hn::ScalableTag<float> df;
   const hn::CappedTag<float, 1> d1;
   const size_t n = hn::Lanes(df);
@@ -350,8 +380,9 @@ void OutputRow(const Value& value, size_t d, T* out) {
 // A copy of its loop rather than a store policy passed to it: the target
 // attribute has to sit on the function whose body holds the instruction.
 template <bool kStream, class Value>
-NORMSERVE_BF16_ATTR void OutputRowNativeBF16(const Value& value, size_t d,
+NORMSERVE_BF16_ATTR void OutputRowNativeBF16(const Value& value_ref, size_t d,
                                              BF16* out) {
+  const Value value = value_ref;  // as in OutputRow
   const hn::Full512<float> df;
   const hn::CappedTag<float, 1> d1;
   constexpr size_t kLanes = 16;
@@ -384,27 +415,31 @@ void OutputRowFor(const Value& value, size_t d, T* out) {
   OutputRow<T, kStream>(value, d, out);
 }
 
-template <typename T, bool kStream, typename Src>
+template <typename T, bool kStream, bool kShifted, typename Src>
 void OutputRowAffine(const Src* z, size_t d, float shift, float mean,
                      float rstd, const float* gamma, const float* beta,
                      T* out) {
-  if (gamma != nullptr && beta != nullptr) {
-    OutputRowFor<T, kStream>(
-        RowValue<Src, true, true>{z, shift, mean, rstd, gamma, beta}, d, out);
-  } else if (gamma != nullptr) {
-    OutputRowFor<T, kStream>(
-        RowValue<Src, true, false>{z, shift, mean, rstd, gamma, beta}, d, out);
-  } else if (beta != nullptr) {
-    OutputRowFor<T, kStream>(
-        RowValue<Src, false, true>{z, shift, mean, rstd, gamma, beta}, d, out);
-  } else {
-    OutputRowFor<T, kStream>(
-        RowValue<Src, false, false>{z, shift, mean, rstd, gamma, beta}, d, out);
-  }
+  auto write = [&](auto gamma_tag, auto beta_tag) {
+    using Value = RowValue<Src, decltype(gamma_tag)::value,
+                           decltype(beta_tag)::value, kShifted>;
+    OutputRowFor<T, kStream>(Value{z, shift, mean, rstd, gamma, beta}, d, out);
+  };
+  using Yes = std::true_type;
+  using No = std::false_type;
+  if (gamma != nullptr && beta != nullptr) return write(Yes(), Yes());
+  if (gamma != nullptr) return write(Yes(), No());
+  if (beta != nullptr) return write(No(), Yes());
+  write(No(), No());
 }
 
 // How far ahead of its loads the first pass prefetches.
 constexpr size_t kPrefetchBytes = 2048;
+
+// The longest 16-bit row whose first pass keeps z − shift for the others:
+// the kept row (4·D bytes), the input row, the output row and γ, β have to
+// stay in L1 together (48 KiB on current x86 cores). Past it, keeping costs
+// more than it saves: at D = 4096 it is 10-50 % slower (Sapphire Rapids).
+constexpr size_t kKeepMaxDim = 2048;
 
 template <typename In, typename Out>
 void RowsTyped(const RowSegment& s, int64_t row_begin, int64_t row_end,
@@ -419,8 +454,22 @@ void RowsTyped(const RowSegment& s, int64_t row_begin, int64_t row_end,
   // read.
   const bool direct = s.residual == nullptr;
 
+  // 16-bit input without a residual: the first pass keeps z − shift as
+  // float32 in scratch, where the later passes read it with no conversion
+  // and no subtraction (once the row is in cache these kernels are bound by
+  // arithmetic, and a 16-bit row holds twice the elements of a float32 row
+  // of the same bytes). The values are those the passes computed from the
+  // input, so the bits are the same either way.
+  constexpr bool kSixteenBit = !std::is_same_v<In, float>;
+  // RMSNorm makes two passes; with float16, whose conversion is a single
+  // instruction, the kept row's stores cost what they save there.
+  const bool keep = kSixteenBit && direct && d <= kKeepMaxDim &&
+                    (layer_norm || std::is_same_v<In, BF16>);
+
+  // Scratch: [0, d) the row the later passes read, [d, 2d) the outputs of
+  // the double-precision path, [2d, 3d) z as float32 for that path.
   thread_local std::vector<float> scratch;
-  if (scratch.size() < 2 * d) scratch.resize(2 * d);
+  if (scratch.size() < 3 * d) scratch.resize(3 * d);
 
   for (int64_t r = row_begin; r < row_end; ++r) {
     const size_t offset = static_cast<size_t>(r) * d;
@@ -439,13 +488,20 @@ void RowsTyped(const RowSegment& s, int64_t row_begin, int64_t row_end,
         static_cast<const In*>(s.input) + static_cast<size_t>(row_end) * d);
 
     float* zs = scratch.data();
-    auto from_input = [x](auto tag, size_t i) { return LoadAs(tag, x + i); };
     auto from_scratch = [zs](auto tag, size_t i) {
       return hn::LoadU(tag, zs + i);
     };
     auto first_from_input = [x, x_end](auto tag, size_t i) {
       const char* ahead = reinterpret_cast<const char*>(x + i) + kPrefetchBytes;
       if (ahead < x_end) hwy::Prefetch(ahead);
+      return LoadAs(tag, x + i);
+    };
+    // The second pass reads the row from cache, so DRAM would idle through
+    // it: it prefetches the next row into L2 at the offset it reads.
+    const char* next = reinterpret_cast<const char*>(x + d);
+    auto second_from_input = [x, x_end, next](auto tag, size_t i) {
+      const char* ahead = next + i * sizeof(In);
+      if (ahead < x_end) __builtin_prefetch(ahead, 0, 2);
       return LoadAs(tag, x + i);
     };
     // Adds the residual, rounds to In, stores z to scratch and, when asked,
@@ -477,14 +533,27 @@ void RowsTyped(const RowSegment& s, int64_t row_begin, int64_t row_end,
     double mean_shifted = 0.0;
     double m2;
     float center = 0.0f;
-    if (layer_norm) {
+    if (keep) {
+      if constexpr (kSixteenBit) {
+        if (layer_norm) {
+          shift = hn::GetLane(first_from_input(d1, 0));
+          const double sum =
+              SumRow<false, false, true>(d, shift, 0.0f, first_from_input, zs);
+          mean_shifted = sum / static_cast<double>(d);
+          center = static_cast<float>(mean_shifted);
+          m2 = SumRow<true, true>(d, 0.0f, center, from_scratch);
+        } else {
+          m2 = SumRow<true, true, true>(d, 0.0f, 0.0f, first_from_input, zs);
+        }
+      }
+    } else if (layer_norm) {
       const double sum = with_first([&](const auto& first) {
         shift = hn::GetLane(first(d1, 0));
         return SumRow<false>(d, shift, 0.0f, first);
       });
       mean_shifted = sum / static_cast<double>(d);
       center = static_cast<float>(mean_shifted);
-      m2 = direct ? SumRow<true>(d, shift, center, from_input)
+      m2 = direct ? SumRow<true>(d, shift, center, second_from_input)
                   : SumRow<true>(d, shift, center, from_scratch);
     } else {
       m2 = with_first([&](const auto& first) {
@@ -496,15 +565,16 @@ void RowsTyped(const RowSegment& s, int64_t row_begin, int64_t row_end,
     double var = m2 / static_cast<double>(d) - delta * delta;
     if (var < 0.0) var = 0.0;
 
-    // z as a float32 row, for the rare rows below (converted at most once).
+    // z as a float32 row, for the rare rows below (converted at most once,
+    // beside the kept row, which the output pass may still read).
     const float* z_float = direct ? nullptr : zs;
     if constexpr (std::is_same_v<In, float>) {
       if (direct) z_float = x;
     }
     auto float_row = [&]() -> const float* {
       if (z_float == nullptr) {
-        LoadRow(x, d, zs);
-        z_float = zs;
+        LoadRow(x, d, zs + 2 * d);
+        z_float = zs + 2 * d;
       }
       return z_float;
     };
@@ -514,22 +584,27 @@ void RowsTyped(const RowSegment& s, int64_t row_begin, int64_t row_end,
     const bool tiny = var < kTinyVariance && !AllEqual(float_row(), d, shift);
     if (finite && !tiny) {
       const float rs = static_cast<float>(rstd);
-      auto output = [&](const auto* z) {
+      auto output = [&](auto shifted_tag, const auto* z) {
+        constexpr bool kShifted = decltype(shifted_tag)::value;
         if (stream) {
-          OutputRowAffine<Out, true>(z, d, shift, center, rs, p.gamma, p.beta,
-                                     out);
+          OutputRowAffine<Out, true, kShifted>(z, d, shift, center, rs, p.gamma,
+                                               p.beta, out);
         } else {
-          OutputRowAffine<Out, false>(z, d, shift, center, rs, p.gamma, p.beta,
-                                      out);
+          OutputRowAffine<Out, false, kShifted>(z, d, shift, center, rs,
+                                                p.gamma, p.beta, out);
         }
       };
-      if (direct) {
-        output(x);
+      if (keep) {
+        if constexpr (kSixteenBit) {
+          output(std::true_type(), static_cast<const float*>(zs));
+        }
+      } else if (direct) {
+        output(std::false_type(), x);
       } else {
-        output(static_cast<const float*>(zs));
+        output(std::false_type(), static_cast<const float*>(zs));
       }
     } else {
-      float* y = scratch.data() + d;
+      float* y = zs + d;
       RowInDouble(p, float_row(), y, &mean_out, &rstd);
       StoreRow(y, d, out);
     }
