@@ -14,6 +14,7 @@
 
 #include <atomic>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
@@ -59,8 +60,24 @@ using testing::ToOip;
 using testing::Valid;
 
 // The models of the in-process matrix (testing::Registry()), as a model
-// config file for the server, so that both see the same models.
-std::string ModelConfigFile() {
+// config file for the server, so that both see the same models. The file is
+// removed with the object.
+class ModelConfigFile {
+ public:
+  ModelConfigFile() : path_(Write()) {}
+  ~ModelConfigFile() { std::remove(path_.c_str()); }
+  ModelConfigFile(const ModelConfigFile&) = delete;
+  ModelConfigFile& operator=(const ModelConfigFile&) = delete;
+
+  std::string flag() const { return "--model_config=" + path_; }
+
+ private:
+  static std::string Write();
+
+  const std::string path_;
+};
+
+std::string ModelConfigFile::Write() {
   v1::ModelConfigList list;
   const auto registry = testing::Registry();
   for (const Model* m : registry->models()) {
@@ -254,8 +271,7 @@ class BadRequestsWireTest : public ::testing::Test {
   void SetUp() override {
     server_ = std::make_unique<ServerProcess>(
         NORMSERVE_BINARY,
-        std::vector<std::string>{"--model_config=" + ModelConfigFile(),
-                                 "--device=cpu"});
+        std::vector<std::string>{models_.flag(), "--device=cpu"});
     client_ = Connect(server_->grpc_target());
     oip_ = GRPCInferenceService::NewStub(client_->channel());
     traffic_ = std::make_unique<ValidTraffic>(server_->grpc_target());
@@ -288,6 +304,7 @@ class BadRequestsWireTest : public ::testing::Test {
     return true;
   }
 
+  const ModelConfigFile models_;
   std::unique_ptr<ServerProcess> server_;
   std::unique_ptr<NormClient> client_;
   std::unique_ptr<GRPCInferenceService::Stub> oip_;
@@ -493,9 +510,10 @@ TEST_F(BadRequestsWireTest, EveryOipCaseOnAStreamGetsAnErrorAnswer) {
 // The limits a server process applies from its flags: the message size
 // (gRPC's own check, before any decoding) and the element count.
 TEST(BadRequestsWireLimitsTest, OversizedMessagesAndTensorsAreRefused) {
-  ServerProcess server(NORMSERVE_BINARY, {"--model_config=" + ModelConfigFile(),
-                                          "--max_message_bytes=1048576",
-                                          "--max_elements=300000"});
+  const ModelConfigFile models;
+  ServerProcess server(
+      NORMSERVE_BINARY,
+      {models.flag(), "--max_message_bytes=1048576", "--max_elements=300000"});
   ValidTraffic traffic(server.grpc_target());
   auto client = Connect(server.grpc_target());
   auto oip = GRPCInferenceService::NewStub(client->channel());
