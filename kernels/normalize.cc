@@ -12,11 +12,13 @@
 namespace normserve {
 namespace {
 
-// Work below this many input bytes runs on the caller: handing it to other
+// Work is counted in elements, not bytes: once a batch is in cache, a
+// 16-bit element costs about what a float32 one does.
+// Batches below this many elements run on the caller: handing them to other
 // threads costs more than it saves.
-constexpr int64_t kParallelMinBytes = 256 << 10;
-// Target input bytes per chunk.
-constexpr int64_t kChunkBytes = 128 << 10;
+constexpr int64_t kParallelMinElements = 64 << 10;
+// Target elements per chunk.
+constexpr int64_t kChunkElements = 32 << 10;
 // Batches whose output is larger than this are written with non-temporal
 // stores: the output would not stay in cache anyway, and streaming it
 // spares the read-for-ownership of every output line (a third of the DRAM
@@ -58,25 +60,23 @@ void NormalizeRows(const RowSegment& segment, int64_t row_begin,
 
 void NormalizeSegments(absl::Span<const RowSegment> segments,
                        ThreadPool* pool) {
-  int64_t total_bytes = 0;
+  int64_t total_elements = 0;
   int64_t output_bytes = 0;
   for (const RowSegment& s : segments) {
     const int64_t elements = s.rows * Dim(s);
-    total_bytes += elements * static_cast<int64_t>(DTypeSize(s.input_dtype));
+    total_elements += elements;
     output_bytes += elements * static_cast<int64_t>(DTypeSize(s.output_dtype));
   }
   const bool stream = output_bytes >= kStreamingMinBytes;
   if (pool == nullptr || pool->num_threads() == 0 ||
-      total_bytes < kParallelMinBytes) {
+      total_elements < kParallelMinElements) {
     for (const RowSegment& s : segments) RunRows(s, 0, s.rows, stream);
     return;
   }
   std::vector<Chunk> chunks;
   for (const RowSegment& s : segments) {
-    const int64_t row_bytes =
-        Dim(s) * static_cast<int64_t>(DTypeSize(s.input_dtype));
     const int64_t rows_per_chunk =
-        std::max<int64_t>(1, kChunkBytes / row_bytes);
+        std::max<int64_t>(1, kChunkElements / Dim(s));
     for (int64_t r = 0; r < s.rows; r += rows_per_chunk) {
       chunks.push_back({&s, r, std::min(s.rows, r + rows_per_chunk)});
     }

@@ -97,8 +97,9 @@ void NormalizeRows(const RowSegment& segment, int64_t row_begin,
                    int64_t row_end);
 
 // Normalizes every segment of a batch. With a pool, rows are split into
-// chunks of a few hundred KiB run on the pool's threads and the caller's;
-// without one (or for small batches) everything runs on the calling thread.
+// chunks of about 32K elements run on the pool's threads and the caller's;
+// without one (or for batches under 64K elements) everything runs on the
+// calling thread.
 // The result is bitwise the same either way.
 void NormalizeSegments(absl::Span<const RowSegment> segments,
                        ThreadPool* pool = nullptr);

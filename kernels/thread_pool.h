@@ -8,6 +8,9 @@
 // server avoids oversubscription when several batches run at once: size the
 // pool as cores − (batch workers), or simply cores − 1 with one worker.
 //
+// A caller waiting for its loop's last indices polls for up to 100 µs before
+// it sleeps (waking a thread costs more than a small batch takes).
+//
 // fn must not throw and must not call ParallelFor on the same pool.
 // Thread-safe. The destructor waits for running loops and joins.
 #ifndef NORMSERVE_KERNELS_THREAD_POOL_H_
@@ -43,6 +46,8 @@ class ThreadPool {
   void WorkerLoop();
   // Runs indices of `loop` until none are left to claim.
   static void Drain(Loop* loop);
+  // The oldest loop with indices left to claim, or null. Requires mu_.
+  std::shared_ptr<Loop> LoopWithWork();
 
   // std::mutex rather than absl::Mutex: ThreadSanitizer sees pthreads but
   // not Debian's uninstrumented Abseil.

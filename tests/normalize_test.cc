@@ -5,11 +5,14 @@
 // compositions and thread counts.
 #include "kernels/normalize.h"
 
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <limits>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -284,6 +287,22 @@ TEST(ThreadPoolTest, RunsEveryIndexOnceWithConcurrentCallers) {
   }
   for (auto& t : callers) t.join();
   for (auto& h : hits) ASSERT_EQ(h.load(), 1);
+}
+
+// The caller polls for its loop's last indices for 100 µs, then sleeps:
+// indices that outlast the polling must still wake it, and every index's
+// effects must be visible when ParallelFor returns, on either path.
+TEST(ThreadPoolTest, CallerWaitsForSlowIndicesPastItsPolling) {
+  ThreadPool pool(2);
+  for (int round = 0; round < 20; ++round) {
+    std::vector<int> values(3, 0);  // plain ints: ParallelFor must publish
+    const auto slow = std::chrono::microseconds(round % 2 == 0 ? 2000 : 20);
+    pool.ParallelFor(3, [&](int64_t i) {
+      if (i > 0) std::this_thread::sleep_for(slow);
+      values[static_cast<size_t>(i)] = round + 1;
+    });
+    for (int v : values) ASSERT_EQ(v, round + 1) << "round " << round;
+  }
 }
 
 TEST(DTypeTest,
