@@ -33,12 +33,10 @@ ThreadPool* Pool(int threads) {
   return p.get();
 }
 
-void BM_Normalize(benchmark::State& state) {
-  const auto dtype = static_cast<DType>(state.range(0));
-  const auto kind = static_cast<NormKind>(state.range(1));
-  const int64_t d = state.range(2);
-  const int64_t footprint = state.range(3);
-  const int threads = static_cast<int>(state.range(4));
+// With add_norm: input + residual, normalized, with the sum returned (what
+// add & norm requests ask for); bytes counts the input's.
+void RunNormalize(benchmark::State& state, DType dtype, NormKind kind,
+                  int64_t d, int64_t footprint, int threads, bool add_norm) {
   const int64_t elem = static_cast<int64_t>(DTypeSize(dtype));
   const int64_t rows = std::max<int64_t>(1, footprint / (d * elem));
   const int64_t bytes = rows * d * elem;
@@ -56,14 +54,32 @@ void BM_Normalize(benchmark::State& state) {
   s.input = RandomInput(dtype, static_cast<size_t>(bytes));
   s.output = Output(static_cast<size_t>(bytes));
   s.rows = rows;
+  if (add_norm) {
+    s.residual = RandomInput(dtype, static_cast<size_t>(bytes));
+    s.sum_output = Output(static_cast<size_t>(bytes));
+  }
   ThreadPool* pool = Pool(threads);
   for (auto _ : state) {
     // One segment per chunk of rows, as a batch of requests would be.
     NormalizeSegments({&s, 1}, pool);
     benchmark::ClobberMemory();
   }
-  state.SetBytesProcessed(state.iterations() * 2 * bytes);
+  state.SetBytesProcessed(state.iterations() * (add_norm ? 4 : 2) * bytes);
   state.counters["rows"] = static_cast<double>(rows);
+}
+
+void BM_Normalize(benchmark::State& state) {
+  RunNormalize(state, static_cast<DType>(state.range(0)),
+               static_cast<NormKind>(state.range(1)), state.range(2),
+               state.range(3), static_cast<int>(state.range(4)), false);
+}
+
+// BM_AddNorm/{dtype}/{D}/{footprint}/{threads}: LayerNorm of input +
+// residual, returning the sum.
+void BM_AddNorm(benchmark::State& state) {
+  RunNormalize(state, static_cast<DType>(state.range(0)), NormKind::kLayerNorm,
+               state.range(1), state.range(2), static_cast<int>(state.range(3)),
+               true);
 }
 
 void BM_Memcpy(benchmark::State& state) {
@@ -100,6 +116,19 @@ void NormalizeArgs(benchmark::internal::Benchmark* b) {
   }
 }
 
+void AddNormArgs(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"dtype", "D", "bytes", "threads"});
+  for (int threads : {1, 2}) {
+    for (int64_t footprint : {kHot, kL2, kDram}) {
+      for (int dtype : {0, 1, 2}) {
+        for (int64_t d : {768, 4096, 16384}) {
+          b->Args({dtype, d, footprint, threads});
+        }
+      }
+    }
+  }
+}
+
 void MemcpyArgs(benchmark::internal::Benchmark* b) {
   b->ArgNames({"bytes", "threads"});
   for (int threads : {1, 2}) {
@@ -113,6 +142,7 @@ void MemcpyArgs(benchmark::internal::Benchmark* b) {
 
 BENCHMARK(BM_Memcpy)->Apply(MemcpyArgs)->UseRealTime();
 BENCHMARK(BM_Normalize)->Apply(NormalizeArgs)->UseRealTime();
+BENCHMARK(BM_AddNorm)->Apply(AddNormArgs)->UseRealTime();
 
 }  // namespace
 }  // namespace normserve::bench

@@ -103,11 +103,13 @@ inline void CheckConstantRowsGiveExactlyBeta(
 
 // Rows whose float32 squares overflow or underflow are redone in double
 // and still meet the reference, for each input dtype in `ins` (float32 and
-// bfloat16 reach these magnitudes; float16 does not).
-inline void CheckHugeAndTinyRows(const Runner& run,
-                                 std::initializer_list<int64_t> dims,
-                                 std::initializer_list<DType> ins = {
-                                     DType::kFloat32}) {
+// bfloat16 reach these magnitudes; float16 does not); with `residual`, also
+// as input + residual (3/4 and 1/4 of the row), returning the sum for
+// LayerNorm.
+inline void CheckHugeAndTinyRows(
+    const Runner& run, std::initializer_list<int64_t> dims,
+    std::initializer_list<DType> ins = {DType::kFloat32},
+    bool residual = false) {
   std::mt19937 rng(3);
   for (DType in : ins) {
     for (int64_t d : dims) {
@@ -120,11 +122,24 @@ inline void CheckHugeAndTinyRows(const Runner& run,
           c.rows = 2;
           c.in = c.out = in;
           std::vector<float> x = Normal(static_cast<size_t>(2 * d), 0, 1, &rng);
-          for (float& v : x) v *= scale;
+          std::vector<float> r(residual ? x.size() : 0);
+          for (size_t i = 0; i < x.size(); ++i) {
+            x[i] *= scale;
+            if (residual) {
+              r[i] = 0.25f * x[i];
+              x[i] *= 0.75f;
+            }
+          }
           c.x = Encode(in, x);
+          if (residual) {
+            c.with_residual = true;
+            c.with_sum = kind == NormKind::kLayerNorm;
+            c.residual = Encode(in, r);
+          }
           SCOPED_TRACE(::testing::Message()
                        << Name(in) << " D " << d << " scale " << scale
-                       << " kind " << static_cast<int>(kind));
+                       << " kind " << static_cast<int>(kind)
+                       << (residual ? " with a residual" : ""));
           CheckAgainstReference(c, run(c));
         }
       }

@@ -144,6 +144,8 @@ TEST_P(KernelTest, HugeAndTinyMagnitudesAreRecomputedInDouble) {
   // float32; 3000: rows too long for that.
   CheckHugeAndTinyRows(OnCpu, {1000, 3000},
                        {DType::kFloat32, DType::kBFloat16});
+  CheckHugeAndTinyRows(OnCpu, {1000}, {DType::kFloat32, DType::kBFloat16},
+                       /*residual=*/true);
 }
 
 TEST_P(KernelTest, NanOrInfPoisonsOnlyItsRow) {

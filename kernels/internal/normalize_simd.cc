@@ -6,12 +6,12 @@
 // (3) y = ((z − s) − m)·rstd [·γ] [+β], converted to the output type.
 // RMSNorm skips (1) with s = m = 0. Passes 2 and 3 read the row from L1/L2,
 // so DRAM sees one read and one write per element. What they read depends
-// on the input: float32 rows in place; 16-bit rows of D <= kKeepMaxDim as
-// z − s, kept in float32 by pass 1; longer 16-bit rows in place, converting
-// again; rows with a residual as z, which pass 1 writes to float32 scratch.
-// The values are the same either way. Sums run over blocks of kBlock
-// elements in four vector accumulators, each block reduced to a float and
-// added to a double: the order depends only on D and the vector width.
+// on the input: float32 rows in place; 16-bit rows of D <= kKeepMaxDim, and
+// every row with a residual, as z − s, kept in float32 by pass 1; longer
+// 16-bit rows in place, converting again. The values are the same either
+// way. Sums run over blocks of kBlock elements in four vector accumulators,
+// each block reduced to a float and added to a double: the order depends
+// only on D and the vector width.
 #include <cmath>
 #include <cstring>
 #include <type_traits>
@@ -241,6 +241,22 @@ void LoadRow(const T* in, size_t d, float* out) {
   for (; i < d; ++i) hn::StoreU(LoadAs(d1, in + i), d1, out + i);
 }
 
+// z = input + residual rounded to T, as float32: what the first pass of a
+// row with a residual computes, element for element.
+template <typename T>
+void LoadSumRow(const T* in, const T* residual, size_t d, float* out) {
+  const hn::ScalableTag<float> df;
+  const hn::CappedTag<float, 1> d1;
+  const size_t n = hn::Lanes(df);
+  auto z = [&](auto tag, size_t i) {
+    return RoundTo<T>(tag,
+                      hn::Add(LoadAs(tag, in + i), LoadAs(tag, residual + i)));
+  };
+  size_t i = 0;
+  for (; i + n <= d; i += n) hn::StoreU(z(df, i), df, out + i);
+  for (; i < d; ++i) hn::StoreU(z(d1, i), d1, out + i);
+}
+
 // Converts a float32 row to T.
 template <typename T>
 void StoreRow(const float* y, size_t d, T* out) {
@@ -454,17 +470,18 @@ void RowsTyped(const RowSegment& s, int64_t row_begin, int64_t row_end,
   // read.
   const bool direct = s.residual == nullptr;
 
-  // 16-bit input without a residual: the first pass keeps z − shift as
-  // float32 in scratch, where the later passes read it with no conversion
-  // and no subtraction (once the row is in cache these kernels are bound by
+  // The first pass keeps z − shift as float32 in scratch, where the later
+  // passes read it with no conversion and no subtraction, for rows with a
+  // residual (z has to be computed and stored anyway) and for 16-bit rows
+  // up to kKeepMaxDim (once the row is in cache these kernels are bound by
   // arithmetic, and a 16-bit row holds twice the elements of a float32 row
   // of the same bytes). The values are those the passes computed from the
   // input, so the bits are the same either way.
   constexpr bool kSixteenBit = !std::is_same_v<In, float>;
   // RMSNorm makes two passes; with float16, whose conversion is a single
   // instruction, the kept row's stores cost what they save there.
-  const bool keep = kSixteenBit && direct && d <= kKeepMaxDim &&
-                    (layer_norm || std::is_same_v<In, BF16>);
+  const bool keep = !direct || (kSixteenBit && d <= kKeepMaxDim &&
+                                (layer_norm || std::is_same_v<In, BF16>));
 
   // Scratch: [0, d) the row the later passes read, [d, 2d) the outputs of
   // the double-precision path, [2d, 3d) z as float32 for that path.
@@ -504,10 +521,9 @@ void RowsTyped(const RowSegment& s, int64_t row_begin, int64_t row_end,
       if (ahead < x_end) __builtin_prefetch(ahead, 0, 2);
       return LoadAs(tag, x + i);
     };
-    // Adds the residual, rounds to In, stores z to scratch and, when asked,
-    // to sum_out; kSum is compile-time so that the hot loop carries no dead
-    // branch.
-    auto convert_with = [x, res, zs, sum_out, x_end](auto sum_tag) {
+    // Adds the residual, rounds to In and, when asked, stores z to sum_out;
+    // kSum is compile-time so that the hot loop carries no dead branch.
+    auto convert_with = [x, res, sum_out, x_end](auto sum_tag) {
       constexpr bool kSum = decltype(sum_tag)::value;
       return [=](auto tag, size_t i) {
         const char* ahead =
@@ -516,7 +532,6 @@ void RowsTyped(const RowSegment& s, int64_t row_begin, int64_t row_end,
         hwy::Prefetch(reinterpret_cast<const char*>(res + i) + kPrefetchBytes);
         const auto v =
             RoundTo<In>(tag, hn::Add(LoadAs(tag, x + i), LoadAs(tag, res + i)));
-        hn::StoreU(v, tag, zs + i);
         if constexpr (kSum) StoreAs(tag, v, sum_out + i);
         return v;
       };
@@ -534,47 +549,47 @@ void RowsTyped(const RowSegment& s, int64_t row_begin, int64_t row_end,
     double m2;
     float center = 0.0f;
     if (keep) {
-      if constexpr (kSixteenBit) {
+      with_first([&](const auto& first) {
         if (layer_norm) {
-          shift = hn::GetLane(first_from_input(d1, 0));
+          shift = hn::GetLane(first(d1, 0));
           const double sum =
-              SumRow<false, false, true>(d, shift, 0.0f, first_from_input, zs);
+              SumRow<false, false, true>(d, shift, 0.0f, first, zs);
           mean_shifted = sum / static_cast<double>(d);
           center = static_cast<float>(mean_shifted);
           m2 = SumRow<true, true>(d, 0.0f, center, from_scratch);
         } else {
-          m2 = SumRow<true, true, true>(d, 0.0f, 0.0f, first_from_input, zs);
+          m2 = SumRow<true, true, true>(d, 0.0f, 0.0f, first, zs);
         }
-      }
-    } else if (layer_norm) {
-      const double sum = with_first([&](const auto& first) {
-        shift = hn::GetLane(first(d1, 0));
-        return SumRow<false>(d, shift, 0.0f, first);
       });
+    } else if (layer_norm) {  // rows not kept have no residual
+      shift = hn::GetLane(first_from_input(d1, 0));
+      const double sum = SumRow<false>(d, shift, 0.0f, first_from_input);
       mean_shifted = sum / static_cast<double>(d);
       center = static_cast<float>(mean_shifted);
-      m2 = direct ? SumRow<true>(d, shift, center, second_from_input)
-                  : SumRow<true>(d, shift, center, from_scratch);
+      m2 = SumRow<true>(d, shift, center, second_from_input);
     } else {
-      m2 = with_first([&](const auto& first) {
-        return SumRow<true>(d, 0.0f, 0.0f, first);
-      });
+      m2 = SumRow<true>(d, 0.0f, 0.0f, first_from_input);
     }
     // Σ(v − c)² = Σ(v − m)² + D(m − c)²: remove the (tiny) centring error.
     const double delta = mean_shifted - static_cast<double>(center);
     double var = m2 / static_cast<double>(d) - delta * delta;
     if (var < 0.0) var = 0.0;
 
-    // z as a float32 row, for the rare rows below (converted at most once,
+    // z as a float32 row, for the rare rows below (computed at most once,
     // beside the kept row, which the output pass may still read).
-    const float* z_float = direct ? nullptr : zs;
+    const float* z_float = nullptr;
     if constexpr (std::is_same_v<In, float>) {
       if (direct) z_float = x;
     }
     auto float_row = [&]() -> const float* {
       if (z_float == nullptr) {
-        LoadRow(x, d, zs + 2 * d);
-        z_float = zs + 2 * d;
+        float* row = zs + 2 * d;
+        if (direct) {
+          LoadRow(x, d, row);
+        } else {
+          LoadSumRow(x, res, d, row);
+        }
+        z_float = row;
       }
       return z_float;
     };
@@ -595,13 +610,9 @@ void RowsTyped(const RowSegment& s, int64_t row_begin, int64_t row_end,
         }
       };
       if (keep) {
-        if constexpr (kSixteenBit) {
-          output(std::true_type(), static_cast<const float*>(zs));
-        }
-      } else if (direct) {
-        output(std::false_type(), x);
+        output(std::true_type(), static_cast<const float*>(zs));
       } else {
-        output(std::false_type(), static_cast<const float*>(zs));
+        output(std::false_type(), x);
       }
     } else {
       float* y = zs + d;
