@@ -34,7 +34,8 @@ ThreadPool* Pool(int threads) {
 }
 
 // With add_norm: input + residual, normalized, with the sum returned (what
-// add & norm requests ask for); bytes counts the input's.
+// add & norm requests ask for). The footprint is the input's; bytes/s counts
+// every tensor read and written.
 void RunNormalize(benchmark::State& state, DType dtype, NormKind kind,
                   int64_t d, int64_t footprint, int threads, bool add_norm) {
   const int64_t elem = static_cast<int64_t>(DTypeSize(dtype));

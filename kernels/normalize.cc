@@ -14,10 +14,11 @@ namespace {
 
 // Work is counted in elements, not bytes: once a batch is in cache, a
 // 16-bit element costs about what a float32 one does.
+//
 // Batches below this many elements run on the caller: handing them to other
 // threads costs more than it saves.
 constexpr int64_t kParallelMinElements = 64 << 10;
-// Target elements per chunk.
+// Elements per chunk.
 constexpr int64_t kChunkElements = 32 << 10;
 // Batches whose output is larger than this are written with non-temporal
 // stores: the output would not stay in cache anyway, and streaming it

@@ -241,20 +241,25 @@ void LoadRow(const T* in, size_t d, float* out) {
   for (; i < d; ++i) hn::StoreU(LoadAs(d1, in + i), d1, out + i);
 }
 
-// z = input + residual rounded to T, as float32: what the first pass of a
-// row with a residual computes, element for element.
+// z = input + residual at i, rounded to T (as an unfused add would store
+// it), as float32 lanes.
+template <typename T, class DF>
+HWY_INLINE hn::Vec<DF> SumAs(DF df, const T* in, const T* residual, size_t i) {
+  return RoundTo<T>(df, hn::Add(LoadAs(df, in + i), LoadAs(df, residual + i)));
+}
+
+// z = input + residual as a float32 row, element for element what the first
+// pass of a row with a residual computes.
 template <typename T>
 void LoadSumRow(const T* in, const T* residual, size_t d, float* out) {
   const hn::ScalableTag<float> df;
   const hn::CappedTag<float, 1> d1;
   const size_t n = hn::Lanes(df);
-  auto z = [&](auto tag, size_t i) {
-    return RoundTo<T>(tag,
-                      hn::Add(LoadAs(tag, in + i), LoadAs(tag, residual + i)));
-  };
   size_t i = 0;
-  for (; i + n <= d; i += n) hn::StoreU(z(df, i), df, out + i);
-  for (; i < d; ++i) hn::StoreU(z(d1, i), d1, out + i);
+  for (; i + n <= d; i += n) {
+    hn::StoreU(SumAs(df, in, residual, i), df, out + i);
+  }
+  for (; i < d; ++i) hn::StoreU(SumAs(d1, in, residual, i), d1, out + i);
 }
 
 // Converts a float32 row to T.
@@ -464,10 +469,7 @@ void RowsTyped(const RowSegment& s, int64_t row_begin, int64_t row_end,
   const size_t d = static_cast<size_t>(p.dim);
   const hn::CappedTag<float, 1> d1;
   const bool layer_norm = p.kind == NormKind::kLayerNorm;
-  // Without a residual every pass reads the input row itself (from L1/L2
-  // after the first), converting as it loads; with one, the first pass
-  // writes z = input + residual to a float32 scratch row that the others
-  // read.
+  // Without a residual, z is the input row itself.
   const bool direct = s.residual == nullptr;
 
   // The first pass keeps z − shift as float32 in scratch, where the later
@@ -530,8 +532,7 @@ void RowsTyped(const RowSegment& s, int64_t row_begin, int64_t row_end,
             reinterpret_cast<const char*>(x + i) + kPrefetchBytes;
         if (ahead < x_end) hwy::Prefetch(ahead);
         hwy::Prefetch(reinterpret_cast<const char*>(res + i) + kPrefetchBytes);
-        const auto v =
-            RoundTo<In>(tag, hn::Add(LoadAs(tag, x + i), LoadAs(tag, res + i)));
+        const auto v = SumAs(tag, x, res, i);
         if constexpr (kSum) StoreAs(tag, v, sum_out + i);
         return v;
       };
