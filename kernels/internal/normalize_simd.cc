@@ -11,7 +11,8 @@
 // 16-bit rows in place, converting again. The values are the same either
 // way. Sums run over blocks of kBlock elements in four vector accumulators,
 // each block reduced to a float and added to a double: the order depends
-// only on D and the vector width.
+// only on D and the vector width. Rows of D <= kStaggerMaxDim interleave
+// their passes with the next row's, to hide the latency between passes.
 #include <cmath>
 #include <cstring>
 #include <type_traits>
@@ -31,6 +32,13 @@ HWY_BEFORE_NAMESPACE();
 namespace normserve {
 namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
+
+// On a lambda: inline it. The row loop below is built from lambdas, and
+// GCC otherwise leaves some of them (and the reductions they call) out of
+// line, which costs up to 20 % on short rows.
+#ifndef NORMSERVE_INLINE_LAMBDA
+#define NORMSERVE_INLINE_LAMBDA __attribute__((always_inline))
+#endif
 
 // Elements per reduction block; a multiple of every vector width.
 constexpr size_t kBlock = 1024;
@@ -145,16 +153,23 @@ HWY_INLINE hn::Vec<DF> RoundTo(DF df, hn::Vec<DF> v) {
   }
 }
 
+// What a pass subtracts from the values v it loads before it sums or
+// scales them. LayerNorm reading z subtracts the shift, then the mean
+// (sums of v, in the first pass, subtract only the shift); LayerNorm
+// reading the kept row (z − shift already) only the mean; RMSNorm nothing.
+// Compile-time, so that RMSNorm's loops carry no subtraction of zeros.
+enum class Centring { kShiftThenMean, kMean, kNone };
+
 // ---- Reductions over a float32 row ----
 
-// Σ (z − shift), or with kSquares Σ ((z − shift) − center)², in the fixed
-// block order described at the top of the file. `load(tag, i)` returns the
-// Lanes(tag) values of z at i (and may convert and store them as it goes).
+// Σ (v − shift), or with kSquares Σ ((v − shift) − center)², less what
+// kCentring leaves out, in the fixed block order described at the top of
+// the file. `load(tag, i)` returns the Lanes(tag) values of v at i (and may
+// convert and store them as it goes).
 //
-// kShifted: the loaded values are z − shift already (shift is ignored).
-// kKeep: stores each z − shift to kept[i], for the later passes.
-template <bool kSquares, bool kShifted = false, bool kKeep = false,
-          class Loader>
+// kKeep: stores each v − shift to kept[i], for the later passes.
+template <bool kSquares, Centring kCentring = Centring::kShiftThenMean,
+          bool kKeep = false, class Loader>
 double SumRow(size_t d, float shift, float center, const Loader& load_ref,
               float* kept = nullptr) {
   const Loader load = load_ref;  // as in OutputRow: a loader may store
@@ -163,10 +178,14 @@ double SumRow(size_t d, float shift, float center, const Loader& load_ref,
   const size_t n = hn::Lanes(df);
   auto accumulate = [&](auto tag, auto acc, size_t i) {
     auto v = load(tag, i);
-    if constexpr (!kShifted) v = hn::Sub(v, hn::Set(tag, shift));
+    if constexpr (kCentring == Centring::kShiftThenMean) {
+      v = hn::Sub(v, hn::Set(tag, shift));
+    }
     if constexpr (kKeep) hn::StoreU(v, tag, kept + i);
     if constexpr (kSquares) {
-      v = hn::Sub(v, hn::Set(tag, center));
+      if constexpr (kCentring != Centring::kNone) {
+        v = hn::Sub(v, hn::Set(tag, center));
+      }
       return hn::MulAdd(v, v, acc);
     } else {
       return hn::Add(acc, v);
@@ -346,9 +365,9 @@ NORMSERVE_BF16_ATTR HWY_INLINE void StoreBF16Native(hn::Vec512<float> v,
 }
 #endif
 
-// y = ((z − shift) − mean)·rstd [·γ] [+β] at element i, as float32 lanes.
-// With kShifted, z holds z − shift already (the first pass kept it).
-template <typename Src, bool kGamma, bool kBeta, bool kShifted>
+// y = ((z − shift) − mean)·rstd [·γ] [+β] at element i, as float32 lanes,
+// less the subtractions kCentring leaves out.
+template <typename Src, bool kGamma, bool kBeta, Centring kCentring>
 struct RowValue {
   const Src* z;
   float shift, mean, rstd;
@@ -358,8 +377,12 @@ struct RowValue {
   template <class D>
   HWY_INLINE hn::Vec<D> operator()(D tag, size_t i) const {
     auto v = LoadAs(tag, z + i);
-    if constexpr (!kShifted) v = hn::Sub(v, hn::Set(tag, shift));
-    v = hn::Sub(v, hn::Set(tag, mean));
+    if constexpr (kCentring == Centring::kShiftThenMean) {
+      v = hn::Sub(v, hn::Set(tag, shift));
+    }
+    if constexpr (kCentring != Centring::kNone) {
+      v = hn::Sub(v, hn::Set(tag, mean));
+    }
     v = hn::Mul(v, hn::Set(tag, rstd));
     if constexpr (kGamma && kBeta) {
       v = hn::MulAdd(v, hn::LoadU(tag, gamma + i), hn::LoadU(tag, beta + i));
@@ -436,13 +459,13 @@ void OutputRowFor(const Value& value, size_t d, T* out) {
   OutputRow<T, kStream>(value, d, out);
 }
 
-template <typename T, bool kStream, bool kShifted, typename Src>
+template <typename T, bool kStream, Centring kCentring, typename Src>
 void OutputRowAffine(const Src* z, size_t d, float shift, float mean,
                      float rstd, const float* gamma, const float* beta,
                      T* out) {
   auto write = [&](auto gamma_tag, auto beta_tag) {
     using Value = RowValue<Src, decltype(gamma_tag)::value,
-                           decltype(beta_tag)::value, kShifted>;
+                           decltype(beta_tag)::value, kCentring>;
     OutputRowFor<T, kStream>(Value{z, shift, mean, rstd, gamma, beta}, d, out);
   };
   using Yes = std::true_type;
@@ -461,6 +484,12 @@ constexpr size_t kPrefetchBytes = 2048;
 // stay in L1 together (48 KiB on current x86 cores). Past it, keeping costs
 // more than it saves: at D = 4096 it is 10-50 % slower (Sapphire Rapids).
 constexpr size_t kKeepMaxDim = 2048;
+
+// The longest row that runs staggered with the next (below). Longer rows
+// spread the waits over more elements, and two of them no longer share L1
+// with their outputs: staggered, D = 2048 runs no faster and D = 4096 up to
+// 10 % slower (Sapphire Rapids, rows in L2).
+constexpr size_t kStaggerMaxDim = 1024;
 
 template <typename In, typename Out>
 void RowsTyped(const RowSegment& s, int64_t row_begin, int64_t row_end,
@@ -485,42 +514,71 @@ void RowsTyped(const RowSegment& s, int64_t row_begin, int64_t row_end,
   const bool keep = !direct || (kSixteenBit && d <= kKeepMaxDim &&
                                 (layer_norm || std::is_same_v<In, BF16>));
 
-  // Scratch: [0, d) the row the later passes read, [d, 2d) the outputs of
-  // the double-precision path, [2d, 3d) z as float32 for that path.
+  // Rows up to kStaggerMaxDim run two at a time, staggered: the first pass of
+  // row r + 1 runs between the second pass of row r and its output pass, and
+  // the output pass of row r − 1 between the first and second passes of row r.
+  // Each pass ends in a reduction and scalar arithmetic (divisions, a square
+  // root) that the next pass of the same row waits for; in cache, where a
+  // short row's passes take a few hundred cycles, that wait was a large
+  // part of the row's time. Staggered, the core has the other row's
+  // independent work to run meanwhile. Each row's arithmetic is unchanged,
+  // and so are its bits.
+  //
+  // Scratch, a slot of 3·d floats per row in flight: [0, d) the row the
+  // later passes read, [d, 2d) the outputs of the double-precision path,
+  // [2d, 3d) z as float32 for that path.
+  const bool staggered = d <= kStaggerMaxDim;
   thread_local std::vector<float> scratch;
-  if (scratch.size() < 3 * d) scratch.resize(3 * d);
+  const size_t scratch_size = (staggered ? 2 : 1) * 3 * d;
+  if (scratch.size() < scratch_size) scratch.resize(scratch_size);
 
-  for (int64_t r = row_begin; r < row_end; ++r) {
+  // The first pass reads ahead by kPrefetchBytes (into the next row at the
+  // end of this one) so DRAM latency overlaps the arithmetic; the hardware
+  // prefetcher alone lags when the pass also converts.
+  const char* x_end = reinterpret_cast<const char*>(
+      static_cast<const In*>(s.input) + static_cast<size_t>(row_end) * d);
+
+  // One row in flight: where it lives and what its passes found so far.
+  struct Row {
+    int64_t r;
+    const In* x;
+    const In* res;
+    In* sum_out;
+    Out* out;
+    float* zs;  // its scratch slot
+    float shift;
+    double mean_shifted;
+    double m2;
+    float center;
+  };
+  auto start_row = [&](int64_t r, float* zs) NORMSERVE_INLINE_LAMBDA {
     const size_t offset = static_cast<size_t>(r) * d;
-    const In* x = static_cast<const In*>(s.input) + offset;
-    const In* res = s.residual != nullptr
-                        ? static_cast<const In*>(s.residual) + offset
-                        : nullptr;
-    In* sum_out = s.sum_output != nullptr
-                      ? static_cast<In*>(s.sum_output) + offset
-                      : nullptr;
-    Out* out = static_cast<Out*>(s.output) + offset;
-    // The first pass reads ahead by kPrefetchBytes (into the next row at
-    // the end of this one) so DRAM latency overlaps the arithmetic; the
-    // hardware prefetcher alone lags when the pass also converts.
-    const char* x_end = reinterpret_cast<const char*>(
-        static_cast<const In*>(s.input) + static_cast<size_t>(row_end) * d);
+    Row w;
+    w.r = r;
+    w.x = static_cast<const In*>(s.input) + offset;
+    w.res = s.residual != nullptr ? static_cast<const In*>(s.residual) + offset
+                                  : nullptr;
+    w.sum_out = s.sum_output != nullptr
+                    ? static_cast<In*>(s.sum_output) + offset
+                    : nullptr;
+    w.out = static_cast<Out*>(s.output) + offset;
+    w.zs = zs;
+    w.shift = 0.0f;
+    w.mean_shifted = 0.0;
+    w.m2 = 0.0;
+    w.center = 0.0f;
+    return w;
+  };
 
-    float* zs = scratch.data();
-    auto from_scratch = [zs](auto tag, size_t i) {
-      return hn::LoadU(tag, zs + i);
-    };
+  // Pass 1: Σ(z − shift) for LayerNorm, Σz² for RMSNorm; keeps z − shift
+  // in the row's slot when `keep`.
+  auto first_pass = [&](Row& w) NORMSERVE_INLINE_LAMBDA {
+    const In* x = w.x;
+    const In* res = w.res;
+    In* sum_out = w.sum_out;
     auto first_from_input = [x, x_end](auto tag, size_t i) {
       const char* ahead = reinterpret_cast<const char*>(x + i) + kPrefetchBytes;
       if (ahead < x_end) hwy::Prefetch(ahead);
-      return LoadAs(tag, x + i);
-    };
-    // The second pass reads the row from cache, so DRAM would idle through
-    // it: it prefetches the next row into L2 at the offset it reads.
-    const char* next = reinterpret_cast<const char*>(x + d);
-    auto second_from_input = [x, x_end, next](auto tag, size_t i) {
-      const char* ahead = next + i * sizeof(In);
-      if (ahead < x_end) __builtin_prefetch(ahead, 0, 2);
       return LoadAs(tag, x + i);
     };
     // Adds the residual, rounds to In and, when asked, stores z to sum_out;
@@ -537,92 +595,149 @@ void RowsTyped(const RowSegment& s, int64_t row_begin, int64_t row_end,
         return v;
       };
     };
-    // Runs `body(loader)` with the first-pass loader this row needs.
-    auto with_first = [&](auto&& body) {
-      if (direct) return body(first_from_input);
-      if (sum_out != nullptr) return body(convert_with(std::true_type()));
-      return body(convert_with(std::false_type()));
-    };
     if (direct && sum_out != nullptr) std::memcpy(sum_out, x, d * sizeof(In));
-
-    float shift = 0.0f;
-    double mean_shifted = 0.0;
-    double m2;
-    float center = 0.0f;
-    if (keep) {
-      with_first([&](const auto& first) {
-        if (layer_norm) {
-          shift = hn::GetLane(first(d1, 0));
-          const double sum =
-              SumRow<false, false, true>(d, shift, 0.0f, first, zs);
-          mean_shifted = sum / static_cast<double>(d);
-          center = static_cast<float>(mean_shifted);
-          m2 = SumRow<true, true>(d, 0.0f, center, from_scratch);
-        } else {
-          m2 = SumRow<true, true, true>(d, 0.0f, 0.0f, first, zs);
-        }
-      });
-    } else if (layer_norm) {  // rows not kept have no residual
-      shift = hn::GetLane(first_from_input(d1, 0));
-      const double sum = SumRow<false>(d, shift, 0.0f, first_from_input);
-      mean_shifted = sum / static_cast<double>(d);
-      center = static_cast<float>(mean_shifted);
-      m2 = SumRow<true>(d, shift, center, second_from_input);
-    } else {
-      m2 = SumRow<true>(d, 0.0f, 0.0f, first_from_input);
+    if (!keep) {  // rows not kept have no residual
+      if (layer_norm) {
+        w.shift = hn::GetLane(first_from_input(d1, 0));
+        const double sum = SumRow<false>(d, w.shift, 0.0f, first_from_input);
+        w.mean_shifted = sum / static_cast<double>(d);
+        w.center = static_cast<float>(w.mean_shifted);
+      } else {
+        w.m2 = SumRow<true, Centring::kNone>(d, 0.0f, 0.0f, first_from_input);
+      }
+      return;
     }
+    auto body = [&](const auto& first) NORMSERVE_INLINE_LAMBDA {
+      if (layer_norm) {
+        w.shift = hn::GetLane(first(d1, 0));
+        const double sum = SumRow<false, Centring::kShiftThenMean, true>(
+            d, w.shift, 0.0f, first, w.zs);
+        w.mean_shifted = sum / static_cast<double>(d);
+        w.center = static_cast<float>(w.mean_shifted);
+      } else {
+        w.m2 = SumRow<true, Centring::kNone, true>(d, 0.0f, 0.0f, first, w.zs);
+      }
+    };
+    if (direct) {
+      body(first_from_input);
+    } else if (sum_out != nullptr) {
+      body(convert_with(std::true_type()));
+    } else {
+      body(convert_with(std::false_type()));
+    }
+  };
+
+  // Pass 2 (LayerNorm): Σ((z − shift) − center)², from the kept row or
+  // from the input, which is in cache after pass 1.
+  auto second_pass = [&](Row& w) NORMSERVE_INLINE_LAMBDA {
+    if (!layer_norm) return;
+    if (keep) {
+      const float* zs = w.zs;
+      auto from_scratch = [zs](auto tag, size_t i) {
+        return hn::LoadU(tag, zs + i);
+      };
+      w.m2 = SumRow<true, Centring::kMean>(d, 0.0f, w.center, from_scratch);
+      return;
+    }
+    // DRAM would idle through this pass: it prefetches the next row into
+    // L2 at the offset it reads.
+    const In* x = w.x;
+    const char* next = reinterpret_cast<const char*>(x + d);
+    auto second_from_input = [x, x_end, next](auto tag, size_t i) {
+      const char* ahead = next + i * sizeof(In);
+      if (ahead < x_end) __builtin_prefetch(ahead, 0, 2);
+      return LoadAs(tag, x + i);
+    };
+    w.m2 = SumRow<true>(d, w.shift, w.center, second_from_input);
+  };
+
+  // Pass 3: the outputs, and the row's statistics.
+  auto output_pass = [&](const Row& w) NORMSERVE_INLINE_LAMBDA {
     // Σ(v − c)² = Σ(v − m)² + D(m − c)²: remove the (tiny) centring error.
-    const double delta = mean_shifted - static_cast<double>(center);
-    double var = m2 / static_cast<double>(d) - delta * delta;
+    const double delta = w.mean_shifted - static_cast<double>(w.center);
+    double var = w.m2 / static_cast<double>(d) - delta * delta;
     if (var < 0.0) var = 0.0;
 
     // z as a float32 row, for the rare rows below (computed at most once,
     // beside the kept row, which the output pass may still read).
     const float* z_float = nullptr;
     if constexpr (std::is_same_v<In, float>) {
-      if (direct) z_float = x;
+      if (direct) z_float = w.x;
     }
     auto float_row = [&]() -> const float* {
       if (z_float == nullptr) {
-        float* row = zs + 2 * d;
+        float* row = w.zs + 2 * d;
         if (direct) {
-          LoadRow(x, d, row);
+          LoadRow(w.x, d, row);
         } else {
-          LoadSumRow(x, res, d, row);
+          LoadSumRow(w.x, w.res, d, row);
         }
         z_float = row;
       }
       return z_float;
     };
-    double mean_out = static_cast<double>(shift) + mean_shifted;
+    double mean_out = static_cast<double>(w.shift) + w.mean_shifted;
     double rstd = 1.0 / std::sqrt(var + static_cast<double>(p.epsilon));
-    const bool finite = std::isfinite(mean_shifted) && std::isfinite(m2);
-    const bool tiny = var < kTinyVariance && !AllEqual(float_row(), d, shift);
+    const bool finite = std::isfinite(w.mean_shifted) && std::isfinite(w.m2);
+    const bool tiny = var < kTinyVariance && !AllEqual(float_row(), d, w.shift);
     if (finite && !tiny) {
       const float rs = static_cast<float>(rstd);
-      auto output = [&](auto shifted_tag, const auto* z) {
-        constexpr bool kShifted = decltype(shifted_tag)::value;
+      auto output = [&](auto centring, const auto* z) NORMSERVE_INLINE_LAMBDA {
+        constexpr Centring kCentring = decltype(centring)::value;
         if (stream) {
-          OutputRowAffine<Out, true, kShifted>(z, d, shift, center, rs, p.gamma,
-                                               p.beta, out);
+          OutputRowAffine<Out, true, kCentring>(z, d, w.shift, w.center, rs,
+                                                p.gamma, p.beta, w.out);
         } else {
-          OutputRowAffine<Out, false, kShifted>(z, d, shift, center, rs,
-                                                p.gamma, p.beta, out);
+          OutputRowAffine<Out, false, kCentring>(z, d, w.shift, w.center, rs,
+                                                 p.gamma, p.beta, w.out);
         }
       };
-      if (keep) {
-        output(std::true_type(), static_cast<const float*>(zs));
+      using ShiftThenMean =
+          std::integral_constant<Centring, Centring::kShiftThenMean>;
+      using Mean = std::integral_constant<Centring, Centring::kMean>;
+      using None = std::integral_constant<Centring, Centring::kNone>;
+      const float* kept = w.zs;
+      if (!layer_norm) {
+        if (keep) {
+          output(None(), kept);
+        } else {
+          output(None(), w.x);
+        }
+      } else if (keep) {
+        output(Mean(), kept);
       } else {
-        output(std::false_type(), x);
+        output(ShiftThenMean(), w.x);
       }
     } else {
-      float* y = zs + d;
+      float* y = w.zs + d;
       RowInDouble(p, float_row(), y, &mean_out, &rstd);
-      StoreRow(y, d, out);
+      StoreRow(y, d, w.out);
     }
     if (s.mean != nullptr)
-      s.mean[r] = layer_norm ? static_cast<float>(mean_out) : 0.0f;
-    if (s.rstd != nullptr) s.rstd[r] = static_cast<float>(rstd);
+      s.mean[w.r] = layer_norm ? static_cast<float>(mean_out) : 0.0f;
+    if (s.rstd != nullptr) s.rstd[w.r] = static_cast<float>(rstd);
+  };
+
+  if (staggered) {
+    Row rows[2];
+    for (int64_t r = row_begin; r < row_end; ++r) {
+      const size_t slot = static_cast<size_t>(r - row_begin) & 1;
+      Row& w = rows[slot];
+      w = start_row(r, scratch.data() + slot * 3 * d);
+      first_pass(w);
+      if (r > row_begin) output_pass(rows[slot ^ 1]);
+      second_pass(w);
+    }
+    if (row_end > row_begin) {
+      output_pass(rows[static_cast<size_t>(row_end - 1 - row_begin) & 1]);
+    }
+  } else {
+    for (int64_t r = row_begin; r < row_end; ++r) {
+      Row w = start_row(r, scratch.data());
+      first_pass(w);
+      second_pass(w);
+      output_pass(w);
+    }
   }
   if (stream) hwy::FlushStream();
 }
