@@ -12,12 +12,9 @@
 namespace normserve {
 namespace {
 
-// Work is counted in elements, not bytes: once a batch is in cache, a
-// 16-bit element costs about what a float32 one does.
+// Work is counted in elements, not bytes (kParallelMinElements too): once
+// a batch is in cache, a 16-bit element costs about what a float32 one does.
 //
-// Batches below this many elements run on the caller: handing them to other
-// threads costs more than it saves.
-constexpr int64_t kParallelMinElements = 64 << 10;
 // Elements per chunk.
 constexpr int64_t kChunkElements = 32 << 10;
 // Batches whose output is larger than this are written with non-temporal

@@ -221,9 +221,9 @@ TEST_P(KernelTest, RowBitsDoNotDependOnBatchCompositionOrThreads) {
     p.dim = d;
     std::vector<float> g = Normal(d, 1, 1, &rng);
     p.gamma = g.data();
-    // The rows, each alone: over 256 KiB in both dtypes, so that
-    // NormalizeSegments hands chunks to the pool's threads.
-    const int kRows = 192;
+    // The rows, each alone: twice the elements at which NormalizeSegments
+    // starts handing chunks to the pool's threads.
+    const int kRows = static_cast<int>(2 * kParallelMinElements / d);
     const Tensor all = Encode(in, Normal(kRows * d, 1, 2, &rng));
     const size_t row_bytes = d * DTypeSize(in);
     std::vector<std::vector<uint8_t>> alone(kRows);
