@@ -4,15 +4,16 @@
 // Per row of LayerNorm, with s = z[0] and z = input [+ residual]:
 // (1) Σ(z − s), reading the input from memory; (2) Σ((z − s) − m)²;
 // (3) y = ((z − s) − m)·rstd [·γ] [+β], converted to the output type.
-// RMSNorm skips (1) with s = m = 0. Passes 2 and 3 read the row from L1/L2,
-// so DRAM sees one read and one write per element. What they read depends
-// on the input: float32 rows in place; 16-bit rows of D <= kKeepMaxDim, and
-// every row with a residual, as z − s, kept in float32 by pass 1; longer
-// 16-bit rows in place, converting again. The values are the same either
-// way. Sums run over blocks of kBlock elements in four vector accumulators,
-// each block reduced to a float and added to a double: the order depends
-// only on D and the vector width. Rows of D <= kStaggerMaxDim interleave
-// their passes with the next row's, to hide the latency between passes.
+// RMSNorm makes (2) and (3) only, with nothing subtracted. Passes 2 and 3 read
+// the row from L1/L2, so DRAM sees one read and one write per element. What
+// they read depends on the input: float32 rows in place; 16-bit rows of D <=
+// kKeepMaxDim, and every row with a residual, as z − s, kept in float32 by pass
+// 1; longer 16-bit rows in place, converting again. The values are the same
+// either way. Sums run over blocks of kBlock elements in four vector
+// accumulators, each block reduced to a float and added to a double: the order
+// depends only on D and the vector width. Rows of D <= kStaggerMaxDim
+// interleave their passes with the next row's, to hide the latency between
+// passes.
 #include <cmath>
 #include <cstring>
 #include <type_traits>
@@ -547,10 +548,11 @@ void RowsTyped(const RowSegment& s, int64_t row_begin, int64_t row_end,
     Out* out;
     float* zs;  // its scratch slot
     float shift;
-    double mean_shifted;
+    double mean_shifted;  // the mean of z − shift (LayerNorm)
     double m2;
-    float center;
   };
+  // The mean of z − shift as float32: what passes 2 and 3 subtract.
+  auto center = [](const Row& w) { return static_cast<float>(w.mean_shifted); };
   auto start_row = [&](int64_t r, float* zs) NORMSERVE_INLINE_LAMBDA {
     const size_t offset = static_cast<size_t>(r) * d;
     Row w;
@@ -566,7 +568,6 @@ void RowsTyped(const RowSegment& s, int64_t row_begin, int64_t row_end,
     w.shift = 0.0f;
     w.mean_shifted = 0.0;
     w.m2 = 0.0;
-    w.center = 0.0f;
     return w;
   };
 
@@ -601,7 +602,6 @@ void RowsTyped(const RowSegment& s, int64_t row_begin, int64_t row_end,
         w.shift = hn::GetLane(first_from_input(d1, 0));
         const double sum = SumRow<false>(d, w.shift, 0.0f, first_from_input);
         w.mean_shifted = sum / static_cast<double>(d);
-        w.center = static_cast<float>(w.mean_shifted);
       } else {
         w.m2 = SumRow<true, Centring::kNone>(d, 0.0f, 0.0f, first_from_input);
       }
@@ -613,7 +613,6 @@ void RowsTyped(const RowSegment& s, int64_t row_begin, int64_t row_end,
         const double sum = SumRow<false, Centring::kShiftThenMean, true>(
             d, w.shift, 0.0f, first, w.zs);
         w.mean_shifted = sum / static_cast<double>(d);
-        w.center = static_cast<float>(w.mean_shifted);
       } else {
         w.m2 = SumRow<true, Centring::kNone, true>(d, 0.0f, 0.0f, first, w.zs);
       }
@@ -636,7 +635,7 @@ void RowsTyped(const RowSegment& s, int64_t row_begin, int64_t row_end,
       auto from_scratch = [zs](auto tag, size_t i) {
         return hn::LoadU(tag, zs + i);
       };
-      w.m2 = SumRow<true, Centring::kMean>(d, 0.0f, w.center, from_scratch);
+      w.m2 = SumRow<true, Centring::kMean>(d, 0.0f, center(w), from_scratch);
       return;
     }
     // DRAM would idle through this pass: it prefetches the next row into
@@ -648,13 +647,14 @@ void RowsTyped(const RowSegment& s, int64_t row_begin, int64_t row_end,
       if (ahead < x_end) __builtin_prefetch(ahead, 0, 2);
       return LoadAs(tag, x + i);
     };
-    w.m2 = SumRow<true>(d, w.shift, w.center, second_from_input);
+    w.m2 = SumRow<true>(d, w.shift, center(w), second_from_input);
   };
 
   // Pass 3: the outputs, and the row's statistics.
   auto output_pass = [&](const Row& w) NORMSERVE_INLINE_LAMBDA {
     // Σ(v − c)² = Σ(v − m)² + D(m − c)²: remove the (tiny) centring error.
-    const double delta = w.mean_shifted - static_cast<double>(w.center);
+    const float c = center(w);
+    const double delta = w.mean_shifted - static_cast<double>(c);
     double var = w.m2 / static_cast<double>(d) - delta * delta;
     if (var < 0.0) var = 0.0;
 
@@ -685,11 +685,11 @@ void RowsTyped(const RowSegment& s, int64_t row_begin, int64_t row_end,
       auto output = [&](auto centring, const auto* z) NORMSERVE_INLINE_LAMBDA {
         constexpr Centring kCentring = decltype(centring)::value;
         if (stream) {
-          OutputRowAffine<Out, true, kCentring>(z, d, w.shift, w.center, rs,
-                                                p.gamma, p.beta, w.out);
+          OutputRowAffine<Out, true, kCentring>(z, d, w.shift, c, rs, p.gamma,
+                                                p.beta, w.out);
         } else {
-          OutputRowAffine<Out, false, kCentring>(z, d, w.shift, w.center, rs,
-                                                 p.gamma, p.beta, w.out);
+          OutputRowAffine<Out, false, kCentring>(z, d, w.shift, c, rs, p.gamma,
+                                                 p.beta, w.out);
         }
       };
       using ShiftThenMean =
