@@ -325,12 +325,13 @@ class CudaBackend final : public Backend {
 
   // Gives `slot` a stream and buffers of at least `bytes`. The caller holds
   // the slot, or device_mu_ exclusively. A slot grows (for a row larger
-  // than it holds) to at least twice its size, and keeps the buffers it
-  // outgrew until the slots are freed (FreeSlots): cudaFree and
-  // cudaFreeHost would wait for every stream's work, not only this
-  // batch's. (The allocations themselves still serialize with the other
-  // streams, once per doubling.) Growing by doubling keeps the outgrown
-  // buffers below the slot's own size.
+  // than it holds) to twice its size, or to exactly `bytes` where twice
+  // cannot be had, and keeps the buffers it outgrew until the slots are
+  // freed (FreeSlots): cudaFree and cudaFreeHost would wait for every
+  // stream's work, not only this batch's. (The allocations themselves
+  // still serialize with the other streams, once per doubling.) Growing by
+  // doubling keeps the outgrown buffers below the slot's own size. When
+  // growth fails the slot keeps its buffers and nothing stays allocated.
   static absl::Status PrepareSlot(Slot& s, int64_t bytes) {
     if (s.stream == nullptr) {
       RETURN_IF_ERROR(
@@ -338,23 +339,49 @@ class CudaBackend final : public Backend {
                 "cudaStreamCreate"));
     }
     if (s.bytes >= bytes) return absl::OkStatus();
-    if (s.bytes > 0) bytes = std::max(bytes, 2 * s.bytes);
+    const int64_t doubled = s.bytes > 0 ? std::max(bytes, 2 * s.bytes) : bytes;
+    uint8_t* host = nullptr;
+    uint8_t* device = nullptr;
+    absl::Status status = AllocatePair(doubled, &host, &device);
+    if (!status.ok() && doubled > bytes) {
+      status = AllocatePair(bytes, &host, &device);
+    } else {
+      bytes = doubled;
+    }
+    RETURN_IF_ERROR(status);
     if (s.host != nullptr || s.device != nullptr) {
       s.retired.emplace_back(s.host, s.device);
     }
-    s.host = nullptr;
-    s.device = nullptr;
-    s.bytes = 0;
-    void* host = nullptr;
-    void* device = nullptr;
-    RETURN_IF_ERROR(Check(
-        cudaHostAlloc(&host, static_cast<size_t>(bytes), cudaHostAllocDefault),
-        "cudaHostAlloc"));
-    s.host = static_cast<uint8_t*>(host);
-    RETURN_IF_ERROR(
-        Check(cudaMalloc(&device, static_cast<size_t>(bytes)), "cudaMalloc"));
-    s.device = static_cast<uint8_t*>(device);
+    s.host = host;
+    s.device = device;
     s.bytes = bytes;
+    return absl::OkStatus();
+  }
+
+  // A pinned host buffer and a device buffer of `bytes` each, or an error
+  // with neither allocated. A failure is also cleared from the thread's
+  // last error, which a later launch on this thread reads: a retry that
+  // succeeds must not fail the kernel after it.
+  static absl::Status AllocatePair(int64_t bytes, uint8_t** host,
+                                   uint8_t** device) {
+    void* h = nullptr;
+    void* d = nullptr;
+    if (absl::Status s = Check(
+            cudaHostAlloc(&h, static_cast<size_t>(bytes), cudaHostAllocDefault),
+            "cudaHostAlloc");
+        !s.ok()) {
+      cudaGetLastError();
+      return s;
+    }
+    if (absl::Status s =
+            Check(cudaMalloc(&d, static_cast<size_t>(bytes)), "cudaMalloc");
+        !s.ok()) {
+      cudaGetLastError();
+      cudaFreeHost(h);  // never used: no stream's work refers to it
+      return s;
+    }
+    *host = static_cast<uint8_t*>(h);
+    *device = static_cast<uint8_t*>(d);
     return absl::OkStatus();
   }
 

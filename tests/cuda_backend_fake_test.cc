@@ -242,13 +242,27 @@ TEST_F(CudaBackendFakeTest,
   auto backend = Make();
   ASSERT_NE(backend, nullptr);
   std::mt19937 rng(5);
-  // A row larger than the staging buffers: the slot must grow, and cannot.
-  Batch big = MakeBatch(400000, DType::kFloat32, 1, 1, &rng);
-  fake_cuda::FailNextCall("cudaMalloc", cudaErrorMemoryAllocation);
-  const absl::Status s = RunBatch(*backend, big);
-  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
-  EXPECT_NE(s.message().find("cudaMalloc"), absl::string_view::npos) << s;
+  // A row larger than the 1 MiB staging buffers (1.6 MB with its output):
+  // the slot must grow, and cannot (neither to twice its size nor to the
+  // row's). Each failure leaves the slot's buffers as they were and
+  // nothing else allocated.
+  const int live = fake_cuda::LiveAllocations();
+  Batch big = MakeBatch(100000, DType::kFloat32, 1, 1, &rng);
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    fake_cuda::FailNextCall("cudaMalloc", cudaErrorMemoryAllocation, 2);
+    const absl::Status s = RunBatch(*backend, big);
+    EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
+    EXPECT_NE(s.message().find("cudaMalloc"), absl::string_view::npos) << s;
+    EXPECT_EQ(fake_cuda::LiveAllocations(), live) << "attempt " << attempt;
+  }
   EXPECT_EQ(fake_cuda::GetCounters().device_resets, 0);
+  // Twice the slot cannot be had, the row's size can: the batch runs (and
+  // the failed attempt's error does not fail its kernel).
+  fake_cuda::FailNextCall("cudaMalloc", cudaErrorMemoryAllocation, 1);
+  const absl::Status retried = RunBatch(*backend, big);
+  ASSERT_TRUE(retried.ok()) << retried;
+  ExpectCpuResults(big);
+  big = MakeBatch(100000, DType::kFloat32, 1, 1, &rng);
   ASSERT_TRUE(RunBatch(*backend, big).ok());
   ExpectCpuResults(big);
 }

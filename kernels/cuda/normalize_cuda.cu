@@ -377,6 +377,7 @@ __global__ void __launch_bounds__(kStreamingThreads)
 struct StagedLimits {
   int resident = 0;          // blocks held at once over all SMs; 0: none
   int max_dynamic_smem = 0;  // the kernel's dynamic shared memory limit
+  size_t static_smem = 0;    // the kernel's static shared memory
 };
 
 // Cached per device, kernel and shape (a shape that needs more shared
@@ -419,6 +420,7 @@ StagedLimits StagedLaunchLimits(const void* kernel, int threads, size_t smem) {
     cudaGetLastError();  // not cached: the register path serves this launch
     return {};
   }
+  limits.static_smem = attributes.sharedSizeBytes;
   if (smem + attributes.sharedSizeBytes <= static_cast<size_t>(optin)) {
     limits.max_dynamic_smem =
         optin - static_cast<int>(attributes.sharedSizeBytes);
@@ -513,12 +515,12 @@ bool LaunchStaged(const KernelArgs& a, const LaunchPlan& plan,
     }
   }
   if (limits.resident <= 0) return false;
-  // The limit is set again on every launch beyond the default 48 KiB: a
-  // device reset (the CUDA backend's recovery from a sticky error) drops
-  // function attributes, and the cache outlives it. Setting it to the
-  // device's maximum is idempotent, so concurrent launches never see it
-  // lowered.
-  if (smem > 48 * 1024 &&
+  // The limit is set again on every launch beyond the default, 48 KiB of
+  // static and dynamic shared memory together: a device reset (the CUDA
+  // backend's recovery from a sticky error) drops function attributes, and
+  // the cache outlives it. Setting it to the device's maximum is
+  // idempotent, so concurrent launches never see it lowered.
+  if (smem + limits.static_smem > 48 * 1024 &&
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                            limits.max_dynamic_smem) != cudaSuccess) {
     cudaGetLastError();

@@ -46,8 +46,10 @@ struct Counters {
 void Restart();
 
 // The next call of `function` (e.g. "cudaMalloc", "cudaMemcpyAsync",
-// "kernel") returns `error` and does nothing; a plain error, not sticky.
-void FailNextCall(const std::string& function, cudaError_t error);
+// "kernel"), or the next `times` calls, return `error` and do nothing; a
+// plain error, not sticky.
+void FailNextCall(const std::string& function, cudaError_t error,
+                  int times = 1);
 
 // The next kernel enqueued faults when it runs: cudaErrorIllegalAddress,
 // sticky. With threads_in_flight > 1 it first waits (up to 5 s) until that

@@ -52,7 +52,8 @@ struct Fake {
   std::mutex mu;
   std::condition_variable op_done;
   cudaError_t sticky = cudaSuccess;
-  std::map<std::string, cudaError_t> fail_next;
+  // Per function: the error its next calls return, and how many.
+  std::map<std::string, std::pair<cudaError_t, int>> fail_next;
   bool fault_next_kernel = false;
   int fault_threads = 1;
   bool fail_resets = false;
@@ -80,8 +81,8 @@ cudaError_t Enter(Fake& f, const std::string& function) {
   if (f.sticky != cudaSuccess) return f.sticky;
   auto it = f.fail_next.find(function);
   if (it == f.fail_next.end()) return cudaSuccess;
-  const cudaError_t e = it->second;
-  f.fail_next.erase(it);
+  const cudaError_t e = it->second.first;
+  if (--it->second.second == 0) f.fail_next.erase(it);
   return e;
 }
 
@@ -205,10 +206,10 @@ void Restart() {
   f.counters = Counters();
 }
 
-void FailNextCall(const std::string& function, cudaError_t error) {
+void FailNextCall(const std::string& function, cudaError_t error, int times) {
   Fake& f = State();
   std::lock_guard<std::mutex> lock(f.mu);
-  f.fail_next[function] = error;
+  f.fail_next[function] = {error, times};
 }
 
 void FaultNextKernel(int threads_in_flight) {
@@ -434,6 +435,12 @@ int LaunchNormalize(const KernelArgs& a, const LaunchPlan&, CUstream_st* stream,
   std::lock_guard<std::mutex> lock(f.mu);
   if (const cudaError_t e = fake_cuda::Enter(f, "kernel"))
     return fake_cuda::Return(e);
+  // The real launcher ends with cudaGetLastError(): an earlier call's
+  // error that this thread left uncleared fails the launch.
+  if (const cudaError_t e = fake_cuda::last_error) {
+    fake_cuda::last_error = cudaSuccess;
+    return e;
+  }
   if (f.streams.count(stream) == 0) {
     return fake_cuda::Return(cudaErrorInvalidResourceHandle);
   }
