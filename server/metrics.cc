@@ -181,7 +181,8 @@ absl::StatusOr<std::unique_ptr<Metrics>> Metrics::Create(
       m->exposer_ = std::make_unique<prometheus::Exposer>(listen_address);
     } catch (const std::exception& e) {
       return absl::UnavailableError(absl::StrCat(
-          "--metrics_address ", listen_address, ": cannot listen: ", e.what()));
+          "metrics address ", listen_address,
+          " (--metrics_host, --metrics_port): cannot listen: ", e.what()));
     }
     m->exposer_->RegisterCollectable(m->registry_);
     m->exposer_->RegisterCollectable(m->cuda_);

@@ -6,6 +6,9 @@
 #endif
 #include <cstdio>
 #include <cstdlib>
+#include <limits>
+#include <optional>
+#include <string>
 #include <thread>
 #if defined(__GLIBC__)
 #include <malloc.h>
@@ -101,6 +104,56 @@ void KeepFreedMemoryForReuse() {
 #endif
 }
 
+// The first numeric flag outside the range the server accepts, as
+// "--flag=value: expected ...", or nullopt when all are in range. Checked
+// before anything starts: a port of 70000 would otherwise be taken modulo
+// 65536, and a keepalive over 2^31 ms would wrap in gRPC's int arguments.
+std::optional<std::string> FlagOutOfRange() {
+  constexpr int64_t kNoMax = std::numeric_limits<int64_t>::max();
+  constexpr int64_t kIntMax = std::numeric_limits<int>::max();
+  struct Range {
+    const char* name;
+    int64_t value;
+    int64_t min;
+    int64_t max;
+  };
+  const Range ranges[] = {
+      {"grpc_port", absl::GetFlag(FLAGS_grpc_port), 0, 65535},
+      {"metrics_port", absl::GetFlag(FLAGS_metrics_port), 0, 65535},
+      {"max_batch_rows", absl::GetFlag(FLAGS_max_batch_rows), 1, kNoMax},
+      {"max_queue_delay_us", absl::GetFlag(FLAGS_max_queue_delay_us), 0,
+       kNoMax},
+      {"max_queue_requests", absl::GetFlag(FLAGS_max_queue_requests), 1,
+       kNoMax},
+      {"batch_workers", absl::GetFlag(FLAGS_batch_workers), 0, kIntMax},
+      {"cpu_threads", absl::GetFlag(FLAGS_cpu_threads), 0, kIntMax},
+      {"max_message_bytes", absl::GetFlag(FLAGS_max_message_bytes), 1, kIntMax},
+      {"max_elements", absl::GetFlag(FLAGS_max_elements), 1, kNoMax},
+      {"max_rank", absl::GetFlag(FLAGS_max_rank), 1, kIntMax},
+      {"max_queued_bytes", absl::GetFlag(FLAGS_max_queued_bytes), 1, kNoMax},
+      {"stream_window_messages", absl::GetFlag(FLAGS_stream_window_messages), 1,
+       kNoMax},
+      {"stream_window_bytes", absl::GetFlag(FLAGS_stream_window_bytes), 1,
+       kNoMax},
+      {"max_concurrent_streams", absl::GetFlag(FLAGS_max_concurrent_streams), 1,
+       kIntMax},
+      {"keepalive_time_ms", absl::GetFlag(FLAGS_keepalive_time_ms), 1, kIntMax},
+      {"keepalive_timeout_ms", absl::GetFlag(FLAGS_keepalive_timeout_ms), 1,
+       kIntMax},
+      {"min_client_ping_interval_ms",
+       absl::GetFlag(FLAGS_min_client_ping_interval_ms), 0, kIntMax},
+      {"shutdown_grace_ms", absl::GetFlag(FLAGS_shutdown_grace_ms), 0, kNoMax},
+  };
+  for (const Range& r : ranges) {
+    if (r.value >= r.min && r.value <= r.max) continue;
+    return r.max == kNoMax ? absl::StrCat("--", r.name, "=", r.value,
+                                          ": expected >= ", r.min)
+                           : absl::StrCat("--", r.name, "=", r.value,
+                                          ": expected ", r.min, " to ", r.max);
+  }
+  return std::nullopt;
+}
+
 }  // namespace
 
 int ServerMain(int argc, char** argv, const MainOptions& main_options) {
@@ -115,6 +168,10 @@ int ServerMain(int argc, char** argv, const MainOptions& main_options) {
   absl::SetFlagsUsageConfig(usage_config);
   absl::SetProgramUsageMessage(main_options.usage);
   absl::ParseCommandLine(argc, argv);
+  if (std::optional<std::string> error = FlagOutOfRange()) {
+    std::fprintf(stderr, "normserve: %s\n", error->c_str());
+    return 2;
+  }
   KeepFreedMemoryForReuse();
   // Debian's Abseil keeps absl::Mutex's deadlock detector on, which gRPC's
   // locks then pay for on every call (its graph bookkeeping was ~3% of the
@@ -159,7 +216,7 @@ int ServerMain(int argc, char** argv, const MainOptions& main_options) {
       absl::GetFlag(FLAGS_max_queue_requests);
   options.batch_workers = absl::GetFlag(FLAGS_batch_workers);
   options.cpu_threads = absl::GetFlag(FLAGS_cpu_threads);
-  if (options.cpu_threads <= 0) {
+  if (options.cpu_threads == 0) {
     options.cpu_threads =
         static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   }
@@ -179,20 +236,6 @@ int ServerMain(int argc, char** argv, const MainOptions& main_options) {
   } else {
     std::fprintf(stderr, "normserve: --device=%s: expected cpu, cuda or auto\n",
                  device.c_str());
-    return 2;
-  }
-  const auto& b = options.models.default_batching;
-  if (b.max_batch_rows <= 0 || b.max_queue_requests <= 0 ||
-      b.max_queue_delay < absl::ZeroDuration() || options.batch_workers < 0 ||
-      options.max_message_bytes <= 0 || options.limits.max_elements <= 0 ||
-      options.limits.max_rank <= 0 || options.max_queued_bytes <= 0 ||
-      options.stream_window.messages <= 0 || options.stream_window.bytes <= 0) {
-    std::fprintf(stderr,
-                 "normserve: --max_batch_rows, --max_queue_requests, "
-                 "--max_message_bytes, --max_elements, --max_rank, "
-                 "--max_queued_bytes and --stream_window_{messages,bytes} "
-                 "must be > 0, "
-                 "--batch_workers and --max_queue_delay_us >= 0\n");
     return 2;
   }
 

@@ -238,6 +238,21 @@ class NormserveCommandLineTest(unittest.TestCase):
         # It only prints: nothing was started.
         self.assertNotIn("listening", text)
 
+    def test_out_of_range_flags_exit_2_naming_the_flag(self):
+        for flag, expected in [("--grpc_port=70000", "expected 0 to 65535"),
+                               ("--metrics_port=-1", "expected 0 to 65535"),
+                               ("--max_batch_rows=0", "expected >= 1"),
+                               ("--cpu_threads=-2", "expected 0 to 2147483647"),
+                               ("--max_concurrent_streams=0", "expected 1 to 2147483647"),
+                               ("--keepalive_time_ms=4000000000", "expected 1 to 2147483647"),
+                               ("--shutdown_grace_ms=-1", "expected >= 0"),
+                               ("--stream_window_bytes=0", "expected >= 1")]:
+            run = subprocess.run([SERVER, "--grpc_port=0", "--metrics_port=0", flag],
+                                 capture_output=True, text=True, timeout=30)
+            self.assertEqual(run.returncode, 2, f"{flag}: {run.stdout}{run.stderr}")
+            self.assertIn(f"normserve: {flag}: {expected}", run.stderr)
+            self.assertNotIn("listening", run.stdout)
+
     def drain_on(self, sig):
         """Requests queued (a long batching delay holds them) when `sig`
         arrives all complete correctly, and the server exits 0."""
