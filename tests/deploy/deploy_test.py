@@ -250,6 +250,26 @@ class DeployTest(unittest.TestCase):
         problems = [f"{e}: {p}" for e in exprs for p in label_problems(e, labels)]
         self.assertEqual(problems, [])
 
+    def test_dashboard_and_rules_count_both_inference_apis(self):
+        """Throughput and error queries that filter by gRPC service count the
+        Open Inference Protocol's calls as well as the native API's."""
+        dash = load_json(os.path.join(DEPLOY, "grafana", "normserve.json"))
+        exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+        rules = load_yaml(os.path.join(DEPLOY, "prometheus", "normserve-rules.yml"))
+        exprs += [r["expr"] for g in rules["groups"] for r in g["rules"]]
+        filtered = 0
+        for expr in exprs:
+            for label, op, value in MATCHER_RE.findall(expr):
+                if label != "grpc_service":
+                    continue
+                filtered += 1
+                for service in ("normserve.v1.NormalizationService",
+                                "inference.GRPCInferenceService"):
+                    self.assertTrue(op == "=~" and re.fullmatch(value, service),
+                                    f"{expr}: grpc_service{op}\"{value}\": expected =~ matching {service}")
+                self.assertFalse(re.fullmatch(value, "grpc.health.v1.Health"), expr)
+        self.assertGreaterEqual(filtered, 4)
+
     def test_label_check_catches_a_wrong_service_name(self):
         labels = {"grpc_server_handled_total": {"grpc_service": {"normserve.v1.NormalizationService"},
                                                 "grpc_code": {"OK"}, "grpc_method": {"Normalize"}}}
