@@ -73,7 +73,7 @@ inline size_t StagedSharedBytes(const KernelArgs& a, int v, int groups) {
 //
 // Staged launches have at most kMaxStagedRows rows, and a stride of at most
 // the rows rounded up to a block: row numbers (and a row plus the stride)
-// are 32-bit, and a row's offset is one 32 × 32-bit product.
+// are 32-bit; rows ahead and a row's offset in packs are 64-bit.
 template <int kPacks, typename In, RowVariant kV, typename Copier,
           typename Sync, typename Body>
 NORMSERVE_HD void StagedRows(const KernelArgs& a, unsigned first,
