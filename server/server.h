@@ -49,6 +49,11 @@ struct ConnectionLimits {
   // Shortest interval between client pings the server tolerates (clients
   // pinging faster are disconnected with ENHANCE_YOUR_CALM).
   absl::Duration min_client_ping_interval = absl::Seconds(10);
+  // A connection older than this (±10 %, gRPC's jitter) is sent GOAWAY:
+  // clients open a new one, re-resolving the server's name, so that pods
+  // added behind a headless Service get traffic. Calls already running
+  // (streams included) finish on the old connection. Infinite: never.
+  absl::Duration max_connection_age = absl::InfiniteDuration();
 };
 
 // Where work runs when neither the request nor its model names a device.

@@ -78,6 +78,11 @@ ABSL_FLAG(int64_t, keepalive_timeout_ms, 20000,
           "How long a keepalive ping may go unanswered.");
 ABSL_FLAG(int64_t, min_client_ping_interval_ms, 10000,
           "Clients pinging more often than this are disconnected.");
+ABSL_FLAG(int64_t, max_connection_age_ms, 0,
+          "Send GOAWAY to connections older than this (gRPC adds +-10% "
+          "jitter): clients reconnect and re-resolve the server's name, so "
+          "new replicas get traffic. Running calls and streams finish. 0: "
+          "never.");
 ABSL_FLAG(std::string, device, "auto",
           "Default device of the default model (and of models that name "
           "none): cpu, cuda (startup fails without a usable GPU) or auto "
@@ -142,6 +147,8 @@ std::optional<std::string> FlagOutOfRange() {
        kIntMax},
       {"min_client_ping_interval_ms",
        absl::GetFlag(FLAGS_min_client_ping_interval_ms), 0, kIntMax},
+      {"max_connection_age_ms", absl::GetFlag(FLAGS_max_connection_age_ms), 0,
+       kIntMax},
       {"shutdown_grace_ms", absl::GetFlag(FLAGS_shutdown_grace_ms), 0, kNoMax},
   };
   for (const Range& r : ranges) {
@@ -207,6 +214,9 @@ int ServerMain(int argc, char** argv, const MainOptions& main_options) {
       absl::Milliseconds(absl::GetFlag(FLAGS_keepalive_timeout_ms));
   options.connection.min_client_ping_interval =
       absl::Milliseconds(absl::GetFlag(FLAGS_min_client_ping_interval_ms));
+  if (const int64_t age = absl::GetFlag(FLAGS_max_connection_age_ms); age > 0) {
+    options.connection.max_connection_age = absl::Milliseconds(age);
+  }
   options.models.config_path = absl::GetFlag(FLAGS_model_config);
   options.models.default_batching.max_batch_rows =
       absl::GetFlag(FLAGS_max_batch_rows);

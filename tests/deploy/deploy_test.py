@@ -203,6 +203,15 @@ class DeployTest(unittest.TestCase):
         headless = load_yaml(os.path.join(DEPLOY, "k8s", "service-headless.yaml"))
         self.assertEqual(headless["spec"]["clusterIP"], "None")
 
+    def test_each_deployment_s_flags_start_the_real_server(self):
+        """The flags the manifests pass exist and are in range: the server
+        starts with them (a bad one would exit 2 and the pod crash-loop)."""
+        for path in sorted(glob.glob(os.path.join(DEPLOY, "k8s", "deployment*.yaml"))):
+            (c,) = load_yaml(path)["spec"]["template"]["spec"]["containers"]
+            self.assertIn("--max_connection_age_ms=300000", c["args"], path)
+            with live_server.LiveServer(SERVER, *c["args"]) as server:
+                self.assertGreater(server.grpc_port, 0, path)
+
     def test_prometheus_config_and_rules_pass_promtool(self):
         for args in (["check", "config", os.path.join(DEPLOY, "prometheus", "prometheus.yml")],
                      ["check", "rules", os.path.join(DEPLOY, "prometheus", "normserve-rules.yml")]):

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 import unittest
 
 import grpc
@@ -172,6 +173,82 @@ class PythonClientsTest(unittest.TestCase):
                 response_deserializer=health.HealthCheckResponse.FromString)
             reply = check(health.HealthCheckRequest(service=""), timeout=10)
             self.assertEqual(reply.status, health.HealthCheckResponse.SERVING)
+
+    def connections_to(self, port):
+        """Local ports of this machine's established TCP connections to
+        `port` (the test is the server's only client)."""
+        found = set()
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            with open(table) as f:
+                for line in f.readlines()[1:]:
+                    fields = line.split()
+                    local, remote, state = fields[1], fields[2], fields[3]
+                    if state == "01" and int(remote.split(":")[1], 16) == port:
+                        found.add(int(local.split(":")[1], 16))
+        return found
+
+    def normalize_over(self, server, seconds, stream_call=None):
+        """Normalize calls on one channel for `seconds`, checked against the
+        reference; the set of client connections the calls went over. With
+        `stream_call`, one NormalizeStream stays open throughout and answers
+        a message after each unary call."""
+        if STUBS not in sys.path:
+            sys.path.insert(0, STUBS)
+        from normserve.v1 import normalization_service_pb2 as pb
+        from normserve.v1 import tensor_pb2 as tensor_pb
+        rng = np.random.default_rng(11)
+        seen = set()
+        with grpc.insecure_channel(server.target) as channel:
+            call = channel.unary_unary(
+                "/normserve.v1.NormalizationService/Normalize",
+                request_serializer=pb.NormalizeRequest.SerializeToString,
+                response_deserializer=pb.NormalizeResponse.FromString)
+            stream_in, answers = None, None
+            if stream_call:
+                import queue
+                stream_in = queue.Queue()
+                stream = channel.stream_stream(
+                    "/normserve.v1.NormalizationService/NormalizeStream",
+                    request_serializer=pb.NormalizeStreamRequest.SerializeToString,
+                    response_deserializer=pb.NormalizeStreamResponse.FromString)
+                answers = stream(iter(stream_in.get, None), timeout=60)
+
+            def request():
+                x = rng.normal(size=(3, 64)).astype(np.float32)
+                return x, pb.NormalizeRequest(input=tensor_pb.Tensor(
+                    dtype=tensor_pb.DATA_TYPE_FLOAT32, shape=[3, 64], float_data=x.ravel()))
+
+            deadline = time.monotonic() + seconds
+            streamed = 0
+            while time.monotonic() < deadline:
+                x, req = request()
+                y = np.array(call(req, timeout=10).output.float_data).reshape(3, 64)
+                assert_close(self, y, reference_layer_norm(x))
+                seen |= self.connections_to(server.grpc_port)
+                if stream_in is not None:
+                    x, req = request()
+                    stream_in.put(pb.NormalizeStreamRequest(request=req))
+                    answer = next(answers)
+                    self.assertEqual(answer.status_code, 0, answer.status_message)
+                    y = np.array(answer.response.output.float_data).reshape(3, 64)
+                    assert_close(self, y, reference_layer_norm(x))
+                    streamed += 1
+                time.sleep(0.05)
+            if stream_in is not None:
+                stream_in.put(None)
+                self.assertEqual(list(answers), [])
+                self.assertGreater(streamed, 10)
+        return seen
+
+    def test_max_connection_age_moves_clients_to_new_connections(self):
+        # Without it one connection carries everything; with it (200 ms) the
+        # client is sent GOAWAY and reconnects several times in 2 s, its
+        # calls all answered, while a stream opened at the start goes on
+        # over its old connection.
+        with LiveServer(SERVER) as server:
+            self.assertEqual(len(self.normalize_over(server, 1.0)), 1)
+        with LiveServer(SERVER, "--max_connection_age_ms=200") as server:
+            self.assertGreaterEqual(len(self.normalize_over(server, 2.0, stream_call=True)), 3)
 
 
 if __name__ == "__main__":
