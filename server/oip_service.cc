@@ -304,17 +304,19 @@ InferenceServiceImpl::ModelStreamInfer(grpc::CallbackServerContext* context) {
                 // travels as text, with the request's id for matching.
                 ModelStreamInferResponse& a = item->answer;
                 a.mutable_infer_response()->Clear();
-                a.mutable_infer_response()->set_id(item->request.id());
+                a.mutable_infer_response()->set_id(
+                    std::string(EchoedId(item->request.id())));
                 a.set_error_message(
                     absl::StrCat(absl::StatusCodeToString(status.code()), ": ",
-                                 status.message()));
+                                 ClientMessage(status)));
               }
               done();
             });
       },
       [](const absl::Status& status, ModelStreamInferResponse* answer) {
-        answer->set_error_message(absl::StrCat(
-            absl::StatusCodeToString(status.code()), ": ", status.message()));
+        answer->set_error_message(
+            absl::StrCat(absl::StatusCodeToString(status.code()), ": ",
+                         ClientMessage(status)));
       });
 }
 

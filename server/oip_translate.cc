@@ -220,6 +220,11 @@ absl::Status TranslateInferRequest(const ModelInferRequest& request,
         "model_version = '", request.model_version(),
         "': normserve models have one version, '", kOipModelVersion, "'"));
   }
+  if (request.id().size() > kMaxRequestIdBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("id has ", request.id().size(),
+                     " bytes: expected at most ", kMaxRequestIdBytes));
+  }
   r.set_model(request.model_name());
   r.set_request_id(request.id());
   for (const auto& [key, p] : request.parameters()) {

@@ -318,6 +318,11 @@ absl::StatusOr<std::unique_ptr<DecodedRequest>> DecodeRequest(
       -> const ExternalPayload* {
     return payloads == nullptr ? nullptr : &(payloads->*which);
   };
+  if (request.request_id().size() > kMaxRequestIdBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("request_id has ", request.request_id().size(),
+                     " bytes: expected at most ", kMaxRequestIdBytes));
+  }
   const Model* model = models.Find(request.model());
   if (model == nullptr) {
     return absl::NotFoundError(absl::StrCat(

@@ -52,6 +52,9 @@ struct ValidationLimits {
 // Room left in a response for everything but its tensors' data (shapes,
 // names, ids: a few hundred bytes at most ranks).
 inline constexpr int64_t kResponseFramingBytes = 1024;
+// The longest request_id (OIP: id) accepted. Responses echo it (a stream's
+// twice), inside kResponseFramingBytes.
+inline constexpr size_t kMaxRequestIdBytes = 256;
 
 // Which devices the server can run on.
 struct DeviceAvailability {

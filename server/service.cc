@@ -37,7 +37,22 @@ v1::Device DeviceEnum(DeviceKind d) {
 grpc::Status ToGrpcStatus(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;
   return grpc::Status(static_cast<grpc::StatusCode>(status.code()),
-                      std::string(status.message()));
+                      ClientMessage(status));
+}
+
+std::string ClientMessage(const absl::Status& status) {
+  const absl::string_view m = status.message();
+  if (m.size() <= kMaxStatusMessageBytes) return std::string(m);
+  size_t cut = kMaxStatusMessageBytes - 64;
+  while (cut > 0 && (static_cast<unsigned char>(m[cut]) & 0xC0) == 0x80) {
+    --cut;  // inside a UTF-8 character: back to its first byte
+  }
+  return absl::StrCat(m.substr(0, cut), "... (message cut: ", m.size(),
+                      " bytes)");
+}
+
+absl::string_view EchoedId(absl::string_view id) {
+  return id.size() <= kMaxRequestIdBytes ? id : absl::string_view();
 }
 
 NormalizationServiceImpl::NormalizationServiceImpl(const Options& options,
@@ -301,18 +316,19 @@ NormalizationServiceImpl::NormalizeStream(
             CallDeadline(context), [context] { return context->IsCancelled(); },
             [item, done = std::move(done)](const absl::Status& status) {
               v1::NormalizeStreamResponse& a = item->answer;
-              a.set_request_id(item->request.request().request_id());
+              a.set_request_id(
+                  std::string(EchoedId(item->request.request().request_id())));
               if (!status.ok()) {
                 a.clear_response();
                 a.set_status_code(static_cast<int>(status.code()));
-                a.set_status_message(std::string(status.message()));
+                a.set_status_message(ClientMessage(status));
               }
               done();
             });
       },
       [](const absl::Status& status, v1::NormalizeStreamResponse* answer) {
         answer->set_status_code(static_cast<int>(status.code()));
-        answer->set_status_message(std::string(status.message()));
+        answer->set_status_message(ClientMessage(status));
       });
 }
 

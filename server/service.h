@@ -27,8 +27,21 @@
 
 namespace normserve {
 
-// The one mapping from internal status to gRPC status.
+// The one mapping from internal status to gRPC status; its message is
+// ClientMessage's.
 grpc::Status ToGrpcStatus(const absl::Status& status);
+
+// A status message as a client is sent it: at most kMaxStatusMessageBytes,
+// cut at a UTF-8 character boundary and marked. Messages quote what the
+// client sent (a model name, a parameter key), and a status message of
+// megabytes would exceed the client's metadata limit: it would see a
+// transport error instead of the status.
+inline constexpr size_t kMaxStatusMessageBytes = 1024;
+std::string ClientMessage(const absl::Status& status);
+
+// A request's id as an answer echoes it: empty when it is too long to be
+// accepted (the answer then says so).
+absl::string_view EchoedId(absl::string_view id);
 
 // A call's deadline (InfiniteFuture when the client set none).
 absl::Time CallDeadline(const grpc::CallbackServerContext* context);

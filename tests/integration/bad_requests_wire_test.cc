@@ -584,5 +584,75 @@ TEST(BadRequestsWireLimitsTest, OversizedMessagesAndTensorsAreRefused) {
   EXPECT_EQ(server.Stop(SIGTERM, 30), 0) << server.Output();
 }
 
+// Strings the client chose come back in messages (a model name) and answers
+// (a request id). A megabyte model name gets its NOT_FOUND, with the message
+// cut short (whole it would overflow the client's metadata limit: a
+// transport error instead of the status); a request id over 256 bytes is
+// refused, and the stream answer does not echo it.
+TEST(BadRequestsWireLimitsTest, LongClientStringsGetTheirStatus) {
+  ServerProcess server(NORMSERVE_BINARY, {});
+  auto client = Connect(server.grpc_target());
+  auto oip = GRPCInferenceService::NewStub(client->channel());
+  const std::string long_name(1 << 20, 'm');
+  v1::NormalizeRequest unknown = Valid();
+  unknown.set_model(long_name);
+  {
+    grpc::ClientContext ctx;
+    v1::NormalizeResponse response;
+    const grpc::Status s = client->stub()->Normalize(&ctx, unknown, &response);
+    EXPECT_EQ(s.error_code(), grpc::NOT_FOUND) << s.error_message().size();
+    EXPECT_EQ(s.error_message().rfind("model = 'mmmm", 0), 0u);
+    EXPECT_NE(s.error_message().find("... (message cut: 1048618 bytes)"),
+              std::string::npos)
+        << s.error_message().substr(s.error_message().size() - 80);
+    EXPECT_LE(s.error_message().size(), 1024u);
+  }
+  {
+    grpc::ClientContext ctx;
+    ModelInferResponse response;
+    const grpc::Status o = oip->ModelInfer(&ctx, ToOip(unknown), &response);
+    EXPECT_EQ(o.error_code(), grpc::NOT_FOUND) << o.error_message().size();
+    EXPECT_NE(o.error_message().find("message cut"), std::string::npos);
+    EXPECT_LE(o.error_message().size(), 1024u);
+  }
+  v1::NormalizeRequest long_id = Valid();
+  long_id.set_request_id(std::string(257, 'i'));
+  {
+    grpc::ClientContext ctx;
+    v1::NormalizeResponse response;
+    const grpc::Status s = client->stub()->Normalize(&ctx, long_id, &response);
+    EXPECT_EQ(s.error_code(), grpc::INVALID_ARGUMENT);
+    EXPECT_EQ(s.error_message(),
+              "request_id has 257 bytes: expected at most 256");
+    grpc::ClientContext oip_ctx;
+    ModelInferResponse oip_response;
+    const grpc::Status o =
+        oip->ModelInfer(&oip_ctx, ToOip(long_id), &oip_response);
+    EXPECT_EQ(o.error_code(), grpc::INVALID_ARGUMENT);
+    EXPECT_EQ(o.error_message(), "id has 257 bytes: expected at most 256");
+  }
+  // On a stream: the error answer, without the id, and the stream goes on;
+  // an id of 256 bytes is echoed.
+  grpc::ClientContext ctx;
+  auto stream = client->stub()->NormalizeStream(&ctx);
+  v1::NormalizeStreamRequest msg;
+  *msg.mutable_request() = long_id;
+  ASSERT_TRUE(stream->Write(msg));
+  v1::NormalizeStreamResponse answer;
+  ASSERT_TRUE(stream->Read(&answer));
+  EXPECT_EQ(answer.status_code(), grpc::INVALID_ARGUMENT);
+  EXPECT_EQ(answer.status_message(),
+            "request_id has 257 bytes: expected at most 256");
+  EXPECT_EQ(answer.request_id(), "");
+  msg.mutable_request()->set_request_id(std::string(256, 'i'));
+  ASSERT_TRUE(stream->Write(msg));
+  ASSERT_TRUE(stream->Read(&answer));
+  EXPECT_EQ(answer.status_code(), 0) << answer.status_message();
+  EXPECT_EQ(answer.request_id(), std::string(256, 'i'));
+  stream->WritesDone();
+  EXPECT_TRUE(stream->Finish().ok());
+  EXPECT_EQ(server.Stop(SIGTERM, 30), 0) << server.Output();
+}
+
 }  // namespace
 }  // namespace normserve
