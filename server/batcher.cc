@@ -1,5 +1,6 @@
 #include "server/batcher.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "server/internal/batch_queues.h"
@@ -77,10 +78,11 @@ absl::Status Batcher::Submit(std::unique_ptr<Job> job) {
   return s;
 }
 
-void Batcher::Stop() {
+void Batcher::Stop(absl::Time deadline) {
   {
     MutexLock lock(&mu_);
     stopping_ = true;
+    stop_deadline_ = std::min(stop_deadline_, deadline);
     wake_.SignalAll();
   }
   MutexLock lock(&stop_mu_);
@@ -102,6 +104,7 @@ void Batcher::TEST_Wake() {
 void Batcher::WorkerLoop() {
   for (;;) {
     internal::BatchQueues::Popped popped;
+    bool too_late = false;  // stopping, and past the deadline
     {
       MutexLock lock(&mu_);
       for (;;) {
@@ -109,6 +112,7 @@ void Batcher::WorkerLoop() {
         auto ready = queues_->PopReady(now, stopping_);
         if (ready.has_value()) {
           popped = *std::move(ready);
+          too_late = stopping_ && now >= stop_deadline_;
           break;
         }
         if (stopping_ && queues_->empty()) return;
@@ -130,6 +134,15 @@ void Batcher::WorkerLoop() {
     const absl::Time start = clock_->Now();
     AnswerDropped(popped, start);
     if (popped.batch.empty()) continue;
+    if (too_late) {
+      for (auto& job : popped.batch) {
+        job->done(absl::UnavailableError(
+                      "server is shutting down: the request was still "
+                      "queued when the shutdown grace ran out"),
+                  JobTimings{start - job->enqueue_time, absl::ZeroDuration()});
+      }
+      continue;
+    }
 
     std::vector<Job*> batch;
     batch.reserve(popped.batch.size());

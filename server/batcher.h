@@ -168,8 +168,11 @@ class Batcher {
   absl::Status Submit(std::unique_ptr<Job> job);
 
   // Stops admitting jobs, runs every admitted job without waiting for
-  // delays, and joins the workers. Idempotent.
-  void Stop();
+  // delays, and joins the workers. Jobs still queued at `deadline` (by the
+  // batcher's clock) are answered UNAVAILABLE unrun; a batch that is
+  // running then finishes. Idempotent; a later call may bring the deadline
+  // forward.
+  void Stop(absl::Time deadline = absl::InfiniteFuture());
 
   // Jobs waiting in queues, all keys together.
   int64_t queued_jobs() const;
@@ -189,6 +192,8 @@ class Batcher {
   CondVar wake_;
   std::unique_ptr<internal::BatchQueues> queues_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  // After Stop(): when jobs stop being run.
+  absl::Time stop_deadline_ ABSL_GUARDED_BY(mu_) = absl::InfiniteFuture();
   std::vector<std::thread> workers_;
   Mutex stop_mu_;
   bool joined_ ABSL_GUARDED_BY(stop_mu_) = false;

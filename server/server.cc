@@ -212,10 +212,17 @@ const std::string& NormServer::device_summary() const {
 }
 
 void NormServer::Shutdown(absl::Duration grace) {
+  bool first;
   {
     MutexLock lock(&state_->mu);
-    if (state_->shut_down) return;
+    first = !state_->shut_down;
     state_->shut_down = true;
+  }
+  if (!first) {
+    // Another thread drains: return once it has (the destructor must not
+    // free the server under it).
+    state_->done.WaitForNotification();
+    return;
   }
   const absl::Time deadline = absl::Now() + grace;
   // Order matters: stop advertising, refuse new work, finish admitted work,
@@ -225,7 +232,7 @@ void NormServer::Shutdown(absl::Duration grace) {
   // otherwise hold the process until the grace period ends.
   state_->server->GetHealthCheckService()->SetServingStatus(false);
   state_->service->StartDraining();
-  state_->batcher->Stop();
+  state_->batcher->Stop(deadline);
   state_->service->WaitForCalls(deadline);
   state_->server->Shutdown(std::chrono::system_clock::now());
   state_->done.Notify();

@@ -12,7 +12,8 @@
 // Errors: Create() fails with the status of the piece that could not start
 // (a bad model config, a port in use).
 //
-// Threading: Shutdown() and Wait() may be called from any thread.
+// Threading: Shutdown() and Wait() may be called from any thread; a second
+// Shutdown() returns once the first has finished.
 #ifndef NORMSERVE_SERVER_SERVER_H_
 #define NORMSERVE_SERVER_SERVER_H_
 

@@ -317,6 +317,47 @@ TEST(BatcherTest, StopRunsAdmittedJobsThenRefusesNewOnes) {
       absl::StatusCode::kUnavailable);
 }
 
+// Stop with a deadline: the batch running finishes; jobs still queued once
+// the deadline has passed are answered UNAVAILABLE, unrun.
+TEST(BatcherTest, StopAnswersJobsStillQueuedAtItsDeadlineUnavailable) {
+  FakeClock clock(kT0);
+  Notification running, release;
+  std::atomic<int> batches{0};
+  Batcher::Options o;
+  o.clock = &clock;
+  o.runner = [&](absl::Span<Job* const>) {
+    if (batches++ == 0) {
+      running.Notify();
+      release.WaitForNotification();
+    }
+    return absl::OkStatus();
+  };
+  auto batcher = Batcher::Create(std::move(o));
+  ASSERT_TRUE(batcher.ok());
+  int first = -1, second = -1, third = -1;
+  ASSERT_TRUE(
+      (*batcher)
+          ->Submit(MakeJob(1, Opts(1, absl::ZeroDuration()), "a", &first))
+          .ok());
+  running.WaitForNotification();
+  // Queued while the only worker is busy, under two keys.
+  ASSERT_TRUE((*batcher)
+                  ->Submit(MakeJob(1, Opts(100, absl::Hours(1)), "b", &second))
+                  .ok());
+  ASSERT_TRUE((*batcher)
+                  ->Submit(MakeJob(1, Opts(100, absl::Hours(1)), "c", &third))
+                  .ok());
+  clock.Advance(absl::Seconds(2));
+  std::thread stopper([&] { (*batcher)->Stop(kT0 + absl::Seconds(1)); });
+  release.Notify();
+  stopper.join();
+  EXPECT_EQ(first, static_cast<int>(absl::StatusCode::kOk));
+  EXPECT_EQ(second, static_cast<int>(absl::StatusCode::kUnavailable));
+  EXPECT_EQ(third, static_cast<int>(absl::StatusCode::kUnavailable));
+  EXPECT_EQ(batches.load(), 1);
+  EXPECT_EQ((*batcher)->queued_jobs(), 0);
+}
+
 // Many threads submit real normalization jobs that share batches; every
 // output must equal, bit for bit, the same rows normalized alone.
 TEST(BatcherTest, BatchedOutputsAreBitwiseIdenticalToUnbatched) {

@@ -78,6 +78,14 @@ class StreamReactor final
         start_(absl::Now()) {
     service_->CallStarted();
     service_->metrics()->RpcStarted(metrics_service_, method_, kType);
+    if (service_->draining()) {
+      // A drain refuses new calls, streams too: on the call, where the
+      // client's retry policy sees it, rather than on each message.
+      finish_code_ = grpc::StatusCode::UNAVAILABLE;
+      this->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                                "server is shutting down"));
+      return;
+    }
     this->StartRead(&incoming_);
   }
 
@@ -154,7 +162,7 @@ class StreamReactor final
     service_->metrics()->RpcHandled(
         metrics_service_, method_, kType,
         context_->IsCancelled() ? static_cast<int>(grpc::StatusCode::CANCELLED)
-                                : 0,
+                                : static_cast<int>(finish_code_),
         absl::Now() - start_);
     service_->CallDone();
     delete this;
@@ -162,6 +170,8 @@ class StreamReactor final
 
  private:
   static constexpr char kType[] = "bidi_stream";
+  // The call's status when the reactor ends it with an error.
+  grpc::StatusCode finish_code_ = grpc::StatusCode::OK;
 
   void Answered(const std::shared_ptr<Item>& item) {
     bool own_buffer;

@@ -226,11 +226,11 @@ TEST(ReliabilityTest, ExpiredCallsAreNeverComputedAndNeverLeak) {
   EXPECT_EQ(server.Stop(SIGTERM, 30), 0);
 }
 
-// SIGTERM under load: health turns NOT_SERVING, new calls get UNAVAILABLE,
-// every accepted request completes correctly, and the process exits 0
-// within --shutdown_grace_ms, as soon as the last call (an open stream)
-// is done.
-TEST(ReliabilityTest, SigtermUnderLoadDrainsAndExitsCleanly) {
+// SIGTERM (or SIGINT) under load: health turns NOT_SERVING, new calls
+// (streams too) get UNAVAILABLE, every accepted request completes
+// correctly, and the process exits 0 within --shutdown_grace_ms, as soon as
+// the last call (an open stream) is done.
+void DrainsUnderLoadAndExitsCleanly(int signal) {
   const absl::Duration grace = absl::Seconds(10);
   ServerProcess server(
       NORMSERVE_BINARY,
@@ -267,7 +267,7 @@ TEST(ReliabilityTest, SigtermUnderLoadDrainsAndExitsCleanly) {
   }
   absl::SleepFor(absl::Milliseconds(300));
   const absl::Time signalled = absl::Now();
-  kill(server.pid(), SIGTERM);
+  kill(server.pid(), signal);
   bool not_serving = false;
   for (int i = 0; i < 100 && !not_serving; ++i) {
     not_serving = Health(server.grpc_target()) ==
@@ -278,6 +278,17 @@ TEST(ReliabilityTest, SigtermUnderLoadDrainsAndExitsCleanly) {
   auto refused = client->Normalize(RandomInput(1, 8, 5));
   EXPECT_EQ(refused.status().code(), absl::StatusCode::kUnavailable)
       << refused.status();
+  {
+    // A new stream is refused on the call, as a unary call is.
+    grpc::ClientContext late_ctx;
+    auto late = client->stub()->NormalizeStream(&late_ctx);
+    late->Write(msg);  // may fail: the call may be over already
+    v1::NormalizeStreamResponse none;
+    EXPECT_FALSE(late->Read(&none));
+    const grpc::Status s = late->Finish();
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::UNAVAILABLE);
+    EXPECT_EQ(s.error_message(), "server is shutting down");
+  }
   stop = true;
   for (auto& t : load) t.join();
   // A message sent on the open stream while draining is refused in its answer.
@@ -295,6 +306,14 @@ TEST(ReliabilityTest, SigtermUnderLoadDrainsAndExitsCleanly) {
   EXPECT_GT(ok.load(), 0);
   EXPECT_GT(unavailable.load(), 0);
   EXPECT_EQ(other.load(), 0);
+}
+
+TEST(ReliabilityTest, SigtermUnderLoadDrainsAndExitsCleanly) {
+  DrainsUnderLoadAndExitsCleanly(SIGTERM);
+}
+
+TEST(ReliabilityTest, SigintUnderLoadDrainsAndExitsCleanly) {
+  DrainsUnderLoadAndExitsCleanly(SIGINT);
 }
 
 // A client that keeps a stream open holds a drain only until
