@@ -133,7 +133,9 @@ std::optional<std::string> FlagOutOfRange() {
       {"batch_workers", absl::GetFlag(FLAGS_batch_workers), 0, kIntMax},
       {"cpu_threads", absl::GetFlag(FLAGS_cpu_threads), 0, kIntMax},
       {"max_message_bytes", absl::GetFlag(FLAGS_max_message_bytes), 1, kIntMax},
-      {"max_elements", absl::GetFlag(FLAGS_max_elements), 1, kNoMax},
+      // Bytes computed from element counts (× 8 at most) stay far from
+      // overflow.
+      {"max_elements", absl::GetFlag(FLAGS_max_elements), 1, int64_t{1} << 40},
       {"max_rank", absl::GetFlag(FLAGS_max_rank), 1, kIntMax},
       {"max_queued_bytes", absl::GetFlag(FLAGS_max_queued_bytes), 1, kNoMax},
       {"stream_window_messages", absl::GetFlag(FLAGS_stream_window_messages), 1,

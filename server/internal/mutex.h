@@ -9,6 +9,7 @@
 #ifndef NORMSERVE_SERVER_INTERNAL_MUTEX_H_
 #define NORMSERVE_SERVER_INTERNAL_MUTEX_H_
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <mutex>
@@ -95,13 +96,15 @@ class CondVar {
     cv_.wait(lock);
     lock.release();
   }
-  // Returns false on timeout.
+  // Returns false on timeout. Timeouts over a day wait a day (a spurious
+  // timeout, which callers handle): the standard library adds the timeout
+  // to the clock's nanoseconds, and years would overflow into the past.
   bool WaitWithTimeout(Mutex* mu, absl::Duration timeout) {
     std::unique_lock<std::mutex> lock(mu->mu_, std::adopt_lock);
-    const bool woken =
-        cv_.wait_for(lock, absl::ToChronoNanoseconds(
-                               std::max(timeout, absl::ZeroDuration()))) ==
-        std::cv_status::no_timeout;
+    const absl::Duration bounded =
+        std::clamp(timeout, absl::ZeroDuration(), absl::Hours(24));
+    const bool woken = cv_.wait_for(lock, absl::ToChronoNanoseconds(bounded)) ==
+                       std::cv_status::no_timeout;
     lock.release();
     return woken;
   }
