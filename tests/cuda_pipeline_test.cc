@@ -181,9 +181,11 @@ TEST(CudaPipelineTest, OptionalRegionsAndRandomBatches) {
 
 TEST(CudaPipelineTest, BadInputsAreInvalidArgument) {
   PipelineOptions o = F32Options(8);
-  EXPECT_FALSE(PlanPipeline(std::vector<PipelineJob>{{0, 0}}, o).ok());
+  EXPECT_EQ(PlanPipeline(std::vector<PipelineJob>{{0, 0}}, o).status().code(),
+            absl::StatusCode::kInvalidArgument);
   o.target_chunks = 0;
-  EXPECT_FALSE(PlanPipeline(std::vector<PipelineJob>{{1, 0}}, o).ok());
+  EXPECT_EQ(PlanPipeline(std::vector<PipelineJob>{{1, 0}}, o).status().code(),
+            absl::StatusCode::kInvalidArgument);
   const auto empty = PlanPipeline({}, F32Options(8));
   ASSERT_TRUE(empty.ok());
   EXPECT_TRUE(empty->chunks.empty());

@@ -3,6 +3,7 @@
 #include "server/request_decoder.h"
 
 #include <cmath>
+#include <functional>
 #include <limits>
 #include <string>
 #include <vector>
@@ -94,6 +95,53 @@ TEST(RequestDecoderTest, SameParametersShareAQueueAndDifferentOnesDoNot) {
   ASSERT_TRUE(da.ok() && db.ok() && dc.ok());
   EXPECT_EQ((*da)->key, (*db)->key);
   EXPECT_FALSE((*da)->key == (*dc)->key);
+}
+
+// Requests share a batch only when everything the batch computes with is
+// equal: each field below, changed alone, gives another batch key. (A
+// residual, the statistics and the residual sum are per request: each
+// request's rows carry their own.)
+TEST(RequestDecoderTest, EveryFieldThatChangesTheResultChangesTheBatchKey) {
+  auto models = Registry();
+  v1::NormalizeRequest base = Valid();
+  SetFloats(base.mutable_gamma(), {4});
+  SetFloats(base.mutable_beta(), {4});
+  base.set_epsilon(1e-5f);
+  auto key = [&](const v1::NormalizeRequest& r) {
+    auto d = DecodeRequest(r, *models, {}, {});
+    EXPECT_TRUE(d.ok()) << d.status();
+    return d.ok() ? (*d)->key : BatchKey();
+  };
+  const BatchKey base_key = key(base);
+  EXPECT_EQ(key(base), base_key);
+  const std::vector<
+      std::pair<const char*, std::function<void(v1::NormalizeRequest*)>>>
+      changes = {
+          {"epsilon", [](auto* r) { r->set_epsilon(2e-5f); }},
+          {"gamma's last value",
+           [](auto* r) { r->mutable_gamma()->mutable_data()->back() ^= 1; }},
+          {"beta's first value",
+           [](auto* r) { r->mutable_beta()->mutable_data()->at(0) ^= 1; }},
+          {"kind", [](auto* r) { r->set_kind(v1::NORM_KIND_RMS_NORM); }},
+          {"output_dtype",
+           [](auto* r) { r->set_output_dtype(v1::DATA_TYPE_FLOAT16); }},
+          {"input dtype",
+           [](auto* r) {
+             r->mutable_input()->set_dtype(v1::DATA_TYPE_BFLOAT16);
+             r->mutable_input()->mutable_data()->resize(24);
+           }},
+          {"row length",
+           [](auto* r) {
+             SetFloats(r->mutable_input(), {2, 6});
+             SetFloats(r->mutable_gamma(), {6});
+             SetFloats(r->mutable_beta(), {6});
+           }},
+      };
+  for (const auto& [what, change] : changes) {
+    v1::NormalizeRequest r = base;
+    change(&r);
+    EXPECT_FALSE(key(r) == base_key) << what;
+  }
 }
 
 TEST(RequestDecoderTest, EveryMalformedRequestGetsItsStatusAndField) {

@@ -167,20 +167,40 @@ TEST(ReliabilityTest, CancelledCallsAreNeverComputedAndNeverLeak) {
           client->stub()->Normalize(contexts[i].get(), req, &resp).error_code();
     });
   }
-  for (int i = 0; i < 200; ++i) {
-    if (MetricValue(HttpGet(server.metrics_port(), "/metrics"),
-                    "normserve_queue_depth") == kCalls)
-      break;
-    absl::SleepFor(absl::Milliseconds(5));
+  // Every call is queued (the 1.5 s delay holds them) before the cancels.
+  bool queued = false;
+  for (int i = 0; i < 200 && !queued; ++i) {
+    queued = MetricValue(HttpGet(server.metrics_port(), "/metrics"),
+                         "normserve_queue_depth") == kCalls;
+    if (!queued) absl::SleepFor(absl::Milliseconds(5));
   }
+  ASSERT_TRUE(queued);
   for (auto& c : contexts) c->TryCancel();
   for (auto& t : threads) t.join();
   for (grpc::StatusCode c : codes) EXPECT_EQ(c, grpc::StatusCode::CANCELLED);
   absl::SleepFor(absl::Milliseconds(2000));  // past the batching delay
-  const std::string text = HttpGet(server.metrics_port(), "/metrics");
+  std::string text = HttpGet(server.metrics_port(), "/metrics");
+  // A real scrape (no batch has run, so the compute histogram has no
+  // series yet: its count reads 0).
+  ASSERT_NE(text.find("# TYPE normserve_requests_in_flight gauge"),
+            std::string::npos)
+      << text;
   EXPECT_EQ(MetricValue(text, "normserve_compute_seconds_count"), 0) << text;
   EXPECT_EQ(MetricValue(text, "normserve_requests_in_flight"), 0);
   EXPECT_EQ(MetricValue(text, "normserve_queue_depth"), 0);
+  // The server itself saw them cancelled (not only the client).
+  EXPECT_EQ(
+      MetricValue(text, "grpc_server_handled_total",
+                  {"grpc_method=\"Normalize\"", "grpc_code=\"CANCELLED\""}),
+      kCalls)
+      << text;
+  // Nothing is stuck: the next call is computed, once, and correct.
+  const NormalizeInput in = RandomInput(2, 64, 31);
+  auto out = client->Normalize(in);
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_TRUE(MatchesReference(in, *out));
+  text = HttpGet(server.metrics_port(), "/metrics");
+  EXPECT_EQ(MetricValue(text, "normserve_compute_seconds_count"), 1);
   EXPECT_EQ(server.Stop(SIGTERM, 30), 0);
 }
 
@@ -206,6 +226,11 @@ TEST(ReliabilityTest, ExpiredCallsAreNeverComputedAndNeverLeak) {
     EXPECT_EQ(c, absl::StatusCode::kDeadlineExceeded);
   absl::SleepFor(absl::Milliseconds(700));  // past the batching delay
   std::string text = HttpGet(server.metrics_port(), "/metrics");
+  // A real scrape (no batch has run, so the compute histogram has no
+  // series yet: its count reads 0).
+  ASSERT_NE(text.find("# TYPE normserve_requests_in_flight gauge"),
+            std::string::npos)
+      << text;
   EXPECT_EQ(MetricValue(text, "normserve_compute_seconds_count"), 0) << text;
   EXPECT_EQ(MetricValue(text, "normserve_requests_in_flight"), 0);
   EXPECT_EQ(MetricValue(text, "normserve_queue_depth"), 0);
