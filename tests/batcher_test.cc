@@ -183,8 +183,9 @@ TEST(BatchQueuesTest, DeadJobsDoNotHoldAFullQueue) {
 }
 
 // Over the byte bound, dead jobs of every queue make room, but the queued
-// jobs are walked at most once per kDeadScanInterval.
-TEST(BatchQueuesTest, DeadJobsMakeRoomUnderTheByteBoundAtMostOncePerInterval) {
+// jobs are walked at most once per kDeadScanInterval; the new job's own
+// queue is cleared every time.
+TEST(BatchQueuesTest, DeadJobsMakeRoomUnderTheByteBound) {
   BatchQueues queues(1000);
   const QueueOptions q = Opts(100, absl::Hours(1));
   auto job = [&](const std::string& model) {
@@ -207,11 +208,20 @@ TEST(BatchQueuesTest, DeadJobsMakeRoomUnderTheByteBoundAtMostOncePerInterval) {
   EXPECT_EQ(queues.Add(job("c"), t + within, &dropped).code(),
             absl::StatusCode::kResourceExhausted);  // no scan yet
   EXPECT_TRUE(dropped.cancelled.empty());
-  ASSERT_TRUE(
-      queues
-          .Add(job("c"), t + BatchQueues::kDeadScanInterval + within, &dropped)
-          .ok());
+  bool cancel_c = false;
+  auto c = job("c");
+  c->is_cancelled = [&cancel_c] { return cancel_c; };
+  const absl::Time later = t + BatchQueues::kDeadScanInterval + within;
+  ASSERT_TRUE(queues.Add(std::move(c), later, &dropped).ok());
   EXPECT_EQ(dropped.cancelled.size(), 1u);  // "b"
+  EXPECT_EQ(queues.size(), 1);
+  EXPECT_EQ(queues.bytes(), 600);
+  // Within the next interval, the job's own queue is still cleared: a
+  // second "c" takes the cancelled one's place.
+  cancel_c = true;
+  dropped.cancelled.clear();
+  ASSERT_TRUE(queues.Add(job("c"), later, &dropped).ok());
+  EXPECT_EQ(dropped.cancelled.size(), 1u);  // the first "c"
   EXPECT_EQ(queues.size(), 1);
   EXPECT_EQ(queues.bytes(), 600);
 }

@@ -17,11 +17,11 @@ absl::Status BatchQueues::Add(std::unique_ptr<Job> job, absl::Time now,
   }
   absl::Status full = Full(*job);
   if (!full.ok() && dropped != nullptr) {
-    if (!OverBytes(*job)) {
-      DropDead(now, &job->key, dropped);
-    } else if (now >= next_dead_scan_) {
+    if (OverBytes(*job) && now >= next_dead_scan_) {
       DropDead(now, nullptr, dropped);
       next_dead_scan_ = now + kDeadScanInterval;
+    } else {
+      DropDead(now, &job->key, dropped);
     }
     full = Full(*job);
   }

@@ -35,9 +35,10 @@ class BatchQueues {
   // the job's bytes would take all queues past max_queued_bytes, counting
   // no job whose deadline has passed or whose call is cancelled: before
   // refusing, those are taken out into *dropped (when given; the caller
-  // answers them), from the job's queue when that is full, else from every
-  // queue (at most once per kDeadScanInterval, as it walks every queued
-  // job). INVALID_ARGUMENT when the job's queue options are out of range.
+  // answers them): from the job's own queue always, and when the byte
+  // bound is what refuses it, from every queue (at most once per
+  // kDeadScanInterval, as that walks every queued job). INVALID_ARGUMENT
+  // when the job's queue options are out of range.
   absl::Status Add(std::unique_ptr<Job> job, absl::Time now,
                    Popped* dropped = nullptr);
 
