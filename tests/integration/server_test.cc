@@ -448,6 +448,85 @@ TEST(ServerProcessTest, ModelConfigWithNpyParameters) {
   EXPECT_EQ(server.Stop(SIGTERM, 30), 0);
 }
 
+// Batching over the wire: concurrent requests with the same parameters share
+// batches, which close when their rows reach --max_batch_rows (6 requests
+// of 4 rows, at most 12 rows: two batches of three, whatever the order they
+// arrive in; the 1 s delay is not reached). A model's own batching settings
+// apply to its queue: with max_queue_requests 2 a third concurrent request
+// is refused, and the two queued ones are computed together.
+TEST(ServerProcessTest, ConcurrentRequestsShareBatchesWithinTheirLimits) {
+  const char* tmp = std::getenv("TEST_TMPDIR");
+  const std::string config =
+      std::string(tmp != nullptr ? tmp : "/tmp") + "/it_batching.pbtxt";
+  std::ofstream(config)
+      << "models { name: \"pair\" normalized_shape: 4 batching { "
+         "max_queue_requests: 2 max_queue_delay_us: 1000000 } }";
+  ServerProcess server(NORMSERVE_BINARY,
+                       {"--model_config=" + config, "--max_batch_rows=12",
+                        "--max_queue_delay_us=1000000", "--batch_workers=1"});
+  auto client = Connect(server.grpc_target());
+  NormParams p;
+  p.dim = 32;
+  constexpr int kRequests = 6;
+  std::vector<NormalizeInput> inputs(kRequests);
+  std::vector<absl::StatusOr<NormalizeOutput>> outputs(kRequests);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kRequests; ++i) {
+    inputs[i].shape = {4, 32};
+    inputs[i].values = Random(128, 40 + i);
+    threads.emplace_back([&, i] { outputs[i] = client->Normalize(inputs[i]); });
+  }
+  for (auto& t : threads) t.join();
+  for (int i = 0; i < kRequests; ++i) {
+    ASSERT_TRUE(outputs[i].ok()) << outputs[i].status();
+    ExpectMatchesReference(p, inputs[i].values, outputs[i]->values);
+  }
+  const std::vector<std::string> stage = {"model=\"default\""};
+  std::string text = HttpGet(server.metrics_port(), "/metrics");
+  EXPECT_EQ(MetricValue(text, "normserve_batch_requests_count", stage), 2)
+      << text;
+  EXPECT_EQ(MetricValue(text, "normserve_batch_requests_sum", stage), 6);
+  EXPECT_EQ(MetricValue(text, "normserve_batch_rows_sum", stage), 24);
+
+  // The "pair" model: two requests queue, the third is refused at once.
+  std::vector<absl::StatusOr<NormalizeOutput>> pair(3);
+  threads.clear();
+  for (int i = 0; i < 2; ++i) {
+    NormalizeInput in;
+    in.model = "pair";
+    in.shape = {1, 4};
+    in.values = Random(4, 50 + i);
+    threads.emplace_back([&, i, in] { pair[i] = client->Normalize(in); });
+  }
+  bool queued = false;
+  for (int i = 0; i < 400 && !queued; ++i) {
+    queued = MetricValue(HttpGet(server.metrics_port(), "/metrics"),
+                         "normserve_queue_depth") == 2;
+    if (!queued) absl::SleepFor(absl::Milliseconds(5));
+  }
+  ASSERT_TRUE(queued);
+  NormalizeInput third;
+  third.model = "pair";
+  third.shape = {1, 4};
+  third.values = Random(4, 52);
+  pair[2] = client->Normalize(third);
+  for (auto& t : threads) t.join();
+  EXPECT_TRUE(pair[0].ok()) << pair[0].status();
+  EXPECT_TRUE(pair[1].ok()) << pair[1].status();
+  EXPECT_EQ(pair[2].status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(pair[2].status().message(),
+            "queue for model 'pair' (D = 4) is full: 2 requests waiting; "
+            "retry later");
+  text = HttpGet(server.metrics_port(), "/metrics");
+  EXPECT_EQ(
+      MetricValue(text, "normserve_batch_requests_count", {"model=\"pair\""}),
+      1);
+  EXPECT_EQ(
+      MetricValue(text, "normserve_batch_requests_sum", {"model=\"pair\""}), 2);
+  std::remove(config.c_str());
+  EXPECT_EQ(server.Stop(SIGTERM, 30), 0);
+}
+
 // A model config that fixes γ, β, ε and the INT8 output quantization: its
 // INT8 requests come back with the model's scale and zero point, within
 // 1 LSB of the float64 reference, and bit-identical to the same parameters
