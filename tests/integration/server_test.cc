@@ -527,6 +527,46 @@ TEST(ServerProcessTest, ConcurrentRequestsShareBatchesWithinTheirLimits) {
   EXPECT_EQ(server.Stop(SIGTERM, 30), 0);
 }
 
+// --max_queued_bytes bounds the bytes queued over all queues: with one
+// request waiting (a 1 s batching delay holds it), another that would pass
+// the bound is refused at once, naming the bound; the waiting one is then
+// computed.
+TEST(ServerProcessTest, QueuedBytesOverTheBoundAreRefused) {
+  ServerProcess server(NORMSERVE_BINARY, {"--max_queue_delay_us=1000000",
+                                          "--max_queued_bytes=1500"});
+  auto client = Connect(server.grpc_target());
+  NormalizeInput first;
+  first.shape = {4, 32};
+  first.values = Random(128, 60);
+  absl::StatusOr<NormalizeOutput> first_out;
+  std::thread waiting([&] { first_out = client->Normalize(first); });
+  bool queued = false;
+  for (int i = 0; i < 400 && !queued; ++i) {
+    queued = MetricValue(HttpGet(server.metrics_port(), "/metrics"),
+                         "normserve_queue_depth") == 1;
+    if (!queued) absl::SleepFor(absl::Milliseconds(5));
+  }
+  ASSERT_TRUE(queued);
+  NormalizeInput second = first;
+  second.shape = {4, 16};  // another queue: the bound spans them all
+  second.values.resize(64);
+  const auto refused = client->Normalize(second);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted);
+  const std::string message(refused.status().message());
+  EXPECT_EQ(message.rfind("the server's queues are full: 1 requests of ", 0),
+            0u)
+      << message;
+  EXPECT_NE(message.find("(max_queued_bytes 1500); retry later"),
+            std::string::npos)
+      << message;
+  waiting.join();
+  ASSERT_TRUE(first_out.ok()) << first_out.status();
+  NormParams p;
+  p.dim = 32;
+  ExpectMatchesReference(p, first.values, first_out->values);
+  EXPECT_EQ(server.Stop(SIGTERM, 30), 0);
+}
+
 // A model config that fixes γ, β, ε and the INT8 output quantization: its
 // INT8 requests come back with the model's scale and zero point, within
 // 1 LSB of the float64 reference, and bit-identical to the same parameters
