@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -22,6 +23,11 @@ absl::StatusOr<std::string> HttpGetBody(const std::string& host, int port,
   }
   const int fd = socket(AF_INET, SOCK_STREAM, 0);
   if (fd < 0) return absl::UnavailableError("socket() failed");
+  // Bounds connect and write (SO_SNDTIMEO) and each read (SO_RCVTIMEO): a
+  // filtered host or a listener that never answers fails the scrape.
+  const timeval timeout{2, 0};
+  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof(timeout));
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
   std::string response;
   if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
     const std::string req =
@@ -35,10 +41,18 @@ absl::StatusOr<std::string> HttpGetBody(const std::string& host, int port,
     }
   }
   close(fd);
+  const std::string url = absl::StrCat("http://", host, ":", port, path);
   const size_t split = response.find("\r\n\r\n");
   if (split == std::string::npos) {
+    return absl::UnavailableError(absl::StrCat(url, ": no answer"));
+  }
+  // "HTTP/1.x 200 OK"
+  const size_t line_end = response.find("\r\n");
+  const std::string status_line = response.substr(0, line_end);
+  if (status_line.size() < 12 || status_line.compare(0, 5, "HTTP/") != 0 ||
+      status_line.compare(8, 4, " 200") != 0) {
     return absl::UnavailableError(
-        absl::StrCat("http://", host, ":", port, path, ": no answer"));
+        absl::StrCat(url, ": ", status_line, ": expected status 200"));
   }
   return response.substr(split + 4);
 }

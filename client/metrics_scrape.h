@@ -11,7 +11,9 @@
 
 namespace normserve {
 
-// GET http://host:port/path (IPv4 host); the response body.
+// GET http://host:port/path (IPv4 host); the response body when the status
+// is 200. UNAVAILABLE when the host does not answer within 2 s (connect,
+// send and each read), or answers with another status.
 absl::StatusOr<std::string> HttpGetBody(const std::string& host, int port,
                                         const std::string& path);
 

@@ -25,10 +25,15 @@
 // default.
 #include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <cmath>
 #include <condition_variable>
 #include <cstdio>
 #if defined(__GLIBC__)
 #include <malloc.h>
+#endif
+#if defined(__linux__)
+#include <sys/prctl.h>
 #endif
 #include <map>
 #include <mutex>
@@ -126,11 +131,13 @@ struct Step {
   std::vector<double> latencies_ms;
 };
 
+// The nearest-rank percentile: the smallest value with at least p of the
+// values at or below it (p99 of 100 values is the 99th, not the largest).
 double Percentile(const std::vector<double>& sorted, double p) {
   if (sorted.empty()) return 0;
-  const size_t i =
-      std::min(sorted.size() - 1, static_cast<size_t>(p * sorted.size()));
-  return sorted[i];
+  const double rank = std::ceil(p * static_cast<double>(sorted.size()));
+  const size_t i = rank < 1 ? 0 : static_cast<size_t>(rank) - 1;
+  return sorted[std::min(sorted.size() - 1, i)];
 }
 
 // What a caller sends, in the protocol chosen.
@@ -167,6 +174,13 @@ void Caller(const Target* target, bool stream, int64_t limit,
             std::map<std::string, int64_t>* errors, int64_t* ok) {
   const bool oip = target->oip != nullptr;
   grpc::ClientContext stream_context;
+  // A stream's calls have the same bound as unary ones: a server that stops
+  // answering ends the stream (UNAVAILABLE/DEADLINE_EXCEEDED) instead of
+  // leaving this caller blocked in Read.
+  stream_context.set_deadline(
+      std::chrono::system_clock::now() + std::chrono::seconds(30) +
+      absl::ToChronoSeconds(absl::Seconds(absl::GetFlag(FLAGS_warmup_s) +
+                                          absl::GetFlag(FLAGS_duration_s))));
   std::unique_ptr<grpc::ClientReaderWriter<v1::NormalizeStreamRequest,
                                            v1::NormalizeStreamResponse>>
       rw;
@@ -267,11 +281,12 @@ Step RunStep(const Target& target, bool stream, int concurrency) {
     stop = true;
   }
   for (auto& t : threads) t.join();
+  const absl::Time end = absl::Now();
   std::fprintf(stderr, "\r%60s\r", "");
   Step step;
   step.stages = StageDelta(before, Scrape());
   step.concurrency = concurrency;
-  step.seconds = absl::ToDoubleSeconds(absl::Now() - start);
+  step.seconds = absl::ToDoubleSeconds(end - start);
   for (int i = 0; i < concurrency; ++i) {
     step.ok += ok[i];
     step.latencies_ms.insert(step.latencies_ms.end(), latencies[i].begin(),
@@ -308,12 +323,18 @@ Step RunRateStep(const Target& target, double rate, bool poisson,
   const absl::Time begin = absl::Now();
   const absl::Time measure_from = begin + warmup;
   const absl::Time end = measure_from + length;
+  // The "before" scrape runs on its own thread at the end of the warm-up,
+  // so that its HTTP round trip does not delay the calls due then (their
+  // latency counts from the schedule).
   std::string before;
+  std::thread before_scrape([&before, measure_from] {
+    absl::SleepFor(measure_from - absl::Now());
+    before = Scrape();
+  });
   absl::Time next = begin;
   absl::Time last_progress = begin;
   int64_t saturated = 0;
   while (next < end) {
-    if (before.empty() && next >= measure_from) before = Scrape();
     const absl::Time now = absl::Now();
     if (next > now) absl::SleepFor(next - now);
     const bool measured = next >= measure_from;
@@ -364,6 +385,7 @@ Step RunRateStep(const Target& target, double rate, bool poisson,
     }
   }
   const absl::Time stop = absl::Now();
+  before_scrape.join();
   {
     std::unique_lock<std::mutex> lock(shared.mu);
     shared.idle.wait(lock, [&shared] { return shared.outstanding == 0; });
@@ -421,6 +443,13 @@ int main(int argc, char** argv) {
       "[--json]\n"
       "       normbench --request_rate=1000:8000:x2 [--arrival=constant]");
   absl::ParseCommandLine(argc, argv);
+#if defined(__linux__)
+  // Open-loop sleeps wake within 1 µs of their time instead of Linux's
+  // default 50 µs slack, which at high rates would send most calls late
+  // (and charge the lag to the server, as latency counts from the
+  // schedule).
+  prctl(PR_SET_TIMERSLACK, 1UL, 0UL, 0UL, 0UL);
+#endif
 #if defined(__GLIBC__)
   // As the server does (server_main.cc): reuse freed response buffers
   // instead of faulting in fresh pages for every large answer, so that the
@@ -464,6 +493,16 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "normbench: --max_outstanding: expected > 0\n");
     return 2;
   }
+  if (!(absl::GetFlag(FLAGS_duration_s) > 0) ||
+      !(absl::GetFlag(FLAGS_warmup_s) >= 0)) {
+    std::fprintf(stderr,
+                 "normbench: --duration_s: expected > 0, --warmup_s >= 0\n");
+    return 2;
+  }
+  if (absl::GetFlag(FLAGS_json) && absl::GetFlag(FLAGS_csv)) {
+    std::fprintf(stderr, "normbench: --json and --csv: expected one\n");
+    return 2;
+  }
   NormalizeInput in;
   in.model = absl::GetFlag(FLAGS_model);
   int64_t count = 1;
@@ -481,9 +520,19 @@ int main(int argc, char** argv) {
     count *= d;
   }
   const std::string dtype = absl::GetFlag(FLAGS_dtype);
-  in.dtype = dtype == "float16"    ? v1::DATA_TYPE_FLOAT16
-             : dtype == "bfloat16" ? v1::DATA_TYPE_BFLOAT16
-                                   : v1::DATA_TYPE_FLOAT32;
+  if (dtype == "float32" || dtype == "f32") {
+    in.dtype = v1::DATA_TYPE_FLOAT32;
+  } else if (dtype == "float16" || dtype == "f16") {
+    in.dtype = v1::DATA_TYPE_FLOAT16;
+  } else if (dtype == "bfloat16" || dtype == "bf16") {
+    in.dtype = v1::DATA_TYPE_BFLOAT16;
+  } else {
+    std::fprintf(stderr,
+                 "normbench: --dtype=%s: expected float32, float16 or "
+                 "bfloat16 (or f32, f16, bf16)\n",
+                 dtype.c_str());
+    return 2;
+  }
   std::mt19937 rng(static_cast<uint32_t>(absl::GetFlag(FLAGS_seed)));
   std::normal_distribution<float> dist(0, 1);
   in.values.resize(static_cast<size_t>(count));

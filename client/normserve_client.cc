@@ -48,8 +48,11 @@ NormClient::NormClient(const Options& options,
       stub_(v1::NormalizationService::NewStub(channel_)) {}
 
 void NormClient::SetDeadline(grpc::ClientContext* context) const {
+  // An infinite (or centuries-long) timeout sets no deadline: added to the
+  // clock it would overflow into the past.
+  if (options_.timeout >= absl::Hours(24 * 365)) return;
   context->set_deadline(std::chrono::system_clock::now() +
-                        absl::ToChronoMilliseconds(options_.timeout));
+                        absl::ToChronoMicroseconds(options_.timeout));
 }
 
 namespace {

@@ -1,10 +1,20 @@
 // The client library's reading of replies, which it does not trust: values
 // widened from every dtype, and shapes that do not match their bytes (or
-// could not be multiplied out) refused with DATA_LOSS.
+// could not be multiplied out) refused with DATA_LOSS. And the /metrics
+// reader against a local socket: a body on 200, an error on another status
+// or on a listener that never answers.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <cstring>
 #include <string>
+#include <thread>
 #include <vector>
 
+#include "absl/time/clock.h"
+#include "client/metrics_scrape.h"
 #include "client/normserve_client.h"
 #include "gtest/gtest.h"
 #include "kernels/dtype.h"
@@ -54,6 +64,71 @@ TEST(ClientTest, RepliesThatDoNotAddUpAreDataLoss) {
     EXPECT_EQ(values.status().code(), absl::StatusCode::kDataLoss)
         << values.status();
   }
+}
+
+// A listener on a free loopback port that answers each of `answers`
+// connections with the given bytes (an empty one: never answers, and holds
+// the connection for 5 s).
+class CannedHttp {
+ public:
+  explicit CannedHttp(std::vector<std::string> answers) {
+    fd_ = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    EXPECT_EQ(bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+    socklen_t len = sizeof(addr);
+    getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &len);
+    port_ = ntohs(addr.sin_port);
+    EXPECT_EQ(listen(fd_, 4), 0);
+    thread_ = std::thread([this, answers = std::move(answers)] {
+      for (const std::string& a : answers) {
+        const int c = accept(fd_, nullptr, nullptr);
+        if (c < 0) return;
+        char buf[1024];
+        (void)read(c, buf, sizeof(buf));
+        if (a.empty()) {
+          absl::SleepFor(absl::Seconds(5));
+        } else {
+          (void)write(c, a.data(), a.size());
+        }
+        close(c);
+      }
+    });
+  }
+  ~CannedHttp() {
+    thread_.join();
+    close(fd_);
+  }
+  int port() const { return port_; }
+
+ private:
+  int fd_ = -1;
+  int port_ = 0;
+  std::thread thread_;
+};
+
+TEST(MetricsScrapeTest, ABodyOn200AndAnErrorOtherwise) {
+  CannedHttp http(
+      {"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n"
+       "a_total{x=\"1\"} 2\na_total{x=\"2\"} 1e+01\n",
+       "HTTP/1.0 404 Not Found\r\n\r\nno such page\n", ""});
+  auto body = HttpGetBody("127.0.0.1", http.port(), "/metrics");
+  ASSERT_TRUE(body.ok()) << body.status();
+  EXPECT_EQ(SumMetric(*body, "a_total"), 12);
+  EXPECT_EQ(SumMetric(*body, "a_total", {"x=\"2\""}), 10);
+  auto missing = HttpGetBody("127.0.0.1", http.port(), "/metrics");
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_NE(missing.status().message().find(
+                "HTTP/1.0 404 Not Found: expected status 200"),
+            absl::string_view::npos)
+      << missing.status();
+  // A listener that never answers: the read times out (2 s), well before
+  // the server side gives up (5 s).
+  const absl::Time start = absl::Now();
+  auto silent = HttpGetBody("127.0.0.1", http.port(), "/metrics");
+  EXPECT_EQ(silent.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_LT(absl::Now() - start, absl::Seconds(4));
 }
 
 }  // namespace
