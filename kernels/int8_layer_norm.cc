@@ -11,7 +11,7 @@ namespace {
 
 constexpr int kFracBits = 20;  // F
 constexpr int kMaxGBits = 23;  // |G_i| < 2^23
-constexpr int64_t kMaxB = int64_t{1} << 50;
+constexpr int64_t kMaxB = int64_t{1} << 56;
 constexpr int64_t kMaxE = int64_t{1} << 60;
 
 int BitLength(uint64_t x) { return x == 0 ? 0 : 64 - __builtin_clzll(x); }
@@ -45,8 +45,10 @@ Int8Affine FoldInt8Affine(const float* gamma, const float* beta, int64_t dim,
   int shift = kMaxGBits - 1;
   if (max_g > 0)
     shift = kMaxGBits - 1 - static_cast<int>(std::ceil(std::log2(max_g)));
-  // g ≤ 22 keeps B_i's range (|β/s_y| up to 2^(50−F−g) ≥ 256) above what an
-  // int8 output can show; g ≥ 1 − F keeps the final shift F + g ≥ 1.
+  // B_i's range, |β/s_y| up to 2^(56−F−g) = 2^(14 + ceil(log2 max|γ/s_y|))
+  // (at least 2^14 with g ≤ 22), covers every β that can still leave an
+  // output visible (|β/s_y| ≤ 256 + max|γ/s_y|·√D, √D ≤ 256); g ≥ 1 − F
+  // keeps the final shift F + g ≥ 1.
   shift = std::max(-kFracBits + 1, std::min(shift, 22));
   a.g_shift = shift;
   a.g.resize(static_cast<size_t>(dim));
@@ -76,7 +78,14 @@ bool Int8OutputScaleFits(const float* gamma, int64_t dim, float output_scale) {
   for (int64_t i = 0; gamma != nullptr && i < dim; ++i) {
     max_g = std::max(max_g, std::abs(static_cast<double>(gamma[i])));
   }
-  return max_g / output_scale < std::ldexp(1.0, 40);
+  return max_g / output_scale <= kMaxInt8GammaRatio;
+}
+
+bool Int8EpsilonFits(float epsilon, float input_scale, int64_t dim) {
+  const double d = static_cast<double>(dim);
+  return d * d * static_cast<double>(epsilon) /
+             (static_cast<double>(input_scale) * input_scale) <=
+         static_cast<double>(kMaxE);
 }
 
 float DefaultInt8OutputScale(const float* gamma, const float* beta,
@@ -89,7 +98,10 @@ float DefaultInt8OutputScale(const float* gamma, const float* beta,
       max_b = std::max(max_b, std::abs(static_cast<double>(beta[i])));
   }
   const double range = 4.0 * max_g + max_b;
-  return static_cast<float>(range > 0 ? range / 127.0 : 1.0 / 127.0);
+  // Never below the smallest normal float (tiny γ and β would give a
+  // denormal scale, which Int8OutputScaleFits refuses).
+  return std::max(static_cast<float>(range > 0 ? range / 127.0 : 1.0 / 127.0),
+                  std::numeric_limits<float>::min());
 }
 
 int64_t Int8EpsilonTerm(float epsilon, float input_scale, int64_t dim) {
@@ -196,8 +208,12 @@ void Quantize(const float* y, int8_t* q, int64_t d, float inv_scale,
     t = t == t ? t : 0.0f;  // NaN (never expected) maps to the zero point
     t = t < -256.0f ? -256.0f : t;
     t = t > 256.0f ? 256.0f : t;
-    int32_t r =
-        static_cast<int32_t>(t + (t < 0.0f ? -0.5f : 0.5f)) + zero_point;
+    // Half away from zero, exactly: t − trunc(t) is exact for |t| ≤ 256
+    // (adding 0.5 would round 0.49999997 up to 1).
+    const float whole = std::trunc(t);
+    const float frac = t - whole;
+    int32_t r = static_cast<int32_t>(whole) + (frac >= 0.5f ? 1 : 0) -
+                (frac <= -0.5f ? 1 : 0) + zero_point;
     r = r < -128 ? -128 : r;
     r = r > 127 ? 127 : r;
     q[i] = static_cast<int8_t>(r);

@@ -8,10 +8,10 @@
 //   S = Σ v                         int32,  |S| < 2^24
 //   c_i = D·v_i − S                 int32,  |c_i| < 2^25   (= D·(v_i − mean))
 //   M = D·Σ v² − S²                 int64,  0 ≤ M < 2^49   (= D²·var(v), exact)
-//   T = M + E, E = round(D²·ε/s_x²) int64 (clamped to 2^60; it depends on
-//                                   the request's s_x, so it is computed
-//                                   once per Int8LayerNormInteger call, not
-//                                   at model load)
+//   T = M + E, E = round(D²·ε/s_x²) int64, E ≤ 2^60 (Int8EpsilonFits; it
+//                                   depends on the request's s_x, so it is
+//                                   computed once per Int8LayerNormInteger
+//                                   call, not at model load)
 //   T is shifted left by 2k (k ≥ 0, the largest with T·4^k < 2^62) and
 //   den = isqrt(T·4^k) (exact floor, Newton's method) ≈ sqrt(T)·2^k,
 //   2^30 ≤ den < 2^31.
@@ -19,7 +19,7 @@
 //   n_i = round(c_i·R / 2^(62−F−k)) int64 = (v_i − mean)/sqrt(var + ε') · 2^F,
 //                                   |c_i·R| < 2^57,
 //                                   F = 20, |n_i| ≤ 2^28 (|normalized| ≤ √D)
-//   a_i = n_i·G_i + B_i             int64, |n_i·G_i| < 2^51, |B_i| ≤ 2^50
+//   a_i = n_i·G_i + B_i             int64, |n_i·G_i| < 2^51, |B_i| ≤ 2^56
 //   q_y = clamp(round(a_i / 2^(F+g)) + z_y, −128, 127)
 // where G_i = round(γ_i/s_y · 2^g) (|G_i| < 2^23, g ∈ [1−F, 22] chosen per
 // model) and
@@ -70,9 +70,21 @@ struct Int8Affine {
 Int8Affine FoldInt8Affine(const float* gamma, const float* beta, int64_t dim,
                           float output_scale, int32_t output_zero_point);
 
+// The largest max|γ|/output_scale accepted. The integer path keeps F = 20
+// fraction bits of each normalized value, so its rounding there costs at
+// most 2^16 · 2^-21 = 1/32 LSB; a larger ratio would only show normalized
+// values below 2^-8 (larger ones saturate).
+inline constexpr double kMaxInt8GammaRatio = 65536.0;
+
 // Whether `output_scale` is usable with these γ: a normal float, and
-// max|γ|/output_scale < 2^40 (the integer path's multipliers fit in int32).
+// max|γ|/output_scale at most kMaxInt8GammaRatio.
 bool Int8OutputScaleFits(const float* gamma, int64_t dim, float output_scale);
+
+// Whether the integer path can take ε with this input scale and row length:
+// D²·ε/s_x² ≤ 2^60 (E above). Beyond, ε exceeds the variance of every row
+// by a factor of 2^11 or more (the outputs are β, give or take an LSB);
+// the float path takes such inputs.
+bool Int8EpsilonFits(float epsilon, float input_scale, int64_t dim);
 
 // The output scale the server picks when a request names none: ±4 standard
 // deviations of the normalized value, times max|γ|, plus max|β|, span the

@@ -154,7 +154,8 @@ absl::StatusOr<std::unique_ptr<Model>> BuildModel(
                            *m->int8_output_scale)) {
     return absl::InvalidArgumentError(absl::StrCat(
         where, ": output_scale = ", *m->int8_output_scale,
-        ": expected a normal float with max|gamma| / output_scale below 2^40"));
+        ": expected a normal float with max|gamma| / output_scale at most "
+        "65536"));
   }
   if (m->int8_output_scale.has_value() && !m->normalized_shape.empty()) {
     m->int8_affine = std::make_shared<const Int8Affine>(

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <optional>
 
 #include "absl/hash/hash.h"
@@ -188,10 +189,15 @@ absl::StatusOr<const float*> DecodeParameter(const v1::Tensor& t,
 absl::Status DecodeInt8(const v1::NormalizeRequest& request, const Model& model,
                         int64_t dim, DecodedRequest* out) {
   const v1::Tensor& in = request.input();
-  if (!std::isfinite(in.scale()) || in.scale() <= 0.0f) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("input.scale = ", in.scale(),
-                     ": DATA_TYPE_INT8 tensors need a finite scale > 0"));
+  // At most FLT_MAX / 256, so that the float path's dequantized values
+  // (up to 255·scale) stay finite.
+  constexpr float kMaxInt8Scale = std::numeric_limits<float>::max() / 256;
+  if (!std::isfinite(in.scale()) || in.scale() <= 0.0f ||
+      in.scale() > kMaxInt8Scale) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "input.scale = ", in.scale(),
+        ": DATA_TYPE_INT8 tensors need a finite scale > 0 and at most ",
+        kMaxInt8Scale));
   }
   if (in.zero_point() < -128 || in.zero_point() > 127) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -227,6 +233,14 @@ absl::Status DecodeInt8(const v1::NormalizeRequest& request, const Model& model,
                        ": expected INT8_PATH_INTEGER or INT8_PATH_FLOAT"));
   }
   const NormParams& p = out->params;
+  if (!out->int8_float_path && !Int8EpsilonFits(p.epsilon, in.scale(), dim)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "input.scale = ", in.scale(), " with epsilon = ", p.epsilon,
+        " and D = ", dim,
+        ": the integer path needs D^2 * epsilon / scale^2 <= 2^60 (epsilon "
+        "dwarfs the rows' variance); expected a larger scale or int8_path = "
+        "INT8_PATH_FLOAT"));
+  }
   for (const float* values : {p.gamma, p.beta}) {
     if (values == nullptr) continue;
     for (int64_t i = 0; i < dim; ++i) {
@@ -283,7 +297,7 @@ absl::Status DecodeInt8(const v1::NormalizeRequest& request, const Model& model,
       return absl::InvalidArgumentError(
           absl::StrCat("output_scale = ", scale,
                        ": expected a normal float with max|gamma| / "
-                       "output_scale below 2^40"));
+                       "output_scale at most 65536"));
     }
     out->int8_affine_storage =
         FoldInt8Affine(p.gamma, p.beta, dim, scale, zero_point);

@@ -125,6 +125,23 @@ inline std::vector<BadRequestCase> BadRequestCases() {
        },
        C::kInvalidArgument,
        "input.scale = -0.1: DATA_TYPE_INT8 tensors need a finite scale > 0"},
+      {"int8 scale too large for the float path",
+       [](auto* r) {
+         MakeInt8(r);
+         r->mutable_input()->set_scale(1e37f);
+       },
+       C::kInvalidArgument,
+       "input.scale = 1e+37: DATA_TYPE_INT8 tensors need a finite scale > 0 "
+       "and at most 1.32923e+36"},
+      {"int8 epsilon dwarfing the variance on the integer path",
+       [](auto* r) {
+         MakeInt8(r);
+         r->mutable_input()->set_scale(1e-9f);
+         r->set_epsilon(1e3f);
+       },
+       C::kInvalidArgument,
+       "input.scale = 1e-09 with epsilon = 1000 and D = 4: the integer path "
+       "needs D^2 * epsilon / scale^2 <= 2^60"},
       {"int8 row longer than 65536",
        [](auto* r) {
          MakeInt8(r);
@@ -174,7 +191,8 @@ inline std::vector<BadRequestCase> BadRequestCases() {
          r->set_output_scale(1e-42f);
        },
        C::kInvalidArgument,
-       ": expected a normal float with max|gamma| / output_scale below 2^40"},
+       ": expected a normal float with max|gamma| / output_scale at most "
+       "65536"},
       {"int8 output zero point above 127",
        [](auto* r) {
          MakeInt8(r);

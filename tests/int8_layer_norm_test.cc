@@ -195,6 +195,84 @@ TEST(Int8LayerNormTest, TiesRoundHalfUpOnTheIntegerPathAwayFromZeroOnFloat) {
   }
 }
 
+// Parameters at the edges of what the server accepts, each against the
+// float64 reference (both paths within 1 LSB): a β that an outlier row's
+// normalized values bring back into range (|β/s_y| = 300), and the largest
+// γ/s_y (65536) on rows whose normalized values are tiny (ε dominates).
+TEST(Int8LayerNormTest, ParametersAtTheAcceptedEdgesStayWithinOneLsb) {
+  struct Case {
+    const char* name;
+    Quantized in;
+    int64_t rows, d;
+    std::vector<float> gamma, beta;
+    float epsilon, out_scale;
+    int32_t out_zp;
+  };
+  std::vector<Case> cases;
+  {
+    // One large negative value per row, normalized to about -√D = -64:
+    // with β/s_y = 300 and zero point -128 it shows (300 - 64 - 128 = 108),
+    // the rest of the row saturates at 127.
+    const int64_t d = 4096, rows = 8;
+    Quantized in;
+    in.scale = 0.01f;
+    in.zero_point = 0;
+    in.q.assign(static_cast<size_t>(rows * d), 0);
+    std::mt19937 rng(3);
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t i = 0; i < d; ++i) in.q[r * d + i] = rng() % 3 - 1;
+      in.q[r * d + rng() % d] = -128;
+    }
+    const float s_y = 0.05f;
+    cases.push_back({"beta/s_y = 300", in, rows, d,
+                     std::vector<float>(d, 1.0f * s_y),
+                     std::vector<float>(d, 300.0f * s_y), 1e-5f, s_y, -128});
+  }
+  {
+    const int64_t d = 4, rows = 2;
+    Quantized in;
+    in.scale = 1e-7f;
+    in.zero_point = 0;
+    in.q = {-30, 0, 0, 30, 25, -5, 10, -30};
+    cases.push_back({"gamma/s_y = 65536", in, rows, d,
+                     std::vector<float>(d, 1.0f), std::vector<float>(d, 0.0f),
+                     1e-5f, 1.0f / 65536, 0});
+  }
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    ASSERT_TRUE(Int8OutputScaleFits(c.gamma.data(), c.d, c.out_scale));
+    ASSERT_TRUE(Int8EpsilonFits(c.epsilon, c.in.scale, c.d));
+    const Int8Affine folded = FoldInt8Affine(c.gamma.data(), c.beta.data(), c.d,
+                                             c.out_scale, c.out_zp);
+    Int8Params p;
+    p.dim = c.d;
+    p.epsilon = c.epsilon;
+    p.input_scale = c.in.scale;
+    p.input_zero_point = c.in.zero_point;
+    p.affine = &folded;
+    p.gamma = c.gamma.data();
+    p.beta = c.beta.data();
+    std::vector<int8_t> y(c.in.q.size()), yf(c.in.q.size());
+    Int8LayerNormInteger(p, c.in.q.data(), y.data(), c.rows);
+    Int8LayerNormFloat(p, c.in.q.data(), yf.data(), c.rows);
+    const std::vector<int> ref =
+        ReferenceQuantized(c.in, c.rows, c.d, c.gamma.data(), c.beta.data(),
+                           c.epsilon, c.out_scale, c.out_zp);
+    int64_t visible = 0;
+    for (size_t i = 0; i < y.size(); ++i) {
+      ASSERT_LE(std::abs(y[i] - ref[i]), 1) << "element " << i;
+      ASSERT_LE(std::abs(yf[i] - ref[i]), 1) << "float path, element " << i;
+      visible += ref[i] > -128 && ref[i] < 127;
+    }
+    EXPECT_GE(visible, c.rows);  // not all clamped
+  }
+  // Just past the edges: refused.
+  const float one = 1.0f;
+  EXPECT_FALSE(Int8OutputScaleFits(&one, 1, 1.0f / 65537));
+  EXPECT_TRUE(Int8EpsilonFits(1.0f, 1.0f, int64_t{1} << 30));  // D² = 2^60
+  EXPECT_FALSE(Int8EpsilonFits(1.01f, 1.0f, int64_t{1} << 30));
+}
+
 TEST(Int8LayerNormTest, ExtremeInputsDoNotOverflow) {
   // Every value at ±full range, zero points at the ends, D at its maximum.
   const int64_t d = 65536;

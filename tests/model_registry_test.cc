@@ -195,12 +195,13 @@ TEST(ModelRegistryTest, BadInt8OutputQuantizationFailsWithTheFieldNamed) {
       // Denormal: the float path's 1 / s_y would overflow.
       {"models { name: \"x\" output_scale: 1e-42 }",
        "model 'x': output_scale = 1.00053e-42: expected a normal float with "
-       "max|gamma| / output_scale below 2^40"},
-      // max|γ| / s_y = 2^41: G_i would not fit int32.
+       "max|gamma| / output_scale at most 65536"},
+      // max|γ| / s_y = 65537: the integer path's 20 fraction bits of each
+      // normalized value would show in the output.
       {"models { name: \"x\" normalized_shape: 2 "
-       "gamma { values: [ 1, 2199023255552 ] } output_scale: 1 }",
+       "gamma { values: [ 1, 65537 ] } output_scale: 1 }",
        "model 'x': output_scale = 1: expected a normal float with "
-       "max|gamma| / output_scale below 2^40"},
+       "max|gamma| / output_scale at most 65536"},
       {"models { name: \"x\" normalized_shape: 2 "
        "beta { values: [ 1, nan ] } output_scale: 1 }",
        "model 'x': beta[1] = nan: expected a finite value"},
