@@ -55,7 +55,13 @@ absl::StatusOr<std::vector<float>> LoadParameter(
     if (!path.empty() && path[0] != '/' && !base_dir.empty()) {
       path = absl::StrCat(base_dir, "/", path);
     }
-    ASSIGN_OR_RETURN(NpyArray array, ReadNpyFile(path));
+    absl::StatusOr<NpyArray> read = ReadNpyFile(path);
+    if (!read.ok()) {
+      return absl::Status(
+          read.status().code(),
+          absl::StrCat(field, ".npy_path: ", read.status().message()));
+    }
+    NpyArray array = *std::move(read);
     if (array.shape != shape) {
       return absl::InvalidArgumentError(absl::StrCat(
           field, ".npy_path ", path, " has shape [",

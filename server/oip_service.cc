@@ -38,6 +38,15 @@ absl::Status UnknownModel(const std::string& name) {
       absl::StrCat("name = '", name, "': no such model (see ModelMetadata)"));
 }
 
+// NOT_FOUND for a version other than the one every model has (empty: any),
+// as ModelInfer answers it.
+absl::Status CheckVersion(const std::string& version) {
+  if (version.empty() || version == kOipModelVersion) return absl::OkStatus();
+  return absl::NotFoundError(absl::StrCat(
+      "version = '", version, "': normserve models have one version, '",
+      kOipModelVersion, "'"));
+}
+
 }  // namespace
 
 InferenceServiceImpl::InferenceServiceImpl(NormalizationServiceImpl* native)
@@ -101,6 +110,9 @@ grpc::ServerUnaryReactor* InferenceServiceImpl::ModelMetadata(
   if (model == nullptr) {
     return Answer(context, "ModelMetadata", UnknownModel(request->name()));
   }
+  if (absl::Status s = CheckVersion(request->version()); !s.ok()) {
+    return Answer(context, "ModelMetadata", s);
+  }
   FillModelMetadata(*model, response);
   return Answer(context, "ModelMetadata", absl::OkStatus());
 }
@@ -113,6 +125,9 @@ grpc::ServerUnaryReactor* InferenceServiceImpl::ModelConfig(
   if (model == nullptr) {
     return Answer(context, "ModelConfig", UnknownModel(request->name()));
   }
+  if (absl::Status s = CheckVersion(request->version()); !s.ok()) {
+    return Answer(context, "ModelConfig", s);
+  }
   FillModelConfig(*model, response->mutable_config());
   return Answer(context, "ModelConfig", absl::OkStatus());
 }
@@ -121,6 +136,9 @@ grpc::ServerUnaryReactor* InferenceServiceImpl::ModelStatistics(
     grpc::CallbackServerContext* context,
     const inference::ModelStatisticsRequest* request,
     inference::ModelStatisticsResponse* response) {
+  if (absl::Status s = CheckVersion(request->version()); !s.ok()) {
+    return Answer(context, "ModelStatistics", s);
+  }
   std::vector<const Model*> models;
   if (request->name().empty()) {
     models = native_->models().models();

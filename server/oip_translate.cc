@@ -302,6 +302,16 @@ absl::Status TranslateInferRequest(const ModelInferRequest& request,
           absl::StrCat("outputs[", i, "].name = '", name,
                        "': expected output, mean, rstd or residual_sum"));
     }
+    // Output parameters ask for a different answer (Triton's
+    // "classification": top-k labels): refused rather than ignored.
+    // "binary_data" is HTTP's and changes nothing over gRPC.
+    for (const auto& [key, unused] : request.outputs(i).parameters()) {
+      if (key != "binary_data") {
+        return absl::InvalidArgumentError(
+            absl::StrCat("outputs[", i, "].parameters['", key,
+                         "']: not supported: expected no output parameters"));
+      }
+    }
     for (const std::string& seen : out->outputs) {
       if (seen == name) {
         return absl::InvalidArgumentError(absl::StrCat(

@@ -123,7 +123,7 @@ TEST(ModelRegistryTest, BadConfigsFailWithTheFieldNamed) {
        "set exactly one of values and npy_path"},
       {"models { name: \"x\" normalized_shape: 2 beta { npy_path: "
        "\"/nonexistent.npy\" } }",
-       "/nonexistent.npy: cannot open"},
+       "model 'x' beta.npy_path: /nonexistent.npy: cannot open"},
       {"models { name: \"x\" } models { name: \"x\" }", "appears twice"},
       {"models { name: \"x\" batching { max_batch_rows: 0 } }",
        "max_batch_rows"},

@@ -215,6 +215,15 @@ inline std::vector<OipBadRequestCase> OipBadRequestCases() {
        },
        absl::StatusCode::kInvalidArgument,
        "outputs[1].name = 'mean': requested twice"},
+      {"classification asked of an output",
+       [](auto* r) {
+         auto* o = r->add_outputs();
+         o->set_name("output");
+         (*o->mutable_parameters())["classification"].set_int64_param(3);
+       },
+       absl::StatusCode::kInvalidArgument,
+       "outputs[0].parameters['classification']: not supported: expected no "
+       "output parameters"},
       {"unknown version", [](auto* r) { r->set_model_version("2"); },
        absl::StatusCode::kNotFound, "model_version = '2'"},
       {"unknown tensor parameter",

@@ -120,6 +120,36 @@ TEST_F(OipTest, HealthAndMetadata) {
   const grpc::Status missing = oip_->ModelMetadata(&c5, mm, &meta);
   EXPECT_EQ(missing.error_code(), grpc::NOT_FOUND);
   EXPECT_NE(missing.error_message().find("name = 'nope'"), std::string::npos);
+  // A version other than "1" is not found by the metadata, config and
+  // statistics calls, as ModelInfer and ModelReady treat it; "1" is.
+  const std::string version_error =
+      "version = '2': normserve models have one version, '1'";
+  for (const char* version : {"1", "2"}) {
+    const grpc::StatusCode want =
+        std::string(version) == "1" ? grpc::OK : grpc::NOT_FOUND;
+    grpc::ClientContext a, b, c;
+    mm.set_name("default");
+    mm.set_version(version);
+    const grpc::Status m = oip_->ModelMetadata(&a, mm, &meta);
+    EXPECT_EQ(m.error_code(), want) << version;
+    inference::ModelConfigRequest cr;
+    cr.set_name("default");
+    cr.set_version(version);
+    inference::ModelConfigResponse config;
+    const grpc::Status k = oip_->ModelConfig(&b, cr, &config);
+    EXPECT_EQ(k.error_code(), want) << version;
+    inference::ModelStatisticsRequest sr;
+    sr.set_name("default");
+    sr.set_version(version);
+    inference::ModelStatisticsResponse stats;
+    const grpc::Status t = oip_->ModelStatistics(&c, sr, &stats);
+    EXPECT_EQ(t.error_code(), want) << version;
+    if (want != grpc::OK) {
+      EXPECT_EQ(m.error_message(), version_error);
+      EXPECT_EQ(k.error_message(), version_error);
+      EXPECT_EQ(t.error_message(), version_error);
+    }
+  }
 }
 
 TEST_F(OipTest, BothProtocolsGiveBitwiseIdenticalOutputs) {
