@@ -210,8 +210,12 @@ absl::Status DecodeInt8(const v1::NormalizeRequest& request, const Model& model,
   }
   if (out->params.kind != NormKind::kLayerNorm) {
     return absl::InvalidArgumentError(
-        "kind = NORM_KIND_RMS_NORM: INT8 inputs support NORM_KIND_LAYER_NORM "
-        "only");
+        request.kind() == v1::NORM_KIND_RMS_NORM
+            ? "kind = NORM_KIND_RMS_NORM: INT8 inputs support "
+              "NORM_KIND_LAYER_NORM only"
+            : absl::StrCat("input.dtype = DATA_TYPE_INT8: model '", model.name,
+                           "' is an RMSNorm, and INT8 inputs support "
+                           "NORM_KIND_LAYER_NORM only"));
   }
   if (request.has_residual() || request.return_residual_sum() ||
       request.return_statistics()) {
@@ -380,6 +384,13 @@ absl::StatusOr<std::unique_ptr<DecodedRequest>> DecodeRequest(
           "normalized_ndim = ", ndim, ": expected 1 to the input's rank ", rank,
           " (or unset for the model's)"));
     }
+  }
+  const int model_ndim = static_cast<int>(model->normalized_shape.size());
+  if (request.has_normalized_ndim() && model_ndim > 0 && ndim != model_ndim) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "normalized_ndim = ", ndim, ": model '", model->name, "' normalizes ",
+        model_ndim, " trailing dimensions ", ShapeText(model->normalized_shape),
+        ": expected ", model_ndim, " or unset"));
   }
   // Unset, ndim is the model's rank, which may exceed the input's.
   if (!model->normalized_shape.empty() &&

@@ -350,6 +350,15 @@ inline std::vector<BadRequestCase> BadRequestCases() {
        C::kInvalidArgument,
        "input.shape = [3, 4]: model 'fixed' expects trailing dimensions [2, "
        "2]"},
+      {"normalized_ndim other than the model's",
+       [](auto* r) {
+         r->set_model("fixed");
+         SetFloats(r->mutable_input(), {3, 2, 2});
+         r->set_normalized_ndim(1);
+       },
+       C::kInvalidArgument,
+       "normalized_ndim = 1: model 'fixed' normalizes 2 trailing dimensions "
+       "[2, 2]: expected 2 or unset"},
       {"model refuses request params",
        [](auto* r) {
          r->set_model("fixed");
