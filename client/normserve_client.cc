@@ -127,7 +127,22 @@ v1::NormalizeRequest NormClient::BuildRequest(const NormalizeInput& input) {
     req.set_normalized_ndim(input.normalized_ndim);
   }
   if (input.epsilon.has_value()) req.set_epsilon(*input.epsilon);
-  const int ndim = input.normalized_ndim == 0 ? 1 : input.normalized_ndim;
+  // γ and β are shaped like the normalized dimensions: the input's last
+  // normalized_ndim ones, or (unset: the model's rank, which the client
+  // does not know) the fewest trailing ones that hold the values sent.
+  int ndim = input.normalized_ndim == 0 ? 1 : input.normalized_ndim;
+  const size_t values =
+      !input.gamma.empty() ? input.gamma.size() : input.beta.size();
+  if (input.normalized_ndim == 0 && values > 0) {
+    int64_t count = 1;
+    for (int k = 1; k <= static_cast<int>(input.shape.size()); ++k) {
+      count *= input.shape[input.shape.size() - static_cast<size_t>(k)];
+      if (count == static_cast<int64_t>(values)) {
+        ndim = k;
+        break;
+      }
+    }
+  }
   std::vector<int64_t> param_shape;
   if (ndim <= static_cast<int>(input.shape.size())) {
     param_shape.assign(input.shape.end() - ndim, input.shape.end());

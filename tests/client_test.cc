@@ -66,6 +66,37 @@ TEST(ClientTest, RepliesThatDoNotAddUpAreDataLoss) {
   }
 }
 
+// γ and β travel shaped like the normalized dimensions: with
+// normalized_ndim unset (the model's rank), the fewest trailing input
+// dimensions that hold the values sent.
+TEST(ClientTest, ParametersTakeTheShapeOfTheNormalizedDimensions) {
+  NormalizeInput in;
+  in.shape = {2, 16, 64};
+  in.values.assign(2 * 16 * 64, 1.0f);
+  in.gamma.assign(16 * 64, 1.0f);
+  in.beta.assign(16 * 64, 0.0f);
+  v1::NormalizeRequest r = NormClient::BuildRequest(in);
+  EXPECT_EQ(
+      std::vector<int64_t>(r.gamma().shape().begin(), r.gamma().shape().end()),
+      (std::vector<int64_t>{16, 64}));
+  EXPECT_EQ(
+      std::vector<int64_t>(r.beta().shape().begin(), r.beta().shape().end()),
+      (std::vector<int64_t>{16, 64}));
+  EXPECT_FALSE(r.has_normalized_ndim());
+  in.gamma.assign(64, 1.0f);
+  in.beta.clear();
+  r = NormClient::BuildRequest(in);
+  EXPECT_EQ(
+      std::vector<int64_t>(r.gamma().shape().begin(), r.gamma().shape().end()),
+      (std::vector<int64_t>{64}));
+  in.normalized_ndim = 2;  // named: its dimensions, whatever was sent
+  r = NormClient::BuildRequest(in);
+  EXPECT_EQ(r.normalized_ndim(), 2);
+  EXPECT_EQ(
+      std::vector<int64_t>(r.gamma().shape().begin(), r.gamma().shape().end()),
+      (std::vector<int64_t>{16, 64}));
+}
+
 // A listener on a free loopback port that answers each of `answers`
 // connections with the given bytes (an empty one: never answers, and holds
 // the connection for 5 s).
