@@ -183,13 +183,10 @@ TEST(ReliabilityTest, CancelledCallsAreNeverComputedAndNeverLeak) {
     });
   }
   // Every call is queued (the 1.5 s delay holds them) before the cancels.
-  bool queued = false;
-  for (int i = 0; i < 200 && !queued; ++i) {
-    queued = MetricValue(HttpGet(server.metrics_port(), "/metrics"),
-                         "normserve_queue_depth") == kCalls;
-    if (!queued) absl::SleepFor(absl::Milliseconds(5));
-  }
-  ASSERT_TRUE(queued);
+  ASSERT_EQ(MetricValue(ScrapeUntil(server.metrics_port(),
+                                    "normserve_queue_depth", {}, kCalls),
+                        "normserve_queue_depth"),
+            kCalls);
   for (auto& c : contexts) c->TryCancel();
   for (auto& t : threads) t.join();
   for (grpc::StatusCode c : codes) EXPECT_EQ(c, grpc::StatusCode::CANCELLED);

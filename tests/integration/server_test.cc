@@ -498,13 +498,10 @@ TEST(ServerProcessTest, ConcurrentRequestsShareBatchesWithinTheirLimits) {
     in.values = Random(4, 50 + i);
     threads.emplace_back([&, i, in] { pair[i] = client->Normalize(in); });
   }
-  bool queued = false;
-  for (int i = 0; i < 400 && !queued; ++i) {
-    queued = MetricValue(HttpGet(server.metrics_port(), "/metrics"),
-                         "normserve_queue_depth") == 2;
-    if (!queued) absl::SleepFor(absl::Milliseconds(5));
-  }
-  ASSERT_TRUE(queued);
+  ASSERT_EQ(MetricValue(ScrapeUntil(server.metrics_port(),
+                                    "normserve_queue_depth", {}, 2),
+                        "normserve_queue_depth"),
+            2);
   NormalizeInput third;
   third.model = "pair";
   third.shape = {1, 4};
@@ -540,13 +537,10 @@ TEST(ServerProcessTest, QueuedBytesOverTheBoundAreRefused) {
   first.values = Random(128, 60);
   absl::StatusOr<NormalizeOutput> first_out;
   std::thread waiting([&] { first_out = client->Normalize(first); });
-  bool queued = false;
-  for (int i = 0; i < 400 && !queued; ++i) {
-    queued = MetricValue(HttpGet(server.metrics_port(), "/metrics"),
-                         "normserve_queue_depth") == 1;
-    if (!queued) absl::SleepFor(absl::Milliseconds(5));
-  }
-  ASSERT_TRUE(queued);
+  ASSERT_EQ(MetricValue(ScrapeUntil(server.metrics_port(),
+                                    "normserve_queue_depth", {}, 1),
+                        "normserve_queue_depth"),
+            1);
   NormalizeInput second = first;
   second.shape = {4, 16};  // another queue: the bound spans them all
   second.values.resize(64);
