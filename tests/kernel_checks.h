@@ -162,16 +162,19 @@ inline void CheckNanOrInfPoisonsOnlyItsRow(const Runner& run,
   for (int64_t d : dims) {
     for (DType in : ins) {
       for (DType out : outs) {
+        Case c;
+        c.params.dim = d;
+        c.in = in;
+        c.out = out;
+        c.rows = 3;
+        std::vector<float> clean(static_cast<size_t>(3 * d));
+        for (size_t i = 0; i < clean.size(); ++i)
+          clean[i] = static_cast<float>(i % 5);
+        c.x = Encode(in, clean);
+        const Output want = run(c);
         for (float bad : {kNan, kInf, -kInf}) {
           for (int64_t pos : {int64_t{0}, int64_t{5}, d - 1}) {
-            Case c;
-            c.params.dim = d;
-            c.in = in;
-            c.out = out;
-            c.rows = 3;
-            std::vector<float> x(static_cast<size_t>(3 * d));
-            for (size_t i = 0; i < x.size(); ++i)
-              x[i] = static_cast<float>(i % 5);
+            std::vector<float> x = clean;
             x[static_cast<size_t>(d + pos)] = bad;
             c.x = Encode(in, x);
             const Output o = run(c);
@@ -179,8 +182,10 @@ inline void CheckNanOrInfPoisonsOnlyItsRow(const Runner& run,
               ASSERT_TRUE(std::isnan(ValueAt(out, o.y, d + i)))
                   << "D " << d << " " << Name(in) << "->" << Name(out)
                   << " bad " << bad << " at " << pos << " col " << i;
-              ASSERT_FALSE(std::isnan(ValueAt(out, o.y, i)));
-              ASSERT_FALSE(std::isnan(ValueAt(out, o.y, 2 * d + i)));
+              // The rows beside it come out as they do without it.
+              ASSERT_EQ(ValueAt(out, o.y, i), ValueAt(out, want.y, i));
+              ASSERT_EQ(ValueAt(out, o.y, 2 * d + i),
+                        ValueAt(out, want.y, 2 * d + i));
             }
           }
         }
