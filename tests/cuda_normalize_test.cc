@@ -424,6 +424,34 @@ TEST_F(CudaKernelTest, StagedTuningDoesNotChangeBits) {
   }
 }
 
+// A device reset (the CUDA backend's recovery from a sticky error) drops
+// the kernels' raised shared-memory limits, while the launcher's cache of
+// limits outlives it. Staged launches whose dynamic shared memory is just
+// under 48 KiB (16-bit D = 12288, float32 D = 6144, two buffers) need the
+// limit raised all the same, their static shared memory taking them past
+// 48 KiB: they launch after a reset, with the same bits.
+TEST_F(CudaKernelTest, StagedLaunchesJustUnder48KiBWorkAfterADeviceReset) {
+  std::mt19937 rng(31);
+  for (auto [in, d] : {std::pair{DType::kBFloat16, int64_t{12288}},
+                       std::pair{DType::kFloat32, int64_t{6144}}}) {
+    SCOPED_TRACE(::testing::Message() << Name(in) << " D " << d);
+    std::vector<float> g, b;
+    const Case c = MakeCase(NormKind::kLayerNorm, in, in, d, 64, true, true,
+                            false, &rng, &g, &b);
+    const StagedTuning defaults;
+    internal::LaunchReport before_report, after_report;
+    const Output before = RunOnGpu(c, 0, &defaults, &before_report);
+    ASSERT_TRUE(before_report.staged);
+    EXPECT_LE(before_report.shared_bytes, size_t{48} << 10);
+    EXPECT_GT(before_report.shared_bytes, (size_t{48} << 10) - 1024);
+    CheckAgainstReference(c, before);
+    ASSERT_EQ(cudaDeviceReset(), cudaSuccess);
+    const Output after = RunOnGpu(c, 0, &defaults, &after_report);
+    EXPECT_TRUE(after_report.staged);
+    EXPECT_EQ(after.y, before.y);
+  }
+}
+
 // A staged grid of more blocks than the device holds at once (one row per
 // row group: the hardware hands blocks out as others finish) gives the bits
 // of the default grid, which holds its blocks resident and loops them over
