@@ -17,11 +17,6 @@ namespace {
 //
 // Elements per chunk.
 constexpr int64_t kChunkElements = 32 << 10;
-// Batches whose output is larger than this are written with non-temporal
-// stores: the output would not stay in cache anyway, and streaming it
-// spares the read-for-ownership of every output line (a third of the DRAM
-// traffic of a normalization).
-constexpr int64_t kStreamingMinBytes = int64_t{32} << 20;
 
 struct Chunk {
   const RowSegment* segment;

@@ -210,6 +210,51 @@ TEST_P(KernelTest, BFloat16OutputIsTheExactRoundingOfFloat32) {
   }
 }
 
+// Batches of kStreamingMinBytes of output or more are written with
+// non-temporal stores, whose vectors start at an aligned address: a row
+// whose output is not aligned (D = 1000 float32 rows, 4000 bytes apart)
+// writes its head one lane at a time. Every element keeps its bits: each
+// row equals the same row normalized alone, with β alone (one fused
+// multiply-add), γ and β, and neither.
+TEST_P(KernelTest, StreamedOutputsKeepEveryRowsBits) {
+  std::mt19937 rng(13);
+  const int64_t d = 1000;
+  std::vector<float> g = Normal(d, 1, 1, &rng), b = Normal(d, 0, 1, &rng);
+  for (DType dtype : {DType::kFloat32, DType::kBFloat16}) {
+    const int64_t rows = kStreamingMinBytes / (d * DTypeSize(dtype)) + 3;
+    const Tensor x = Encode(dtype, Normal(rows * d, 1, 2, &rng));
+    const size_t row_bytes = d * DTypeSize(dtype);
+    for (auto [gamma, beta] : {std::pair{false, true}, std::pair{true, true},
+                               std::pair{false, false}}) {
+      SCOPED_TRACE(::testing::Message()
+                   << Name(dtype) << " gamma " << gamma << " beta " << beta);
+      NormParams p;
+      p.dim = d;
+      p.gamma = gamma ? g.data() : nullptr;
+      p.beta = beta ? b.data() : nullptr;
+      std::vector<uint8_t> out(rows * row_bytes);
+      RowSegment all;
+      all.params = &p;
+      all.input_dtype = all.output_dtype = dtype;
+      all.input = x.bytes.data();
+      all.output = out.data();
+      all.rows = rows;
+      NormalizeSegments({&all, 1});
+      std::vector<uint8_t> alone(row_bytes);
+      for (int64_t r = 0; r < rows; ++r) {
+        RowSegment one = all;
+        one.input = x.bytes.data() + r * row_bytes;
+        one.output = alone.data();
+        one.rows = 1;
+        NormalizeSegments({&one, 1});
+        ASSERT_EQ(
+            0, std::memcmp(out.data() + r * row_bytes, alone.data(), row_bytes))
+            << "row " << r;
+      }
+    }
+  }
+}
+
 // A row's output bits never depend on the batch: random compositions of
 // segments (rows at every offset inside their buffers), run with 0, 1 and 3
 // pool threads, against each row normalized alone.
