@@ -24,8 +24,9 @@
 //   E[x²] − E[x]²). Outputs are (z − mean)·rstd, so a constant row gives
 //   exactly β. A row whose float32 statistics would overflow or underflow
 //   (values beyond ~1e19 or below ~1e-15 in spread) is recomputed in double.
-//   A NaN or Inf anywhere in a row makes that row's outputs NaN (as torch
-//   does) and touches no other row.
+//   A NaN or Inf anywhere in a row touches no other row. As torch does: it
+//   makes the row's outputs NaN under LayerNorm; under RMSNorm a NaN does,
+//   and an Inf makes rstd 0: its own output is NaN, the others β.
 //
 // Batch invariance
 //   The bits of a row's outputs depend only on that row's values, D, ε, γ, β

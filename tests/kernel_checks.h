@@ -149,9 +149,11 @@ inline void CheckHugeAndTinyRows(
 
 // A NaN or ±Inf in the middle row of three makes that row's outputs NaN
 // and leaves its neighbours alone, for each input dtype in `ins` and output
-// dtype in `outs`. (On the GPU, rows 0 and 1 share a warp where a warp
-// serves two rows: one of its halves then takes the double-precision
-// branch and the other does not.)
+// dtype in `outs`. RMSNorm, as PyTorch's rms_norm: a NaN makes the row NaN;
+// an Inf makes Σz² infinite and rstd 0, so the Inf's own output is NaN
+// (Inf·0) and the row's others 0 (no β here). (On the GPU, rows 0 and 1
+// share a warp where a warp serves two rows: one of its halves then takes
+// the double-precision branch and the other does not.)
 inline void CheckNanOrInfPoisonsOnlyItsRow(const Runner& run,
                                            std::initializer_list<int64_t> dims,
                                            std::initializer_list<DType> outs,
@@ -162,30 +164,43 @@ inline void CheckNanOrInfPoisonsOnlyItsRow(const Runner& run,
   for (int64_t d : dims) {
     for (DType in : ins) {
       for (DType out : outs) {
-        Case c;
-        c.params.dim = d;
-        c.in = in;
-        c.out = out;
-        c.rows = 3;
-        std::vector<float> clean(static_cast<size_t>(3 * d));
-        for (size_t i = 0; i < clean.size(); ++i)
-          clean[i] = static_cast<float>(i % 5);
-        c.x = Encode(in, clean);
-        const Output want = run(c);
-        for (float bad : {kNan, kInf, -kInf}) {
-          for (int64_t pos : {int64_t{0}, int64_t{5}, d - 1}) {
-            std::vector<float> x = clean;
-            x[static_cast<size_t>(d + pos)] = bad;
-            c.x = Encode(in, x);
-            const Output o = run(c);
-            for (int64_t i = 0; i < d; ++i) {
-              ASSERT_TRUE(std::isnan(ValueAt(out, o.y, d + i)))
-                  << "D " << d << " " << Name(in) << "->" << Name(out)
-                  << " bad " << bad << " at " << pos << " col " << i;
-              // The rows beside it come out as they do without it.
-              ASSERT_EQ(ValueAt(out, o.y, i), ValueAt(out, want.y, i));
-              ASSERT_EQ(ValueAt(out, o.y, 2 * d + i),
-                        ValueAt(out, want.y, 2 * d + i));
+        for (NormKind kind : {NormKind::kLayerNorm, NormKind::kRmsNorm}) {
+          Case c;
+          c.params.dim = d;
+          c.params.kind = kind;
+          c.in = in;
+          c.out = out;
+          c.rows = 3;
+          std::vector<float> clean(static_cast<size_t>(3 * d));
+          for (size_t i = 0; i < clean.size(); ++i)
+            clean[i] = static_cast<float>(i % 5);
+          c.x = Encode(in, clean);
+          const Output want = run(c);
+          for (float bad : {kNan, kInf, -kInf}) {
+            for (int64_t pos : {int64_t{0}, int64_t{5}, d - 1}) {
+              std::vector<float> x = clean;
+              x[static_cast<size_t>(d + pos)] = bad;
+              c.x = Encode(in, x);
+              const Output o = run(c);
+              const bool whole_row =
+                  kind == NormKind::kLayerNorm || std::isnan(bad);
+              for (int64_t i = 0; i < d; ++i) {
+                const float y = ValueAt(out, o.y, d + i);
+                if (whole_row || i == pos) {
+                  ASSERT_TRUE(std::isnan(y))
+                      << "D " << d << " " << Name(in) << "->" << Name(out)
+                      << " kind " << static_cast<int>(kind) << " bad " << bad
+                      << " at " << pos << " col " << i;
+                } else {
+                  ASSERT_EQ(y, 0.0f) << "RMSNorm, D " << d << " " << Name(in)
+                                     << "->" << Name(out) << " bad " << bad
+                                     << " at " << pos << " col " << i;
+                }
+                // The rows beside it come out as they do without it.
+                ASSERT_EQ(ValueAt(out, o.y, i), ValueAt(out, want.y, i));
+                ASSERT_EQ(ValueAt(out, o.y, 2 * d + i),
+                          ValueAt(out, want.y, 2 * d + i));
+              }
             }
           }
         }
