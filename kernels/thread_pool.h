@@ -12,7 +12,9 @@
 // it sleeps (waking a thread costs more than a small batch takes).
 //
 // fn must not throw and must not call ParallelFor on the same pool.
-// Thread-safe. The destructor waits for running loops and joins.
+// Thread-safe. The destructor joins the workers; no ParallelFor may be
+// running or start then (the server destroys its batcher, the pool's only
+// caller, first).
 #ifndef NORMSERVE_KERNELS_THREAD_POOL_H_
 #define NORMSERVE_KERNELS_THREAD_POOL_H_
 
