@@ -412,10 +412,12 @@ void HeldBackThenAnswered(const std::string& window_flag) {
     last = written.load();
     absl::SleepFor(absl::Seconds(1));
   }
-  // The window's two messages, plus what the transports buffer on the way
-  // (7 more of 1 MiB when measured): far from all of them.
+  // The window's two messages, plus what the transports buffer on the way:
+  // 7 more of 1 MiB when measured, 19 under AddressSanitizer (gRPC sizes
+  // its flow-control windows from the delays it sees). A window of 64
+  // would pass 64.
   const int held = written.load();
-  EXPECT_LE(held, 16)
+  EXPECT_LE(held, 40)
       << "the server read more than its window while no answer was taken";
   std::set<std::string> ids;
   v1::NormalizeStreamResponse answer;
