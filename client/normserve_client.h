@@ -64,8 +64,8 @@ class NormClient {
   struct Options {
     // gRPC target, e.g. "127.0.0.1:8001" or "dns:///normserve:8001".
     std::string target = "127.0.0.1:8001";
-    // Deadline of each call.
-    // Per call; a year or more (absl::InfiniteDuration()): no deadline.
+    // Deadline of each call; a year or more (absl::InfiniteDuration()):
+    // none.
     absl::Duration timeout = absl::Seconds(10);
     int max_message_bytes = 64 << 20;
     // TLS: PEM contents (not paths). Empty ca_pem: plaintext.

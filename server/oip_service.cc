@@ -38,13 +38,11 @@ absl::Status UnknownModel(const std::string& name) {
       absl::StrCat("name = '", name, "': no such model (see ModelMetadata)"));
 }
 
-// NOT_FOUND for a version other than the one every model has (empty: any),
-// as ModelInfer answers it.
-absl::Status CheckVersion(const std::string& version) {
-  if (version.empty() || version == kOipModelVersion) return absl::OkStatus();
-  return absl::NotFoundError(absl::StrCat(
-      "version = '", version, "': normserve models have one version, '",
-      kOipModelVersion, "'"));
+// How a stream answer carries an error: as text (the protocol has no
+// status per message), the code first.
+std::string StreamErrorText(const absl::Status& status) {
+  return absl::StrCat(absl::StatusCodeToString(status.code()), ": ",
+                      ClientMessage(status));
 }
 
 }  // namespace
@@ -82,8 +80,7 @@ grpc::ServerUnaryReactor* InferenceServiceImpl::ModelReady(
     grpc::CallbackServerContext* context,
     const inference::ModelReadyRequest* request,
     inference::ModelReadyResponse* response) {
-  const bool version_ok =
-      request->version().empty() || request->version() == kOipModelVersion;
+  const bool version_ok = CheckModelVersion("version", request->version()).ok();
   response->set_ready(!native_->draining() && version_ok &&
                       native_->models().Find(request->name()) != nullptr);
   return Answer(context, "ModelReady", absl::OkStatus());
@@ -110,7 +107,8 @@ grpc::ServerUnaryReactor* InferenceServiceImpl::ModelMetadata(
   if (model == nullptr) {
     return Answer(context, "ModelMetadata", UnknownModel(request->name()));
   }
-  if (absl::Status s = CheckVersion(request->version()); !s.ok()) {
+  if (absl::Status s = CheckModelVersion("version", request->version());
+      !s.ok()) {
     return Answer(context, "ModelMetadata", s);
   }
   FillModelMetadata(*model, response);
@@ -125,7 +123,8 @@ grpc::ServerUnaryReactor* InferenceServiceImpl::ModelConfig(
   if (model == nullptr) {
     return Answer(context, "ModelConfig", UnknownModel(request->name()));
   }
-  if (absl::Status s = CheckVersion(request->version()); !s.ok()) {
+  if (absl::Status s = CheckModelVersion("version", request->version());
+      !s.ok()) {
     return Answer(context, "ModelConfig", s);
   }
   FillModelConfig(*model, response->mutable_config());
@@ -136,7 +135,8 @@ grpc::ServerUnaryReactor* InferenceServiceImpl::ModelStatistics(
     grpc::CallbackServerContext* context,
     const inference::ModelStatisticsRequest* request,
     inference::ModelStatisticsResponse* response) {
-  if (absl::Status s = CheckVersion(request->version()); !s.ok()) {
+  if (absl::Status s = CheckModelVersion("version", request->version());
+      !s.ok()) {
     return Answer(context, "ModelStatistics", s);
   }
   std::vector<const Model*> models;
@@ -324,17 +324,13 @@ InferenceServiceImpl::ModelStreamInfer(grpc::CallbackServerContext* context) {
                 a.mutable_infer_response()->Clear();
                 a.mutable_infer_response()->set_id(
                     std::string(EchoedId(item->request.id())));
-                a.set_error_message(
-                    absl::StrCat(absl::StatusCodeToString(status.code()), ": ",
-                                 ClientMessage(status)));
+                a.set_error_message(StreamErrorText(status));
               }
               done();
             });
       },
       [](const absl::Status& status, ModelStreamInferResponse* answer) {
-        answer->set_error_message(
-            absl::StrCat(absl::StatusCodeToString(status.code()), ": ",
-                         ClientMessage(status)));
+        answer->set_error_message(StreamErrorText(status));
       });
 }
 

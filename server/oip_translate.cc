@@ -211,20 +211,19 @@ absl::Status TypedPayload(const ModelInferRequest::InferInputTensor& in,
 
 }  // namespace
 
+absl::Status CheckModelVersion(absl::string_view field,
+                               const std::string& version) {
+  if (version.empty() || version == kOipModelVersion) return absl::OkStatus();
+  return absl::NotFoundError(absl::StrCat(
+      field, " = '", version, "': normserve models have one version, '",
+      kOipModelVersion, "'"));
+}
+
 absl::Status TranslateInferRequest(const ModelInferRequest& request,
                                    OipRequest* out) {
   v1::NormalizeRequest& r = out->native;
-  if (!request.model_version().empty() &&
-      request.model_version() != kOipModelVersion) {
-    return absl::NotFoundError(absl::StrCat(
-        "model_version = '", request.model_version(),
-        "': normserve models have one version, '", kOipModelVersion, "'"));
-  }
-  if (request.id().size() > kMaxRequestIdBytes) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("id has ", request.id().size(),
-                     " bytes: expected at most ", kMaxRequestIdBytes));
-  }
+  RETURN_IF_ERROR(CheckModelVersion("model_version", request.model_version()));
+  RETURN_IF_ERROR(CheckRequestId("id", request.id()));
   r.set_model(request.model_name());
   r.set_request_id(request.id());
   for (const auto& [key, p] : request.parameters()) {

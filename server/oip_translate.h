@@ -49,6 +49,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/string_view.h"
 #include "inference/grpc_service.pb.h"
 #include "normserve/v1/normalization_service.pb.h"
 #include "server/request_decoder.h"
@@ -88,6 +89,11 @@ void FillModelConfig(const Model& model, inference::ModelConfig* out);
 
 // The one model version normserve reports.
 inline constexpr char kOipModelVersion[] = "1";
+
+// NOT_FOUND, naming `field`, for a version other than kOipModelVersion
+// (empty: any).
+absl::Status CheckModelVersion(absl::string_view field,
+                               const std::string& version);
 
 }  // namespace normserve
 

@@ -327,6 +327,13 @@ uint64_t ParamsIdentity(const NormParams& p, int64_t count) {
 
 }  // namespace
 
+absl::Status CheckRequestId(absl::string_view field, absl::string_view id) {
+  if (id.size() <= kMaxRequestIdBytes) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(field, " has ", id.size(),
+                                                 " bytes: expected at most ",
+                                                 kMaxRequestIdBytes));
+}
+
 absl::StatusOr<std::unique_ptr<DecodedRequest>> DecodeRequest(
     const v1::NormalizeRequest& request, const ModelRegistry& models,
     const ValidationLimits& limits, const DeviceAvailability& devices,
@@ -336,11 +343,7 @@ absl::StatusOr<std::unique_ptr<DecodedRequest>> DecodeRequest(
       -> const ExternalPayload* {
     return payloads == nullptr ? nullptr : &(payloads->*which);
   };
-  if (request.request_id().size() > kMaxRequestIdBytes) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("request_id has ", request.request_id().size(),
-                     " bytes: expected at most ", kMaxRequestIdBytes));
-  }
+  RETURN_IF_ERROR(CheckRequestId("request_id", request.request_id()));
   const Model* model = models.Find(request.model());
   if (model == nullptr) {
     return absl::NotFoundError(absl::StrCat(

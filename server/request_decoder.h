@@ -55,6 +55,8 @@ inline constexpr int64_t kResponseFramingBytes = 1024;
 // The longest request_id (OIP: id) accepted. Responses echo it (a stream's
 // twice), inside kResponseFramingBytes.
 inline constexpr size_t kMaxRequestIdBytes = 256;
+// INVALID_ARGUMENT, naming `field`, for an id over kMaxRequestIdBytes.
+absl::Status CheckRequestId(absl::string_view field, absl::string_view id);
 
 // Which devices the server can run on.
 struct DeviceAvailability {

@@ -384,18 +384,19 @@ struct RowValue {
     if constexpr (kCentring != Centring::kNone) {
       v = hn::Sub(v, hn::Set(tag, mean));
     }
-    const auto v0 = v;
-    v = hn::Mul(v, hn::Set(tag, rstd));
+    const auto r = hn::Set(tag, rstd);
     if constexpr (kGamma && kBeta) {
-      v = hn::MulAdd(v, hn::LoadU(tag, gamma + i), hn::LoadU(tag, beta + i));
+      return hn::MulAdd(hn::Mul(v, r), hn::LoadU(tag, gamma + i),
+                        hn::LoadU(tag, beta + i));
     } else if constexpr (kGamma) {
-      v = hn::Mul(v, hn::LoadU(tag, gamma + i));
+      return hn::Mul(hn::Mul(v, r), hn::LoadU(tag, gamma + i));
     } else if constexpr (kBeta) {
-      // Not Mul then Add: one fused operation at every vector width (the
-      // compiler may not fuse them itself: see kernels/CMakeLists.txt).
-      return hn::MulAdd(v0, hn::Set(tag, rstd), hn::LoadU(tag, beta + i));
+      // One fused operation at every vector width (the compiler fuses
+      // nothing itself: see kernels/CMakeLists.txt).
+      return hn::MulAdd(v, r, hn::LoadU(tag, beta + i));
+    } else {
+      return hn::Mul(v, r);
     }
-    return v;
   }
 };
 

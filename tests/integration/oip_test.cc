@@ -127,28 +127,23 @@ TEST_F(OipTest, HealthAndMetadata) {
   for (const char* version : {"1", "2"}) {
     const grpc::StatusCode want =
         std::string(version) == "1" ? grpc::OK : grpc::NOT_FOUND;
-    grpc::ClientContext a, b, c;
-    mm.set_name("default");
-    mm.set_version(version);
-    const grpc::Status m = oip_->ModelMetadata(&a, mm, &meta);
-    EXPECT_EQ(m.error_code(), want) << version;
-    inference::ModelConfigRequest cr;
-    cr.set_name("default");
-    cr.set_version(version);
-    inference::ModelConfigResponse config;
-    const grpc::Status k = oip_->ModelConfig(&b, cr, &config);
-    EXPECT_EQ(k.error_code(), want) << version;
-    inference::ModelStatisticsRequest sr;
-    sr.set_name("default");
-    sr.set_version(version);
-    inference::ModelStatisticsResponse stats;
-    const grpc::Status t = oip_->ModelStatistics(&c, sr, &stats);
-    EXPECT_EQ(t.error_code(), want) << version;
-    if (want != grpc::OK) {
-      EXPECT_EQ(m.error_message(), version_error);
-      EXPECT_EQ(k.error_message(), version_error);
-      EXPECT_EQ(t.error_message(), version_error);
-    }
+    const auto check = [&](auto request, auto response, auto call) {
+      request.set_name("default");
+      request.set_version(version);
+      grpc::ClientContext ctx;
+      const grpc::Status s = call(&ctx, request, &response);
+      EXPECT_EQ(s.error_code(), want) << version;
+      if (want != grpc::OK) {
+        EXPECT_EQ(s.error_message(), version_error);
+      }
+    };
+    check(inference::ModelMetadataRequest(), inference::ModelMetadataResponse(),
+          [&](auto... a) { return oip_->ModelMetadata(a...); });
+    check(inference::ModelConfigRequest(), inference::ModelConfigResponse(),
+          [&](auto... a) { return oip_->ModelConfig(a...); });
+    check(inference::ModelStatisticsRequest(),
+          inference::ModelStatisticsResponse(),
+          [&](auto... a) { return oip_->ModelStatistics(a...); });
   }
 }
 
