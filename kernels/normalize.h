@@ -19,9 +19,12 @@
 //   in float32 blocks summed in double; outputs round to nearest even.
 //
 // Numerics
-//   Mean and variance are two-pass over the row, shifted by the row's first
-//   value, so rows with |mean| ≫ std keep their precision (never
-//   E[x²] − E[x]²). Outputs are (z − mean)·rstd, so a constant row gives
+//   Mean and variance are taken of u = z − s, s the mean of the row's first
+//   vector (near the row's mean), so rows with |mean| ≫ std keep their
+//   precision. One pass sums u and u²; var = Σu²/D − (Σu/D)² is kept only
+//   where that cancels at most one bit (s within one std of the mean: nearly
+//   every row), else a second pass sums (u − mean)². Never the unshifted
+//   E[x²] − E[x]². Outputs are (z − mean)·rstd, so a constant row gives
 //   exactly β. A row whose float32 statistics would overflow or underflow
 //   (values beyond ~1e19 or below ~1e-15 in spread) is recomputed in double.
 //   A NaN or Inf anywhere in a row touches no other row. As torch does: it

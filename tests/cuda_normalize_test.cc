@@ -38,6 +38,7 @@ using testing::CheckAgainstReference;
 using testing::CheckAgreesWithTheCpuKernel;
 using testing::CheckConstantRowsGiveExactlyBeta;
 using testing::CheckEveryDtypePair;
+using testing::CheckFirstValuesFarFromTheRest;
 using testing::CheckHugeAndTinyRows;
 using testing::CheckMeanFarLargerThanStd;
 using testing::CheckNanOrInfPoisonsOnlyItsRow;
@@ -219,6 +220,10 @@ TEST_F(CudaKernelTest, AgreesWithTheCpuKernel) {
 
 TEST_F(CudaKernelTest, AccurateWhenMeanIsFarLargerThanStd) {
   CheckMeanFarLargerThanStd(OnGpu, {8, 768, 4096, 65536});
+}
+
+TEST_F(CudaKernelTest, AccurateWhenTheFirstValuesAreFarFromTheRest) {
+  CheckFirstValuesFarFromTheRest(OnGpu, {8, 768, 4096, 65536});
 }
 
 TEST_F(CudaKernelTest, ConstantRowGivesExactlyBeta) {

@@ -45,6 +45,7 @@ using testing::CheckAgainstReference;
 using testing::CheckAgreesWithTheCpuKernel;
 using testing::CheckConstantRowsGiveExactlyBeta;
 using testing::CheckEveryDtypePair;
+using testing::CheckFirstValuesFarFromTheRest;
 using testing::CheckHugeAndTinyRows;
 using testing::CheckMeanFarLargerThanStd;
 using testing::CheckNanOrInfPoisonsOnlyItsRow;
@@ -552,6 +553,11 @@ TEST(CudaRowAlgorithmTest, LongRowsOnTheBlockAndStreamingMappings) {
 TEST(CudaRowAlgorithmTest, AccurateWhenMeanIsFarLargerThanStd) {
   CheckMeanFarLargerThanStd(Planned, {8, 768, 4096});
   CheckMeanFarLargerThanStd(Staged, {8, 768, 4096});
+}
+
+TEST(CudaRowAlgorithmTest, AccurateWhenTheFirstValuesAreFarFromTheRest) {
+  CheckFirstValuesFarFromTheRest(Planned, {8, 768, 4096});
+  CheckFirstValuesFarFromTheRest(Staged, {8, 768, 4096});
 }
 
 TEST(CudaRowAlgorithmTest, ConstantRowGivesExactlyBeta) {

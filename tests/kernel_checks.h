@@ -72,6 +72,39 @@ inline void CheckMeanFarLargerThanStd(const Runner& run,
   }
 }
 
+// Rows whose first 16 values sit apart from the rest: 1000 std above a
+// N(0, 1) row, and 1 (1000 std) above a 1e4 ± 1e-3 row. A shift taken from
+// a row's first values lands far from its mean there (K = 1 + (shift −
+// mean)²/var up to about D/16), where the variance as Σu² − (Σu)²/D of
+// u = x − shift would lose log2(K) bits. Also 1 std apart, which puts K
+// near 2 at large D, the CPU kernel's limit for that formula.
+inline void CheckFirstValuesFarFromTheRest(
+    const Runner& run, std::initializer_list<int64_t> dims) {
+  std::mt19937 rng(11);
+  for (int64_t d : dims) {
+    for (float center : {0.0f, 1e4f}) {
+      for (float apart : {1000.0f, 1.0f}) {
+        const float std_dev = center == 0.0f ? 1.0f : 1e-3f;
+        Case c;
+        c.params.dim = d;
+        c.rows = 3;
+        std::vector<float> x =
+            Normal(static_cast<size_t>(c.rows * d), center, std_dev, &rng);
+        for (int64_t r = 0; r < c.rows; ++r) {
+          for (int64_t i = 0; i < d && i < 16; ++i) {
+            x[static_cast<size_t>(r * d + i)] += apart * std_dev;
+          }
+        }
+        c.x = Encode(DType::kFloat32, x);
+        SCOPED_TRACE(::testing::Message()
+                     << "D " << d << " rows " << center << " ± " << std_dev
+                     << ", first 16 " << apart << " std above");
+        CheckAgainstReference(c, run(c));
+      }
+    }
+  }
+}
+
 // A constant row normalizes to exactly β (γ = 3), in every dtype, for
 // constants from 0 to near the float32 limits.
 inline void CheckConstantRowsGiveExactlyBeta(

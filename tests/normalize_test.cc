@@ -30,6 +30,7 @@ using testing::Case;
 using testing::CheckAgainstReference;
 using testing::CheckConstantRowsGiveExactlyBeta;
 using testing::CheckEveryDtypePair;
+using testing::CheckFirstValuesFarFromTheRest;
 using testing::CheckHugeAndTinyRows;
 using testing::CheckMeanFarLargerThanStd;
 using testing::CheckNanOrInfPoisonsOnlyItsRow;
@@ -133,6 +134,10 @@ TEST_P(KernelTest, LongRowsAndManyRows) {
 
 TEST_P(KernelTest, AccurateWhenMeanIsFarLargerThanStd) {
   CheckMeanFarLargerThanStd(OnCpu, {8, 768, 65536});
+}
+
+TEST_P(KernelTest, AccurateWhenTheFirstValuesAreFarFromTheRest) {
+  CheckFirstValuesFarFromTheRest(OnCpu, {8, 768, 4096, 65536});
 }
 
 TEST_P(KernelTest, ConstantRowGivesExactlyBeta) {

@@ -1,17 +1,21 @@
 // The SIMD row kernel, compiled once per instruction set by Highway and
 // chosen at run time (no -march flags: the binary runs on any x86-64).
 //
-// Per row of LayerNorm, with s = z[0] and z = input [+ residual]:
-// (1) Σ(z − s), reading the input from memory; (2) Σ((z − s) − m)²;
-// (3) y = ((z − s) − m)·rstd [·γ] [+β], converted to the output type.
-// RMSNorm makes (2) and (3) only, with nothing subtracted. Passes 2 and 3 read
-// the row from L1/L2, so DRAM sees one read and one write per element. What
-// they read depends on the input: float32 rows in place; 16-bit rows of D <=
-// kKeepMaxDim, and every row with a residual, as z − s, kept in float32 by pass
-// 1; longer 16-bit rows in place, converting again. The values are the same
-// either way. Sums run over blocks of kBlock elements in four vector
-// accumulators, each block reduced to a float and added to a double: the order
-// depends only on D and the vector width. Rows of D <= kStaggerMaxDim
+// Per row of LayerNorm, with z = input [+ residual], s = the mean of the
+// row's first vector (RowShift) and u = z − s:
+// (1) Σu and Σu², reading the input from memory. Where s is close to the
+//     mean, as it nearly always is, var = Σu²/D − (Σu/D)² is accurate
+//     (layer_norm_statistics says how close); otherwise
+// (2) Σ(u − m)², m = Σu/D, as a second pass;
+// (3) y = (u − m)·rstd [·γ] [+β], converted to the output type.
+// RMSNorm makes (1) as Σz² and (3), with nothing subtracted. Passes 2 and 3
+// read the row from L1/L2, so DRAM sees one read and one write per element.
+// What they read depends on the input: float32 rows in place; 16-bit rows of
+// D <= kKeepMaxDim, and every row with a residual, as u, kept in float32 by
+// pass 1; longer 16-bit rows in place, converting again. The values are the
+// same either way. Sums run over blocks of kBlock elements in four vector
+// accumulators, each block reduced to a float and added to a double: the
+// order depends only on D and the vector width. Rows of D <= kStaggerMaxDim
 // interleave their passes with the next row's, to hide the latency between
 // passes.
 #include <cmath>
@@ -163,63 +167,88 @@ enum class Centring { kShiftThenMean, kMean, kNone };
 
 // ---- Reductions over a float32 row ----
 
-// Σ (v − shift), or with kSquares Σ ((v − shift) − center)², less what
-// kCentring leaves out, in the fixed block order described at the top of
-// the file. `load(tag, i)` returns the Lanes(tag) values of v at i (and may
-// convert and store them as it goes).
-//
-// kKeep: stores each v − shift to kept[i], for the later passes.
-template <bool kSquares, Centring kCentring = Centring::kShiftThenMean,
+// Sums of a row in the fixed block order described at the top of the file.
+// `load(tag, i)` returns the Lanes(tag) values of v at i (and may convert and
+// store them as it goes); u = v − shift, less what kCentring leaves out.
+//   kLinear: Σu and Σu² (LayerNorm's first pass: the mean is not known yet);
+//   otherwise Σ(u − center)² (centre left out under kNone), in `squares`.
+// kKeep: stores each u to kept[i], for the later passes.
+struct RowSums {
+  double linear = 0.0;
+  double squares = 0.0;
+};
+
+template <bool kLinear, Centring kCentring = Centring::kShiftThenMean,
           bool kKeep = false, class Loader>
-double SumRow(size_t d, float shift, float center, const Loader& load_ref,
-              float* kept = nullptr) {
+RowSums SumRow(size_t d, float shift, float center, const Loader& load_ref,
+               float* kept = nullptr) {
   const Loader load = load_ref;  // as in OutputRow: a loader may store
   const hn::ScalableTag<float> df;
   const hn::CappedTag<float, 1> d1;
   const size_t n = hn::Lanes(df);
-  auto accumulate = [&](auto tag, auto acc, size_t i) {
-    auto v = load(tag, i);
-    if constexpr (kCentring == Centring::kShiftThenMean) {
-      v = hn::Sub(v, hn::Set(tag, shift));
-    }
-    if constexpr (kKeep) hn::StoreU(v, tag, kept + i);
-    if constexpr (kSquares) {
-      if constexpr (kCentring != Centring::kNone) {
-        v = hn::Sub(v, hn::Set(tag, center));
-      }
-      return hn::MulAdd(v, v, acc);
-    } else {
-      return hn::Add(acc, v);
-    }
-  };
-  double total = 0.0;
+  auto accumulate = [&](auto tag, auto& linear, auto& squares, size_t i)
+                        NORMSERVE_INLINE_LAMBDA {
+                          auto u = load(tag, i);
+                          if constexpr (kCentring == Centring::kShiftThenMean) {
+                            u = hn::Sub(u, hn::Set(tag, shift));
+                          }
+                          if constexpr (kKeep) hn::StoreU(u, tag, kept + i);
+                          if constexpr (kLinear) {
+                            linear = hn::Add(linear, u);
+                          } else if constexpr (kCentring != Centring::kNone) {
+                            u = hn::Sub(u, hn::Set(tag, center));
+                          }
+                          squares = hn::MulAdd(u, u, squares);
+                        };
+  RowSums total;
   for (size_t start = 0; start < d; start += kBlock) {
     const size_t len = d - start < kBlock ? d - start : kBlock;
-    auto a0 = hn::Zero(df), a1 = hn::Zero(df), a2 = hn::Zero(df),
-         a3 = hn::Zero(df);
+    auto l0 = hn::Zero(df), l1 = hn::Zero(df), l2 = hn::Zero(df),
+         l3 = hn::Zero(df);
+    auto q0 = hn::Zero(df), q1 = hn::Zero(df), q2 = hn::Zero(df),
+         q3 = hn::Zero(df);
     size_t i = 0;
     for (; i + 4 * n <= len; i += 4 * n) {
-      a0 = accumulate(df, a0, start + i);
-      a1 = accumulate(df, a1, start + i + n);
-      a2 = accumulate(df, a2, start + i + 2 * n);
-      a3 = accumulate(df, a3, start + i + 3 * n);
+      accumulate(df, l0, q0, start + i);
+      accumulate(df, l1, q1, start + i + n);
+      accumulate(df, l2, q2, start + i + 2 * n);
+      accumulate(df, l3, q3, start + i + 3 * n);
     }
-    for (; i + n <= len; i += n) a0 = accumulate(df, a0, start + i);
-    const auto sum = hn::Add(hn::Add(a0, a1), hn::Add(a2, a3));
-    auto tail = hn::Zero(d1);
-    for (; i < len; ++i) tail = accumulate(d1, tail, start + i);
-    const float block =
-        hn::GetLane(hn::SumOfLanes(df, sum)) + hn::GetLane(tail);
-    total += static_cast<double>(block);
+    for (; i + n <= len; i += n) accumulate(df, l0, q0, start + i);
+    auto linear_tail = hn::Zero(d1), squares_tail = hn::Zero(d1);
+    for (; i < len; ++i) accumulate(d1, linear_tail, squares_tail, start + i);
+    auto block = [&](auto a0, auto a1, auto a2, auto a3, auto tail) {
+      const auto sum = hn::Add(hn::Add(a0, a1), hn::Add(a2, a3));
+      return static_cast<double>(hn::GetLane(hn::SumOfLanes(df, sum)) +
+                                 hn::GetLane(tail));
+    };
+    if constexpr (kLinear) total.linear += block(l0, l1, l2, l3, linear_tail);
+    total.squares += block(q0, q1, q2, q3, squares_tail);
   }
   return total;
 }
 
-bool AllEqual(const float* z, size_t d, float value) {
+// Whether the row's values are all equal (and none NaN).
+bool AllEqual(const float* z, size_t d) {
   for (size_t i = 0; i < d; ++i) {
-    if (!(z[i] == value)) return false;
+    if (!(z[i] == z[0])) return false;
   }
   return true;
+}
+
+// The shift LayerNorm subtracts before it sums: the mean of the row's first
+// vector (its first value when shorter), so usually within a fraction of a
+// standard deviation of the row's mean. Scaled before the sum, which cannot
+// overflow; where it is inexact (a denormal scaled) the statistics are still
+// right, only the first pass's check has a little more to reject.
+template <class Loader>
+float RowShift(size_t d, const Loader& first) {
+  const hn::ScalableTag<float> df;
+  const size_t n = hn::Lanes(df);
+  if (d < n) return hn::GetLane(first(hn::CappedTag<float, 1>(), 0));
+  const auto scaled =
+      hn::Mul(first(df, 0), hn::Set(df, 1.0f / static_cast<float>(n)));
+  return hn::GetLane(hn::SumOfLanes(df, scaled));
 }
 
 // The double-precision path for rows whose float32 statistics overflow or
@@ -501,7 +530,6 @@ void RowsTyped(const RowSegment& s, int64_t row_begin, int64_t row_end,
                bool stream) {
   const NormParams& p = *s.params;
   const size_t d = static_cast<size_t>(p.dim);
-  const hn::CappedTag<float, 1> d1;
   const bool layer_norm = p.kind == NormKind::kLayerNorm;
   // Without a residual, z is the input row itself.
   const bool direct = s.residual == nullptr;
@@ -553,7 +581,8 @@ void RowsTyped(const RowSegment& s, int64_t row_begin, int64_t row_end,
     float* zs;  // its scratch slot
     float shift;
     double mean_shifted;  // the mean of z − shift (LayerNorm)
-    double m2;
+    double var;           // the variance (mean square under RMSNorm)
+    bool second_pass;     // the first pass's sums are not precise enough
   };
   // The mean of z − shift as float32: what passes 2 and 3 subtract.
   auto center = [](const Row& w) { return static_cast<float>(w.mean_shifted); };
@@ -571,11 +600,34 @@ void RowsTyped(const RowSegment& s, int64_t row_begin, int64_t row_end,
     w.zs = zs;
     w.shift = 0.0f;
     w.mean_shifted = 0.0;
-    w.m2 = 0.0;
+    w.var = 0.0;
+    w.second_pass = false;
     return w;
   };
 
-  // Pass 1: Σ(z − shift) for LayerNorm, Σz² for RMSNorm; keeps z − shift
+  // LayerNorm's statistics from its first pass: Σu and Σu², u = z − shift.
+  // Σu²/D − (Σu/D)² cancels where the shift is far from the mean, with
+  // K = (Σu²/D) / var = 1 + (shift − mean)²/var: if the float32 block sums
+  // are good to a relative e (in Σ|terms|), the variance is good to
+  // (K + 2·sqrt(K(K − 1)))·e. Within K <= 2 that is under 5e, against the
+  // second pass's e; and the variance is at least half of Σu²/D, so never
+  // negative. The shift, the mean of the row's first vector, is within a
+  // fraction of a std of the mean in nearly every row. Rows past K = 2 (and
+  // rows with NaN, Inf or overflow) get the second pass, which sums
+  // (u − mean)² and has no such cancellation.
+  auto layer_norm_statistics = [&](Row& w, const RowSums& sums) {
+    const double mean = sums.linear / static_cast<double>(d);
+    const double mean_square = sums.squares / static_cast<double>(d);
+    const double var = mean_square - mean * mean;
+    w.mean_shifted = mean;
+    if (std::isfinite(mean_square) && var >= 0.5 * mean_square) {
+      w.var = var;
+    } else {
+      w.second_pass = true;  // and NaN, Inf and overflow, as before
+    }
+  };
+
+  // Pass 1: Σu and Σu² for LayerNorm, Σz² for RMSNorm; keeps u = z − shift
   // in the row's slot when `keep`.
   auto first_pass = [&](Row& w) NORMSERVE_INLINE_LAMBDA {
     const In* x = w.x;
@@ -601,24 +653,28 @@ void RowsTyped(const RowSegment& s, int64_t row_begin, int64_t row_end,
       };
     };
     if (direct && sum_out != nullptr) std::memcpy(sum_out, x, d * sizeof(In));
+    const double dim = static_cast<double>(d);
     if (!keep) {  // rows not kept have no residual
       if (layer_norm) {
-        w.shift = hn::GetLane(first_from_input(d1, 0));
-        const double sum = SumRow<false>(d, w.shift, 0.0f, first_from_input);
-        w.mean_shifted = sum / static_cast<double>(d);
+        w.shift = RowShift(d, first_from_input);
+        layer_norm_statistics(w,
+                              SumRow<true>(d, w.shift, 0.0f, first_from_input));
       } else {
-        w.m2 = SumRow<true, Centring::kNone>(d, 0.0f, 0.0f, first_from_input);
+        w.var = SumRow<false, Centring::kNone>(d, 0.0f, 0.0f, first_from_input)
+                    .squares /
+                dim;
       }
       return;
     }
     auto body = [&](const auto& first) NORMSERVE_INLINE_LAMBDA {
       if (layer_norm) {
-        w.shift = hn::GetLane(first(d1, 0));
-        const double sum = SumRow<false, Centring::kShiftThenMean, true>(
-            d, w.shift, 0.0f, first, w.zs);
-        w.mean_shifted = sum / static_cast<double>(d);
+        w.shift = RowShift(d, first);
+        layer_norm_statistics(w, SumRow<true, Centring::kShiftThenMean, true>(
+                                     d, w.shift, 0.0f, first, w.zs));
       } else {
-        w.m2 = SumRow<true, Centring::kNone, true>(d, 0.0f, 0.0f, first, w.zs);
+        w.var = SumRow<false, Centring::kNone, true>(d, 0.0f, 0.0f, first, w.zs)
+                    .squares /
+                dim;
       }
     };
     if (direct) {
@@ -630,16 +686,24 @@ void RowsTyped(const RowSegment& s, int64_t row_begin, int64_t row_end,
     }
   };
 
-  // Pass 2 (LayerNorm): Σ((z − shift) − center)², from the kept row or
-  // from the input, which is in cache after pass 1.
+  // Pass 2 (LayerNorm rows whose first pass left K > 2):
+  // Σ((z − shift) − center)², from the kept row or from the input, which is
+  // in cache after pass 1.
   auto second_pass = [&](Row& w) NORMSERVE_INLINE_LAMBDA {
-    if (!layer_norm) return;
+    if (!w.second_pass) return;
+    // Σ(u − c)² = Σ(u − m)² + D(m − c)²: remove the (tiny) centring error.
+    auto set_var = [&](double m2) {
+      const double delta = w.mean_shifted - static_cast<double>(center(w));
+      const double var = m2 / static_cast<double>(d) - delta * delta;
+      w.var = var < 0.0 ? 0.0 : var;
+    };
     if (keep) {
       const float* zs = w.zs;
       auto from_scratch = [zs](auto tag, size_t i) {
         return hn::LoadU(tag, zs + i);
       };
-      w.m2 = SumRow<true, Centring::kMean>(d, 0.0f, center(w), from_scratch);
+      set_var(SumRow<false, Centring::kMean>(d, 0.0f, center(w), from_scratch)
+                  .squares);
       return;
     }
     // DRAM would idle through this pass: it prefetches the next row into
@@ -651,16 +715,13 @@ void RowsTyped(const RowSegment& s, int64_t row_begin, int64_t row_end,
       if (ahead < x_end) __builtin_prefetch(ahead, 0, 2);
       return LoadAs(tag, x + i);
     };
-    w.m2 = SumRow<true>(d, w.shift, center(w), second_from_input);
+    set_var(SumRow<false>(d, w.shift, center(w), second_from_input).squares);
   };
 
   // Pass 3: the outputs, and the row's statistics.
   auto output_pass = [&](const Row& w) NORMSERVE_INLINE_LAMBDA {
-    // Σ(v − c)² = Σ(v − m)² + D(m − c)²: remove the (tiny) centring error.
     const float c = center(w);
-    const double delta = w.mean_shifted - static_cast<double>(c);
-    double var = w.m2 / static_cast<double>(d) - delta * delta;
-    if (var < 0.0) var = 0.0;
+    const double var = w.var;
 
     // z as a float32 row, for the rare rows below (computed at most once,
     // beside the kept row, which the output pass may still read).
@@ -682,8 +743,8 @@ void RowsTyped(const RowSegment& s, int64_t row_begin, int64_t row_end,
     };
     double mean_out = static_cast<double>(w.shift) + w.mean_shifted;
     double rstd = 1.0 / std::sqrt(var + static_cast<double>(p.epsilon));
-    const bool finite = std::isfinite(w.mean_shifted) && std::isfinite(w.m2);
-    const bool tiny = var < kTinyVariance && !AllEqual(float_row(), d, w.shift);
+    const bool finite = std::isfinite(w.mean_shifted) && std::isfinite(var);
+    const bool tiny = var < kTinyVariance && !AllEqual(float_row(), d);
     if (finite && !tiny) {
       const float rs = static_cast<float>(rstd);
       auto output = [&](auto centring, const auto* z) NORMSERVE_INLINE_LAMBDA {
