@@ -192,24 +192,50 @@ class DeployTest(unittest.TestCase):
                 for ep in mon["spec"]["endpoints"]:
                     self.assertIn(ep["port"], ports, service["metadata"]["name"])
 
-    def test_deployment_drains_gracefully_and_runs_unprivileged(self):
-        dep = load_yaml(os.path.join(DEPLOY, "k8s", "deployment.yaml"))
-        pod = dep["spec"]["template"]["spec"]
-        c = pod["containers"][0]
-        grace_ms = int(next(a.split("=")[1] for a in c["args"] if a.startswith("--shutdown_grace_ms")))
-        self.assertGreater(pod["terminationGracePeriodSeconds"] * 1000, grace_ms)
-        self.assertTrue(pod["securityContext"]["runAsNonRoot"])
-        self.assertEqual(c["readinessProbe"]["grpc"]["port"], 8001)
+    def test_deployments_drain_gracefully_fit_their_limits_and_run_unprivileged(self):
+        hpa_targets = {load_yaml(p)["spec"]["scaleTargetRef"]["name"]
+                       for p in glob.glob(os.path.join(DEPLOY, "k8s", "hpa*.yaml"))}
+        self.assertTrue(hpa_targets)
+        for path in sorted(glob.glob(os.path.join(DEPLOY, "k8s", "deployment*.yaml"))):
+            with self.subTest(path=os.path.basename(path)):
+                dep = load_yaml(path)
+                pod = dep["spec"]["template"]["spec"]
+                (c,) = pod["containers"]
+                flags = dict(a[2:].split("=", 1) for a in c["args"] if "=" in a)
+                # preStop pause + drain + a margin within the termination grace.
+                pre_stop = c["lifecycle"]["preStop"]["exec"]["command"]
+                self.assertEqual(pre_stop[0], "sleep")
+                drain_s = int(pre_stop[1]) + int(flags["shutdown_grace_ms"]) / 1000
+                self.assertGreaterEqual(pod["terminationGracePeriodSeconds"], drain_s + 2)
+                # Compute threads = the CPU limit (the server would count the
+                # node's cores), queued bytes well inside the memory limit.
+                limits = c["resources"]["limits"]
+                self.assertEqual(int(flags["cpu_threads"]), int(limits["cpu"]))
+                memory = int(limits["memory"].removesuffix("Gi")) << 30
+                self.assertLessEqual(int(flags["max_queued_bytes"]) * 4, memory)
+                # A saturated pod must not be restarted for a slow health answer.
+                self.assertGreaterEqual(c["livenessProbe"]["timeoutSeconds"], 5)
+                self.assertGreaterEqual(c["livenessProbe"]["failureThreshold"], 6)
+                self.assertEqual(c["readinessProbe"]["grpc"]["port"], 8001)
+                # The HPA owns the replica count of what it scales.
+                if dep["metadata"]["name"] in hpa_targets:
+                    self.assertNotIn("replicas", dep["spec"])
+                self.assertTrue(pod["securityContext"]["runAsNonRoot"])
+                self.assertTrue(c["securityContext"]["readOnlyRootFilesystem"])
         headless = load_yaml(os.path.join(DEPLOY, "k8s", "service-headless.yaml"))
         self.assertEqual(headless["spec"]["clusterIP"], "None")
 
     def test_each_deployment_s_flags_start_the_real_server(self):
         """The flags the manifests pass exist and are in range: the server
-        starts with them (a bad one would exit 2 and the pod crash-loop)."""
+        starts with them (a bad one would exit 2 and the pod crash-loop).
+        --device=cuda is started as --device=auto where there is no GPU
+        (it would refuse to start, as it should on a GPU node whose GPU is
+        unusable)."""
         for path in sorted(glob.glob(os.path.join(DEPLOY, "k8s", "deployment*.yaml"))):
             (c,) = load_yaml(path)["spec"]["template"]["spec"]["containers"]
             self.assertIn("--max_connection_age_ms=300000", c["args"], path)
-            with live_server.LiveServer(SERVER, *c["args"]) as server:
+            args = ["--device=auto" if a == "--device=cuda" else a for a in c["args"]]
+            with live_server.LiveServer(SERVER, *args) as server:
                 self.assertGreater(server.grpc_port, 0, path)
 
     def test_prometheus_config_and_rules_pass_promtool(self):

@@ -353,6 +353,80 @@ TEST(ReliabilityTest, SigintUnderLoadDrainsAndExitsCleanly) {
   DrainsUnderLoadAndExitsCleanly(SIGINT);
 }
 
+// Two replicas behind one client channel, as behind the headless Service:
+// round_robin over both, with the retry policy the README gives for
+// UNAVAILABLE. One replica drains (SIGTERM while a client holds a stream
+// open to it, so it stays up, refusing new calls, until the stream closes),
+// and every unary call still succeeds: those it refuses are retried on the
+// other replica.
+TEST(ReliabilityTest, CallsADrainingReplicaRefusesAreRetriedOnAnother) {
+  ServerProcess draining(NORMSERVE_BINARY, {"--shutdown_grace_ms=10000"});
+  ServerProcess other(NORMSERVE_BINARY, {});
+  auto stream_client = Connect(draining.grpc_target());
+  grpc::ClientContext stream_ctx;
+  auto stream = stream_client->stub()->NormalizeStream(&stream_ctx);
+  v1::NormalizeStreamRequest msg;
+  *msg.mutable_request() = NormClient::BuildRequest(RandomInput(2, 32, 4));
+  ASSERT_TRUE(stream->Write(msg));
+  v1::NormalizeStreamResponse answer;
+  ASSERT_TRUE(stream->Read(&answer));
+  ASSERT_EQ(answer.status_code(), 0);
+
+  grpc::ChannelArguments args;
+  args.SetLoadBalancingPolicyName("round_robin");
+  args.SetServiceConfigJSON(R"({"methodConfig": [{
+      "name": [{"service": "normserve.v1.NormalizationService"}],
+      "retryPolicy": {"maxAttempts": 5, "initialBackoff": "0.01s",
+                      "maxBackoff": "0.1s", "backoffMultiplier": 2,
+                      "retryableStatusCodes": ["UNAVAILABLE"]}}]})");
+  auto channel = grpc::CreateCustomChannel(
+      absl::StrCat("ipv4:", draining.grpc_target(), ",", other.grpc_target()),
+      grpc::InsecureChannelCredentials(), args);
+  auto stub = v1::NormalizationService::NewStub(channel);
+  const v1::NormalizeRequest request =
+      NormClient::BuildRequest(RandomInput(4, 256, 7));
+  std::atomic<bool> stop{false};
+  std::atomic<int> ok{0}, failed{0};
+  std::vector<std::thread> load;
+  for (int t = 0; t < 2; ++t) {
+    load.emplace_back([&] {
+      while (!stop.load()) {
+        grpc::ClientContext ctx;
+        ctx.set_deadline(std::chrono::system_clock::now() +
+                         std::chrono::seconds(10));
+        v1::NormalizeResponse response;
+        const grpc::Status s = stub->Normalize(&ctx, request, &response);
+        if (s.ok()) {
+          ++ok;
+        } else {
+          ++failed;
+          ADD_FAILURE() << s.error_code() << " " << s.error_message();
+        }
+      }
+    });
+  }
+  absl::SleepFor(absl::Milliseconds(300));
+  kill(draining.pid(), SIGTERM);
+  // The draining replica refuses calls (and they are retried): wait until
+  // its own metrics show refusals, while the stream holds it up.
+  const std::string text =
+      ScrapeUntil(draining.metrics_port(), "grpc_server_handled_total",
+                  {"grpc_code=\"UNAVAILABLE\""}, 5, absl::Seconds(5));
+  EXPECT_GE(MetricValue(text, "grpc_server_handled_total",
+                        {"grpc_code=\"UNAVAILABLE\""}),
+            5);
+  const int ok_while_draining = ok.load();
+  absl::SleepFor(absl::Milliseconds(300));
+  EXPECT_GT(ok.load(), ok_while_draining);
+  stop = true;
+  for (auto& t : load) t.join();
+  EXPECT_EQ(failed.load(), 0);
+  stream->WritesDone();
+  EXPECT_TRUE(stream->Finish().ok());
+  EXPECT_EQ(draining.Stop(0 /* already signalled; just wait */, 30), 0)
+      << draining.Output();
+}
+
 // A client that keeps a stream open holds a drain only until
 // --shutdown_grace_ms has passed: then the server closes the stream and
 // exits 0, within a small margin of the grace.
