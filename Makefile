@@ -13,6 +13,10 @@ FUZZ_SECONDS ?= 300
 SOAK_SECONDS ?= 300
 CMAKE_COMMON = -G Ninja -DCMAKE_BUILD_TYPE=Release -DNORMSERVE_WERROR=ON
 
+# The targets run one after another even under make -j (each builds with
+# all cores itself, and test's stages share the machine's memory).
+.NOTPARALLEL:
+
 .PHONY: all deps build run test test-unit test-sanitize fuzz-smoke fuzz soak bench gpu-check image clean format
 
 all: build
