@@ -125,14 +125,16 @@ struct Job {
 // Runs one batch. Returns the status every job of the batch finishes with.
 using BatchRunner = std::function<absl::Status(absl::Span<Job* const> batch)>;
 
-// Told about queue depth and formed batches, for metrics; must be
+// Told about queue depth, refusals and formed batches, for metrics; must be
 // thread-safe. OnQueueDepth is called with the batcher's lock held (so that
 // depth updates arrive in order): keep it cheap and never call back into
-// the batcher. OnBatch is called on a worker without locks held.
+// the batcher. OnRefused (a job refused because the queues were full) and
+// OnBatch are called without locks held.
 class BatchObserver {
  public:
   virtual ~BatchObserver() = default;
   virtual void OnQueueDepth(int64_t queued_jobs) = 0;
+  virtual void OnRefused() {}
   virtual void OnBatch(const BatchKey& key, int64_t rows, int64_t jobs,
                        absl::Duration compute) = 0;
 };

@@ -169,6 +169,42 @@ Metrics::Metrics()
                     .Help("Requests accepted and not yet answered.")
                     .Register(*registry_)
                     .Add({});
+  queue_refusals_ = &BuildCounter()
+                         .Name("normserve_queue_refusals_total")
+                         .Help("Requests refused because the queues were full.")
+                         .Register(*registry_)
+                         .Add({});
+  auto& answered =
+      BuildCounter()
+          .Name("normserve_requests_total")
+          .Help(
+              "Inference requests answered (unary calls and stream "
+              "messages alike), by status code.")
+          .Register(*registry_);
+  struct Method {
+    const char* service;
+    const char* name;
+    const char* type;
+  };
+  const Method methods[4] = {{kNativeService, "Normalize", "unary"},
+                             {kNativeService, "NormalizeStream", "bidi_stream"},
+                             {kOipService, "ModelInfer", "unary"},
+                             {kOipService, "ModelStreamInfer", "bidi_stream"}};
+  for (int m = 0; m < 4; ++m) {
+    const Method& method = methods[m];
+    started_->Add({{"grpc_service", method.service},
+                   {"grpc_method", method.name},
+                   {"grpc_type", method.type}});
+    for (int code = 0; code <= 16; ++code) {
+      handled_->Add({{"grpc_service", method.service},
+                     {"grpc_method", method.name},
+                     {"grpc_type", method.type},
+                     {"grpc_code", CodeName(code)}});
+      answered_[m][code] = &answered.Add({{"grpc_service", method.service},
+                                          {"grpc_method", method.name},
+                                          {"grpc_code", CodeName(code)}});
+    }
+  }
 }
 
 Metrics::~Metrics() = default;
@@ -178,7 +214,12 @@ absl::StatusOr<std::unique_ptr<Metrics>> Metrics::Create(
   std::unique_ptr<Metrics> m(new Metrics);
   if (!listen_address.empty()) {
     try {
-      m->exposer_ = std::make_unique<prometheus::Exposer>(listen_address);
+      // Civetweb's defaults (2 threads, a 30 s read timeout) let two idle
+      // connections stall every scrape for 30 s.
+      m->exposer_ =
+          std::make_unique<prometheus::Exposer>(std::vector<std::string>{
+              "listening_ports", listen_address, "num_threads", "8",
+              "request_timeout_ms", "3000"});
     } catch (const std::exception& e) {
       return absl::UnavailableError(absl::StrCat(
           "metrics address ", listen_address,
@@ -274,6 +315,13 @@ void Metrics::RequestDone(const std::string& model, const char* device,
 }
 
 void Metrics::InFlightAdd(int delta) { in_flight_->Increment(delta); }
+
+void Metrics::RequestAnswered(InferenceMethod method, int code) {
+  answered_[static_cast<int>(method)][code < 0 || code > 16 ? 2 : code]
+      ->Increment();
+}
+
+void Metrics::OnRefused() { queue_refusals_->Increment(); }
 
 void Metrics::SetCudaSource(
     std::function<std::optional<CudaDeviceStats>()> source) {

@@ -25,10 +25,28 @@
 //   each scrape)
 //   normserve_request_bytes_total{model}             counter, tensor bytes in
 //   normserve_response_bytes_total{model}            counter, tensor bytes out
+//   normserve_requests_total{grpc_service,grpc_method,grpc_code}
+//                                                    counter, inference
+//                                                    requests answered: unary
+//                                                    calls and stream messages
+//                                                    alike (a stream's
+//                                                    handled_total counts the
+//                                                    stream, not its messages)
+//   normserve_queue_refusals_total                   counter, requests refused
+//                                                    because the queues were
+//                                                    full (overload, not bad
+//                                                    input)
 // Latency buckets span 10 µs to 10 s.
 //
+// The grpc_server_* and normserve_requests_total series of the inference
+// methods exist from the start, at 0, for every code: rate() misses the
+// first increment of a series that appears later.
+//
+// The HTTP endpoint runs 8 threads and drops a connection that sends no
+// complete request within 3 s, so idle connections cannot hold it.
+//
 // Threading: every method is thread-safe. Label children are created on
-// first use and cached, so the request path does one hash lookup per call.
+// first use and cached.
 #ifndef NORMSERVE_SERVER_METRICS_H_
 #define NORMSERVE_SERVER_METRICS_H_
 
@@ -75,6 +93,16 @@ class Metrics : public BatchObserver {
   void RpcHandled(const char* service, const std::string& method,
                   const char* type, int code, absl::Duration elapsed);
 
+  // One inference request answered with `code`: a unary call, or one
+  // message of a stream.
+  enum class InferenceMethod {
+    kNormalize,
+    kNormalizeStream,
+    kModelInfer,
+    kModelStreamInfer
+  };
+  void RequestAnswered(InferenceMethod method, int code);
+
   // One request finished computing. `device` is "cpu" or "cuda".
   void RequestDone(const std::string& model, const char* device,
                    absl::Duration queue_wait, absl::Duration latency,
@@ -88,6 +116,7 @@ class Metrics : public BatchObserver {
 
   // BatchObserver.
   void OnQueueDepth(int64_t queued_jobs) override;
+  void OnRefused() override;
   void OnBatch(const BatchKey& key, int64_t rows, int64_t jobs,
                absl::Duration compute) override;
 
@@ -139,6 +168,9 @@ class Metrics : public BatchObserver {
   prometheus::Family<prometheus::Counter>* bytes_out_;
   prometheus::Gauge* queue_depth_;
   prometheus::Gauge* in_flight_;
+  prometheus::Counter* queue_refusals_;
+  // normserve_requests_total, [method][code].
+  prometheus::Counter* answered_[4][17];
   class CudaCollectable;
   std::shared_ptr<CudaCollectable> cuda_;
 

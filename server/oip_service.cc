@@ -269,12 +269,15 @@ void InferenceServiceImpl::StartInfer(
     // asked for it lands in scratch space.
     call->unrequested_output.resize(NormalizationServiceImpl::OutputBytes(d));
     buffers.output = call->unrequested_output.data();
+    buffers.unsent_bytes +=
+        static_cast<int64_t>(call->unrequested_output.size());
   }
   if (d.return_statistics &&
       (buffers.mean == nullptr || buffers.rstd == nullptr)) {
     call->unrequested_stats.resize(static_cast<size_t>(d.rows));
     (buffers.mean == nullptr ? buffers.mean : buffers.rstd) =
         call->unrequested_stats.data();
+    buffers.unsent_bytes += d.rows * static_cast<int64_t>(sizeof(float));
   }
   const absl::Status submitted = native_->Submit(
       std::move(decoded), buffers, arrival, deadline, std::move(is_cancelled),
@@ -299,6 +302,8 @@ grpc::ServerUnaryReactor* InferenceServiceImpl::ModelInfer(
         metrics->RpcHandled(Metrics::kOipService, "ModelInfer", kUnary,
                             static_cast<int>(status.code()),
                             absl::Now() - start);
+        metrics->RequestAnswered(Metrics::InferenceMethod::kModelInfer,
+                                 static_cast<int>(status.code()));
         reactor->Finish(ToGrpcStatus(status));
       });
   return reactor;
@@ -316,7 +321,10 @@ InferenceServiceImpl::ModelStreamInfer(grpc::CallbackServerContext* context) {
         StartInfer(
             item->request, item->answer.mutable_infer_response(),
             CallDeadline(context), [context] { return context->IsCancelled(); },
-            [item, done = std::move(done)](const absl::Status& status) {
+            [this, item, done = std::move(done)](const absl::Status& status) {
+              native_->metrics()->RequestAnswered(
+                  Metrics::InferenceMethod::kModelStreamInfer,
+                  static_cast<int>(status.code()));
               if (!status.ok()) {
                 // The stream carries no status per message: the error
                 // travels as text, with the request's id for matching.
@@ -329,7 +337,10 @@ InferenceServiceImpl::ModelStreamInfer(grpc::CallbackServerContext* context) {
               done();
             });
       },
-      [](const absl::Status& status, ModelStreamInferResponse* answer) {
+      [this](const absl::Status& status, ModelStreamInferResponse* answer) {
+        native_->metrics()->RequestAnswered(
+            Metrics::InferenceMethod::kModelStreamInfer,
+            static_cast<int>(status.code()));
         answer->set_error_message(StreamErrorText(status));
       });
 }

@@ -172,6 +172,7 @@ absl::Status NormalizationServiceImpl::Submit(
   if (buffers.mean != nullptr) {
     bytes_out += 2 * decoded->rows * static_cast<int64_t>(sizeof(float));
   }
+  const int64_t bytes_sent = bytes_out - buffers.unsent_bytes;
 
   auto job = std::make_unique<Job>();
   job->key = decoded->key;
@@ -197,12 +198,12 @@ absl::Status NormalizationServiceImpl::Submit(
   }
   Metrics* metrics = metrics_;
   job->done = [metrics, decoded, finish = std::move(finish), arrival,
-               request_bytes, bytes_out](const absl::Status& status,
-                                         const JobTimings& timings) {
+               request_bytes, bytes_sent](const absl::Status& status,
+                                          const JobTimings& timings) {
     if (status.ok()) {
       metrics->RequestDone(
           decoded->model->name, DeviceLabel(static_cast<int>(decoded->device)),
-          timings.queue_wait, absl::Now() - arrival, request_bytes, bytes_out);
+          timings.queue_wait, absl::Now() - arrival, request_bytes, bytes_sent);
     }
     metrics->InFlightAdd(-1);
     finish(status);
@@ -271,6 +272,8 @@ grpc::ServerUnaryReactor* NormalizationServiceImpl::Normalize(
         metrics->RpcHandled(Metrics::kNativeService, "Normalize", kUnary,
                             static_cast<int>(status.code()),
                             absl::Now() - start);
+        metrics->RequestAnswered(Metrics::InferenceMethod::kNormalize,
+                                 static_cast<int>(status.code()));
         reactor->Finish(ToGrpcStatus(status));
       });
   return reactor;
@@ -314,7 +317,10 @@ NormalizationServiceImpl::NormalizeStream(
         Start(
             item->request.request(), item->answer.mutable_response(),
             CallDeadline(context), [context] { return context->IsCancelled(); },
-            [item, done = std::move(done)](const absl::Status& status) {
+            [this, item, done = std::move(done)](const absl::Status& status) {
+              metrics_->RequestAnswered(
+                  Metrics::InferenceMethod::kNormalizeStream,
+                  static_cast<int>(status.code()));
               v1::NormalizeStreamResponse& a = item->answer;
               a.set_request_id(
                   std::string(EchoedId(item->request.request().request_id())));
@@ -326,7 +332,9 @@ NormalizationServiceImpl::NormalizeStream(
               done();
             });
       },
-      [](const absl::Status& status, v1::NormalizeStreamResponse* answer) {
+      [this](const absl::Status& status, v1::NormalizeStreamResponse* answer) {
+        metrics_->RequestAnswered(Metrics::InferenceMethod::kNormalizeStream,
+                                  static_cast<int>(status.code()));
         answer->set_status_code(static_cast<int>(status.code()));
         answer->set_status_message(ClientMessage(status));
       });

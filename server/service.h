@@ -109,6 +109,9 @@ class NormalizationServiceImpl final
     void* sum = nullptr;
     float* mean = nullptr;
     float* rstd = nullptr;
+    // Bytes of the above that the response does not carry (scratch for
+    // outputs the client did not ask for): left out of the bytes metric.
+    int64_t unsent_bytes = 0;
   };
 
   // Queues a decoded request whose output buffers are ready (the common

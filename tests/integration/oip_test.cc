@@ -322,6 +322,41 @@ TEST_F(OipTest, StreamAnswersEveryMessageAndMetricsCountOipCalls) {
   EXPECT_EQ(MetricValue(text, "normserve_request_latency_seconds_count",
                         {"model=\"default\""}),
             kMessages - 1 + 1);
+  // Each message is counted with its own outcome.
+  const std::vector<std::string> messages = {
+      service, "grpc_method=\"ModelStreamInfer\""};
+  EXPECT_EQ(MetricValue(text, "normserve_requests_total",
+                        {messages[0], messages[1], "grpc_code=\"OK\""}),
+            kMessages - 1);
+  EXPECT_EQ(
+      MetricValue(text, "normserve_requests_total",
+                  {messages[0], messages[1], "grpc_code=\"INVALID_ARGUMENT\""}),
+      1);
+}
+
+// The bytes metric counts what the response carries: outputs the client
+// did not ask for (computed into scratch) are not sent, so not counted.
+TEST_F(OipTest, ResponseBytesCountOnlyTheOutputsRequested) {
+  NormalizeInput in;
+  in.shape = {128, 1024};
+  in.values = Random(128 * 1024, 9);
+  v1::NormalizeRequest native = NormClient::BuildRequest(in);
+  native.set_return_statistics(true);
+  ModelInferRequest r = Twin(native);
+  r.clear_outputs();
+  r.add_outputs()->set_name("mean");
+  grpc::ClientContext ctx;
+  inference::ModelInferResponse response;
+  ASSERT_TRUE(oip_->ModelInfer(&ctx, r, &response).ok());
+  ASSERT_EQ(response.raw_output_contents_size(), 1);
+  EXPECT_EQ(response.raw_output_contents(0).size(), 128 * sizeof(float));
+  const std::string text =
+      ScrapeUntil(server_->metrics_port(), "normserve_response_bytes_total", {},
+                  128 * sizeof(float));
+  EXPECT_EQ(MetricValue(text, "normserve_response_bytes_total"),
+            128 * sizeof(float));
+  EXPECT_EQ(MetricValue(text, "normserve_request_bytes_total"),
+            128 * 1024 * sizeof(float));
 }
 
 }  // namespace

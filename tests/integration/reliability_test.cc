@@ -155,6 +155,14 @@ TEST(ReliabilityTest, OverloadIsRefusedFastAndTheServerRecovers) {
       ok.load(), admitted_p50 * 1e3, p99 * 1e3, exhausted.load(),
       refused_p50 * 1e3, max_rss.load() / 1048576.0);
 
+  // Every refusal is counted as one, for the overload alert.
+  const std::string text = HttpGet(server.metrics_port(), "/metrics");
+  EXPECT_EQ(MetricValue(text, "normserve_queue_refusals_total"),
+            exhausted.load());
+  EXPECT_EQ(MetricValue(text, "normserve_requests_total",
+                        {"grpc_code=\"RESOURCE_EXHAUSTED\""}),
+            exhausted.load());
+
   // Load gone: requests are served again.
   auto after = client->Normalize(RandomInput(4, 256, 2));
   EXPECT_TRUE(after.ok()) << after.status();

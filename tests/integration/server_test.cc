@@ -1,8 +1,11 @@
 // End-to-end tests against the real normserve binary on free ports: the C++
 // client, streaming, health, validation over the wire, a Prometheus scrape,
 // a model config with .npy parameters, and SIGTERM with requests in flight.
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -372,6 +375,20 @@ TEST_F(ServerTest, StreamAnswersEveryMessageIncludingBadOnes) {
   EXPECT_TRUE(stream->Finish().ok());
   EXPECT_EQ(ok, 16);
   EXPECT_EQ(bad, 4);
+  // The stream is one OK call to gRPC's counters; its messages are counted
+  // one by one, each with its own code.
+  const std::string method = "grpc_method=\"NormalizeStream\"";
+  const std::string text = ScrapeUntil(
+      server_->metrics_port(), "grpc_server_handled_total", {method}, 1);
+  EXPECT_EQ(MetricValue(text, "grpc_server_handled_total",
+                        {method, "grpc_code=\"OK\""}),
+            1);
+  EXPECT_EQ(MetricValue(text, "normserve_requests_total",
+                        {method, "grpc_code=\"OK\""}),
+            16);
+  EXPECT_EQ(MetricValue(text, "normserve_requests_total",
+                        {method, "grpc_code=\"INVALID_ARGUMENT\""}),
+            4);
 }
 
 TEST_F(ServerTest, MetricsScrapeCountsTheRequestsSent) {
@@ -398,6 +415,22 @@ TEST_F(ServerTest, MetricsScrapeCountsTheRequestsSent) {
             kBad);
   EXPECT_EQ(MetricValue(text, "grpc_server_handling_seconds_count", {method}),
             kOk + kBad);
+  EXPECT_EQ(MetricValue(text, "normserve_requests_total",
+                        {method, "grpc_code=\"OK\""}),
+            kOk);
+  EXPECT_EQ(MetricValue(text, "normserve_requests_total",
+                        {method, "grpc_code=\"INVALID_ARGUMENT\""}),
+            kBad);
+  // Series of codes never answered exist from the start, at 0, so that
+  // rate() sees their first increment.
+  EXPECT_NE(text.find("grpc_server_handled_total{grpc_code=\"UNAVAILABLE\","
+                      "grpc_method=\"ModelInfer\""),
+            std::string::npos);
+  EXPECT_NE(
+      text.find("normserve_requests_total{grpc_code=\"DEADLINE_EXCEEDED\","
+                "grpc_method=\"NormalizeStream\""),
+      std::string::npos);
+  EXPECT_EQ(MetricValue(text, "normserve_queue_refusals_total"), 0);
   const std::vector<std::string> stage = {"model=\"default\"",
                                           "device=\"cpu\""};
   EXPECT_EQ(MetricValue(text, "normserve_request_latency_seconds_count", stage),
@@ -677,6 +710,36 @@ TEST(ServerProcessTest, OversizedMessageIsResourceExhausted) {
   in.shape = {4, 16};
   in.values.resize(64);
   EXPECT_TRUE(client->Normalize(in).ok());
+  // The client's mistake, not overload: no queue refusal is counted.
+  EXPECT_EQ(MetricValue(HttpGet(server.metrics_port(), "/metrics"),
+                        "normserve_queue_refusals_total"),
+            0);
+  EXPECT_EQ(server.Stop(SIGTERM, 30), 0);
+}
+
+// Idle connections to the metrics port (more than civetweb's default two
+// worker threads) do not hold up a scrape.
+TEST(ServerProcessTest, IdleMetricsConnectionsDoNotStallAScrape) {
+  ServerProcess server(NORMSERVE_BINARY, {});
+  std::vector<int> idle;
+  for (int i = 0; i < 4; ++i) {
+    const int fd = socket(AF_INET, SOCK_STREAM, 0);
+    ASSERT_GE(fd, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(static_cast<uint16_t>(server.metrics_port()));
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+    const char partial[] = "GET /metrics HTTP/1.1\r\n";  // and nothing more
+    ASSERT_GT(write(fd, partial, sizeof(partial) - 1), 0);
+    idle.push_back(fd);
+  }
+  absl::SleepFor(absl::Milliseconds(100));
+  const absl::Time start = absl::Now();
+  const std::string text = HttpGet(server.metrics_port(), "/metrics");
+  EXPECT_NE(text.find("normserve_queue_depth"), std::string::npos);
+  EXPECT_LT(absl::Now() - start, absl::Seconds(1));
+  for (int fd : idle) close(fd);
   EXPECT_EQ(server.Stop(SIGTERM, 30), 0);
 }
 
