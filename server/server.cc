@@ -122,6 +122,23 @@ absl::StatusOr<std::unique_ptr<NormServer>> NormServer::Create(
   ModelRegistry::Options model_options = options.models;
   RETURN_IF_ERROR(StartCuda(options, s.get(), &model_options.default_device));
   ASSIGN_OR_RETURN(s->models, ModelRegistry::Create(model_options));
+  // A configured model that asks for CUDA needs a usable GPU: the backend
+  // starts for it (under --device=cpu too), or the server does not start,
+  // as with --device=cuda, rather than refuse every request to that model.
+  for (const Model* m : s->models->models()) {
+    if (m->device != DeviceKind::kCuda || s->cuda_backend != nullptr) continue;
+    absl::StatusOr<std::unique_ptr<Backend>> cuda =
+        MakeCudaBackend(options.cuda);
+    if (!cuda.ok()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "model '", m->name, "' (--model_config): device = DEVICE_CUDA, but ",
+          cuda.status().message()));
+    }
+    s->cuda_backend = std::move(*cuda);
+    s->device_summary =
+        absl::StrCat(s->device_summary, "; cuda for model '", m->name, "' (",
+                     s->cuda_backend->Describe(), ")");
+  }
   ASSIGN_OR_RETURN(s->metrics, Metrics::Create(options.metrics_address));
   if (s->cuda_backend != nullptr) {
     Backend* cuda = s->cuda_backend.get();

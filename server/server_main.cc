@@ -22,13 +22,14 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "server/internal/cpu_limit.h"
 #include "server/server.h"
 
 ABSL_FLAG(std::string, host, "127.0.0.1",
           "Address to listen on for gRPC and metrics; 0.0.0.0 for all "
           "interfaces (containers, Kubernetes).");
-ABSL_FLAG(int, grpc_port, 8001, "gRPC port (0 picks a free one).");
-ABSL_FLAG(int, metrics_port, 8002,
+ABSL_FLAG(int64_t, grpc_port, 8001, "gRPC port (0 picks a free one).");
+ABSL_FLAG(int64_t, metrics_port, 8002,
           "Prometheus /metrics HTTP port (0 picks a free one).");
 ABSL_FLAG(std::string, model_config, "",
           "Model config file (protobuf text, normserve.v1.ModelConfigList). "
@@ -43,18 +44,19 @@ ABSL_FLAG(int64_t, max_queue_delay_us, 0,
           "batches.");
 ABSL_FLAG(int64_t, max_queue_requests, 1024,
           "Requests a queue holds before answering RESOURCE_EXHAUSTED.");
-ABSL_FLAG(int, batch_workers, 0,
+ABSL_FLAG(int64_t, batch_workers, 0,
           "Threads forming and running batches (each CPU batch is split "
           "across --cpu_threads). 0: one, or one per CUDA stream when the "
           "CUDA backend runs, so that batches overlap on the GPU.");
-ABSL_FLAG(int, cpu_threads, 0,
+ABSL_FLAG(int64_t, cpu_threads, 0,
           "Threads computing at most, all batches together; 0 means one per "
-          "CPU core.");
-ABSL_FLAG(int, max_message_bytes, 64 << 20,
+          "CPU this process may use (its affinity mask, capped by a cgroup "
+          "CPU quota such as a container's CPU limit).");
+ABSL_FLAG(int64_t, max_message_bytes, 64 << 20,
           "Largest gRPC message accepted or sent.");
 ABSL_FLAG(int64_t, max_elements, int64_t{1} << 24,
           "Largest input tensor, in elements.");
-ABSL_FLAG(int, max_rank, 8, "Largest input tensor rank.");
+ABSL_FLAG(int64_t, max_rank, 8, "Largest input tensor rank.");
 ABSL_FLAG(int64_t, max_queued_bytes, int64_t{4} << 30,
           "Bytes of requests (inputs and outputs) queued over all queues "
           "before answering RESOURCE_EXHAUSTED.");
@@ -70,7 +72,7 @@ ABSL_FLAG(std::string, tls_cert, "",
 ABSL_FLAG(std::string, tls_key, "", "PEM private key for --tls_cert.");
 ABSL_FLAG(std::string, tls_client_ca, "",
           "PEM CA bundle: require client certificates signed by it (mTLS).");
-ABSL_FLAG(int, max_concurrent_streams, 100,
+ABSL_FLAG(int64_t, max_concurrent_streams, 100,
           "Concurrent calls per client connection.");
 ABSL_FLAG(int64_t, keepalive_time_ms, 120000,
           "Ping idle connections after this long; drop them if unanswered.");
@@ -208,8 +210,9 @@ int ServerMain(int argc, char** argv, const MainOptions& main_options) {
   options.tls.cert_path = absl::GetFlag(FLAGS_tls_cert);
   options.tls.key_path = absl::GetFlag(FLAGS_tls_key);
   options.tls.client_ca_path = absl::GetFlag(FLAGS_tls_client_ca);
+  // The int-sized flags below were range-checked by FlagOutOfRange().
   options.connection.max_concurrent_streams =
-      absl::GetFlag(FLAGS_max_concurrent_streams);
+      static_cast<int>(absl::GetFlag(FLAGS_max_concurrent_streams));
   options.connection.keepalive_time =
       absl::Milliseconds(absl::GetFlag(FLAGS_keepalive_time_ms));
   options.connection.keepalive_timeout =
@@ -226,15 +229,13 @@ int ServerMain(int argc, char** argv, const MainOptions& main_options) {
       absl::Microseconds(absl::GetFlag(FLAGS_max_queue_delay_us));
   options.models.default_batching.max_queue_requests =
       absl::GetFlag(FLAGS_max_queue_requests);
-  options.batch_workers = absl::GetFlag(FLAGS_batch_workers);
-  options.cpu_threads = absl::GetFlag(FLAGS_cpu_threads);
-  if (options.cpu_threads == 0) {
-    options.cpu_threads =
-        static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  }
-  options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
+  options.batch_workers = static_cast<int>(absl::GetFlag(FLAGS_batch_workers));
+  options.cpu_threads = static_cast<int>(absl::GetFlag(FLAGS_cpu_threads));
+  if (options.cpu_threads == 0) options.cpu_threads = internal::AvailableCpus();
+  options.max_message_bytes =
+      static_cast<int>(absl::GetFlag(FLAGS_max_message_bytes));
   options.limits.max_elements = absl::GetFlag(FLAGS_max_elements);
-  options.limits.max_rank = absl::GetFlag(FLAGS_max_rank);
+  options.limits.max_rank = static_cast<int>(absl::GetFlag(FLAGS_max_rank));
   options.max_queued_bytes = absl::GetFlag(FLAGS_max_queued_bytes);
   options.stream_window.messages = absl::GetFlag(FLAGS_stream_window_messages);
   options.stream_window.bytes = absl::GetFlag(FLAGS_stream_window_bytes);

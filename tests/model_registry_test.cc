@@ -1,7 +1,11 @@
 // Model config parsing (inline values and .npy files) and the .npy codec.
 #include "server/model_registry.h"
 
+#include <unistd.h>
+
 #include <cstdio>
+#include <cstdlib>
+#include <filesystem>
 #include <fstream>
 
 #include "gtest/gtest.h"
@@ -10,10 +14,24 @@
 namespace normserve {
 namespace {
 
-std::string TempDir() {
-  const char* t = std::getenv("TEST_TMPDIR");
-  return t != nullptr ? t : "/tmp";
-}
+// A fresh directory of this test's own (tests run in parallel, and other
+// users' files may sit in /tmp), removed when it goes out of scope.
+class ScopedTempDir {
+ public:
+  ScopedTempDir() {
+    const char* t = std::getenv("TEST_TMPDIR");
+    std::string pattern =
+        std::string(t != nullptr ? t : "/tmp") + "/model_registry_test.XXXXXX";
+    if (mkdtemp(pattern.data()) != nullptr) path_ = pattern;
+  }
+  ~ScopedTempDir() {
+    if (!path_.empty()) std::filesystem::remove_all(path_);
+  }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
 
 TEST(NpyTest, RoundTripsFloat32) {
   const std::vector<int64_t> shape = {2, 3};
@@ -76,7 +94,9 @@ TEST(ModelRegistryTest, DefaultModelAcceptsRequestParameters) {
 }
 
 TEST(ModelRegistryTest, LoadsGammaFromNpyRelativeToTheConfig) {
-  const std::string dir = TempDir();
+  const ScopedTempDir temp;
+  ASSERT_FALSE(temp.path().empty());
+  const std::string& dir = temp.path();
   ASSERT_TRUE(WriteNpyFile(dir + "/registry_gamma.npy", {3}, {1, 2, 3}).ok());
   const std::string config = dir + "/registry_models.pbtxt";
   std::ofstream(config) << R"pb(
@@ -103,6 +123,20 @@ TEST(ModelRegistryTest, LoadsGammaFromNpyRelativeToTheConfig) {
   EXPECT_EQ(m->batching.max_queue_delay, absl::ZeroDuration());
   EXPECT_EQ((*r)->Find("rms")->kind, NormKind::kRmsNorm);
   EXPECT_EQ((*r)->models().size(), 3u);
+}
+
+// A configured model named "default" replaces the built-in one: requests
+// that name no model get its fixed parameters.
+TEST(ModelRegistryTest, AConfiguredDefaultModelReplacesTheBuiltInOne) {
+  auto r = ModelRegistry::CreateFromText(
+      R"pb(models { name: "default" epsilon: 1e-3 })pb", "/", {});
+  ASSERT_TRUE(r.ok()) << r.status();
+  const Model* m = (*r)->Find("");
+  ASSERT_NE(m, nullptr);
+  EXPECT_EQ(m->name, "default");
+  EXPECT_EQ(m->epsilon, 1e-3f);
+  EXPECT_FALSE(m->allow_request_params);
+  EXPECT_EQ((*r)->models().size(), 1u);
 }
 
 TEST(ModelRegistryTest, BadConfigsFailWithTheFieldNamed) {

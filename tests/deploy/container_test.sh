@@ -36,6 +36,10 @@ podman=(podman --runtime "$(command -v runc)" --cgroup-manager cgroupfs
         --storage-driver vfs --root "$work/storage" --runroot "$work/run")
 "${podman[@]}" info >/dev/null 2>&1 || skip "podman cannot start here: $("${podman[@]}" info 2>&1 | tail -1)"
 "$python" -c 'import numpy' 2>/dev/null || fail "$python has no NumPy (deploy/install-deps.sh installs python3-numpy)"
+# vfs keeps a full copy of the root per layer: the build needs several GB.
+min_free_gb="${MIN_FREE_GB:-10}"
+free_gb=$(df -P --block-size=1G "$work" | awk 'NR==2 {print $4}')
+[ "$free_gb" -ge "$min_free_gb" ] || skip "$free_gb GB free under $work, need $min_free_gb (MIN_FREE_GB)"
 
 base=docker.io/library/debian:bookworm-slim
 if ! "${podman[@]}" image exists "$base"; then
@@ -60,7 +64,9 @@ cleanup() {
 }
 trap cleanup EXIT
 echo "building the image (this compiles normserve inside the build stage)"
-"${podman[@]}" build --format docker --network host --ulimit nofile=1024:1024 --ulimit nproc=4096:4096 \
+# --layers=false: no cached image per instruction (each a full copy of the
+# root under vfs), only the stages and the result.
+"${podman[@]}" build --format docker --layers=false --network host --ulimit nofile=1024:1024 --ulimit nproc=4096:4096 \
   -t normserve:test "$repo" >"$work/build.log" 2>&1 || { tail -30 "$work/build.log"; fail "podman build"; }
 "${podman[@]}" image inspect normserve:test --format 'image size: {{.Size}} bytes'
 healthcheck=$("${podman[@]}" image inspect normserve:test --format '{{json .HealthCheck}}')

@@ -246,12 +246,35 @@ class NormserveCommandLineTest(unittest.TestCase):
                                ("--max_concurrent_streams=0", "expected 1 to 2147483647"),
                                ("--keepalive_time_ms=4000000000", "expected 1 to 2147483647"),
                                ("--shutdown_grace_ms=-1", "expected >= 0"),
-                               ("--stream_window_bytes=0", "expected >= 1")]:
+                               ("--stream_window_bytes=0", "expected >= 1"),
+                               # Past 2^31: once a parse error (exit 1).
+                               ("--max_message_bytes=3000000000", "expected 1 to 2147483647"),
+                               ("--max_rank=4294967296", "expected 1 to 2147483647")]:
             run = subprocess.run([SERVER, "--grpc_port=0", "--metrics_port=0", flag],
                                  capture_output=True, text=True, timeout=30)
             self.assertEqual(run.returncode, 2, f"{flag}: {run.stdout}{run.stderr}")
             self.assertIn(f"normserve: {flag}: {expected}", run.stderr)
             self.assertNotIn("listening", run.stdout)
+
+    def test_a_model_config_asking_for_cuda_without_a_gpu_stops_startup(self):
+        """As --device=cuda does: not a server that refuses every request to
+        the model."""
+        with tempfile.TemporaryDirectory() as tmp:
+            config = os.path.join(tmp, "models.pbtxt")
+            with open(config, "w") as f:
+                f.write('models { name: "gpu-ln" device: DEVICE_CUDA }\n')
+            proc = subprocess.Popen([SERVER, "--grpc_port=0", "--metrics_port=0",
+                                     "--device=cpu", f"--model_config={config}"],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            first = proc.stdout.readline()  # the listening line, or EOF at exit
+            if "listening" in first:
+                proc.send_signal(signal.SIGTERM)
+                proc.communicate(timeout=60)
+                self.skipTest("this machine has a usable GPU: the model's backend started")
+            out, err = proc.communicate(timeout=60)
+        self.assertEqual(proc.returncode, 1, first + out + err)
+        self.assertIn("normserve: model 'gpu-ln' (--model_config): device = DEVICE_CUDA, but ",
+                      err)
 
     def drain_on(self, sig):
         """Requests queued (a long batching delay holds them) when `sig`
