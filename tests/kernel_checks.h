@@ -176,6 +176,23 @@ inline void CheckHugeAndTinyRows(
           CheckAgainstReference(c, run(c));
         }
       }
+      // A constant row of tiny values under RMSNorm: its float32 squares are
+      // denormal (a few significant bits), as any tiny row's are (under
+      // LayerNorm a constant row is exactly β, checked elsewhere).
+      if (residual) continue;
+      for (float value : {3e-22f, -1e-21f}) {
+        Case c;
+        c.params.kind = NormKind::kRmsNorm;
+        c.params.dim = d;
+        c.params.epsilon = 1e-45f;  // the least denormal, below the squares
+        c.rows = 1;
+        c.in = c.out = in;
+        c.x = Encode(in, std::vector<float>(static_cast<size_t>(d), value));
+        SCOPED_TRACE(::testing::Message()
+                     << Name(in) << " D " << d << " RMSNorm of a constant "
+                     << value);
+        CheckAgainstReference(c, run(c));
+      }
     }
   }
 }

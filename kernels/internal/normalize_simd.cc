@@ -228,10 +228,10 @@ RowSums SumRow(size_t d, float shift, float center, const Loader& load_ref,
   return total;
 }
 
-// Whether the row's values are all equal (and none NaN).
-bool AllEqual(const float* z, size_t d) {
+// Whether the row's values all equal `value` (and none is NaN).
+bool AllEqual(const float* z, size_t d, float value) {
   for (size_t i = 0; i < d; ++i) {
-    if (!(z[i] == z[0])) return false;
+    if (!(z[i] == value)) return false;
   }
   return true;
 }
@@ -744,7 +744,14 @@ void RowsTyped(const RowSegment& s, int64_t row_begin, int64_t row_end,
     double mean_out = static_cast<double>(w.shift) + w.mean_shifted;
     double rstd = 1.0 / std::sqrt(var + static_cast<double>(p.epsilon));
     const bool finite = std::isfinite(w.mean_shifted) && std::isfinite(var);
-    const bool tiny = var < kTinyVariance && !AllEqual(float_row(), d);
+    // Rows whose float32 squares lose precision go to double, except those
+    // the float32 path gets exactly: a constant row under LayerNorm (u − m
+    // is 0: β), an all-zero row under RMSNorm.
+    auto exact_in_float = [&] {
+      const float* z = float_row();
+      return AllEqual(z, d, layer_norm ? z[0] : 0.0f);
+    };
+    const bool tiny = var < kTinyVariance && !exact_in_float();
     if (finite && !tiny) {
       const float rs = static_cast<float>(rstd);
       auto output = [&](auto centring, const auto* z) NORMSERVE_INLINE_LAMBDA {
