@@ -75,7 +75,9 @@ absl::Status Batcher::Submit(std::unique_ptr<Job> job) {
     if (s.ok()) wake_.Signal();
   }
   AnswerDropped(dropped, now);
-  if (!s.ok() && options_.observer != nullptr) options_.observer->OnRefused();
+  if (absl::IsResourceExhausted(s) && options_.observer != nullptr) {
+    options_.observer->OnRefused();
+  }
   return s;
 }
 

@@ -315,6 +315,7 @@ InferenceServiceImpl::ModelStreamInfer(grpc::CallbackServerContext* context) {
       internal::StreamReactor<ModelInferRequest, ModelStreamInferResponse>;
   return new Reactor(
       native_, context, Metrics::kOipService, "ModelStreamInfer",
+      Metrics::InferenceMethod::kModelStreamInfer,
       [this](grpc::CallbackServerContext* context,
              const std::shared_ptr<Reactor::Item>& item,
              std::function<void()> done) {

@@ -311,6 +311,7 @@ NormalizationServiceImpl::NormalizeStream(
                                           v1::NormalizeStreamResponse>;
   return new Reactor(
       this, context, Metrics::kNativeService, "NormalizeStream",
+      Metrics::InferenceMethod::kNormalizeStream,
       [this](grpc::CallbackServerContext* context,
              const std::shared_ptr<Reactor::Item>& item,
              std::function<void()> done) {

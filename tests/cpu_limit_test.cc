@@ -27,6 +27,7 @@ class CgroupDir {
   }
   ~CgroupDir() { std::filesystem::remove_all(path_); }
   void Write(const std::string& name, const std::string& text) {
+    std::filesystem::create_directories((path_ / name).parent_path());
     std::ofstream(path_ / name) << text;
   }
   std::string path() const { return path_.string(); }
@@ -64,6 +65,35 @@ TEST(CpuLimitTest, NoFilesMeansNoQuota) {
   CgroupDir dir;
   EXPECT_EQ(CgroupCpuQuota(dir.path()), 0);
   EXPECT_EQ(CgroupCpuQuota(dir.path() + "/absent"), 0);
+}
+
+// A Kubernetes pod's limit sits on the pod's cgroup, above the container's
+// own (which has none): the smallest quota upwards counts.
+TEST(CpuLimitTest, AQuotaOnAParentCgroupCounts) {
+  CgroupDir root;
+  root.Write("kubepods/pod1/c1/cpu.max", "max 100000\n");
+  root.Write("kubepods/pod1/cpu.max", "200000 100000\n");
+  root.Write("kubepods/cpu.max", "max 100000\n");
+  EXPECT_EQ(ProcessCpuQuota("0::/kubepods/pod1/c1\n", root.path()), 2);
+  EXPECT_EQ(ProcessCpuQuota("0::/kubepods\n", root.path()), 0);
+}
+
+// Docker on cgroup v1: /proc/self/cgroup names the host's path for the
+// container's cgroup, whose own directory is mounted at the root.
+TEST(CpuLimitTest, ACgroupV1ContainerFindsItsQuotaAtTheRoot) {
+  CgroupDir root;
+  root.Write("cpu,cpuacct/cpu.cfs_quota_us", "150000\n");
+  root.Write("cpu,cpuacct/cpu.cfs_period_us", "100000\n");
+  root.Write("memory/memory.limit_in_bytes", "1073741824\n");
+  EXPECT_EQ(ProcessCpuQuota("13:memory:/docker/abc\n"
+                            "12:cpu,cpuacct:/docker/abc\n"
+                            "1:name=systemd:/docker/abc\n",
+                            root.path()),
+            2);
+  // No cpu controller line, or no quota: none.
+  EXPECT_EQ(ProcessCpuQuota("13:memory:/docker/abc\n", root.path()), 0);
+  CgroupDir empty;
+  EXPECT_EQ(ProcessCpuQuota("0::/\n", empty.path()), 0);
 }
 
 // Run on one CPU (as under `taskset -c 0`), a thread counts one CPU where

@@ -7,6 +7,9 @@
 #include <sstream>
 #include <thread>
 
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+
 namespace normserve::internal {
 namespace {
 
@@ -50,30 +53,52 @@ int CgroupCpuQuota(const std::string& cgroup_dir) {
   }
 }
 
+int ProcessCpuQuota(const std::string& proc_self_cgroup,
+                    const std::string& root) {
+  // The smallest quota of `dir` under `base` and of each of its ancestors
+  // up to `base` itself.
+  const auto smallest_upwards = [](const std::string& base, std::string dir) {
+    int smallest = 0;
+    for (;;) {
+      const int quota = CgroupCpuQuota(base + dir);
+      if (quota > 0 && (smallest == 0 || quota < smallest)) smallest = quota;
+      if (dir.empty() || dir == "/") return smallest;
+      dir.erase(dir.rfind('/'));
+    }
+  };
+  int smallest = 0;
+  std::istringstream lines(proc_self_cgroup);
+  for (std::string line; std::getline(lines, line);) {
+    // "hierarchy-id:controllers:path"; v2's controllers are empty.
+    const size_t first = line.find(':');
+    const size_t second = line.find(':', first + 1);
+    if (first == std::string::npos || second == std::string::npos) continue;
+    const std::string controllers = line.substr(first + 1, second - first - 1);
+    std::string base;
+    if (controllers.empty()) {
+      base = root;
+    } else if (absl::StrContains(absl::StrCat(",", controllers, ","),
+                                 ",cpu,")) {
+      base = root + "/" + controllers;
+    } else {
+      continue;
+    }
+    const int quota = smallest_upwards(base, line.substr(second + 1));
+    if (quota > 0 && (smallest == 0 || quota < smallest)) smallest = quota;
+  }
+  return smallest;
+}
+
 int AvailableCpus() {
   int cpus = static_cast<int>(std::thread::hardware_concurrency());
   cpu_set_t mask;
   if (sched_getaffinity(0, sizeof(mask), &mask) == 0) {
     cpus = CPU_COUNT(&mask);
   }
-  // Our own cgroup: the v2 line of /proc/self/cgroup is "0::/path"; v1
-  // lines name their controllers ("4:cpu,cpuacct:/path").
   std::ifstream self("/proc/self/cgroup");
-  int quota = 0;
-  for (std::string line; quota == 0 && std::getline(self, line);) {
-    const size_t first = line.find(':');
-    const size_t second = line.find(':', first + 1);
-    if (first == std::string::npos || second == std::string::npos) continue;
-    const std::string controllers = line.substr(first + 1, second - first - 1);
-    const std::string path = line.substr(second + 1);
-    if (controllers.empty()) {
-      quota = CgroupCpuQuota("/sys/fs/cgroup" + path);
-    } else if (controllers == "cpu" || controllers == "cpu,cpuacct" ||
-               controllers == "cpuacct,cpu") {
-      quota = CgroupCpuQuota("/sys/fs/cgroup/" + controllers + path);
-    }
-  }
-  if (quota == 0) quota = CgroupCpuQuota("/sys/fs/cgroup");
+  std::stringstream text;
+  text << self.rdbuf();
+  const int quota = ProcessCpuQuota(text.str(), "/sys/fs/cgroup");
   if (quota > 0) cpus = std::min(cpus, quota);
   return std::max(1, cpus);
 }

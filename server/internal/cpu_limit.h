@@ -18,10 +18,18 @@ namespace normserve::internal {
 // 0 when there is no quota or no readable file.
 int CgroupCpuQuota(const std::string& cgroup_dir);
 
-// The CPUs this process may run on: its affinity mask, capped by the quota
-// of its own cgroup (found through /proc/self/cgroup under /sys/fs/cgroup)
-// or, in a container that sees only its own, of /sys/fs/cgroup itself.
-// At least 1.
+// The smallest CPU quota over a process's cgroup and its ancestors, as
+// whole CPUs (0: none), given the text of its /proc/self/cgroup and where
+// the hierarchy is mounted (/sys/fs/cgroup). cgroup v2 ("0::/path") reads
+// ROOT/path/cpu.max upwards; v1 reads ROOT/<cpu controller>/path upwards.
+// A container that sees its host's path for its cgroup but has its own
+// cgroup mounted at the root (Docker on cgroup v1) finds the quota at the
+// root, the last place looked.
+int ProcessCpuQuota(const std::string& proc_self_cgroup,
+                    const std::string& root);
+
+// The CPUs this process may run on: its affinity mask, capped by
+// ProcessCpuQuota. At least 1.
 int AvailableCpus();
 
 }  // namespace normserve::internal

@@ -63,10 +63,14 @@ class StreamReactor final
   using ParseErrorFn =
       std::function<void(const absl::Status& status, Response* answer)>;
 
-  // `metrics_service` and `method` label the RPC's metrics.
+  // `metrics_service` and `method` label the RPC's metrics; `counted_as`
+  // is the method under which a stream refused outright (a drain) counts as
+  // one request in normserve_requests_total. Messages count themselves,
+  // through `start` and `parse_error`.
   StreamReactor(NormalizationServiceImpl* service,
                 grpc::CallbackServerContext* context,
-                const char* metrics_service, const char* method, StartFn start,
+                const char* metrics_service, const char* method,
+                Metrics::InferenceMethod counted_as, StartFn start,
                 ParseErrorFn parse_error)
       : service_(service),
         context_(context),
@@ -82,6 +86,8 @@ class StreamReactor final
       // A drain refuses new calls, streams too: on the call, where the
       // client's retry policy sees it, rather than on each message.
       finish_code_ = grpc::StatusCode::UNAVAILABLE;
+      service_->metrics()->RequestAnswered(counted_as,
+                                           grpc::StatusCode::UNAVAILABLE);
       this->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE,
                                 "server is shutting down"));
       return;

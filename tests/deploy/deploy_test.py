@@ -217,13 +217,27 @@ class DeployTest(unittest.TestCase):
                 self.assertGreaterEqual(c["livenessProbe"]["timeoutSeconds"], 5)
                 self.assertGreaterEqual(c["livenessProbe"]["failureThreshold"], 6)
                 self.assertEqual(c["readinessProbe"]["grpc"]["port"], 8001)
-                # The HPA owns the replica count of what it scales.
+                # The HPA owns the replica count of what it scales, whose
+                # replicas spread over nodes.
                 if dep["metadata"]["name"] in hpa_targets:
                     self.assertNotIn("replicas", dep["spec"])
+                    (spread,) = pod["topologySpreadConstraints"]
+                    self.assertEqual(spread["topologyKey"], "kubernetes.io/hostname")
+                # Scraped through the ServiceMonitor only: annotations would
+                # have annotation-based discovery scrape the pods again.
+                annotations = dep["spec"]["template"]["metadata"].get("annotations", {})
+                self.assertFalse([k for k in annotations if k.startswith("prometheus.io/")])
+                # GPU pods fail visibly without a usable GPU.
+                if "nvidia.com/gpu" in limits:
+                    self.assertIn("--device=cuda", c["args"])
                 self.assertTrue(pod["securityContext"]["runAsNonRoot"])
                 self.assertTrue(c["securityContext"]["readOnlyRootFilesystem"])
         headless = load_yaml(os.path.join(DEPLOY, "k8s", "service-headless.yaml"))
         self.assertEqual(headless["spec"]["clusterIP"], "None")
+        # Evictions take one pod at a time however many the HPA runs.
+        pdb = load_yaml(os.path.join(DEPLOY, "k8s", "pdb.yaml"))
+        self.assertEqual(pdb["spec"]["maxUnavailable"], 1)
+        self.assertNotIn("minAvailable", pdb["spec"])
 
     def test_each_deployment_s_flags_start_the_real_server(self):
         """The flags the manifests pass exist and are in range: the server

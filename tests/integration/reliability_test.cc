@@ -333,6 +333,12 @@ void DrainsUnderLoadAndExitsCleanly(int signal) {
     const grpc::Status s = late->Finish();
     EXPECT_EQ(s.error_code(), grpc::StatusCode::UNAVAILABLE);
     EXPECT_EQ(s.error_message(), "server is shutting down");
+    // Counted as one refused request, as a refused unary call is.
+    EXPECT_EQ(MetricValue(HttpGet(server.metrics_port(), "/metrics"),
+                          "normserve_requests_total",
+                          {"grpc_method=\"NormalizeStream\"",
+                           "grpc_code=\"UNAVAILABLE\""}),
+              1);
   }
   stop = true;
   for (auto& t : load) t.join();
