@@ -259,20 +259,28 @@ class NormserveCommandLineTest(unittest.TestCase):
     def test_a_model_config_asking_for_cuda_without_a_gpu_stops_startup(self):
         """As --device=cuda does: not a server that refuses every request to
         the model."""
-        with tempfile.TemporaryDirectory() as tmp:
-            config = os.path.join(tmp, "models.pbtxt")
-            with open(config, "w") as f:
-                f.write('models { name: "gpu-ln" device: DEVICE_CUDA }\n')
-            proc = subprocess.Popen([SERVER, "--grpc_port=0", "--metrics_port=0",
-                                     "--device=cpu", f"--model_config={config}"],
+        def start(*flags):
+            """Exit status and output, or None where the server came up."""
+            proc = subprocess.Popen([SERVER, "--grpc_port=0", "--metrics_port=0", *flags],
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             first = proc.stdout.readline()  # the listening line, or EOF at exit
             if "listening" in first:
                 proc.send_signal(signal.SIGTERM)
                 proc.communicate(timeout=60)
-                self.skipTest("this machine has a usable GPU: the model's backend started")
+                return None
             out, err = proc.communicate(timeout=60)
-        self.assertEqual(proc.returncode, 1, first + out + err)
+            return proc.returncode, first + out, err
+
+        if start("--device=cuda") is None:
+            self.skipTest("this machine has a usable GPU (--device=cuda starts)")
+        with tempfile.TemporaryDirectory() as tmp:
+            config = os.path.join(tmp, "models.pbtxt")
+            with open(config, "w") as f:
+                f.write('models { name: "gpu-ln" device: DEVICE_CUDA }\n')
+            result = start("--device=cpu", f"--model_config={config}")
+        self.assertIsNotNone(result, "started without a usable GPU for model gpu-ln")
+        code, out, err = result
+        self.assertEqual(code, 1, out + err)
         self.assertIn("normserve: model 'gpu-ln' (--model_config): device = DEVICE_CUDA, but ",
                       err)
 
