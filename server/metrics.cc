@@ -1,6 +1,8 @@
 #include "server/metrics.h"
 
 #include <exception>
+#include <map>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -85,6 +87,9 @@ prometheus::Histogram::BucketBoundaries PowersOfTwo(int max_exponent) {
   return b;
 }
 
+// A status code as 0-16 (UNKNOWN, 2, for anything else).
+int CodeIndex(int code) { return code < 0 || code > 16 ? 2 : code; }
+
 const char* CodeName(int code) {
   static const char* const kNames[] = {"OK",
                                        "CANCELLED",
@@ -103,8 +108,7 @@ const char* CodeName(int code) {
                                        "UNAVAILABLE",
                                        "DATA_LOSS",
                                        "UNAUTHENTICATED"};
-  if (code < 0 || code > 16) return "UNKNOWN";
-  return kNames[code];
+  return kNames[CodeIndex(code)];
 }
 
 }  // namespace
@@ -181,28 +185,30 @@ Metrics::Metrics()
               "Inference requests answered (unary calls and stream "
               "messages alike), by status code.")
           .Register(*registry_);
-  struct Method {
+  struct Rpc {
     const char* service;
-    const char* name;
+    const char* method;
     const char* type;
   };
-  const Method methods[4] = {{kNativeService, "Normalize", "unary"},
-                             {kNativeService, "NormalizeStream", "bidi_stream"},
-                             {kOipService, "ModelInfer", "unary"},
-                             {kOipService, "ModelStreamInfer", "bidi_stream"}};
+  // In InferenceMethod's order.
+  const Rpc rpcs[4] = {{kNativeService, "Normalize", "unary"},
+                       {kNativeService, "NormalizeStream", "bidi_stream"},
+                       {kOipService, "ModelInfer", "unary"},
+                       {kOipService, "ModelStreamInfer", "bidi_stream"}};
   for (int m = 0; m < 4; ++m) {
-    const Method& method = methods[m];
-    started_->Add({{"grpc_service", method.service},
-                   {"grpc_method", method.name},
-                   {"grpc_type", method.type}});
+    const std::map<std::string, std::string> labels = {
+        {"grpc_service", rpcs[m].service},
+        {"grpc_method", rpcs[m].method},
+        {"grpc_type", rpcs[m].type}};
+    InferenceSeries& series = inference_[m];
+    series.started = &started_->Add(labels);
+    series.handling = &handling_->Add(labels, LatencyBuckets());
     for (int code = 0; code <= 16; ++code) {
-      handled_->Add({{"grpc_service", method.service},
-                     {"grpc_method", method.name},
-                     {"grpc_type", method.type},
-                     {"grpc_code", CodeName(code)}});
-      answered_[m][code] = &answered.Add({{"grpc_service", method.service},
-                                          {"grpc_method", method.name},
-                                          {"grpc_code", CodeName(code)}});
+      auto with_code = labels;
+      with_code["grpc_code"] = CodeName(code);
+      series.handled[code] = &handled_->Add(with_code);
+      with_code.erase("grpc_type");
+      series.answered[code] = &answered.Add(with_code);
     }
   }
 }
@@ -316,9 +322,19 @@ void Metrics::RequestDone(const std::string& model, const char* device,
 
 void Metrics::InFlightAdd(int delta) { in_flight_->Increment(delta); }
 
+void Metrics::RpcStarted(InferenceMethod method) {
+  inference_[static_cast<int>(method)].started->Increment();
+}
+
+void Metrics::RpcHandled(InferenceMethod method, int code,
+                         absl::Duration elapsed) {
+  InferenceSeries& series = inference_[static_cast<int>(method)];
+  series.handled[CodeIndex(code)]->Increment();
+  series.handling->Observe(absl::ToDoubleSeconds(elapsed));
+}
+
 void Metrics::RequestAnswered(InferenceMethod method, int code) {
-  answered_[static_cast<int>(method)][code < 0 || code > 16 ? 2 : code]
-      ->Increment();
+  inference_[static_cast<int>(method)].answered[CodeIndex(code)]->Increment();
 }
 
 void Metrics::OnRefused() { queue_refusals_->Increment(); }

@@ -93,14 +93,18 @@ class Metrics : public BatchObserver {
   void RpcHandled(const char* service, const std::string& method,
                   const char* type, int code, absl::Duration elapsed);
 
-  // One inference request answered with `code`: a unary call, or one
-  // message of a stream.
+  // The inference RPCs, whose series are created up front and kept, so
+  // that their calls do no label lookups.
   enum class InferenceMethod {
     kNormalize,
     kNormalizeStream,
     kModelInfer,
     kModelStreamInfer
   };
+  void RpcStarted(InferenceMethod method);
+  void RpcHandled(InferenceMethod method, int code, absl::Duration elapsed);
+  // One inference request answered with `code`: a unary call, or one
+  // message of a stream.
   void RequestAnswered(InferenceMethod method, int code);
 
   // One request finished computing. `device` is "cpu" or "cuda".
@@ -169,8 +173,14 @@ class Metrics : public BatchObserver {
   prometheus::Gauge* queue_depth_;
   prometheus::Gauge* in_flight_;
   prometheus::Counter* queue_refusals_;
-  // normserve_requests_total, [method][code].
-  prometheus::Counter* answered_[4][17];
+  // The series of one inference RPC, by status code where they have one.
+  struct InferenceSeries {
+    prometheus::Counter* started;
+    prometheus::Counter* handled[17];
+    prometheus::Histogram* handling;
+    prometheus::Counter* answered[17];  // normserve_requests_total
+  };
+  InferenceSeries inference_[4];
   class CudaCollectable;
   std::shared_ptr<CudaCollectable> cuda_;
 

@@ -292,20 +292,11 @@ grpc::ServerUnaryReactor* InferenceServiceImpl::ModelInfer(
     grpc::CallbackServerContext* context, const ModelInferRequest* request,
     ModelInferResponse* response) {
   grpc::ServerUnaryReactor* reactor = native_->NewUnaryReactor();
-  Metrics* metrics = native_->metrics();
-  metrics->RpcStarted(Metrics::kOipService, "ModelInfer", kUnary);
-  const absl::Time start = absl::Now();
   StartInfer(
       *request, response, CallDeadline(context),
       [context] { return context->IsCancelled(); },
-      [reactor, metrics, start](const absl::Status& status) {
-        metrics->RpcHandled(Metrics::kOipService, "ModelInfer", kUnary,
-                            static_cast<int>(status.code()),
-                            absl::Now() - start);
-        metrics->RequestAnswered(Metrics::InferenceMethod::kModelInfer,
-                                 static_cast<int>(status.code()));
-        reactor->Finish(ToGrpcStatus(status));
-      });
+      native_->FinishUnaryInference(reactor,
+                                    Metrics::InferenceMethod::kModelInfer));
   return reactor;
 }
 
@@ -314,18 +305,14 @@ InferenceServiceImpl::ModelStreamInfer(grpc::CallbackServerContext* context) {
   using Reactor =
       internal::StreamReactor<ModelInferRequest, ModelStreamInferResponse>;
   return new Reactor(
-      native_, context, Metrics::kOipService, "ModelStreamInfer",
-      Metrics::InferenceMethod::kModelStreamInfer,
+      native_, context, Metrics::InferenceMethod::kModelStreamInfer,
       [this](grpc::CallbackServerContext* context,
              const std::shared_ptr<Reactor::Item>& item,
-             std::function<void()> done) {
+             std::function<void(const absl::Status&)> done) {
         StartInfer(
             item->request, item->answer.mutable_infer_response(),
             CallDeadline(context), [context] { return context->IsCancelled(); },
-            [this, item, done = std::move(done)](const absl::Status& status) {
-              native_->metrics()->RequestAnswered(
-                  Metrics::InferenceMethod::kModelStreamInfer,
-                  static_cast<int>(status.code()));
+            [item, done = std::move(done)](const absl::Status& status) {
               if (!status.ok()) {
                 // The stream carries no status per message: the error
                 // travels as text, with the request's id for matching.
@@ -335,13 +322,10 @@ InferenceServiceImpl::ModelStreamInfer(grpc::CallbackServerContext* context) {
                     std::string(EchoedId(item->request.id())));
                 a.set_error_message(StreamErrorText(status));
               }
-              done();
+              done(status);
             });
       },
-      [this](const absl::Status& status, ModelStreamInferResponse* answer) {
-        native_->metrics()->RequestAnswered(
-            Metrics::InferenceMethod::kModelStreamInfer,
-            static_cast<int>(status.code()));
+      [](const absl::Status& status, ModelStreamInferResponse* answer) {
         answer->set_error_message(StreamErrorText(status));
       });
 }

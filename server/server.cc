@@ -24,7 +24,8 @@ struct NormServer::State {
   std::unique_ptr<ThreadPool> pool;
   std::unique_ptr<Backend> backend;
   std::unique_ptr<Backend> cuda_backend;  // null: no usable GPU, or not asked
-  std::unique_ptr<Backend> router;        // by batch device
+  absl::Status cuda_unusable;       // why starting it failed (OK: not tried)
+  std::unique_ptr<Backend> router;  // by batch device
   std::string device_summary;
   std::unique_ptr<Batcher> batcher;
   std::unique_ptr<NormalizationServiceImpl> service;
@@ -79,6 +80,21 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeCredentials(
   return grpc::SslServerCredentials(ssl);
 }
 
+// Starts the CUDA backend unless it runs already; a failure is kept and
+// returned again rather than the device probed twice.
+absl::Status EnsureCuda(const ServerOptions& options, NormServer::State* s) {
+  if (s->cuda_backend != nullptr || !s->cuda_unusable.ok()) {
+    return s->cuda_unusable;
+  }
+  absl::StatusOr<std::unique_ptr<Backend>> cuda = MakeCudaBackend(options.cuda);
+  if (!cuda.ok()) {
+    s->cuda_unusable = cuda.status();
+    return s->cuda_unusable;
+  }
+  s->cuda_backend = std::move(*cuda);
+  return absl::OkStatus();
+}
+
 // Starts the CUDA backend when options.device asks for it and a usable GPU
 // is there, and makes CUDA the default device then. Fails only for
 // DeviceChoice::kCuda without a usable GPU.
@@ -88,17 +104,14 @@ absl::Status StartCuda(const ServerOptions& options, NormServer::State* s,
     s->device_summary = "cpu";
     return absl::OkStatus();
   }
-  absl::StatusOr<std::unique_ptr<Backend>> cuda = MakeCudaBackend(options.cuda);
-  if (!cuda.ok()) {
+  if (absl::Status cuda = EnsureCuda(options, s); !cuda.ok()) {
     if (options.device == DeviceChoice::kCuda) {
       return absl::FailedPreconditionError(
-          absl::StrCat("--device=cuda: ", cuda.status().message()));
+          absl::StrCat("--device=cuda: ", cuda.message()));
     }
-    s->device_summary =
-        absl::StrCat("cpu (auto: ", cuda.status().message(), ")");
+    s->device_summary = absl::StrCat("cpu (auto: ", cuda.message(), ")");
     return absl::OkStatus();
   }
-  s->cuda_backend = std::move(*cuda);
   *default_device = DeviceKind::kCuda;
   s->device_summary = absl::StrCat("cuda (", s->cuda_backend->Describe(), ")");
   return absl::OkStatus();
@@ -127,14 +140,11 @@ absl::StatusOr<std::unique_ptr<NormServer>> NormServer::Create(
   // as with --device=cuda, rather than refuse every request to that model.
   for (const Model* m : s->models->models()) {
     if (m->device != DeviceKind::kCuda || s->cuda_backend != nullptr) continue;
-    absl::StatusOr<std::unique_ptr<Backend>> cuda =
-        MakeCudaBackend(options.cuda);
-    if (!cuda.ok()) {
+    if (absl::Status cuda = EnsureCuda(options, s.get()); !cuda.ok()) {
       return absl::FailedPreconditionError(absl::StrCat(
           "model '", m->name, "' (--model_config): device = DEVICE_CUDA, but ",
-          cuda.status().message()));
+          cuda.message()));
     }
-    s->cuda_backend = std::move(*cuda);
     s->device_summary =
         absl::StrCat(s->device_summary, "; cuda for model '", m->name, "' (",
                      s->cuda_backend->Describe(), ")");

@@ -258,24 +258,27 @@ grpc::ServerUnaryReactor* NormalizationServiceImpl::NewUnaryReactor() {
   return new UnaryReactor(this);
 }
 
+std::function<void(const absl::Status&)>
+NormalizationServiceImpl::FinishUnaryInference(
+    grpc::ServerUnaryReactor* reactor, Metrics::InferenceMethod method) {
+  metrics_->RpcStarted(method);
+  return [reactor, method, metrics = metrics_,
+          start = absl::Now()](const absl::Status& status) {
+    const int code = static_cast<int>(status.code());
+    metrics->RpcHandled(method, code, absl::Now() - start);
+    metrics->RequestAnswered(method, code);
+    reactor->Finish(ToGrpcStatus(status));
+  };
+}
+
 grpc::ServerUnaryReactor* NormalizationServiceImpl::Normalize(
     grpc::CallbackServerContext* context, const v1::NormalizeRequest* request,
     v1::NormalizeResponse* response) {
   grpc::ServerUnaryReactor* reactor = NewUnaryReactor();
-  metrics_->RpcStarted(Metrics::kNativeService, "Normalize", kUnary);
-  const absl::Time start = absl::Now();
-  Metrics* metrics = metrics_;
   Start(
       *request, response, CallDeadline(context),
       [context] { return context->IsCancelled(); },
-      [reactor, metrics, start](const absl::Status& status) {
-        metrics->RpcHandled(Metrics::kNativeService, "Normalize", kUnary,
-                            static_cast<int>(status.code()),
-                            absl::Now() - start);
-        metrics->RequestAnswered(Metrics::InferenceMethod::kNormalize,
-                                 static_cast<int>(status.code()));
-        reactor->Finish(ToGrpcStatus(status));
-      });
+      FinishUnaryInference(reactor, Metrics::InferenceMethod::kNormalize));
   return reactor;
 }
 
@@ -310,18 +313,14 @@ NormalizationServiceImpl::NormalizeStream(
   using Reactor = internal::StreamReactor<v1::NormalizeStreamRequest,
                                           v1::NormalizeStreamResponse>;
   return new Reactor(
-      this, context, Metrics::kNativeService, "NormalizeStream",
-      Metrics::InferenceMethod::kNormalizeStream,
+      this, context, Metrics::InferenceMethod::kNormalizeStream,
       [this](grpc::CallbackServerContext* context,
              const std::shared_ptr<Reactor::Item>& item,
-             std::function<void()> done) {
+             std::function<void(const absl::Status&)> done) {
         Start(
             item->request.request(), item->answer.mutable_response(),
             CallDeadline(context), [context] { return context->IsCancelled(); },
-            [this, item, done = std::move(done)](const absl::Status& status) {
-              metrics_->RequestAnswered(
-                  Metrics::InferenceMethod::kNormalizeStream,
-                  static_cast<int>(status.code()));
+            [item, done = std::move(done)](const absl::Status& status) {
               v1::NormalizeStreamResponse& a = item->answer;
               a.set_request_id(
                   std::string(EchoedId(item->request.request().request_id())));
@@ -330,12 +329,10 @@ NormalizationServiceImpl::NormalizeStream(
                 a.set_status_code(static_cast<int>(status.code()));
                 a.set_status_message(ClientMessage(status));
               }
-              done();
+              done(status);
             });
       },
-      [this](const absl::Status& status, v1::NormalizeStreamResponse* answer) {
-        metrics_->RequestAnswered(Metrics::InferenceMethod::kNormalizeStream,
-                                  static_cast<int>(status.code()));
+      [](const absl::Status& status, v1::NormalizeStreamResponse* answer) {
         answer->set_status_code(static_cast<int>(status.code()));
         answer->set_status_message(ClientMessage(status));
       });

@@ -138,6 +138,12 @@ class NormalizationServiceImpl final
   // (so that a drain waits for its answer to reach the wire).
   grpc::ServerUnaryReactor* NewUnaryReactor();
 
+  // For a unary inference call answered through `reactor`: counts the call
+  // started, and returns the `finish` that counts its code (as the call's
+  // and as one request's) and answers the call.
+  std::function<void(const absl::Status&)> FinishUnaryInference(
+      grpc::ServerUnaryReactor* reactor, Metrics::InferenceMethod method);
+
   // Calls this service has started and gRPC has not yet reported done.
   void CallStarted();
   void CallDone();

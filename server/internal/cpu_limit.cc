@@ -55,18 +55,7 @@ int CgroupCpuQuota(const std::string& cgroup_dir) {
 
 int ProcessCpuQuota(const std::string& proc_self_cgroup,
                     const std::string& root) {
-  // The smallest quota of `dir` under `base` and of each of its ancestors
-  // up to `base` itself.
-  const auto smallest_upwards = [](const std::string& base, std::string dir) {
-    int smallest = 0;
-    for (;;) {
-      const int quota = CgroupCpuQuota(base + dir);
-      if (quota > 0 && (smallest == 0 || quota < smallest)) smallest = quota;
-      if (dir.empty() || dir == "/") return smallest;
-      dir.erase(dir.rfind('/'));
-    }
-  };
-  int smallest = 0;
+  int smallest = 0;  // 0: none found yet
   std::istringstream lines(proc_self_cgroup);
   for (std::string line; std::getline(lines, line);) {
     // "hierarchy-id:controllers:path"; v2's controllers are empty.
@@ -74,17 +63,22 @@ int ProcessCpuQuota(const std::string& proc_self_cgroup,
     const size_t second = line.find(':', first + 1);
     if (first == std::string::npos || second == std::string::npos) continue;
     const std::string controllers = line.substr(first + 1, second - first - 1);
-    std::string base;
-    if (controllers.empty()) {
-      base = root;
-    } else if (absl::StrContains(absl::StrCat(",", controllers, ","),
-                                 ",cpu,")) {
-      base = root + "/" + controllers;
-    } else {
-      continue;
+    std::string base = root;
+    if (!controllers.empty()) {
+      if (!absl::StrContains(absl::StrCat(",", controllers, ","), ",cpu,")) {
+        continue;
+      }
+      base += "/" + controllers;
     }
-    const int quota = smallest_upwards(base, line.substr(second + 1));
-    if (quota > 0 && (smallest == 0 || quota < smallest)) smallest = quota;
+    // The cgroup's directory, then each ancestor's up to `base` itself.
+    std::string dir = line.substr(second + 1);
+    for (;;) {
+      const int quota = CgroupCpuQuota(base + dir);
+      if (quota > 0 && (smallest == 0 || quota < smallest)) smallest = quota;
+      if (dir.empty() || dir == "/") break;
+      const size_t slash = dir.rfind('/');
+      dir.erase(slash == std::string::npos ? 0 : slash);
+    }
   }
   return smallest;
 }

@@ -2,11 +2,13 @@
 // NormalizeStream and OIP's ModelStreamInfer.
 //
 // Each message read becomes an Item handed to `start`, which answers it
-// by filling item->answer and calling `done` exactly once (inline or from
-// a batcher worker). Answers are written in completion order, one write in
-// flight at a time, as gRPC requires. The stream finishes with OK once the
-// client has half-closed, every started item has answered and the write
-// queue is empty; if a write fails, answers still to come are dropped.
+// by filling item->answer and calling `done` exactly once with the status
+// that answer carries (inline or from a batcher worker); the reactor counts
+// each answer's status in the metrics, as it counts the stream itself. Answers
+// are written in completion order, one write in flight at a time, as gRPC
+// requires. The stream finishes with OK once the client has half-closed, every
+// started item has answered and the write queue is empty; if a write fails,
+// answers still to come are dropped.
 //
 // The method is registered raw (bytes in, bytes out) and the reactor parses
 // each message itself: a message that is not a `Request` is answered by
@@ -56,37 +58,33 @@ class StreamReactor final
     grpc::ByteBuffer wire;  // The answer, serialized for its write.
     int64_t bytes = 0;      // Of the message read (StreamWindow).
   };
-  using StartFn = std::function<void(grpc::CallbackServerContext* context,
-                                     const std::shared_ptr<Item>& item,
-                                     std::function<void()> done)>;
+  using StartFn = std::function<void(
+      grpc::CallbackServerContext* context, const std::shared_ptr<Item>& item,
+      std::function<void(const absl::Status&)> done)>;
   // Writes the answer to a message that could not be parsed.
   using ParseErrorFn =
       std::function<void(const absl::Status& status, Response* answer)>;
 
-  // `metrics_service` and `method` label the RPC's metrics; `counted_as`
-  // is the method under which a stream refused outright (a drain) counts as
-  // one request in normserve_requests_total. Messages count themselves,
-  // through `start` and `parse_error`.
+  // `method` is the RPC, for the metrics.
   StreamReactor(NormalizationServiceImpl* service,
                 grpc::CallbackServerContext* context,
-                const char* metrics_service, const char* method,
-                Metrics::InferenceMethod counted_as, StartFn start,
+                Metrics::InferenceMethod method, StartFn start,
                 ParseErrorFn parse_error)
       : service_(service),
         context_(context),
-        metrics_service_(metrics_service),
         method_(method),
         start_fn_(std::move(start)),
         parse_error_fn_(std::move(parse_error)),
         window_(service->stream_window()),
         start_(absl::Now()) {
     service_->CallStarted();
-    service_->metrics()->RpcStarted(metrics_service_, method_, kType);
+    service_->metrics()->RpcStarted(method_);
     if (service_->draining()) {
       // A drain refuses new calls, streams too: on the call, where the
       // client's retry policy sees it, rather than on each message.
+      // It counts as one request refused, as a unary call would.
       finish_code_ = grpc::StatusCode::UNAVAILABLE;
-      service_->metrics()->RequestAnswered(counted_as,
+      service_->metrics()->RequestAnswered(method_,
                                            grpc::StatusCode::UNAVAILABLE);
       this->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE,
                                 "server is shutting down"));
@@ -125,15 +123,16 @@ class StreamReactor final
       read_paused_ = !read;
     }
     if (parsed) {
-      start_fn_(context_, item, [this, item] { Answered(item); });
+      start_fn_(context_, item, [this, item](const absl::Status& status) {
+        Answered(item, status);
+      });
     } else {
-      parse_error_fn_(
-          absl::InvalidArgumentError(absl::StrCat(
-              "message ", messages_read_, " of this stream does not parse as ",
-              Request::descriptor()->full_name(),
-              " (skipped; the stream goes on)")),
-          &item->answer);
-      Answered(item);
+      const absl::Status status = absl::InvalidArgumentError(absl::StrCat(
+          "message ", messages_read_, " of this stream does not parse as ",
+          Request::descriptor()->full_name(),
+          " (skipped; the stream goes on)"));
+      parse_error_fn_(status, &item->answer);
+      Answered(item, status);
     }
     if (read) this->StartRead(&incoming_);
   }
@@ -166,7 +165,7 @@ class StreamReactor final
 
   void OnDone() override {
     service_->metrics()->RpcHandled(
-        metrics_service_, method_, kType,
+        method_,
         context_->IsCancelled() ? static_cast<int>(grpc::StatusCode::CANCELLED)
                                 : static_cast<int>(finish_code_),
         absl::Now() - start_);
@@ -175,11 +174,13 @@ class StreamReactor final
   }
 
  private:
-  static constexpr char kType[] = "bidi_stream";
   // The call's status when the reactor ends it with an error.
   grpc::StatusCode finish_code_ = grpc::StatusCode::OK;
 
-  void Answered(const std::shared_ptr<Item>& item) {
+  // `item` is answered, with `status`.
+  void Answered(const std::shared_ptr<Item>& item, const absl::Status& status) {
+    service_->metrics()->RequestAnswered(method_,
+                                         static_cast<int>(status.code()));
     bool own_buffer;
     // Serializing a message we built cannot fail.
     grpc::SerializationTraits<Response>::Serialize(item->answer, &item->wire,
@@ -239,8 +240,7 @@ class StreamReactor final
 
   NormalizationServiceImpl* const service_;
   grpc::CallbackServerContext* const context_;
-  const char* const metrics_service_;
-  const char* const method_;
+  const Metrics::InferenceMethod method_;
   const StartFn start_fn_;
   const ParseErrorFn parse_error_fn_;
   const StreamWindow window_;

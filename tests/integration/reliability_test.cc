@@ -63,6 +63,34 @@ bool MatchesReference(const NormalizeInput& in, const NormalizeOutput& out) {
   return true;
 }
 
+// A stream message carrying `in`.
+v1::NormalizeStreamRequest StreamMessage(const NormalizeInput& in) {
+  v1::NormalizeStreamRequest msg;
+  *msg.mutable_request() = NormClient::BuildRequest(in);
+  return msg;
+}
+
+using NormalizeStream = grpc::ClientReaderWriter<v1::NormalizeStreamRequest,
+                                                 v1::NormalizeStreamResponse>;
+
+// Opens a NormalizeStream on `client` and has `msg` answered OK on it, so
+// that the server holds the stream open: a drain waits for it. nullptr,
+// with a test failure, where that fails.
+std::unique_ptr<NormalizeStream> OpenAnsweredStream(
+    NormClient& client, grpc::ClientContext* ctx,
+    const v1::NormalizeStreamRequest& msg) {
+  auto stream = client.stub()->NormalizeStream(ctx);
+  v1::NormalizeStreamResponse answer;
+  if (!stream->Write(msg) || !stream->Read(&answer) ||
+      answer.status_code() != 0) {
+    ADD_FAILURE() << "the stream's first message was not answered OK: "
+                  << answer.status_message();
+    ctx->TryCancel();
+    return nullptr;
+  }
+  return stream;
+}
+
 grpc::health::v1::HealthCheckResponse::ServingStatus Health(
     const std::string& target) {
   auto channel =
@@ -283,13 +311,9 @@ void DrainsUnderLoadAndExitsCleanly(int signal) {
   auto client = Connect(server.grpc_target());
   // An open stream keeps the server draining until we close it.
   grpc::ClientContext stream_ctx;
-  auto stream = client->stub()->NormalizeStream(&stream_ctx);
-  v1::NormalizeStreamRequest msg;
-  *msg.mutable_request() = NormClient::BuildRequest(RandomInput(2, 32, 4));
-  ASSERT_TRUE(stream->Write(msg));
-  v1::NormalizeStreamResponse answer;
-  ASSERT_TRUE(stream->Read(&answer));
-  ASSERT_EQ(answer.status_code(), 0);
+  const v1::NormalizeStreamRequest msg = StreamMessage(RandomInput(2, 32, 4));
+  auto stream = OpenAnsweredStream(*client, &stream_ctx, msg);
+  ASSERT_NE(stream, nullptr);
 
   std::atomic<bool> stop{false};
   std::atomic<int> ok{0}, unavailable{0}, other{0};
@@ -344,6 +368,7 @@ void DrainsUnderLoadAndExitsCleanly(int signal) {
   for (auto& t : load) t.join();
   // A message sent on the open stream while draining is refused in its answer.
   ASSERT_TRUE(stream->Write(msg));
+  v1::NormalizeStreamResponse answer;
   ASSERT_TRUE(stream->Read(&answer));
   EXPECT_EQ(answer.status_code(), grpc::StatusCode::UNAVAILABLE);
   stream->WritesDone();
@@ -378,13 +403,9 @@ TEST(ReliabilityTest, CallsADrainingReplicaRefusesAreRetriedOnAnother) {
   ServerProcess other(NORMSERVE_BINARY, {});
   auto stream_client = Connect(draining.grpc_target());
   grpc::ClientContext stream_ctx;
-  auto stream = stream_client->stub()->NormalizeStream(&stream_ctx);
-  v1::NormalizeStreamRequest msg;
-  *msg.mutable_request() = NormClient::BuildRequest(RandomInput(2, 32, 4));
-  ASSERT_TRUE(stream->Write(msg));
-  v1::NormalizeStreamResponse answer;
-  ASSERT_TRUE(stream->Read(&answer));
-  ASSERT_EQ(answer.status_code(), 0);
+  auto stream = OpenAnsweredStream(*stream_client, &stream_ctx,
+                                   StreamMessage(RandomInput(2, 32, 4)));
+  ASSERT_NE(stream, nullptr);
 
   grpc::ChannelArguments args;
   args.SetLoadBalancingPolicyName("round_robin");
@@ -451,14 +472,9 @@ TEST(ReliabilityTest, AnOpenStreamHoldsTheDrainOnlyForTheGrace) {
       {absl::StrCat("--shutdown_grace_ms=", absl::ToInt64Milliseconds(grace))});
   auto client = Connect(server.grpc_target());
   grpc::ClientContext stream_ctx;
-  auto stream = client->stub()->NormalizeStream(&stream_ctx);
-  const NormalizeInput in = RandomInput(2, 32, 9);
-  v1::NormalizeStreamRequest msg;
-  *msg.mutable_request() = NormClient::BuildRequest(in);
-  ASSERT_TRUE(stream->Write(msg));
-  v1::NormalizeStreamResponse answer;
-  ASSERT_TRUE(stream->Read(&answer));
-  ASSERT_EQ(answer.status_code(), 0);
+  auto stream = OpenAnsweredStream(*client, &stream_ctx,
+                                   StreamMessage(RandomInput(2, 32, 9)));
+  ASSERT_NE(stream, nullptr);
 
   const absl::Time signalled = absl::Now();
   EXPECT_EQ(server.Stop(SIGTERM, 30), 0) << server.Output();
@@ -466,6 +482,7 @@ TEST(ReliabilityTest, AnOpenStreamHoldsTheDrainOnlyForTheGrace) {
   EXPECT_GE(took, grace - absl::Milliseconds(100)) << "did not wait";
   EXPECT_LE(took, grace + absl::Seconds(1));
   // The stream was cut, not finished: the client learns it.
+  v1::NormalizeStreamResponse answer;
   EXPECT_FALSE(stream->Read(&answer));
   EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::UNAVAILABLE);
 }
