@@ -6,7 +6,9 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "civetweb.h"
 #include "prometheus/collectable.h"
 #include "prometheus/metric_family.h"
 #include "server/model_registry.h"
@@ -227,9 +229,17 @@ absl::StatusOr<std::unique_ptr<Metrics>> Metrics::Create(
               "listening_ports", listen_address, "num_threads", "8",
               "request_timeout_ms", "3000"});
     } catch (const std::exception& e) {
+      // Debian's civetweb, which prometheus-cpp serves with, is built
+      // without IPv6 (its feature bit 8).
+      const bool no_ipv6 =
+          absl::StartsWith(listen_address, "[") && mg_check_feature(8) == 0;
       return absl::UnavailableError(absl::StrCat(
           "metrics address ", listen_address,
-          " (--metrics_host, --metrics_port): cannot listen: ", e.what()));
+          " (--metrics_host, --metrics_port): cannot listen: ",
+          no_ipv6 ? "the HTTP library serving /metrics (civetweb) was built "
+                    "without IPv6; expected an IPv4 --metrics_host "
+                    "(0.0.0.0 for every interface)"
+                  : e.what()));
     }
     m->exposer_->RegisterCollectable(m->registry_);
     m->exposer_->RegisterCollectable(m->cuda_);

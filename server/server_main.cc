@@ -27,7 +27,8 @@
 
 ABSL_FLAG(std::string, host, "127.0.0.1",
           "Address to listen on for gRPC and metrics; 0.0.0.0 for all "
-          "interfaces (containers, Kubernetes).");
+          "interfaces (containers, Kubernetes); IPv6 as :: or [::] (gRPC "
+          "only: the metrics endpoint needs an IPv4 --metrics_host).");
 ABSL_FLAG(int64_t, grpc_port, 8001, "gRPC port (0 picks a free one).");
 ABSL_FLAG(int64_t, metrics_port, 8002,
           "Prometheus /metrics HTTP port (0 picks a free one).");
@@ -165,6 +166,23 @@ std::optional<std::string> FlagOutOfRange() {
   return std::nullopt;
 }
 
+// "host:port", with an IPv6 literal in brackets ("::1" → "[::1]:8001"), as
+// gRPC and civetweb parse addresses.
+std::string HostPort(const std::string& host, int64_t port) {
+  const bool bare_ipv6 =
+      absl::StrContains(host, ':') && !absl::StartsWith(host, "[");
+  return bare_ipv6 ? absl::StrCat("[", host, "]:", port)
+                   : absl::StrCat(host, ":", port);
+}
+
+// The address a client on this machine reaches a server listening on
+// `host` at: loopback for a wildcard address.
+std::string LocalTarget(const std::string& host, int port) {
+  if (host == "0.0.0.0") return HostPort("127.0.0.1", port);
+  if (host == "::" || host == "[::]") return HostPort("::1", port);
+  return HostPort(host, port);
+}
+
 }  // namespace
 
 int ServerMain(int argc, char** argv, const MainOptions& main_options) {
@@ -200,13 +218,12 @@ int ServerMain(int argc, char** argv, const MainOptions& main_options) {
   ServerOptions options;
   options.batch_runner_for_benchmarks = main_options.batch_runner;
   const std::string host = absl::GetFlag(FLAGS_host);
-  options.grpc_address =
-      absl::StrCat(host, ":", absl::GetFlag(FLAGS_grpc_port));
+  options.grpc_address = HostPort(host, absl::GetFlag(FLAGS_grpc_port));
   const std::string metrics_host = absl::GetFlag(FLAGS_metrics_host).empty()
                                        ? host
                                        : absl::GetFlag(FLAGS_metrics_host);
   options.metrics_address =
-      absl::StrCat(metrics_host, ":", absl::GetFlag(FLAGS_metrics_port));
+      HostPort(metrics_host, absl::GetFlag(FLAGS_metrics_port));
   options.tls.cert_path = absl::GetFlag(FLAGS_tls_cert);
   options.tls.key_path = absl::GetFlag(FLAGS_tls_key);
   options.tls.client_ca_path = absl::GetFlag(FLAGS_tls_client_ca);
@@ -259,17 +276,16 @@ int ServerMain(int argc, char** argv, const MainOptions& main_options) {
     return 1;
   }
   // Tests and scripts parse this line for the bound ports.
-  std::printf("%s listening grpc=%s:%d metrics=%s:%d tls=%s\n",
-              main_options.name, host.c_str(), (*server)->grpc_port(),
-              metrics_host.c_str(), (*server)->metrics_port(),
+  std::printf("%s listening grpc=%s metrics=%s tls=%s\n", main_options.name,
+              HostPort(host, (*server)->grpc_port()).c_str(),
+              HostPort(metrics_host, (*server)->metrics_port()).c_str(),
               options.tls.cert_path.empty()
                   ? "off"
                   : (options.tls.client_ca_path.empty() ? "on" : "mutual"));
   // After the listening line, which scripts read first.
   std::printf("normserve device=%s\n", (*server)->device_summary().c_str());
-  std::printf(
-      "First request: build/client/normctl --server=%s:%d --shape=2,768\n",
-      host == "0.0.0.0" ? "127.0.0.1" : host.c_str(), (*server)->grpc_port());
+  std::printf("First request: build/client/normctl --server=%s --shape=2,768\n",
+              LocalTarget(host, (*server)->grpc_port()).c_str());
   std::fflush(stdout);
 
   int signal = 0;

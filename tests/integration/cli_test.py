@@ -362,6 +362,57 @@ class NormserveCommandLineTest(unittest.TestCase):
             self.assertLessEqual(max_error_per_row(y, reference(x)[0]).max(), 1e-5)
             self.assertGreaterEqual(metric(server.metrics_port, "grpc_server_started_total"), 1)
 
+    def test_ipv6_host_serves_grpc_and_names_the_metrics_limit(self):
+        import socket
+        try:
+            with socket.socket(socket.AF_INET6) as probe:
+                probe.bind(("::1", 0))
+        except OSError as e:
+            self.skipTest(f"no IPv6 loopback on this machine ({e})")
+        # gRPC on [::1] given bare or bracketed; metrics on IPv4.
+        for host in ("::1", "[::1]"):
+            with LiveServer(SERVER, f"--host={host}", "--metrics_host=127.0.0.1") as server:
+                self.assertEqual(server.target, f"[::1]:{server.grpc_port}")
+                server.proc.stdout.readline()  # normserve device=...
+                self.assertIn(f"--server=[::1]:{server.grpc_port}",
+                              server.proc.stdout.readline())
+                self.assertIn(("00000000000000000000000001000000", server.grpc_port),
+                              listening_sockets())
+                with tempfile.TemporaryDirectory() as tmp:
+                    run = normctl(f"--server={server.target}", "--shape=3,40",
+                                  f"--output={os.path.join(tmp, 'y.npy')}")
+                    self.assertEqual(run.returncode, 0, run.stderr)
+                    self.assertEqual(np.load(os.path.join(tmp, "y.npy")).shape, (3, 40))
+                self.assertGreaterEqual(
+                    metric(server.metrics_port, "grpc_server_started_total"), 1)
+        # The wildcard :: takes IPv4 clients too, and the first-request line
+        # names the IPv6 loopback.
+        with LiveServer(SERVER, "--host=::", "--metrics_host=127.0.0.1") as server:
+            server.proc.stdout.readline()
+            self.assertIn(f"--server=[::1]:{server.grpc_port}", server.proc.stdout.readline())
+            run = normctl(f"--server=127.0.0.1:{server.grpc_port}", "--health")
+            self.assertEqual(run.returncode, 0, run.stderr)
+        # Metrics on IPv6: served where the HTTP library has IPv6, else a
+        # startup error that says what to do.
+        proc = subprocess.Popen([SERVER, "--grpc_port=0", "--metrics_port=0", "--host=::1"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        first = proc.stdout.readline()
+        m = re.search(r" metrics=\[::1\]:(\d+) ", first)
+        if m:
+            try:
+                body = urllib.request.urlopen(f"http://[::1]:{m.group(1)}/metrics",
+                                              timeout=5).read().decode()
+                self.assertIn("grpc_server_started_total", body)
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                proc.communicate(timeout=60)
+            return
+        _, err = proc.communicate(timeout=60)
+        self.assertEqual(proc.returncode, 1, first + err)
+        self.assertIn("metrics address [::1]:0 (--metrics_host, --metrics_port): cannot listen: "
+                      "the HTTP library serving /metrics (civetweb) was built without IPv6; "
+                      "expected an IPv4 --metrics_host", err)
+
     def test_default_host_is_loopback_only(self):
         with LiveServer(SERVER) as server:
             sockets = listening_sockets()
