@@ -173,29 +173,30 @@ grpc::ServerUnaryReactor* InferenceServiceImpl::ModelStatistics(
   return Answer(context, "ModelStatistics", absl::OkStatus());
 }
 
-void InferenceServiceImpl::StartInfer(
+int64_t InferenceServiceImpl::StartInfer(
     const ModelInferRequest& request, ModelInferResponse* response,
     absl::Time deadline, std::function<bool()> is_cancelled,
     std::function<void(const absl::Status&)> finish) {
   const absl::Time arrival = absl::Now();
   if (native_->draining()) {
     finish(absl::UnavailableError("server is shutting down"));
-    return;
+    return 0;
   }
   auto call = std::make_shared<InferCall>();
   if (absl::Status s = TranslateInferRequest(request, &call->oip); !s.ok()) {
     finish(s);
-    return;
+    return 0;
   }
   auto decoded_or =
       DecodeRequest(call->oip.native, native_->models(), native_->limits(),
                     native_->devices(), &call->oip.payloads);
   if (!decoded_or.ok()) {
     finish(decoded_or.status());
-    return;
+    return 0;
   }
   std::shared_ptr<DecodedRequest> decoded = std::move(decoded_or).value();
   const DecodedRequest& d = *decoded;
+  int64_t response_bytes = 0;
   {
     // Only the outputs asked for are sent (the statistics otherwise).
     absl::InlinedVector<ResponsePart, 4> parts;
@@ -210,8 +211,9 @@ void InferenceServiceImpl::StartInfer(
     }
     if (absl::Status s = CheckResponseFits(parts, native_->limits()); !s.ok()) {
       finish(s);
-      return;
+      return 0;
     }
+    response_bytes = ResponseBytes(parts);
   }
 
   response->set_model_name(d.model->name);
@@ -285,7 +287,9 @@ void InferenceServiceImpl::StartInfer(
   if (!submitted.ok()) {
     response->Clear();
     finish(submitted);
+    return 0;
   }
+  return response_bytes;
 }
 
 grpc::ServerUnaryReactor* InferenceServiceImpl::ModelInfer(
@@ -309,7 +313,7 @@ InferenceServiceImpl::ModelStreamInfer(grpc::CallbackServerContext* context) {
       [this](grpc::CallbackServerContext* context,
              const std::shared_ptr<Reactor::Item>& item,
              std::function<void(const absl::Status&)> done) {
-        StartInfer(
+        return StartInfer(
             item->request, item->answer.mutable_infer_response(),
             CallDeadline(context), [context] { return context->IsCancelled(); },
             [item, done = std::move(done)](const absl::Status& status) {

@@ -87,11 +87,11 @@ class InferenceServiceImpl final : public internal::InferenceServiceBase {
  private:
   // Translates, validates and queues one inference; `finish` is called
   // exactly once (inline on error). `request` and `response` must stay
-  // valid until then.
-  void StartInfer(const inference::ModelInferRequest& request,
-                  inference::ModelInferResponse* response, absl::Time deadline,
-                  std::function<bool()> is_cancelled,
-                  std::function<void(const absl::Status&)> finish);
+  // valid until then. Returns what NormalizationServiceImpl::Start does.
+  int64_t StartInfer(const inference::ModelInferRequest& request,
+                     inference::ModelInferResponse* response,
+                     absl::Time deadline, std::function<bool()> is_cancelled,
+                     std::function<void(const absl::Status&)> finish);
 
   // Answers a call that needs no batching, counting it in the metrics.
   grpc::ServerUnaryReactor* Answer(grpc::CallbackServerContext* context,

@@ -529,12 +529,8 @@ absl::StatusOr<std::unique_ptr<DecodedRequest>> DecodeRequest(
 absl::Status CheckResponseFits(absl::Span<const ResponsePart> parts,
                                const ValidationLimits& limits) {
   if (limits.max_response_bytes <= 0) return absl::OkStatus();
-  // Each part is at most max_elements × 4 bytes: no overflow.
-  const auto bytes = [](const ResponsePart& p) {
-    return p.elements * static_cast<int64_t>(DTypeSize(p.dtype));
-  };
-  int64_t total = 0;
-  for (const ResponsePart& p : parts) total += bytes(p);
+  const auto bytes = [](const ResponsePart& p) { return ResponseBytes({p}); };
+  const int64_t total = ResponseBytes(parts);
   const int64_t room = limits.max_response_bytes - kResponseFramingBytes;
   if (total <= room) return absl::OkStatus();
   std::string listed;
@@ -548,6 +544,15 @@ absl::Status CheckResponseFits(absl::Span<const ResponsePart> parts,
       " less ", kResponseFramingBytes,
       " for the rest of the message; expected at most ", room,
       " bytes: a smaller input, a narrower output_dtype, or fewer outputs"));
+}
+
+int64_t ResponseBytes(absl::Span<const ResponsePart> parts) {
+  // Each part is at most max_elements × 4 bytes: no overflow.
+  int64_t total = 0;
+  for (const ResponsePart& p : parts) {
+    total += p.elements * static_cast<int64_t>(DTypeSize(p.dtype));
+  }
+  return total;
 }
 
 v1::DataType ToProtoDType(DType dtype) {

@@ -148,6 +148,9 @@ struct ResponsePart {
 absl::Status CheckResponseFits(absl::Span<const ResponsePart> parts,
                                const ValidationLimits& limits);
 
+// The bytes of `parts`' tensors together.
+int64_t ResponseBytes(absl::Span<const ResponsePart> parts);
+
 }  // namespace normserve
 
 #endif  // NORMSERVE_SERVER_REQUEST_DECODER_H_

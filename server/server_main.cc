@@ -65,7 +65,8 @@ ABSL_FLAG(int64_t, stream_window_messages, 1024,
           "A stream reads no further message while this many of its messages "
           "are being computed or wait for the client to take their answers.");
 ABSL_FLAG(int64_t, stream_window_bytes, int64_t{64} << 20,
-          "The same, in bytes of those messages (one message is always read).");
+          "The same, in bytes: of each message or of its answer, whichever "
+          "is larger (one message is always read).");
 ABSL_FLAG(std::string, metrics_host, "",
           "Address for the metrics endpoint; empty means --host.");
 ABSL_FLAG(std::string, tls_cert, "",

@@ -64,22 +64,23 @@ NormalizationServiceImpl::NormalizationServiceImpl(const Options& options,
       batcher_(batcher),
       metrics_(metrics) {}
 
-void NormalizationServiceImpl::Start(
+int64_t NormalizationServiceImpl::Start(
     const v1::NormalizeRequest& request, v1::NormalizeResponse* response,
     absl::Time deadline, std::function<bool()> is_cancelled,
     std::function<void(const absl::Status&)> finish) {
   const absl::Time arrival = absl::Now();
   if (draining_.load()) {
     finish(absl::UnavailableError("server is shutting down"));
-    return;
+    return 0;
   }
   auto decoded_or =
       DecodeRequest(request, *models_, options_.limits, options_.devices);
   if (!decoded_or.ok()) {
     finish(decoded_or.status());
-    return;
+    return 0;
   }
   std::shared_ptr<DecodedRequest> decoded = std::move(decoded_or).value();
+  int64_t response_bytes = 0;
   {
     absl::InlinedVector<ResponsePart, 4> parts = {
         {"output", decoded->output_dtype, decoded->elements}};
@@ -93,8 +94,9 @@ void NormalizationServiceImpl::Start(
     }
     if (absl::Status s = CheckResponseFits(parts, options_.limits); !s.ok()) {
       finish(s);
-      return;
+      return 0;
     }
+    response_bytes = ResponseBytes(parts);
   }
 
   response->set_request_id(request.request_id());
@@ -148,7 +150,9 @@ void NormalizationServiceImpl::Start(
   if (!submitted.ok()) {
     response->Clear();
     finish(submitted);
+    return 0;
   }
+  return response_bytes;
 }
 
 size_t NormalizationServiceImpl::InputBytes(const DecodedRequest& decoded) {
@@ -317,7 +321,7 @@ NormalizationServiceImpl::NormalizeStream(
       [this](grpc::CallbackServerContext* context,
              const std::shared_ptr<Reactor::Item>& item,
              std::function<void(const absl::Status&)> done) {
-        Start(
+        return Start(
             item->request.request(), item->answer.mutable_response(),
             CallDeadline(context), [context] { return context->IsCancelled(); },
             [item, done = std::move(done)](const absl::Status& status) {

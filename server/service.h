@@ -96,11 +96,13 @@ class NormalizationServiceImpl final
 
   // Validates `request` and queues it; `finish` is called exactly once,
   // inline on a validation error or later from a batcher worker. `request`
-  // and `response` must stay valid until then.
-  void Start(const v1::NormalizeRequest& request,
-             v1::NormalizeResponse* response, absl::Time deadline,
-             std::function<bool()> is_cancelled,
-             std::function<void(const absl::Status&)> finish);
+  // and `response` must stay valid until then. Returns the bytes of the
+  // response tensors allocated for a queued request, 0 where it was
+  // answered at once (a stream's window counts them).
+  int64_t Start(const v1::NormalizeRequest& request,
+                v1::NormalizeResponse* response, absl::Time deadline,
+                std::function<bool()> is_cancelled,
+                std::function<void(const absl::Status&)> finish);
 
   // Where the kernel writes one request's results: buffers inside the
   // response message, sized by the caller after decoding. Null: not asked.

@@ -3,7 +3,9 @@
 //
 // Each message read becomes an Item handed to `start`, which answers it
 // by filling item->answer and calling `done` exactly once with the status
-// that answer carries (inline or from a batcher worker); the reactor counts
+// that answer carries (inline or from a batcher worker), and returns the
+// bytes it allocated for the answer (0 where it answered at once, or where it
+// allocated nothing of note); the reactor counts
 // each answer's status in the metrics, as it counts the stream itself. Answers
 // are written in completion order, one write in flight at a time, as gRPC
 // requires. The stream finishes with OK once the client has half-closed, every
@@ -19,11 +21,14 @@
 //
 // Backpressure: the reactor reads no further message while the messages it
 // has read and not yet written an answer for reach the service's
-// StreamWindow (a count, and the bytes of those messages; at least one is
-// always read). A client that sends without reading its answers is then
-// held back by HTTP/2 flow control instead of filling the server's memory
-// with answers it does not take. An answer, once serialized, drops its
-// request and its message form: a waiting item holds its wire bytes only.
+// StreamWindow (a count, and bytes: each item counts the larger of its
+// message and its answer, since an answer may be several times its request;
+// at least one message is always read). A client that sends without reading
+// its answers is then held back by HTTP/2 flow control instead of filling the
+// server's memory with answers it does not take. An answer, once serialized,
+// drops its request and its message form: a waiting item holds its wire
+// bytes only. Whether to read on is decided once `start` returns, with the
+// size of the answer being computed counted.
 //
 // Threading: gRPC's reactor callbacks and `done` may run on any threads;
 // the state they share is guarded by mu_. The reactor deletes itself in
@@ -56,9 +61,13 @@ class StreamReactor final
     Request request;
     Response answer;
     grpc::ByteBuffer wire;  // The answer, serialized for its write.
-    int64_t bytes = 0;      // Of the message read (StreamWindow).
+    // What the item counts in the window: the larger of its message and its
+    // answer, as far as known. Guarded by the reactor's mu_ once counted.
+    int64_t bytes = 0;
+    // Written or dropped: out of the window. Guarded by the reactor's mu_.
+    bool released = false;
   };
-  using StartFn = std::function<void(
+  using StartFn = std::function<int64_t(
       grpc::CallbackServerContext* context, const std::shared_ptr<Item>& item,
       std::function<void(const absl::Status&)> done)>;
   // Writes the answer to a message that could not be parsed.
@@ -105,34 +114,41 @@ class StreamReactor final
       return;
     }
     auto item = std::make_shared<Item>();
-    ++messages_read_;
+    const int64_t message_number = ++messages_read_;
     item->bytes = static_cast<int64_t>(incoming_.Length());
     const bool parsed = grpc::SerializationTraits<Request>::Deserialize(
                             &incoming_, &item->request)
                             .ok();
     incoming_.Clear();
-    // Whether to read on is decided here, with the item counted: answers
-    // only shrink the window, and one that empties a paused window resumes
-    // the reads (ShouldResumeReading). One lock per message.
-    bool read;
     {
       MutexLock lock(&mu_);
       ++pending_;
       pending_bytes_ += item->bytes;
-      read = !WindowFull();
-      read_paused_ = !read;
     }
+    int64_t answer_bytes = 0;
     if (parsed) {
-      start_fn_(context_, item, [this, item](const absl::Status& status) {
-        Answered(item, status);
-      });
+      answer_bytes = start_fn_(
+          context_, item,
+          [this, item](const absl::Status& status) { Answered(item, status); });
     } else {
       const absl::Status status = absl::InvalidArgumentError(absl::StrCat(
-          "message ", messages_read_, " of this stream does not parse as ",
+          "message ", message_number, " of this stream does not parse as ",
           Request::descriptor()->full_name(),
           " (skipped; the stream goes on)"));
       parse_error_fn_(status, &item->answer);
       Answered(item, status);
+    }
+    // Whether to read on is decided here, with the item counted at its
+    // answer's size: answers only shrink the window from here on (an answer
+    // that outgrows its count by its framing grows it a little), and one
+    // that empties a paused window resumes the reads (ShouldResumeReading).
+    // No read is in flight meanwhile, so none is resumed before this.
+    bool read;
+    {
+      MutexLock lock(&mu_);
+      Count(*item, answer_bytes);
+      read = !WindowFull();
+      read_paused_ = !read;
     }
     if (read) this->StartRead(&incoming_);
   }
@@ -194,6 +210,7 @@ class StreamReactor final
     bool resume = false;
     {
       MutexLock lock(&mu_);
+      Count(*item, static_cast<int64_t>(item->wire.Length()));
       if (broken_) {
         Written(*item);
         finish = ShouldFinish();
@@ -211,8 +228,17 @@ class StreamReactor final
     if (finish) this->Finish(grpc::Status::OK);
   }
 
+  // `item` holds `bytes` (its answer's): it counts the larger of that and
+  // what it counted, until it is written.
+  void Count(Item& item, int64_t bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (item.released || bytes <= item.bytes) return;
+    pending_bytes_ += bytes - item.bytes;
+    item.bytes = bytes;
+  }
+
   // `item` is written or dropped: it leaves the window.
-  void Written(const Item& item) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+  void Written(Item& item) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    item.released = true;
     --pending_;
     pending_bytes_ -= item.bytes;
   }

@@ -553,6 +553,61 @@ TEST(ReliabilityTest, TheStreamWindowInBytesHoldsBackTheSameWay) {
   HeldBackThenAnswered("--stream_window_bytes=2200000");
 }
 
+// An answer can be several times its request: a BFLOAT16 input answered in
+// FLOAT32 is twice, and statistics add 8 bytes a row (here, rows of one
+// element: 2 bytes in, 12 out). The window counts each item at the larger of
+// the two, as soon as its answer's buffers exist, so a client that does not
+// read makes the server hold about the window's bytes of answers, not the
+// window's bytes of requests times that ratio.
+TEST(ReliabilityTest, TheStreamWindowCountsAnswersLargerThanTheirRequests) {
+  ServerProcess server(NORMSERVE_BINARY, {"--stream_window_bytes=16777216"});
+  auto client = Connect(server.grpc_target());
+  grpc::ClientContext ctx;
+  auto stream = client->stub()->NormalizeStream(&ctx);
+  const int kMessages = 240;
+  NormalizeInput in = RandomInput(65536, 1, 23);
+  in.dtype = v1::DATA_TYPE_BFLOAT16;        // 128 KiB in
+  in.output_dtype = v1::DATA_TYPE_FLOAT32;  // 256 KiB out
+  in.return_statistics = true;              // and 512 KiB of mean and rstd
+  std::atomic<int> written{0};
+  std::thread writer([&] {
+    v1::NormalizeStreamRequest msg;
+    *msg.mutable_request() = NormClient::BuildRequest(in);
+    for (int i = 0; i < kMessages; ++i) {
+      msg.mutable_request()->set_request_id(absl::StrCat(i));
+      if (!stream->Write(msg)) break;
+      written.fetch_add(1);
+    }
+    stream->WritesDone();
+  });
+  int last = -1;
+  while (written.load() != last && written.load() < kMessages) {
+    last = written.load();
+    absl::SleepFor(absl::Seconds(1));
+  }
+  // Every message the server read has been computed and answered by now.
+  // 16 MiB holds 22 answers of 768 KiB, and the transports take some more
+  // that the client has not read (up to ~25 of this size); counted by their
+  // requests, the window alone held 128.
+  const double answered = MetricValue(
+      HttpGet(server.metrics_port(), "/metrics"), "normserve_requests_total",
+      {"grpc_method=\"NormalizeStream\"", "grpc_code=\"OK\""});
+  EXPECT_GE(answered, 22);
+  EXPECT_LE(answered, 64) << "written " << written.load();
+  int answers = 0;
+  v1::NormalizeStreamResponse answer;
+  while (stream->Read(&answer)) {
+    ASSERT_EQ(answer.status_code(), 0) << answer.status_message();
+    ASSERT_EQ(answer.response().output().data().size(),
+              in.values.size() * sizeof(float));
+    ++answers;
+  }
+  writer.join();
+  EXPECT_EQ(answers, kMessages);
+  EXPECT_TRUE(stream->Finish().ok());
+  EXPECT_EQ(server.Stop(SIGTERM, 30), 0) << server.Output();
+}
+
 // One stream of raw bytes through the generic stub (which sends bytes that
 // need not parse), driven one operation at a time on a completion queue.
 class RawStream {
