@@ -138,6 +138,12 @@ absl::Status TensorParameters(const ModelInferRequest::InferInputTensor& in,
   for (const auto& [key, p] : in.parameters()) {
     const std::string field =
         absl::StrCat("inputs[", index, "].parameters['", key, "']");
+    if ((key == "scale" || key == "zero_point") &&
+        (in.name() != "input" || t->dtype() != v1::DATA_TYPE_INT8)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          field, ": only the INT8 tensor 'input' is quantized (this is '",
+          in.name(), "', datatype ", in.datatype(), "); expected it unset"));
+    }
     if (key == "scale") {
       if (p.parameter_choice_case() != InferParameter::kDoubleParam) {
         return absl::InvalidArgumentError(

@@ -184,6 +184,40 @@ absl::StatusOr<const float*> DecodeParameter(const v1::Tensor& t,
   return storage->data();
 }
 
+// INVALID_ARGUMENT naming the first INT8 field set in a request whose input
+// is not INT8 (ignoring it would answer something else than was asked: a
+// float tensor where INT8 was expected).
+absl::Status CheckNoInt8Fields(const v1::NormalizeRequest& request) {
+  const std::string only = absl::StrCat(
+      ": only for DATA_TYPE_INT8 inputs (input.dtype = ",
+      DataTypeName(request.input().dtype()), "); expected it unset");
+  if (request.has_output_scale()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("output_scale = ", request.output_scale(), only));
+  }
+  if (request.has_output_zero_point()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "output_zero_point = ", request.output_zero_point(), only));
+  }
+  if (request.int8_path() != v1::INT8_PATH_UNSPECIFIED) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "int8_path = ", v1::Int8Path_Name(request.int8_path()), only));
+  }
+  return absl::OkStatus();
+}
+
+// INVALID_ARGUMENT where a tensor other than an INT8 input carries a
+// quantization (scale, zero_point): only INT8 inputs are quantized.
+absl::Status CheckNotQuantized(const v1::Tensor& t, absl::string_view name) {
+  if (t.scale() == 0.0f && t.zero_point() == 0) return absl::OkStatus();
+  const std::string field =
+      t.scale() != 0.0f ? absl::StrCat(name, ".scale = ", t.scale())
+                        : absl::StrCat(name, ".zero_point = ", t.zero_point());
+  return absl::InvalidArgumentError(absl::StrCat(
+      field, ": only DATA_TYPE_INT8 inputs are quantized (", name,
+      ".dtype = ", DataTypeName(t.dtype()), "); expected it unset"));
+}
+
 // The INT8 part of a request: quantization fields, what INT8 does not
 // support, the output quantization, and the folded affine.
 absl::Status DecodeInt8(const v1::NormalizeRequest& request, const Model& model,
@@ -245,12 +279,14 @@ absl::Status DecodeInt8(const v1::NormalizeRequest& request, const Model& model,
         "dwarfs the rows' variance); expected a larger scale or int8_path = "
         "INT8_PATH_FLOAT"));
   }
-  for (const float* values : {p.gamma, p.beta}) {
+  for (const auto& [name, values] :
+       {std::pair{"gamma", p.gamma}, std::pair{"beta", p.beta}}) {
     if (values == nullptr) continue;
     for (int64_t i = 0; i < dim; ++i) {
       if (!std::isfinite(values[i])) {
         return absl::InvalidArgumentError(
-            "gamma/beta: INT8 inputs need finite gamma and beta values");
+            absl::StrCat(name, "[", i, "] = ", values[i],
+                         ": INT8 inputs need finite gamma and beta values"));
       }
     }
   }
@@ -349,16 +385,26 @@ absl::StatusOr<std::unique_ptr<DecodedRequest>> DecodeRequest(
     return absl::NotFoundError(absl::StrCat(
         "model = '", request.model(), "': no such model (see ListModels)"));
   }
-  const bool overrides = request.has_epsilon() || request.has_gamma() ||
-                         request.has_beta() ||
-                         (request.kind() != v1::NORM_KIND_UNSPECIFIED &&
-                          (request.kind() == v1::NORM_KIND_RMS_NORM) !=
-                              (model->kind == NormKind::kRmsNorm));
-  if (overrides && !model->allow_request_params) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "model '", model->name,
-        "' does not accept per-request epsilon, gamma, beta or kind: expected "
-        "them unset (the model's own are used)"));
+  if (!model->allow_request_params) {
+    // The first override sent, by name.
+    const char* override = nullptr;
+    if (request.has_epsilon()) {
+      override = "epsilon";
+    } else if (request.has_gamma()) {
+      override = "gamma";
+    } else if (request.has_beta()) {
+      override = "beta";
+    } else if (request.kind() != v1::NORM_KIND_UNSPECIFIED &&
+               (request.kind() == v1::NORM_KIND_RMS_NORM) !=
+                   (model->kind == NormKind::kRmsNorm)) {
+      override = "kind";
+    }
+    if (override != nullptr) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          override, ": model '", model->name,
+          "' does not accept per-request epsilon, gamma, beta or kind: "
+          "expected them unset (the model's own are used)"));
+    }
   }
 
   auto out = std::make_unique<DecodedRequest>();
@@ -370,6 +416,13 @@ absl::StatusOr<std::unique_ptr<DecodedRequest>> DecodeRequest(
       TensorView input,
       DecodeTensor(request.input(), "input", limits, nullptr,
                    external(&ExternalPayloads::input), &out->input_copy));
+  if (input.dtype != DType::kInt8) {
+    RETURN_IF_ERROR(CheckNoInt8Fields(request));
+    RETURN_IF_ERROR(CheckNotQuantized(request.input(), "input"));
+  }
+  RETURN_IF_ERROR(CheckNotQuantized(request.gamma(), "gamma"));
+  RETURN_IF_ERROR(CheckNotQuantized(request.beta(), "beta"));
+  RETURN_IF_ERROR(CheckNotQuantized(request.residual(), "residual"));
   out->input = input.data;
   out->input_dtype = input.dtype;
   out->float_data = input.float_data;

@@ -230,6 +230,41 @@ inline std::vector<BadRequestCase> BadRequestCases() {
        C::kInvalidArgument,
        "output_scale/output_zero_point: model 'int8' fixes its output "
        "quantization: expected them unset"},
+      {"int8 gamma not finite",
+       [kNan](auto* r) {
+         MakeInt8(r);
+         SetFloats(r->mutable_gamma(), {4});
+         std::vector<float> g = {1, 1, kNan, 1};
+         r->mutable_gamma()->set_data(reinterpret_cast<const char*>(g.data()),
+                                      g.size() * sizeof(float));
+       },
+       C::kInvalidArgument,
+       "gamma[2] = nan: INT8 inputs need finite gamma and beta values"},
+      // INT8 fields on other inputs would be ignored: the client asked for
+      // something it would not get.
+      {"output scale on a float input",
+       [](auto* r) { r->set_output_scale(0.05f); }, C::kInvalidArgument,
+       "output_scale = 0.05: only for DATA_TYPE_INT8 inputs (input.dtype = "
+       "DATA_TYPE_FLOAT32); expected it unset"},
+      {"output zero point on a float input",
+       [](auto* r) { r->set_output_zero_point(3); }, C::kInvalidArgument,
+       "output_zero_point = 3: only for DATA_TYPE_INT8 inputs"},
+      {"int8 path on a float input",
+       [](auto* r) { r->set_int8_path(v1::INT8_PATH_FLOAT); },
+       C::kInvalidArgument,
+       "int8_path = INT8_PATH_FLOAT: only for DATA_TYPE_INT8 inputs"},
+      {"scale on a float input",
+       [](auto* r) { r->mutable_input()->set_scale(0.1f); },
+       C::kInvalidArgument,
+       "input.scale = 0.1: only DATA_TYPE_INT8 inputs are quantized "
+       "(input.dtype = DATA_TYPE_FLOAT32); expected it unset"},
+      {"zero point on gamma",
+       [](auto* r) {
+         SetFloats(r->mutable_gamma(), {4});
+         r->mutable_gamma()->set_zero_point(3);
+       },
+       C::kInvalidArgument,
+       "gamma.zero_point = 3: only DATA_TYPE_INT8 inputs are quantized"},
       {"int8 output to float",
        [](auto* r) {
          r->mutable_input()->set_dtype(v1::DATA_TYPE_INT8);
@@ -365,7 +400,16 @@ inline std::vector<BadRequestCase> BadRequestCases() {
          SetFloats(r->mutable_input(), {1, 2, 2});
          r->set_epsilon(1e-3f);
        },
-       C::kInvalidArgument, "model 'fixed' does not accept per-request"},
+       C::kInvalidArgument,
+       "epsilon: model 'fixed' does not accept per-request epsilon, gamma, "
+       "beta or kind"},
+      {"model refuses a request kind",
+       [](auto* r) {
+         r->set_model("fixed");
+         SetFloats(r->mutable_input(), {1, 2, 2});
+         r->set_kind(v1::NORM_KIND_RMS_NORM);
+       },
+       C::kInvalidArgument, "kind: model 'fixed' does not accept per-request"},
   };
 }
 

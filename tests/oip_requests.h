@@ -155,6 +155,12 @@ inline std::map<std::string, std::string> OipMessages() {
        "parameters['kind'] = 'kind_7': expected layer_norm or rms_norm"},
       {"device unknown",
        "parameters['device'] = 'device_5': expected cpu or cuda"},
+      {"scale on a float input",
+       "inputs[0].parameters['scale']: only the INT8 tensor 'input' is "
+       "quantized (this is 'input', datatype FP32); expected it unset"},
+      {"zero point on gamma",
+       "inputs[1].parameters['zero_point']: only the INT8 tensor 'input' is "
+       "quantized (this is 'gamma', datatype FP32)"},
   };
 }
 
