@@ -321,10 +321,12 @@ Metrics::ModelTotals Metrics::Totals(const std::string& model) {
 }
 
 void Metrics::RequestDone(const std::string& model, const char* device,
-                          absl::Duration queue_wait, absl::Duration latency,
-                          int64_t bytes_in, int64_t bytes_out) {
+                          bool computed, absl::Duration queue_wait,
+                          absl::Duration latency, int64_t bytes_in,
+                          int64_t bytes_out) {
   StageMetrics* s = Stage(model, device);
   s->queue_wait->Observe(absl::ToDoubleSeconds(queue_wait));
+  if (!computed) return;
   s->latency->Observe(absl::ToDoubleSeconds(latency));
   s->bytes_in->Increment(static_cast<double>(bytes_in));
   s->bytes_out->Increment(static_cast<double>(bytes_out));

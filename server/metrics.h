@@ -107,8 +107,12 @@ class Metrics : public BatchObserver {
   // message of a stream.
   void RequestAnswered(InferenceMethod method, int code);
 
-  // One request finished computing. `device` is "cpu" or "cuda".
-  void RequestDone(const std::string& model, const char* device,
+  // One request left its queue after `queue_wait` and was answered:
+  // computed (`computed`), or not (dropped there as expired or cancelled,
+  // refused at shutdown, or its batch failed). `device` is "cpu" or "cuda".
+  // The queue wait counts either way (the wait of the requests that expired
+  // is the overload signal); latency and bytes only for computed requests.
+  void RequestDone(const std::string& model, const char* device, bool computed,
                    absl::Duration queue_wait, absl::Duration latency,
                    int64_t bytes_in, int64_t bytes_out);
   void InFlightAdd(int delta);

@@ -204,11 +204,10 @@ absl::Status NormalizationServiceImpl::Submit(
   job->done = [metrics, decoded, finish = std::move(finish), arrival,
                request_bytes, bytes_sent](const absl::Status& status,
                                           const JobTimings& timings) {
-    if (status.ok()) {
-      metrics->RequestDone(
-          decoded->model->name, DeviceLabel(static_cast<int>(decoded->device)),
-          timings.queue_wait, absl::Now() - arrival, request_bytes, bytes_sent);
-    }
+    metrics->RequestDone(decoded->model->name,
+                         DeviceLabel(static_cast<int>(decoded->device)),
+                         status.ok(), timings.queue_wait, absl::Now() - arrival,
+                         request_bytes, bytes_sent);
     metrics->InFlightAdd(-1);
     finish(status);
   };

@@ -761,6 +761,12 @@ TEST(ServerProcessTest, ExpiredRequestsAreNotComputed) {
   EXPECT_EQ(MetricValue(text, "grpc_server_handled_total",
                         {"grpc_code=\"DEADLINE_EXCEEDED\""}),
             1);
+  // Its wait in the queue counts (the overload signal), its latency and
+  // bytes do not (it was not answered with a result).
+  EXPECT_EQ(MetricValue(text, "normserve_queue_wait_seconds_count"), 1);
+  EXPECT_GE(MetricValue(text, "normserve_queue_wait_seconds_sum"), 0.05);
+  EXPECT_EQ(MetricValue(text, "normserve_request_latency_seconds_count"), 0);
+  EXPECT_EQ(MetricValue(text, "normserve_request_bytes_total"), 0);
   EXPECT_EQ(server.Stop(SIGTERM, 30), 0);
 }
 
