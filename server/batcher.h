@@ -107,8 +107,9 @@ struct Job {
   BatchKey key;
   QueueOptions queue;
   int64_t rows = 0;
-  // Memory the job holds while it waits (its input and output buffers),
-  // for Batcher::Options::max_queued_bytes.
+  // Memory the job holds while it waits (its input and output buffers,
+  // and its call's own state: kQueuedRequestOverheadBytes), for
+  // Batcher::Options::max_queued_bytes.
   int64_t bytes = 0;
   absl::Time deadline = absl::InfiniteFuture();
   // Polled when the batch forms; may be empty (never cancelled).

@@ -59,8 +59,9 @@ ABSL_FLAG(int64_t, max_elements, int64_t{1} << 24,
           "Largest input tensor, in elements.");
 ABSL_FLAG(int64_t, max_rank, 8, "Largest input tensor rank.");
 ABSL_FLAG(int64_t, max_queued_bytes, int64_t{4} << 30,
-          "Bytes of requests (inputs and outputs) queued over all queues "
-          "before answering RESOURCE_EXHAUSTED.");
+          "Bytes of requests (inputs and outputs, plus 16 KiB each for "
+          "the call) queued over all queues before answering "
+          "RESOURCE_EXHAUSTED.");
 ABSL_FLAG(int64_t, stream_window_messages, 1024,
           "A stream reads no further message while this many of its messages "
           "are being computed or wait for the client to take their answers.");

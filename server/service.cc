@@ -182,7 +182,7 @@ absl::Status NormalizationServiceImpl::Submit(
   job->key = decoded->key;
   job->queue = decoded->model->batching;
   job->rows = decoded->rows;
-  job->bytes = request_bytes + bytes_out;
+  job->bytes = request_bytes + bytes_out + kQueuedRequestOverheadBytes;
   job->deadline = deadline;
   job->is_cancelled = std::move(is_cancelled);
   RowSegment& seg = job->segment;

@@ -594,6 +594,39 @@ TEST(ServerProcessTest, QueuedBytesOverTheBoundAreRefused) {
   EXPECT_EQ(server.Stop(SIGTERM, 30), 0);
 }
 
+// Each queued request counts 16 KiB besides its tensors (its call's own
+// state, measured at 17-18 KB), so that --max_queued_bytes bounds memory
+// for tiny requests too: with 100000 bytes, six requests of 8 bytes wait
+// and the rest are refused (counting tensors alone, all would wait).
+TEST(ServerProcessTest, TinyQueuedRequestsCountTheirCalls) {
+  ServerProcess server(NORMSERVE_BINARY,
+                       {"--max_queue_delay_us=1000000", "--max_batch_rows=1000",
+                        "--max_queued_bytes=100000"});
+  auto client = Connect(server.grpc_target());
+  constexpr int kRequests = 12;
+  std::atomic<int> ok{0}, refused{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kRequests; ++i) {
+    threads.emplace_back([&, i] {
+      NormalizeInput in;
+      in.shape = {1, 2};
+      in.values = {1.0f, 2.0f + static_cast<float>(i)};
+      const auto out = client->Normalize(in);
+      if (out.ok()) {
+        ++ok;
+      } else {
+        EXPECT_EQ(out.status().code(), absl::StatusCode::kResourceExhausted)
+            << out.status();
+        ++refused;
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(ok.load(), 6);
+  EXPECT_EQ(refused.load(), kRequests - 6);
+  EXPECT_EQ(server.Stop(SIGTERM, 30), 0);
+}
+
 // A model config that fixes γ, β, ε and the INT8 output quantization: its
 // INT8 requests come back with the model's scale and zero point, within
 // 1 LSB of the float64 reference, and bit-identical to the same parameters
