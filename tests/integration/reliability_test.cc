@@ -487,6 +487,31 @@ TEST(ReliabilityTest, AnOpenStreamHoldsTheDrainOnlyForTheGrace) {
   EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::UNAVAILABLE);
 }
 
+// Writes `count` copies of `in` (request ids 0, 1, …) on `stream` from a
+// thread of its own, counting them in `written`, then half-closes. Returns
+// that thread (to join once the answers are read) when the writes stop
+// advancing, the server holding the client back, or all are written.
+template <typename Stream>
+std::thread WriteWithoutReading(Stream* stream, const NormalizeInput& in,
+                                int count, std::atomic<int>* written) {
+  std::thread writer([stream, &in, count, written] {
+    v1::NormalizeStreamRequest msg;
+    *msg.mutable_request() = NormClient::BuildRequest(in);
+    for (int i = 0; i < count; ++i) {
+      msg.mutable_request()->set_request_id(absl::StrCat(i));
+      if (!stream->Write(msg)) break;
+      written->fetch_add(1);
+    }
+    stream->WritesDone();
+  });
+  int last = -1;
+  while (written->load() != last && written->load() < count) {
+    last = written->load();
+    absl::SleepFor(absl::Seconds(1));
+  }
+  return writer;
+}
+
 // A client that writes on a stream without reading its answers is held
 // back by flow control once the server's stream window (`window_flag`: two
 // messages of 1 MiB, by count or by bytes) is full, instead of the server
@@ -501,22 +526,8 @@ void HeldBackThenAnswered(const std::string& window_flag) {
   const int kMessages = 160;
   const NormalizeInput in = RandomInput(64, 4096, 21);  // 1 MiB a message
   std::atomic<int> written{0};
-  std::thread writer([&] {
-    v1::NormalizeStreamRequest msg;
-    *msg.mutable_request() = NormClient::BuildRequest(in);
-    for (int i = 0; i < kMessages; ++i) {
-      msg.mutable_request()->set_request_id(absl::StrCat(i));
-      if (!stream->Write(msg)) break;
-      written.fetch_add(1);
-    }
-    stream->WritesDone();
-  });
-  // Until the writes stop advancing (or all are written).
-  int last = -1;
-  while (written.load() != last && written.load() < kMessages) {
-    last = written.load();
-    absl::SleepFor(absl::Seconds(1));
-  }
+  std::thread writer =
+      WriteWithoutReading(stream.get(), in, kMessages, &written);
   // The window's two messages, plus what the transports buffer on the way:
   // 7 more of 1 MiB when measured, 19 under AddressSanitizer (gRPC sizes
   // its flow-control windows from the delays it sees). A window of 64
@@ -570,21 +581,8 @@ TEST(ReliabilityTest, TheStreamWindowCountsAnswersLargerThanTheirRequests) {
   in.output_dtype = v1::DATA_TYPE_FLOAT32;  // 256 KiB out
   in.return_statistics = true;              // and 512 KiB of mean and rstd
   std::atomic<int> written{0};
-  std::thread writer([&] {
-    v1::NormalizeStreamRequest msg;
-    *msg.mutable_request() = NormClient::BuildRequest(in);
-    for (int i = 0; i < kMessages; ++i) {
-      msg.mutable_request()->set_request_id(absl::StrCat(i));
-      if (!stream->Write(msg)) break;
-      written.fetch_add(1);
-    }
-    stream->WritesDone();
-  });
-  int last = -1;
-  while (written.load() != last && written.load() < kMessages) {
-    last = written.load();
-    absl::SleepFor(absl::Seconds(1));
-  }
+  std::thread writer =
+      WriteWithoutReading(stream.get(), in, kMessages, &written);
   // Every message the server read has been computed and answered by now.
   // 16 MiB holds 22 answers of 768 KiB, and the transports take some more
   // that the client has not read (up to ~25 of this size); counted by their
