@@ -137,7 +137,10 @@ std::optional<std::string> FlagOutOfRange() {
        kNoMax},
       {"batch_workers", absl::GetFlag(FLAGS_batch_workers), 0, kIntMax},
       {"cpu_threads", absl::GetFlag(FLAGS_cpu_threads), 0, kIntMax},
-      {"max_message_bytes", absl::GetFlag(FLAGS_max_message_bytes), 1, kIntMax},
+      // Below 4 KiB not even a small request's response fits beside its
+      // framing (kResponseFramingBytes).
+      {"max_message_bytes", absl::GetFlag(FLAGS_max_message_bytes), 4096,
+       kIntMax},
       // Bytes computed from element counts (× 8 at most) stay far from
       // overflow.
       {"max_elements", absl::GetFlag(FLAGS_max_elements), 1, int64_t{1} << 40},

@@ -248,7 +248,8 @@ class NormserveCommandLineTest(unittest.TestCase):
                                ("--shutdown_grace_ms=-1", "expected >= 0"),
                                ("--stream_window_bytes=0", "expected >= 1"),
                                # Past 2^31: once a parse error (exit 1).
-                               ("--max_message_bytes=3000000000", "expected 1 to 2147483647"),
+                               ("--max_message_bytes=3000000000", "expected 4096 to 2147483647"),
+                               ("--max_message_bytes=10", "expected 4096 to 2147483647"),
                                ("--max_rank=4294967296", "expected 1 to 2147483647")]:
             run = subprocess.run([SERVER, "--grpc_port=0", "--metrics_port=0", flag],
                                  capture_output=True, text=True, timeout=30)
