@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -53,7 +54,7 @@ absl::StatusOr<std::vector<float>> LoadParameter(
   } else {
     std::string path = src.npy_path();
     if (!path.empty() && path[0] != '/' && !base_dir.empty()) {
-      path = absl::StrCat(base_dir, "/", path);
+      path = absl::StrCat(base_dir, base_dir.back() == '/' ? "" : "/", path);
     }
     absl::StatusOr<NpyArray> read = ReadNpyFile(path);
     if (!read.ok()) {
@@ -249,6 +250,15 @@ absl::StatusOr<std::unique_ptr<ModelRegistry>> ModelRegistry::Create(
   if (options.config_path.empty()) {
     return CreateFromText("", "", options);
   }
+  // A directory opens as a stream but reads nothing: refused by name, not
+  // taken for an empty model list.
+  std::error_code error;
+  if (std::filesystem::exists(options.config_path, error) &&
+      !std::filesystem::is_regular_file(options.config_path, error)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--model_config ", options.config_path,
+                     ": not a regular file: expected a model config file"));
+  }
   std::ifstream in(options.config_path);
   if (!in) {
     return absl::NotFoundError(
@@ -256,10 +266,17 @@ absl::StatusOr<std::unique_ptr<ModelRegistry>> ModelRegistry::Create(
   }
   std::stringstream ss;
   ss << in.rdbuf();
+  if (in.bad()) {
+    return absl::UnavailableError(
+        absl::StrCat("--model_config ", options.config_path, ": read failed"));
+  }
   std::string base_dir;
   const size_t slash = options.config_path.rfind('/');
-  if (slash != std::string::npos)
+  if (slash == 0) {
+    base_dir = "/";  // "/models.pbtxt": relative paths are under the root
+  } else if (slash != std::string::npos) {
     base_dir = options.config_path.substr(0, slash);
+  }
   auto registry = CreateFromText(ss.str(), base_dir, options);
   if (!registry.ok()) {
     return absl::Status(

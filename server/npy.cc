@@ -204,6 +204,8 @@ absl::Status WriteNpyFile(const std::string& path,
   if (!out) return absl::UnavailableError(absl::StrCat(path, ": cannot write"));
   const std::string bytes = SerializeNpy(shape, values);
   out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  // Closed before the check: a full disk may fail only the final flush.
+  out.close();
   if (!out) return absl::UnavailableError(absl::StrCat(path, ": write failed"));
   return absl::OkStatus();
 }

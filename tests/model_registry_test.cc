@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "server/npy.h"
 
@@ -123,6 +124,28 @@ TEST(ModelRegistryTest, LoadsGammaFromNpyRelativeToTheConfig) {
   EXPECT_EQ(m->batching.max_queue_delay, absl::ZeroDuration());
   EXPECT_EQ((*r)->Find("rms")->kind, NormKind::kRmsNorm);
   EXPECT_EQ((*r)->models().size(), 3u);
+}
+
+// A directory opens as a stream and reads as nothing: it was taken for a
+// config with no models, and the server started without them.
+TEST(ModelRegistryTest, ADirectoryAsTheConfigIsRefusedByName) {
+  const ScopedTempDir temp;
+  ASSERT_FALSE(temp.path().empty());
+  ModelRegistry::Options o;
+  o.config_path = temp.path();
+  auto r = ModelRegistry::Create(o);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(r.status().message(),
+            absl::StrCat("--model_config ", temp.path(),
+                         ": not a regular file: expected a model config file"));
+}
+
+TEST(NpyTest, AWriteThatFailsAtTheFlushIsAnError) {
+  if (!std::filesystem::exists("/dev/full")) GTEST_SKIP() << "no /dev/full";
+  const absl::Status s = WriteNpyFile("/dev/full", {2}, {1, 2});
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable) << s;
+  EXPECT_EQ(s.message(), "/dev/full: write failed");
 }
 
 // A configured model named "default" replaces the built-in one: requests
