@@ -22,7 +22,8 @@
 // client-side latency percentiles, errors by status code and the server's
 // stage breakdown from /metrics: a table on stdout (progress on stderr), or
 // --json / --csv. It always stops by itself, and targets loopback by
-// default.
+// default. Exit status 1 when a step got no answer at all (a wrong model,
+// a server that is down): such a step's figures measure nothing.
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -121,6 +122,12 @@ Stages StageDelta(const std::string& before, const std::string& after) {
   return s;
 }
 
+// A server-side column for --json or --csv: `missing` where /metrics could
+// not be read (not a 0 that reads as a measurement).
+std::string ServerColumn(const Stages& stages, double ms, const char* missing) {
+  return stages.valid ? absl::StrFormat("%.4f", ms) : std::string(missing);
+}
+
 struct Step {
   Stages stages;
   int concurrency = 0;  // closed loop
@@ -173,14 +180,16 @@ void Caller(const Target* target, bool stream, int64_t limit,
             std::vector<double>* latencies,
             std::map<std::string, int64_t>* errors, int64_t* ok) {
   const bool oip = target->oip != nullptr;
-  grpc::ClientContext stream_context;
   // A stream's calls have the same bound as unary ones: a server that stops
   // answering ends the stream (UNAVAILABLE/DEADLINE_EXCEEDED) instead of
-  // leaving this caller blocked in Read.
-  stream_context.set_deadline(
-      std::chrono::system_clock::now() + std::chrono::seconds(30) +
-      absl::ToChronoSeconds(absl::Seconds(absl::GetFlag(FLAGS_warmup_s) +
-                                          absl::GetFlag(FLAGS_duration_s))));
+  // leaving this caller blocked in Read. With --requests, each request
+  // gets 10 ms more.
+  const absl::Duration stream_timeout =
+      absl::Seconds(30) +
+      absl::Seconds(absl::GetFlag(FLAGS_warmup_s) +
+                    absl::GetFlag(FLAGS_duration_s)) +
+      absl::Milliseconds(10) * limit;
+  grpc::ClientContext stream_context;
   std::unique_ptr<grpc::ClientReaderWriter<v1::NormalizeStreamRequest,
                                            v1::NormalizeStreamResponse>>
       rw;
@@ -188,22 +197,37 @@ void Caller(const Target* target, bool stream, int64_t limit,
                                            inference::ModelStreamInferResponse>>
       oip_rw;
   v1::NormalizeStreamRequest msg;
-  if (stream && oip) {
-    oip_rw = target->oip->ModelStreamInfer(&stream_context);
-  } else if (stream) {
-    rw = target->client->stub()->NormalizeStream(&stream_context);
-    *msg.mutable_request() = target->request;
+  if (stream && !oip) *msg.mutable_request() = target->request;
+  if (stream) {
+    stream_context.set_deadline(std::chrono::system_clock::now() +
+                                absl::ToChronoMilliseconds(stream_timeout));
+    if (oip) {
+      oip_rw = target->oip->ModelStreamInfer(&stream_context);
+    } else {
+      rw = target->client->stub()->NormalizeStream(&stream_context);
+    }
   }
-  const int kUnavailable = static_cast<int>(grpc::StatusCode::UNAVAILABLE);
+  // A broken stream (the server gone, or the deadline passed) counts once,
+  // with its status, and ends this caller: every later write would fail at
+  // once and count again.
+  bool broken = false;
+  const auto broken_stream = [&] {
+    const grpc::Status status = oip ? oip_rw->Finish() : rw->Finish();
+    oip_rw.reset();
+    rw.reset();
+    broken = true;
+    return status.ok() ? static_cast<int>(grpc::StatusCode::UNAVAILABLE)
+                       : static_cast<int>(status.error_code());
+  };
   const int kUnknown = static_cast<int>(grpc::StatusCode::UNKNOWN);
   int64_t sent = 0;
-  while (!stop.load() && (limit == 0 || sent < limit)) {
+  while (!broken && !stop.load() && (limit == 0 || sent < limit)) {
     const absl::Time start = absl::Now();
     int code;
     if (stream && oip) {
       inference::ModelStreamInferResponse answer;
       if (!oip_rw->Write(target->oip_request) || !oip_rw->Read(&answer)) {
-        code = kUnavailable;
+        code = broken_stream();
       } else {
         // The stream carries errors as text only.
         code = answer.error_message().empty() ? 0 : kUnknown;
@@ -211,7 +235,7 @@ void Caller(const Target* target, bool stream, int64_t limit,
     } else if (stream) {
       v1::NormalizeStreamResponse answer;
       if (!rw->Write(msg) || !rw->Read(&answer)) {
-        code = kUnavailable;
+        code = broken_stream();
       } else {
         code = answer.status_code();
       }
@@ -231,7 +255,7 @@ void Caller(const Target* target, bool stream, int64_t limit,
                                   .error_code());
     }
     const double ms = absl::ToDoubleMilliseconds(absl::Now() - start);
-    if (!measure.load()) continue;
+    if (!measure.load() && !broken) continue;
     ++sent;
     if (code == 0) {
       ++*ok;
@@ -549,7 +573,11 @@ int main(int argc, char** argv) {
   NormClient::Options options;
   options.target = absl::GetFlag(FLAGS_server);
   auto client = NormClient::Create(options);
-  if (!client.ok()) return 1;
+  if (!client.ok()) {
+    std::fprintf(stderr, "normbench: %s\n",
+                 std::string(client.status().message()).c_str());
+    return 1;
+  }
   Target target;
   target.client = client->get();
   target.request = request;
@@ -572,6 +600,7 @@ int main(int argc, char** argv) {
   }
   std::mt19937_64 arrivals(static_cast<uint64_t>(absl::GetFlag(FLAGS_seed)));
   const size_t steps = open_loop ? rates.size() : levels.size();
+  int exit_code = 0;
   for (size_t i = 0; i < steps; ++i) {
     const Step s = open_loop ? RunRateStep(target, rates[i],
                                            arrival == "poisson", &arrivals)
@@ -595,22 +624,25 @@ int main(int argc, char** argv) {
           "%.1f, "
           "\"p50_ms\": %.4f, \"p90_ms\": %.4f, \"p95_ms\": %.4f, \"p99_ms\": "
           "%.4f, "
-          "\"max_ms\": %.4f, \"errors\": %lld, \"server_queue_ms\": %.4f, "
-          "\"server_compute_ms\": %.4f, \"server_end_to_end_ms\": %.4f}\n",
+          "\"max_ms\": %.4f, \"errors\": %lld, \"server_queue_ms\": %s, "
+          "\"server_compute_ms\": %s, \"server_end_to_end_ms\": %s}\n",
           c, s.rate, protocol.c_str(), mode.c_str(),
           static_cast<long long>(s.ok), s.seconds, rps, rps * rows, rps * bytes,
           Percentile(l, 0.5), Percentile(l, 0.9), Percentile(l, 0.95),
           Percentile(l, 0.99), l.empty() ? 0.0 : l.back(),
-          static_cast<long long>(total_errors), s.stages.queue_ms,
-          s.stages.compute_ms, s.stages.end_to_end_ms);
+          static_cast<long long>(total_errors),
+          ServerColumn(s.stages, s.stages.queue_ms, "null").c_str(),
+          ServerColumn(s.stages, s.stages.compute_ms, "null").c_str(),
+          ServerColumn(s.stages, s.stages.end_to_end_ms, "null").c_str());
     } else if (csv) {
       std::printf(
-          "%d,%.1f,%.1f,%.1f,%.1f,%.4f,%.4f,%.4f,%.4f,%.4f,%lld,%.4f,%.4f,%."
-          "4f\n",
-          c, s.rate, rps, rps * rows, rps * bytes, Percentile(l, 0.5),
+          "%d,%.1f,%.1f,%.1f,%.1f,%.4f,%.4f,%.4f,%.4f,%.4f,%lld,%s,%s,%s\n", c,
+          s.rate, rps, rps * rows, rps * bytes, Percentile(l, 0.5),
           Percentile(l, 0.9), Percentile(l, 0.95), Percentile(l, 0.99),
           l.empty() ? 0.0 : l.back(), static_cast<long long>(total_errors),
-          s.stages.queue_ms, s.stages.compute_ms, s.stages.end_to_end_ms);
+          ServerColumn(s.stages, s.stages.queue_ms, "").c_str(),
+          ServerColumn(s.stages, s.stages.compute_ms, "").c_str(),
+          ServerColumn(s.stages, s.stages.end_to_end_ms, "").c_str());
     } else {
       const std::string stages =
           s.stages.valid
@@ -628,6 +660,12 @@ int main(int argc, char** argv) {
           errs.empty() ? "none" : absl::StrJoin(errs, " ").c_str());
     }
     std::fflush(stdout);
+    if (s.ok == 0) {
+      std::fprintf(stderr, "normbench: step %zu got no answer (errors: %s)\n",
+                   i + 1,
+                   errs.empty() ? "none" : absl::StrJoin(errs, " ").c_str());
+      exit_code = 1;
+    }
   }
-  return 0;
+  return exit_code;
 }

@@ -11,6 +11,7 @@ import re
 import subprocess
 import urllib.request
 import sys
+import time
 import unittest
 
 from live_server import LiveServer
@@ -79,6 +80,38 @@ class NormbenchTest(unittest.TestCase):
             bad = subprocess.run([NORMBENCH, "--request_rate=100", "--mode=stream"],
                                  capture_output=True, text=True)
             self.assertEqual(bad.returncode, 2)
+
+
+    def test_a_step_without_answers_exits_1_and_missing_metrics_read_null(self):
+        with LiveServer(SERVER) as server:
+            run = subprocess.run([NORMBENCH, f"--server={server.target}", "--model=nosuch",
+                                  "--concurrency=1", "--duration_s=0.3", "--warmup_s=0",
+                                  "--json", "--metrics=127.0.0.1:1"],
+                                 capture_output=True, text=True, timeout=60)
+            self.assertEqual(run.returncode, 1, run.stdout + run.stderr)
+            self.assertIn("normbench: step 1 got no answer (errors: NOT_FOUND=", run.stderr)
+            step = json.loads(run.stdout)
+            self.assertEqual(step["requests"], 0)
+            self.assertGreater(step["errors"], 0)
+            for column in ("server_queue_ms", "server_compute_ms", "server_end_to_end_ms"):
+                self.assertIsNone(step[column])
+
+    def test_a_stream_broken_by_the_server_counts_once_per_caller(self):
+        server = LiveServer(SERVER).__enter__()
+        bench = subprocess.Popen([NORMBENCH, f"--server={server.target}", "--mode=stream",
+                                  "--concurrency=2", "--duration_s=2", "--warmup_s=0.1",
+                                  "--json", "--metrics="],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(1.0)
+        server.proc.kill()  # mid-step, streams open
+        server.proc.wait()
+        server.proc.stdout.close()
+        out, err = bench.communicate(timeout=60)
+        self.assertEqual(bench.returncode, 0, err)  # the step had answers
+        step = json.loads(out)
+        self.assertGreater(step["requests"], 0)
+        # One error per caller: its stream's end, not every write after it.
+        self.assertEqual(step["errors"], 2, out)
 
 
 if __name__ == "__main__":
