@@ -29,6 +29,7 @@ absl::StatusOr<std::string> HttpGetBody(const std::string& host, int port,
   setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof(timeout));
   setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
   std::string response;
+  bool cut_short = false;
   if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
     const std::string req =
         absl::StrCat("GET ", path, " HTTP/1.0\r\nHost: ", host,
@@ -38,10 +39,19 @@ absl::StatusOr<std::string> HttpGetBody(const std::string& host, int port,
       ssize_t n;
       while ((n = read(fd, buf, sizeof(buf))) > 0)
         response.append(buf, static_cast<size_t>(n));
+      // A read that timed out or failed leaves the body cut short: its
+      // missing samples would read as 0.
+      cut_short = n < 0;
     }
   }
   close(fd);
   const std::string url = absl::StrCat("http://", host, ":", port, path);
+  if (cut_short) {
+    return absl::UnavailableError(
+        absl::StrCat(url,
+                     ": the answer was cut short (a read failed or took "
+                     "over 2 s)"));
+  }
   const size_t split = response.find("\r\n\r\n");
   if (split == std::string::npos) {
     return absl::UnavailableError(absl::StrCat(url, ": no answer"));

@@ -24,6 +24,15 @@ absl::StatusOr<std::unique_ptr<NormClient>> NormClient::Create(
   args.SetMaxReceiveMessageSize(options.max_message_bytes);
   args.SetMaxSendMessageSize(options.max_message_bytes);
   std::shared_ptr<grpc::ChannelCredentials> credentials;
+  if (options.tls_ca_pem.empty() &&
+      (!options.tls_cert_pem.empty() || !options.tls_key_pem.empty() ||
+       !options.tls_server_name.empty())) {
+    // Not plaintext with the TLS options dropped, which the caller would
+    // take for a TLS connection.
+    return absl::InvalidArgumentError(
+        "tls_cert, tls_key or tls_server_name without tls_ca: expected "
+        "tls_ca too (the CA that signed the server's certificate)");
+  }
   if (options.tls_ca_pem.empty()) {
     credentials = grpc::InsecureChannelCredentials();
   } else {

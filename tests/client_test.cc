@@ -13,6 +13,8 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "client/metrics_scrape.h"
 #include "client/normserve_client.h"
@@ -98,8 +100,10 @@ TEST(ClientTest, ParametersTakeTheShapeOfTheNormalizedDimensions) {
 }
 
 // A listener on a free loopback port that answers each of `answers`
-// connections with the given bytes (an empty one: never answers, and holds
-// the connection for 5 s).
+// connections with the given bytes and closes it; an answer ending in
+// kHold is sent without it and the connection then held for 3 s (an empty
+// one: never answers).
+constexpr char kHold[] = "<hold>";
 class CannedHttp {
  public:
   explicit CannedHttp(std::vector<std::string> answers) {
@@ -118,11 +122,11 @@ class CannedHttp {
         if (c < 0) return;
         char buf[1024];
         (void)read(c, buf, sizeof(buf));
-        if (a.empty()) {
-          absl::SleepFor(absl::Seconds(5));
-        } else {
-          (void)write(c, a.data(), a.size());
-        }
+        const bool hold = a.empty() || absl::EndsWith(a, kHold);
+        const std::string bytes =
+            hold && !a.empty() ? a.substr(0, a.size() - strlen(kHold)) : a;
+        if (!bytes.empty()) (void)write(c, bytes.data(), bytes.size());
+        if (hold) absl::SleepFor(absl::Seconds(3));
         close(c);
       }
     });
@@ -143,7 +147,8 @@ TEST(MetricsScrapeTest, ABodyOn200AndAnErrorOtherwise) {
   CannedHttp http(
       {"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n"
        "a_total{x=\"1\"} 2\na_total{x=\"2\"} 1e+01\n",
-       "HTTP/1.0 404 Not Found\r\n\r\nno such page\n", ""});
+       "HTTP/1.0 404 Not Found\r\n\r\nno such page\n", "",
+       absl::StrCat("HTTP/1.0 200 OK\r\n\r\na_total 2\n", kHold)});
   auto body = HttpGetBody("127.0.0.1", http.port(), "/metrics");
   ASSERT_TRUE(body.ok()) << body.status();
   EXPECT_EQ(SumMetric(*body, "a_total"), 12);
@@ -154,12 +159,19 @@ TEST(MetricsScrapeTest, ABodyOn200AndAnErrorOtherwise) {
                 "HTTP/1.0 404 Not Found: expected status 200"),
             absl::string_view::npos)
       << missing.status();
-  // A listener that never answers: the read times out (2 s), well before
-  // the server side gives up (5 s).
+  // A listener that never answers: the read times out (2 s), before
+  // the server side gives up (3 s).
   const absl::Time start = absl::Now();
   auto silent = HttpGetBody("127.0.0.1", http.port(), "/metrics");
   EXPECT_EQ(silent.status().code(), absl::StatusCode::kUnavailable);
   EXPECT_LT(absl::Now() - start, absl::Seconds(4));
+  // A body that stops coming (its samples would read as 0) is an error,
+  // not the part that came.
+  auto cut = HttpGetBody("127.0.0.1", http.port(), "/metrics");
+  EXPECT_EQ(cut.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_NE(cut.status().message().find(": the answer was cut short"),
+            absl::string_view::npos)
+      << cut.status();
 }
 
 }  // namespace

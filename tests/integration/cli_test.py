@@ -194,6 +194,9 @@ class NormctlTest(unittest.TestCase):
             (["--shape=2,8", "--dtype=int4"], "normctl: INVALID_ARGUMENT: --dtype/--output_dtype"),
             ([], "normctl: INVALID_ARGUMENT: give --shape or --input"),
             (["--shape=2,8", "--device=tpu"], "normctl: INVALID_ARGUMENT: --device: expected cpu or cuda"),
+            # TLS options without the CA would have gone out in plaintext.
+            (["--shape=2,8", "--tls_server_name=normserve.example"],
+             "normctl: INVALID_ARGUMENT: tls_cert, tls_key or tls_server_name without tls_ca"),
             # A CPU server asked for DEVICE_CUDA.
             (["--shape=2,8", "--device=cuda"],
              "normctl: FAILED_PRECONDITION: device = DEVICE_CUDA: this server has no usable CUDA device"),
