@@ -452,7 +452,11 @@ std::vector<T> ParseSweep(const std::string& spec) {
     return {};
   }
   std::vector<T> steps;
-  for (T v = from; v <= to * (1 + 1e-9); v *= factor) steps.push_back(v);
+  // In double: v * factor may not fit T.
+  for (double v = static_cast<double>(from); v <= to * (1 + 1e-9);
+       v *= factor) {
+    steps.push_back(static_cast<T>(v));
+  }
   return steps;
 }
 
@@ -567,7 +571,6 @@ int main(int argc, char** argv) {
     return 2;
   }
   const v1::NormalizeRequest request = NormClient::BuildRequest(in);
-  const int64_t rows = count / in.shape.back();
   const int64_t bytes = static_cast<int64_t>(request.input().data().size());
 
   NormClient::Options options;
@@ -578,6 +581,18 @@ int main(int argc, char** argv) {
                  std::string(client.status().message()).c_str());
     return 1;
   }
+  // A row is one normalized group: the last dimension, or the model's
+  // normalized shape where it names one (rows/s).
+  int64_t row_elements = in.shape.back();
+  if (auto models = (*client)->ListModels(); models.ok()) {
+    const std::string name = in.model.empty() ? "default" : in.model;
+    for (const v1::ModelInfo& m : models->models()) {
+      if (m.name() != name || m.normalized_shape().empty()) continue;
+      row_elements = 1;
+      for (int64_t d : m.normalized_shape()) row_elements *= d;
+    }
+  }
+  const int64_t rows = std::max<int64_t>(1, count / row_elements);
   Target target;
   target.client = client->get();
   target.request = request;

@@ -7,10 +7,12 @@ mode keeps its schedule.
 Usage: normbench_test.py SERVER_BINARY NORMBENCH_BINARY
 """
 import json
+import os
 import re
 import subprocess
 import urllib.request
 import sys
+import tempfile
 import time
 import unittest
 
@@ -81,6 +83,22 @@ class NormbenchTest(unittest.TestCase):
                                  capture_output=True, text=True)
             self.assertEqual(bad.returncode, 2)
 
+
+    def test_rows_are_the_models_normalized_groups(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            config = os.path.join(tmp, "models.pbtxt")
+            with open(config, "w") as f:
+                f.write('models { name: "pair" normalized_shape: [4, 8] }\n')
+            with LiveServer(SERVER, f"--model_config={config}") as server:
+                run = subprocess.run([NORMBENCH, f"--server={server.target}", "--model=pair",
+                                      "--shape=3,4,8", "--concurrency=1", "--duration_s=0.3",
+                                      "--warmup_s=0", "--json", "--metrics="],
+                                     capture_output=True, text=True, timeout=60)
+                self.assertEqual(run.returncode, 0, run.stderr)
+                step = json.loads(run.stdout)
+                self.assertEqual(step["errors"], 0)
+                # 3 groups of [4, 8] a request, not 12 rows of 8.
+                self.assertAlmostEqual(step["rows_per_s"], 3 * step["requests_per_s"], delta=1)
 
     def test_a_step_without_answers_exits_1_and_missing_metrics_read_null(self):
         with LiveServer(SERVER) as server:
