@@ -295,13 +295,12 @@ int64_t InferenceServiceImpl::StartInfer(
 grpc::ServerUnaryReactor* InferenceServiceImpl::ModelInfer(
     grpc::CallbackServerContext* context, const ModelInferRequest* request,
     ModelInferResponse* response) {
-  grpc::ServerUnaryReactor* reactor = native_->NewUnaryReactor();
+  NormalizationServiceImpl::UnaryInference call = native_->NewUnaryInference(
+      context, Metrics::InferenceMethod::kModelInfer);
   StartInfer(
       *request, response, CallDeadline(context),
-      [context] { return context->IsCancelled(); },
-      native_->FinishUnaryInference(reactor,
-                                    Metrics::InferenceMethod::kModelInfer));
-  return reactor;
+      [context] { return context->IsCancelled(); }, std::move(call.finish));
+  return call.reactor;
 }
 
 grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>*

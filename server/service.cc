@@ -239,50 +239,63 @@ bool NormalizationServiceImpl::WaitForCalls(absl::Time deadline) {
 
 namespace {
 
-// A unary call that tells the service when gRPC is done with it, so that a
-// drain can wait for every answer to reach the wire.
-class UnaryReactor final : public grpc::ServerUnaryReactor {
+// A unary inference call (NewUnaryInference): tells the service when gRPC
+// is done with it, so that a drain can wait for every answer to reach the
+// wire, and counts the call then.
+class UnaryInferenceReactor final : public grpc::ServerUnaryReactor {
  public:
-  explicit UnaryReactor(NormalizationServiceImpl* service) : service_(service) {
+  UnaryInferenceReactor(NormalizationServiceImpl* service,
+                        grpc::CallbackServerContext* context,
+                        Metrics::InferenceMethod method)
+      : service_(service),
+        context_(context),
+        method_(method),
+        start_(absl::Now()) {
     service_->CallStarted();
+    service_->metrics()->RpcStarted(method_);
   }
+
+  void Answer(const absl::Status& status) {
+    code_ = static_cast<grpc::StatusCode>(status.code());
+    service_->metrics()->RequestAnswered(method_, static_cast<int>(code_));
+    Finish(ToGrpcStatus(status));
+  }
+
   void OnDone() override {
+    service_->metrics()->RpcHandled(
+        method_, internal::CallEndCode(*context_, code_), absl::Now() - start_);
     service_->CallDone();
     delete this;
   }
 
  private:
   NormalizationServiceImpl* const service_;
+  grpc::CallbackServerContext* const context_;
+  const Metrics::InferenceMethod method_;
+  const absl::Time start_;
+  // Set by Answer, before Finish; read in OnDone, after it.
+  grpc::StatusCode code_ = grpc::StatusCode::OK;
 };
 
 }  // namespace
 
-grpc::ServerUnaryReactor* NormalizationServiceImpl::NewUnaryReactor() {
-  return new UnaryReactor(this);
-}
-
-std::function<void(const absl::Status&)>
-NormalizationServiceImpl::FinishUnaryInference(
-    grpc::ServerUnaryReactor* reactor, Metrics::InferenceMethod method) {
-  metrics_->RpcStarted(method);
-  return [reactor, method, metrics = metrics_,
-          start = absl::Now()](const absl::Status& status) {
-    const int code = static_cast<int>(status.code());
-    metrics->RpcHandled(method, code, absl::Now() - start);
-    metrics->RequestAnswered(method, code);
-    reactor->Finish(ToGrpcStatus(status));
-  };
+NormalizationServiceImpl::UnaryInference
+NormalizationServiceImpl::NewUnaryInference(
+    grpc::CallbackServerContext* context, Metrics::InferenceMethod method) {
+  auto* reactor = new UnaryInferenceReactor(this, context, method);
+  return {reactor,
+          [reactor](const absl::Status& status) { reactor->Answer(status); }};
 }
 
 grpc::ServerUnaryReactor* NormalizationServiceImpl::Normalize(
     grpc::CallbackServerContext* context, const v1::NormalizeRequest* request,
     v1::NormalizeResponse* response) {
-  grpc::ServerUnaryReactor* reactor = NewUnaryReactor();
+  UnaryInference call =
+      NewUnaryInference(context, Metrics::InferenceMethod::kNormalize);
   Start(
       *request, response, CallDeadline(context),
-      [context] { return context->IsCancelled(); },
-      FinishUnaryInference(reactor, Metrics::InferenceMethod::kNormalize));
-  return reactor;
+      [context] { return context->IsCancelled(); }, std::move(call.finish));
+  return call.reactor;
 }
 
 grpc::ServerUnaryReactor* NormalizationServiceImpl::ListModels(

@@ -144,15 +144,18 @@ class NormalizationServiceImpl final
   const DeviceAvailability& devices() const { return options_.devices; }
   Metrics* metrics() { return metrics_; }
 
-  // A unary reactor that counts as an open call until gRPC is done with it
-  // (so that a drain waits for its answer to reach the wire).
-  grpc::ServerUnaryReactor* NewUnaryReactor();
-
-  // For a unary inference call answered through `reactor`: counts the call
-  // started, and returns the `finish` that counts its code (as the call's
-  // and as one request's) and answers the call.
-  std::function<void(const absl::Status&)> FinishUnaryInference(
-      grpc::ServerUnaryReactor* reactor, Metrics::InferenceMethod method);
+  // A unary inference call of `method`, counted as started: its reactor,
+  // which counts as an open call until gRPC is done with it (so that a
+  // drain waits for its answer to reach the wire), and the `finish` that
+  // answers it and counts the request's code. The call's code counts when
+  // gRPC is done with it: the answer's, or how the client saw the call end
+  // where it did not end so (internal::CallEndCode), as a stream's does.
+  struct UnaryInference {
+    grpc::ServerUnaryReactor* reactor;
+    std::function<void(const absl::Status&)> finish;
+  };
+  UnaryInference NewUnaryInference(grpc::CallbackServerContext* context,
+                                   Metrics::InferenceMethod method);
 
   // Calls this service has started and gRPC has not yet reported done.
   void CallStarted();

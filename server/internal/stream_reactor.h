@@ -36,6 +36,7 @@
 #ifndef NORMSERVE_SERVER_INTERNAL_STREAM_REACTOR_H_
 #define NORMSERVE_SERVER_INTERNAL_STREAM_REACTOR_H_
 
+#include <chrono>
 #include <deque>
 #include <functional>
 #include <memory>
@@ -52,6 +53,18 @@
 
 namespace normserve {
 namespace internal {
+
+// The code a call counts in grpc_server_handled_total once gRPC is done
+// with it: `answered` (the status the server sent), or, where the call did
+// not end that way, how its client saw it end: past its deadline, or
+// cancelled.
+inline int CallEndCode(grpc::CallbackServerContext& context,
+                       grpc::StatusCode answered) {
+  if (!context.IsCancelled()) return static_cast<int>(answered);
+  return static_cast<int>(context.deadline() <= std::chrono::system_clock::now()
+                              ? grpc::StatusCode::DEADLINE_EXCEEDED
+                              : grpc::StatusCode::CANCELLED);
+}
 
 template <typename Request, typename Response>
 class StreamReactor final
@@ -181,10 +194,7 @@ class StreamReactor final
 
   void OnDone() override {
     service_->metrics()->RpcHandled(
-        method_,
-        context_->IsCancelled() ? static_cast<int>(grpc::StatusCode::CANCELLED)
-                                : static_cast<int>(finish_code_),
-        absl::Now() - start_);
+        method_, CallEndCode(*context_, finish_code_), absl::Now() - start_);
     service_->CallDone();
     delete this;
   }

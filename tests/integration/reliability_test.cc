@@ -512,6 +512,44 @@ std::thread WriteWithoutReading(Stream* stream, const NormalizeInput& in,
   return writer;
 }
 
+// A stream that does not finish counts in grpc_server_handled_total as its
+// client saw it end: DEADLINE_EXCEEDED past its deadline (it read
+// CANCELLED), CANCELLED when the client cancels.
+TEST(ReliabilityTest, AnUnfinishedStreamCountsAsItsClientSawItEnd) {
+  ServerProcess server(NORMSERVE_BINARY, {});
+  auto client = Connect(server.grpc_target());
+  const v1::NormalizeStreamRequest msg = StreamMessage(RandomInput(2, 32, 7));
+  {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() +
+                     std::chrono::milliseconds(500));
+    auto stream = OpenAnsweredStream(*client, &ctx, msg);
+    ASSERT_NE(stream, nullptr);
+    v1::NormalizeStreamResponse answer;
+    EXPECT_FALSE(stream->Read(&answer));  // until the deadline
+    EXPECT_EQ(stream->Finish().error_code(),
+              grpc::StatusCode::DEADLINE_EXCEEDED);
+  }
+  {
+    grpc::ClientContext ctx;
+    auto stream = OpenAnsweredStream(*client, &ctx, msg);
+    ASSERT_NE(stream, nullptr);
+    ctx.TryCancel();
+    EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  }
+  const std::string method = "grpc_method=\"NormalizeStream\"";
+  const std::string text = ScrapeUntil(
+      server.metrics_port(), "grpc_server_handled_total", {method}, 2);
+  EXPECT_EQ(MetricValue(text, "grpc_server_handled_total",
+                        {method, "grpc_code=\"DEADLINE_EXCEEDED\""}),
+            1)
+      << text;
+  EXPECT_EQ(MetricValue(text, "grpc_server_handled_total",
+                        {method, "grpc_code=\"CANCELLED\""}),
+            1);
+  EXPECT_EQ(server.Stop(SIGTERM, 30), 0);
+}
+
 // A client that writes on a stream without reading its answers is held
 // back by flow control once the server's stream window (`window_flag`: two
 // messages of 1 MiB, by count or by bytes) is full, instead of the server
