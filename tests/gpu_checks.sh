@@ -114,7 +114,11 @@ if [ -n "${BASELINE_BENCH:-}" ]; then
   step baseline_cuda_bench 300 "$BASELINE_BENCH" \
     --benchmark_out="$out/baseline_cuda_bench.json" --benchmark_out_format=json \
     --benchmark_filter=-BM_CudaTuning ${BENCH_ARGS:-}
-  baseline_args=(--baseline_json "$out/baseline_cuda_bench.json")
+  # Only a baseline that ran: a skipped, failed or cut-off one would make
+  # the comparison (and its PyTorch table) fail on the missing file.
+  if [ -s "$out/baseline_cuda_bench.json" ]; then
+    baseline_args=(--baseline_json "$out/baseline_cuda_bench.json")
+  fi
 fi
 step compare_cuda 300 "$python" "$repo/bench/compare_cuda.py" --build "$build" \
   --bench_json "$out/normalize_cuda_bench.json" "${baseline_args[@]}" --out "$out"
