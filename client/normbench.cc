@@ -455,7 +455,7 @@ std::vector<T> ParseSweep(const std::string& spec) {
   // In double: v * factor may not fit T.
   for (double v = static_cast<double>(from); v <= to * (1 + 1e-9);
        v *= factor) {
-    steps.push_back(static_cast<T>(v));
+    steps.push_back(static_cast<T>(std::min(v, static_cast<double>(to))));
   }
   return steps;
 }

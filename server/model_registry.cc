@@ -252,12 +252,12 @@ absl::StatusOr<std::unique_ptr<ModelRegistry>> ModelRegistry::Create(
   }
   // A directory opens as a stream but reads nothing: refused by name, not
   // taken for an empty model list.
+  // (Pipes and /dev/stdin are read as files.)
   std::error_code error;
-  if (std::filesystem::exists(options.config_path, error) &&
-      !std::filesystem::is_regular_file(options.config_path, error)) {
+  if (std::filesystem::is_directory(options.config_path, error)) {
     return absl::InvalidArgumentError(
         absl::StrCat("--model_config ", options.config_path,
-                     ": not a regular file: expected a model config file"));
+                     ": a directory: expected a model config file"));
   }
   std::ifstream in(options.config_path);
   if (!in) {

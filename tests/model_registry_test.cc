@@ -138,7 +138,7 @@ TEST(ModelRegistryTest, ADirectoryAsTheConfigIsRefusedByName) {
   EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(r.status().message(),
             absl::StrCat("--model_config ", temp.path(),
-                         ": not a regular file: expected a model config file"));
+                         ": a directory: expected a model config file"));
 }
 
 TEST(NpyTest, AWriteThatFailsAtTheFlushIsAnError) {

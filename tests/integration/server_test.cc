@@ -600,7 +600,7 @@ TEST(ServerProcessTest, QueuedBytesOverTheBoundAreRefused) {
 // and the rest are refused (counting tensors alone, all would wait).
 TEST(ServerProcessTest, TinyQueuedRequestsCountTheirCalls) {
   ServerProcess server(NORMSERVE_BINARY,
-                       {"--max_queue_delay_us=1000000", "--max_batch_rows=1000",
+                       {"--max_queue_delay_us=2000000", "--max_batch_rows=1000",
                         "--max_queued_bytes=100000"});
   auto client = Connect(server.grpc_target());
   constexpr int kRequests = 12;
