@@ -209,11 +209,12 @@ int64_t InferenceServiceImpl::StartInfer(
         parts.push_back({name.c_str(), DType::kFloat32, d.rows});
       }
     }
-    if (absl::Status s = CheckResponseFits(parts, native_->limits()); !s.ok()) {
-      finish(s);
+    absl::StatusOr<int64_t> fits = CheckResponseFits(parts, native_->limits());
+    if (!fits.ok()) {
+      finish(fits.status());
       return 0;
     }
-    response_bytes = ResponseBytes(parts);
+    response_bytes = *fits;
   }
 
   response->set_model_name(d.model->name);

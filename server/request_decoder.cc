@@ -188,22 +188,20 @@ absl::StatusOr<const float*> DecodeParameter(const v1::Tensor& t,
 // is not INT8 (ignoring it would answer something else than was asked: a
 // float tensor where INT8 was expected).
 absl::Status CheckNoInt8Fields(const v1::NormalizeRequest& request) {
-  const std::string only = absl::StrCat(
-      ": only for DATA_TYPE_INT8 inputs (input.dtype = ",
-      DataTypeName(request.input().dtype()), "); expected it unset");
+  std::string field;
   if (request.has_output_scale()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("output_scale = ", request.output_scale(), only));
+    field = absl::StrCat("output_scale = ", request.output_scale());
+  } else if (request.has_output_zero_point()) {
+    field = absl::StrCat("output_zero_point = ", request.output_zero_point());
+  } else if (request.int8_path() != v1::INT8_PATH_UNSPECIFIED) {
+    field =
+        absl::StrCat("int8_path = ", v1::Int8Path_Name(request.int8_path()));
+  } else {
+    return absl::OkStatus();  // the common case builds no message
   }
-  if (request.has_output_zero_point()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "output_zero_point = ", request.output_zero_point(), only));
-  }
-  if (request.int8_path() != v1::INT8_PATH_UNSPECIFIED) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "int8_path = ", v1::Int8Path_Name(request.int8_path()), only));
-  }
-  return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(
+      field, ": only for DATA_TYPE_INT8 inputs (input.dtype = ",
+      DataTypeName(request.input().dtype()), "); expected it unset"));
 }
 
 // INVALID_ARGUMENT where a tensor other than an INT8 input carries a
@@ -579,13 +577,16 @@ absl::StatusOr<std::unique_ptr<DecodedRequest>> DecodeRequest(
   return out;
 }
 
-absl::Status CheckResponseFits(absl::Span<const ResponsePart> parts,
-                               const ValidationLimits& limits) {
-  if (limits.max_response_bytes <= 0) return absl::OkStatus();
-  const auto bytes = [](const ResponsePart& p) { return ResponseBytes({p}); };
-  const int64_t total = ResponseBytes(parts);
+absl::StatusOr<int64_t> CheckResponseFits(absl::Span<const ResponsePart> parts,
+                                          const ValidationLimits& limits) {
+  // Each part is at most max_elements × 4 bytes: no overflow.
+  const auto bytes = [](const ResponsePart& p) {
+    return p.elements * static_cast<int64_t>(DTypeSize(p.dtype));
+  };
+  int64_t total = 0;
+  for (const ResponsePart& p : parts) total += bytes(p);
   const int64_t room = limits.max_response_bytes - kResponseFramingBytes;
-  if (total <= room) return absl::OkStatus();
+  if (limits.max_response_bytes <= 0 || total <= room) return total;
   std::string listed;
   for (const ResponsePart& p : parts) {
     absl::StrAppend(&listed, listed.empty() ? "" : " + ", p.name, " ", bytes(p),
@@ -597,15 +598,6 @@ absl::Status CheckResponseFits(absl::Span<const ResponsePart> parts,
       " less ", kResponseFramingBytes,
       " for the rest of the message; expected at most ", room,
       " bytes: a smaller input, a narrower output_dtype, or fewer outputs"));
-}
-
-int64_t ResponseBytes(absl::Span<const ResponsePart> parts) {
-  // Each part is at most max_elements × 4 bytes: no overflow.
-  int64_t total = 0;
-  for (const ResponsePart& p : parts) {
-    total += p.elements * static_cast<int64_t>(DTypeSize(p.dtype));
-  }
-  return total;
 }
 
 v1::DataType ToProtoDType(DType dtype) {

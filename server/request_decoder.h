@@ -144,12 +144,9 @@ struct ResponsePart {
 // exceed limits.max_response_bytes less kResponseFramingBytes. Checked
 // before the output buffers are allocated and the request is queued: such
 // a response would otherwise be computed and then fail at the send (on a
-// stream, ending the stream).
-absl::Status CheckResponseFits(absl::Span<const ResponsePart> parts,
-                               const ValidationLimits& limits);
-
-// The bytes of `parts`' tensors together.
-int64_t ResponseBytes(absl::Span<const ResponsePart> parts);
+// stream, ending the stream). On OK, the bytes of the parts together.
+absl::StatusOr<int64_t> CheckResponseFits(absl::Span<const ResponsePart> parts,
+                                          const ValidationLimits& limits);
 
 }  // namespace normserve
 

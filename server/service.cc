@@ -92,11 +92,12 @@ int64_t NormalizationServiceImpl::Start(
       parts.push_back({"mean", DType::kFloat32, decoded->rows});
       parts.push_back({"rstd", DType::kFloat32, decoded->rows});
     }
-    if (absl::Status s = CheckResponseFits(parts, options_.limits); !s.ok()) {
-      finish(s);
+    absl::StatusOr<int64_t> fits = CheckResponseFits(parts, options_.limits);
+    if (!fits.ok()) {
+      finish(fits.status());
       return 0;
     }
-    response_bytes = ResponseBytes(parts);
+    response_bytes = *fits;
   }
 
   response->set_request_id(request.request_id());

@@ -206,7 +206,7 @@ TEST(RequestDecoderTest, ResponseOverTheMessageLimitIsRefusedUpFront) {
   const ResponsePart output{"output", DType::kFloat32, 4000};  // 16000 bytes
   const ResponsePart mean{"mean", DType::kFloat32, 4};
   EXPECT_TRUE(CheckResponseFits({output}, limits).ok());
-  const absl::Status over = CheckResponseFits({output, mean}, limits);
+  const absl::Status over = CheckResponseFits({output, mean}, limits).status();
   EXPECT_EQ(over.code(), absl::StatusCode::kResourceExhausted);
   EXPECT_NE(over.message().find(
                 "response: output 16000 bytes (DATA_TYPE_FLOAT32) + mean 16 "

@@ -4,13 +4,12 @@
 // Each message read becomes an Item handed to `start`, which answers it
 // by filling item->answer and calling `done` exactly once with the status
 // that answer carries (inline or from a batcher worker), and returns the
-// bytes it allocated for the answer (0 where it answered at once, or where it
-// allocated nothing of note); the reactor counts
-// each answer's status in the metrics, as it counts the stream itself. Answers
-// are written in completion order, one write in flight at a time, as gRPC
-// requires. The stream finishes with OK once the client has half-closed, every
-// started item has answered and the write queue is empty; if a write fails,
-// answers still to come are dropped.
+// bytes it allocated for the answer (0 where it answered at once); the
+// reactor counts each answer's status in the metrics, as it counts the
+// stream itself. Answers are written in completion order, one write in
+// flight at a time, as gRPC requires. The stream finishes with OK once the
+// client has half-closed, every started item has answered and the write
+// queue is empty; if a write fails, answers still to come are dropped.
 //
 // The method is registered raw (bytes in, bytes out) and the reactor parses
 // each message itself: a message that is not a `Request` is answered by
