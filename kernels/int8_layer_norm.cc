@@ -104,12 +104,11 @@ float DefaultInt8OutputScale(const float* gamma, const float* beta,
                   std::numeric_limits<float>::min());
 }
 
-int64_t Int8EpsilonTerm(float epsilon, float input_scale, int64_t dim) {
+double Int8EpsilonTerm(float epsilon, float input_scale, int64_t dim) {
   const double d = static_cast<double>(dim);
   const double e = d * d * static_cast<double>(epsilon) /
                    (static_cast<double>(input_scale) * input_scale);
-  if (!(e < static_cast<double>(kMaxE))) return kMaxE;
-  return static_cast<int64_t>(std::llround(e));
+  return e < static_cast<double>(kMaxE) ? e : static_cast<double>(kMaxE);
 }
 
 namespace {
@@ -166,21 +165,26 @@ void Int8LayerNormInteger(const Int8Params& p, const int8_t* input,
                           int8_t* output, int64_t rows) {
   const int64_t d = p.dim;
   const Int8Affine& a = *p.affine;
-  const int64_t e = Int8EpsilonTerm(p.epsilon, p.input_scale, d);
+  const double e = Int8EpsilonTerm(p.epsilon, p.input_scale, d);
+  const auto e_ceil = static_cast<uint64_t>(std::ceil(e));
   const int out_shift = kFracBits + a.g_shift;
   for (int64_t r = 0; r < rows; ++r) {
     const int8_t* q = input + r * d;
     int64_t s, sq;
     RowSums(q, d, p.input_zero_point, &s, &sq);
-    const int64_t m = d * sq - s * s;  // D²·var, exact
-    uint64_t t = static_cast<uint64_t>(m) + static_cast<uint64_t>(e);
-    if (t == 0) t = 1;  // constant row with ε → 0: every c_i is 0 anyway
+    const auto m = static_cast<uint64_t>(d * sq - s * s);  // D²·var, exact
+    // k from M + ⌈E⌉ (≤ 2^60 + 2^49), then T = (M + E)·4^k with E's
+    // fraction scaled up before it is rounded: rounding E first could move
+    // 1/√T by far more than an LSB where M + E is small.
     int k = 0;
-    while (BitLength(t) + 2 <= 62) {
-      t <<= 2;
+    for (uint64_t bound = std::max<uint64_t>(m + e_ceil, 1);
+         BitLength(bound) + 2 <= 62; bound <<= 2) {
       ++k;
     }
-    const uint64_t den = ISqrt64(t);  // ≈ sqrt(M + E)·2^k, ≥ 2^30
+    uint64_t t = (m << (2 * k)) +
+                 static_cast<uint64_t>(std::llround(std::ldexp(e, 2 * k)));
+    if (t == 0) t = 1;  // constant row with ε → 0: every c_i is 0 anyway
+    const uint64_t den = ISqrt64(t);  // ≈ sqrt(M + E)·2^k, > 2^29 if M ≥ 1
     const int64_t recip = static_cast<int64_t>((uint64_t{1} << 62) / den);
     RowOutput(q, output + r * d, d, p.input_zero_point, s, recip,
               62 - kFracBits - k, a.g.data(), a.b.data(), out_shift,

@@ -8,16 +8,19 @@
 //   S = Σ v                         int32,  |S| < 2^24
 //   c_i = D·v_i − S                 int32,  |c_i| < 2^25   (= D·(v_i − mean))
 //   M = D·Σ v² − S²                 int64,  0 ≤ M < 2^49   (= D²·var(v), exact)
-//   T = M + E, E = round(D²·ε/s_x²) int64, E ≤ 2^60 (Int8EpsilonFits; it
+//   E = D²·ε/s_x²                   double, E ≤ 2^60 (Int8EpsilonFits; it
 //                                   depends on the request's s_x, so it is
 //                                   computed once per Int8LayerNormInteger
 //                                   call, not at model load)
-//   T is shifted left by 2k (k ≥ 0, the largest with T·4^k < 2^62) and
-//   den = isqrt(T·4^k) (exact floor, Newton's method) ≈ sqrt(T)·2^k,
-//   2^30 ≤ den < 2^31.
-//   R = floor(2^62 / den)           int64, 2^31 < R ≤ 2^32
+//   k ≥ 0 is the largest with (M + ⌈E⌉)·4^k < 2^62, and
+//   T = M·4^k + round(E·4^k)        uint64 (E's fraction kept: where
+//                                   M + E is small, rounding E first
+//                                   would move 1/√T by several LSB),
+//   den = isqrt(T) (exact floor, Newton's method) ≈ sqrt(M + E)·2^k,
+//   2^29 < den < 2^31 when M ≥ 1 (M = 0: every c_i is 0).
+//   R = floor(2^62 / den)           int64, 2^31 < R < 2^33
 //   n_i = round(c_i·R / 2^(62−F−k)) int64 = (v_i − mean)/sqrt(var + ε') · 2^F,
-//                                   |c_i·R| < 2^57,
+//                                   |c_i·R| < 2^58,
 //                                   F = 20, |n_i| ≤ 2^28 (|normalized| ≤ √D)
 //   a_i = n_i·G_i + B_i             int64, |n_i·G_i| < 2^51, |B_i| ≤ 2^56
 //   q_y = clamp(round(a_i / 2^(F+g)) + z_y, −128, 127)
@@ -32,7 +35,7 @@
 // Rounding. round() at n_i and at q_y is round half up, floor(x + 1/2):
 // (a + 2^(s−1)) >> s with an arithmetic shift, branch-free so that the
 // loops vectorize. Ties go toward +∞ (−2.5 → −2, 2.5 → 3), not away from
-// zero. Elsewhere: den and R are floors (relative errors below 2^-29); E,
+// zero. Elsewhere: den and R are floors (relative errors below 2^-28); E·4^k,
 // G_i and B_i are rounded half away from zero (llround) once, in double.
 // The float path quantizes half away from zero, as the float64 reference
 // of the tests and of bench/results/int8_*.md does; the two paths can
@@ -104,9 +107,9 @@ struct Int8Params {
   const float* beta = nullptr;
 };
 
-// E = round(D²·ε/s_x²), clamped to [0, 2^60]. Int8LayerNormInteger calls
-// it once per call.
-int64_t Int8EpsilonTerm(float epsilon, float input_scale, int64_t dim);
+// E = D²·ε/s_x² in double, clamped to [0, 2^60]. Int8LayerNormInteger
+// calls it once per call.
+double Int8EpsilonTerm(float epsilon, float input_scale, int64_t dim);
 
 // Integer-only LayerNorm of `rows` rows of p.dim int8 values.
 void Int8LayerNormInteger(const Int8Params& p, const int8_t* input,

@@ -273,6 +273,55 @@ TEST(Int8LayerNormTest, ParametersAtTheAcceptedEdgesStayWithinOneLsb) {
   EXPECT_FALSE(Int8EpsilonFits(1.01f, 1.0f, int64_t{1} << 30));
 }
 
+// Short rows of small values with input scales that make ε comparable to
+// the row's variance (D²·ε/s_x² = E around 0.1–10): E's fraction then
+// weighs on 1/√(M + E), so it must not be rounded away before the shift
+// (E = 2.49 rounded to 2 gave -29 for -27 at D = 4, and 0.49 rounded to 0
+// gave ±32 for ±26 at D = 2).
+TEST(Int8LayerNormTest, ShortRowsWithEpsilonNearTheirVarianceStayWithinOneLsb) {
+  struct Case {
+    std::vector<int8_t> q;
+    float s_x, s_y;
+  };
+  std::vector<Case> cases = {{{0, 0, 0, 1}, 0.008016f, 1.0f / 64},
+                             {{0, 1}, 0.009035f, 4.0f / 127},
+                             {{0, 1}, 0.009035f, 1.0f / 128}};
+  std::mt19937 rng(12);
+  for (int i = 0; i < 4000; ++i) {
+    const int64_t d = 2 + static_cast<int64_t>(rng() % 7);
+    Case c;
+    for (int64_t j = 0; j < d; ++j)
+      c.q.push_back(static_cast<int8_t>(static_cast<int>(rng() % 5) - 2));
+    // ε/s_x² from 0.01 to 10 (ε = 1e-5).
+    const double ratio = std::pow(10.0, -2.0 + 3.0 * (rng() % 1000) / 1000.0);
+    c.s_x = static_cast<float>(std::sqrt(1e-5 / ratio));
+    c.s_y = 1.0f / static_cast<float>(16 << (rng() % 4));
+    cases.push_back(c);
+  }
+  int64_t checked = 0;
+  for (const Case& c : cases) {
+    const auto d = static_cast<int64_t>(c.q.size());
+    ASSERT_TRUE(Int8EpsilonFits(1e-5f, c.s_x, d));
+    const Int8Affine folded = FoldInt8Affine(nullptr, nullptr, d, c.s_y, 0);
+    Int8Params p;
+    p.dim = d;
+    p.input_scale = c.s_x;
+    p.affine = &folded;
+    Quantized in{c.q, c.s_x, 0};
+    std::vector<int8_t> y(c.q.size());
+    Int8LayerNormInteger(p, c.q.data(), y.data(), 1);
+    const std::vector<int> ref =
+        ReferenceQuantized(in, 1, d, nullptr, nullptr, 1e-5f, c.s_y, 0);
+    for (int64_t j = 0; j < d; ++j) {
+      ASSERT_LE(std::abs(y[j] - ref[j]), 1)
+          << "D " << d << " s_x " << c.s_x << " s_y " << c.s_y << " element "
+          << j << ": " << int{y[j]} << " against " << ref[j];
+      ++checked;
+    }
+  }
+  EXPECT_GT(checked, 10000);
+}
+
 TEST(Int8LayerNormTest, ExtremeInputsDoNotOverflow) {
   // Every value at ±full range, zero points at the ends, D at its maximum.
   const int64_t d = 65536;
