@@ -119,11 +119,12 @@ void Batcher::WorkerLoop() {
           break;
         }
         if (stopping_ && queues_->empty()) return;
-        const absl::Time next = queues_->NextReadyTime();
+        const absl::Time next = queues_->NextReadyTime(now);
         if (next == absl::InfiniteFuture()) {
           wake_.Wait(&mu_);
         } else {
-          // Sleep until the earliest queue's delay runs out, or a Submit.
+          // Sleep until a queue's delay or a job's deadline runs out, or a
+          // Submit.
           wake_.WaitWithTimeout(&mu_, next - now);
         }
       }

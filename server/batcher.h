@@ -21,7 +21,10 @@
 // Dropped jobs
 //   When a batch forms, jobs whose deadline has passed finish with
 //   DEADLINE_EXCEEDED and jobs whose call was cancelled finish with
-//   CANCELLED; neither is computed.
+//   CANCELLED; neither is computed. A job whose deadline passes while its
+//   queue waits out max_queue_delay is answered then, not when the queue
+//   becomes ready. (The batcher's clock is the wall clock: if it steps
+//   back, queues whose oldest job now lies in the future count as ready.)
 //
 // Latency bound
 //   A job admitted to an idle server waits at most max_queue_delay plus the
@@ -35,11 +38,13 @@
 //
 // Threading and ownership
 //   Thread-safe. Submit() takes ownership of the job and never blocks on
-//   compute; `done` is called exactly once per submitted job, on a batcher
-//   worker thread (or inline in Submit() when it returns an error, in which
-//   case done is NOT called and the job is returned to nobody: the caller
-//   reports the returned status itself). Stop() finishes every admitted job,
-//   then joins the workers; the destructor calls Stop().
+//   compute. `done` is called exactly once per admitted job, on a batcher
+//   worker thread, or on the thread of a later Submit() that takes the job
+//   out of a full queue because its deadline passed or its call was
+//   cancelled: so Submit() must not be called holding a lock that a `done`
+//   takes. A job that Submit() refuses (it returns an error) gets no `done`
+//   call; the caller reports the returned status itself. Stop() finishes
+//   every admitted job, then joins the workers; the destructor calls Stop().
 #ifndef NORMSERVE_SERVER_BATCHER_H_
 #define NORMSERVE_SERVER_BATCHER_H_
 

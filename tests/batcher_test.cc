@@ -95,14 +95,14 @@ TEST(BatchQueuesTest, BatchClosesAfterTheDelay) {
   const QueueOptions q = Opts(100, absl::Microseconds(100));
   ASSERT_TRUE(queues.Add(MakeJob(1, q), kT0).ok());
   ASSERT_TRUE(queues.Add(MakeJob(1, q), kT0 + absl::Microseconds(50)).ok());
-  EXPECT_EQ(queues.NextReadyTime(), kT0 + absl::Microseconds(100));
+  EXPECT_EQ(queues.NextReadyTime(kT0), kT0 + absl::Microseconds(100));
   EXPECT_FALSE(
       queues.PopReady(kT0 + absl::Microseconds(99), false).has_value());
   auto popped = queues.PopReady(kT0 + absl::Microseconds(100), false);
   ASSERT_TRUE(popped.has_value());
   EXPECT_EQ(popped->batch.size(), 2u);  // The younger job rides along.
   EXPECT_TRUE(queues.empty());
-  EXPECT_EQ(queues.NextReadyTime(), absl::InfiniteFuture());
+  EXPECT_EQ(queues.NextReadyTime(kT0), absl::InfiniteFuture());
 }
 
 TEST(BatchQueuesTest, ZeroDelayMeansReadyAtOnce) {
@@ -151,6 +151,45 @@ TEST(BatchQueuesTest, ExpiredAndCancelledJobsAreDroppedNotBatched) {
   ASSERT_TRUE(popped.has_value());
   EXPECT_EQ(popped->expired.size(), 1u);
   EXPECT_EQ(popped->cancelled.size(), 1u);
+  EXPECT_EQ(popped->batch.size(), 1u);
+}
+
+// A queue delay longer than a job's deadline does not hold the job: once
+// the deadline passes, PopReady answers it (an empty batch) although its
+// queue is not ready, and NextReadyTime wakes the worker for it.
+TEST(BatchQueuesTest, ExpiredJobsLeaveAQueueThatIsNotReady) {
+  BatchQueues queues;
+  const QueueOptions q = Opts(100, absl::Hours(1));
+  auto doomed = MakeJob(1, q);
+  doomed->deadline = kT0 + absl::Seconds(1);
+  auto live = MakeJob(1, q);
+  live->deadline = kT0 + absl::Seconds(30);
+  ASSERT_TRUE(queues.Add(std::move(live), kT0).ok());
+  ASSERT_TRUE(queues.Add(std::move(doomed), kT0).ok());
+  EXPECT_EQ(queues.NextReadyTime(kT0), kT0 + absl::Seconds(1));
+  EXPECT_FALSE(queues.PopReady(kT0 + absl::Milliseconds(999), false));
+  auto popped = queues.PopReady(kT0 + absl::Seconds(2), false);
+  ASSERT_TRUE(popped.has_value());
+  EXPECT_TRUE(popped->batch.empty());
+  EXPECT_EQ(popped->expired.size(), 1u);
+  EXPECT_EQ(queues.size(), 1);
+  // The live job's deadline is next; nothing more to do before it.
+  EXPECT_EQ(queues.NextReadyTime(kT0 + absl::Seconds(2)),
+            kT0 + absl::Seconds(30));
+  EXPECT_FALSE(queues.PopReady(kT0 + absl::Seconds(2), false));
+}
+
+// A wall clock stepped back (NTP, a resumed VM) makes the oldest job's
+// enqueue time lie in the future: its queue counts as ready rather than
+// waiting for the clock to catch up.
+TEST(BatchQueuesTest, AClockSteppedBackDoesNotHoldTheQueue) {
+  BatchQueues queues;
+  ASSERT_TRUE(
+      queues.Add(MakeJob(1, Opts(100, absl::ZeroDuration())), kT0).ok());
+  const absl::Time earlier = kT0 - absl::Minutes(1);
+  EXPECT_EQ(queues.NextReadyTime(earlier), earlier);
+  auto popped = queues.PopReady(earlier, false);
+  ASSERT_TRUE(popped.has_value());
   EXPECT_EQ(popped->batch.size(), 1u);
 }
 
@@ -302,6 +341,62 @@ TEST(BatcherTest, SubmitToAFullQueueAnswersItsExpiredJobsAndAdmits) {
   (*batcher)->Stop();
 }
 
+// A job whose deadline passes while its queue waits out a long delay is
+// answered DEADLINE_EXCEEDED then, not when the delay ends.
+TEST(BatcherTest, AQueuedJobIsAnsweredWhenItsDeadlinePasses) {
+  FakeClock clock(kT0);
+  Batcher::Options o;
+  o.clock = &clock;
+  o.runner = [](absl::Span<Job* const>) { return absl::OkStatus(); };
+  auto batcher = Batcher::Create(std::move(o));
+  ASSERT_TRUE(batcher.ok());
+  Notification done;
+  auto job = MakeJob(1, Opts(100, absl::Hours(1)));
+  job->deadline = kT0 + absl::Seconds(1);
+  job->done = [&](const absl::Status& s, const JobTimings&) {
+    EXPECT_EQ(s.code(), absl::StatusCode::kDeadlineExceeded);
+    done.Notify();
+  };
+  ASSERT_TRUE((*batcher)->Submit(std::move(job)).ok());
+  clock.Advance(absl::Seconds(2));
+  (*batcher)->TEST_Wake();
+  EXPECT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  EXPECT_EQ((*batcher)->queued_jobs(), 0);
+}
+
+// The wall clock steps back while a batch runs: the job queued behind it
+// (no delay) runs as soon as the worker is free, not a minute later.
+TEST(BatcherTest, AClockSteppedBackDoesNotStallTheQueue) {
+  FakeClock clock(kT0);
+  Notification first_running, release;
+  std::atomic<int> batches{0};
+  Batcher::Options o;
+  o.clock = &clock;
+  o.runner = [&](absl::Span<Job* const>) {
+    if (batches++ == 0) {
+      first_running.Notify();
+      release.WaitForNotification();
+    }
+    return absl::OkStatus();
+  };
+  auto batcher = Batcher::Create(std::move(o));
+  ASSERT_TRUE(batcher.ok());
+  const QueueOptions q = Opts(100, absl::ZeroDuration());
+  ASSERT_TRUE((*batcher)->Submit(MakeJob(1, q)).ok());
+  ASSERT_TRUE(first_running.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  Notification second_done;
+  auto second = MakeJob(1, q);
+  second->done = [&](const absl::Status& s, const JobTimings&) {
+    EXPECT_TRUE(s.ok());
+    second_done.Notify();
+  };
+  ASSERT_TRUE((*batcher)->Submit(std::move(second)).ok());
+  clock.Advance(-absl::Minutes(1));
+  release.Notify();
+  EXPECT_TRUE(second_done.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  (*batcher)->Stop();
+}
+
 TEST(BatcherTest, StopRunsAdmittedJobsThenRefusesNewOnes) {
   std::atomic<int> ran{0};
   Batcher::Options o;
@@ -434,6 +529,87 @@ TEST(BatcherTest, BatchedOutputsAreBitwiseIdenticalToUnbatched) {
   EXPECT_EQ(mismatches.load(), 0);
   // With four submitters and a 500 µs delay, jobs must have shared batches.
   EXPECT_GT(max_batch.load(), 1);
+}
+
+// One batch large enough for the CPU backend to split across threads
+// (kParallelMinElements), cut from jobs of uneven rows whose inputs sit one
+// float past a 16-byte boundary: every row's bits equal those of the row
+// normalized alone, single-threaded, from an aligned copy.
+TEST(BatcherTest, ALargeThreadedBatchOfMisalignedJobsMatchesRowsAlone) {
+  ThreadPool pool(3);
+  std::unique_ptr<Backend> cpu = MakeCpuBackend(&pool);
+  std::atomic<int64_t> batches{0}, batch_rows{0};
+  Batcher::Options o;
+  o.runner = [&](absl::Span<Job* const> b) {
+    ++batches;
+    for (const Job* j : b) batch_rows += j->rows;
+    return cpu->Run(b);
+  };
+  auto batcher = Batcher::Create(std::move(o));
+  ASSERT_TRUE(batcher.ok());
+
+  const int64_t d = 1031;
+  const std::vector<int64_t> job_rows = {1, 37, 5, 120, 2, 64, 9, 80, 13, 72};
+  int64_t total_rows = 0;
+  for (int64_t r : job_rows) total_rows += r;
+  ASSERT_GE(total_rows * d, kParallelMinElements);
+  std::mt19937 rng(21);
+  std::normal_distribution<float> dist(3, 2);
+  std::vector<float> gamma(d), beta(d);
+  for (float& g : gamma) g = dist(rng);
+  for (float& b : beta) b = dist(rng);
+  NormParams params;
+  params.dim = d;
+  params.gamma = gamma.data();
+  params.beta = beta.data();
+
+  struct PerJob {
+    std::vector<float> padded, alone, batched;
+    Notification done;
+  };
+  std::vector<PerJob> jobs(job_rows.size());
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    const size_t n = static_cast<size_t>(job_rows[i] * d);
+    std::vector<float> x(n);
+    for (float& v : x) v = dist(rng);
+    jobs[i].padded.assign(n + 1, 0.0f);
+    std::memcpy(jobs[i].padded.data() + 1, x.data(), n * sizeof(float));
+    jobs[i].alone.resize(n);
+    jobs[i].batched.resize(n);
+    RowSegment alone;
+    alone.params = &params;
+    alone.input = x.data();
+    alone.output = jobs[i].alone.data();
+    alone.rows = job_rows[i];
+    NormalizeRows(alone, 0, alone.rows);  // this thread only
+  }
+  // The batch closes when its rows reach the total: one batch of all jobs.
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    auto job = std::make_unique<Job>();
+    job->key.model = "m";
+    job->key.dim = d;
+    job->queue = Opts(total_rows, absl::Hours(1));
+    job->rows = job_rows[i];
+    job->segment.params = &params;
+    job->segment.input = jobs[i].padded.data() + 1;
+    job->segment.output = jobs[i].batched.data();
+    job->segment.rows = job_rows[i];
+    PerJob* pj = &jobs[i];
+    job->done = [pj](const absl::Status& s, const JobTimings&) {
+      EXPECT_TRUE(s.ok()) << s;
+      pj->done.Notify();
+    };
+    ASSERT_TRUE((*batcher)->Submit(std::move(job)).ok());
+  }
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    ASSERT_TRUE(jobs[i].done.WaitForNotificationWithTimeout(absl::Seconds(60)));
+    EXPECT_EQ(std::memcmp(jobs[i].alone.data(), jobs[i].batched.data(),
+                          jobs[i].alone.size() * sizeof(float)),
+              0)
+        << "job " << i << " (" << job_rows[i] << " rows)";
+  }
+  EXPECT_EQ(batches.load(), 1);
+  EXPECT_EQ(batch_rows.load(), total_rows);
 }
 
 }  // namespace

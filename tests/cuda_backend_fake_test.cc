@@ -205,7 +205,10 @@ TEST_F(CudaBackendFakeTest, CopyThreadsPackAndUnpackLargeChunksExactly) {
 TEST_F(CudaBackendFakeTest, ASmallBatchWaitsForOneChunkOfALargeOne) {
   auto backend = Make();
   ASSERT_NE(backend, nullptr);
-  fake_cuda::SetKernelTime(absl::Milliseconds(5));
+  // 20 ms kernels: a correct run returns the small batch some 8 kernels in,
+  // the bound is half of about 33, and the slack between (some 150 ms)
+  // absorbs a loaded machine's scheduling delays.
+  fake_cuda::SetKernelTime(absl::Milliseconds(20));
   std::mt19937 rng(12);
   // 16 MiB of float32 in and 16 out: over 30 chunks of the 1 MiB slots
   // (about 10 on each of the three streams), one kernel each.

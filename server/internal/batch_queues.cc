@@ -1,5 +1,8 @@
 #include "server/internal/batch_queues.h"
 
+#include <algorithm>
+#include <iterator>
+
 #include "absl/strings/str_cat.h"
 
 namespace normserve::internal {
@@ -33,6 +36,7 @@ absl::Status BatchQueues::Add(std::unique_ptr<Job> job, absl::Time now,
   }
   Queue& q = it->second;
   job->enqueue_time = now;
+  q.earliest_deadline = std::min(q.earliest_deadline, job->deadline);
   q.rows += job->rows;
   bytes_ += job->bytes;
   q.jobs.push_back(std::move(job));
@@ -69,11 +73,13 @@ void BatchQueues::DropDead(absl::Time now, const BatchKey* key,
   while (it != queues_.end()) {
     Queue& q = it->second;
     std::deque<std::unique_ptr<Job>> live;
+    q.earliest_deadline = absl::InfiniteFuture();
     for (std::unique_ptr<Job>& job : q.jobs) {
       const bool expired = now >= job->deadline;
       const bool cancelled =
           !expired && job->is_cancelled && job->is_cancelled();
       if (!expired && !cancelled) {
+        q.earliest_deadline = std::min(q.earliest_deadline, job->deadline);
         live.push_back(std::move(job));
         continue;
       }
@@ -94,8 +100,9 @@ void BatchQueues::DropDead(absl::Time now, const BatchKey* key,
 }
 
 bool BatchQueues::Ready(const Queue& q, absl::Time now) const {
-  return q.rows >= q.options.max_batch_rows ||
-         now >= q.jobs.front()->enqueue_time + q.options.max_queue_delay;
+  const absl::Time enqueued = q.jobs.front()->enqueue_time;
+  return q.rows >= q.options.max_batch_rows || now < enqueued ||
+         now >= enqueued + q.options.max_queue_delay;
 }
 
 std::optional<BatchQueues::Popped> BatchQueues::PopReady(absl::Time now,
@@ -108,7 +115,19 @@ std::optional<BatchQueues::Popped> BatchQueues::PopReady(absl::Time now,
       best = it;
     }
   }
-  if (best == queues_.end()) return std::nullopt;
+  if (best == queues_.end()) {
+    // Nothing to batch yet: answer the jobs whose deadline has passed.
+    Popped dead;
+    for (auto it = queues_.begin(); it != queues_.end();) {
+      auto next = std::next(it);
+      if (now >= it->second.earliest_deadline) {
+        DropDead(now, &it->first, &dead);  // may erase `it`
+      }
+      it = next;
+    }
+    if (dead.expired.empty() && dead.cancelled.empty()) return std::nullopt;
+    return dead;
+  }
 
   Queue& q = best->second;
   Popped out;
@@ -140,12 +159,13 @@ std::optional<BatchQueues::Popped> BatchQueues::PopReady(absl::Time now,
   return out;
 }
 
-absl::Time BatchQueues::NextReadyTime() const {
+absl::Time BatchQueues::NextReadyTime(absl::Time now) const {
   absl::Time next = absl::InfiniteFuture();
   for (const auto& [key, q] : queues_) {
-    const absl::Time t =
-        q.jobs.front()->enqueue_time + q.options.max_queue_delay;
-    if (t < next) next = t;
+    const absl::Time enqueued = q.jobs.front()->enqueue_time;
+    const absl::Time ready =
+        now < enqueued ? now : enqueued + q.options.max_queue_delay;
+    next = std::min({next, ready, std::max(now, q.earliest_deadline)});
   }
   return next;
 }

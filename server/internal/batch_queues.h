@@ -43,14 +43,21 @@ class BatchQueues {
                    Popped* dropped = nullptr);
 
   // Cuts the next batch from the ready queue whose oldest job is oldest.
-  // With `flush`, every non-empty queue counts as ready (shutdown). Jobs
-  // found expired or cancelled while cutting are moved to the result's
-  // lists instead of the batch. Returns nullopt when no queue is ready.
+  // With `flush`, every non-empty queue counts as ready (shutdown). A queue
+  // is ready when it holds max_batch_rows rows, or its oldest job has
+  // waited max_queue_delay, or `now` is before that job's enqueue time
+  // (the clock stepped back: waiting for it to catch up would hold the
+  // queue for the step). Jobs found expired or cancelled while cutting are
+  // moved to the result's lists instead of the batch. With no queue ready,
+  // jobs whose deadline has passed are still taken out, into a result with
+  // an empty batch, so that a long queue delay does not hold their calls
+  // open. Returns nullopt when there is nothing to do.
   std::optional<Popped> PopReady(absl::Time now, bool flush);
 
-  // The earliest time a non-empty queue becomes ready by delay;
-  // InfiniteFuture when all are empty.
-  absl::Time NextReadyTime() const;
+  // The earliest time PopReady can have something to do, by delay or by a
+  // queued job's deadline (`now` when that is already past);
+  // InfiniteFuture when all queues are empty.
+  absl::Time NextReadyTime(absl::Time now) const;
 
   static constexpr absl::Duration kDeadScanInterval = absl::Milliseconds(1);
 
@@ -64,6 +71,9 @@ class BatchQueues {
     QueueOptions options;
     std::deque<std::unique_ptr<Job>> jobs;
     int64_t rows = 0;
+    // At or before every job's deadline (jobs popped since may have held
+    // it: DropDead makes it exact again).
+    absl::Time earliest_deadline = absl::InfiniteFuture();
   };
   bool Ready(const Queue& q, absl::Time now) const;
   // Why `job` cannot be queued now, or OK.
