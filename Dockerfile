@@ -60,13 +60,17 @@ USER 10001
 # its HEALTHCHECK agree: `docker run -e NORMSERVE_GRPC_PORT=9001 ...`. The
 # metrics port and every other flag go after the image name as usual.
 ENV NORMSERVE_GRPC_PORT=8001
+# Extra normctl flags for the HEALTHCHECK: a server started with --tls_cert
+# and --tls_key needs them (e.g. -e NORMSERVE_HEALTH_ARGS="--tls_ca=/tls/ca.crt
+# --tls_server_name=localhost", plus --tls_cert/--tls_key under mutual TLS).
+ENV NORMSERVE_HEALTH_ARGS=""
 EXPOSE 8001 8002
 # SIGTERM drains: health turns NOT_SERVING, admitted requests finish.
 STOPSIGNAL SIGTERM
 # Docker-format images only: Podman builds OCI images by default, which drop
 # HEALTHCHECK (`podman build --format docker`, as `make image` does).
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
-  CMD ["/bin/sh", "-c", "exec normctl --server=\"127.0.0.1:$NORMSERVE_GRPC_PORT\" --health --timeout_ms=2000"]
+  CMD ["/bin/sh", "-c", "exec normctl --server=\"127.0.0.1:$NORMSERVE_GRPC_PORT\" --health --timeout_ms=2000 $NORMSERVE_HEALTH_ARGS"]
 # exec: normserve is PID 1 and gets SIGTERM itself; "$@" are the arguments
 # after the image name (or a Kubernetes container's args).
 ENTRYPOINT ["/bin/sh", "-c", "exec normserve --host=0.0.0.0 --grpc_port=\"$NORMSERVE_GRPC_PORT\" \"$@\"", "normserve"]

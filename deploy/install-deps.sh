@@ -27,11 +27,12 @@ test_packages=(
   python3-numpy
   # Integration tests: HTTP scrape of /metrics.
   curl
-  # Sanitizer and fuzz builds, TLS test certificates.
-  clang libclang-rt-14-dev libfuzzer-14-dev openssl
+  # Sanitizer and fuzz builds, TLS test certificates; `make format`.
+  clang libclang-rt-14-dev libfuzzer-14-dev openssl clang-format
   # Deploy checks: promtool and a real Prometheus server; the container
-  # image test (Podman with runc, a debootstrapped base image).
-  prometheus podman runc debootstrap
+  # image test (Podman with runc, a debootstrapped base image; uidmap, a
+  # mere Recommends of podman, for builds by a user other than root).
+  prometheus podman runc debootstrap uidmap
 )
 
 packages=("${build_packages[@]}")
@@ -58,3 +59,13 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+
+# Debian's prometheus package enables and starts a system Prometheus on
+# :9090. The tests run their own; a system one would only hold the port that
+# `docker compose -f deploy/compose.yaml up` maps. Stopped only when this
+# script installed it.
+if [[ " ${missing[*]} " == *" prometheus "* ]] && [ -d /run/systemd/system ]; then
+  echo "install-deps: disabling the prometheus service the package started" \
+    "(the tests run their own)"
+  $SUDO systemctl disable --now prometheus.service || true
+fi

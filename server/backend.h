@@ -76,8 +76,9 @@ struct CudaBackendOptions {
   // 256 KiB slices). One thread's memcpy of a large batch is far slower
   // than a PCIe 4 or 5 link, so large batches are bound by it without
   // them (bench/cuda_backend_bench measures both). 0: the batch's
-  // thread alone; kAutoCopyThreads: a quarter of the cores, at most 4
-  // (none on a machine of fewer than 4).
+  // thread alone; kAutoCopyThreads: a quarter of the CPUs the process may
+  // use (its affinity mask, capped by its cgroup's CPU quota), at most 4
+  // (none below 4 CPUs).
   static constexpr int kAutoCopyThreads = -1;
   int copy_threads = kAutoCopyThreads;
 };

@@ -18,6 +18,7 @@
 #include "kernels/thread_pool.h"
 #include "server/backend.h"
 #include "server/internal/chunk_runner.h"
+#include "server/internal/cpu_limit.h"
 #include "server/internal/cuda_pipeline.h"
 #include "server/internal/mutex.h"
 #include "server/internal/nvml.h"
@@ -265,7 +266,9 @@ class CudaBackend final : public Backend {
     defaults_.slot_bytes = options.staging_bytes;
     int copy_threads = options.copy_threads;
     if (copy_threads == CudaBackendOptions::kAutoCopyThreads) {
-      copy_threads = std::min<int>(4, std::thread::hardware_concurrency() / 4);
+      // The CPUs the process may use (affinity, cgroup quota), not the
+      // machine's: a pod limited to 4 CPUs on a 64-core node gets 1.
+      copy_threads = std::min<int>(4, internal::AvailableCpus() / 4);
     }
     if (copy_threads > 0) {
       copy_pool_ = std::make_unique<ThreadPool>(copy_threads);

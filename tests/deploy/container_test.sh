@@ -117,4 +117,35 @@ code=$("${podman[@]}" inspect normserve-test --format '{{.State.ExitCode}}')
 [ "$code" = 0 ] || fail "exit code $code after SIGTERM"
 logs=$("${podman[@]}" logs normserve-test 2>&1)
 grep -q "normserve: stopped" <<<"$logs" || fail "no clean drain in the logs"
+
+# Served over TLS, the image's HEALTHCHECK needs the CA: it takes it from
+# NORMSERVE_HEALTH_ARGS.
+tls="$work/tls" && rm -rf "$tls" && mkdir -p "$tls"
+(
+  cd "$tls"
+  key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; }
+  key ca.key && openssl req -x509 -new -key ca.key -out ca.crt -days 1 -subj /CN=test-ca
+  key server.key && openssl req -new -key server.key -out server.csr -subj /CN=localhost
+  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >server.ext
+  openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial \
+    -out server.crt -days 1 -extfile server.ext 2>/dev/null
+  chmod 0644 ./*
+) || fail "making TLS certificates"
+"${podman[@]}" rm -f normserve-test >/dev/null 2>&1
+"${podman[@]}" run -d --name normserve-test --network host -v "$tls:/tls:ro" \
+  --ulimit nofile=1024:1024 --ulimit nproc=4096:4096 -e NORMSERVE_GRPC_PORT="$grpc" \
+  -e NORMSERVE_HEALTH_ARGS="--tls_ca=/tls/ca.crt --tls_server_name=localhost" \
+  normserve:test --metrics_port="$metrics" --tls_cert=/tls/server.crt --tls_key=/tls/server.key \
+  >/dev/null 2>"$work/run.log" || { cat "$work/run.log"; fail "podman run with TLS"; }
+tls_up=no
+for _ in $(seq 50); do
+  if [ "$("$normctl" --server="127.0.0.1:$grpc" --health --timeout_ms=500 --tls_ca="$tls/ca.crt" \
+          --tls_server_name=localhost 2>/dev/null)" = SERVING ]; then
+    tls_up=yes; break
+  fi
+  sleep 0.2
+done
+[ "$tls_up" = yes ] || { "${podman[@]}" logs normserve-test 2>&1 | tail -5; fail "health over TLS is not SERVING"; }
+"${podman[@]}" healthcheck run normserve-test || fail "the image's HEALTHCHECK fails under TLS"
+"${podman[@]}" stop -t 30 normserve-test >/dev/null 2>>"$work/run.log" || { cat "$work/run.log"; fail "podman stop"; }
 echo "container test passed"
