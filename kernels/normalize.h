@@ -47,8 +47,10 @@
 //   Pure functions on caller-owned buffers; any number of threads may run
 //   them at once on disjoint outputs. Inputs and outputs must not overlap.
 //   A thread allocates a scratch row (D floats) the first time it sees a
-//   larger D and keeps it. No function throws or fails: callers validate
-//   shapes first (the server does, at its edge).
+//   larger D and keeps it. Nothing fails on valid shapes (callers validate
+//   them first; the server does, at its edge), and nothing throws but
+//   std::bad_alloc, when that scratch cannot be allocated (then outputs may
+//   be partly written).
 #ifndef NORMSERVE_KERNELS_NORMALIZE_H_
 #define NORMSERVE_KERNELS_NORMALIZE_H_
 

@@ -2,6 +2,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <exception>
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -50,6 +51,7 @@ struct ThreadPool::Loop {
   // wake-up cannot fall between the caller's check and its wait.
   std::mutex mu;
   std::condition_variable finished;
+  std::exception_ptr error;  // the first fn's exception, under mu
 };
 
 ThreadPool::ThreadPool(int num_threads) {
@@ -71,7 +73,13 @@ void ThreadPool::Drain(Loop* loop) {
   for (;;) {
     const int64_t i = loop->next.fetch_add(1);
     if (i >= loop->n) return;
-    (*loop->fn)(i);
+    try {
+      (*loop->fn)(i);
+    } catch (...) {
+      // Counted as run: the loop ends, and its caller rethrows.
+      std::lock_guard<std::mutex> lock(loop->mu);
+      if (loop->error == nullptr) loop->error = std::current_exception();
+    }
     if (loop->done.fetch_add(1, std::memory_order_acq_rel) + 1 == loop->n) {
       std::lock_guard<std::mutex> lock(loop->mu);
       loop->finished.notify_all();
@@ -107,9 +115,12 @@ void ThreadPool::ParallelFor(int64_t n,
   auto all_done = [&] {
     return loop->done.load(std::memory_order_acquire) == loop->n;
   };
-  if (SpinUntil(all_done)) return;
-  std::unique_lock<std::mutex> lock(loop->mu);
-  loop->finished.wait(lock, all_done);
+  if (!SpinUntil(all_done)) {
+    std::unique_lock<std::mutex> lock(loop->mu);
+    loop->finished.wait(lock, all_done);
+  }
+  std::lock_guard<std::mutex> lock(loop->mu);
+  if (loop->error != nullptr) std::rethrow_exception(loop->error);
 }
 
 std::shared_ptr<ThreadPool::Loop> ThreadPool::LoopWithWork() {

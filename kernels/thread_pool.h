@@ -11,7 +11,9 @@
 // A caller waiting for its loop's last indices polls for up to 100 µs before
 // it sleeps (waking a thread costs more than a small batch takes).
 //
-// fn must not throw and must not call ParallelFor on the same pool.
+// fn must not call ParallelFor on the same pool. If fn throws, the other
+// indices still run (each exactly once), and ParallelFor rethrows the first
+// exception once every index has run: the pool stays usable.
 // Thread-safe. The destructor joins the workers; no ParallelFor may be
 // running or start then (the server destroys its batcher, the pool's only
 // caller, first).

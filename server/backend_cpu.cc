@@ -1,5 +1,7 @@
+#include <new>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "kernels/normalize.h"
 #include "server/backend.h"
 
@@ -14,7 +16,14 @@ class CpuBackend final : public Backend {
     std::vector<RowSegment> segments;
     segments.reserve(batch.size());
     for (const Job* job : batch) segments.push_back(job->segment);
-    NormalizeSegments(segments, pool_);
+    try {
+      NormalizeSegments(segments, pool_);
+    } catch (const std::bad_alloc&) {
+      // The kernels' per-thread scratch (a few rows of D floats).
+      return absl::ResourceExhaustedError(
+          absl::StrCat("out of memory for the CPU kernel's scratch rows (D = ",
+                       batch.front()->key.dim, "); retry later"));
+    }
     return absl::OkStatus();
   }
 

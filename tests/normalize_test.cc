@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <new>
 #include <random>
 #include <string>
 #include <thread>
@@ -344,6 +345,29 @@ TEST(ThreadPoolTest, RunsEveryIndexOnceWithConcurrentCallers) {
 // The caller polls for its loop's last indices for 100 µs, then sleeps:
 // indices that outlast the polling must still wake it, and every index's
 // effects must be visible when ParallelFor returns, on either path.
+// An index that throws (std::bad_alloc from a kernel's scratch) neither
+// stops the others nor kills a worker: the caller gets the exception once
+// every index has run, and the pool serves the next loop.
+TEST(ThreadPoolTest, AThrowingIndexReachesTheCallerAfterTheOthersRun) {
+  ThreadPool pool(3);
+  for (int64_t bad : {int64_t{0}, int64_t{37}, int64_t{99}}) {
+    std::atomic<int64_t> ran{0};
+    EXPECT_THROW(pool.ParallelFor(100,
+                                  [&](int64_t i) {
+                                    if (i == bad || i == 64) {
+                                      throw std::bad_alloc();
+                                    }
+                                    ++ran;
+                                  }),
+                 std::bad_alloc)
+        << "index " << bad;
+    EXPECT_EQ(ran.load(), 98);
+  }
+  std::atomic<int64_t> ran{0};
+  pool.ParallelFor(100, [&](int64_t) { ++ran; });
+  EXPECT_EQ(ran.load(), 100);
+}
+
 TEST(ThreadPoolTest, CallerWaitsForSlowIndicesPastItsPolling) {
   ThreadPool pool(2);
   for (int round = 0; round < 20; ++round) {
