@@ -16,6 +16,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "hwy/targets.h"
 #include "kernels/dtype.h"
@@ -155,16 +156,55 @@ TEST_P(KernelTest, HugeAndTinyMagnitudesAreRecomputedInDouble) {
 }
 
 TEST_P(KernelTest, NanOrInfPoisonsOnlyItsRow) {
-  CheckNanOrInfPoisonsOnlyItsRow(
-      OnCpu, {48}, {DType::kFloat32, DType::kFloat16, DType::kBFloat16});
+  // 16-bit inputs too; 1031 and 3000: rows past the staggered loop's D and
+  // the first pass's float32 copy.
+  const auto types = {DType::kFloat32, DType::kFloat16, DType::kBFloat16};
+  CheckNanOrInfPoisonsOnlyItsRow(OnCpu, {48, 1031, 3000}, types, types);
 }
 
 // Rows of ±1 have mean 0 and variance 1, and with ε = 2^-60 rstd rounds to
-// exactly 1 in float32, so y = ±γ exactly: a bfloat16 output must then be
-// the exact rounding of ±γ, through the float32 denormal range (which the
-// AVX-512 BF16 conversion would flush to zero), at ties, at overflow and
-// for NaN, on every target. Both the cached stores of small batches and the
-// streaming stores of batches with over 32 MiB of output are checked.
+// exactly 1 in float32, so y = ±γ exactly: a 16-bit output must then be
+// the exact rounding of ±γ (RefBF16, RefHalf), through the denormal ranges
+// (which the AVX-512 BF16 conversion would flush to zero), at ties, at
+// overflow and for NaN, on every target. Both the cached stores of small
+// batches and the streaming stores of batches with over 32 MiB of output
+// are checked.
+void ExpectExactRoundingOfPlusOrMinusGamma(DType out,
+                                           const std::vector<float>& gamma) {
+  const auto d = static_cast<int64_t>(gamma.size());
+  NormParams p;
+  p.dim = d;
+  p.epsilon = std::ldexp(1.0f, -60);
+  p.gamma = gamma.data();
+  for (int64_t rows : {int64_t{3}, int64_t{(32 << 20) / (d * 2)}}) {
+    std::vector<float> x(static_cast<size_t>(rows * d));
+    for (size_t k = 0; k < x.size(); ++k) x[k] = (k / d + k) % 2 ? 1 : -1;
+    std::vector<uint16_t> y(x.size());
+    RowSegment s;
+    s.params = &p;
+    s.input_dtype = DType::kFloat32;
+    s.output_dtype = out;
+    s.input = x.data();
+    s.output = y.data();
+    s.rows = rows;
+    NormalizeSegments({&s, 1}, nullptr);
+    int mismatches = 0;
+    for (size_t k = 0; k < x.size() && mismatches < 10; ++k) {
+      const float expected = x[k] * gamma[k % d];
+      const uint16_t want =
+          out == DType::kFloat16 ? RefHalf(expected) : RefBF16(expected);
+      const bool same =
+          std::isnan(expected) ? std::isnan(Widen(out, y[k])) : y[k] == want;
+      if (!same) {
+        ++mismatches;
+        ADD_FAILURE() << Name(out) << ", rows " << rows << " element " << k
+                      << ": y = " << expected << " gave bits " << std::hex
+                      << y[k] << ", expected " << want;
+      }
+    }
+  }
+}
+
 TEST_P(KernelTest, BFloat16OutputIsTheExactRoundingOfFloat32) {
   constexpr int64_t kD = 64;
   std::mt19937 rng(7);
@@ -183,37 +223,33 @@ TEST_P(KernelTest, BFloat16OutputIsTheExactRoundingOfFloat32) {
   gamma[49] = -0.0f;
   gamma[50] = std::numeric_limits<float>::quiet_NaN();
   gamma[51] = std::numeric_limits<float>::infinity();
+  ExpectExactRoundingOfPlusOrMinusGamma(DType::kBFloat16, gamma);
+}
 
-  NormParams p;
-  p.dim = kD;
-  p.epsilon = std::ldexp(1.0f, -60);
-  p.gamma = gamma.data();
-  for (int64_t rows : {int64_t{3}, int64_t{(32 << 20) / (kD * 2)}}) {
-    std::vector<float> x(static_cast<size_t>(rows * kD));
-    for (size_t k = 0; k < x.size(); ++k) x[k] = (k / kD + k) % 2 ? 1 : -1;
-    std::vector<uint16_t> y(x.size());
-    RowSegment s;
-    s.params = &p;
-    s.input_dtype = DType::kFloat32;
-    s.output_dtype = DType::kBFloat16;
-    s.input = x.data();
-    s.output = y.data();
-    s.rows = rows;
-    NormalizeSegments({&s, 1}, nullptr);
-    int mismatches = 0;
-    for (size_t k = 0; k < x.size() && mismatches < 10; ++k) {
-      const float expected = x[k] * gamma[k % kD];
-      const bool same = std::isnan(expected)
-                            ? std::isnan(Widen(DType::kBFloat16, y[k]))
-                            : y[k] == RefBF16(expected);
-      if (!same) {
-        ++mismatches;
-        ADD_FAILURE() << "rows " << rows << " element " << k
-                      << ": y = " << expected << " gave bfloat16 bits "
-                      << std::hex << y[k] << ", expected " << RefBF16(expected);
-      }
-    }
+// The same for float16 outputs: its ties, its subnormals (2^-24 and
+// below, down to values that round to zero), and its overflow (65520 and up
+// round to infinity, 65519 to 65504).
+TEST_P(KernelTest, Float16OutputIsTheExactRoundingOfFloat32) {
+  constexpr int64_t kD = 64;
+  std::mt19937 rng(8);
+  std::uniform_real_distribution<float> unit(-4.0f, 4.0f);
+  std::vector<float> gamma(kD);
+  for (int i = 0; i < 16; ++i) {  // ties between float16 neighbours
+    gamma[i] = std::ldexp(1.0f + static_cast<float>(2 * i + 1) / 2048, i - 8);
   }
+  for (int i = 16; i < 32; ++i) {  // float16 subnormals, 2^-13 to 2^-28
+    gamma[i] = std::ldexp(1.0f + static_cast<float>(i - 16) / 16, 3 - i);
+  }
+  gamma[31] = std::ldexp(1.0f, -25);  // a tie with zero: rounds to +0
+  for (int i = 32; i < 48; ++i) gamma[i] = unit(rng);
+  for (int i = 48; i < 64; ++i) gamma[i] = unit(rng) * 16384.0f;
+  gamma[48] = 65520.0f;  // rounds to infinity
+  gamma[49] = -0.0f;
+  gamma[50] = std::numeric_limits<float>::quiet_NaN();
+  gamma[51] = std::numeric_limits<float>::infinity();
+  gamma[52] = 65519.0f;  // rounds to 65504
+  gamma[53] = 1e30f;
+  ExpectExactRoundingOfPlusOrMinusGamma(DType::kFloat16, gamma);
 }
 
 // Batches of kStreamingMinBytes of output or more are written with
@@ -266,49 +302,87 @@ TEST_P(KernelTest, StreamedOutputsKeepEveryRowsBits) {
 // pool threads, against each row normalized alone.
 TEST_P(KernelTest, RowBitsDoNotDependOnBatchCompositionOrThreads) {
   std::mt19937 rng(11);
-  for (DType in : {DType::kFloat32, DType::kBFloat16}) {
-    const int64_t d = 771;
+  struct Config {
+    DType in;
+    int64_t d;
+    NormKind kind;
+    bool beta, residual;  // residual: with the sum z and the statistics
+  };
+  // 1031 and 1536: rows past the staggered loop; add & norm and RMSNorm.
+  for (const Config& cfg :
+       {Config{DType::kFloat32, 771, NormKind::kLayerNorm, false, false},
+        Config{DType::kBFloat16, 771, NormKind::kLayerNorm, false, false},
+        Config{DType::kFloat32, 1031, NormKind::kLayerNorm, true, true},
+        Config{DType::kFloat16, 1536, NormKind::kRmsNorm, true, true}}) {
+    const DType in = cfg.in;
+    const int64_t d = cfg.d;
     NormParams p;
     p.dim = d;
-    std::vector<float> g = Normal(d, 1, 1, &rng);
+    p.kind = cfg.kind;
+    std::vector<float> g = Normal(d, 1, 1, &rng), b = Normal(d, 0, 1, &rng);
     p.gamma = g.data();
+    p.beta = cfg.beta ? b.data() : nullptr;
     // The rows, each alone: twice the elements at which NormalizeSegments
     // starts handing chunks to the pool's threads.
     const int kRows = static_cast<int>(2 * kParallelMinElements / d);
     const Tensor all = Encode(in, Normal(kRows * d, 1, 2, &rng));
+    const Tensor all_residual = Encode(in, Normal(kRows * d, 0, 1, &rng));
     const size_t row_bytes = d * DTypeSize(in);
-    std::vector<std::vector<uint8_t>> alone(kRows);
+    std::vector<Output> alone(kRows);
     for (int r = 0; r < kRows; ++r) {
       Case c;
       c.params = p;
       c.in = c.out = in;
       c.x.bytes.assign(all.bytes.begin() + r * row_bytes,
                        all.bytes.begin() + (r + 1) * row_bytes);
-      alone[r] = RunOnCpu(c).y;
+      c.with_residual = c.with_sum = cfg.residual;
+      c.residual.bytes.assign(all_residual.bytes.begin() + r * row_bytes,
+                              all_residual.bytes.begin() + (r + 1) * row_bytes);
+      alone[r] = RunOnCpu(c);
     }
+    const std::string what =
+        absl::StrCat(Name(in), " D ", d, " kind ", static_cast<int>(cfg.kind));
     for (int threads : {0, 1, 3}) {
       ThreadPool pool(threads);
       for (int trial = 0; trial < 5; ++trial) {
-        // Cut the rows into random segments; each gets its own buffers.
+        // Cut the rows into random segments; each gets its own buffers,
+        // shifted by 0 to 2 elements from their allocation's alignment.
         std::vector<RowSegment> segments;
-        std::vector<std::vector<uint8_t>> inputs, outputs;
+        std::vector<std::vector<uint8_t>> inputs, residuals, outputs, sums;
+        std::vector<std::vector<float>> means, rstds;
         std::vector<int> first_row;
-        inputs.reserve(kRows);
-        outputs.reserve(kRows);
+        for (auto* v : {&inputs, &residuals, &outputs, &sums})
+          v->reserve(kRows);
+        means.reserve(kRows);
+        rstds.reserve(kRows);
         for (int r = 0; r < kRows;) {
           const int n =
               std::min<int>(kRows - r, 1 + static_cast<int>(rng() % 9));
-          const size_t pad = (rng() % 3) * DTypeSize(in);  // shifts alignment
-          inputs.emplace_back(pad + n * row_bytes);
-          std::memcpy(inputs.back().data() + pad,
-                      all.bytes.data() + r * row_bytes, n * row_bytes);
+          const size_t pad = (rng() % 3) * DTypeSize(in);
+          auto padded_copy = [&](const Tensor& t) {
+            std::vector<uint8_t> v(pad + n * row_bytes);
+            std::memcpy(v.data() + pad, t.bytes.data() + r * row_bytes,
+                        n * row_bytes);
+            return v;
+          };
+          inputs.push_back(padded_copy(all));
+          residuals.push_back(padded_copy(all_residual));
           outputs.emplace_back(pad + n * row_bytes);
+          sums.emplace_back(pad + n * row_bytes);
+          means.emplace_back(n);
+          rstds.emplace_back(n);
           RowSegment s;
           s.params = &p;
           s.input_dtype = s.output_dtype = in;
           s.input = inputs.back().data() + pad;
           s.output = outputs.back().data() + pad;
           s.rows = n;
+          if (cfg.residual) {
+            s.residual = residuals.back().data() + pad;
+            s.sum_output = sums.back().data() + pad;
+          }
+          s.mean = means.back().data();
+          s.rstd = rstds.back().data();
           segments.push_back(s);
           first_row.push_back(r);
           r += n;
@@ -316,12 +390,24 @@ TEST_P(KernelTest, RowBitsDoNotDependOnBatchCompositionOrThreads) {
         NormalizeSegments(segments, &pool);
         for (size_t k = 0; k < segments.size(); ++k) {
           for (int64_t j = 0; j < segments[k].rows; ++j) {
-            const uint8_t* got =
+            const Output& want = alone[first_row[k] + j];
+            const std::string where = absl::StrCat(what, " threads ", threads,
+                                                   " row ", first_row[k] + j);
+            const auto* y =
                 static_cast<const uint8_t*>(segments[k].output) + j * row_bytes;
-            ASSERT_EQ(
-                0, std::memcmp(got, alone[first_row[k] + j].data(), row_bytes))
-                << Name(in) << " threads " << threads << " row "
-                << first_row[k] + j;
+            ASSERT_EQ(0, std::memcmp(y, want.y.data(), row_bytes)) << where;
+            if (cfg.residual) {
+              const auto* z =
+                  static_cast<const uint8_t*>(segments[k].sum_output) +
+                  j * row_bytes;
+              ASSERT_EQ(0, std::memcmp(z, want.sum.data(), row_bytes)) << where;
+            }
+            ASSERT_EQ(0, std::memcmp(&segments[k].mean[j], want.mean.data(),
+                                     sizeof(float)))
+                << where;
+            ASSERT_EQ(0, std::memcmp(&segments[k].rstd[j], want.rstd.data(),
+                                     sizeof(float)))
+                << where;
           }
         }
       }
