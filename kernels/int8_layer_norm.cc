@@ -10,8 +10,8 @@ namespace normserve {
 namespace {
 
 constexpr int kFracBits = 20;  // F
-constexpr int kMaxGBits = 23;  // |G_i| < 2^23
-constexpr int64_t kMaxB = int64_t{1} << 56;
+constexpr int kMaxGBits = 31;  // |G_i| < 2^31
+constexpr int64_t kMaxB = int64_t{1} << 61;
 constexpr int64_t kMaxE = int64_t{1} << 60;
 
 int BitLength(uint64_t x) { return x == 0 ? 0 : 64 - __builtin_clzll(x); }
@@ -41,15 +41,16 @@ Int8Affine FoldInt8Affine(const float* gamma, const float* beta, int64_t dim,
     const double g = gamma != nullptr ? gamma[i] : 1.0;
     max_g = std::max(max_g, std::abs(g) / output_scale);
   }
-  // The largest g with max|γ/s_y|·2^g < 2^23.
+  // The largest g with max|γ/s_y|·2^g ≤ 2^30: G_i's rounding then costs
+  // at most √D·2^-(g+1) ≤ 2^(c−23) LSB (c = ⌈log2 max|γ/s_y|⌉ ≤ 16).
   int shift = kMaxGBits - 1;
   if (max_g > 0)
     shift = kMaxGBits - 1 - static_cast<int>(std::ceil(std::log2(max_g)));
-  // B_i's range, |β/s_y| up to 2^(56−F−g) = 2^(14 + ceil(log2 max|γ/s_y|))
-  // (at least 2^14 with g ≤ 22), covers every β that can still leave an
-  // output visible (|β/s_y| ≤ 256 + max|γ/s_y|·√D, √D ≤ 256); g ≥ 1 − F
-  // keeps the final shift F + g ≥ 1.
-  shift = std::max(-kFracBits + 1, std::min(shift, 22));
+  // B_i's range, |β/s_y| up to 2^(61−F−g) = 2^(11 + c) (at least 2^11
+  // with g ≤ 30), covers every β that can still leave an output visible
+  // (|β/s_y| ≤ 256 + max|γ/s_y|·√D, √D ≤ 256); g ≥ 1 − F keeps the final
+  // shift F + g ≥ 1.
+  shift = std::max(-kFracBits + 1, std::min(shift, kMaxGBits - 1));
   a.g_shift = shift;
   a.g.resize(static_cast<size_t>(dim));
   a.b.resize(static_cast<size_t>(dim));
@@ -59,7 +60,7 @@ Int8Affine FoldInt8Affine(const float* gamma, const float* beta, int64_t dim,
     // Saturate rather than overflow: callers keep max|γ/s_y| < 2^40
     // (Int8OutputScaleError), so this only guards against misuse.
     const double gi = std::ldexp(g / output_scale, shift);
-    const double limit = static_cast<double>((1 << kMaxGBits) - 1);
+    const double limit = static_cast<double>((int64_t{1} << kMaxGBits) - 1);
     a.g[static_cast<size_t>(i)] = static_cast<int32_t>(
         std::llround(std::min(limit, std::max(-limit, gi))));
     const double bb = std::ldexp(b / output_scale, kFracBits + shift);
@@ -151,7 +152,7 @@ void RowOutput(const int8_t* q, int8_t* y, int64_t d, int32_t zero_point,
     const int64_t v = static_cast<int64_t>(q[i]) - zero_point;
     const int64_t c = d * v - sum;                      // |c| < 2^25
     const int64_t n = (c * recip + half_n) >> n_shift;  // |n| ≤ 2^28
-    const int64_t acc = n * g[i] + b[i];                // < 2^52
+    const int64_t acc = n * g[i] + b[i];                // < 2^62
     int64_t r = ((acc + half_out) >> out_shift) + out_zero_point;
     r = r < -128 ? -128 : r;
     r = r > 127 ? 127 : r;

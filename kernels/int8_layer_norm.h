@@ -22,10 +22,10 @@
 //   n_i = round(c_i·R / 2^(62−F−k)) int64 = (v_i − mean)/sqrt(var + ε') · 2^F,
 //                                   |c_i·R| < 2^58,
 //                                   F = 20, |n_i| ≤ 2^28 (|normalized| ≤ √D)
-//   a_i = n_i·G_i + B_i             int64, |n_i·G_i| < 2^51, |B_i| ≤ 2^56
+//   a_i = n_i·G_i + B_i             int64, |n_i·G_i| < 2^59, |B_i| ≤ 2^61
 //   q_y = clamp(round(a_i / 2^(F+g)) + z_y, −128, 127)
-// where G_i = round(γ_i/s_y · 2^g) (|G_i| < 2^23, g ∈ [1−F, 22] chosen per
-// model) and
+// where G_i = round(γ_i/s_y · 2^g) (|G_i| ≤ 2^30, g ∈ [1−F, 30] chosen per
+// model, so that √D·|G_i's rounding| stays below 1/128 LSB) and
 // B_i = round(β_i/s_y · 2^(F+g)) fold γ, β and the output scale into
 // integers (FoldInt8Affine) once, at model load, when the model config sets
 // output_scale and normalized_shape and the request sends no ε, γ, β or

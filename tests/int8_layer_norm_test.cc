@@ -238,6 +238,23 @@ TEST(Int8LayerNormTest, ParametersAtTheAcceptedEdgesStayWithinOneLsb) {
                      std::vector<float>(d, 1.0f), std::vector<float>(d, 0.0f),
                      1e-5f, 1.0f / 65536, 0});
   }
+  {
+    // γ/s_y at the accepted 65536 in most places but 0.4 at one: the
+    // normalized values there (up to √D = 256 in size) magnify the
+    // rounding of that G_i, which must stay well under an LSB (with
+    // |G_i| < 2^23 it cost 2: 84 against the reference's 86).
+    const int64_t d = 65536, rows = 1;
+    Quantized in;
+    in.scale = 0.01f;
+    in.zero_point = 0;
+    in.q.assign(static_cast<size_t>(d), 0);
+    in.q[5] = 127;
+    const float s_y = std::ldexp(1.0f, -16);
+    std::vector<float> gamma(d, 1.0f);
+    gamma[5] = 0.39828f * s_y;
+    cases.push_back({"gamma/s_y from 0.4 to 65536", in, rows, d, gamma,
+                     std::vector<float>(d, 0.0f), 1e-5f, s_y, 0});
+  }
   for (const Case& c : cases) {
     SCOPED_TRACE(c.name);
     ASSERT_TRUE(Int8OutputScaleFits(c.gamma.data(), c.d, c.out_scale));
