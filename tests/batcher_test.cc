@@ -44,6 +44,19 @@ QueueOptions Opts(int64_t rows, absl::Duration delay,
   return q;
 }
 
+// A runner that counts its batches in *batches; the first notifies
+// `running`, then waits for `release`; later ones return at once.
+auto FirstBatchWaits(Notification* running, Notification* release,
+                     std::atomic<int>* batches) {
+  return [=](absl::Span<Job* const>) {
+    if ((*batches)++ == 0) {
+      running->Notify();
+      release->WaitForNotification();
+    }
+    return absl::OkStatus();
+  };
+}
+
 TEST(BatchQueuesTest, BatchClosesWhenRowsReachTheLimit) {
   BatchQueues queues;
   const QueueOptions q = Opts(8, absl::Hours(1));
@@ -372,13 +385,7 @@ TEST(BatcherTest, AClockSteppedBackDoesNotStallTheQueue) {
   std::atomic<int> batches{0};
   Batcher::Options o;
   o.clock = &clock;
-  o.runner = [&](absl::Span<Job* const>) {
-    if (batches++ == 0) {
-      first_running.Notify();
-      release.WaitForNotification();
-    }
-    return absl::OkStatus();
-  };
+  o.runner = FirstBatchWaits(&first_running, &release, &batches);
   auto batcher = Batcher::Create(std::move(o));
   ASSERT_TRUE(batcher.ok());
   const QueueOptions q = Opts(100, absl::ZeroDuration());
@@ -430,13 +437,7 @@ TEST(BatcherTest, StopAnswersJobsStillQueuedAtItsDeadlineUnavailable) {
   std::atomic<int> batches{0};
   Batcher::Options o;
   o.clock = &clock;
-  o.runner = [&](absl::Span<Job* const>) {
-    if (batches++ == 0) {
-      running.Notify();
-      release.WaitForNotification();
-    }
-    return absl::OkStatus();
-  };
+  o.runner = FirstBatchWaits(&running, &release, &batches);
   auto batcher = Batcher::Create(std::move(o));
   ASSERT_TRUE(batcher.ok());
   int first = -1, second = -1, third = -1;
