@@ -57,8 +57,9 @@ Int8Affine FoldInt8Affine(const float* gamma, const float* beta, int64_t dim,
   for (int64_t i = 0; i < dim; ++i) {
     const double g = gamma != nullptr ? gamma[i] : 1.0;
     const double b = beta != nullptr ? beta[i] : 0.0;
-    // Saturate rather than overflow: callers keep max|γ/s_y| < 2^40
-    // (Int8OutputScaleError), so this only guards against misuse.
+    // Saturate rather than overflow: callers keep max|γ/s_y| at most
+    // kMaxInt8GammaRatio (Int8OutputScaleFits), so this only guards
+    // against misuse.
     const double gi = std::ldexp(g / output_scale, shift);
     const double limit = static_cast<double>((int64_t{1} << kMaxGBits) - 1);
     a.g[static_cast<size_t>(i)] = static_cast<int32_t>(

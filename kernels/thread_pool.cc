@@ -91,7 +91,17 @@ void ThreadPool::ParallelFor(int64_t n,
                              const std::function<void(int64_t)>& fn) {
   if (n <= 0) return;
   if (n == 1 || threads_.empty()) {
-    for (int64_t i = 0; i < n; ++i) fn(i);
+    // On the caller alone, with the same promise: every index runs, then
+    // the first exception is rethrown.
+    std::exception_ptr error;
+    for (int64_t i = 0; i < n; ++i) {
+      try {
+        fn(i);
+      } catch (...) {
+        if (error == nullptr) error = std::current_exception();
+      }
+    }
+    if (error != nullptr) std::rethrow_exception(error);
     return;
   }
   auto loop = std::make_shared<Loop>();

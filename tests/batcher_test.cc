@@ -192,6 +192,23 @@ TEST(BatchQueuesTest, ExpiredJobsLeaveAQueueThatIsNotReady) {
   EXPECT_FALSE(queues.PopReady(kT0 + absl::Seconds(2), false));
 }
 
+// The same while another queue keeps being ready: the expired job leaves
+// with that queue's batch.
+TEST(BatchQueuesTest, ExpiredJobsLeaveWithAnotherQueuesBatch) {
+  BatchQueues queues;
+  auto doomed = MakeJob(1, Opts(100, absl::Hours(1)), "slow");
+  doomed->deadline = kT0 + absl::Seconds(1);
+  ASSERT_TRUE(queues.Add(std::move(doomed), kT0).ok());
+  ASSERT_TRUE(
+      queues.Add(MakeJob(1, Opts(100, absl::ZeroDuration()), "fast"), kT0)
+          .ok());
+  auto popped = queues.PopReady(kT0 + absl::Seconds(2), false);
+  ASSERT_TRUE(popped.has_value());
+  EXPECT_EQ(popped->batch.size(), 1u);
+  EXPECT_EQ(popped->expired.size(), 1u);
+  EXPECT_TRUE(queues.empty());
+}
+
 // A wall clock stepped back (NTP, a resumed VM) makes the oldest job's
 // enqueue time lie in the future: its queue counts as ready rather than
 // waiting for the clock to catch up.

@@ -428,13 +428,20 @@ TEST(ThreadPoolTest, RunsEveryIndexOnceWithConcurrentCallers) {
   for (auto& h : hits) ASSERT_EQ(h.load(), 1);
 }
 
-// The caller polls for its loop's last indices for 100 µs, then sleeps:
-// indices that outlast the polling must still wake it, and every index's
-// effects must be visible when ParallelFor returns, on either path.
 // An index that throws (std::bad_alloc from a kernel's scratch) neither
 // stops the others nor kills a worker: the caller gets the exception once
 // every index has run, and the pool serves the next loop.
 TEST(ThreadPoolTest, AThrowingIndexReachesTheCallerAfterTheOthersRun) {
+  // No workers: the loop runs on its caller, with the same promise.
+  ThreadPool serial(0);
+  std::atomic<int64_t> serial_ran{0};
+  EXPECT_THROW(serial.ParallelFor(10,
+                                  [&](int64_t i) {
+                                    if (i == 3) throw std::bad_alloc();
+                                    ++serial_ran;
+                                  }),
+               std::bad_alloc);
+  EXPECT_EQ(serial_ran.load(), 9);
   ThreadPool pool(3);
   for (int64_t bad : {int64_t{0}, int64_t{37}, int64_t{99}}) {
     std::atomic<int64_t> ran{0};
@@ -454,6 +461,9 @@ TEST(ThreadPoolTest, AThrowingIndexReachesTheCallerAfterTheOthersRun) {
   EXPECT_EQ(ran.load(), 100);
 }
 
+// The caller polls for its loop's last indices for 100 µs, then sleeps:
+// indices that outlast the polling must still wake it, and every index's
+// effects must be visible when ParallelFor returns, on either path.
 TEST(ThreadPoolTest, CallerWaitsForSlowIndicesPastItsPolling) {
   ThreadPool pool(2);
   for (int round = 0; round < 20; ++round) {

@@ -107,6 +107,17 @@ bool BatchQueues::Ready(const Queue& q, absl::Time now) const {
 
 std::optional<BatchQueues::Popped> BatchQueues::PopReady(absl::Time now,
                                                          bool flush) {
+  // First the jobs whose deadline has passed, in every queue (a queue that
+  // is not ready, or never wins below while others keep being ready, would
+  // otherwise hold them until its own batch forms).
+  Popped out;
+  for (auto it = queues_.begin(); it != queues_.end();) {
+    auto next = std::next(it);
+    if (now >= it->second.earliest_deadline) {
+      DropDead(now, &it->first, &out);  // may erase `it` only
+    }
+    it = next;
+  }
   auto best = queues_.end();
   for (auto it = queues_.begin(); it != queues_.end(); ++it) {
     if (!flush && !Ready(it->second, now)) continue;
@@ -116,21 +127,11 @@ std::optional<BatchQueues::Popped> BatchQueues::PopReady(absl::Time now,
     }
   }
   if (best == queues_.end()) {
-    // Nothing to batch yet: answer the jobs whose deadline has passed.
-    Popped dead;
-    for (auto it = queues_.begin(); it != queues_.end();) {
-      auto next = std::next(it);
-      if (now >= it->second.earliest_deadline) {
-        DropDead(now, &it->first, &dead);  // may erase `it`
-      }
-      it = next;
-    }
-    if (dead.expired.empty() && dead.cancelled.empty()) return std::nullopt;
-    return dead;
+    if (out.expired.empty() && out.cancelled.empty()) return std::nullopt;
+    return out;  // nothing to batch yet: only the dead to answer
   }
 
   Queue& q = best->second;
-  Popped out;
   int64_t rows = 0;
   while (!q.jobs.empty()) {
     Job& front = *q.jobs.front();

@@ -48,10 +48,10 @@ class BatchQueues {
   // waited max_queue_delay, or `now` is before that job's enqueue time
   // (the clock stepped back: waiting for it to catch up would hold the
   // queue for the step). Jobs found expired or cancelled while cutting are
-  // moved to the result's lists instead of the batch. With no queue ready,
-  // jobs whose deadline has passed are still taken out, into a result with
-  // an empty batch, so that a long queue delay does not hold their calls
-  // open. Returns nullopt when there is nothing to do.
+  // moved to the result's lists instead of the batch, and so is every job
+  // of any queue whose deadline has passed (with no queue ready, into a
+  // result with an empty batch), so that a long queue delay does not hold
+  // their calls open. Returns nullopt when there is nothing to do.
   std::optional<Popped> PopReady(absl::Time now, bool flush);
 
   // The earliest time PopReady can have something to do, by delay or by a

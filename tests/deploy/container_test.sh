@@ -121,16 +121,15 @@ grep -q "normserve: stopped" <<<"$logs" || fail "no clean drain in the logs"
 # Served over TLS, the image's HEALTHCHECK needs the CA: it takes it from
 # NORMSERVE_HEALTH_ARGS.
 tls="$work/tls" && rm -rf "$tls" && mkdir -p "$tls"
-(
-  cd "$tls"
-  key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; }
-  key ca.key && openssl req -x509 -new -key ca.key -out ca.crt -days 1 -subj /CN=test-ca
-  key server.key && openssl req -new -key server.key -out server.csr -subj /CN=localhost
-  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >server.ext
-  openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial \
-    -out server.crt -days 1 -extfile server.ext 2>/dev/null
-  chmod 0644 ./*
-) || fail "making TLS certificates"
+key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$tls/$1" 2>/dev/null; }
+key ca.key || fail "TLS: CA key"
+openssl req -x509 -new -key "$tls/ca.key" -out "$tls/ca.crt" -days 1 -subj /CN=test-ca || fail "TLS: CA"
+key server.key || fail "TLS: server key"
+openssl req -new -key "$tls/server.key" -out "$tls/server.csr" -subj /CN=localhost || fail "TLS: request"
+printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >"$tls/server.ext"
+openssl x509 -req -in "$tls/server.csr" -CA "$tls/ca.crt" -CAkey "$tls/ca.key" -CAcreateserial \
+  -out "$tls/server.crt" -days 1 -extfile "$tls/server.ext" 2>/dev/null || fail "TLS: server certificate"
+chmod 0644 "$tls"/* || fail "TLS: permissions"
 "${podman[@]}" rm -f normserve-test >/dev/null 2>&1
 "${podman[@]}" run -d --name normserve-test --network host -v "$tls:/tls:ro" \
   --ulimit nofile=1024:1024 --ulimit nproc=4096:4096 -e NORMSERVE_GRPC_PORT="$grpc" \
