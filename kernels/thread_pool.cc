@@ -39,6 +39,16 @@ bool SpinUntil(const Ready& ready) {
   }
 }
 
+// Runs fn(i); the exception it threw, or null.
+std::exception_ptr RunIndex(const std::function<void(int64_t)>& fn, int64_t i) {
+  try {
+    fn(i);
+  } catch (...) {
+    return std::current_exception();
+  }
+  return nullptr;
+}
+
 }  // namespace
 
 struct ThreadPool::Loop {
@@ -73,12 +83,10 @@ void ThreadPool::Drain(Loop* loop) {
   for (;;) {
     const int64_t i = loop->next.fetch_add(1);
     if (i >= loop->n) return;
-    try {
-      (*loop->fn)(i);
-    } catch (...) {
+    if (std::exception_ptr e = RunIndex(*loop->fn, i)) {
       // Counted as run: the loop ends, and its caller rethrows.
       std::lock_guard<std::mutex> lock(loop->mu);
-      if (loop->error == nullptr) loop->error = std::current_exception();
+      if (loop->error == nullptr) loop->error = e;
     }
     if (loop->done.fetch_add(1, std::memory_order_acq_rel) + 1 == loop->n) {
       std::lock_guard<std::mutex> lock(loop->mu);
@@ -95,11 +103,8 @@ void ThreadPool::ParallelFor(int64_t n,
     // the first exception is rethrown.
     std::exception_ptr error;
     for (int64_t i = 0; i < n; ++i) {
-      try {
-        fn(i);
-      } catch (...) {
-        if (error == nullptr) error = std::current_exception();
-      }
+      std::exception_ptr e = RunIndex(fn, i);
+      if (error == nullptr) error = e;
     }
     if (error != nullptr) std::rethrow_exception(error);
     return;

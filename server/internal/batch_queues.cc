@@ -1,7 +1,6 @@
 #include "server/internal/batch_queues.h"
 
 #include <algorithm>
-#include <iterator>
 
 #include "absl/strings/str_cat.h"
 
@@ -71,26 +70,7 @@ void BatchQueues::DropDead(absl::Time now, const BatchKey* key,
                            Popped* dropped) {
   auto it = key != nullptr ? queues_.find(*key) : queues_.begin();
   while (it != queues_.end()) {
-    Queue& q = it->second;
-    std::deque<std::unique_ptr<Job>> live;
-    q.earliest_deadline = absl::InfiniteFuture();
-    for (std::unique_ptr<Job>& job : q.jobs) {
-      const bool expired = now >= job->deadline;
-      const bool cancelled =
-          !expired && job->is_cancelled && job->is_cancelled();
-      if (!expired && !cancelled) {
-        q.earliest_deadline = std::min(q.earliest_deadline, job->deadline);
-        live.push_back(std::move(job));
-        continue;
-      }
-      q.rows -= job->rows;
-      --size_;
-      bytes_ -= job->bytes;
-      (expired ? dropped->expired : dropped->cancelled)
-          .push_back(std::move(job));
-    }
-    q.jobs = std::move(live);
-    if (q.jobs.empty()) {
+    if (DropDeadJobs(it->second, now, dropped)) {
       queues_.erase(it++);
     } else {
       ++it;
@@ -99,32 +79,57 @@ void BatchQueues::DropDead(absl::Time now, const BatchKey* key,
   }
 }
 
-bool BatchQueues::Ready(const Queue& q, absl::Time now) const {
+bool BatchQueues::DropDeadJobs(Queue& q, absl::Time now, Popped* dropped) {
+  std::deque<std::unique_ptr<Job>> live;
+  q.earliest_deadline = absl::InfiniteFuture();
+  for (std::unique_ptr<Job>& job : q.jobs) {
+    const bool expired = now >= job->deadline;
+    const bool cancelled = !expired && job->is_cancelled && job->is_cancelled();
+    if (!expired && !cancelled) {
+      q.earliest_deadline = std::min(q.earliest_deadline, job->deadline);
+      live.push_back(std::move(job));
+      continue;
+    }
+    q.rows -= job->rows;
+    --size_;
+    bytes_ -= job->bytes;
+    (expired ? dropped->expired : dropped->cancelled).push_back(std::move(job));
+  }
+  q.jobs = std::move(live);
+  return q.jobs.empty();
+}
+
+absl::Time BatchQueues::DelayEnds(const Queue& q, absl::Time now) {
   const absl::Time enqueued = q.jobs.front()->enqueue_time;
-  return q.rows >= q.options.max_batch_rows || now < enqueued ||
-         now >= enqueued + q.options.max_queue_delay;
+  return now < enqueued ? now : enqueued + q.options.max_queue_delay;
+}
+
+bool BatchQueues::Ready(const Queue& q, absl::Time now) const {
+  return q.rows >= q.options.max_batch_rows || now >= DelayEnds(q, now);
 }
 
 std::optional<BatchQueues::Popped> BatchQueues::PopReady(absl::Time now,
                                                          bool flush) {
-  // First the jobs whose deadline has passed, in every queue (a queue that
-  // is not ready, or never wins below while others keep being ready, would
-  // otherwise hold them until its own batch forms).
+  // One pass: the jobs whose deadline has passed leave every queue (a
+  // queue that is not ready, or never wins while others keep being ready,
+  // would otherwise hold them until its own batch forms), and the ready
+  // queue whose oldest job is oldest is found among the rest. Erasing a
+  // queue leaves the other iterators, `best` among them, valid.
   Popped out;
-  for (auto it = queues_.begin(); it != queues_.end();) {
-    auto next = std::next(it);
-    if (now >= it->second.earliest_deadline) {
-      DropDead(now, &it->first, &out);  // may erase `it` only
-    }
-    it = next;
-  }
   auto best = queues_.end();
-  for (auto it = queues_.begin(); it != queues_.end(); ++it) {
-    if (!flush && !Ready(it->second, now)) continue;
-    if (best == queues_.end() || it->second.jobs.front()->enqueue_time <
-                                     best->second.jobs.front()->enqueue_time) {
+  for (auto it = queues_.begin(); it != queues_.end();) {
+    Queue& q = it->second;
+    if (now >= q.earliest_deadline && DropDeadJobs(q, now, &out)) {
+      queues_.erase(it++);
+      continue;
+    }
+    if ((flush || Ready(q, now)) &&
+        (best == queues_.end() ||
+         q.jobs.front()->enqueue_time <
+             best->second.jobs.front()->enqueue_time)) {
       best = it;
     }
+    ++it;
   }
   if (best == queues_.end()) {
     if (out.expired.empty() && out.cancelled.empty()) return std::nullopt;
@@ -163,10 +168,8 @@ std::optional<BatchQueues::Popped> BatchQueues::PopReady(absl::Time now,
 absl::Time BatchQueues::NextReadyTime(absl::Time now) const {
   absl::Time next = absl::InfiniteFuture();
   for (const auto& [key, q] : queues_) {
-    const absl::Time enqueued = q.jobs.front()->enqueue_time;
-    const absl::Time ready =
-        now < enqueued ? now : enqueued + q.options.max_queue_delay;
-    next = std::min({next, ready, std::max(now, q.earliest_deadline)});
+    next =
+        std::min({next, DelayEnds(q, now), std::max(now, q.earliest_deadline)});
   }
   return next;
 }

@@ -72,9 +72,12 @@ class BatchQueues {
     std::deque<std::unique_ptr<Job>> jobs;
     int64_t rows = 0;
     // At or before every job's deadline (jobs popped since may have held
-    // it: DropDead makes it exact again).
+    // it: DropDeadJobs makes it exact again).
     absl::Time earliest_deadline = absl::InfiniteFuture();
   };
+  // When q's oldest job has waited max_queue_delay; `now` if that job's
+  // enqueue time lies after it (the clock stepped back).
+  static absl::Time DelayEnds(const Queue& q, absl::Time now);
   bool Ready(const Queue& q, absl::Time now) const;
   // Why `job` cannot be queued now, or OK.
   absl::Status Full(const Job& job) const;
@@ -82,6 +85,9 @@ class BatchQueues {
   // Moves the expired and cancelled jobs of `key`'s queue, or of every
   // queue (key null), into *dropped.
   void DropDead(absl::Time now, const BatchKey* key, Popped* dropped);
+  // The same for one queue, which it leaves in queues_; true if it is now
+  // empty (the caller erases it).
+  bool DropDeadJobs(Queue& q, absl::Time now, Popped* dropped);
 
   const int64_t max_queued_bytes_;
   absl::flat_hash_map<BatchKey, Queue> queues_;
