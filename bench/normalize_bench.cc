@@ -148,4 +148,13 @@ BENCHMARK(BM_AddNorm)->Apply(AddNormArgs)->UseRealTime();
 }  // namespace
 }  // namespace normserve::bench
 
-BENCHMARK_MAIN();
+int main(int argc, char** argv) {
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  // The SIMD target Highway chose on this CPU: results of different targets
+  // do not compare.
+  benchmark::AddCustomContext("kernel_target", normserve::KernelTargetName());
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
