@@ -15,7 +15,7 @@
 // pass 1; longer 16-bit rows in place, converting again. The values are the
 // same either way. Sums run over blocks of kBlock elements, each kept as 64
 // partial sums whatever the vector width and folded in a fixed order (see
-// "The fixed reduction order"), each block's sum added to a double: the
+// "The fixed reduction order" below), each block's sum added to a double: the
 // order depends only on D, so every target (AVX-512, AVX2, SSE4, ...) gives
 // the same bits, up to whether it fuses multiply-adds. Rows of D <=
 // kStaggerMaxDim interleave their passes with the next row's, to hide the
@@ -178,12 +178,10 @@ enum class Centring { kShiftThenMean, kMean, kNone };
 
 // ---- Reductions over a float32 row ----
 
-// ---- The fixed reduction order ----
-//
-// Each block's sum is kept as kVirtualLanes partial sums, whatever the
-// vector width: element j of the block goes to partial j mod kVirtualLanes.
-// A target of n lanes holds them in kVirtualLanes / n vectors (4 with
-// AVX-512, 8 with AVX2, 16 with SSE4), partial k·n + l in lane l of vector
+// The fixed reduction order. Each block's sum is kept as kVirtualLanes partial
+// sums, whatever the vector width: element j of the block goes to partial j mod
+// kVirtualLanes. A target of n lanes holds them in kVirtualLanes / n vectors (4
+// with AVX-512, 8 with AVX2, 16 with SSE4), partial k·n + l in lane l of vector
 // k. The partials are then folded in halves: partial j plus partial
 // j + W/2, for W = kVirtualLanes, ..., 2, first across the vectors, then
 // across the lanes of the last one. A block's last elements that fill no
@@ -211,15 +209,15 @@ HWY_INLINE float FoldLanes(D tag, hn::Vec<D> v) {
 #endif
 }
 
-// The fold of kVectors partial vectors (a power of two), then of their lanes.
-template <size_t kVectors, class D>
-HWY_INLINE float FoldPartials(D tag, hn::Vec<D> (&partials)[kVectors]) {
+// Folds kVectors partial vectors (a power of two) into vectors[0]: vector k
+// plus vector k + W/2, for W = kVectors, ..., 2.
+template <size_t kVectors, class V>
+HWY_INLINE void FoldVectors(V (&vectors)[kVectors]) {
   for (size_t width = kVectors; width > 1; width /= 2) {
     for (size_t k = 0; k < width / 2; ++k) {
-      partials[k] = hn::Add(partials[k], partials[k + width / 2]);
+      vectors[k] = hn::Add(vectors[k], vectors[k + width / 2]);
     }
   }
-  return FoldLanes(tag, partials[0]);
 }
 
 // f(std::integral_constant<size_t, k>()) for each k of the sequence, in order.
@@ -252,10 +250,11 @@ RowSums SumRow(size_t d, float shift, float center, const Loader& load_ref,
   static_assert(kVirtualLanes % n == 0 && kBlock % kVirtualLanes == 0);
   constexpr size_t kVectors = kVirtualLanes / n;
   // Partial vectors per sweep over a block: 4 of each sum, so that both
-  // fit in the 16 registers of AVX2 and SSE4 (kept whole, AVX2's 8 + 8
-  // spilled, 15-45 % slower on LayerNorm rows in cache).
-  constexpr size_t kLive = kVectors < 4 ? kVectors : 4;
+  // sums fit in the 16 registers of AVX2 and SSE4 (AVX2's 8 + 8 at once
+  // spilled: LayerNorm rows in cache ran 15-45 % slower).
+  constexpr size_t kLive = 4;
   constexpr size_t kSweeps = kVectors / kLive;
+  static_assert(kSweeps * kLive == kVectors, "at most 16 lanes");
   // The terms at element i: u, and what is squared (u, or u − center).
   auto terms = [&](auto tag, size_t i) NORMSERVE_INLINE_LAMBDA {
     auto u = load(tag, i);
@@ -272,64 +271,77 @@ RowSums SumRow(size_t d, float shift, float center, const Loader& load_ref,
   RowSums total;
   for (size_t start = 0; start < d; start += kBlock) {
     const size_t len = d - start < kBlock ? d - start : kBlock;
-    V linear[kVectors], squares[kVectors];
-    auto accumulate = [&](size_t k, V u, V squared) NORMSERVE_INLINE_LAMBDA {
-      if constexpr (kLinear) linear[k] = hn::Add(linear[k], u);
-      squares[k] = hn::MulAdd(squared, squared, squares[k]);
-    };
-    // The whole chunks of kVirtualLanes elements, in sweeps of kLive
-    // partial vectors: sweep s adds each chunk's vectors s·kLive, ...,
-    // s·kLive + kLive − 1. Each partial still adds its elements in order.
+    // The whole chunks of kVirtualLanes elements, then the block's last
+    // len − whole elements: whole vectors into their partials, and the rest
+    // through a zero-padded vector (computed here, added in its sweep).
     const size_t whole = len - len % kVirtualLanes;
-    ForEachIndex(
-        std::make_index_sequence<kSweeps>(),
-        [&](auto sweep) NORMSERVE_INLINE_LAMBDA {
-          constexpr size_t kFirst = decltype(sweep)::value * kLive;
-          V live_linear[kLive], live_squares[kLive];
-          for (size_t k = 0; k < kLive; ++k) {
-            live_linear[k] = hn::Zero(df);
-            live_squares[k] = hn::Zero(df);
-          }
-          for (size_t i = 0; i < whole; i += kVirtualLanes) {
-            for (size_t k = 0; k < kLive; ++k) {
-              const auto [u, squared] = terms(df, start + i + (kFirst + k) * n);
-              if constexpr (kLinear)
-                live_linear[k] = hn::Add(live_linear[k], u);
-              live_squares[k] = hn::MulAdd(squared, squared, live_squares[k]);
-            }
-          }
-          for (size_t k = 0; k < kLive; ++k) {
-            linear[kFirst + k] = live_linear[k];
-            squares[kFirst + k] = live_squares[k];
-          }
-        });
-    // The block's last len − whole < kVirtualLanes elements: whole vectors
-    // into their partials, then the rest through a zero-padded vector.
-    // Partials indexed at compile time (unrolled), so they stay in registers.
-    if (whole < len) {
-      const size_t tail_vectors = (len - whole) / n;
-      const size_t padded = whole + tail_vectors * n;
-      HWY_ALIGN float u_pad[n] = {};
-      HWY_ALIGN float squared_pad[n] = {};
+    const size_t tail_vectors = (len - whole) / n;
+    const size_t padded = whole + tail_vectors * n;
+    HWY_ALIGN float u_pad[n];
+    HWY_ALIGN float squared_pad[n];
+    if (padded < len) {
+      for (size_t l = 0; l < n; ++l) u_pad[l] = squared_pad[l] = 0.0f;
       for (size_t l = 0; padded + l < len; ++l) {
         const auto [u, squared] = terms(d1, start + padded + l);
         u_pad[l] = hn::GetLane(u);
         squared_pad[l] = hn::GetLane(squared);
       }
-      ForEachIndex(
-          std::make_index_sequence<kVectors>(),
-          [&](auto vector) NORMSERVE_INLINE_LAMBDA {
-            constexpr size_t k = decltype(vector)::value;
-            if (k < tail_vectors) {
-              const auto [u, squared] = terms(df, start + whole + k * n);
-              accumulate(k, u, squared);
-            } else if (k == tail_vectors && padded < len) {
-              accumulate(k, hn::Load(df, u_pad), hn::Load(df, squared_pad));
-            }
-          });
     }
-    if constexpr (kLinear) total.linear += FoldPartials(df, linear);
-    total.squares += FoldPartials(df, squares);
+    // Sweep s adds the partial vectors k = s, s + kSweeps, ... (kLive of
+    // them, in registers) and folds them to one: the fold's first steps
+    // pair vectors within a sweep. Each partial still adds its elements in
+    // order.
+    V linear[kSweeps], squares[kSweeps];
+    ForEachIndex(
+        std::make_index_sequence<kSweeps>(),
+        [&](auto sweep) NORMSERVE_INLINE_LAMBDA {
+          constexpr size_t kSweep = decltype(sweep)::value;
+          // Four partial vectors of each sum as named locals, not arrays:
+          // GCC keeps arrays of vectors in memory across the tail's branches.
+          V l0 = hn::Zero(df), l1 = l0, l2 = l0, l3 = l0;
+          V q0 = l0, q1 = l0, q2 = l0, q3 = l0;
+          auto add = [&](auto slot, V u, V squared) NORMSERVE_INLINE_LAMBDA {
+            constexpr size_t m = decltype(slot)::value;
+            V& l = m == 0 ? l0 : m == 1 ? l1 : m == 2 ? l2 : l3;
+            V& q = m == 0 ? q0 : m == 1 ? q1 : m == 2 ? q2 : q3;
+            if constexpr (kLinear) l = hn::Add(l, u);
+            q = hn::MulAdd(squared, squared, q);
+          };
+          for (size_t i = 0; i < whole; i += kVirtualLanes) {
+            ForEachIndex(
+                std::make_index_sequence<kLive>(),
+                [&](auto slot) NORMSERVE_INLINE_LAMBDA {
+                  constexpr size_t k = kSweep + decltype(slot)::value * kSweeps;
+                  const auto [u, squared] = terms(df, start + i + k * n);
+                  add(slot, u, squared);
+                });
+          }
+          if (whole < len) {
+            ForEachIndex(
+                std::make_index_sequence<kLive>(),
+                [&](auto slot) NORMSERVE_INLINE_LAMBDA {
+                  constexpr size_t k = kSweep + decltype(slot)::value * kSweeps;
+                  if (k < tail_vectors) {
+                    const auto [u, squared] = terms(df, start + whole + k * n);
+                    add(slot, u, squared);
+                  } else if (k == tail_vectors && padded < len) {
+                    add(slot, hn::Load(df, u_pad), hn::Load(df, squared_pad));
+                  }
+                });
+          }
+          // Slot m + 2 onto slot m, then slot 1 onto slot 0.
+          l0 = hn::Add(l0, l2);
+          l1 = hn::Add(l1, l3);
+          q0 = hn::Add(q0, q2);
+          q1 = hn::Add(q1, q3);
+          linear[kSweep] = hn::Add(l0, l1);
+          squares[kSweep] = hn::Add(q0, q1);
+        });
+    // The fold's last steps: across the sweeps, then across the lanes.
+    FoldVectors(linear);
+    FoldVectors(squares);
+    if constexpr (kLinear) total.linear += FoldLanes(df, linear[0]);
+    total.squares += FoldLanes(df, squares[0]);
   }
   return total;
 }
@@ -360,7 +372,8 @@ float RowShift(size_t d, const Loader& first) {
   for (size_t k = 0; k < kShiftValues / n; ++k) {
     scaled[k] = hn::Mul(first(df, k * n), scale);
   }
-  return FoldPartials(df, scaled);
+  FoldVectors(scaled);
+  return FoldLanes(df, scaled[0]);
 }
 
 // The double-precision path for rows whose float32 statistics overflow or
