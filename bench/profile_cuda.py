@@ -89,11 +89,14 @@ def parse_details_csv(text):
 
 
 def short_kernel(name):
-    """StagedWarpKernel<BF16, BF16, 6> from the demangled name."""
-    m = re.search(r"(\w+Kernel)<([^()]*)>", name)
+    """StagedWarpKernel<BF16, BF16, 6> from the demangled name (namespaces
+    left out, also from enum arguments: StagedBlockKernel<F32, F32, true,
+    (RowVariant)1>)."""
+    m = re.search(r"(\w+Kernel)<(.*)>", name)
     if not m:
         return name
-    args = ", ".join(a.strip().split("::")[-1] for a in m.group(2).split(","))
+    args = re.sub(r"(\w+::)+", "", m.group(2))
+    args = ", ".join(a.strip() for a in args.split(","))
     return "%s<%s>" % (m.group(1), args)
 
 

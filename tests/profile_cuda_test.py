@@ -64,6 +64,15 @@ class ParseTest(unittest.TestCase):
         self.assertEqual(cells[5], "0.81")
         self.assertEqual(cells[8], "290.5 usecond")
 
+    def test_kernel_names_lose_their_namespaces(self):
+        self.assertEqual(
+            profile_cuda.short_kernel(
+                "void normserve::cuda::internal::<unnamed>::StagedBlockKernel<"
+                "normserve::cuda::internal::F32, normserve::cuda::internal::F16"
+                ", true, (normserve::cuda::internal::RowVariant)1>("
+                "normserve::cuda::internal::KernelArgs)"),
+            "StagedBlockKernel<F32, F16, true, (RowVariant)1>")
+
 
 if __name__ == "__main__":
     unittest.main()

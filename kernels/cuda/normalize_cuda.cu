@@ -306,7 +306,15 @@ __global__ void __launch_bounds__(kWarpRowsPerBlock* kSubWarpThreads, 8)
 // every row held the kernel below copy speed (holding them measured
 // 1.06–1.31× faster on an H200 at D = 8192 and 16384, LayerNorm
 // 1.19–1.26×; bench/results/cuda_2026-11-26/).
-template <typename In, typename Out>
+//
+// One kernel per kind and variant, chosen on the host (ForKindAndVariant in
+// LaunchStaged): compiled as one kernel that branched on them, the four
+// paths shared one register allocation and, beside 64 held weights per
+// thread, spilled (ptxas -v, sm_90: 1636-1716 bytes of spill stores per
+// thread for float16 rows, 52-176 for the others). Alone, LayerNorm with
+// γ and β and RMSNorm with γ spill nothing, and RMSNorm with γ takes 64-76
+// registers (bench/results/cuda_staged_block_spills_2026-11-27.md).
+template <typename In, typename Out, bool kLayer, RowVariant kV>
 __global__ void __launch_bounds__(kBlockMaxThreads)
     StagedBlockKernel(const KernelArgs a) {
   using Bits = typename In::Bits;
@@ -319,20 +327,30 @@ __global__ void __launch_bounds__(kBlockMaxThreads)
   auto* buffers = StagedGroupBuffers(
       reinterpret_cast<Pack<Bits, V>*>(staged_smem), a, V, 0);
   CpAsyncCopier copier;
-  ForKindAndVariant(a, true, [&](auto layer, auto variant) {
-    constexpr RowVariant kV = decltype(variant)::value;
-    const HeldWeights<kPacks, V, kV> weights(a, t, T);
-    StagedRows<kPacks, In, kV>(
-        a, blockIdx.x, gridDim.x, buffers, t, T, copier,
-        [] { __syncthreads(); },
-        [&](int64_t row, const Pack<Bits, V>* buffer) {
-          const RowPointers<In, Out, true> ptr(a, row);
-          const SharedRow<In, Out, kPacks> src{ptr, buffer, t, T};
-          NormalizeRow<decltype(layer)::value>(
-              a, row, ptr, src, BlockGroup{&scratch}, t == 0, weights);
-        });
-  });
+  const HeldWeights<kPacks, V, kV> weights(a, t, T);
+  StagedRows<kPacks, In, kV>(
+      a, blockIdx.x, gridDim.x, buffers, t, T, copier, [] { __syncthreads(); },
+      [&](int64_t row, const Pack<Bits, V>* buffer) {
+        const RowPointers<In, Out, true> ptr(a, row);
+        const SharedRow<In, Out, kPacks> src{ptr, buffer, t, T};
+        NormalizeRow<kLayer>(a, row, ptr, src, BlockGroup{&scratch}, t == 0,
+                             weights);
+      });
 }
+
+// Sets *kernel to the StagedBlockKernel of the kind and variant
+// ForKindAndVariant passes it, on the host. A functor rather than a lambda:
+// ForKindAndVariant is a host and device function, and may not call a host
+// lambda.
+template <typename In, typename Out>
+struct StagedBlockKernelOf {
+  const void** kernel;
+  template <typename Layer, typename Variant>
+  NORMSERVE_HD void operator()(Layer, Variant) const {
+    *kernel = reinterpret_cast<const void*>(
+        &StagedBlockKernel<In, Out, Layer::value, Variant::value>);
+  }
+};
 
 // The staged streaming mapping: rows too long for the block mapping that
 // fit in shared memory (16-bit rows up to about 115K elements, float32 up to
@@ -479,7 +497,7 @@ bool LaunchStaged(const KernelArgs& a, const LaunchPlan& plan,
     // plan.staged bounds the row to what kStreamingStagedPacks covers.
     kernel = reinterpret_cast<const void*>(&StagedStreamingKernel<In, Out>);
   } else {
-    kernel = reinterpret_cast<const void*>(&StagedBlockKernel<In, Out>);
+    ForKindAndVariant(a, true, StagedBlockKernelOf<In, Out>{&kernel});
   }
   if (kernel == nullptr) return false;
   size_t smem = smem_of(staged);
