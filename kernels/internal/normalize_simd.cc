@@ -2,7 +2,7 @@
 // chosen at run time (no -march flags: the binary runs on any x86-64).
 //
 // Per row of LayerNorm, with z = input [+ residual], s = the mean of the
-// row's first 16 values (RowShift) and u = z − s:
+// row's first vector (RowShift) and u = z − s:
 // (1) Σu and Σu², reading the input from memory. Where s is close to the
 //     mean, as it nearly always is, var = Σu²/D − (Σu/D)² is accurate
 //     (layer_norm_statistics says how close); otherwise
@@ -13,30 +13,19 @@
 // What they read depends on the input: float32 rows in place; 16-bit rows of
 // D <= kKeepMaxDim, and every row with a residual, as u, kept in float32 by
 // pass 1; longer 16-bit rows in place, converting again. The values are the
-// same either way. Sums run over blocks of kBlock elements, each kept as 64
-// partial sums whatever the vector width and folded in a fixed order (see
-// "The fixed reduction order" below), each block's sum added to a double: the
-// order depends only on D, so every target (AVX-512, AVX2, SSE4, ...) gives
-// the same bits, up to whether it fuses multiply-adds. Rows of D <=
-// kStaggerMaxDim interleave their passes with the next row's, to hide the
-// latency between passes.
+// same either way. Sums run over blocks of kBlock elements in four vector
+// accumulators, each block reduced to a float and added to a double: the
+// order depends only on D and the vector width. Rows of D <= kStaggerMaxDim
+// interleave their passes with the next row's, to hide the latency between
+// passes.
 #include <cmath>
 #include <cstring>
 #include <type_traits>
-#include <utility>
 #include <vector>
 
 #include "kernels/dtype.h"
 #include "kernels/internal/normalize_rows.h"
 #include "kernels/normalize.h"
-
-// The fixed reduction order needs a lane count known at compile time, which
-// scalable vectors (SVE, RISC-V V) do not have: those targets are left out
-// (Arm builds run NEON).
-#ifndef HWY_DISABLED_TARGETS
-#define HWY_DISABLED_TARGETS \
-  (HWY_SVE | HWY_SVE2 | HWY_SVE_256 | HWY_SVE2_128 | HWY_RVV)
-#endif
 
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "kernels/internal/normalize_simd.cc"
@@ -178,56 +167,7 @@ enum class Centring { kShiftThenMean, kMean, kNone };
 
 // ---- Reductions over a float32 row ----
 
-// The fixed reduction order. Each block's sum is kept as kVirtualLanes partial
-// sums, whatever the vector width: element j of the block goes to partial j mod
-// kVirtualLanes. A target of n lanes holds them in kVirtualLanes / n vectors (4
-// with AVX-512, 8 with AVX2, 16 with SSE4), partial k·n + l in lane l of vector
-// k. The partials are then folded in halves: partial j plus partial
-// j + W/2, for W = kVirtualLanes, ..., 2, first across the vectors, then
-// across the lanes of the last one. A block's last elements that fill no
-// whole vector go through a zero-padded vector; adding the zeros changes no
-// partial (a partial sum that starts at +0 is never −0). So the order of
-// every addition depends on D alone, and every target computes the same
-// sums; they differ only in whether a multiply-add rounds once or twice.
-constexpr size_t kVirtualLanes = 64;
-
-// Lane 0 plus lane n/2 and so on down to one lane: the last steps of the
-// fold.
-template <class D>
-HWY_INLINE float FoldLanes(D tag, hn::Vec<D> v) {
-  (void)tag;
-#if HWY_TARGET == HWY_SCALAR  // one lane, and no UpperHalf
-  return hn::GetLane(v);
-#else
-  if constexpr (hn::MaxLanes(D()) == 1) {
-    return hn::GetLane(v);
-  } else {
-    const hn::Half<D> half;
-    return FoldLanes(half,
-                     hn::Add(hn::LowerHalf(half, v), hn::UpperHalf(half, v)));
-  }
-#endif
-}
-
-// Folds kVectors partial vectors (a power of two) into vectors[0]: vector k
-// plus vector k + W/2, for W = kVectors, ..., 2.
-template <size_t kVectors, class V>
-HWY_INLINE void FoldVectors(V (&vectors)[kVectors]) {
-  for (size_t width = kVectors; width > 1; width /= 2) {
-    for (size_t k = 0; k < width / 2; ++k) {
-      vectors[k] = hn::Add(vectors[k], vectors[k + width / 2]);
-    }
-  }
-}
-
-// f(std::integral_constant<size_t, k>()) for each k of the sequence, in order.
-template <size_t... kIndex, class F>
-HWY_INLINE void ForEachIndex(std::index_sequence<kIndex...>, F&& f) {
-  (f(std::integral_constant<size_t, kIndex>()), ...);
-}
-
-// Sums of a row in the fixed order above, over blocks of kBlock elements,
-// each block's sum rounded to float and added to a double.
+// Sums of a row in the fixed block order described at the top of the file.
 // `load(tag, i)` returns the Lanes(tag) values of v at i (and may convert and
 // store them as it goes); u = v − shift, less what kCentring leaves out.
 //   kLinear: Σu and Σu² (LayerNorm's first pass: the mean is not known yet);
@@ -245,103 +185,45 @@ RowSums SumRow(size_t d, float shift, float center, const Loader& load_ref,
   const Loader load = load_ref;  // as in OutputRow: a loader may store
   const hn::ScalableTag<float> df;
   const hn::CappedTag<float, 1> d1;
-  using V = hn::Vec<decltype(df)>;
-  constexpr size_t n = hn::MaxLanes(df);
-  static_assert(kVirtualLanes % n == 0 && kBlock % kVirtualLanes == 0);
-  constexpr size_t kVectors = kVirtualLanes / n;
-  // Partial vectors per sweep over a block: 4 of each sum, so that both
-  // sums fit in the 16 registers of AVX2 and SSE4 (AVX2's 8 + 8 at once
-  // spilled: LayerNorm rows in cache ran 15-45 % slower).
-  constexpr size_t kLive = 4;
-  constexpr size_t kSweeps = kVectors / kLive;
-  static_assert(kSweeps * kLive == kVectors, "at most 16 lanes");
-  // The terms at element i: u, and what is squared (u, or u − center).
-  auto terms = [&](auto tag, size_t i) NORMSERVE_INLINE_LAMBDA {
-    auto u = load(tag, i);
-    if constexpr (kCentring == Centring::kShiftThenMean) {
-      u = hn::Sub(u, hn::Set(tag, shift));
-    }
-    if constexpr (kKeep) hn::StoreU(u, tag, kept + i);
-    auto squared = u;
-    if constexpr (!kLinear && kCentring != Centring::kNone) {
-      squared = hn::Sub(u, hn::Set(tag, center));
-    }
-    return std::make_pair(u, squared);
-  };
+  const size_t n = hn::Lanes(df);
+  auto accumulate = [&](auto tag, auto& linear, auto& squares, size_t i)
+                        NORMSERVE_INLINE_LAMBDA {
+                          auto u = load(tag, i);
+                          if constexpr (kCentring == Centring::kShiftThenMean) {
+                            u = hn::Sub(u, hn::Set(tag, shift));
+                          }
+                          if constexpr (kKeep) hn::StoreU(u, tag, kept + i);
+                          if constexpr (kLinear) {
+                            linear = hn::Add(linear, u);
+                          } else if constexpr (kCentring != Centring::kNone) {
+                            u = hn::Sub(u, hn::Set(tag, center));
+                          }
+                          squares = hn::MulAdd(u, u, squares);
+                        };
   RowSums total;
   for (size_t start = 0; start < d; start += kBlock) {
     const size_t len = d - start < kBlock ? d - start : kBlock;
-    // The whole chunks of kVirtualLanes elements, then the block's last
-    // len − whole elements: whole vectors into their partials, and the rest
-    // through a zero-padded vector (computed here, added in its sweep).
-    const size_t whole = len - len % kVirtualLanes;
-    const size_t tail_vectors = (len - whole) / n;
-    const size_t padded = whole + tail_vectors * n;
-    HWY_ALIGN float u_pad[n];
-    HWY_ALIGN float squared_pad[n];
-    if (padded < len) {
-      for (size_t l = 0; l < n; ++l) u_pad[l] = squared_pad[l] = 0.0f;
-      for (size_t l = 0; padded + l < len; ++l) {
-        const auto [u, squared] = terms(d1, start + padded + l);
-        u_pad[l] = hn::GetLane(u);
-        squared_pad[l] = hn::GetLane(squared);
-      }
+    auto l0 = hn::Zero(df), l1 = hn::Zero(df), l2 = hn::Zero(df),
+         l3 = hn::Zero(df);
+    auto q0 = hn::Zero(df), q1 = hn::Zero(df), q2 = hn::Zero(df),
+         q3 = hn::Zero(df);
+    size_t i = 0;
+    for (; i + 4 * n <= len; i += 4 * n) {
+      accumulate(df, l0, q0, start + i);
+      accumulate(df, l1, q1, start + i + n);
+      accumulate(df, l2, q2, start + i + 2 * n);
+      accumulate(df, l3, q3, start + i + 3 * n);
     }
-    // Sweep s adds the partial vectors k = s, s + kSweeps, ... (kLive of
-    // them, in registers) and folds them to one: the fold's first steps
-    // pair vectors within a sweep. Each partial still adds its elements in
-    // order.
-    V linear[kSweeps], squares[kSweeps];
-    ForEachIndex(
-        std::make_index_sequence<kSweeps>(),
-        [&](auto sweep) NORMSERVE_INLINE_LAMBDA {
-          constexpr size_t kSweep = decltype(sweep)::value;
-          // Four partial vectors of each sum as named locals, not arrays:
-          // GCC keeps arrays of vectors in memory across the tail's branches.
-          V l0 = hn::Zero(df), l1 = l0, l2 = l0, l3 = l0;
-          V q0 = l0, q1 = l0, q2 = l0, q3 = l0;
-          auto add = [&](auto slot, V u, V squared) NORMSERVE_INLINE_LAMBDA {
-            constexpr size_t m = decltype(slot)::value;
-            V& l = m == 0 ? l0 : m == 1 ? l1 : m == 2 ? l2 : l3;
-            V& q = m == 0 ? q0 : m == 1 ? q1 : m == 2 ? q2 : q3;
-            if constexpr (kLinear) l = hn::Add(l, u);
-            q = hn::MulAdd(squared, squared, q);
-          };
-          for (size_t i = 0; i < whole; i += kVirtualLanes) {
-            ForEachIndex(
-                std::make_index_sequence<kLive>(),
-                [&](auto slot) NORMSERVE_INLINE_LAMBDA {
-                  constexpr size_t k = kSweep + decltype(slot)::value * kSweeps;
-                  const auto [u, squared] = terms(df, start + i + k * n);
-                  add(slot, u, squared);
-                });
-          }
-          if (whole < len) {
-            ForEachIndex(
-                std::make_index_sequence<kLive>(),
-                [&](auto slot) NORMSERVE_INLINE_LAMBDA {
-                  constexpr size_t k = kSweep + decltype(slot)::value * kSweeps;
-                  if (k < tail_vectors) {
-                    const auto [u, squared] = terms(df, start + whole + k * n);
-                    add(slot, u, squared);
-                  } else if (k == tail_vectors && padded < len) {
-                    add(slot, hn::Load(df, u_pad), hn::Load(df, squared_pad));
-                  }
-                });
-          }
-          // Slot m + 2 onto slot m, then slot 1 onto slot 0.
-          l0 = hn::Add(l0, l2);
-          l1 = hn::Add(l1, l3);
-          q0 = hn::Add(q0, q2);
-          q1 = hn::Add(q1, q3);
-          linear[kSweep] = hn::Add(l0, l1);
-          squares[kSweep] = hn::Add(q0, q1);
-        });
-    // The fold's last steps: across the sweeps, then across the lanes.
-    FoldVectors(linear);
-    FoldVectors(squares);
-    if constexpr (kLinear) total.linear += FoldLanes(df, linear[0]);
-    total.squares += FoldLanes(df, squares[0]);
+    for (; i + n <= len; i += n) accumulate(df, l0, q0, start + i);
+    auto linear_tail = hn::Zero(d1), squares_tail = hn::Zero(d1);
+    for (; i < len; ++i) accumulate(d1, linear_tail, squares_tail, start + i);
+    auto block = [&](auto a0, auto a1, auto a2, auto a3, auto tail) {
+      const auto sum = hn::Add(hn::Add(a0, a1), hn::Add(a2, a3));
+      return static_cast<double>(hn::GetLane(hn::SumOfLanes(df, sum)) +
+                                 hn::GetLane(tail));
+    };
+    if constexpr (kLinear) total.linear += block(l0, l1, l2, l3, linear_tail);
+    total.squares += block(q0, q1, q2, q3, squares_tail);
   }
   return total;
 }
@@ -355,25 +237,18 @@ bool AllEqual(const float* z, size_t d, float value) {
 }
 
 // The shift LayerNorm subtracts before it sums: the mean of the row's first
-// kShiftValues values (its first value when shorter), so usually within a
-// fraction of a standard deviation of the row's mean, summed in the fold
-// order of the partials. Scaled before the sum, which cannot overflow; where
-// it is inexact (a denormal scaled) the statistics are still right, only the
-// first pass's check has a little more to reject.
-constexpr size_t kShiftValues = 16;
-
+// vector (its first value when shorter), so usually within a fraction of a
+// standard deviation of the row's mean. Scaled before the sum, which cannot
+// overflow; where it is inexact (a denormal scaled) the statistics are still
+// right, only the first pass's check has a little more to reject.
 template <class Loader>
 float RowShift(size_t d, const Loader& first) {
-  const hn::CappedTag<float, kShiftValues> df;
-  constexpr size_t n = hn::MaxLanes(df);
-  if (d < kShiftValues) return hn::GetLane(first(hn::CappedTag<float, 1>(), 0));
-  const auto scale = hn::Set(df, 1.0f / static_cast<float>(kShiftValues));
-  hn::Vec<decltype(df)> scaled[kShiftValues / n];
-  for (size_t k = 0; k < kShiftValues / n; ++k) {
-    scaled[k] = hn::Mul(first(df, k * n), scale);
-  }
-  FoldVectors(scaled);
-  return FoldLanes(df, scaled[0]);
+  const hn::ScalableTag<float> df;
+  const size_t n = hn::Lanes(df);
+  if (d < n) return hn::GetLane(first(hn::CappedTag<float, 1>(), 0));
+  const auto scaled =
+      hn::Mul(first(df, 0), hn::Set(df, 1.0f / static_cast<float>(n)));
+  return hn::GetLane(hn::SumOfLanes(df, scaled));
 }
 
 // The double-precision path for rows whose float32 statistics overflow or
@@ -970,8 +845,6 @@ void NormalizeRowsTarget(const RowSegment& s, int64_t row_begin,
 
 const char* TargetNameTarget() { return hwy::TargetName(HWY_TARGET); }
 
-bool FusesMultiplyAddTarget() { return HWY_NATIVE_FMA != 0; }
-
 }  // namespace HWY_NAMESPACE
 }  // namespace normserve
 HWY_AFTER_NAMESPACE();
@@ -981,17 +854,12 @@ namespace normserve {
 
 HWY_EXPORT(NormalizeRowsTarget);
 HWY_EXPORT(TargetNameTarget);
-HWY_EXPORT(FusesMultiplyAddTarget);
 
 namespace internal {
 void NormalizeRowsSimd(const RowSegment& segment, int64_t row_begin,
                        int64_t row_end, bool streaming_stores) {
   HWY_DYNAMIC_DISPATCH(NormalizeRowsTarget)
   (segment, row_begin, row_end, streaming_stores);
-}
-
-bool KernelTargetFusesMultiplyAdd() {
-  return HWY_DYNAMIC_DISPATCH(FusesMultiplyAddTarget)();
 }
 }  // namespace internal
 
