@@ -311,9 +311,10 @@ __global__ void __launch_bounds__(kWarpRowsPerBlock* kSubWarpThreads, 8)
 // LaunchStaged): compiled as one kernel that branched on them, the four
 // paths shared one register allocation and, beside 64 held weights per
 // thread, spilled (ptxas -v, sm_90: 1636-1716 bytes of spill stores per
-// thread from float16 to a 16-bit output, 52-176 for the other pairs). Alone, LayerNorm with
-// γ and β and RMSNorm with γ spill nothing, and RMSNorm with γ takes 64-76
-// registers (bench/results/cuda_staged_block_spills_2026-11-27.md).
+// thread from float16 to a 16-bit output, 52-176 for the other pairs).
+// Alone, LayerNorm with γ and β and RMSNorm with γ spill nothing, and
+// RMSNorm with γ takes 64-76 registers
+// (bench/results/cuda_staged_block_spills_2026-11-27.md).
 template <typename In, typename Out, bool kLayer, RowVariant kV>
 __global__ void __launch_bounds__(kBlockMaxThreads)
     StagedBlockKernel(const KernelArgs a) {
