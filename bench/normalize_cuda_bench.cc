@@ -19,7 +19,9 @@
 // {residual} runs LayerNorm (add = 1: add & norm, as BM_CudaAddNorm) on the
 // same rows through the internal launch, either with staging off (staged =
 // 0: the register kernels) or staged with the given StagedTuning (residual:
-// StagedTuning::Residual's value), so that one run
+// StagedTuning::Residual's value; rows_per_group -1: kAutoRowsPerGroup, so
+// that with 2 buffers and residual 0 the case is the default launch), so
+// that one run
 // measures the launch choices against each other on this GPU; the label
 // names the choice, and bench/tuning_report.py tabulates them. It is left
 // out of the default run of tests/gpu_checks.sh's benchmark step, which
@@ -286,9 +288,12 @@ void BM_CudaTuning(benchmark::State& state) {
     label += ", registers";
   } else {
     label += ", staged, " + std::to_string(report.stages) + " buffers, ";
-    label += tuning.rows_per_group == 0
-                 ? std::string("resident blocks")
-                 : std::to_string(tuning.rows_per_group) + " rows per group";
+    const int per_group = RowsPerGroup(plan, tuning);
+    label += per_group == 0 ? std::string("resident blocks")
+                            : std::to_string(per_group) + " rows per group";
+    if (tuning.rows_per_group == StagedTuning::kAutoRowsPerGroup) {
+      label += " (default)";
+    }
     label += ", " + std::to_string(report.blocks) + " blocks";
     if (add) {
       label += report.residual_staged ? ", residual beside x"
@@ -299,9 +304,9 @@ void BM_CudaTuning(benchmark::State& state) {
 }
 
 // The shapes where the plan stages rows (float32 from D = 4096, 16-bit at
-// every D), LayerNorm and add & norm, each with staging off and with 2–4
-// buffers and three grids; add & norm also with its residual beside x and
-// from memory (2 buffers, resident blocks).
+// every D), LayerNorm and add & norm, each with staging off, the default
+// launch, and 2–4 buffers with three grids; add & norm also with its
+// residual beside x and from memory (2 buffers, resident blocks).
 void TuningCases(benchmark::internal::Benchmark* b) {
   const auto f32 = static_cast<int64_t>(DType::kFloat32);
   const auto bf16 = static_cast<int64_t>(DType::kBFloat16);
@@ -310,6 +315,7 @@ void TuningCases(benchmark::internal::Benchmark* b) {
       {bf16, 1024, 0}, {bf16, 4096, 0}, {bf16, 16384, 0}, {bf16, 768, 1}};
   for (const auto& s : shapes) {
     b->Args({s[0], s[1], s[2], 0, 2, 0, 0});
+    b->Args({s[0], s[1], s[2], 1, 2, StagedTuning::kAutoRowsPerGroup, 0});
     for (int64_t buffers = 2; buffers <= kMaxStagedBuffers; ++buffers) {
       for (int64_t rows_per_group : {0, 8, 32}) {
         b->Args({s[0], s[1], s[2], 1, buffers, rows_per_group, 0});

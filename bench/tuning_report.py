@@ -8,9 +8,10 @@ choice's bandwidth over a device-to-device copy measured just before it
 (`vs_copy`): the register kernels (staging off), then the staged kernels
 with 2–4 row buffers per row group and three grids (as many blocks as the
 device holds, or about 8 or 32 rows per row group), and for add & norm its
-residual beside x or read from memory. The last columns name
-the fastest choice and give the default's (2 buffers, resident blocks)
-fraction of it, so a change of default can be read off one run. The table
+residual beside x or read from memory; and the default launch (2
+buffers, the grid and residual placement StagedTuning picks). The last
+columns name the fastest choice and give the default's fraction of it, so a
+change of default can be read off one run. The table
 is also written to OUT/cuda_tuning_<date>.md.
 
 Usage: bench/tuning_report.py --bench_json J [--out DIR]
@@ -22,7 +23,8 @@ import sys
 from report_file import publish
 
 DTYPES = {0: "f32", 1: "f16", 2: "bf16"}
-DEFAULT = (1, 2, 0, 0)  # staged, 2 buffers, resident blocks, residual auto
+# staged, 2 buffers, kAutoRowsPerGroup, residual auto: StagedTuning{}
+DEFAULT = (1, 2, -1, 0)
 RESIDUAL = {0: "", 1: ", residual beside x", 2: ", residual from memory"}
 
 
@@ -39,7 +41,8 @@ def load(path):
                 or b.get("run_type", "iteration") != "iteration"
                 or "vs_copy" not in b):
             continue
-        args = tuple(int(p) for p in parts[1:] if p.isdigit())
+        args = tuple(int(p) for p in parts[1:]
+                     if p.lstrip("-").isdigit())
         if len(args) != 7:
             continue
         cases.setdefault(args[:3], {})[args[3:]] = b["vs_copy"]
@@ -50,6 +53,8 @@ def choice_name(choice):
     staged, buffers, rows_per_group, residual = choice
     if not staged:
         return "registers"
+    if choice == DEFAULT:
+        return "default"
     grid = "resident" if rows_per_group == 0 else f"{rows_per_group} rows"
     return f"{buffers} buf, {grid}{RESIDUAL.get(residual, residual)}"
 

@@ -219,7 +219,7 @@ TEST(CudaLaunchPlanTest, StagedTuningRanges) {
     EXPECT_FALSE(ValidStagedTuning(block)) << stages;
   }
   StagedTuning rows, blocks;
-  rows.rows_per_group = -1;
+  rows.rows_per_group = StagedTuning::kAutoRowsPerGroup - 1;
   blocks.max_blocks = -1;
   EXPECT_FALSE(ValidStagedTuning(rows));
   EXPECT_FALSE(ValidStagedTuning(blocks));
@@ -239,6 +239,7 @@ TEST(CudaLaunchPlanTest, StagedGridFillsTheDeviceOrGivesEachGroupItsRows) {
   const LaunchPlan warp = PlanLaunch(768, DType::kBFloat16);  // 8 rows/block
   const LaunchPlan block = PlanLaunch(4096, DType::kFloat32);
   StagedTuning resident;
+  resident.rows_per_group = 0;
   // As many blocks as the device holds, never more than the rows need.
   EXPECT_EQ(StagedGridBlocks(block, 100000, 528, resident), 528);
   EXPECT_EQ(StagedGridBlocks(block, 300, 528, resident), 300);
@@ -257,6 +258,36 @@ TEST(CudaLaunchPlanTest, StagedGridFillsTheDeviceOrGivesEachGroupItsRows) {
   one.max_blocks = 1;
   EXPECT_EQ(StagedGridBlocks(block, 100000, 528, one), 1);
   EXPECT_EQ(StagedGridBlocks(warp, 100000, 1056, one), 1);
+}
+
+// The default grid, as measured (StagedTuning::kAutoRowsPerGroup): about 8
+// rows per row group for float32 rows under the block mapping, the
+// resident blocks for 16-bit rows and for the other mappings.
+TEST(CudaLaunchPlanTest, DefaultGridIsEightRowsPerGroupForFloat32BlockRows) {
+  const StagedTuning defaults;
+  const LaunchPlan f32_block = PlanLaunch(4096, DType::kFloat32);
+  const LaunchPlan f32_long = PlanLaunch(16384, DType::kFloat32);
+  const LaunchPlan bf16_block = PlanLaunch(4096, DType::kBFloat16);
+  const LaunchPlan bf16_warp = PlanLaunch(768, DType::kBFloat16);
+  const LaunchPlan f32_streaming = PlanLaunch(32768, DType::kFloat32);
+  ASSERT_EQ(f32_block.mapping, RowMapping::kBlockPerRow);
+  ASSERT_EQ(f32_long.mapping, RowMapping::kBlockPerRow);
+  ASSERT_EQ(f32_streaming.mapping, RowMapping::kBlockStreaming);
+  EXPECT_EQ(RowsPerGroup(f32_block, defaults), 8);
+  EXPECT_EQ(RowsPerGroup(f32_long, defaults), 8);
+  EXPECT_EQ(RowsPerGroup(bf16_block, defaults), 0);
+  EXPECT_EQ(RowsPerGroup(bf16_warp, defaults), 0);
+  EXPECT_EQ(RowsPerGroup(f32_streaming, defaults), 0);
+  EXPECT_EQ(StagedGridBlocks(f32_block, 32768, 528, defaults), 4096);
+  EXPECT_EQ(StagedGridBlocks(f32_long, 8192, 132, defaults), 1024);
+  EXPECT_EQ(StagedGridBlocks(f32_block, 1000, 528, defaults), 528);
+  EXPECT_EQ(StagedGridBlocks(bf16_block, 65536, 528, defaults), 528);
+  EXPECT_EQ(StagedGridBlocks(bf16_warp, 349525, 1056, defaults), 1056);
+  // An explicit choice is kept.
+  StagedTuning resident;
+  resident.rows_per_group = 0;
+  EXPECT_EQ(RowsPerGroup(f32_block, resident), 0);
+  EXPECT_EQ(StagedGridBlocks(f32_block, 32768, 528, resident), 528);
 }
 
 TEST(CudaLaunchPlanTest, MappingNames) {

@@ -66,15 +66,25 @@ bool ValidStagedTuning(const StagedTuning& tuning) {
                            tuning.residual == Residual::kBeside ||
                            tuning.residual == Residual::kFromMemory;
   return stages_ok(tuning.warp_stages) && stages_ok(tuning.block_stages) &&
-         tuning.rows_per_group >= 0 && tuning.max_blocks >= 0 && residual_ok;
+         tuning.rows_per_group >= StagedTuning::kAutoRowsPerGroup &&
+         tuning.max_blocks >= 0 && residual_ok;
+}
+
+int RowsPerGroup(const LaunchPlan& plan, const StagedTuning& tuning) {
+  if (tuning.rows_per_group != StagedTuning::kAutoRowsPerGroup) {
+    return tuning.rows_per_group;
+  }
+  const bool float32_block =
+      plan.mapping == RowMapping::kBlockPerRow && plan.pack_elements == 4;
+  return float32_block ? 8 : 0;
 }
 
 int64_t StagedGridBlocks(const LaunchPlan& plan, int64_t rows, int64_t resident,
                          const StagedTuning& tuning) {
   int64_t blocks = resident;
-  if (tuning.rows_per_group > 0) {
-    blocks = std::max(blocks, CeilDiv(rows, int64_t{plan.rows_per_block} *
-                                                tuning.rows_per_group));
+  if (const int per_group = RowsPerGroup(plan, tuning); per_group > 0) {
+    blocks = std::max(blocks,
+                      CeilDiv(rows, int64_t{plan.rows_per_block} * per_group));
   }
   blocks = std::min(blocks, GridBlocks(plan, rows));
   if (tuning.max_blocks > 0)

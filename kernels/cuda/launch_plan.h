@@ -55,9 +55,8 @@
 //   fits in shared memory.
 //   Staging also needs D a multiple of the pack; at launch, aligned input,
 //   residual, output, sum, γ and β, and room in shared memory for the
-//   buffers. The residual is staged beside x where that fits (under the
-//   warp mapping, only where it holds as many blocks per multiprocessor as
-//   x alone); else the rows read it from global memory. Otherwise the
+//   buffers. The residual is staged beside x where that fits; else the
+//   rows read it from global memory. Otherwise the
 //   register kernel runs, with the same threads per row; for a staged warp
 //   mapping, whose threads own more packs than registers hold, it reads the
 //   row from global memory on every pass (as kBlockStreaming).
@@ -169,8 +168,9 @@ struct StagedTuning {
   // kMaxStagedBuffers): a group normalizes row i from one buffer while rows
   // i + 1 … i + stages − 1 are being copied into the others. A staged
   // streaming row takes one buffer (the row fills the shared memory). Two,
-  // as measured on an H200, where a third did not pay
-  // (bench/results/cuda_2026-11-25/); not yet measured on an H100.
+  // as measured on an H200, where a third or fourth did not pay
+  // (bench/results/cuda_2026-11-25/, cuda_2026-11-27_h200/tuning.md); not
+  // yet measured on an H100.
   int warp_stages = 2;
   int block_stages = 2;
   // Rows per row group: 0 launches as many blocks as the device holds at
@@ -178,16 +178,22 @@ struct StagedTuning {
   // blocks that each group serves about n rows, when that is more, so that
   // the hardware hands the later blocks to multiprocessors as earlier ones
   // finish (a slow multiprocessor then serves fewer rows, and the last
-  // rows do not wait on one).
-  int rows_per_group = 0;
+  // rows do not wait on one). kAutoRowsPerGroup: as measured on an H200
+  // (bench/results/cuda_2026-11-27_h200/tuning.md), 8 for float32 rows under
+  // the block mapping (LayerNorm at D = 4096 and 16384 and add & norm at
+  // 4096: 0.92–0.93 of copy, against 0.88–0.91 with resident blocks), 0
+  // for the rest (16-bit rows: 0.81–0.85 resident, 0.72–0.81 at 8 rows).
+  static constexpr int kAutoRowsPerGroup = -1;
+  int rows_per_group = kAutoRowsPerGroup;
   // Blocks at most (0: no limit), below the above: lets a test run many
   // rows through each row group's buffers with a small batch.
   int max_blocks = 0;
-  // Where an add & norm launch's residual goes: kAuto as measured (beside
-  // x in the row buffers, except where x alone holds more blocks under the
-  // warp mapping, or the two do not fit); kBeside wherever the two fit;
-  // kFromMemory never (x alone is staged, and the rows read the residual
-  // from global memory).
+  // Where an add & norm launch's residual goes: kBeside, beside x in the
+  // row buffers wherever the two fit; kFromMemory never (x alone is staged,
+  // and the rows read the residual from global memory); kAuto as measured,
+  // which is kBeside: with 16-bit rows at D = 768 under the warp mapping,
+  // x alone holds twice the blocks but ran at 0.79 of copy against 0.87
+  // (H200, tuning.md above).
   enum class Residual { kAuto, kBeside, kFromMemory };
   Residual residual = Residual::kAuto;
 };
@@ -195,10 +201,13 @@ struct StagedTuning {
 // True if every field is within its range (above).
 bool ValidStagedTuning(const StagedTuning& tuning);
 
+// The rows per row group that `tuning` asks of a staged launch under `plan`
+// (tuning.rows_per_group, or what kAutoRowsPerGroup stands for there).
+int RowsPerGroup(const LaunchPlan& plan, const StagedTuning& tuning);
+
 // Blocks of a staged launch of `rows` (> 0) rows under `plan` on a device
-// that holds `resident` (> 0) of its blocks at once, per
-// tuning.rows_per_group and tuning.max_blocks; never more than GridBlocks
-// (a row group per row).
+// that holds `resident` (> 0) of its blocks at once, per RowsPerGroup and
+// tuning.max_blocks; never more than GridBlocks (a row group per row).
 int64_t StagedGridBlocks(const LaunchPlan& plan, int64_t rows, int64_t resident,
                          const StagedTuning& tuning);
 

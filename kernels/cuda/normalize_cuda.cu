@@ -505,33 +505,17 @@ bool LaunchStaged(const KernelArgs& a, const LaunchPlan& plan,
   StagedLimits limits = StagedLaunchLimits(kernel, threads, smem);
   using Residual = StagedTuning::Residual;
   if (staged.residual != nullptr &&
-      (tuning.residual == Residual::kFromMemory || limits.resident <= 0 ||
-       (tuning.residual == Residual::kAuto && warp))) {
-    // Where staging the residual beside x costs rows in flight (or the
-    // tuning says so), stage x alone and read the residual from global
-    // memory:
-    // - x and its residual do not fit in shared memory twice (float32 add
-    //   & norm from D ≈ 14500). The register kernel otherwise taken holds
-    //   one row per multiprocessor and prefetches none: at D = 16384 this
-    //   measured 0.75 of copy against its 0.69 (H100, 2026-11-26).
-    // - Under the warp mapping, whenever it holds more blocks: half-warp
-    //   rows take twice a warp's shared memory per thread, and with their
-    //   residuals staged only 4 blocks (16 warps) of 16-bit rows at
-    //   D = 768 fit per multiprocessor instead of 8; add & norm there ran
-    //   at 0.85 of copy against 0.90 with a warp per row (H100); x alone
-    //   keeps 8 blocks (not yet measured). The block mapping keeps its
-    //   residual staged: there float32 add & norm ran as fast as LayerNorm
-    //   (0.91–0.94 of copy) with fewer blocks.
-    KernelArgs x_only = staged;
-    x_only.stage_residual = false;
-    const size_t x_smem = smem_of(x_only);
-    const StagedLimits x_limits = StagedLaunchLimits(kernel, threads, x_smem);
-    if (tuning.residual == Residual::kFromMemory || limits.resident <= 0 ||
-        x_limits.resident > limits.resident) {
-      staged = x_only;
-      smem = x_smem;
-      limits = x_limits;
-    }
+      (tuning.residual == Residual::kFromMemory || limits.resident <= 0)) {
+    // Where the tuning says so, or where x and its residual do not fit in
+    // shared memory twice (float32 add & norm from D ≈ 14500), stage x
+    // alone and read the residual from global memory. The register kernel
+    // otherwise taken holds one row per multiprocessor and prefetches none:
+    // at D = 16384 x alone measured 0.75 of copy against its 0.69 (H100,
+    // 2026-11-26). Where the two fit, the residual stays beside x even
+    // where x alone would hold more blocks (StagedTuning::Residual).
+    staged.stage_residual = false;
+    smem = smem_of(staged);
+    limits = StagedLaunchLimits(kernel, threads, smem);
   }
   if (limits.resident <= 0) return false;
   // The limit is set again on every launch beyond the default, 48 KiB of
