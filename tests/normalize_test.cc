@@ -20,6 +20,7 @@
 #include "gtest/gtest.h"
 #include "hwy/targets.h"
 #include "kernels/dtype.h"
+#include "kernels/internal/normalize_rows.h"
 #include "kernels/reference.h"
 #include "kernels/thread_pool.h"
 #include "tests/kernel_checks.h"
@@ -412,6 +413,104 @@ TEST_P(KernelTest, RowBitsDoNotDependOnBatchCompositionOrThreads) {
         }
       }
     }
+  }
+}
+
+// A row's bits do not depend on the machine either: every SIMD target sums
+// in the same order (kernels/internal/normalize_simd.cc), so targets that
+// fuse multiply-adds (AVX2, AVX-512; Arm NEON) give the same bits, and
+// so do those that do not (SSSE3, SSE4, the emulated fallback), which round
+// the product first. Fixed shapes around the reduction's tails and blocks,
+// then random cases (any kind, dtypes, ε, γ/β, residual, data), with rows
+// that take the second pass and the double-precision path.
+TEST(KernelTargetsTest, RowBitsAreTheSameOnEveryTargetOfAFusingClass) {
+  const std::vector<int64_t> targets = hwy::SupportedAndGeneratedTargets();
+  std::vector<Case> cases;
+  std::vector<std::vector<float>> params;  // γ, β the cases point into
+  params.reserve(400);
+  std::mt19937 rng(SweepSeed());
+  auto add = [&](Case c) { cases.push_back(std::move(c)); };
+  for (int64_t d : {1,    2,    3,    7,    8,    15,   16,   17,   31,
+                    33,   63,   64,   65,   100,  127,  255,  768,  1000,
+                    1023, 1024, 1025, 1031, 2047, 3000, 4099, 70000}) {
+    for (DType t : kTypes) {
+      for (NormKind kind : {NormKind::kLayerNorm, NormKind::kRmsNorm}) {
+        params.emplace_back();
+        params.emplace_back();
+        const bool residual = d % 2 == 1;
+        Case c = MakeCase(kind, t, t == DType::kFloat32 ? DType::kBFloat16 : t,
+                          d, d < 4096 ? 3 : 1, true,
+                          kind == NormKind::kLayerNorm, residual, &rng,
+                          &params[params.size() - 2], &params.back());
+        c.with_sum = residual;
+        add(std::move(c));
+      }
+    }
+  }
+  // Rows far from their first values (the second pass) and near-constant
+  // rows (the double-precision path), as float32.
+  for (int64_t d : {24, 1000, 5000}) {
+    for (float offset : {0.0f, 1e4f}) {
+      std::vector<float> x =
+          Normal(static_cast<size_t>(2 * d), 0.0f, 1.0f, &rng);
+      for (int64_t i = 0; i < d; ++i) x[i] *= 1e-18f;
+      for (int64_t i = 0; i < 8; ++i) x[d + i] = offset;
+      Case c;
+      c.params.dim = d;
+      c.params.epsilon = 1e-12f;
+      c.rows = 2;
+      c.x = Encode(DType::kFloat32, x);
+      c.residual = Encode(DType::kFloat32, {});
+      add(std::move(c));
+    }
+  }
+  for (int n = 0; n < 60; ++n) {
+    params.emplace_back();
+    params.emplace_back();
+    add(RandomCase(int64_t{1} << 15, &rng, &params[params.size() - 2],
+                   &params.back()));
+  }
+  ASSERT_LE(params.size(), params.capacity()) << "γ/β moved under the cases";
+
+  // The first target of each class is the one the others must match.
+  std::vector<Output> fused_want, unfused_want;
+  std::string fused_first, unfused_first;
+  int fused_count = 0, unfused_count = 0;
+  for (int64_t target : targets) {
+    hwy::SetSupportedTargetsForTest(target);
+    const bool fuses = internal::KernelTargetFusesMultiplyAdd();
+    std::vector<Output>& want = fuses ? fused_want : unfused_want;
+    std::string& first = fuses ? fused_first : unfused_first;
+    ++(fuses ? fused_count : unfused_count);
+    const bool is_first = want.empty();
+    if (is_first) first = KernelTargetName();
+    for (size_t k = 0; k < cases.size(); ++k) {
+      const Case& c = cases[k];
+      Output got = RunOnCpu(c);
+      if (is_first) {
+        want.push_back(std::move(got));
+        continue;
+      }
+      const std::string where =
+          absl::StrCat(KernelTargetName(), " against ", first, ": ",
+                       Describe(c), " (seed ", SweepSeed(), ")");
+      ASSERT_EQ(got.y, want[k].y) << where;
+      if (c.with_sum) {
+        ASSERT_EQ(got.sum, want[k].sum) << where;
+      }
+      ASSERT_EQ(0, std::memcmp(got.mean.data(), want[k].mean.data(),
+                               got.mean.size() * sizeof(float)))
+          << where;
+      ASSERT_EQ(0, std::memcmp(got.rstd.data(), want[k].rstd.data(),
+                               got.rstd.size() * sizeof(float)))
+          << where;
+    }
+  }
+  hwy::SetSupportedTargetsForTest(0);
+  std::printf("compared %d fusing and %d non-fusing targets over %zu cases\n",
+              fused_count, unfused_count, cases.size());
+  if (fused_count < 2 && unfused_count < 2) {
+    GTEST_SKIP() << "this machine runs fewer than two targets of a class";
   }
 }
 

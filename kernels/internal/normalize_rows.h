@@ -15,6 +15,11 @@ namespace normserve::internal {
 void NormalizeRowsSimd(const RowSegment& segment, int64_t row_begin,
                        int64_t row_end, bool streaming_stores);
 
+// Whether the target the SIMD kernel runs on fuses its multiply-adds (x86
+// AVX2 and AVX-512, Arm NEON) or rounds the product first (SSSE3,
+// SSE4, the emulated fallback). Targets of one class give the same bits.
+bool KernelTargetFusesMultiplyAdd();
+
 }  // namespace normserve::internal
 
 #endif  // NORMSERVE_KERNELS_INTERNAL_NORMALIZE_ROWS_H_

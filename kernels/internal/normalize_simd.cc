@@ -2,7 +2,7 @@
 // chosen at run time (no -march flags: the binary runs on any x86-64).
 //
 // Per row of LayerNorm, with z = input [+ residual], s = the mean of the
-// row's first vector (RowShift) and u = z − s:
+// row's first 16 values (RowShift) and u = z − s:
 // (1) Σu and Σu², reading the input from memory. Where s is close to the
 //     mean, as it nearly always is, var = Σu²/D − (Σu/D)² is accurate
 //     (layer_norm_statistics says how close); otherwise
@@ -13,11 +13,13 @@
 // What they read depends on the input: float32 rows in place; 16-bit rows of
 // D <= kKeepMaxDim, and every row with a residual, as u, kept in float32 by
 // pass 1; longer 16-bit rows in place, converting again. The values are the
-// same either way. Sums run over blocks of kBlock elements in four vector
-// accumulators, each block reduced to a float and added to a double: the
-// order depends only on D and the vector width. Rows of D <= kStaggerMaxDim
-// interleave their passes with the next row's, to hide the latency between
-// passes.
+// same either way. Sums run over blocks of kBlock elements, each kept as 64
+// partial sums whatever the vector width and folded in a fixed order (see
+// "The fixed reduction order" below), each block's sum added to a double: the
+// order depends only on D, so every target (AVX-512, AVX2, SSE4, ...) gives
+// the same bits, up to whether it fuses multiply-adds. Rows of D <=
+// kStaggerMaxDim interleave their passes with the next row's, to hide the
+// latency between passes.
 #include <cmath>
 #include <cstring>
 #include <type_traits>
@@ -26,6 +28,14 @@
 #include "kernels/dtype.h"
 #include "kernels/internal/normalize_rows.h"
 #include "kernels/normalize.h"
+
+// The fixed reduction order needs a lane count known at compile time, which
+// scalable vectors (SVE, RISC-V V) do not have: those targets are left out
+// (Arm builds run NEON).
+#ifndef HWY_DISABLED_TARGETS
+#define HWY_DISABLED_TARGETS \
+  (HWY_SVE | HWY_SVE2 | HWY_SVE_256 | HWY_SVE2_128 | HWY_RVV)
+#endif
 
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "kernels/internal/normalize_simd.cc"
@@ -167,7 +177,55 @@ enum class Centring { kShiftThenMean, kMean, kNone };
 
 // ---- Reductions over a float32 row ----
 
-// Sums of a row in the fixed block order described at the top of the file.
+// The fixed reduction order. Each block's sum is kept as kVirtualLanes
+// partial sums whatever the vector width: element j of the block goes to
+// partial j mod kVirtualLanes. A target of n lanes holds them in
+// kVirtualLanes / n vectors (4 with AVX-512, 8 with AVX2, 16 with SSE4),
+// partial k·n + l in lane l of vector k. The partials are then folded in
+// halves: partial j plus partial j + W/2, for W = kVirtualLanes, ..., 2,
+// first across the vectors, then across the lanes of the last one. A
+// block's last elements that fill no whole chunk of kVirtualLanes go through
+// a zero-padded chunk; adding the zeros changes no partial (a partial sum
+// that starts at +0 is never −0). So the order of every addition depends on
+// D alone, and every target computes the same sums; they differ only in
+// whether a multiply-add rounds once or twice.
+constexpr size_t kVirtualLanes = 64;
+// Partial vectors of each sum held in registers at once: a target of more
+// than kVirtualLanes / kLive vectors per chunk sweeps each block several
+// times, over vectors s, s + kSweeps, ... in sweep s, so that both sums fit
+// in the 16 vector registers of AVX2 and SSE4.
+constexpr size_t kLive = 4;
+
+// Lane l plus lane l + n/2, down to one lane: the last steps of the fold.
+template <class D>
+HWY_INLINE float FoldLanes(D tag, hn::Vec<D> v) {
+  (void)tag;
+#if HWY_TARGET == HWY_SCALAR  // one lane, and no UpperHalf
+  return hn::GetLane(v);
+#else
+  if constexpr (hn::MaxLanes(D()) == 1) {
+    return hn::GetLane(v);
+  } else {
+    const hn::Half<D> half;
+    return FoldLanes(half,
+                     hn::Add(hn::LowerHalf(half, v), hn::UpperHalf(half, v)));
+  }
+#endif
+}
+
+// Folds `count` (a power of two) vectors into vectors[0]: vector k plus
+// vector k + W/2, for W = count, ..., 2.
+template <class V>
+HWY_INLINE void FoldVectors(V* vectors, size_t count) {
+  for (size_t width = count; width > 1; width /= 2) {
+    for (size_t k = 0; k < width / 2; ++k) {
+      vectors[k] = hn::Add(vectors[k], vectors[k + width / 2]);
+    }
+  }
+}
+
+// Sums of a row in the fixed order above, over blocks of kBlock elements,
+// each block's sum rounded to float and added to a double.
 // `load(tag, i)` returns the Lanes(tag) values of v at i (and may convert and
 // store them as it goes); u = v − shift, less what kCentring leaves out.
 //   kLinear: Σu and Σu² (LayerNorm's first pass: the mean is not known yet);
@@ -185,45 +243,109 @@ RowSums SumRow(size_t d, float shift, float center, const Loader& load_ref,
   const Loader load = load_ref;  // as in OutputRow: a loader may store
   const hn::ScalableTag<float> df;
   const hn::CappedTag<float, 1> d1;
-  const size_t n = hn::Lanes(df);
-  auto accumulate = [&](auto tag, auto& linear, auto& squares, size_t i)
-                        NORMSERVE_INLINE_LAMBDA {
-                          auto u = load(tag, i);
-                          if constexpr (kCentring == Centring::kShiftThenMean) {
-                            u = hn::Sub(u, hn::Set(tag, shift));
-                          }
-                          if constexpr (kKeep) hn::StoreU(u, tag, kept + i);
-                          if constexpr (kLinear) {
-                            linear = hn::Add(linear, u);
-                          } else if constexpr (kCentring != Centring::kNone) {
-                            u = hn::Sub(u, hn::Set(tag, center));
-                          }
-                          squares = hn::MulAdd(u, u, squares);
-                        };
+  using V = hn::Vec<decltype(df)>;
+  constexpr size_t n = hn::MaxLanes(df);
+  static_assert(kVirtualLanes % (kLive * n) == 0 && kBlock % kVirtualLanes == 0,
+                "at most kVirtualLanes / kLive lanes");
+  constexpr size_t kVectors = kVirtualLanes / n;
+  constexpr size_t kSweeps = kVectors / kLive;
+  // The terms at element i: u, and what is squared (u, or u − center).
+  auto terms = [&](auto tag, size_t i, auto& squared) NORMSERVE_INLINE_LAMBDA {
+    auto u = load(tag, i);
+    if constexpr (kCentring == Centring::kShiftThenMean) {
+      u = hn::Sub(u, hn::Set(tag, shift));
+    }
+    if constexpr (kKeep) hn::StoreU(u, tag, kept + i);
+    squared = u;
+    if constexpr (!kLinear && kCentring != Centring::kNone) {
+      squared = hn::Sub(u, hn::Set(tag, center));
+    }
+    return u;
+  };
+  auto add = [](V& linear, V& squares, V u, V squared) NORMSERVE_INLINE_LAMBDA {
+    if constexpr (kLinear) linear = hn::Add(linear, u);
+    squares = hn::MulAdd(squared, squared, squares);
+  };
   RowSums total;
   for (size_t start = 0; start < d; start += kBlock) {
     const size_t len = d - start < kBlock ? d - start : kBlock;
-    auto l0 = hn::Zero(df), l1 = hn::Zero(df), l2 = hn::Zero(df),
-         l3 = hn::Zero(df);
-    auto q0 = hn::Zero(df), q1 = hn::Zero(df), q2 = hn::Zero(df),
-         q3 = hn::Zero(df);
-    size_t i = 0;
-    for (; i + 4 * n <= len; i += 4 * n) {
-      accumulate(df, l0, q0, start + i);
-      accumulate(df, l1, q1, start + i + n);
-      accumulate(df, l2, q2, start + i + 2 * n);
-      accumulate(df, l3, q3, start + i + 3 * n);
+    // The whole chunks of kVirtualLanes elements, then the block's last
+    // len − whole elements, whose terms are gathered here into a
+    // zero-padded chunk (tail[j] is partial j's term).
+    const size_t whole = len - len % kVirtualLanes;
+    HWY_ALIGN float u_tail[kVirtualLanes];
+    HWY_ALIGN float squared_tail[kVirtualLanes];
+    if (whole < len) {
+      const V zero = hn::Zero(df);
+      for (size_t k = 0; k < kVectors; ++k) {
+        hn::Store(zero, df, u_tail + k * n);
+        hn::Store(zero, df, squared_tail + k * n);
+      }
+      size_t i = whole;
+      for (; i + n <= len; i += n) {
+        V squared;
+        hn::Store(terms(df, start + i, squared), df, u_tail + (i - whole));
+        hn::Store(squared, df, squared_tail + (i - whole));
+      }
+      for (; i < len; ++i) {
+        hn::Vec<decltype(d1)> squared;
+        hn::Store(terms(d1, start + i, squared), d1, u_tail + (i - whole));
+        hn::Store(squared, d1, squared_tail + (i - whole));
+      }
     }
-    for (; i + n <= len; i += n) accumulate(df, l0, q0, start + i);
-    auto linear_tail = hn::Zero(d1), squares_tail = hn::Zero(d1);
-    for (; i < len; ++i) accumulate(d1, linear_tail, squares_tail, start + i);
-    auto block = [&](auto a0, auto a1, auto a2, auto a3, auto tail) {
-      const auto sum = hn::Add(hn::Add(a0, a1), hn::Add(a2, a3));
-      return static_cast<double>(hn::GetLane(hn::SumOfLanes(df, sum)) +
-                                 hn::GetLane(tail));
-    };
-    if constexpr (kLinear) total.linear += block(l0, l1, l2, l3, linear_tail);
-    total.squares += block(q0, q1, q2, q3, squares_tail);
+    // Sweep s adds partial vectors s + m·kSweeps (m < kLive) in registers
+    // and folds them to one: the fold's first steps pair vectors within a
+    // sweep (m with m + 2, then 1 with 0). A loop, not unrolled code per
+    // sweep, so that each loader is inlined once.
+    HWY_ALIGN float linear_sweeps[kSweeps * n];
+    HWY_ALIGN float squares_sweeps[kSweeps * n];
+    for (size_t sweep = 0; sweep < kSweeps; ++sweep) {
+      V l0 = hn::Zero(df), l1 = l0, l2 = l0, l3 = l0;
+      V q0 = l0, q1 = l0, q2 = l0, q3 = l0;
+      constexpr size_t kStride = kSweeps * n;  // between a sweep's vectors
+      for (size_t i = start + sweep * n; i < start + whole;
+           i += kVirtualLanes) {
+        V s0, s1, s2, s3;
+        const V u0 = terms(df, i, s0);
+        const V u1 = terms(df, i + kStride, s1);
+        const V u2 = terms(df, i + 2 * kStride, s2);
+        const V u3 = terms(df, i + 3 * kStride, s3);
+        add(l0, q0, u0, s0);
+        add(l1, q1, u1, s1);
+        add(l2, q2, u2, s2);
+        add(l3, q3, u3, s3);
+      }
+      if (whole < len) {
+        const size_t k = sweep * n;
+        add(l0, q0, hn::Load(df, u_tail + k), hn::Load(df, squared_tail + k));
+        add(l1, q1, hn::Load(df, u_tail + k + kStride),
+            hn::Load(df, squared_tail + k + kStride));
+        add(l2, q2, hn::Load(df, u_tail + k + 2 * kStride),
+            hn::Load(df, squared_tail + k + 2 * kStride));
+        add(l3, q3, hn::Load(df, u_tail + k + 3 * kStride),
+            hn::Load(df, squared_tail + k + 3 * kStride));
+      }
+      if constexpr (kLinear) {
+        hn::Store(hn::Add(hn::Add(l0, l2), hn::Add(l1, l3)), df,
+                  linear_sweeps + sweep * n);
+      }
+      hn::Store(hn::Add(hn::Add(q0, q2), hn::Add(q1, q3)), df,
+                squares_sweeps + sweep * n);
+    }
+    // The fold's last steps: across the sweeps, then across the lanes.
+    V folded[kSweeps];
+    if constexpr (kLinear) {
+      for (size_t k = 0; k < kSweeps; ++k) {
+        folded[k] = hn::Load(df, linear_sweeps + k * n);
+      }
+      FoldVectors(folded, kSweeps);
+      total.linear += FoldLanes(df, folded[0]);
+    }
+    for (size_t k = 0; k < kSweeps; ++k) {
+      folded[k] = hn::Load(df, squares_sweeps + k * n);
+    }
+    FoldVectors(folded, kSweeps);
+    total.squares += FoldLanes(df, folded[0]);
   }
   return total;
 }
@@ -237,18 +359,26 @@ bool AllEqual(const float* z, size_t d, float value) {
 }
 
 // The shift LayerNorm subtracts before it sums: the mean of the row's first
-// vector (its first value when shorter), so usually within a fraction of a
-// standard deviation of the row's mean. Scaled before the sum, which cannot
-// overflow; where it is inexact (a denormal scaled) the statistics are still
-// right, only the first pass's check has a little more to reject.
+// kShiftValues values (its first value when shorter), so usually within a
+// fraction of a standard deviation of the row's mean, summed in the fold
+// order of the partials whatever the vector width. Scaled before the sum,
+// which cannot overflow; where it is inexact (a denormal scaled) the
+// statistics are still right, only the first pass's check has a little more
+// to reject.
+constexpr size_t kShiftValues = 16;
+
 template <class Loader>
 float RowShift(size_t d, const Loader& first) {
-  const hn::ScalableTag<float> df;
-  const size_t n = hn::Lanes(df);
-  if (d < n) return hn::GetLane(first(hn::CappedTag<float, 1>(), 0));
-  const auto scaled =
-      hn::Mul(first(df, 0), hn::Set(df, 1.0f / static_cast<float>(n)));
-  return hn::GetLane(hn::SumOfLanes(df, scaled));
+  const hn::CappedTag<float, kShiftValues> df;
+  constexpr size_t n = hn::MaxLanes(df);
+  if (d < kShiftValues) return hn::GetLane(first(hn::CappedTag<float, 1>(), 0));
+  const auto scale = hn::Set(df, 1.0f / static_cast<float>(kShiftValues));
+  hn::Vec<decltype(df)> scaled[kShiftValues / n];
+  for (size_t k = 0; k < kShiftValues / n; ++k) {
+    scaled[k] = hn::Mul(first(df, k * n), scale);
+  }
+  FoldVectors(scaled, kShiftValues / n);
+  return FoldLanes(df, scaled[0]);
 }
 
 // The double-precision path for rows whose float32 statistics overflow or
@@ -611,7 +741,7 @@ void RowsTyped(const RowSegment& s, int64_t row_begin, int64_t row_end,
   // are good to a relative e (in Σ|terms|), the variance is good to
   // (K + 2·sqrt(K(K − 1)))·e. Within K <= 2 that is under 5e, against the
   // second pass's e; and the variance is at least half of Σu²/D, so never
-  // negative. The shift, the mean of the row's first vector, is within a
+  // negative. The shift, the mean of the row's first 16 values, is within a
   // fraction of a std of the mean in nearly every row. Rows past K = 2 (and
   // rows with NaN, Inf or overflow) get the second pass, which sums
   // (u − mean)² and has no such cancellation.
@@ -845,6 +975,8 @@ void NormalizeRowsTarget(const RowSegment& s, int64_t row_begin,
 
 const char* TargetNameTarget() { return hwy::TargetName(HWY_TARGET); }
 
+bool FusesMultiplyAddTarget() { return HWY_NATIVE_FMA != 0; }
+
 }  // namespace HWY_NAMESPACE
 }  // namespace normserve
 HWY_AFTER_NAMESPACE();
@@ -854,12 +986,17 @@ namespace normserve {
 
 HWY_EXPORT(NormalizeRowsTarget);
 HWY_EXPORT(TargetNameTarget);
+HWY_EXPORT(FusesMultiplyAddTarget);
 
 namespace internal {
 void NormalizeRowsSimd(const RowSegment& segment, int64_t row_begin,
                        int64_t row_end, bool streaming_stores) {
   HWY_DYNAMIC_DISPATCH(NormalizeRowsTarget)
   (segment, row_begin, row_end, streaming_stores);
+}
+
+bool KernelTargetFusesMultiplyAdd() {
+  return HWY_DYNAMIC_DISPATCH(FusesMultiplyAddTarget)();
 }
 }  // namespace internal
 
