@@ -33,6 +33,8 @@ test_packages=(
   # image test (Podman with runc, a debootstrapped base image; uidmap, a
   # mere Recommends of podman, for builds by a user other than root).
   prometheus podman runc debootstrap uidmap
+  # tests/pack_gpu_checks.sh (the CUDA build packed for a GPU host).
+  xz-utils
 )
 
 packages=("${build_packages[@]}")
