@@ -14,7 +14,7 @@ here says how well the schedulers issue.
 
   python3 bench/cuda_sass_path.py build/kernels/CMakeFiles/\\
       normserve_kernels_cuda.dir/cuda/normalize_cuda.cu.o \\
-      --kernel 'StagedWarpKernel<BF16, BF16, 4>' --loop 0 \\
+      --kernel 'StagedWarpKernel<BF16, BF16, 4, true' --loop 0 \\
       --decisions nnnntnnntttnntntnttt --elements 24
 
 cuobjdump as for bench/cuda_sass_loops.py (whose SASS parsing this uses).
@@ -97,7 +97,7 @@ def main():
     parser.add_argument("binary", help="object, cubin or executable")
     parser.add_argument("--kernel", required=True,
                         help="regex matching one kernel, e.g. "
-                             "'StagedWarpKernel<BF16, BF16, 4>'")
+                             "'StagedWarpKernel<BF16, BF16, 4, true'")
     parser.add_argument("--loop", type=int, default=0,
                         help="which row loop, in address order (default 0); "
                              "-1: the whole kernel from its entry to EXIT "

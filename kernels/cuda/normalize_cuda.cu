@@ -271,8 +271,15 @@ __global__ void __launch_bounds__(kStreamingThreads)
 // so that what a thread does once per row is done for two rows at once; it
 // is held to 64 registers (8 blocks of 8 rows per multiprocessor, the
 // rows and registers of the one-row-per-warp kernel measured in
-// bench/results/cuda_2026-11-25/).
-template <typename In, typename Out, int kPacks>
+// bench/results/cuda_2026-11-25/). One kernel per kind and variant, chosen
+// on the host, as the block kernel below: compiled as one kernel that
+// branched on them, the paths shared one allocation of those 64 registers
+// and spilled (ptxas -v, sm_90: up to 132 bytes of spill stores per
+// thread, bfloat16 at D = 768 and 1024 100 and 132, rows that ran at
+// 0.78-0.82 of copy on an H200). Alone, LayerNorm with γ and β and RMSNorm
+// with γ spill nothing
+// (bench/results/cuda_staged_warp_spills_2026-11-27.md).
+template <typename In, typename Out, int kPacks, bool kLayer, RowVariant kV>
 __global__ void __launch_bounds__(kWarpRowsPerBlock* kSubWarpThreads, 8)
     StagedWarpKernel(const KernelArgs a) {
   using Bits = typename In::Bits;
@@ -285,21 +292,29 @@ __global__ void __launch_bounds__(kWarpRowsPerBlock* kSubWarpThreads, 8)
   auto* buffers = StagedGroupBuffers(
       reinterpret_cast<Pack<Bits, V>*>(staged_smem), a, V, group);
   CpAsyncCopier copier;
-  ForKindAndVariant(a, true, [&](auto layer, auto variant) {
-    constexpr RowVariant kV = decltype(variant)::value;
-    StagedRows<kPacks, In, kV>(
-        a, blockIdx.x * kWarpRowsPerBlock + group,
-        gridDim.x * kWarpRowsPerBlock, buffers, t, T, copier,
-        [mask] { __syncwarp(mask); },
-        [&](int64_t row, const Pack<Bits, V>* buffer) {
-          const RowPointers<In, Out, true> ptr(a, row);
-          const SharedRow<In, Out, kPacks> src{ptr, buffer, t, T};
-          NormalizeRow<decltype(layer)::value>(
-              a, row, ptr, src, WarpGroup<T>{mask}, t == 0,
-              LoadedWeights<V, kV>{a, true, true});
-        });
-  });
+  StagedRows<kPacks, In, kV>(
+      a, blockIdx.x * kWarpRowsPerBlock + group, gridDim.x * kWarpRowsPerBlock,
+      buffers, t, T, copier, [mask] { __syncwarp(mask); },
+      [&](int64_t row, const Pack<Bits, V>* buffer) {
+        const RowPointers<In, Out, true> ptr(a, row);
+        const SharedRow<In, Out, kPacks> src{ptr, buffer, t, T};
+        NormalizeRow<kLayer>(a, row, ptr, src, WarpGroup<T>{mask}, t == 0,
+                             LoadedWeights<V, kV>{a, true, true});
+      });
 }
+
+// Sets *kernel to the StagedWarpKernel of kPacks and of the kind and
+// variant ForKindAndVariant passes it, on the host (a functor, as
+// StagedBlockKernelOf below).
+template <typename In, typename Out, int kPacks>
+struct StagedWarpKernelOf {
+  const void** kernel;
+  template <typename Layer, typename Variant>
+  NORMSERVE_HD void operator()(Layer, Variant) const {
+    *kernel = reinterpret_cast<const void*>(
+        &StagedWarpKernel<In, Out, kPacks, Layer::value, Variant::value>);
+  }
+};
 
 // γ and β are held in registers across the block's rows (HeldWeights):
 // at these D they would not stay in L1, and reading them again from L2 for
@@ -489,8 +504,9 @@ bool LaunchStaged(const KernelArgs& a, const LaunchPlan& plan,
       if (plan.threads_per_row == kSubWarpThreads &&
           plan.rows_per_block == kWarpRowsPerBlock) {
         WithStagedWarpPacks(plan.packs_per_thread, [&](auto packs) {
-          kernel = reinterpret_cast<const void*>(
-              &StagedWarpKernel<In, Out, decltype(packs)::value>);
+          ForKindAndVariant(
+              a, true,
+              StagedWarpKernelOf<In, Out, decltype(packs)::value>{&kernel});
         });
       }
     }
