@@ -264,7 +264,8 @@ class UnaryInferenceReactor final : public grpc::ServerUnaryReactor {
 
   void OnDone() override {
     service_->metrics()->RpcHandled(
-        method_, internal::CallEndCode(*context_, code_), absl::Now() - start_);
+        method_, internal::CallEndCode(*context_, code_, start_),
+        absl::Now() - start_);
     service_->CallDone();
     delete this;
   }

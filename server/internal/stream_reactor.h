@@ -35,7 +35,7 @@
 #ifndef NORMSERVE_SERVER_INTERNAL_STREAM_REACTOR_H_
 #define NORMSERVE_SERVER_INTERNAL_STREAM_REACTOR_H_
 
-#include <chrono>
+#include <algorithm>
 #include <deque>
 #include <functional>
 #include <memory>
@@ -56,11 +56,22 @@ namespace internal {
 // The code a call counts in grpc_server_handled_total once gRPC is done
 // with it: `answered` (the status the server sent), or, where the call did
 // not end that way, how its client saw it end: past its deadline, or
-// cancelled.
+// cancelled. A client's deadline reaches the server as a timeout, counted
+// from the call's arrival (`start`), so the server's deadline falls after
+// the client's by the time the call took to arrive (tens of milliseconds on
+// a loaded host), and the client's cancellation at its own deadline can
+// come first: a cancellation within a tenth of the call's timeout (at most
+// a second) of the server's deadline counts as the deadline's.
 inline int CallEndCode(grpc::CallbackServerContext& context,
-                       grpc::StatusCode answered) {
+                       grpc::StatusCode answered, absl::Time start) {
   if (!context.IsCancelled()) return static_cast<int>(answered);
-  return static_cast<int>(context.deadline() <= std::chrono::system_clock::now()
+  const absl::Time deadline = CallDeadline(&context);
+  if (deadline == absl::InfiniteFuture()) {
+    return static_cast<int>(grpc::StatusCode::CANCELLED);
+  }
+  const absl::Duration slack =
+      std::min(absl::Seconds(1), (deadline - start) / 10);
+  return static_cast<int>(absl::Now() >= deadline - slack
                               ? grpc::StatusCode::DEADLINE_EXCEEDED
                               : grpc::StatusCode::CANCELLED);
 }
@@ -193,7 +204,8 @@ class StreamReactor final
 
   void OnDone() override {
     service_->metrics()->RpcHandled(
-        method_, CallEndCode(*context_, finish_code_), absl::Now() - start_);
+        method_, CallEndCode(*context_, finish_code_, start_),
+        absl::Now() - start_);
     service_->CallDone();
     delete this;
   }
