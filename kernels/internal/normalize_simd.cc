@@ -297,8 +297,7 @@ RowSums SumRow(size_t d, float shift, float center, const Loader& load_ref,
     // and folds them to one: the fold's first steps pair vectors within a
     // sweep (m with m + 2, then 1 with 0). A loop, not unrolled code per
     // sweep, so that each loader is inlined once.
-    HWY_ALIGN float linear_sweeps[kSweeps * n];
-    HWY_ALIGN float squares_sweeps[kSweeps * n];
+    V linear[kSweeps], squares[kSweeps];
     for (size_t sweep = 0; sweep < kSweeps; ++sweep) {
       V l0 = hn::Zero(df), l1 = l0, l2 = l0, l3 = l0;
       V q0 = l0, q1 = l0, q2 = l0, q3 = l0;
@@ -325,27 +324,16 @@ RowSums SumRow(size_t d, float shift, float center, const Loader& load_ref,
         add(l3, q3, hn::Load(df, u_tail + k + 3 * kStride),
             hn::Load(df, squared_tail + k + 3 * kStride));
       }
-      if constexpr (kLinear) {
-        hn::Store(hn::Add(hn::Add(l0, l2), hn::Add(l1, l3)), df,
-                  linear_sweeps + sweep * n);
-      }
-      hn::Store(hn::Add(hn::Add(q0, q2), hn::Add(q1, q3)), df,
-                squares_sweeps + sweep * n);
+      linear[sweep] = hn::Add(hn::Add(l0, l2), hn::Add(l1, l3));
+      squares[sweep] = hn::Add(hn::Add(q0, q2), hn::Add(q1, q3));
     }
     // The fold's last steps: across the sweeps, then across the lanes.
-    V folded[kSweeps];
     if constexpr (kLinear) {
-      for (size_t k = 0; k < kSweeps; ++k) {
-        folded[k] = hn::Load(df, linear_sweeps + k * n);
-      }
-      FoldVectors(folded, kSweeps);
-      total.linear += FoldLanes(df, folded[0]);
+      FoldVectors(linear, kSweeps);
+      total.linear += FoldLanes(df, linear[0]);
     }
-    for (size_t k = 0; k < kSweeps; ++k) {
-      folded[k] = hn::Load(df, squares_sweeps + k * n);
-    }
-    FoldVectors(folded, kSweeps);
-    total.squares += FoldLanes(df, folded[0]);
+    FoldVectors(squares, kSweeps);
+    total.squares += FoldLanes(df, squares[0]);
   }
   return total;
 }
