@@ -45,6 +45,10 @@ def find_cuobjdump():
              "pip install -r bench/requirements-sass.txt")
 
 
+# RowVariant (kernels/cuda/internal/normalize_row.h) by value.
+_VARIANTS = ["kAny", "kGammaBeta", "kGammaOnly"]
+
+
 def kernels(sass):
     """(name, input type, [(address, instruction)]) for each kernel."""
     for block in re.split(r"\n\s*Function : ", sass)[1:]:
@@ -56,8 +60,15 @@ def kernels(sass):
         types = re.findall(r"(BF16|F16|F32)", m.group(2))
         in_type, out_type = types[0], types[-1]
         packs = re.search(r"Li(\d+)E", m.group(2))
-        name = "%s<%s, %s%s>" % (m.group(1), in_type, out_type,
-                                 ", %s" % packs.group(1) if packs else "")
+        # Kernels split by norm kind and row variant (LayerNorm: true).
+        layer = re.search(r"Lb([01])E", m.group(2))
+        variant = re.search(r"RowVariantE(\d)E", m.group(2))
+        name = "%s<%s, %s%s%s%s>" % (
+            m.group(1), in_type, out_type,
+            ", %s" % packs.group(1) if packs else "",
+            ", %s" % ("true" if layer.group(1) == "1" else "false")
+            if layer else "",
+            ", %s" % _VARIANTS[int(variant.group(1))] if variant else "")
         code = []
         for line in block.split("\n"):
             i = re.match(r"\s+/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;", line)

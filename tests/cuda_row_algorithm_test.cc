@@ -123,6 +123,7 @@ struct TeamGroup {
     *a = team->Sum(t, *a);
     *b = team->Sum(t, *b);
   }
+  void Sum2Again(float* a, float* b) const { Sum2(a, b); }
   bool Any(bool b) const { return team->Sum(t, b ? 1.0 : 0.0) != 0.0; }
 };
 
@@ -563,6 +564,79 @@ TEST(CudaRowAlgorithmTest, AccurateWhenTheFirstValuesAreFarFromTheRest) {
 TEST(CudaRowAlgorithmTest, ConstantRowGivesExactlyBeta) {
   CheckConstantRowsGiveExactlyBeta(Planned, {96, 3000});  // warp, block
   CheckConstantRowsGiveExactlyBeta(Staged, {96, 3000});
+}
+
+// The shift is the mean of the first 16 values, and a constant row's shift
+// is its value exactly (what gives such a row exactly β).
+TEST(CudaRowAlgorithmTest, ShiftIsTheMeanOfTheFirstValues) {
+  std::mt19937 rng(5);
+  for (int trial = 0; trial < 100; ++trial) {
+    const std::vector<float> x = Normal(kShiftValues, 3.0f, 2.0f, &rng);
+    double mean = 0.0;
+    for (float v : x) mean += v;
+    mean /= kShiftValues;
+    const float shift = FoldedShift<4>([&](int p, float(&z)[4]) {
+      for (int j = 0; j < 4; ++j) z[j] = x[static_cast<size_t>(4 * p + j)];
+    });
+    EXPECT_NEAR(shift, mean, 1e-5 * (std::abs(mean) + 2.0));
+  }
+  for (float v :
+       {0.0f, 1.0f, -7.5f, 1.0000001f, 12288.0f, 3e36f, 1e-38f, 1e-44f}) {
+    const float shift = FoldedShift<8>([&](int, float(&z)[8]) {
+      for (float& e : z) e = v;
+    });
+    EXPECT_EQ(shift, v);
+  }
+}
+
+// One pass of Σu and Σu² serves nearly every row (the second pass is for
+// rows whose first values are far from the rest), and only where its
+// variance is accurate: K = 1 + (shift − mean)²/var <= 2.
+TEST(CudaRowAlgorithmTest, OnePassServesTypicalRowsOnly) {
+  std::mt19937 rng(9);
+  auto one_pass = [](const std::vector<float>& x, double* var) {
+    const float shift = FoldedShift<4>([&](int p, float(&z)[4]) {
+      for (int j = 0; j < 4; ++j) z[j] = x[static_cast<size_t>(4 * p + j)];
+    });
+    float sum = 0.0f, sq = 0.0f;
+    for (float v : x) {
+      sum += v - shift;
+      sq = std::fma(v - shift, v - shift, sq);
+    }
+    double mean_u;
+    return OnePassStatistics(sum, sq, 1.0 / static_cast<double>(x.size()),
+                             &mean_u, var);
+  };
+  for (const size_t d : {size_t{768}, size_t{4096}}) {
+    for (const float center : {0.0f, 1e4f}) {
+      const float std_dev = center == 0.0f ? 1.0f : 1e-2f;
+      int second_passes = 0;
+      constexpr int kRows = 2000;
+      for (int r = 0; r < kRows; ++r) {
+        const std::vector<float> x = Normal(d, center, std_dev, &rng);
+        double var;
+        if (!one_pass(x, &var)) {
+          ++second_passes;
+          continue;
+        }
+        // Accurate where taken: against the float64 two-pass variance.
+        double mean = 0.0, m2 = 0.0;
+        for (float v : x) mean += v;
+        mean /= static_cast<double>(d);
+        for (float v : x) m2 += (v - mean) * (v - mean);
+        const double want = m2 / static_cast<double>(d);
+        EXPECT_NEAR(var, want, 1e-4 * want) << "D " << d << " row " << r;
+      }
+      EXPECT_LE(second_passes, kRows / 1000)
+          << "D " << d << " rows " << center << " ± " << std_dev;
+    }
+    std::vector<float> apart = Normal(d, 0.0f, 1.0f, &rng);
+    for (size_t i = 0; i < static_cast<size_t>(kShiftValues); ++i) {
+      apart[i] += 1000.0f;
+    }
+    double var;
+    EXPECT_FALSE(one_pass(apart, &var)) << "D " << d;
+  }
 }
 
 TEST(CudaRowAlgorithmTest, HugeAndTinyMagnitudesAreRecomputedInDouble) {

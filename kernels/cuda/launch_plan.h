@@ -31,9 +31,11 @@
 //                  per row (the smallest that holds the row at 32 floats per
 //                  thread, as the warp mapping), the row in registers, warp
 //                  partial sums combined through shared memory.
-//   kBlockStreaming larger D: one block of 1024 threads per row and three
-//                  passes over the row in global memory (sums, squares,
-//                  output); the re-reads are served mostly by L2. Staged
+//   kBlockStreaming larger D: one block of 1024 threads per row and two
+//                  passes over the row in global memory (the sums, then
+//                  the output; a third for the rare LayerNorm row whose
+//                  shift is far from its mean); the re-read is served
+//                  mostly by L2. Staged
 //                  (below), the block copies the whole row into shared
 //                  memory once instead and makes its passes there.
 //

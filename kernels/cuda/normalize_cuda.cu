@@ -65,6 +65,9 @@ struct WarpGroup {
     *a = WarpSum<kLanes>(*a, mask);
     *b = WarpSum<kLanes>(*b, mask);
   }
+  __device__ __forceinline__ void Sum2Again(float* a, float* b) const {
+    Sum2(a, b);
+  }
   __device__ __forceinline__ bool Any(bool b) const {
     return __any_sync(mask, b) != 0;
   }
@@ -85,8 +88,9 @@ struct BlockScratch {
 // a row takes at most one of each, each into its own array, and rows of
 // one block are barriers apart (StagedRows; the register kernels serve one
 // row per block), so the readers of the previous row's partial sums are
-// done. The double sums (a row redone in double) come twice in a row and
-// wait for the first one's readers.
+// done. The rare second Sum2 of a row (Sum2Again, LayerNorm's second pass)
+// and the double sums (a row redone in double, twice in a row) wait for
+// the earlier readers.
 struct BlockGroup {
   BlockScratch* scratch;  // shared
 
@@ -121,6 +125,10 @@ struct BlockGroup {
     __syncthreads();
     *a = WarpSum<32>(lane < warps ? partial[lane] : 0.0f, 0xffffffffu);
     *b = WarpSum<32>(lane < warps ? partial[32 + lane] : 0.0f, 0xffffffffu);
+  }
+  __device__ __forceinline__ void Sum2Again(float* a, float* b) const {
+    __syncthreads();  // the readers of Sum2's partial sums are done
+    Sum2(a, b);
   }
   __device__ __forceinline__ bool Any(bool b) const {
     return __syncthreads_or(b ? 1 : 0) != 0;

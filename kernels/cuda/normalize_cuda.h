@@ -16,11 +16,14 @@
 //   nearest even.
 //
 // Numerics
-//   Two-pass in registers, shifted by the row's first value: Σ(z − z₀), then
-//   Σ(v − c)² and Σ(v − c) with v = z − z₀ and c the first-pass mean, the
-//   second sum correcting the first mean's rounding error. So rows with
-//   |mean| ≫ std keep their precision (never E[z²] − E[z]²), and outputs are
-//   (v − mean)·rstd, so a constant row gives exactly β. Rows whose float32
+//   As the CPU kernel: shifted by s, the mean of the row's first 16 values,
+//   one pass sums u = z − s and u² (a single reduction); var = Σu²/D −
+//   (Σu/D)² is kept where s is within a std of the mean (nearly every row:
+//   the difference then loses at most one bit), else a second pass sums
+//   (u − c)² and (u − c), c = Σu/D, the second sum correcting c's rounding
+//   error. So rows with |mean| ≫ std keep their precision (never the
+//   unshifted E[z²] − E[z]²), and outputs are (u − mean)·rstd, so a
+//   constant row gives exactly β. Rows whose float32
 //   statistics overflow or underflow (spreads beyond ~1e19 or below ~1e-15)
 //   are recomputed in double, as on the CPU. A NaN or Inf in a row makes
 //   that row's outputs NaN and touches no other row. Outputs are within the

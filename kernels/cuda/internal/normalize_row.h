@@ -295,6 +295,40 @@ NORMSERVE_HD void StorePack(typename T::Bits* row, int64_t pack, bool vector,
   }
 }
 
+// LayerNorm's shift (see NormalizeRow): the mean of the row's first
+// kShiftValues values, summed by folding in halves and then scaled, so
+// that a constant row's shift is its value exactly (each fold doubles).
+// Usually within a fraction of a standard deviation of the row's mean,
+// where a row's first value alone is a standard deviation away on
+// average. `load(p, z)` gives pack p of the row (p < kShiftValues / V).
+// Where the sum overflows, so do the row's sums, and the row is redone in
+// double with its first value as the shift.
+inline constexpr int kShiftValues = 16;
+
+template <int V, class PackLoader>
+NORMSERVE_HD float FoldedShift(const PackLoader& load) {
+  static_assert(kShiftValues % V == 0, "whole packs");
+  float s[kShiftValues];
+  NORMSERVE_UNROLL
+  for (int p = 0; p < kShiftValues / V; ++p) {
+    float z[V];
+    load(p, z);
+    NORMSERVE_UNROLL
+    for (int j = 0; j < V; ++j) s[p * V + j] = z[j];
+  }
+  // Four folds spelled out: as a loop over the fold width, nvcc kept s in
+  // local memory.
+  static_assert(kShiftValues == 16, "four folds");
+  NORMSERVE_UNROLL
+  for (int i = 0; i < 8; ++i) s[i] += s[i + 8];
+  NORMSERVE_UNROLL
+  for (int i = 0; i < 4; ++i) s[i] += s[i + 4];
+  s[0] += s[2];
+  s[1] += s[3];
+  s[0] += s[1];
+  return Mul(s[0], 1.0f / static_cast<float>(kShiftValues));
+}
+
 // ---- Where a row lives ----
 
 // True if every row of the launch can be read and written by vector
@@ -382,6 +416,16 @@ struct RowPointers {
   }
 };
 
+// LayerNorm's shift of the row at `ptr`, read from global memory: z of
+// the first packs (with the residual added and rounded as LoadZ does), or
+// of the first element in rows shorter than kShiftValues.
+template <typename In, typename Out, bool kAligned>
+NORMSERVE_HD float ShiftFromMemory(const RowPointers<In, Out, kAligned>& ptr) {
+  constexpr int V = kPackOf<In>;
+  if (ptr.packs * V < kShiftValues) return ptr.LoadZ(int64_t{0});
+  return FoldedShift<V>([&](int p, float(&z)[V]) { ptr.LoadZ(p, z); });
+}
+
 // The thread's packs (at most kPacks) and tail element, held in registers.
 template <typename In, typename Out, bool kAligned, int kPacks>
 struct RegisterRow {
@@ -404,6 +448,9 @@ struct RegisterRow {
 
   // z of element 0 (every thread loads it: one cached line).
   NORMSERVE_HD float First() const { return ptr.LoadZ(int64_t{0}); }
+  // LayerNorm's shift (FoldedShift), loaded again by every thread from the
+  // lines its group has just read.
+  NORMSERVE_HD float Shift() const { return ShiftFromMemory(ptr); }
 
   // f(k, pack, z) for each owned pack, in order: the thread's k-th pack
   // (its slot, see HeldWeights).
@@ -431,6 +478,7 @@ struct StreamingRow {
   const int t, threads;
 
   NORMSERVE_HD float First() const { return ptr.LoadZ(int64_t{0}); }
+  NORMSERVE_HD float Shift() const { return ShiftFromMemory(ptr); }
 
   template <typename F>
   NORMSERVE_HD void ForEachPack(F&& f) const {
@@ -469,6 +517,10 @@ struct SharedRow {
   const int t, threads;
 
   NORMSERVE_HD float First() const { return In::ToFloat(row[0].v[0]); }
+  NORMSERVE_HD float Shift() const {
+    if (ptr.packs * V < kShiftValues) return First();
+    return FoldedShift<V>([&](int p, float(&z)[V]) { In::Unpack(row[p], z); });
+  }
 
   template <typename F>
   NORMSERVE_HD void ForEachPack(F&& f) const {
@@ -694,19 +746,38 @@ NORMSERVE_HD float AffineElement(const KernelArgs& a, int64_t e, float z,
 // double (as the CPU kernel does).
 constexpr double kTinyVariance = 1e-30;
 
+// LayerNorm's statistics from one pass (NormalizeRow): the mean of u and
+// the variance from Σu and Σu² of a row of 1/inv_d elements; true where
+// they are accurate (K <= 2), false where the row needs a second pass.
+NORMSERVE_HD bool OnePassStatistics(float sum_u, float sum_u2, double inv_d,
+                                    double* mean_u, double* var) {
+  *mean_u = Mul(static_cast<double>(sum_u), inv_d);
+  const double mean_square = Mul(static_cast<double>(sum_u2), inv_d);
+  *var = Fma(-*mean_u, *mean_u, mean_square);
+  return *var >= 0.5 * mean_square;
+}
+
 // Normalizes row `row` (LayerNorm if kLayer, else RMSNorm) as one thread of
 // `group`; `leader` (one thread of the group) writes the statistics.
 //
-// LayerNorm: shift s = z₀; pass 1 sums z − s, giving the center
-// c = Σ(z − s)/D; pass 2 sums v = (z − s) − c and v², and
-// Σ(v − m)² = Σv² − (Σv)²/D removes the error of c. RMSNorm: one pass of
-// z². Rows whose float32 sums overflow, or whose variance is so small that
-// the squares may have underflowed (and that are not exactly constant), are
-// redone in double. γ and β come from `weights` (LoadedWeights,
-// HeldWeights), which also name the RowVariant the loop is compiled for;
-// taken by value: nvcc then keeps the register kernels' allocation as it
-// was without it (by reference, the 16-bit warp kernels spilled twice as
-// much).
+// LayerNorm, as the CPU kernel: with the shift s (FoldedShift) and
+// u = z − s, one pass sums u and u²; then var = Σu²/D − (Σu/D)², accurate
+// where s is close to the mean: with K = (Σu²/D) / var = 1 + (s − mean)²/var,
+// float32 sums good to a relative e (of Σ|terms|) give the variance to
+// (K + 2·sqrt(K(K − 1)))·e, under 5e within K <= 2, which nearly every row
+// is. A row past K = 2 makes a second pass over v = u − c, c = Σu/D as
+// float32: Σv² and Σv, and Σ(v − m)² = Σv² − (Σv)²/D removes the error of
+// c. RMSNorm: one pass of z². Rows whose float32 sums overflow, or whose
+// variance is so small that the squares may have underflowed (and that are
+// not exactly constant), are redone in double. γ and β come from `weights`
+// (LoadedWeights, HeldWeights), which also name the RowVariant the loop is
+// compiled for; taken by value: nvcc then keeps the register kernels'
+// allocation as it was without it (by reference, the 16-bit warp kernels
+// spilled twice as much).
+//
+// `group` sums with Sum (one float32 value), Sum2 (two at once) and, for a
+// row's second pass only, Sum2Again (as Sum2, after the readers of Sum2's
+// result are done), and votes with Any.
 template <bool kLayer, typename In, typename Out, bool kAligned, class Row,
           class Group, class Weights>
 NORMSERVE_HD void NormalizeRow(const KernelArgs& a, int64_t row,
@@ -715,37 +786,25 @@ NORMSERVE_HD void NormalizeRow(const KernelArgs& a, int64_t row,
                                const Weights weights) {
   constexpr int V = kPackOf<In>;
   const double inv_d = a.inv_dim;
-  const float shift = kLayer ? src.First() : 0.0f;
+  const float shift = kLayer ? src.Shift() : 0.0f;
 
-  float center = 0.0f;
-  float sum1 = 0.0f;
-  if constexpr (kLayer) {
-    float acc = 0.0f;
-    src.ForEachPack([&](int, int64_t, const float(&z)[V]) {
-      NORMSERVE_UNROLL
-      for (int j = 0; j < V; ++j) acc += z[j] - shift;
-    });
-    src.ForTail([&](int64_t, float z) { acc += z - shift; });
-    sum1 = group.Sum(acc);
-    center = static_cast<float>(Mul(static_cast<double>(sum1), inv_d));
-  }
-
-  float sq = 0.0f, lin = 0.0f;
+  float sum1 = 0.0f;  // Σu (LayerNorm)
+  float sq = 0.0f;    // Σu² (LayerNorm) or Σz² (RMSNorm)
   if constexpr (kLayer) {
     src.ForEachPack([&](int, int64_t, const float(&z)[V]) {
       NORMSERVE_UNROLL
       for (int j = 0; j < V; ++j) {
-        const float v = (z[j] - shift) - center;
-        sq = Fma(v, v, sq);
-        lin += v;
+        const float u = z[j] - shift;
+        sum1 += u;
+        sq = Fma(u, u, sq);
       }
     });
     src.ForTail([&](int64_t, float z) {
-      const float v = (z - shift) - center;
-      sq = Fma(v, v, sq);
-      lin += v;
+      const float u = z - shift;
+      sum1 += u;
+      sq = Fma(u, u, sq);
     });
-    group.Sum2(&sq, &lin);
+    group.Sum2(&sum1, &sq);
   } else {
     src.ForEachPack([&](int, int64_t, const float(&z)[V]) {
       NORMSERVE_UNROLL
@@ -754,15 +813,46 @@ NORMSERVE_HD void NormalizeRow(const KernelArgs& a, int64_t row,
     src.ForTail([&](int64_t, float z) { sq = Fma(z, z, sq); });
     sq = group.Sum(sq);
   }
-  const double lin_d = static_cast<double>(lin);
-  double var =
-      Mul(Fma(-Mul(lin_d, lin_d), inv_d, static_cast<double>(sq)), inv_d);
+  bool use_double = !Finite(sum1) || !Finite(sq);
+
+  // The center c subtracted from u (LayerNorm), and Σ(u − c) where a second
+  // pass took it.
+  float center = 0.0f;
+  double lin_d = 0.0;
+  double var = Mul(static_cast<double>(sq), inv_d);
+  if constexpr (kLayer) {
+    double mean_u;
+    const bool one_pass = OnePassStatistics(sum1, sq, inv_d, &mean_u, &var);
+    center = static_cast<float>(mean_u);
+    // (Every thread of the group holds the same sums: the branch is the
+    // group's.)
+    if (!use_double && !one_pass) {
+      float sq2 = 0.0f, lin = 0.0f;
+      src.ForEachPack([&](int, int64_t, const float(&z)[V]) {
+        NORMSERVE_UNROLL
+        for (int j = 0; j < V; ++j) {
+          const float v = (z[j] - shift) - center;
+          sq2 = Fma(v, v, sq2);
+          lin += v;
+        }
+      });
+      src.ForTail([&](int64_t, float z) {
+        const float v = (z - shift) - center;
+        sq2 = Fma(v, v, sq2);
+        lin += v;
+      });
+      group.Sum2Again(&sq2, &lin);
+      use_double = !Finite(sq2);
+      lin_d = static_cast<double>(lin);
+      var =
+          Mul(Fma(-Mul(lin_d, lin_d), inv_d, static_cast<double>(sq2)), inv_d);
+    }
+  }
   if (var < 0.0) var = 0.0;
 
-  bool use_double = !Finite(sum1) || !Finite(sq);
   if (!use_double && var < kTinyVariance) {
-    // Exactly constant rows are fine in float32 (they give β); anything
-    // else this small is not.
+    // Exactly constant rows are fine in float32 (they give β: their shift
+    // is their value); anything else this small is not.
     bool varies = false;
     src.ForEachPack([&](int, int64_t, const float(&z)[V]) {
       NORMSERVE_UNROLL
@@ -802,9 +892,11 @@ NORMSERVE_HD void NormalizeRow(const KernelArgs& a, int64_t row,
                            static_cast<double>(center) + Mul(lin_d, inv_d));
     rstd_out = rstd;
   } else {
-    // Overflowing, underflowing or non-finite rows, in double throughout;
-    // NaN and Inf propagate to every output of the row.
-    const double s = static_cast<double>(shift);
+    // Overflowing, underflowing or non-finite rows, in double throughout,
+    // shifted by the first value (finite in a finite row, where the mean of
+    // the first values may overflow); NaN and Inf propagate to every
+    // output of the row.
+    const double s = kLayer ? static_cast<double>(src.First()) : 0.0;
     double mean = 0.0;
     if constexpr (kLayer) {
       double acc = 0.0;
