@@ -16,11 +16,12 @@
 // copy moving the same bytes.
 //
 // BM_CudaTuning/{dtype}/{D}/{add}/{staged}/{buffers}/{rows_per_group}/
-// {residual} runs LayerNorm (add = 1: add & norm, as BM_CudaAddNorm) on the
-// same rows through the internal launch, either with staging off (staged =
-// 0: the register kernels) or staged with the given StagedTuning (residual:
-// StagedTuning::Residual's value; rows_per_group -1: kAutoRowsPerGroup, so
-// that with 2 buffers and residual 0 the case is the default launch), so
+// {residual}/{weights} runs LayerNorm (add = 1: add & norm, as
+// BM_CudaAddNorm) on the same rows through the internal launch, either
+// with staging off (staged = 0: the register kernels) or staged with the
+// given StagedTuning (residual and weights: StagedTuning::Residual's and
+// ::Weights' values; rows_per_group -1: kAutoRowsPerGroup, so that with 2
+// buffers, residual 0 and weights 0 the case is the default launch), so
 // that one run
 // measures the launch choices against each other on this GPU; the label
 // names the choice, and bench/tuning_report.py tabulates them. It is left
@@ -245,6 +246,7 @@ void BM_CudaTuning(benchmark::State& state) {
   tuning.warp_stages = tuning.block_stages = static_cast<int>(state.range(4));
   tuning.rows_per_group = static_cast<int>(state.range(5));
   tuning.residual = static_cast<StagedTuning::Residual>(state.range(6));
+  tuning.weights = static_cast<StagedTuning::Weights>(state.range(7));
   const int64_t rows = kBytes / (d * static_cast<int64_t>(DTypeSize(dtype)));
   DeviceRows r = SharedRows(dtype, NormKind::kLayerNorm, d, rows);
   if (add && !AddResidual(state, r)) return;
@@ -264,18 +266,25 @@ void BM_CudaTuning(benchmark::State& state) {
   }
   using Residual = StagedTuning::Residual;
   const bool honoured =
-      !plan.staged || (report.staged &&
-                       report.stages == internal::StagedBuffers(plan, tuning) &&
-                       (!add || tuning.residual != Residual::kBeside ||
-                        report.residual_staged) &&
-                       (!add || tuning.residual != Residual::kFromMemory ||
-                        !report.residual_staged));
+      !plan.staged ||
+      (report.staged &&
+       report.stages == internal::StagedBuffers(plan, tuning) &&
+       (!add || tuning.residual != Residual::kBeside ||
+        report.residual_staged) &&
+       (!add || tuning.residual != Residual::kFromMemory ||
+        !report.residual_staged) &&
+       (tuning.weights != StagedTuning::Weights::kLoaded ||
+        (plan.mapping == RowMapping::kBlockPerRow && !report.weights_held)));
   if (!honoured) {
     const std::string why =
-        std::string(
-            "the tuning's buffers do not fit in shared memory: the "
-            "launch runs ") +
-        (report.staged ? "x alone staged" : "the register kernel");
+        report.staged && report.weights_held
+            ? std::string(
+                  "γ and β are held: the launch has no kernel that "
+                  "reads them per row")
+            : std::string(
+                  "the tuning's buffers do not fit in shared memory: the "
+                  "launch runs ") +
+                  (report.staged ? "x alone staged" : "the register kernel");
     state.SkipWithError(why.c_str());
     return;
   }
@@ -299,6 +308,9 @@ void BM_CudaTuning(benchmark::State& state) {
       label += report.residual_staged ? ", residual beside x"
                                       : ", residual from memory";
     }
+    if (plan.mapping == RowMapping::kBlockPerRow) {
+      label += report.weights_held ? ", γβ held" : ", γβ per row";
+    }
   }
   state.SetLabel(label);
 }
@@ -306,7 +318,9 @@ void BM_CudaTuning(benchmark::State& state) {
 // The shapes where the plan stages rows (float32 from D = 4096, 16-bit at
 // every D), LayerNorm and add & norm, each with staging off, the default
 // launch, and 2–4 buffers with three grids; add & norm also with its
-// residual beside x and from memory (2 buffers, resident blocks).
+// residual beside x and from memory (2 buffers, resident blocks);
+// LayerNorm under the block mapping also with γ and β read per row (the
+// default launch otherwise, and resident blocks).
 void TuningCases(benchmark::internal::Benchmark* b) {
   const auto f32 = static_cast<int64_t>(DType::kFloat32);
   const auto bf16 = static_cast<int64_t>(DType::kBFloat16);
@@ -314,17 +328,27 @@ void TuningCases(benchmark::internal::Benchmark* b) {
       {f32, 4096, 0},  {f32, 16384, 0}, {f32, 4096, 1},   {bf16, 768, 0},
       {bf16, 1024, 0}, {bf16, 4096, 0}, {bf16, 16384, 0}, {bf16, 768, 1}};
   for (const auto& s : shapes) {
-    b->Args({s[0], s[1], s[2], 0, 2, 0, 0});
-    b->Args({s[0], s[1], s[2], 1, 2, StagedTuning::kAutoRowsPerGroup, 0});
+    constexpr int64_t kAutoRows = StagedTuning::kAutoRowsPerGroup;
+    b->Args({s[0], s[1], s[2], 0, 2, 0, 0, 0});
+    b->Args({s[0], s[1], s[2], 1, 2, kAutoRows, 0, 0});
     for (int64_t buffers = 2; buffers <= kMaxStagedBuffers; ++buffers) {
       for (int64_t rows_per_group : {0, 8, 32}) {
-        b->Args({s[0], s[1], s[2], 1, buffers, rows_per_group, 0});
+        b->Args({s[0], s[1], s[2], 1, buffers, rows_per_group, 0, 0});
       }
     }
     if (s[2] != 0) {
       for (auto residual : {StagedTuning::Residual::kBeside,
                             StagedTuning::Residual::kFromMemory}) {
-        b->Args({s[0], s[1], s[2], 1, 2, 0, static_cast<int64_t>(residual)});
+        b->Args({s[0], s[1], s[2], 1, 2, 0, static_cast<int64_t>(residual), 0});
+      }
+    }
+    const auto dtype = static_cast<DType>(s[0]);
+    if (s[2] == 0 &&
+        PlanLaunch(s[1], dtype).mapping == RowMapping::kBlockPerRow) {
+      const auto loaded = static_cast<int64_t>(StagedTuning::Weights::kLoaded);
+      b->Args({s[0], s[1], s[2], 1, 2, kAutoRows, 0, loaded});
+      if (RowsPerGroup(PlanLaunch(s[1], dtype), StagedTuning{}) != 0) {
+        b->Args({s[0], s[1], s[2], 1, 2, 0, 0, loaded});  // resident too
       }
     }
   }

@@ -8,8 +8,9 @@ choice's bandwidth over a device-to-device copy measured just before it
 (`vs_copy`): the register kernels (staging off), then the staged kernels
 with 2–4 row buffers per row group and three grids (as many blocks as the
 device holds, or about 8 or 32 rows per row group), and for add & norm its
-residual beside x or read from memory; and the default launch (2
-buffers, the grid and residual placement StagedTuning picks). The last
+residual beside x or read from memory, and for LayerNorm under the block
+mapping γ and β read per row instead of held; and the default launch (2
+buffers, the grid, residual placement and weights StagedTuning picks). The last
 columns name the fastest choice and give the default's fraction of it, so a
 change of default can be read off one run. The table
 is also written to OUT/cuda_tuning_<date>.md.
@@ -23,15 +24,18 @@ import sys
 from report_file import publish
 
 DTYPES = {0: "f32", 1: "f16", 2: "bf16"}
-# staged, 2 buffers, kAutoRowsPerGroup, residual auto: StagedTuning{}
-DEFAULT = (1, 2, -1, 0)
+# staged, 2 buffers, kAutoRowsPerGroup, residual auto, weights auto:
+# StagedTuning{}
+DEFAULT = (1, 2, -1, 0, 0)
 RESIDUAL = {0: "", 1: ", residual beside x", 2: ", residual from memory"}
+WEIGHTS = {0: "", 1: ", γβ held", 2: ", γβ per row"}
 
 
 def load(path):
     """(context, {(dtype, D, add): {(staged, buffers, rows_per_group,
-    residual): vs_copy}}) from a Google Benchmark JSON; failed runs are left
-    out."""
+    residual, weights): vs_copy}}) from a Google Benchmark JSON; failed
+    runs are left out. Runs from before the weights argument count as
+    weights auto."""
     with open(path) as fh:
         data = json.load(fh)
     cases = {}
@@ -43,20 +47,26 @@ def load(path):
             continue
         args = tuple(int(p) for p in parts[1:]
                      if p.lstrip("-").isdigit())
-        if len(args) != 7:
+        if len(args) == 7:
+            args += (0,)
+        if len(args) != 8:
             continue
         cases.setdefault(args[:3], {})[args[3:]] = b["vs_copy"]
     return data.get("context", {}), cases
 
 
 def choice_name(choice):
-    staged, buffers, rows_per_group, residual = choice
+    staged, buffers, rows_per_group, residual, weights = choice
     if not staged:
         return "registers"
     if choice == DEFAULT:
         return "default"
-    grid = "resident" if rows_per_group == 0 else f"{rows_per_group} rows"
-    return f"{buffers} buf, {grid}{RESIDUAL.get(residual, residual)}"
+    if rows_per_group == -1:
+        grid = "default grid"
+    else:
+        grid = "resident" if rows_per_group == 0 else f"{rows_per_group} rows"
+    return (f"{buffers} buf, {grid}{RESIDUAL.get(residual, residual)}"
+            f"{WEIGHTS.get(weights, weights)}")
 
 
 def table(cases):

@@ -233,6 +233,16 @@ TEST(CudaLaunchPlanTest, StagedTuningRanges) {
   StagedTuning residual;
   residual.residual = static_cast<StagedTuning::Residual>(3);  // none such
   EXPECT_FALSE(ValidStagedTuning(residual));
+  for (auto weights :
+       {StagedTuning::Weights::kAuto, StagedTuning::Weights::kHeld,
+        StagedTuning::Weights::kLoaded}) {
+    StagedTuning t;
+    t.weights = weights;
+    EXPECT_TRUE(ValidStagedTuning(t)) << static_cast<int>(weights);
+  }
+  StagedTuning weights;
+  weights.weights = static_cast<StagedTuning::Weights>(3);  // none such
+  EXPECT_FALSE(ValidStagedTuning(weights));
 }
 
 TEST(CudaLaunchPlanTest, StagedGridFillsTheDeviceOrGivesEachGroupItsRows) {

@@ -343,6 +343,13 @@ void ExpectTuningHonoured(const Case& c, const StagedTuning& t,
       EXPECT_EQ(report.residual_staged, beside > 0);
     }
   }
+  // γ and β are read per row only where asked, under the block mapping,
+  // in a launch of a plain variant (these cases have γ and β; a residual
+  // takes the general loop).
+  EXPECT_EQ(
+      report.weights_held,
+      plan.mapping == RowMapping::kBlockPerRow &&
+          !(t.weights == StagedTuning::Weights::kLoaded && !c.with_residual));
   if (t.max_blocks > 0) {
     EXPECT_LE(report.blocks, t.max_blocks);
   }
@@ -395,6 +402,12 @@ TEST_F(CudaKernelTest, StagedTuningDoesNotChangeBits) {
             tunings.push_back(t);
           }
         }
+        for (int max_blocks : {1, 0}) {
+          StagedTuning t;
+          t.weights = StagedTuning::Weights::kLoaded;
+          t.max_blocks = max_blocks;
+          tunings.push_back(t);
+        }
         if (residual) {
           for (auto where : {StagedTuning::Residual::kBeside,
                              StagedTuning::Residual::kFromMemory}) {
@@ -410,8 +423,8 @@ TEST_F(CudaKernelTest, StagedTuningDoesNotChangeBits) {
                        << Name(in) << " D " << d << " residual " << residual
                        << " stages " << t.block_stages << " max_blocks "
                        << t.max_blocks << " rows_per_group " << t.rows_per_group
-                       << " residual placement "
-                       << static_cast<int>(t.residual));
+                       << " residual placement " << static_cast<int>(t.residual)
+                       << " weights " << static_cast<int>(t.weights));
           internal::LaunchReport report;
           const Output o = RunOnGpu(all, 0, &t, &report);
           ExpectTuningHonoured(all, t, report);

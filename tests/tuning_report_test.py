@@ -30,6 +30,9 @@ SAMPLE = {
         entry((2, 768, 0, 1, 4, 32, 0), 0.99, error_occurred=True),
         entry((0, 4096, 1, 1, 2, -1, 0), 0.93),  # add & norm: the default
         entry((0, 4096, 1, 1, 2, 0, 2), 0.91),  # residual from memory
+        # With the weights argument: the default and γ β read per row.
+        entry((0, 4096, 0, 1, 2, -1, 0, 0), 0.92),
+        entry((0, 4096, 0, 1, 2, -1, 0, 2), 0.95),
         {"name": "BM_CudaNormalize/0/0/4096/manual_time", "vs_copy": 0.5},
         entry((0, 4096, 1, 1, 2, 0, 0), 0.10, run_type="aggregate"),
     ],
@@ -49,26 +52,35 @@ class TuningReportTest(unittest.TestCase):
         context, cases = tuning_report.load(self.path)
         self.assertEqual(context["cuda_device"],
                          "NVIDIA H100 80GB HBM3 (sm_90)")
-        self.assertEqual(sorted(cases), [(0, 4096, 1), (2, 768, 0)])
-        self.assertEqual(cases[(2, 768, 0)], {(0, 2, 0, 0): 0.90,
-                                              (1, 2, -1, 0): 0.88,
-                                              (1, 2, 0, 0): 0.87,
-                                              (1, 3, 8, 0): 0.94})
+        self.assertEqual(sorted(cases),
+                         [(0, 4096, 0), (0, 4096, 1), (2, 768, 0)])
+        # Entries without the weights argument count as weights auto.
+        self.assertEqual(cases[(2, 768, 0)], {(0, 2, 0, 0, 0): 0.90,
+                                              (1, 2, -1, 0, 0): 0.88,
+                                              (1, 2, 0, 0, 0): 0.87,
+                                              (1, 3, 8, 0, 0): 0.94})
         self.assertEqual(cases[(0, 4096, 1)],
-                         {(1, 2, -1, 0): 0.93, (1, 2, 0, 2): 0.91})
+                         {(1, 2, -1, 0, 0): 0.93, (1, 2, 0, 2, 0): 0.91})
+        self.assertEqual(cases[(0, 4096, 0)],
+                         {(1, 2, -1, 0, 0): 0.92, (1, 2, -1, 0, 2): 0.95})
 
     def test_marks_the_best_and_the_default_fraction(self):
         _, cases = tuning_report.load(self.path)
         lines = tuning_report.table(cases).splitlines()
         self.assertEqual(
-            lines[0], "| case | registers | default | 2 buf, resident "
+            lines[0], "| case | registers | default "
+            "| 2 buf, default grid, γβ per row | 2 buf, resident "
             "| 2 buf, resident, residual from memory | 3 buf, 8 rows "
             "| best | default / best |")
-        add, ln = lines[2], lines[3]
+        f32, add, ln = lines[2], lines[3], lines[4]
+        self.assertEqual(f32, "| f32 LayerNorm 4096 | n/a | 0.920 | **0.950** "
+                         "| n/a | n/a | n/a | 2 buf, default grid, γβ per row "
+                         "| 0.968 |")
         self.assertEqual(add, "| f32 add & LayerNorm 4096 | n/a | **0.930** "
-                         "| n/a | 0.910 | n/a | default | 1.000 |")
-        self.assertEqual(ln, "| bf16 LayerNorm 768 | 0.900 | 0.880 | 0.870 "
-                         "| n/a | **0.940** | 3 buf, 8 rows | 0.936 |")
+                         "| n/a | n/a | 0.910 | n/a | default | 1.000 |")
+        self.assertEqual(ln, "| bf16 LayerNorm 768 | 0.900 | 0.880 | n/a "
+                         "| 0.870 | n/a | **0.940** | 3 buf, 8 rows "
+                         "| 0.936 |")
 
     def test_no_tuning_results_fails(self):
         with tempfile.NamedTemporaryFile("w", suffix=".json",

@@ -65,9 +65,13 @@ bool ValidStagedTuning(const StagedTuning& tuning) {
   const bool residual_ok = tuning.residual == Residual::kAuto ||
                            tuning.residual == Residual::kBeside ||
                            tuning.residual == Residual::kFromMemory;
+  using Weights = StagedTuning::Weights;
+  const bool weights_ok = tuning.weights == Weights::kAuto ||
+                          tuning.weights == Weights::kHeld ||
+                          tuning.weights == Weights::kLoaded;
   return stages_ok(tuning.warp_stages) && stages_ok(tuning.block_stages) &&
          tuning.rows_per_group >= StagedTuning::kAutoRowsPerGroup &&
-         tuning.max_blocks >= 0 && residual_ok;
+         tuning.max_blocks >= 0 && residual_ok && weights_ok;
 }
 
 int RowsPerGroup(const LaunchPlan& plan, const StagedTuning& tuning) {

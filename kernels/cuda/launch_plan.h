@@ -198,6 +198,18 @@ struct StagedTuning {
   // (H200, tuning.md above).
   enum class Residual { kAuto, kBeside, kFromMemory };
   Residual residual = Residual::kAuto;
+  // Where a staged block-mapped row's γ and β come from: kHeld, each thread
+  // holds its packs' γ and β in registers across its rows (64 floats at 32
+  // floats per thread; the staged block kernels take 118–128 registers,
+  // four 128-thread blocks per multiprocessor); kLoaded, read again for
+  // each row (from L1 where they stay, as the 32 KiB of D = 4096 can),
+  // which leaves registers for more blocks; kAuto as measured, which is
+  // kHeld (on an H200, holding them ran 1.06–1.31× faster than reading
+  // them from L2 at D = 8192 and 16384: bench/results/cuda_2026-11-26/;
+  // kLoaded at D = 4096 not yet measured). Launches with a residual, a sum
+  // output or neither γ nor β (the general loop) always hold them.
+  enum class Weights { kAuto, kHeld, kLoaded };
+  Weights weights = Weights::kAuto;
 };
 
 // True if every field is within its range (above).

@@ -338,8 +338,15 @@ struct StagedWarpKernelOf {
 // Alone, LayerNorm with γ and β and RMSNorm with γ spill nothing, and
 // RMSNorm with γ takes 64-76 registers
 // (bench/results/cuda_staged_block_spills_2026-11-27.md).
-template <typename In, typename Out, bool kLayer, RowVariant kV>
-__global__ void __launch_bounds__(kBlockMaxThreads)
+//
+// kHeld false reads γ and β again for each row instead
+// (StagedTuning::Weights::kLoaded), for the two plain variants only, and
+// is held to 64 registers (two blocks of 512 threads, or eight of 128, per
+// multiprocessor): the point of reading them per row is the blocks that
+// the registers then hold.
+template <typename In, typename Out, bool kLayer, RowVariant kV,
+          bool kHeld = true>
+__global__ void __launch_bounds__(kBlockMaxThreads, kHeld ? 1 : 2)
     StagedBlockKernel(const KernelArgs a) {
   using Bits = typename In::Bits;
   constexpr int V = kPackOf<In>;
@@ -351,26 +358,46 @@ __global__ void __launch_bounds__(kBlockMaxThreads)
   auto* buffers = StagedGroupBuffers(
       reinterpret_cast<Pack<Bits, V>*>(staged_smem), a, V, 0);
   CpAsyncCopier copier;
-  const HeldWeights<kPacks, V, kV> weights(a, t, T);
-  StagedRows<kPacks, In, kV>(
-      a, blockIdx.x, gridDim.x, buffers, t, T, copier, [] { __syncthreads(); },
-      [&](int64_t row, const Pack<Bits, V>* buffer) {
-        const RowPointers<In, Out, true> ptr(a, row);
-        const SharedRow<In, Out, kPacks> src{ptr, buffer, t, T};
-        NormalizeRow<kLayer>(a, row, ptr, src, BlockGroup{&scratch}, t == 0,
-                             weights);
-      });
+  auto rows = [&](const auto& weights) {
+    StagedRows<kPacks, In, kV>(
+        a, blockIdx.x, gridDim.x, buffers, t, T, copier,
+        [] { __syncthreads(); },
+        [&](int64_t row, const Pack<Bits, V>* buffer) {
+          const RowPointers<In, Out, true> ptr(a, row);
+          const SharedRow<In, Out, kPacks> src{ptr, buffer, t, T};
+          NormalizeRow<kLayer>(a, row, ptr, src, BlockGroup{&scratch}, t == 0,
+                               weights);
+        });
+  };
+  if constexpr (kHeld) {
+    rows(HeldWeights<kPacks, V, kV>(a, t, T));
+  } else {
+    static_assert(kV != RowVariant::kAny, "held only");
+    rows(LoadedWeights<V, kV>{a, true, true});
+  }
 }
 
 // Sets *kernel to the StagedBlockKernel of the kind and variant
-// ForKindAndVariant passes it, on the host. A functor rather than a lambda:
-// ForKindAndVariant is a host and device function, and may not call a host
-// lambda.
+// ForKindAndVariant passes it, on the host, with γ and β held unless
+// `loaded` and the variant is a plain one; *held says which. A functor
+// rather than a lambda: ForKindAndVariant is a host and device function,
+// and may not call a host lambda.
 template <typename In, typename Out>
 struct StagedBlockKernelOf {
   const void** kernel;
+  bool loaded;
+  bool* held;
   template <typename Layer, typename Variant>
   NORMSERVE_HD void operator()(Layer, Variant) const {
+    *held = true;
+    if constexpr (Variant::value != RowVariant::kAny) {
+      if (loaded) {
+        *held = false;
+        *kernel = reinterpret_cast<const void*>(
+            &StagedBlockKernel<In, Out, Layer::value, Variant::value, false>);
+        return;
+      }
+    }
     *kernel = reinterpret_cast<const void*>(
         &StagedBlockKernel<In, Out, Layer::value, Variant::value>);
   }
@@ -505,6 +532,7 @@ bool LaunchStaged(const KernelArgs& a, const LaunchPlan& plan,
     return StagedSharedBytes(k, V, plan.rows_per_block);
   };
   const void* kernel = nullptr;
+  bool weights_held = false;  // a block kernel's HeldWeights
   if (warp) {
     // Float32 rows are staged only under the block mapping
     // (kStagedMinFloat32Dim): no warp kernels for them.
@@ -522,7 +550,11 @@ bool LaunchStaged(const KernelArgs& a, const LaunchPlan& plan,
     // plan.staged bounds the row to what kStreamingStagedPacks covers.
     kernel = reinterpret_cast<const void*>(&StagedStreamingKernel<In, Out>);
   } else {
-    ForKindAndVariant(a, true, StagedBlockKernelOf<In, Out>{&kernel});
+    ForKindAndVariant(
+        a, true,
+        StagedBlockKernelOf<In, Out>{
+            &kernel, tuning.weights == StagedTuning::Weights::kLoaded,
+            &weights_held});
   }
   if (kernel == nullptr) return false;
   size_t smem = smem_of(staged);
@@ -564,6 +596,7 @@ bool LaunchStaged(const KernelArgs& a, const LaunchPlan& plan,
   report->staged = true;
   report->stages = staged.stages;
   report->residual_staged = staged.residual != nullptr && staged.stage_residual;
+  report->weights_held = weights_held;
   report->blocks = blocks;
   report->shared_bytes = smem;
   return true;

@@ -50,6 +50,8 @@ struct LaunchReport {
   bool staged = false;
   int stages = 0;                // buffers per row group (staged)
   bool residual_staged = false;  // the residual beside x (staged)
+  // γ and β held in registers across the rows (a staged block mapping).
+  bool weights_held = false;
   int64_t blocks = 0;
   size_t shared_bytes = 0;  // dynamic shared memory per block
 };
