@@ -319,8 +319,9 @@ void BM_CudaTuning(benchmark::State& state) {
 // every D), LayerNorm and add & norm, each with staging off, the default
 // launch, and 2–4 buffers with three grids; add & norm also with its
 // residual beside x and from memory (2 buffers, resident blocks);
-// LayerNorm under the block mapping also with γ and β read per row (the
-// default launch otherwise, and resident blocks).
+// LayerNorm under the block mapping also with γ and β read per row (2
+// buffers; the default grid, and resident blocks or 8 rows per group,
+// whichever is not the default).
 void TuningCases(benchmark::internal::Benchmark* b) {
   const auto f32 = static_cast<int64_t>(DType::kFloat32);
   const auto bf16 = static_cast<int64_t>(DType::kBFloat16);
@@ -346,10 +347,13 @@ void TuningCases(benchmark::internal::Benchmark* b) {
     if (s[2] == 0 &&
         PlanLaunch(s[1], dtype).mapping == RowMapping::kBlockPerRow) {
       const auto loaded = static_cast<int64_t>(StagedTuning::Weights::kLoaded);
+      // The default grid, and the other of resident blocks and 8 rows per
+      // group (reading γ and β per row, a block no longer loads them
+      // first: short-lived blocks may pay where held weights did not).
+      const bool resident =
+          RowsPerGroup(PlanLaunch(s[1], dtype), StagedTuning{}) == 0;
       b->Args({s[0], s[1], s[2], 1, 2, kAutoRows, 0, loaded});
-      if (RowsPerGroup(PlanLaunch(s[1], dtype), StagedTuning{}) != 0) {
-        b->Args({s[0], s[1], s[2], 1, 2, 0, 0, loaded});  // resident too
-      }
+      b->Args({s[0], s[1], s[2], 1, 2, resident ? 8 : 0, 0, loaded});
     }
   }
   b->UseManualTime()->Unit(benchmark::kMicrosecond);
