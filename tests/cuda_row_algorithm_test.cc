@@ -223,7 +223,9 @@ struct StagedRun {
 // of exactly that size, so that the sanitizer build sees any access past
 // it), kPacks packs per thread at most, the row loop compiled for the
 // launch's RowVariant; under a block mapping (kHold) γ and β held by each
-// thread across the rows; a long (streaming) row read in a loop (kLong:
+// thread across the rows, unless the tuning reads them per row
+// (StagedTuning::Weights::kLoaded, plain variants only, as the block
+// kernels); a long (streaming) row read in a loop (kLong:
 // SharedRow<…, kLoopedPacks>). The row groups run one after another.
 template <typename In, typename Out, int kPacks, bool kHold, bool kLong = false>
 void RunStagedRows(const KernelArgs& launch, const LaunchPlan& plan,
@@ -259,7 +261,10 @@ void RunStagedRows(const KernelArgs& launch, const LaunchPlan& plan,
                       a, row, ptr, src, TeamGroup{&team, t}, t == 0, weights);
                 });
           };
-          if constexpr (kHold) {
+          const bool loaded =
+              run.tuning.weights == StagedTuning::Weights::kLoaded &&
+              kV != RowVariant::kAny;
+          if (kHold && !loaded) {
             rows(HeldWeights<kPacks, V, kV>(a, t, threads));
           } else {
             rows(LoadedWeights<V, kV>{a, true, true});
@@ -791,6 +796,33 @@ TEST(CudaRowAlgorithmTest, StagedRowLoopGivesEveryRowTheBitsOfTheRowAlone) {
           }
         }
       }
+    }
+  }
+}
+
+// The block kernels' γ and β held in registers or read per row
+// (StagedTuning::Weights) give the same bits, in the plain variants that
+// read them per row (LayerNorm with γ and β, RMSNorm with γ alone).
+TEST(CudaRowAlgorithmTest, WeightsHeldOrReadPerRowGiveTheSameBits) {
+  std::mt19937 rng(13);
+  for (const auto& [in, d] : {std::pair{DType::kFloat32, int64_t{4096}},
+                              std::pair{DType::kBFloat16, int64_t{8192}}}) {
+    ASSERT_EQ(PlanLaunch(d, in).mapping, RowMapping::kBlockPerRow);
+    for (const NormKind kind : {NormKind::kLayerNorm, NormKind::kRmsNorm}) {
+      std::vector<float> g, b;
+      const bool layer = kind == NormKind::kLayerNorm;
+      const Case c =
+          MakeCase(kind, in, in, d, 7, true, layer, false, &rng, &g, &b);
+      SCOPED_TRACE(Describe(c));
+      StagedRun held, loaded;
+      held.blocks = loaded.blocks = 2;
+      loaded.tuning.weights = StagedTuning::Weights::kLoaded;
+      const Output h = RunEmulated(c, Path::kStaged, 0, held);
+      const Output l = RunEmulated(c, Path::kStaged, 0, loaded);
+      CheckAgainstReference(c, l);
+      ASSERT_EQ(l.y, h.y);
+      ASSERT_EQ(0,
+                std::memcmp(l.rstd.data(), h.rstd.data(), l.rstd.size() * 4));
     }
   }
 }
