@@ -60,15 +60,17 @@ def kernels(sass):
         types = re.findall(r"(BF16|F16|F32)", m.group(2))
         in_type, out_type = types[0], types[-1]
         packs = re.search(r"Li(\d+)E", m.group(2))
-        # Kernels split by norm kind and row variant (LayerNorm: true).
-        layer = re.search(r"Lb([01])E", m.group(2))
+        # Kernels split by norm kind and row variant (LayerNorm: true), and
+        # the block kernels' held weights where not the default (false).
+        flags = ["true" if f == "1" else "false"
+                 for f in re.findall(r"Lb([01])E", m.group(2))]
         variant = re.search(r"RowVariantE(\d)E", m.group(2))
-        name = "%s<%s, %s%s%s%s>" % (
+        name = "%s<%s, %s%s%s%s%s>" % (
             m.group(1), in_type, out_type,
             ", %s" % packs.group(1) if packs else "",
-            ", %s" % ("true" if layer.group(1) == "1" else "false")
-            if layer else "",
-            ", %s" % _VARIANTS[int(variant.group(1))] if variant else "")
+            ", %s" % flags[0] if flags else "",
+            ", %s" % _VARIANTS[int(variant.group(1))] if variant else "",
+            "".join(", %s" % f for f in flags[1:] if f == "false"))
         code = []
         for line in block.split("\n"):
             i = re.match(r"\s+/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;", line)
