@@ -277,7 +277,8 @@ void BM_CudaTuning(benchmark::State& state) {
         (plan.mapping == RowMapping::kBlockPerRow && !report.weights_held)));
   if (!honoured) {
     const std::string why =
-        report.staged && report.weights_held
+        tuning.weights == StagedTuning::Weights::kLoaded && report.staged &&
+                report.weights_held
             ? std::string(
                   "γ and β are held: the launch has no kernel that "
                   "reads them per row")
@@ -343,15 +344,13 @@ void TuningCases(benchmark::internal::Benchmark* b) {
         b->Args({s[0], s[1], s[2], 1, 2, 0, static_cast<int64_t>(residual), 0});
       }
     }
-    const auto dtype = static_cast<DType>(s[0]);
-    if (s[2] == 0 &&
-        PlanLaunch(s[1], dtype).mapping == RowMapping::kBlockPerRow) {
+    const LaunchPlan plan = PlanLaunch(s[1], static_cast<DType>(s[0]));
+    if (s[2] == 0 && plan.mapping == RowMapping::kBlockPerRow) {
       const auto loaded = static_cast<int64_t>(StagedTuning::Weights::kLoaded);
       // The default grid, and the other of resident blocks and 8 rows per
       // group (reading γ and β per row, a block no longer loads them
       // first: short-lived blocks may pay where held weights did not).
-      const bool resident =
-          RowsPerGroup(PlanLaunch(s[1], dtype), StagedTuning{}) == 0;
+      const bool resident = RowsPerGroup(plan, StagedTuning{}) == 0;
       b->Args({s[0], s[1], s[2], 1, 2, kAutoRows, 0, loaded});
       b->Args({s[0], s[1], s[2], 1, 2, resident ? 8 : 0, 0, loaded});
     }

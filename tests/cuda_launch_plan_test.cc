@@ -1,6 +1,7 @@
 // The CUDA launch plan, on the CPU: which mapping each D gets, that the
 // plan holds the whole row, and that thread ownership (as the kernels walk
 // it) covers every element exactly once.
+#include <type_traits>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -223,26 +224,17 @@ TEST(CudaLaunchPlanTest, StagedTuningRanges) {
   blocks.max_blocks = -1;
   EXPECT_FALSE(ValidStagedTuning(rows));
   EXPECT_FALSE(ValidStagedTuning(blocks));
-  for (auto where :
-       {StagedTuning::Residual::kAuto, StagedTuning::Residual::kBeside,
-        StagedTuning::Residual::kFromMemory}) {
-    StagedTuning t;
-    t.residual = where;
-    EXPECT_TRUE(ValidStagedTuning(t)) << static_cast<int>(where);
-  }
-  StagedTuning residual;
-  residual.residual = static_cast<StagedTuning::Residual>(3);  // none such
-  EXPECT_FALSE(ValidStagedTuning(residual));
-  for (auto weights :
-       {StagedTuning::Weights::kAuto, StagedTuning::Weights::kHeld,
-        StagedTuning::Weights::kLoaded}) {
-    StagedTuning t;
-    t.weights = weights;
-    EXPECT_TRUE(ValidStagedTuning(t)) << static_cast<int>(weights);
-  }
-  StagedTuning weights;
-  weights.weights = static_cast<StagedTuning::Weights>(3);  // none such
-  EXPECT_FALSE(ValidStagedTuning(weights));
+  // An enum field: each of its three values is valid, a fourth is not.
+  auto check_enum = [](auto StagedTuning::*field) {
+    using E = std::remove_reference_t<decltype(StagedTuning{}.*field)>;
+    for (int value = 0; value <= 3; ++value) {
+      StagedTuning t;
+      t.*field = static_cast<E>(value);
+      EXPECT_EQ(ValidStagedTuning(t), value < 3) << value;
+    }
+  };
+  check_enum(&StagedTuning::residual);
+  check_enum(&StagedTuning::weights);
 }
 
 TEST(CudaLaunchPlanTest, StagedGridFillsTheDeviceOrGivesEachGroupItsRows) {

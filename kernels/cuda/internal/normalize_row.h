@@ -819,8 +819,10 @@ NORMSERVE_HD void NormalizeRow(const KernelArgs& a, int64_t row,
   // pass took it.
   float center = 0.0f;
   double lin_d = 0.0;
-  double var = Mul(static_cast<double>(sq), inv_d);
-  if constexpr (kLayer) {
+  double var;
+  if constexpr (!kLayer) {
+    var = Mul(static_cast<double>(sq), inv_d);
+  } else {
     double mean_u;
     const bool one_pass = OnePassStatistics(sum1, sq, inv_d, &mean_u, &var);
     center = static_cast<float>(mean_u);
