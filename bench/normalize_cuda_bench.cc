@@ -20,9 +20,9 @@
 // BM_CudaAddNorm) on the same rows through the internal launch, either
 // with staging off (staged = 0: the register kernels) or staged with the
 // given StagedTuning (residual and weights: StagedTuning::Residual's and
-// ::Weights' values; rows_per_group -1: kAutoRowsPerGroup, so that with 2
-// buffers, residual 0 and weights 0 the case is the default launch), so
-// that one run
+// ::Weights' values; buffers 0: kAutoStages; rows_per_group -1:
+// kAutoRowsPerGroup, so that with buffers 0, rows_per_group -1, residual 0
+// and weights 0 the case is the default launch), so that one run
 // measures the launch choices against each other on this GPU; the label
 // names the choice, and bench/tuning_report.py tabulates them. It is left
 // out of the default run of tests/gpu_checks.sh's benchmark step, which
@@ -268,7 +268,7 @@ void BM_CudaTuning(benchmark::State& state) {
   const bool honoured =
       !plan.staged ||
       (report.staged &&
-       report.stages == internal::StagedBuffers(plan, tuning) &&
+       report.stages == internal::StagedBuffers(plan, tuning, add) &&
        (!add || tuning.residual != Residual::kBeside ||
         report.residual_staged) &&
        (!add || tuning.residual != Residual::kFromMemory ||
@@ -332,7 +332,7 @@ void TuningCases(benchmark::internal::Benchmark* b) {
   for (const auto& s : shapes) {
     constexpr int64_t kAutoRows = StagedTuning::kAutoRowsPerGroup;
     b->Args({s[0], s[1], s[2], 0, 2, 0, 0, 0});
-    b->Args({s[0], s[1], s[2], 1, 2, kAutoRows, 0, 0});
+    b->Args({s[0], s[1], s[2], 1, StagedTuning::kAutoStages, kAutoRows, 0, 0});
     for (int64_t buffers = 2; buffers <= kMaxStagedBuffers; ++buffers) {
       for (int64_t rows_per_group : {0, 8, 32}) {
         b->Args({s[0], s[1], s[2], 1, buffers, rows_per_group, 0, 0});

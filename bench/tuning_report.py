@@ -9,8 +9,8 @@ choice's bandwidth over a device-to-device copy measured just before it
 with 2–4 row buffers per row group and three grids (as many blocks as the
 device holds, or about 8 or 32 rows per row group), and for add & norm its
 residual beside x or read from memory, and for LayerNorm under the block
-mapping γ and β read per row instead of held; and the default launch (2
-buffers, the grid, residual placement and weights StagedTuning picks). The last
+mapping γ and β read per row instead of held; and the default launch (the
+buffers, grid, residual placement and weights StagedTuning picks). The last
 columns name the fastest choice and give the default's fraction of it, so a
 change of default can be read off one run. The table
 is also written to OUT/cuda_tuning_<date>.md.
@@ -24,9 +24,11 @@ import sys
 from report_file import publish
 
 DTYPES = {0: "f32", 1: "f16", 2: "bf16"}
-# staged, 2 buffers, kAutoRowsPerGroup, residual auto, weights auto:
+# staged, kAutoStages, kAutoRowsPerGroup, residual auto, weights auto:
 # StagedTuning{}
-DEFAULT = (1, 2, -1, 0, 0)
+DEFAULT = (1, 0, -1, 0, 0)
+# The default of runs from before kAutoStages, when it was 2 buffers.
+OLD_DEFAULT = (1, 2, -1, 0, 0)
 RESIDUAL = {0: "", 1: ", residual beside x", 2: ", residual from memory"}
 WEIGHTS = {0: "", 1: ", γβ held", 2: ", γβ per row"}
 
@@ -35,7 +37,7 @@ def load(path):
     """(context, {(dtype, D, add): {(staged, buffers, rows_per_group,
     residual, weights): vs_copy}}) from a Google Benchmark JSON; failed
     runs are left out. Runs from before the weights argument count as
-    weights auto."""
+    weights auto; their default launch (2 buffers then) as DEFAULT."""
     with open(path) as fh:
         data = json.load(fh)
     cases = {}
@@ -51,7 +53,10 @@ def load(path):
             args += (0,)
         if len(args) != 8:
             continue
-        cases.setdefault(args[:3], {})[args[3:]] = b["vs_copy"]
+        choice = args[3:]
+        if choice == OLD_DEFAULT:
+            choice = DEFAULT
+        cases.setdefault(args[:3], {})[choice] = b["vs_copy"]
     return data.get("context", {}), cases
 
 

@@ -206,13 +206,13 @@ TEST(CudaLaunchPlanTest, StagingOffGivesTheRegisterPlan) {
 
 TEST(CudaLaunchPlanTest, StagedTuningRanges) {
   EXPECT_TRUE(ValidStagedTuning(StagedTuning{}));
-  for (int stages : {2, 3, kMaxStagedBuffers}) {
+  for (int stages : {StagedTuning::kAutoStages, 2, 3, kMaxStagedBuffers}) {
     StagedTuning t;
     t.warp_stages = stages;
     t.block_stages = stages;
     EXPECT_TRUE(ValidStagedTuning(t)) << stages;
   }
-  for (int stages : {0, 1, kMaxStagedBuffers + 1}) {
+  for (int stages : {-1, 1, kMaxStagedBuffers + 1}) {
     StagedTuning warp, block;
     warp.warp_stages = stages;
     block.block_stages = stages;
@@ -235,6 +235,42 @@ TEST(CudaLaunchPlanTest, StagedTuningRanges) {
   };
   check_enum(&StagedTuning::residual);
   check_enum(&StagedTuning::weights);
+}
+
+// The default buffers, as measured (StagedTuning::kAutoStages): three for
+// staged warp rows of 8 packs per thread without a residual, two for the
+// rest; a tuning's own count wins everywhere.
+TEST(CudaLaunchPlanTest, RowBuffersAsMeasured) {
+  const StagedTuning automatic;
+  for (DType dt : {DType::kBFloat16, DType::kFloat16}) {
+    for (int64_t d : {776, 832, 1000, 1024}) {
+      const LaunchPlan plan = PlanLaunch(d, dt);
+      ASSERT_EQ(plan.mapping, RowMapping::kWarpPerRow) << d;
+      ASSERT_EQ(plan.packs_per_thread, 8) << d;
+      EXPECT_EQ(RowBuffers(plan, automatic, false), 3) << d;
+      EXPECT_EQ(RowBuffers(plan, automatic, true), 2) << d;
+    }
+    for (int64_t d : {64, 512, 640, 768, 2048, 4096, 16384}) {
+      const LaunchPlan plan = PlanLaunch(d, dt);
+      EXPECT_EQ(RowBuffers(plan, automatic, false), 2) << d;
+      EXPECT_EQ(RowBuffers(plan, automatic, true), 2) << d;
+    }
+  }
+  for (int64_t d : {1024, 4096, 16384}) {
+    EXPECT_EQ(RowBuffers(PlanLaunch(d, DType::kFloat32), automatic, false), 2)
+        << d;
+  }
+  const LaunchPlan warp = PlanLaunch(1024, DType::kBFloat16);
+  const LaunchPlan block = PlanLaunch(4096, DType::kBFloat16);
+  ASSERT_EQ(block.mapping, RowMapping::kBlockPerRow);
+  for (int stages = 2; stages <= kMaxStagedBuffers; ++stages) {
+    StagedTuning t;
+    t.warp_stages = stages;
+    t.block_stages = kMaxStagedBuffers + 2 - stages;
+    EXPECT_EQ(RowBuffers(warp, t, false), stages);
+    EXPECT_EQ(RowBuffers(warp, t, true), stages);
+    EXPECT_EQ(RowBuffers(block, t, false), kMaxStagedBuffers + 2 - stages);
+  }
 }
 
 TEST(CudaLaunchPlanTest, StagedGridFillsTheDeviceOrGivesEachGroupItsRows) {

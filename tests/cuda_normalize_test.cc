@@ -324,7 +324,7 @@ void ExpectTuningHonoured(const Case& c, const StagedTuning& t,
   internal::KernelArgs a{};
   a.dim = c.params.dim;
   a.residual = c.with_residual ? &a : nullptr;  // only its presence counts
-  const int stages = internal::StagedBuffers(plan, t);
+  const int stages = internal::StagedBuffers(plan, t, c.with_residual);
   const int x_alone = StagedFit(a, plan, stages, false);
   const int beside = c.with_residual ? StagedFit(a, plan, stages, true) : -1;
   using Residual = StagedTuning::Residual;

@@ -233,7 +233,7 @@ void RunStagedRows(const KernelArgs& launch, const LaunchPlan& plan,
   using P = Pack<typename In::Bits, kPackOf<In>>;
   constexpr int V = kPackOf<In>;
   KernelArgs a = launch;
-  a.stages = StagedBuffers(plan, run.tuning);
+  a.stages = StagedBuffers(plan, run.tuning, a.residual != nullptr);
   const int groups = plan.rows_per_block;
   const int threads = plan.threads_per_row;
   const auto stride = static_cast<unsigned>(run.blocks * groups);
@@ -783,7 +783,7 @@ TEST(CudaRowAlgorithmTest, StagedRowLoopGivesEveryRowTheBitsOfTheRowAlone) {
             run.landing = landing;
             SCOPED_TRACE(
                 ::testing::Message()
-                << "buffers " << StagedBuffers(plan, run.tuning)
+                << "buffers " << StagedBuffers(plan, run.tuning, residual)
                 << (landing == Landing::kEarly ? ", early" : ", late")
                 << (path == Path::kStaged ? "" : ", residual in memory"));
             const Output o = RunEmulated(c, path, 0, run);

@@ -30,8 +30,9 @@ SAMPLE = {
         entry((2, 768, 0, 1, 4, 32, 0), 0.99, error_occurred=True),
         entry((0, 4096, 1, 1, 2, -1, 0), 0.93),  # add & norm: the default
         entry((0, 4096, 1, 1, 2, 0, 2), 0.91),  # residual from memory
-        # With the weights argument: the default and γ β read per row.
-        entry((0, 4096, 0, 1, 2, -1, 0, 0), 0.92),
+        # With the weights argument (and the default's buffers 0,
+        # kAutoStages): the default and γ β read per row.
+        entry((0, 4096, 0, 1, 0, -1, 0, 0), 0.92),
         entry((0, 4096, 0, 1, 2, -1, 0, 2), 0.95),
         {"name": "BM_CudaNormalize/0/0/4096/manual_time", "vs_copy": 0.5},
         entry((0, 4096, 1, 1, 2, 0, 0), 0.10, run_type="aggregate"),
@@ -54,15 +55,16 @@ class TuningReportTest(unittest.TestCase):
                          "NVIDIA H100 80GB HBM3 (sm_90)")
         self.assertEqual(sorted(cases),
                          [(0, 4096, 0), (0, 4096, 1), (2, 768, 0)])
-        # Entries without the weights argument count as weights auto.
+        # Entries without the weights argument count as weights auto, and
+        # their default (2 buffers then) as the default.
         self.assertEqual(cases[(2, 768, 0)], {(0, 2, 0, 0, 0): 0.90,
-                                              (1, 2, -1, 0, 0): 0.88,
+                                              (1, 0, -1, 0, 0): 0.88,
                                               (1, 2, 0, 0, 0): 0.87,
                                               (1, 3, 8, 0, 0): 0.94})
         self.assertEqual(cases[(0, 4096, 1)],
-                         {(1, 2, -1, 0, 0): 0.93, (1, 2, 0, 2, 0): 0.91})
+                         {(1, 0, -1, 0, 0): 0.93, (1, 2, 0, 2, 0): 0.91})
         self.assertEqual(cases[(0, 4096, 0)],
-                         {(1, 2, -1, 0, 0): 0.92, (1, 2, -1, 0, 2): 0.95})
+                         {(1, 0, -1, 0, 0): 0.92, (1, 2, -1, 0, 2): 0.95})
 
     def test_marks_the_best_and_the_default_fraction(self):
         _, cases = tuning_report.load(self.path)

@@ -60,7 +60,9 @@ int64_t GridBlocks(const LaunchPlan& plan, int64_t rows) {
 }
 
 bool ValidStagedTuning(const StagedTuning& tuning) {
-  auto stages_ok = [](int s) { return s >= 2 && s <= kMaxStagedBuffers; };
+  auto stages_ok = [](int s) {
+    return s == StagedTuning::kAutoStages || (s >= 2 && s <= kMaxStagedBuffers);
+  };
   using Residual = StagedTuning::Residual;
   const bool residual_ok = tuning.residual == Residual::kAuto ||
                            tuning.residual == Residual::kBeside ||
@@ -72,6 +74,19 @@ bool ValidStagedTuning(const StagedTuning& tuning) {
   return stages_ok(tuning.warp_stages) && stages_ok(tuning.block_stages) &&
          tuning.rows_per_group >= StagedTuning::kAutoRowsPerGroup &&
          tuning.max_blocks >= 0 && residual_ok && weights_ok;
+}
+
+int RowBuffers(const LaunchPlan& plan, const StagedTuning& tuning,
+               bool residual) {
+  const bool warp = plan.mapping == RowMapping::kWarpPerRow;
+  const int asked = warp ? tuning.warp_stages : tuning.block_stages;
+  if (asked != StagedTuning::kAutoStages) return asked;
+  // bf16 LayerNorm at D = 1024 (H200, cuda_2026-11-28_h200/tuning.md): 3
+  // buffers 0.836 of copy, 2 buffers 0.741 (the run before: 0.796 against
+  // 0.786). With 6 packs (D = 768) 2 buffers were best or within 2 % in
+  // both runs; with a residual beside x a third buffer holds fewer blocks
+  // (add & norm at 768: 0.73 against 0.89).
+  return warp && plan.staged && plan.packs_per_thread == 8 && !residual ? 3 : 2;
 }
 
 int RowsPerGroup(const LaunchPlan& plan, const StagedTuning& tuning) {

@@ -42,7 +42,7 @@
 // Staging
 //   Instead of loading its row into registers, a row group (the warp or
 //   half-warp, or the block) may loop over rows and copy the next one into
-//   shared memory (cp.async, two buffers by default: StagedTuning) while it
+//   shared memory (cp.async, two or three buffers: StagedTuning) while it
 //   normalizes the current one there. The threads, the packs each thread owns
 //   and the order of every sum are the same, so are the bits. Under the block
 //   mapping each thread also holds the γ and β of its packs in registers across
@@ -167,14 +167,17 @@ int64_t GridBlocks(const LaunchPlan& plan, int64_t rows);
 inline constexpr int kMaxStagedBuffers = 4;
 struct StagedTuning {
   // Row buffers per row group of the warp and of the block mapping (2 to
-  // kMaxStagedBuffers): a group normalizes row i from one buffer while rows
-  // i + 1 … i + stages − 1 are being copied into the others. A staged
-  // streaming row takes one buffer (the row fills the shared memory). Two,
-  // as measured on an H200, where a third or fourth did not pay
-  // (bench/results/cuda_2026-11-25/, cuda_2026-11-27_h200/tuning.md); not
-  // yet measured on an H100.
-  int warp_stages = 2;
-  int block_stages = 2;
+  // kMaxStagedBuffers, or kAutoStages): a group normalizes row i from one
+  // buffer while rows i + 1 … i + stages − 1 are being copied into the
+  // others. A staged streaming row takes one buffer (the row fills the
+  // shared memory). kAutoStages: as measured on an H200 (RowBuffers), three
+  // for warp rows of 8 packs per thread (16-bit D of 769–1024) without a
+  // residual, two elsewhere, where a third or fourth did not pay
+  // (bench/results/cuda_2026-11-25/, cuda_2026-11-27_h200/ and
+  // cuda_2026-11-28_h200/tuning.md); not yet measured on an H100.
+  static constexpr int kAutoStages = 0;
+  int warp_stages = kAutoStages;
+  int block_stages = kAutoStages;
   // Rows per row group: 0 launches as many blocks as the device holds at
   // once, each serving a fixed share of the rows; n > 0 launches enough
   // blocks that each group serves about n rows, when that is more, so that
@@ -203,17 +206,25 @@ struct StagedTuning {
   // floats per thread; the staged block kernels take 118–128 registers,
   // four 128-thread blocks per multiprocessor); kLoaded, read again for
   // each row (from L1 where they stay, as the 32 KiB of D = 4096 can),
-  // which leaves registers for more blocks; kAuto as measured, which is
-  // kHeld (on an H200, holding them ran 1.06–1.31× faster than reading
-  // them from L2 at D = 8192 and 16384: bench/results/cuda_2026-11-26/;
-  // kLoaded at D = 4096 not yet measured). Launches with a residual, a sum
-  // output or neither γ nor β (the general loop) always hold them.
+  // which leaves registers for twice the blocks; kAuto as measured, which
+  // is kHeld: on an H200, holding them ran 1.06–1.31× faster than reading
+  // them from L2 at D = 8192 and 16384 (bench/results/cuda_2026-11-26/),
+  // and 1.04–1.24× faster than kLoaded at D = 4096 and 16384, float32 and
+  // bf16, on either grid (cuda_2026-11-28_h200/tuning.md). Launches with a
+  // residual, a sum output or neither γ nor β (the general loop) always
+  // hold them.
   enum class Weights { kAuto, kHeld, kLoaded };
   Weights weights = Weights::kAuto;
 };
 
 // True if every field is within its range (above).
 bool ValidStagedTuning(const StagedTuning& tuning);
+
+// The row buffers per row group that `tuning` asks of a staged launch under
+// a warp or block `plan` (tuning.warp_stages or block_stages, or what
+// kAutoStages stands for there); `residual`: the launch adds a residual.
+int RowBuffers(const LaunchPlan& plan, const StagedTuning& tuning,
+               bool residual);
 
 // The rows per row group that `tuning` asks of a staged launch under `plan`
 // (tuning.rows_per_group, or what kAutoRowsPerGroup stands for there).

@@ -22,17 +22,12 @@ inline constexpr int kStreamingStages = 1;
 inline constexpr int64_t kMaxStagedRows = int64_t{1} << 30;
 
 // Buffers per row group of a staged launch under `plan`, as `tuning` sets
-// them (KernelArgs::stages).
-inline int StagedBuffers(const LaunchPlan& plan, const StagedTuning& tuning) {
-  switch (plan.mapping) {
-    case RowMapping::kWarpPerRow:
-      return tuning.warp_stages;
-    case RowMapping::kBlockPerRow:
-      return tuning.block_stages;
-    case RowMapping::kBlockStreaming:
-      break;
-  }
-  return kStreamingStages;
+// them (KernelArgs::stages); `residual`: the launch adds a residual.
+inline int StagedBuffers(const LaunchPlan& plan, const StagedTuning& tuning,
+                         bool residual) {
+  return plan.mapping == RowMapping::kBlockStreaming
+             ? kStreamingStages
+             : RowBuffers(plan, tuning, residual);
 }
 
 // Packs of one buffer (`v` elements each): the row's x, and its residual
