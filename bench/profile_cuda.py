@@ -7,7 +7,13 @@ their instructions per element from the machine code. This measures what
 the GPU issued: for one launch of each case of bench/normalize_cuda_bench
 (512 MiB of input, γ and β), ncu's thread and warp instructions divided by
 the input elements, the issue rate per scheduler, DRAM throughput and
-occupancy. It writes ncu_kernels.md (and each case's raw CSV) to --out.
+occupancy; and where the warps wait: eligible warps per scheduler and
+cycle, L1/shared-memory throughput, and the share of the warps' active
+cycles spent stalled for each reason ncu tells apart (long scoreboard:
+waiting on global or local memory; short scoreboard: shared memory, MUFU,
+shuffles; wait: fixed latency; barrier; MIO and LG throttle: the
+shared-memory and global load/store queues full; ...). It writes
+ncu_kernels.md (and each case's raw CSV) to --out.
 
   python3 bench/profile_cuda.py --bench build/bench/normalize_cuda_bench \\
       --out build/gpu-checks
@@ -35,6 +41,30 @@ METRICS = [
     ("occupancy_pct", "sm__warps_active.avg.pct_of_peak_sustained_active"),
     ("duration", "gpu__time_duration.sum"),
 ]
+# Warp state: the share (%) of the warps' active cycles stalled for each
+# reason, and "selected" (issuing); the stalls ncu counts but that do not
+# arise in these kernels (texture, sleeping, membar, ...) are left out.
+STALLS = [
+    ("long scoreboard", "long_scoreboard"),
+    ("short scoreboard", "short_scoreboard"),
+    ("wait", "wait"),
+    ("barrier", "barrier"),
+    ("MIO throttle", "mio_throttle"),
+    ("LG throttle", "lg_throttle"),
+    ("math pipe", "math_pipe_throttle"),
+    ("branch", "branch_resolving"),
+    ("no instruction", "no_instruction"),
+    ("dispatch", "dispatch_stall"),
+    ("not selected", "not_selected"),
+    ("selected", "selected"),
+]
+BASE_METRICS = list(METRICS)
+METRICS += [
+    ("eligible", "smsp__warps_eligible.avg.per_cycle_active"),
+    ("l1_pct", "l1tex__throughput.avg.pct_of_peak_sustained_active"),
+] + [("stall " + reason,
+      "smsp__warp_issue_stalled_%s_per_warp_active.pct" % reason)
+     for _, reason in STALLS]
 METRIC = dict(METRICS)  # short name → ncu metric
 
 # (label, benchmark filter, input dtype): the shapes of the README's table,
@@ -121,6 +151,24 @@ def row_for(label, launch, elements):
             METRIC["duration"] + " unit", ""))
 
 
+def stall_row_for(label, launch):
+    """The warp-state table's row: eligible warps, L1 throughput, each
+    stall's share of the active cycles, and the largest stall."""
+    def get(key):
+        return launch.get(METRIC[key])
+
+    stalls = [(name, get("stall " + reason)) for name, reason in STALLS]
+    waiting = [(v, name) for name, v in stalls
+               if v is not None and name != "selected"]
+    top = max(waiting)[1] if waiting else "?"
+    cells = [label, short_kernel(launch["kernel"]),
+             "%.2f" % get("eligible") if get("eligible") is not None else "?",
+             "%.0f %%" % get("l1_pct") if get("l1_pct") is not None else "?"]
+    cells += ["%.1f" % v if v is not None else "?" for _, v in stalls]
+    cells.append(top)
+    return "| " + " | ".join(cells) + " |"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--bench", required=True,
@@ -134,41 +182,71 @@ def main():
     if args.case:
         cases = [tuple(c.split("=")) for c in args.case]
     os.makedirs(args.out, exist_ok=True)
-    rows, failures = [], 0
+    rows, stall_rows, failures = [], [], 0
+    # The warp-state metrics are asked for until an ncu refuses them (a
+    # metric its version does not know fails the whole run); the cases
+    # are then profiled without them.
+    metrics = METRICS
     for label, bench_filter, dtype in cases:
         elements = INPUT_BYTES // DTYPE_BYTES[dtype]
         log = os.path.join(args.out, "ncu_%s.csv" % re.sub(r"\W+", "_",
                                                              label))
-        cmd = [args.ncu, "--csv", "--log-file", log, "--clock-control",
-               "none", "--metrics", ",".join(m for _, m in METRICS),
-               "-k", "regex:Kernel", "-c", "1", args.bench,
-               "--benchmark_filter=^" + bench_filter,
-               "--benchmark_min_time=0"]
-        print("==", " ".join(cmd), flush=True)
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        text = open(log).read() if os.path.exists(log) else ""
-        launches = parse_details_csv(text)
+
+        def profile(names):
+            cmd = [args.ncu, "--csv", "--log-file", log, "--clock-control",
+                   "none", "--metrics", ",".join(m for _, m in names),
+                   "-k", "regex:Kernel", "-c", "1", args.bench,
+                   "--benchmark_filter=^" + bench_filter,
+                   "--benchmark_min_time=0"]
+            print("==", " ".join(cmd), flush=True)
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            text = open(log).read() if os.path.exists(log) else ""
+            return done, text, parse_details_csv(text)
+
+        done, text, launches = profile(metrics)
+        if (done.returncode != 0 or not launches) and metrics != BASE_METRICS:
+            print("%s: ncu exit %d with the warp-state metrics; again "
+                  "without them\n%s" % (label, done.returncode,
+                                        done.stderr[-2000:]),
+                  file=sys.stderr)
+            done, text, launches = profile(BASE_METRICS)
+            if done.returncode == 0 and launches:
+                metrics = BASE_METRICS
         if done.returncode != 0 or not launches:
             failures += 1
             print("%s: ncu exit %d, %d launches profiled\n%s\n%s" %
                   (label, done.returncode, len(launches), done.stderr[-2000:],
                    text[:2000]), file=sys.stderr)
             rows.append("| %s | (not profiled) | | | | | | | |" % label)
+            stall_rows.append("| %s | (not profiled) |%s" %
+                              (label, " |" * (len(STALLS) + 3)))
             continue
         for launch in launches.values():
             rows.append(row_for(label, launch, elements))
+            stall_rows.append(stall_row_for(label, launch))
     table = "\n".join([
         "| case | kernel | grid × block | thread instructions / element "
         "| warp instructions / element | issue per scheduler (active) "
         "| DRAM | occupancy | duration |",
         "|---|---|---|---|---|---|---|---|---|",
     ] + rows)
+    stall_table = "\n".join([
+        "| case | kernel | eligible warps | L1 | "
+        + " | ".join(name for name, _ in STALLS) + " | largest stall |",
+        "|---" * (len(STALLS) + 5) + "|",
+    ] + stall_rows)
     with open(os.path.join(args.out, "ncu_kernels.md"), "w") as f:
         f.write("# Kernel counters (ncu), one launch per case\n\n"
                 "Input elements per case: %d MiB of input; "
-                "instructions per input element.\n\n%s\n" %
-                (INPUT_BYTES >> 20, table))
+                "instructions per input element.\n\n%s\n\n"
+                "## Where the warps wait\n\n"
+                "Eligible warps per scheduler and cycle; L1/shared-memory "
+                "throughput (%% of peak); then the share (%%) of the warps' "
+                "active cycles stalled for each reason, and issuing "
+                "(selected).\n\n%s\n" %
+                (INPUT_BYTES >> 20, table, stall_table))
     print(table)
+    print(stall_table)
     return 1 if failures else 0
 
 

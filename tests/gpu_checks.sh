@@ -17,8 +17,9 @@
 #      backend tests, racecheck, synccheck and initcheck over the kernel
 #      tests;
 #   5. where ncu (Nsight Compute) is on PATH, the kernels' counters per
-#      element: instructions, issue rate, DRAM throughput, occupancy
-#      (bench/profile_cuda.py; ncu_kernels.md in OUT_DIR).
+#      element: instructions, issue rate, DRAM throughput, occupancy, and
+#      the warps' stall reasons (bench/profile_cuda.py; ncu_kernels.md in
+#      OUT_DIR).
 # A summary table ends the output; the exit status is 1 if any step failed.
 #
 # Usage: tests/gpu_checks.sh [BUILD_DIR] [OUT_DIR]    (or: make gpu-check)

@@ -2,9 +2,12 @@
 """bench/profile_cuda.py's reading of Nsight Compute's CSV, on a sample in
 ncu's details layout (no GPU needed): per-launch metrics, ncu's messages
 around the rows skipped, values with thousands separators, and the table
-row's per-element figures."""
+row's per-element figures, the warp-state row (each stall's share and
+the largest stall)."""
 import os
+import stat
 import sys
+import tempfile
 import unittest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
@@ -35,6 +38,17 @@ SAMPLE = "\n".join([
     row(0, "dram__throughput.avg.pct_of_peak_sustained_elapsed", "%", "88.5"),
     row(0, "sm__warps_active.avg.pct_of_peak_sustained_active", "%", "61.2"),
     row(0, "gpu__time_duration.sum", "usecond", "290.50"),
+    row(0, "smsp__warps_eligible.avg.per_cycle_active", "warp", "0.37"),
+    row(0, "l1tex__throughput.avg.pct_of_peak_sustained_active", "%",
+        "47.25"),
+    row(0, "smsp__warp_issue_stalled_long_scoreboard_per_warp_active.pct",
+        "%", "41.52"),
+    row(0, "smsp__warp_issue_stalled_short_scoreboard_per_warp_active.pct",
+        "%", "12.04"),
+    row(0, "smsp__warp_issue_stalled_selected_per_warp_active.pct", "%",
+        "50.00"),
+    row(0, "smsp__warp_issue_stalled_barrier_per_warp_active.pct", "%",
+        "n/a"),
     "==PROF== Disconnected from process 4242",
 ])
 
@@ -64,6 +78,31 @@ class ParseTest(unittest.TestCase):
         self.assertEqual(cells[5], "0.81")
         self.assertEqual(cells[8], "290.5 usecond")
 
+    def test_stall_row_names_the_largest_stall(self):
+        launch = profile_cuda.parse_details_csv(SAMPLE)["0"]
+        line = profile_cuda.stall_row_for("bf16 layer_norm 768", launch)
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        names = [name for name, _ in profile_cuda.STALLS]
+        self.assertEqual(len(cells), 4 + len(names) + 1)
+        self.assertEqual(cells[:4], ["bf16 layer_norm 768",
+                                     "StagedWarpKernel<BF16, BF16, 6>",
+                                     "0.37", "47 %"])
+        stall = dict(zip(names, cells[4:-1]))
+        self.assertEqual(stall["long scoreboard"], "41.5")
+        self.assertEqual(stall["short scoreboard"], "12.0")
+        self.assertEqual(stall["barrier"], "?")  # ncu's n/a
+        self.assertEqual(stall["wait"], "?")  # not in the CSV
+        self.assertEqual(stall["selected"], "50.0")
+        # Issuing is not a stall, however large.
+        self.assertEqual(cells[-1], "long scoreboard")
+
+    def test_every_stall_is_asked_of_ncu(self):
+        asked = [m for _, m in profile_cuda.METRICS]
+        for _, reason in profile_cuda.STALLS:
+            self.assertIn("smsp__warp_issue_stalled_%s_per_warp_active.pct"
+                          % reason, asked)
+        self.assertEqual(len(asked), len(set(asked)))
+
     def test_kernel_names_lose_their_namespaces(self):
         self.assertEqual(
             profile_cuda.short_kernel(
@@ -72,6 +111,49 @@ class ParseTest(unittest.TestCase):
                 ", true, (normserve::cuda::internal::RowVariant)1>("
                 "normserve::cuda::internal::KernelArgs)"),
             "StagedBlockKernel<F32, F16, true, (RowVariant)1>")
+
+
+# An ncu that refuses the warp-state metrics (as a version that does not
+# know one of them would) and otherwise writes SAMPLE; it logs each call.
+FAKE_NCU = """#!%s
+import sys
+sys.path.insert(0, %r)
+import profile_cuda_test
+with open(%r, "a") as calls:
+    calls.write(" ".join(sys.argv[1:]) + "\\n")
+if "warp_issue_stalled" in " ".join(sys.argv):
+    sys.exit("==ERROR== Failed to find metric")
+with open(sys.argv[sys.argv.index("--log-file") + 1], "w") as log:
+    log.write(profile_cuda_test.SAMPLE)
+"""
+
+
+class MainTest(unittest.TestCase):
+    def test_an_ncu_without_the_warp_state_metrics_still_profiles(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            ncu = os.path.join(tmp, "ncu")
+            calls = os.path.join(tmp, "calls")
+            with open(ncu, "w") as f:
+                f.write(FAKE_NCU % (sys.executable, os.path.dirname(
+                    os.path.abspath(__file__)), calls))
+            os.chmod(ncu, stat.S_IRWXU)
+            out = os.path.join(tmp, "out")
+            sys.argv = ["profile_cuda.py", "--bench", "bench", "--out", out,
+                        "--ncu", ncu, "--case", "one=BM_A/=bf16",
+                        "--case", "two=BM_B/=f32"]
+            self.assertEqual(profile_cuda.main(), 0)
+            with open(calls) as f:
+                asked = f.read().splitlines()
+            # The first case twice (refused, then without), the second once.
+            self.assertEqual(len(asked), 3)
+            self.assertIn("warp_issue_stalled", asked[0])
+            self.assertNotIn("warp_issue_stalled", asked[1])
+            self.assertNotIn("warp_issue_stalled", asked[2])
+            with open(os.path.join(out, "ncu_kernels.md")) as f:
+                report = f.read()
+            self.assertIn("| one | StagedWarpKernel<BF16, BF16, 6> |", report)
+            self.assertIn("| two | StagedWarpKernel<BF16, BF16, 6> |", report)
+            self.assertNotIn("not profiled", report)
 
 
 if __name__ == "__main__":
