@@ -15,9 +15,10 @@
 // y and the sum; it moves four arrays, so `vs_copy` compares it with a
 // copy moving the same bytes.
 //
-// BM_CudaTuning/{dtype}/{D}/{add}/{staged}/{buffers}/{rows_per_group}/
-// {residual}/{weights} runs LayerNorm (add = 1: add & norm, as
-// BM_CudaAddNorm) on the same rows through the internal launch, either
+// BM_CudaTuning/{dtype}/{D}/{norm}/{staged}/{buffers}/{rows_per_group}/
+// {residual}/{weights} runs LayerNorm (norm = 0), add & norm (1, as
+// BM_CudaAddNorm) or RMSNorm with γ (2) on the same rows through the
+// internal launch, either
 // with staging off (staged = 0: the register kernels) or staged with the
 // given StagedTuning (residual and weights: StagedTuning::Residual's and
 // ::Weights' values; buffers 0: kAutoStages; rows_per_group -1:
@@ -240,7 +241,9 @@ void BM_CudaAddNorm(benchmark::State& state) {
 void BM_CudaTuning(benchmark::State& state) {
   const auto dtype = static_cast<DType>(state.range(0));
   const int64_t d = state.range(1);
-  const bool add = state.range(2) != 0;
+  const bool add = state.range(2) == 1;
+  const NormKind kind =
+      state.range(2) == 2 ? NormKind::kRmsNorm : NormKind::kLayerNorm;
   const bool staged = state.range(3) != 0;
   StagedTuning tuning;
   tuning.warp_stages = tuning.block_stages = static_cast<int>(state.range(4));
@@ -248,7 +251,7 @@ void BM_CudaTuning(benchmark::State& state) {
   tuning.residual = static_cast<StagedTuning::Residual>(state.range(6));
   tuning.weights = static_cast<StagedTuning::Weights>(state.range(7));
   const int64_t rows = kBytes / (d * static_cast<int64_t>(DTypeSize(dtype)));
-  DeviceRows r = SharedRows(dtype, NormKind::kLayerNorm, d, rows);
+  DeviceRows r = SharedRows(dtype, kind, d, rows);
   if (add && !AddResidual(state, r)) return;
   const LaunchPlan plan =
       PlanLaunch(d, dtype, staged ? Staging::kAuto : Staging::kOff);
@@ -317,18 +320,23 @@ void BM_CudaTuning(benchmark::State& state) {
 }
 
 // The shapes where the plan stages rows (float32 from D = 4096, 16-bit at
-// every D), LayerNorm and add & norm, each with staging off, the default
-// launch, and 2–4 buffers with three grids; add & norm also with its
-// residual beside x and from memory (2 buffers, resident blocks);
+// every D), LayerNorm, add & norm and RMSNorm, each with staging off, the
+// default launch, and 2–4 buffers with three grids; add & norm also with
+// its residual beside x and from memory (2 buffers, resident blocks);
 // LayerNorm under the block mapping also with γ and β read per row (2
 // buffers; the default grid, and resident blocks or 8 rows per group,
-// whichever is not the default).
+// whichever is not the default). RMSNorm where its default is not
+// LayerNorm's measured one: 16-bit D = 1024 (three buffers, from
+// LayerNorm's table alone) and float32 D = 4096 (staged, where LayerNorm's
+// register kernel has been as fast).
 void TuningCases(benchmark::internal::Benchmark* b) {
   const auto f32 = static_cast<int64_t>(DType::kFloat32);
   const auto bf16 = static_cast<int64_t>(DType::kBFloat16);
+  constexpr int64_t kRms = 2;
   const int64_t shapes[][3] = {
-      {f32, 4096, 0},  {f32, 16384, 0}, {f32, 4096, 1},   {bf16, 768, 0},
-      {bf16, 1024, 0}, {bf16, 4096, 0}, {bf16, 16384, 0}, {bf16, 768, 1}};
+      {f32, 4096, 0},     {f32, 16384, 0},  {f32, 4096, 1},   {bf16, 768, 0},
+      {bf16, 1024, 0},    {bf16, 4096, 0},  {bf16, 16384, 0}, {bf16, 768, 1},
+      {bf16, 1024, kRms}, {f32, 4096, kRms}};
   for (const auto& s : shapes) {
     constexpr int64_t kAutoRows = StagedTuning::kAutoRowsPerGroup;
     b->Args({s[0], s[1], s[2], 0, 2, 0, 0, 0});
@@ -338,7 +346,7 @@ void TuningCases(benchmark::internal::Benchmark* b) {
         b->Args({s[0], s[1], s[2], 1, buffers, rows_per_group, 0, 0});
       }
     }
-    if (s[2] != 0) {
+    if (s[2] == 1) {
       for (auto residual : {StagedTuning::Residual::kBeside,
                             StagedTuning::Residual::kFromMemory}) {
         b->Args({s[0], s[1], s[2], 1, 2, 0, static_cast<int64_t>(residual), 0});

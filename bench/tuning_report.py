@@ -3,7 +3,7 @@
 
 Reads the JSON of build/bench/normalize_cuda_bench run with
 --benchmark_filter=BM_CudaTuning (tests/gpu_checks.sh's `tuning` step) and
-prints one row per case (dtype, D, LayerNorm or add & norm) with each
+prints one row per case (dtype, D; LayerNorm, add & norm or RMSNorm) with each
 choice's bandwidth over a device-to-device copy measured just before it
 (`vs_copy`): the register kernels (staging off), then the staged kernels
 with 2–4 row buffers per row group and three grids (as many blocks as the
@@ -31,10 +31,12 @@ DEFAULT = (1, 0, -1, 0, 0)
 OLD_DEFAULT = (1, 2, -1, 0, 0)
 RESIDUAL = {0: "", 1: ", residual beside x", 2: ", residual from memory"}
 WEIGHTS = {0: "", 1: ", γβ held", 2: ", γβ per row"}
+# The benchmark's third argument.
+NORMS = {0: "LayerNorm", 1: "add & LayerNorm", 2: "RMSNorm"}
 
 
 def load(path):
-    """(context, {(dtype, D, add): {(staged, buffers, rows_per_group,
+    """(context, {(dtype, D, norm): {(staged, buffers, rows_per_group,
     residual, weights): vs_copy}}) from a Google Benchmark JSON; failed
     runs are left out. Runs from before the weights argument count as
     weights auto; their default launch (2 buffers then) as DEFAULT."""
@@ -82,7 +84,7 @@ def table(cases):
         + " | best | default / best |",
         "|---|" + "---|" * (len(choices) + 2),
     ]
-    for (dtype, d, add), results in sorted(cases.items()):
+    for (dtype, d, norm), results in sorted(cases.items()):
         best = max(results, key=results.get)
         cells = []
         for c in choices:
@@ -91,7 +93,7 @@ def table(cases):
             cells.append(f"**{text}**" if c == best else text)
         default = results.get(DEFAULT)
         ratio = "n/a" if default is None else f"{default / results[best]:.3f}"
-        kind = "add & LayerNorm" if add else "LayerNorm"
+        kind = NORMS.get(norm, norm)
         lines.append(f"| {DTYPES.get(dtype, dtype)} {kind} {d} | "
                      + " | ".join(cells)
                      + f" | {choice_name(best)} | {ratio} |")

@@ -34,6 +34,9 @@ SAMPLE = {
         # kAutoStages): the default and γ β read per row.
         entry((0, 4096, 0, 1, 0, -1, 0, 0), 0.92),
         entry((0, 4096, 0, 1, 2, -1, 0, 2), 0.95),
+        # RMSNorm (norm argument 2).
+        entry((2, 1024, 2, 1, 0, -1, 0, 0), 0.86),
+        entry((2, 1024, 2, 1, 3, 0, 0, 0), 0.90),
         {"name": "BM_CudaNormalize/0/0/4096/manual_time", "vs_copy": 0.5},
         entry((0, 4096, 1, 1, 2, 0, 0), 0.10, run_type="aggregate"),
     ],
@@ -53,8 +56,8 @@ class TuningReportTest(unittest.TestCase):
         context, cases = tuning_report.load(self.path)
         self.assertEqual(context["cuda_device"],
                          "NVIDIA H100 80GB HBM3 (sm_90)")
-        self.assertEqual(sorted(cases),
-                         [(0, 4096, 0), (0, 4096, 1), (2, 768, 0)])
+        self.assertEqual(sorted(cases), [(0, 4096, 0), (0, 4096, 1),
+                                         (2, 768, 0), (2, 1024, 2)])
         # Entries without the weights argument count as weights auto, and
         # their default (2 buffers then) as the default.
         self.assertEqual(cases[(2, 768, 0)], {(0, 2, 0, 0, 0): 0.90,
@@ -72,17 +75,20 @@ class TuningReportTest(unittest.TestCase):
         self.assertEqual(
             lines[0], "| case | registers | default "
             "| 2 buf, default grid, γβ per row | 2 buf, resident "
-            "| 2 buf, resident, residual from memory | 3 buf, 8 rows "
-            "| best | default / best |")
-        f32, add, ln = lines[2], lines[3], lines[4]
+            "| 2 buf, resident, residual from memory | 3 buf, resident "
+            "| 3 buf, 8 rows | best | default / best |")
+        f32, add, ln, rms = lines[2], lines[3], lines[4], lines[5]
         self.assertEqual(f32, "| f32 LayerNorm 4096 | n/a | 0.920 | **0.950** "
-                         "| n/a | n/a | n/a | 2 buf, default grid, γβ per row "
-                         "| 0.968 |")
+                         "| n/a | n/a | n/a | n/a "
+                         "| 2 buf, default grid, γβ per row | 0.968 |")
         self.assertEqual(add, "| f32 add & LayerNorm 4096 | n/a | **0.930** "
-                         "| n/a | n/a | 0.910 | n/a | default | 1.000 |")
+                         "| n/a | n/a | 0.910 | n/a | n/a | default | 1.000 |")
         self.assertEqual(ln, "| bf16 LayerNorm 768 | 0.900 | 0.880 | n/a "
-                         "| 0.870 | n/a | **0.940** | 3 buf, 8 rows "
+                         "| 0.870 | n/a | n/a | **0.940** | 3 buf, 8 rows "
                          "| 0.936 |")
+        self.assertEqual(rms, "| bf16 RMSNorm 1024 | n/a | 0.860 | n/a | n/a "
+                         "| n/a | **0.900** | n/a | 3 buf, resident "
+                         "| 0.956 |")
 
     def test_no_tuning_results_fails(self):
         with tempfile.NamedTemporaryFile("w", suffix=".json",
