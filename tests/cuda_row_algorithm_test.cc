@@ -751,9 +751,11 @@ TEST(CudaRowAlgorithmTest, StagedRowLoopGivesEveryRowTheBitsOfTheRowAlone) {
     int rows_per_group;
   };
   const Shape shapes[] = {
-      {DType::kBFloat16, 768, 2, 5},  // half-warp groups, 6 packs a thread
-      {DType::kFloat16, 128, 1, 6},   // half-warp groups, 1 pack a thread
-      {DType::kFloat32, 4096, 3, 5},  // block mapping, γ and β held
+      {DType::kBFloat16, 768, 2, 5},   // half-warp groups, 6 packs a thread
+      {DType::kFloat16, 128, 1, 6},    // half-warp groups, 1 pack a thread
+      {DType::kBFloat16, 1000, 2, 5},  // 8 packs a thread (3 buffers by
+                                       // default), the last 3 of 128 absent
+      {DType::kFloat32, 4096, 3, 5},   // block mapping, γ and β held
       {DType::kBFloat16, 8192, 2, 5},
       {DType::kFloat32, 16392, 2, 2},  // streaming: one buffer
   };
