@@ -313,7 +313,9 @@ void BM_CudaTuning(benchmark::State& state) {
                                       : ", residual from memory";
     }
     if (plan.mapping == RowMapping::kBlockPerRow) {
-      label += report.weights_held ? ", γβ held" : ", γβ per row";
+      const char* weights = kind == NormKind::kRmsNorm ? "γ" : "γβ";
+      label += std::string(", ") + weights +
+               (report.weights_held ? " held" : " per row");
     }
   }
   state.SetLabel(label);

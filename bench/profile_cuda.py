@@ -151,6 +151,13 @@ def row_for(label, launch, elements):
             METRIC["duration"] + " unit", ""))
 
 
+def refused_metrics(output):
+    """True if ncu's output has an error line about a metric (a name its
+    version does not know), not merely a failed run."""
+    return any("metric" in line.lower() for line in output.splitlines()
+               if line.startswith("==ERROR=="))
+
+
 def stall_row_for(label, launch):
     """The warp-state table's row: eligible warps, L1 throughput, each
     stall's share of the active cycles, and the largest stall."""
@@ -185,7 +192,8 @@ def main():
     rows, stall_rows, failures = [], [], 0
     # The warp-state metrics are asked for until an ncu refuses them (a
     # metric its version does not know fails the whole run); the cases
-    # are then profiled without them.
+    # are then profiled without them. A case that failed otherwise is
+    # tried once more without them, and the later cases still ask.
     metrics = METRICS
     for label, bench_filter, dtype in cases:
         elements = INPUT_BYTES // DTYPE_BYTES[dtype]
@@ -205,12 +213,14 @@ def main():
 
         done, text, launches = profile(metrics)
         if (done.returncode != 0 or not launches) and metrics != BASE_METRICS:
-            print("%s: ncu exit %d with the warp-state metrics; again "
-                  "without them\n%s" % (label, done.returncode,
-                                        done.stderr[-2000:]),
+            refused = refused_metrics(done.stderr + "\n" + text)
+            print("%s: ncu exit %d with the warp-state metrics%s; again "
+                  "without them\n%s" % (
+                      label, done.returncode,
+                      " (refused)" if refused else "", done.stderr[-2000:]),
                   file=sys.stderr)
             done, text, launches = profile(BASE_METRICS)
-            if done.returncode == 0 and launches:
+            if refused and done.returncode == 0 and launches:
                 metrics = BASE_METRICS
         if done.returncode != 0 or not launches:
             failures += 1

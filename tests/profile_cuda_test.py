@@ -113,47 +113,73 @@ class ParseTest(unittest.TestCase):
             "StagedBlockKernel<F32, F16, true, (RowVariant)1>")
 
 
-# An ncu that refuses the warp-state metrics (as a version that does not
-# know one of them would) and otherwise writes SAMPLE; it logs each call.
+# A fake ncu that writes SAMPLE and logs each call. MODE "refuse": it
+# refuses the warp-state metrics (as a version that does not know one of
+# them would); "crash": its first run fails as a crashed benchmark would.
 FAKE_NCU = """#!%s
-import sys
+import os, sys
 sys.path.insert(0, %r)
 import profile_cuda_test
-with open(%r, "a") as calls:
-    calls.write(" ".join(sys.argv[1:]) + "\\n")
-if "warp_issue_stalled" in " ".join(sys.argv):
-    sys.exit("==ERROR== Failed to find metric")
+calls, mode = %r, %r
+with open(calls, "a") as f:
+    f.write(" ".join(sys.argv[1:]) + "\\n")
+if mode == "refuse" and "warp_issue_stalled" in " ".join(sys.argv):
+    sys.exit("==ERROR== Failed to find metric smsp__warp_issue_stalled_x")
+if mode == "crash" and len(open(calls).read().splitlines()) == 1:
+    sys.exit("==ERROR== The application returned an error code (11).")
 with open(sys.argv[sys.argv.index("--log-file") + 1], "w") as log:
     log.write(profile_cuda_test.SAMPLE)
 """
 
 
 class MainTest(unittest.TestCase):
-    def test_an_ncu_without_the_warp_state_metrics_still_profiles(self):
+    def run_main(self, mode):
+        """(status, ncu's argument lines, ncu_kernels.md) of profile_cuda
+        over two cases with a fake ncu in `mode`."""
         with tempfile.TemporaryDirectory() as tmp:
             ncu = os.path.join(tmp, "ncu")
             calls = os.path.join(tmp, "calls")
             with open(ncu, "w") as f:
                 f.write(FAKE_NCU % (sys.executable, os.path.dirname(
-                    os.path.abspath(__file__)), calls))
+                    os.path.abspath(__file__)), calls, mode))
             os.chmod(ncu, stat.S_IRWXU)
             out = os.path.join(tmp, "out")
             sys.argv = ["profile_cuda.py", "--bench", "bench", "--out", out,
                         "--ncu", ncu, "--case", "one=BM_A/=bf16",
                         "--case", "two=BM_B/=f32"]
-            self.assertEqual(profile_cuda.main(), 0)
+            status = profile_cuda.main()
             with open(calls) as f:
                 asked = f.read().splitlines()
-            # The first case twice (refused, then without), the second once.
-            self.assertEqual(len(asked), 3)
-            self.assertIn("warp_issue_stalled", asked[0])
-            self.assertNotIn("warp_issue_stalled", asked[1])
-            self.assertNotIn("warp_issue_stalled", asked[2])
             with open(os.path.join(out, "ncu_kernels.md")) as f:
-                report = f.read()
-            self.assertIn("| one | StagedWarpKernel<BF16, BF16, 6> |", report)
-            self.assertIn("| two | StagedWarpKernel<BF16, BF16, 6> |", report)
-            self.assertNotIn("not profiled", report)
+                return status, asked, f.read()
+
+    def test_an_ncu_without_the_warp_state_metrics_still_profiles(self):
+        status, asked, report = self.run_main("refuse")
+        self.assertEqual(status, 0)
+        # The first case twice (refused, then without), the second once,
+        # without.
+        self.assertEqual(len(asked), 3)
+        self.assertIn("warp_issue_stalled", asked[0])
+        self.assertNotIn("warp_issue_stalled", asked[1])
+        self.assertNotIn("warp_issue_stalled", asked[2])
+        self.assertIn("| one | StagedWarpKernel<BF16, BF16, 6> |", report)
+        self.assertIn("| two | StagedWarpKernel<BF16, BF16, 6> |", report)
+        self.assertNotIn("not profiled", report)
+
+    def test_a_failed_run_does_not_drop_the_warp_state_metrics(self):
+        status, asked, report = self.run_main("crash")
+        self.assertEqual(status, 0)
+        self.assertEqual(len(asked), 3)
+        # The later case still asks for them.
+        self.assertIn("warp_issue_stalled", asked[2])
+        self.assertNotIn("not profiled", report)
+
+    def test_only_an_error_line_about_a_metric_is_a_refusal(self):
+        self.assertTrue(profile_cuda.refused_metrics(
+            "==PROF== Connected\n==ERROR== Failed to find metric x"))
+        self.assertFalse(profile_cuda.refused_metrics(
+            "==ERROR== The application returned an error code (11)."))
+        self.assertFalse(profile_cuda.refused_metrics(HEADER))
 
 
 if __name__ == "__main__":

@@ -83,9 +83,9 @@ int RowBuffers(const LaunchPlan& plan, const StagedTuning& tuning,
   if (asked != StagedTuning::kAutoStages) return asked;
   // bf16 LayerNorm at D = 1024 (H200, cuda_2026-11-28_h200/tuning.md): 3
   // buffers 0.836 of copy, 2 buffers 0.741 (the run before: 0.796 against
-  // 0.786). With 6 packs (D = 768) 2 buffers were best or within 2 % in
-  // both runs; with a residual beside x a third buffer holds fewer blocks
-  // (add & norm at 768: 0.73 against 0.89).
+  // 0.786). With 6 packs (D = 768) 2 buffers (resident) were within 3 % of
+  // the best in both runs; with a residual beside x a third buffer holds fewer
+  // blocks (add & norm at 768: 0.73 against 0.89).
   return warp && plan.staged && plan.packs_per_thread == 8 && !residual ? 3 : 2;
 }
 
