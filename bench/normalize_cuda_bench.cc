@@ -246,7 +246,8 @@ void BM_CudaTuning(benchmark::State& state) {
       state.range(2) == 2 ? NormKind::kRmsNorm : NormKind::kLayerNorm;
   const bool staged = state.range(3) != 0;
   StagedTuning tuning;
-  tuning.warp_stages = tuning.block_stages = static_cast<int>(state.range(4));
+  tuning.warp_stages = tuning.block_stages = tuning.streaming_stages =
+      static_cast<int>(state.range(4));
   tuning.rows_per_group = static_cast<int>(state.range(5));
   tuning.residual = static_cast<StagedTuning::Residual>(state.range(6));
   tuning.weights = static_cast<StagedTuning::Weights>(state.range(7));
@@ -270,8 +271,7 @@ void BM_CudaTuning(benchmark::State& state) {
   using Residual = StagedTuning::Residual;
   const bool honoured =
       !plan.staged ||
-      (report.staged &&
-       report.stages == internal::StagedBuffers(plan, tuning, add) &&
+      (report.staged && report.stages == RowBuffers(plan, tuning, add) &&
        (!add || tuning.residual != Residual::kBeside ||
         report.residual_staged) &&
        (!add || tuning.residual != Residual::kFromMemory ||
@@ -330,15 +330,16 @@ void BM_CudaTuning(benchmark::State& state) {
 // whichever is not the default). RMSNorm where its default is not
 // LayerNorm's measured one: 16-bit D = 1024 (three buffers, from
 // LayerNorm's table alone) and float32 D = 4096 (staged, where LayerNorm's
-// register kernel has been as fast).
+// register kernel has been as fast). And a 16-bit streaming row that two
+// buffers hold (D = 32768: one by default).
 void TuningCases(benchmark::internal::Benchmark* b) {
   const auto f32 = static_cast<int64_t>(DType::kFloat32);
   const auto bf16 = static_cast<int64_t>(DType::kBFloat16);
   constexpr int64_t kRms = 2;
   const int64_t shapes[][3] = {
-      {f32, 4096, 0},     {f32, 16384, 0},  {f32, 4096, 1},   {bf16, 768, 0},
-      {bf16, 1024, 0},    {bf16, 4096, 0},  {bf16, 16384, 0}, {bf16, 768, 1},
-      {bf16, 1024, kRms}, {f32, 4096, kRms}};
+      {f32, 4096, 0},     {f32, 16384, 0},   {f32, 4096, 1},   {bf16, 768, 0},
+      {bf16, 1024, 0},    {bf16, 4096, 0},   {bf16, 16384, 0}, {bf16, 768, 1},
+      {bf16, 1024, kRms}, {f32, 4096, kRms}, {bf16, 32768, 0}};
   for (const auto& s : shapes) {
     constexpr int64_t kAutoRows = StagedTuning::kAutoRowsPerGroup;
     b->Args({s[0], s[1], s[2], 0, 2, 0, 0, 0});

@@ -219,6 +219,16 @@ TEST(CudaLaunchPlanTest, StagedTuningRanges) {
     EXPECT_FALSE(ValidStagedTuning(warp)) << stages;
     EXPECT_FALSE(ValidStagedTuning(block)) << stages;
   }
+  for (int stages : {StagedTuning::kAutoStages, 1, 2, kMaxStagedBuffers}) {
+    StagedTuning t;
+    t.streaming_stages = stages;
+    EXPECT_TRUE(ValidStagedTuning(t)) << stages;
+  }
+  for (int stages : {-1, kMaxStagedBuffers + 1}) {
+    StagedTuning t;
+    t.streaming_stages = stages;
+    EXPECT_FALSE(ValidStagedTuning(t)) << stages;
+  }
   StagedTuning rows, blocks;
   rows.rows_per_group = StagedTuning::kAutoRowsPerGroup - 1;
   blocks.max_blocks = -1;
@@ -238,8 +248,8 @@ TEST(CudaLaunchPlanTest, StagedTuningRanges) {
 }
 
 // The default buffers, as measured (StagedTuning::kAutoStages): three for
-// staged warp rows of 8 packs per thread without a residual, two for the
-// rest; a tuning's own count wins everywhere.
+// staged warp rows of 8 packs per thread without a residual, one for a
+// streaming row, two for the rest; a tuning's own count wins everywhere.
 TEST(CudaLaunchPlanTest, RowBuffersAsMeasured) {
   const StagedTuning automatic;
   for (DType dt : {DType::kBFloat16, DType::kFloat16}) {
@@ -270,6 +280,18 @@ TEST(CudaLaunchPlanTest, RowBuffersAsMeasured) {
     EXPECT_EQ(RowBuffers(warp, t, false), stages);
     EXPECT_EQ(RowBuffers(warp, t, true), stages);
     EXPECT_EQ(RowBuffers(block, t, false), kMaxStagedBuffers + 2 - stages);
+  }
+  // A staged streaming row: one buffer unless a tuning asks for more.
+  const LaunchPlan streaming = PlanLaunch(32768, DType::kBFloat16);
+  ASSERT_EQ(streaming.mapping, RowMapping::kBlockStreaming);
+  ASSERT_TRUE(streaming.staged);
+  EXPECT_EQ(RowBuffers(streaming, automatic, false), 1);
+  EXPECT_EQ(RowBuffers(streaming, automatic, true), 1);
+  for (int stages = 1; stages <= kMaxStagedBuffers; ++stages) {
+    StagedTuning t;
+    t.warp_stages = t.block_stages = 3;
+    t.streaming_stages = stages;
+    EXPECT_EQ(RowBuffers(streaming, t, false), stages);
   }
 }
 

@@ -324,7 +324,7 @@ void ExpectTuningHonoured(const Case& c, const StagedTuning& t,
   internal::KernelArgs a{};
   a.dim = c.params.dim;
   a.residual = c.with_residual ? &a : nullptr;  // only its presence counts
-  const int stages = internal::StagedBuffers(plan, t, c.with_residual);
+  const int stages = RowBuffers(plan, t, c.with_residual);
   const int x_alone = StagedFit(a, plan, stages, false);
   const int beside = c.with_residual ? StagedFit(a, plan, stages, true) : -1;
   using Residual = StagedTuning::Residual;
@@ -396,7 +396,7 @@ TEST_F(CudaKernelTest, StagedTuningDoesNotChangeBits) {
           for (auto [max_blocks, rows_per_group] :
                {std::pair{1, 0}, std::pair{2, 5}, std::pair{0, 1}}) {
             StagedTuning t;
-            t.warp_stages = t.block_stages = stages;
+            t.warp_stages = t.block_stages = t.streaming_stages = stages;
             t.max_blocks = max_blocks;
             t.rows_per_group = rows_per_group;
             tunings.push_back(t);

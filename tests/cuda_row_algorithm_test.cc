@@ -233,7 +233,7 @@ void RunStagedRows(const KernelArgs& launch, const LaunchPlan& plan,
   using P = Pack<typename In::Bits, kPackOf<In>>;
   constexpr int V = kPackOf<In>;
   KernelArgs a = launch;
-  a.stages = StagedBuffers(plan, run.tuning, a.residual != nullptr);
+  a.stages = RowBuffers(plan, run.tuning, a.residual != nullptr);
   const int groups = plan.rows_per_block;
   const int threads = plan.threads_per_row;
   const auto stride = static_cast<unsigned>(run.blocks * groups);
@@ -737,7 +737,7 @@ TEST(CudaRowAlgorithmTest, StagedAndStreamedLongRowsHaveTheSameBits) {
 }
 
 // The staged row loop itself (StagedRows, as the kernels run it): 2 to
-// kMaxStagedBuffers buffers per row group (a streaming row has one),
+// kMaxStagedBuffers buffers per row group (a streaming row 1 or 2),
 // several blocks whose row groups serve several rows each (one group a row
 // fewer), copies that land at once or as late as cp.async allows, the
 // residual beside x or in memory. Every run gives every row the bits the
@@ -774,18 +774,19 @@ TEST(CudaRowAlgorithmTest, StagedRowLoopGivesEveryRowTheBitsOfTheRowAlone) {
       SCOPED_TRACE(Describe(c));
       const Output alone = RunEmulated(c, Path::kPlanned);
       const int max_stages = streaming ? 2 : kMaxStagedBuffers;
-      for (int stages = 2; stages <= max_stages; ++stages) {
+      for (int stages = streaming ? 1 : 2; stages <= max_stages; ++stages) {
         for (const Landing landing : {Landing::kEarly, Landing::kLate}) {
           for (const Path path :
                {Path::kStaged, Path::kStagedResidualInMemory}) {
             if (path == Path::kStagedResidualInMemory && !residual) continue;
             StagedRun run;
             run.tuning.warp_stages = run.tuning.block_stages = stages;
+            run.tuning.streaming_stages = stages;
             run.blocks = shape.blocks;
             run.landing = landing;
             SCOPED_TRACE(
                 ::testing::Message()
-                << "buffers " << StagedBuffers(plan, run.tuning, residual)
+                << "buffers " << RowBuffers(plan, run.tuning, residual)
                 << (landing == Landing::kEarly ? ", early" : ", late")
                 << (path == Path::kStaged ? "" : ", residual in memory"));
             const Output o = RunEmulated(c, path, 0, run);

@@ -60,8 +60,9 @@ int64_t GridBlocks(const LaunchPlan& plan, int64_t rows) {
 }
 
 bool ValidStagedTuning(const StagedTuning& tuning) {
-  auto stages_ok = [](int s) {
-    return s == StagedTuning::kAutoStages || (s >= 2 && s <= kMaxStagedBuffers);
+  auto stages_ok = [](int s, int least) {
+    return s == StagedTuning::kAutoStages ||
+           (s >= least && s <= kMaxStagedBuffers);
   };
   using Residual = StagedTuning::Residual;
   const bool residual_ok = tuning.residual == Residual::kAuto ||
@@ -71,7 +72,9 @@ bool ValidStagedTuning(const StagedTuning& tuning) {
   const bool weights_ok = tuning.weights == Weights::kAuto ||
                           tuning.weights == Weights::kHeld ||
                           tuning.weights == Weights::kLoaded;
-  return stages_ok(tuning.warp_stages) && stages_ok(tuning.block_stages) &&
+  return stages_ok(tuning.warp_stages, 2) &&
+         stages_ok(tuning.block_stages, 2) &&
+         stages_ok(tuning.streaming_stages, 1) &&
          tuning.rows_per_group >= StagedTuning::kAutoRowsPerGroup &&
          tuning.max_blocks >= 0 && residual_ok && weights_ok;
 }
@@ -79,6 +82,12 @@ bool ValidStagedTuning(const StagedTuning& tuning) {
 int RowBuffers(const LaunchPlan& plan, const StagedTuning& tuning,
                bool residual) {
   const bool warp = plan.mapping == RowMapping::kWarpPerRow;
+  if (plan.mapping == RowMapping::kBlockStreaming) {
+    // One buffer: the row alone fills most of the shared memory.
+    return tuning.streaming_stages == StagedTuning::kAutoStages
+               ? 1
+               : tuning.streaming_stages;
+  }
   const int asked = warp ? tuning.warp_stages : tuning.block_stages;
   if (asked != StagedTuning::kAutoStages) return asked;
   // bf16 LayerNorm at D = 1024 (H200, cuda_2026-11-28_h200/tuning.md): 3

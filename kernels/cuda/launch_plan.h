@@ -169,8 +169,7 @@ struct StagedTuning {
   // Row buffers per row group of the warp and of the block mapping (2 to
   // kMaxStagedBuffers, or kAutoStages): a group normalizes row i from one
   // buffer while rows i + 1 … i + stages − 1 are being copied into the
-  // others. A staged streaming row takes one buffer (the row fills the
-  // shared memory). kAutoStages: as measured on an H200 (RowBuffers), three
+  // others. kAutoStages: as measured on an H200 (RowBuffers), three
   // for warp rows of 8 packs per thread (16-bit D of 769–1024) without a
   // residual, two elsewhere, where a third or fourth did not pay
   // (bench/results/cuda_2026-11-25/, cuda_2026-11-27_h200/ and
@@ -178,6 +177,13 @@ struct StagedTuning {
   static constexpr int kAutoStages = 0;
   int warp_stages = kAutoStages;
   int block_stages = kAutoStages;
+  // Row buffers of a staged streaming block (1 to kMaxStagedBuffers, or
+  // kAutoStages: one). One buffer leaves the block nothing to copy while it
+  // normalizes its row (on an H200 its 16-bit rows of 32768 and 65536 run
+  // at 0.58–0.80 of copy, two blocks per multiprocessor); where two rows
+  // fit (16-bit D up to about 58000), a second buffer lets the block copy
+  // its next row meanwhile. Not yet measured.
+  int streaming_stages = kAutoStages;
   // Rows per row group: 0 launches as many blocks as the device holds at
   // once, each serving a fixed share of the rows; n > 0 launches enough
   // blocks that each group serves about n rows, when that is more, so that
@@ -221,8 +227,9 @@ struct StagedTuning {
 bool ValidStagedTuning(const StagedTuning& tuning);
 
 // The row buffers per row group that `tuning` asks of a staged launch under
-// a warp or block `plan` (tuning.warp_stages or block_stages, or what
-// kAutoStages stands for there); `residual`: the launch adds a residual.
+// `plan` (tuning.warp_stages, block_stages or streaming_stages by its
+// mapping, or what kAutoStages stands for there); `residual`: the launch
+// adds a residual.
 int RowBuffers(const LaunchPlan& plan, const StagedTuning& tuning,
                bool residual);
 

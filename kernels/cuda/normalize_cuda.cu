@@ -526,7 +526,7 @@ bool LaunchStaged(const KernelArgs& a, const LaunchPlan& plan,
   const bool streaming = plan.mapping == RowMapping::kBlockStreaming;
   const int threads = plan.threads_per_block();
   KernelArgs staged = a;
-  staged.stages = StagedBuffers(plan, tuning, a.residual != nullptr);
+  staged.stages = RowBuffers(plan, tuning, a.residual != nullptr);
   // Dynamic shared memory of the launch: every row group's buffers.
   auto smem_of = [&](const KernelArgs& k) {
     return StagedSharedBytes(k, V, plan.rows_per_block);

@@ -16,19 +16,8 @@
 
 namespace normserve::cuda::internal {
 
-// A staged streaming row fills most of the shared memory alone: one buffer.
-inline constexpr int kStreamingStages = 1;
 // Rows of a staged launch at most (StagedRows).
 inline constexpr int64_t kMaxStagedRows = int64_t{1} << 30;
-
-// Buffers per row group of a staged launch under `plan`, as `tuning` sets
-// them (KernelArgs::stages); `residual`: the launch adds a residual.
-inline int StagedBuffers(const LaunchPlan& plan, const StagedTuning& tuning,
-                         bool residual) {
-  return plan.mapping == RowMapping::kBlockStreaming
-             ? kStreamingStages
-             : RowBuffers(plan, tuning, residual);
-}
 
 // Packs of one buffer (`v` elements each): the row's x, and its residual
 // after it where the residual is staged too.
