@@ -33,7 +33,7 @@ import sys
 INPUT_BYTES = 512 << 20
 DTYPE_BYTES = {"f32": 4, "f16": 2, "bf16": 2}
 
-METRICS = [
+BASE_METRICS = [
     ("thread_inst", "smsp__thread_inst_executed.sum"),
     ("warp_inst", "smsp__inst_executed.sum"),
     ("issue", "smsp__issue_active.avg.per_cycle_active"),
@@ -58,8 +58,7 @@ STALLS = [
     ("not selected", "not_selected"),
     ("selected", "selected"),
 ]
-BASE_METRICS = list(METRICS)
-METRICS += [
+METRICS = BASE_METRICS + [
     ("eligible", "smsp__warps_eligible.avg.per_cycle_active"),
     ("l1_pct", "l1tex__throughput.avg.pct_of_peak_sustained_active"),
 ] + [("stall " + reason,
@@ -130,6 +129,11 @@ def short_kernel(name):
     return "%s<%s>" % (m.group(1), args)
 
 
+def cell(value, spec):
+    """`value` as `spec` formats it, or "?" where ncu gave none."""
+    return spec % value if value is not None else "?"
+
+
 def row_for(label, launch, elements):
     def get(key):
         return launch.get(METRIC[key])
@@ -139,8 +143,7 @@ def row_for(label, launch, elements):
         return "%.2f" % (v / elements) if v is not None else "?"
 
     def fmt(key, spec):
-        v = get(key)
-        return spec % v if v is not None else "?"
+        return cell(get(key), spec)
 
     return "| %s | %s | %s × %s | %s | %s | %s | %s | %s | %s |" % (
         label, short_kernel(launch["kernel"]), launch["grid"],
@@ -169,9 +172,8 @@ def stall_row_for(label, launch):
                if v is not None and name != "selected"]
     top = max(waiting)[1] if waiting else "?"
     cells = [label, short_kernel(launch["kernel"]),
-             "%.2f" % get("eligible") if get("eligible") is not None else "?",
-             "%.0f %%" % get("l1_pct") if get("l1_pct") is not None else "?"]
-    cells += ["%.1f" % v if v is not None else "?" for _, v in stalls]
+             cell(get("eligible"), "%.2f"), cell(get("l1_pct"), "%.0f %%")]
+    cells += [cell(v, "%.1f") for _, v in stalls]
     cells.append(top)
     return "| " + " | ".join(cells) + " |"
 

@@ -39,7 +39,8 @@ def load(path):
     """(context, {(dtype, D, norm): {(staged, buffers, rows_per_group,
     residual, weights): vs_copy}}) from a Google Benchmark JSON; failed
     runs are left out. Runs from before the weights argument count as
-    weights auto; their default launch (2 buffers then) as DEFAULT."""
+    weights auto; in a case without a DEFAULT (a run from before
+    kAutoStages), its 2-buffer default launch is the DEFAULT."""
     with open(path) as fh:
         data = json.load(fh)
     cases = {}
@@ -55,10 +56,10 @@ def load(path):
             args += (0,)
         if len(args) != 8:
             continue
-        choice = args[3:]
-        if choice == OLD_DEFAULT:
-            choice = DEFAULT
-        cases.setdefault(args[:3], {})[choice] = b["vs_copy"]
+        cases.setdefault(args[:3], {})[args[3:]] = b["vs_copy"]
+    for results in cases.values():
+        if DEFAULT not in results and OLD_DEFAULT in results:
+            results[DEFAULT] = results.pop(OLD_DEFAULT)
     return data.get("context", {}), cases
 
 

@@ -81,13 +81,13 @@ bool ValidStagedTuning(const StagedTuning& tuning) {
 
 int RowBuffers(const LaunchPlan& plan, const StagedTuning& tuning,
                bool residual) {
-  const bool warp = plan.mapping == RowMapping::kWarpPerRow;
   if (plan.mapping == RowMapping::kBlockStreaming) {
     // One buffer: the row alone fills most of the shared memory.
     return tuning.streaming_stages == StagedTuning::kAutoStages
                ? 1
                : tuning.streaming_stages;
   }
+  const bool warp = plan.mapping == RowMapping::kWarpPerRow;
   const int asked = warp ? tuning.warp_stages : tuning.block_stages;
   if (asked != StagedTuning::kAutoStages) return asked;
   // bf16 LayerNorm at D = 1024 (H200, cuda_2026-11-28_h200/tuning.md): 3
