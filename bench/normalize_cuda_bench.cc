@@ -23,7 +23,9 @@
 // given StagedTuning (residual and weights: StagedTuning::Residual's and
 // ::Weights' values; buffers 0: kAutoStages; rows_per_group -1:
 // kAutoRowsPerGroup, so that with buffers 0, rows_per_group -1, residual 0
-// and weights 0 the case is the default launch), so that one run
+// and weights 0 the case is the default launch; every other staged case
+// is staged even where the default launch takes the register kernel:
+// StagedTuning::Stage::kAlways), so that one run
 // measures the launch choices against each other on this GPU; the label
 // names the choice, and bench/tuning_report.py tabulates them. It is left
 // out of the default run of tests/gpu_checks.sh's benchmark step, which
@@ -251,6 +253,14 @@ void BM_CudaTuning(benchmark::State& state) {
   tuning.rows_per_group = static_cast<int>(state.range(5));
   tuning.residual = static_cast<StagedTuning::Residual>(state.range(6));
   tuning.weights = static_cast<StagedTuning::Weights>(state.range(7));
+  // Any case but the default launch measures a staged choice, also where
+  // the default takes the register kernel (StagesLaunch).
+  const bool default_launch =
+      staged && tuning.warp_stages == StagedTuning::kAutoStages &&
+      tuning.rows_per_group == StagedTuning::kAutoRowsPerGroup &&
+      state.range(6) == 0 && state.range(7) == 0;
+  tuning.stage = default_launch ? StagedTuning::Stage::kAuto
+                                : StagedTuning::Stage::kAlways;
   const int64_t rows = kBytes / (d * static_cast<int64_t>(DTypeSize(dtype)));
   DeviceRows r = SharedRows(dtype, kind, d, rows);
   if (add && !AddResidual(state, r)) return;
@@ -270,7 +280,7 @@ void BM_CudaTuning(benchmark::State& state) {
   }
   using Residual = StagedTuning::Residual;
   const bool honoured =
-      !plan.staged ||
+      !StagesLaunch(plan, tuning, d, add) ||
       (report.staged && report.stages == RowBuffers(plan, tuning, add) &&
        (!add || tuning.residual != Residual::kBeside ||
         report.residual_staged) &&
@@ -329,17 +339,19 @@ void BM_CudaTuning(benchmark::State& state) {
 // buffers; the default grid, and resident blocks or 8 rows per group,
 // whichever is not the default). RMSNorm where its default is not
 // LayerNorm's measured one: 16-bit D = 1024 (three buffers, from
-// LayerNorm's table alone) and float32 D = 4096 (staged, where LayerNorm's
-// register kernel has been as fast). And a 16-bit streaming row that two
-// buffers hold (D = 32768: one by default).
+// LayerNorm's table alone) and float32 D = 4096 (the register kernel, as
+// LayerNorm's measured). Float32 LayerNorm at D = 8192, where the register
+// kernel has not been measured since the staged kernels became faster at
+// 4096 and 16384. And a 16-bit streaming row that two buffers hold
+// (D = 32768: one by default).
 void TuningCases(benchmark::internal::Benchmark* b) {
   const auto f32 = static_cast<int64_t>(DType::kFloat32);
   const auto bf16 = static_cast<int64_t>(DType::kBFloat16);
   constexpr int64_t kRms = 2;
   const int64_t shapes[][3] = {
-      {f32, 4096, 0},     {f32, 16384, 0},   {f32, 4096, 1},   {bf16, 768, 0},
-      {bf16, 1024, 0},    {bf16, 4096, 0},   {bf16, 16384, 0}, {bf16, 768, 1},
-      {bf16, 1024, kRms}, {f32, 4096, kRms}, {bf16, 32768, 0}};
+      {f32, 4096, 0}, {f32, 8192, 0},     {f32, 16384, 0},   {f32, 4096, 1},
+      {bf16, 768, 0}, {bf16, 1024, 0},    {bf16, 4096, 0},   {bf16, 16384, 0},
+      {bf16, 768, 1}, {bf16, 1024, kRms}, {f32, 4096, kRms}, {bf16, 32768, 0}};
   for (const auto& s : shapes) {
     constexpr int64_t kAutoRows = StagedTuning::kAutoRowsPerGroup;
     b->Args({s[0], s[1], s[2], 0, 2, 0, 0, 0});

@@ -235,16 +235,58 @@ TEST(CudaLaunchPlanTest, StagedTuningRanges) {
   EXPECT_FALSE(ValidStagedTuning(rows));
   EXPECT_FALSE(ValidStagedTuning(blocks));
   // An enum field: each of its three values is valid, a fourth is not.
-  auto check_enum = [](auto StagedTuning::*field) {
+  auto check_enum = [](auto StagedTuning::*field, int values) {
     using E = std::remove_reference_t<decltype(StagedTuning{}.*field)>;
-    for (int value = 0; value <= 3; ++value) {
+    for (int value = 0; value <= values; ++value) {
       StagedTuning t;
       t.*field = static_cast<E>(value);
-      EXPECT_EQ(ValidStagedTuning(t), value < 3) << value;
+      EXPECT_EQ(ValidStagedTuning(t), value < values) << value;
     }
   };
-  check_enum(&StagedTuning::residual);
-  check_enum(&StagedTuning::weights);
+  check_enum(&StagedTuning::residual, 3);
+  check_enum(&StagedTuning::weights, 3);
+  check_enum(&StagedTuning::stage, 2);
+}
+
+// Which launches of a plan that may stage are staged: all but float32 rows
+// of D = 4096 without a residual (their register kernel measured as fast),
+// and those too when a tuning asks for every one (kAlways); never a launch
+// whose plan may not stage.
+TEST(CudaLaunchPlanTest, StagesLaunchAsMeasured) {
+  const StagedTuning automatic;
+  StagedTuning always;
+  always.stage = StagedTuning::Stage::kAlways;
+  const LaunchPlan f32_4096 = PlanLaunch(4096, DType::kFloat32);
+  ASSERT_TRUE(f32_4096.staged);
+  EXPECT_FALSE(StagesLaunch(f32_4096, automatic, 4096, false));
+  EXPECT_TRUE(StagesLaunch(f32_4096, automatic, 4096, true));  // add & norm
+  EXPECT_TRUE(StagesLaunch(f32_4096, always, 4096, false));
+  for (int64_t d : {4100, 8192, 16384, 32768}) {
+    const LaunchPlan plan = PlanLaunch(d, DType::kFloat32);
+    ASSERT_TRUE(plan.staged) << d;
+    for (bool residual : {false, true}) {
+      EXPECT_TRUE(StagesLaunch(plan, automatic, d, residual)) << d;
+    }
+  }
+  for (DType t : {DType::kBFloat16, DType::kFloat16}) {
+    for (int64_t d : {64, 768, 1024, 4096, 16384, 32768}) {
+      const LaunchPlan plan = PlanLaunch(d, t);
+      ASSERT_TRUE(plan.staged) << d;
+      for (bool residual : {false, true}) {
+        EXPECT_TRUE(StagesLaunch(plan, automatic, d, residual)) << d;
+      }
+    }
+  }
+  for (DType t : kTypes) {
+    for (int64_t d : {768, 4096, 4097, 16384}) {
+      const LaunchPlan off = PlanLaunch(d, t, Staging::kOff);
+      const LaunchPlan plan = PlanLaunch(d, t);
+      for (bool residual : {false, true}) {
+        EXPECT_FALSE(StagesLaunch(off, always, d, residual)) << d;
+        EXPECT_EQ(StagesLaunch(plan, always, d, residual), plan.staged) << d;
+      }
+    }
+  }
 }
 
 // The default buffers, as measured (StagedTuning::kAutoStages): three for

@@ -72,11 +72,22 @@ bool ValidStagedTuning(const StagedTuning& tuning) {
   const bool weights_ok = tuning.weights == Weights::kAuto ||
                           tuning.weights == Weights::kHeld ||
                           tuning.weights == Weights::kLoaded;
-  return stages_ok(tuning.warp_stages, 2) &&
+  const bool stage_ok = tuning.stage == StagedTuning::Stage::kAuto ||
+                        tuning.stage == StagedTuning::Stage::kAlways;
+  return stage_ok && stages_ok(tuning.warp_stages, 2) &&
          stages_ok(tuning.block_stages, 2) &&
          stages_ok(tuning.streaming_stages, 1) &&
          tuning.rows_per_group >= StagedTuning::kAutoRowsPerGroup &&
          tuning.max_blocks >= 0 && residual_ok && weights_ok;
+}
+
+bool StagesLaunch(const LaunchPlan& plan, const StagedTuning& tuning,
+                  int64_t dim, bool residual) {
+  if (!plan.staged) return false;
+  if (tuning.stage == StagedTuning::Stage::kAlways) return true;
+  const bool float32_register_row =
+      plan.pack_elements == 4 && dim <= kRegisterMaxFloat32Dim;
+  return residual || !float32_register_row;
 }
 
 int RowBuffers(const LaunchPlan& plan, const StagedTuning& tuning,

@@ -51,7 +51,9 @@
 //   (the register row takes 2 float registers per input's 2 bytes, so fewer
 //   rows fit in flight) and for float32 rows of 4096 elements or more (few rows
 //   per multiprocessor, whose loads would otherwise wait for the previous row's
-//   reductions, and γ and β that no longer stay in L1). Under kBlockStreaming
+//   reductions, and γ and β that no longer stay in L1); of these, a launch
+//   of rows of 4096 without a residual takes the register kernel, which has
+//   since measured as fast (StagesLaunch). Under kBlockStreaming
 //   every row of whole packs is `staged`: one buffer, the whole row, read once
 //   from memory instead of three times (0.52–0.66 of copy on an H100), where it
 //   fits in shared memory.
@@ -93,8 +95,10 @@ struct LaunchPlan {
   int threads_per_block() const { return threads_per_row * rows_per_block; }
 };
 
-// Smallest float32 D that is staged.
+// Smallest float32 D that may be staged, and the largest whose launches
+// without a residual are not (StagesLaunch).
 inline constexpr int64_t kStagedMinFloat32Dim = 4096;
+inline constexpr int64_t kRegisterMaxFloat32Dim = 4096;
 // Largest D (without its tail) kept in registers by a warp, and by a block.
 inline constexpr int64_t kWarpMaxPackedDim = 1024;
 inline constexpr int64_t kBlockMaxPackedDim = 16384;
@@ -221,10 +225,30 @@ struct StagedTuning {
   // hold them.
   enum class Weights { kAuto, kHeld, kLoaded };
   Weights weights = Weights::kAuto;
+  // Which launches of a plan that may stage its rows (LaunchPlan::staged)
+  // are staged: kAuto as measured (StagesLaunch); kAlways every one, so
+  // that the tuning benchmark measures the staged choices where kAuto takes
+  // the register kernel.
+  enum class Stage { kAuto, kAlways };
+  Stage stage = Stage::kAuto;
 };
 
 // True if every field is within its range (above).
 bool ValidStagedTuning(const StagedTuning& tuning);
+
+// True if a launch of rows of `dim` elements under `plan`, with a residual
+// or not (`residual`), runs the staged kernel where the rows are aligned
+// and its buffers fit (launch_plan.h, "Staging"): plan.staged, except, under
+// tuning.stage kAuto, float32 rows of D <= kRegisterMaxFloat32Dim without a
+// residual. Their register kernel (a block of 128 threads per row,
+// the row in registers, as many blocks as the registers hold) measured as
+// fast or faster on an H200 at D = 4096: 0.925 and 0.951 of copy against
+// 0.922 and 0.925 for the best staged choice, in two runs
+// (bench/results/cuda_2026-11-27_h200/ and cuda_2026-11-28_h200/tuning.md);
+// add & norm's register kernel ran at 0.75-0.78 (staged 0.93), and the
+// staged kernel is faster from D = 16384 (0.93 against 0.72).
+bool StagesLaunch(const LaunchPlan& plan, const StagedTuning& tuning,
+                  int64_t dim, bool residual);
 
 // The row buffers per row group that `tuning` asks of a staged launch under
 // `plan` (tuning.warp_stages, block_stages or streaming_stages by its

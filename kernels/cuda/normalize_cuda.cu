@@ -517,9 +517,11 @@ bool LaunchStaged(const KernelArgs& a, const LaunchPlan& plan,
                   const StagedTuning& tuning, cudaStream_t stream,
                   cudaError_t* error, LaunchReport* report) {
   constexpr int V = kPackOf<In>;
-  // plan.staged: the plan's mapping has a staged kernel for these rows
-  // (launch_plan.h). Row numbers are 32-bit (StagedRows).
-  if (!plan.staged || a.rows > kMaxStagedRows || !AlignedLaunch<In, Out>(a)) {
+  // The plan's mapping has a staged kernel for these rows, and it pays for
+  // this launch (StagesLaunch, launch_plan.h). Row numbers are 32-bit
+  // (StagedRows).
+  if (!StagesLaunch(plan, tuning, a.dim, a.residual != nullptr) ||
+      a.rows > kMaxStagedRows || !AlignedLaunch<In, Out>(a)) {
     return false;
   }
   const bool warp = plan.mapping == RowMapping::kWarpPerRow;
