@@ -17,6 +17,7 @@
 //
 // --protocol=oip sends the same tensors through the Open Inference
 // Protocol (ModelInfer, ModelStreamInfer) instead of the native API.
+// --connections=N spreads the calls over N connections instead of one.
 //
 // Each step reports throughput (requests/s, rows/s, tensor bytes/s),
 // client-side latency percentiles, errors by status code and the server's
@@ -68,6 +69,11 @@ ABSL_FLAG(std::string, request_rate, "",
           "(unary only).");
 ABSL_FLAG(std::string, arrival, "poisson",
           "Open loop arrivals: poisson or constant.");
+ABSL_FLAG(int, connections, 1,
+          "gRPC connections the calls share, each its own TCP connection: "
+          "caller i (open loop: call i) uses connection i mod N. One "
+          "connection carries every call in order over one stream of bytes, "
+          "which can bound large requests before the server does.");
 ABSL_FLAG(int, max_outstanding, 1024,
           "Open loop: calls in flight at most (beyond: CLIENT_SATURATED).");
 ABSL_FLAG(int, seed, 1, "Seed of the input values and the arrival times.");
@@ -147,12 +153,22 @@ double Percentile(const std::vector<double>& sorted, double p) {
   return sorted[std::min(sorted.size() - 1, i)];
 }
 
-// What a caller sends, in the protocol chosen.
+// What a caller sends, in the protocol chosen, and its connections.
 struct Target {
-  NormClient* client;
-  std::unique_ptr<inference::GRPCInferenceService::Stub> oip;  // or null
+  std::vector<std::unique_ptr<NormClient>> clients;  // one per connection
+  // The Open Inference Protocol's stubs, one per client; empty: native.
+  std::vector<std::unique_ptr<inference::GRPCInferenceService::Stub>> oip;
   v1::NormalizeRequest request;
   inference::ModelInferRequest oip_request;
+
+  bool use_oip() const { return !oip.empty(); }
+  // The native and OIP stubs of connection i mod the connections.
+  v1::NormalizationService::Stub* native(size_t i) const {
+    return clients[i % clients.size()]->stub();
+  }
+  inference::GRPCInferenceService::Stub* oip_stub(size_t i) const {
+    return oip[i % oip.size()].get();
+  }
 };
 
 // The Open Inference Protocol twin of a native request (raw contents).
@@ -175,11 +191,11 @@ std::chrono::system_clock::time_point CallDeadline() {
 
 // One caller: sends until `stop` or `limit` requests, recording latencies
 // of answered calls (after `measure` becomes true) and error codes.
-void Caller(const Target* target, bool stream, int64_t limit,
+void Caller(const Target* target, size_t index, bool stream, int64_t limit,
             const std::atomic<bool>& stop, const std::atomic<bool>& measure,
             std::vector<double>* latencies,
             std::map<std::string, int64_t>* errors, int64_t* ok) {
-  const bool oip = target->oip != nullptr;
+  const bool oip = target->use_oip();
   // A stream's calls have the same bound as unary ones: a server that stops
   // answering ends the stream (UNAVAILABLE/DEADLINE_EXCEEDED) instead of
   // leaving this caller blocked in Read. With --requests, each request
@@ -202,9 +218,9 @@ void Caller(const Target* target, bool stream, int64_t limit,
     stream_context.set_deadline(std::chrono::system_clock::now() +
                                 absl::ToChronoMilliseconds(stream_timeout));
     if (oip) {
-      oip_rw = target->oip->ModelStreamInfer(&stream_context);
+      oip_rw = target->oip_stub(index)->ModelStreamInfer(&stream_context);
     } else {
-      rw = target->client->stub()->NormalizeStream(&stream_context);
+      rw = target->native(index)->NormalizeStream(&stream_context);
     }
   }
   // A broken stream (the server gone, or the deadline passed) counts once,
@@ -244,13 +260,14 @@ void Caller(const Target* target, bool stream, int64_t limit,
       grpc::ClientContext call;
       call.set_deadline(CallDeadline());
       code = static_cast<int>(
-          target->oip->ModelInfer(&call, target->oip_request, &response)
+          target->oip_stub(index)
+              ->ModelInfer(&call, target->oip_request, &response)
               .error_code());
     } else {
       v1::NormalizeResponse response;
       grpc::ClientContext call;
       call.set_deadline(CallDeadline());
-      code = static_cast<int>(target->client->stub()
+      code = static_cast<int>(target->native(index)
                                   ->Normalize(&call, target->request, &response)
                                   .error_code());
     }
@@ -284,8 +301,9 @@ Step RunStep(const Target& target, bool stream, int concurrency) {
   const int64_t limit = absl::GetFlag(FLAGS_requests);
   std::vector<std::thread> threads;
   for (int i = 0; i < concurrency; ++i) {
-    threads.emplace_back(Caller, &target, stream, limit, std::cref(stop),
-                         std::cref(measure), &latencies[i], &errors[i], &ok[i]);
+    threads.emplace_back(Caller, &target, static_cast<size_t>(i), stream, limit,
+                         std::cref(stop), std::cref(measure), &latencies[i],
+                         &errors[i], &ok[i]);
   }
   absl::SleepFor(absl::Seconds(absl::GetFlag(FLAGS_warmup_s)));
   const std::string before = Scrape();
@@ -357,6 +375,7 @@ Step RunRateStep(const Target& target, double rate, bool poisson,
   });
   absl::Time next = begin;
   absl::Time last_progress = begin;
+  size_t calls = 0;  // sent: the next call's connection
   int64_t saturated = 0;
   while (next < end) {
     const absl::Time now = absl::Now();
@@ -391,15 +410,16 @@ Step RunRateStep(const Target& target, double rate, bool poisson,
         if (--shared.outstanding == 0) shared.idle.notify_all();
         delete call;
       };
-      if (target.oip != nullptr) {
-        target.oip->async()->ModelInfer(&call->context, &target.oip_request,
-                                        &call->oip_response,
-                                        std::move(on_done));
+      if (target.use_oip()) {
+        target.oip_stub(calls)->async()->ModelInfer(
+            &call->context, &target.oip_request, &call->oip_response,
+            std::move(on_done));
       } else {
-        target.client->stub()->async()->Normalize(
+        target.native(calls)->async()->Normalize(
             &call->context, &target.request, &call->response,
             std::move(on_done));
       }
+      ++calls;
     }
     next += poisson ? absl::Seconds(gap(*rng)) : absl::Seconds(1.0 / rate);
     if (absl::Now() - last_progress > absl::Milliseconds(200)) {
@@ -573,18 +593,32 @@ int main(int argc, char** argv) {
   const v1::NormalizeRequest request = NormClient::BuildRequest(in);
   const int64_t bytes = static_cast<int64_t>(request.input().data().size());
 
-  NormClient::Options options;
-  options.target = absl::GetFlag(FLAGS_server);
-  auto client = NormClient::Create(options);
-  if (!client.ok()) {
-    std::fprintf(stderr, "normbench: %s\n",
-                 std::string(client.status().message()).c_str());
-    return 1;
+  const int connections = absl::GetFlag(FLAGS_connections);
+  if (connections < 1 || connections > 1024) {
+    std::fprintf(stderr, "normbench: --connections: expected 1 to 1024\n");
+    return 2;
+  }
+  Target target;
+  for (int i = 0; i < connections; ++i) {
+    NormClient::Options options;
+    options.target = absl::GetFlag(FLAGS_server);
+    options.own_connection = connections > 1;
+    auto client = NormClient::Create(options);
+    if (!client.ok()) {
+      std::fprintf(stderr, "normbench: %s\n",
+                   std::string(client.status().message()).c_str());
+      return 1;
+    }
+    if (protocol == "oip") {
+      target.oip.push_back(
+          inference::GRPCInferenceService::NewStub((*client)->channel()));
+    }
+    target.clients.push_back(*std::move(client));
   }
   // A row is one normalized group: the last dimension, or the model's
   // normalized shape where it names one (rows/s).
   int64_t row_elements = in.shape.back();
-  if (auto models = (*client)->ListModels(); models.ok()) {
+  if (auto models = target.clients[0]->ListModels(); models.ok()) {
     const std::string name = in.model.empty() ? "default" : in.model;
     for (const v1::ModelInfo& m : models->models()) {
       if (m.name() != name || m.normalized_shape().empty()) continue;
@@ -593,13 +627,8 @@ int main(int argc, char** argv) {
     }
   }
   const int64_t rows = std::max<int64_t>(1, count / row_elements);
-  Target target;
-  target.client = client->get();
   target.request = request;
-  if (protocol == "oip") {
-    target.oip = inference::GRPCInferenceService::NewStub((*client)->channel());
-    target.oip_request = ToOip(request);
-  }
+  if (protocol == "oip") target.oip_request = ToOip(request);
 
   const bool json = absl::GetFlag(FLAGS_json), csv = absl::GetFlag(FLAGS_csv);
   if (csv)

@@ -23,6 +23,8 @@ absl::StatusOr<std::unique_ptr<NormClient>> NormClient::Create(
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(options.max_message_bytes);
   args.SetMaxSendMessageSize(options.max_message_bytes);
+  if (options.own_connection)
+    args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
   std::shared_ptr<grpc::ChannelCredentials> credentials;
   if (options.tls_ca_pem.empty() &&
       (!options.tls_cert_pem.empty() || !options.tls_key_pem.empty() ||

@@ -74,6 +74,11 @@ class NormClient {
     std::string tls_key_pem;
     // Expected server name when it differs from the target's host.
     std::string tls_server_name;
+    // True: the channel opens a connection of its own. False: it shares
+    // one with every other such channel of the process to the same target
+    // and options (gRPC's global subchannel pool), so that clients created
+    // apart still make one connection.
+    bool own_connection = false;
   };
 
   static absl::StatusOr<std::unique_ptr<NormClient>> Create(

@@ -9,8 +9,9 @@ Starts the real server with --device=cuda (and a second one with
   - the GPU server's answers against the CPU server's for the same inputs;
   - a 32 MiB request, which the CUDA backend cuts into pipelined chunks;
   - concurrent load from normbench (no errors; requests/s and MB/s of the
-    GPU server, the GPU server with one batch worker and the CPU server
-    printed, and written as JSON to $NORMSERVE_GPU_REPORT when set);
+    GPU server, the GPU server with one batch worker and the CPU server,
+    large requests also over 4 connections, printed, and written as JSON
+    to $NORMSERVE_GPU_REPORT when set);
   - a request's own device (DEVICE_CPU on the GPU server runs on the CPU;
     the CPU server refuses DEVICE_CUDA with FAILED_PRECONDITION), by the
     device-labelled latency series;
@@ -162,13 +163,16 @@ class GpuServerTest(unittest.TestCase):
 
     def load(self, servers):
         report = {}
+        # Large requests also over 4 connections (one carries every call
+        # over one TCP stream): whether one connection bounds the server.
+        loads = (("1,768", 1), ("64,4096", 1), ("512,4096", 1), ("64,4096", 4))
         for name, server in servers:
-            for shape in ("1,768", "64,4096", "512,4096"):
+            for shape, connections in loads:
                 run = subprocess.run(
                     [NORMBENCH, f"--server=127.0.0.1:{server.grpc_port}",
                      f"--metrics=127.0.0.1:{server.metrics_port}",
                      f"--shape={shape}", "--concurrency=1:16:x4", "--duration_s=1.5",
-                     "--warmup_s=0.3", "--json"],
+                     "--warmup_s=0.3", f"--connections={connections}", "--json"],
                     capture_output=True, text=True, timeout=120)
                 self.assertEqual(run.returncode, 0, run.stderr)
                 steps = [json.loads(line) for line in run.stdout.splitlines()
@@ -177,6 +181,8 @@ class GpuServerTest(unittest.TestCase):
                 for s in steps:
                     self.assertEqual(s["errors"], 0, s)
                     self.assertGreater(s["requests"], 0, s)
+                if connections > 1:
+                    shape += f" over {connections} connections"
                 report[f"{name} {shape}"] = steps
                 best = max(steps, key=lambda s: s["bytes_per_s"])
                 print(f"{name:14} {shape:>8}: best {best['requests_per_s']:9.0f} req/s "

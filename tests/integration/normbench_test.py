@@ -2,7 +2,7 @@
 """normbench against the real server: a short sweep in both modes stops by
 itself and reports sane JSON (every step answered, no errors); its request
 count matches the server's grpc_server_handled_total; and the open-loop
-mode keeps its schedule.
+mode keeps its schedule; --connections opens that many TCP connections.
 
 Usage: normbench_test.py SERVER_BINARY NORMBENCH_BINARY
 """
@@ -19,6 +19,24 @@ import unittest
 from live_server import LiveServer
 
 SERVER = NORMBENCH = None
+
+
+def established_to(port):
+    """Established TCP connections whose local port is `port` (the server's
+    side of each connection), from /proc/net/tcp and tcp6."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f)  # the header
+                for line in f:
+                    fields = line.split()
+                    local, state = fields[1], fields[3]
+                    if state == "01" and int(local.rsplit(":", 1)[1], 16) == port:
+                        count += 1
+        except FileNotFoundError:
+            pass
+    return count
 
 
 class NormbenchTest(unittest.TestCase):
@@ -119,6 +137,34 @@ class NormbenchTest(unittest.TestCase):
             self.assertGreater(step["errors"], 0)
             for column in ("server_queue_ms", "server_compute_ms", "server_end_to_end_ms"):
                 self.assertIsNone(step[column])
+
+    def test_connections_are_separate_tcp_connections(self):
+        # The server's established connections, read from the kernel's
+        # socket tables while normbench runs, for each --connections (the
+        # default 1, and 3), closed loop and open loop, native and OIP: the
+        # calls of a step spread over that many connections.
+        with LiveServer(SERVER) as server:
+            for connections, extra in ((1, ["--concurrency=4"]),
+                                       (3, ["--concurrency=4"]),
+                                       (3, ["--concurrency=4", "--protocol=oip"]),
+                                       (3, ["--request_rate=300"])):
+                bench = subprocess.Popen(
+                    [NORMBENCH, f"--server={server.target}", f"--connections={connections}",
+                     "--duration_s=1.5", "--warmup_s=0.2", "--json", "--metrics=", *extra],
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                seen = 0
+                while bench.poll() is None:
+                    seen = max(seen, established_to(server.grpc_port))
+                    time.sleep(0.05)
+                out, err = bench.communicate(timeout=60)
+                self.assertEqual(bench.returncode, 0, err)
+                step = json.loads(out)
+                self.assertEqual(step["errors"], 0, (connections, extra))
+                self.assertGreater(step["requests"], 0)
+                self.assertEqual(seen, connections, (connections, extra))
+            bad = subprocess.run([NORMBENCH, "--connections=0"], capture_output=True, text=True)
+            self.assertEqual(bad.returncode, 2)
+            self.assertIn("--connections", bad.stderr)
 
     def test_a_stream_broken_by_the_server_counts_once_per_caller(self):
         server = LiveServer(SERVER).__enter__()
