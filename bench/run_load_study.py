@@ -45,7 +45,9 @@ def normbench(build, server, extra, duration, prefix=()):
            f"--metrics=127.0.0.1:{server.metrics_port}" if server.metrics_port else "--metrics=",
            f"--duration_s={duration}", "--warmup_s=0.5", "--csv", *extra]
     run = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=900)
-    return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(io.StringIO(run.stdout))]
+    # Server columns normbench could not read are empty.
+    return [{k: float(v) if v != "" else None for k, v in row.items()}
+            for row in csv.DictReader(io.StringIO(run.stdout))]
 
 
 def sweep(args, name, command, flags, shape, load, extra=()):
@@ -104,11 +106,12 @@ def best_within(rows, case, p99_ms, key="requests_per_s"):
 def table(rows, x):
     lines = [f"| case | {x} | requests/s | MB/s | p50 ms | p99 ms | server queue / compute / e2e ms |",
              "|---|---:|---:|---:|---:|---:|---|"]
+    ms = lambda v: "n/a" if v is None else f"{v:.3f}"
     for r in rows:
         lines.append(f"| {r['case']} | {r[x]:.0f} | {r['requests_per_s']:.0f} | "
                      f"{r['bytes_per_s'] / 1e6:.1f} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | "
-                     f"{r['server_queue_ms']:.3f} / {r['server_compute_ms']:.3f} / "
-                     f"{r['server_end_to_end_ms']:.3f} |")
+                     f"{ms(r['server_queue_ms'])} / {ms(r['server_compute_ms'])} / "
+                     f"{ms(r['server_end_to_end_ms'])} |")
     return "\n".join(lines)
 
 

@@ -88,4 +88,16 @@ double SumMetric(const std::string& text, const std::string& name,
   return total;
 }
 
+bool HasSample(const std::string& text, const std::string& name) {
+  for (size_t at = text.find(name); at != std::string::npos;
+       at = text.find(name, at + 1)) {
+    const size_t next = at + name.size();
+    if ((at == 0 || text[at - 1] == '\n') && next < text.size() &&
+        (text[next] == ' ' || text[next] == '{')) {
+      return true;
+    }
+  }
+  return false;
+}
+
 }  // namespace normserve

@@ -22,6 +22,10 @@ absl::StatusOr<std::string> HttpGetBody(const std::string& host, int port,
 double SumMetric(const std::string& text, const std::string& name,
                  const std::vector<std::string>& labels = {});
 
+// True if Prometheus text `text` has a sample of metric `name` (SumMetric
+// reads 0 for a metric it does not find).
+bool HasSample(const std::string& text, const std::string& name);
+
 }  // namespace normserve
 
 #endif  // NORMSERVE_CLIENT_METRICS_SCRAPE_H_

@@ -93,11 +93,17 @@ ABSL_FLAG(std::string, metrics, "127.0.0.1:8002",
 namespace normserve {
 namespace {
 
-// Server-side mean time per stage over a step, from /metrics deltas.
+// Server-side mean time per stage over a step, from /metrics deltas, and
+// the server process's CPU time over the step (process_cpu_seconds_total;
+// cpu_valid false where the server does not export it).
 struct Stages {
   bool valid = false;
   double queue_ms = 0, compute_ms = 0, end_to_end_ms = 0;
+  bool cpu_valid = false;
+  double cpu_seconds = 0;
 };
+
+constexpr char kCpuMetric[] = "process_cpu_seconds_total";
 
 std::string Scrape() {
   const std::string target = absl::GetFlag(FLAGS_metrics);
@@ -125,6 +131,11 @@ Stages StageDelta(const std::string& before, const std::string& after) {
   s.queue_ms = mean_ms("normserve_queue_wait_seconds");
   s.compute_ms = mean_ms("normserve_compute_seconds");
   s.end_to_end_ms = mean_ms("normserve_request_latency_seconds");
+  s.cpu_valid = HasSample(before, kCpuMetric) && HasSample(after, kCpuMetric);
+  if (s.cpu_valid) {
+    s.cpu_seconds =
+        SumMetric(after, kCpuMetric) - SumMetric(before, kCpuMetric);
+  }
   return s;
 }
 
@@ -132,6 +143,15 @@ Stages StageDelta(const std::string& before, const std::string& after) {
 // not be read (not a 0 that reads as a measurement).
 std::string ServerColumn(const Stages& stages, double ms, const char* missing) {
   return stages.valid ? absl::StrFormat("%.4f", ms) : std::string(missing);
+}
+
+// The server's CPU cores in use over a step of `seconds`: its CPU time
+// over the wall time; `missing` where unknown.
+std::string CpuColumn(const Stages& stages, double seconds,
+                      const char* missing) {
+  return stages.cpu_valid && seconds > 0
+             ? absl::StrFormat("%.3f", stages.cpu_seconds / seconds)
+             : std::string(missing);
 }
 
 struct Step {
@@ -635,12 +655,12 @@ int main(int argc, char** argv) {
     std::printf(
         "concurrency,target_rate,requests_per_s,rows_per_s,bytes_per_s,p50_"
         "ms,p90_ms,p95_ms,p99_ms,max_ms,errors,server_queue_ms,server_"
-        "compute_ms,server_end_to_end_ms\n");
+        "compute_ms,server_end_to_end_ms,server_cpu_cores\n");
   if (!json && !csv) {
-    std::printf("%-11s %12s %12s %12s %8s %8s %8s %8s %8s  %-28s %s\n",
+    std::printf("%-11s %12s %12s %12s %8s %8s %8s %8s %8s  %-28s %10s %s\n",
                 open_loop ? "rate/s" : "concurrency", "requests/s", "rows/s",
                 "MB/s", "p50 ms", "p90 ms", "p95 ms", "p99 ms", "max ms",
-                "server queue/compute/e2e ms", "errors");
+                "server queue/compute/e2e ms", "server CPU", "errors");
   }
   std::mt19937_64 arrivals(static_cast<uint64_t>(absl::GetFlag(FLAGS_seed)));
   const size_t steps = open_loop ? rates.size() : levels.size();
@@ -669,7 +689,8 @@ int main(int argc, char** argv) {
           "\"p50_ms\": %.4f, \"p90_ms\": %.4f, \"p95_ms\": %.4f, \"p99_ms\": "
           "%.4f, "
           "\"max_ms\": %.4f, \"errors\": %lld, \"server_queue_ms\": %s, "
-          "\"server_compute_ms\": %s, \"server_end_to_end_ms\": %s}\n",
+          "\"server_compute_ms\": %s, \"server_end_to_end_ms\": %s, "
+          "\"server_cpu_cores\": %s}\n",
           c, s.rate, protocol.c_str(), mode.c_str(),
           static_cast<long long>(s.ok), s.seconds, rps, rps * rows, rps * bytes,
           Percentile(l, 0.5), Percentile(l, 0.9), Percentile(l, 0.95),
@@ -677,16 +698,18 @@ int main(int argc, char** argv) {
           static_cast<long long>(total_errors),
           ServerColumn(s.stages, s.stages.queue_ms, "null").c_str(),
           ServerColumn(s.stages, s.stages.compute_ms, "null").c_str(),
-          ServerColumn(s.stages, s.stages.end_to_end_ms, "null").c_str());
+          ServerColumn(s.stages, s.stages.end_to_end_ms, "null").c_str(),
+          CpuColumn(s.stages, s.seconds, "null").c_str());
     } else if (csv) {
       std::printf(
-          "%d,%.1f,%.1f,%.1f,%.1f,%.4f,%.4f,%.4f,%.4f,%.4f,%lld,%s,%s,%s\n", c,
-          s.rate, rps, rps * rows, rps * bytes, Percentile(l, 0.5),
+          "%d,%.1f,%.1f,%.1f,%.1f,%.4f,%.4f,%.4f,%.4f,%.4f,%lld,%s,%s,%s,%s\n",
+          c, s.rate, rps, rps * rows, rps * bytes, Percentile(l, 0.5),
           Percentile(l, 0.9), Percentile(l, 0.95), Percentile(l, 0.99),
           l.empty() ? 0.0 : l.back(), static_cast<long long>(total_errors),
           ServerColumn(s.stages, s.stages.queue_ms, "").c_str(),
           ServerColumn(s.stages, s.stages.compute_ms, "").c_str(),
-          ServerColumn(s.stages, s.stages.end_to_end_ms, "").c_str());
+          ServerColumn(s.stages, s.stages.end_to_end_ms, "").c_str(),
+          CpuColumn(s.stages, s.seconds, "").c_str());
     } else {
       const std::string stages =
           s.stages.valid
@@ -695,12 +718,13 @@ int main(int argc, char** argv) {
               : std::string("n/a");
       const std::string load =
           open_loop ? absl::StrFormat("%.0f", s.rate) : absl::StrCat(c);
+      const std::string cpu = CpuColumn(s.stages, s.seconds, "n/a");
       std::printf(
           "%-11s %12.0f %12.0f %12.1f %8.3f %8.3f %8.3f %8.3f %8.3f  %-28s "
-          "%s\n",
+          "%10s %s\n",
           load.c_str(), rps, rps * rows, rps * bytes / 1e6, Percentile(l, 0.5),
           Percentile(l, 0.9), Percentile(l, 0.95), Percentile(l, 0.99),
-          l.empty() ? 0.0 : l.back(), stages.c_str(),
+          l.empty() ? 0.0 : l.back(), stages.c_str(), cpu.c_str(),
           errs.empty() ? "none" : absl::StrJoin(errs, " ").c_str());
     }
     std::fflush(stdout);

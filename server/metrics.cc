@@ -11,9 +11,31 @@
 #include "civetweb.h"
 #include "prometheus/collectable.h"
 #include "prometheus/metric_family.h"
+#include "server/internal/process_stats.h"
 #include "server/model_registry.h"
 
 namespace normserve {
+namespace {
+
+// A family of one unlabelled counter or gauge.
+prometheus::MetricFamily OneValueFamily(const char* name, const char* help,
+                                        prometheus::MetricType type,
+                                        double value) {
+  prometheus::MetricFamily f;
+  f.name = name;
+  f.help = help;
+  f.type = type;
+  prometheus::ClientMetric m;
+  if (type == prometheus::MetricType::Counter) {
+    m.counter.value = value;
+  } else {
+    m.gauge.value = value;
+  }
+  f.metric.push_back(std::move(m));
+  return f;
+}
+
+}  // namespace
 
 // The CUDA families, read from the backend when scraped, so that they are
 // current also while no batch runs.
@@ -29,21 +51,7 @@ class Metrics::CudaCollectable : public prometheus::Collectable {
     if (!source_) return {};
     const std::optional<CudaDeviceStats> stats = source_();
     if (!stats.has_value()) return {};
-    auto family = [](const char* name, const char* help,
-                     prometheus::MetricType type, double value) {
-      prometheus::MetricFamily f;
-      f.name = name;
-      f.help = help;
-      f.type = type;
-      prometheus::ClientMetric m;
-      if (type == prometheus::MetricType::Counter) {
-        m.counter.value = value;
-      } else {
-        m.gauge.value = value;
-      }
-      f.metric.push_back(std::move(m));
-      return f;
-    };
+    const auto family = OneValueFamily;
     std::vector<prometheus::MetricFamily> families;
     if (stats->memory_total_bytes > 0) {
       families.push_back(family("normserve_cuda_memory_used_bytes",
@@ -76,6 +84,43 @@ class Metrics::CudaCollectable : public prometheus::Collectable {
 };
 
 namespace {
+
+// The process families (internal/process_stats.h), read when scraped; none
+// where /proc cannot be read.
+class ProcessCollectable : public prometheus::Collectable {
+ public:
+  std::vector<prometheus::MetricFamily> Collect() const override {
+    const absl::StatusOr<internal::ProcessStats> s =
+        internal::ReadProcessStats();
+    if (!s.ok()) return {};
+    using prometheus::MetricType;
+    std::vector<prometheus::MetricFamily> families = {
+        OneValueFamily("process_cpu_seconds_total",
+                       "Total user and system CPU time spent in seconds.",
+                       MetricType::Counter, s->cpu_seconds),
+        OneValueFamily("process_resident_memory_bytes",
+                       "Resident memory size in bytes.", MetricType::Gauge,
+                       s->resident_bytes),
+        OneValueFamily("process_virtual_memory_bytes",
+                       "Virtual memory size in bytes.", MetricType::Gauge,
+                       s->virtual_bytes),
+        OneValueFamily("process_start_time_seconds",
+                       "Start time of the process since unix epoch in "
+                       "seconds.",
+                       MetricType::Gauge, s->start_time_seconds)};
+    if (s->open_fds >= 0) {
+      families.push_back(
+          OneValueFamily("process_open_fds", "Number of open file descriptors.",
+                         MetricType::Gauge, static_cast<double>(s->open_fds)));
+    }
+    if (s->max_fds >= 0) {
+      families.push_back(OneValueFamily(
+          "process_max_fds", "Maximum number of open file descriptors.",
+          MetricType::Gauge, static_cast<double>(s->max_fds)));
+    }
+    return families;
+  }
+};
 
 prometheus::Histogram::BucketBoundaries LatencyBuckets() {
   return {1e-5,   2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2,
@@ -121,7 +166,8 @@ const char* DeviceLabel(int device_kind) {
 
 Metrics::Metrics()
     : registry_(std::make_shared<prometheus::Registry>()),
-      cuda_(std::make_shared<CudaCollectable>()) {
+      cuda_(std::make_shared<CudaCollectable>()),
+      process_(std::make_shared<ProcessCollectable>()) {
   using prometheus::BuildCounter;
   using prometheus::BuildGauge;
   using prometheus::BuildHistogram;
@@ -243,6 +289,7 @@ absl::StatusOr<std::unique_ptr<Metrics>> Metrics::Create(
     }
     m->exposer_->RegisterCollectable(m->registry_);
     m->exposer_->RegisterCollectable(m->cuda_);
+    m->exposer_->RegisterCollectable(m->process_);
   }
   return m;
 }

@@ -23,6 +23,14 @@
 //                                                    busy fraction
 //   (the CUDA families exist while the CUDA backend runs, read from it at
 //   each scrape)
+//   process_cpu_seconds_total, process_resident_memory_bytes,
+//   process_virtual_memory_bytes, process_start_time_seconds,
+//   process_open_fds, process_max_fds
+//                                                    the server process, as
+//                                                    Prometheus clients'
+//                                                    process collectors name
+//                                                    them (Linux /proc, read
+//                                                    at each scrape)
 //   normserve_request_bytes_total{model}             counter, tensor bytes in
 //   normserve_response_bytes_total{model}            counter, tensor bytes out
 //   normserve_requests_total{grpc_service,grpc_method,grpc_code}
@@ -60,6 +68,7 @@
 #include "absl/container/node_hash_map.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "prometheus/collectable.h"
 #include "prometheus/counter.h"
 #include "prometheus/exposer.h"
 #include "prometheus/family.h"
@@ -187,6 +196,8 @@ class Metrics : public BatchObserver {
   InferenceSeries inference_[4];
   class CudaCollectable;
   std::shared_ptr<CudaCollectable> cuda_;
+  // The process_* families, read from /proc when scraped.
+  std::shared_ptr<prometheus::Collectable> process_;
 
   Mutex mu_;
   // Node map: callers keep pointers to values past the lock.

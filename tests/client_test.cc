@@ -153,6 +153,9 @@ TEST(MetricsScrapeTest, ABodyOn200AndAnErrorOtherwise) {
   ASSERT_TRUE(body.ok()) << body.status();
   EXPECT_EQ(SumMetric(*body, "a_total"), 12);
   EXPECT_EQ(SumMetric(*body, "a_total", {"x=\"2\""}), 10);
+  EXPECT_TRUE(HasSample(*body, "a_total"));
+  EXPECT_FALSE(HasSample(*body, "a"));      // a prefix of a name
+  EXPECT_FALSE(HasSample(*body, "total"));  // not at a line's start
   auto missing = HttpGetBody("127.0.0.1", http.port(), "/metrics");
   EXPECT_EQ(missing.status().code(), absl::StatusCode::kUnavailable);
   EXPECT_NE(missing.status().message().find(

@@ -33,7 +33,7 @@ SERVER = None
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEPLOY = os.path.join(REPO, "deploy")
 BIN = os.path.dirname(sys.executable)
-METRIC_RE = re.compile(r"\b((?:normserve|grpc_server)_[a-z_]+)")
+METRIC_RE = re.compile(r"\b((?:normserve|grpc_server|process)_[a-z_]+)")
 # A series selector `metric{matchers}` and one matcher `label op "value"`.
 SELECTOR_RE = re.compile(r"\b([a-zA-Z_:][a-zA-Z0-9_:]*)\{([^}]*)\}")
 MATCHER_RE = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)\s*"([^"]*)"')
@@ -412,6 +412,19 @@ class DeployTest(unittest.TestCase):
                     if any(h == "unknown" for g in got.values() for _, h, _ in g):
                         return None
                     return got
+
+                # The dashboard's per-pod process panels find the server
+                # (rate() once two scrapes hold its CPU time).
+                dash = load_json(os.path.join(DEPLOY, "grafana", "normserve.json"))
+                for title in ("Server CPU per pod (cores)", "Server resident memory per pod"):
+                    (panel,) = [p for p in dash["panels"] if p["title"] == title]
+                    (target,) = panel["targets"]
+                    res = wait_for(title, lambda: query(target["expr"]) or None)
+                    self.assertEqual(len(res), 1, res)
+                    self.assertEqual(res[0]["metric"]["instance"], f"127.0.0.1:{server.metrics_port}")
+                    self.assertGreaterEqual(float(res[0]["value"][1]), 0)
+                    if "memory" in title:
+                        self.assertGreater(float(res[0]["value"][1]), 1 << 20)
 
                 got = wait_for("the rules' first evaluation", evaluated_rules)
                 want = {g["name"]: [(r.get("record") or r["alert"], "ok", "") for r in g["rules"]]

@@ -2,7 +2,9 @@
 """normbench against the real server: a short sweep in both modes stops by
 itself and reports sane JSON (every step answered, no errors); its request
 count matches the server's grpc_server_handled_total; and the open-loop
-mode keeps its schedule; --connections opens that many TCP connections.
+mode keeps its schedule; --connections opens that many TCP connections;
+the server's process_* metrics and normbench's server CPU column agree with
+the server's /proc entries.
 
 Usage: normbench_test.py SERVER_BINARY NORMBENCH_BINARY
 """
@@ -19,6 +21,14 @@ import unittest
 from live_server import LiveServer
 
 SERVER = NORMBENCH = None
+
+
+def proc_cpu_seconds(pid):
+    """User and system CPU time of process `pid`, from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    # proc(5) fields 14 and 15; fields[0] is field 3 (the state).
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def established_to(port):
@@ -63,6 +73,9 @@ class NormbenchTest(unittest.TestCase):
                     self.assertGreater(s["server_end_to_end_ms"], 0)
                     self.assertGreaterEqual(s["server_end_to_end_ms"], s["server_queue_ms"])
                     self.assertLess(s["server_end_to_end_ms"], s["max_ms"])
+                    # The server's CPU: some, and no more than the cores.
+                    self.assertGreater(s["server_cpu_cores"], 0)
+                    self.assertLessEqual(s["server_cpu_cores"], os.cpu_count() + 0.5)
             bad = subprocess.run([NORMBENCH, "--concurrency=0:x"], capture_output=True, text=True)
             self.assertEqual(bad.returncode, 2)
 
@@ -135,8 +148,56 @@ class NormbenchTest(unittest.TestCase):
             step = json.loads(run.stdout)
             self.assertEqual(step["requests"], 0)
             self.assertGreater(step["errors"], 0)
-            for column in ("server_queue_ms", "server_compute_ms", "server_end_to_end_ms"):
+            for column in ("server_queue_ms", "server_compute_ms", "server_end_to_end_ms",
+                           "server_cpu_cores"):
                 self.assertIsNone(step[column])
+
+    def test_process_metrics_are_the_servers_own(self):
+        # /metrics' process_* families against the server process's /proc
+        # entries, read here (before and after each scrape where they move),
+        # and normbench's server CPU column against the server's CPU time
+        # over the whole run.
+        with LiveServer(SERVER) as server:
+            pid = server.proc.pid
+            started = time.time()
+            cpu_before = proc_cpu_seconds(pid)
+            run = subprocess.run([NORMBENCH, f"--server={server.target}", "--concurrency=2",
+                                  "--duration_s=1", "--warmup_s=0.1", "--shape=16,1024", "--json",
+                                  f"--metrics=127.0.0.1:{server.metrics_port}"],
+                                 capture_output=True, text=True, timeout=60)
+            cpu_after = proc_cpu_seconds(pid)
+            self.assertEqual(run.returncode, 0, run.stderr)
+            step = json.loads(run.stdout)
+            step_cpu = step["server_cpu_cores"] * step["seconds"]
+            self.assertGreater(step_cpu, 0.05 * step["seconds"])
+            self.assertLessEqual(step_cpu, cpu_after - cpu_before + 0.05)
+
+            low = proc_cpu_seconds(pid)
+            body = urllib.request.urlopen(
+                f"http://127.0.0.1:{server.metrics_port}/metrics").read().decode()
+            high = proc_cpu_seconds(pid)
+            value = lambda name: float(re.search(rf"^{name} (\S+)$", body, re.M).group(1))
+            self.assertIn("# TYPE process_cpu_seconds_total counter", body)
+            self.assertGreaterEqual(value("process_cpu_seconds_total"), low - 1e-9)
+            self.assertLessEqual(value("process_cpu_seconds_total"), high + 1e-9)
+            self.assertGreaterEqual(value("process_cpu_seconds_total"), cpu_after)
+            with open(f"/proc/{pid}/statm") as f:
+                size_pages, resident_pages = (int(v) for v in f.read().split()[:2])
+            page = os.sysconf("SC_PAGE_SIZE")
+            self.assertAlmostEqual(value("process_resident_memory_bytes"),
+                                   resident_pages * page, delta=0.2 * resident_pages * page)
+            self.assertAlmostEqual(value("process_virtual_memory_bytes"),
+                                   size_pages * page, delta=0.2 * size_pages * page)
+            # Started when LiveServer launched it (before `started`).
+            self.assertLessEqual(value("process_start_time_seconds"), started + 1)
+            self.assertGreater(value("process_start_time_seconds"), started - 30)
+            # Its descriptors, give or take the scrape's own connection.
+            fds = len(os.listdir(f"/proc/{pid}/fd"))
+            self.assertAlmostEqual(value("process_open_fds"), fds, delta=2)
+            with open(f"/proc/{pid}/limits") as f:
+                soft = re.search(r"^Max open files\s+(\S+)", f.read(), re.M).group(1)
+            if soft != "unlimited":
+                self.assertEqual(value("process_max_fds"), int(soft))
 
     def test_connections_are_separate_tcp_connections(self):
         # The server's established connections, read from the kernel's
