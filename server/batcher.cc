@@ -57,6 +57,15 @@ void AnswerDropped(internal::BatchQueues::Popped& popped, absl::Time now) {
 }  // namespace
 
 absl::Status Batcher::Submit(std::unique_ptr<Job> job) {
+  return Admit(std::move(job), nullptr, 0);
+}
+
+absl::Status Batcher::CheckRoom(const BatchKey& key, int64_t bytes) {
+  return Admit(nullptr, &key, bytes);
+}
+
+absl::Status Batcher::Admit(std::unique_ptr<Job> job, const BatchKey* key,
+                            int64_t bytes) {
   // Jobs that died in a full queue, taken out to make room: answered
   // after the lock is released.
   internal::BatchQueues::Popped dropped;
@@ -68,11 +77,15 @@ absl::Status Batcher::Submit(std::unique_ptr<Job> job) {
       return absl::UnavailableError("server is shutting down");
     }
     now = clock_->Now();
-    s = queues_->Add(std::move(job), now, &dropped);
+    if (job != nullptr) {
+      s = queues_->Add(std::move(job), now, &dropped);
+      if (s.ok()) wake_.Signal();
+    } else {
+      s = queues_->Room(*key, bytes, now, &dropped);
+    }
     // Reported under the lock so that depth updates cannot be reordered.
     if (options_.observer != nullptr)
       options_.observer->OnQueueDepth(queues_->size());
-    if (s.ok()) wake_.Signal();
   }
   AnswerDropped(dropped, now);
   if (absl::IsResourceExhausted(s) && options_.observer != nullptr) {

@@ -175,6 +175,14 @@ class Batcher {
   // its done is not called.
   absl::Status Submit(std::unique_ptr<Job> job);
 
+  // What Submit would answer now for a job of `key` and `bytes` (Job::bytes)
+  // on the grounds of room alone (RESOURCE_EXHAUSTED, counted as a refusal,
+  // or UNAVAILABLE once stopped; OK otherwise), so that a caller can refuse
+  // a request before it allocates the job's output buffers. Jobs that died
+  // in a full queue are answered to make room, as by Submit. Submit checks
+  // again: another caller may take the room in between.
+  absl::Status CheckRoom(const BatchKey& key, int64_t bytes);
+
   // Stops admitting jobs, runs every admitted job without waiting for
   // delays, and joins the workers. Jobs still queued at `deadline` (by the
   // batcher's clock) are answered UNAVAILABLE unrun; a batch that is
@@ -193,6 +201,9 @@ class Batcher {
  private:
   explicit Batcher(Options options);
   void WorkerLoop();
+  // Submit (`job`) or CheckRoom (null `job`; `key` and `bytes`).
+  absl::Status Admit(std::unique_ptr<Job> job, const BatchKey* key,
+                     int64_t bytes);
 
   const Options options_;
   Clock* const clock_;

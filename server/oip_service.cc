@@ -216,6 +216,10 @@ int64_t InferenceServiceImpl::StartInfer(
     }
     response_bytes = *fits;
   }
+  if (absl::Status room = native_->CheckRoom(d); !room.ok()) {
+    finish(room);
+    return 0;
+  }
 
   response->set_model_name(d.model->name);
   response->set_model_version(kOipModelVersion);

@@ -99,6 +99,10 @@ int64_t NormalizationServiceImpl::Start(
     }
     response_bytes = *fits;
   }
+  if (absl::Status room = CheckRoom(*decoded); !room.ok()) {
+    finish(room);
+    return 0;
+  }
 
   response->set_request_id(request.request_id());
   response->set_model(decoded->model->name);
@@ -165,13 +169,31 @@ size_t NormalizationServiceImpl::OutputBytes(const DecodedRequest& decoded) {
          DTypeSize(decoded.output_dtype);
 }
 
+namespace {
+
+// Bytes a request brought: its input, and its residual where it has one.
+int64_t RequestBytes(const DecodedRequest& decoded) {
+  const auto bytes_in =
+      static_cast<int64_t>(NormalizationServiceImpl::InputBytes(decoded));
+  return decoded.residual != nullptr ? 2 * bytes_in : bytes_in;
+}
+
+}  // namespace
+
+absl::Status NormalizationServiceImpl::CheckRoom(
+    const DecodedRequest& decoded) {
+  return batcher_->CheckRoom(decoded.key,
+                             RequestBytes(decoded) +
+                                 static_cast<int64_t>(OutputBytes(decoded)) +
+                                 kQueuedRequestOverheadBytes);
+}
+
 absl::Status NormalizationServiceImpl::Submit(
     std::shared_ptr<DecodedRequest> decoded, const OutputBuffers& buffers,
     absl::Time arrival, absl::Time deadline, std::function<bool()> is_cancelled,
     std::function<void(const absl::Status&)> finish) {
   const int64_t bytes_in = static_cast<int64_t>(InputBytes(*decoded));
-  const int64_t request_bytes =
-      decoded->residual != nullptr ? 2 * bytes_in : bytes_in;
+  const int64_t request_bytes = RequestBytes(*decoded);
   int64_t bytes_out = static_cast<int64_t>(OutputBytes(*decoded));
   if (buffers.sum != nullptr) bytes_out += bytes_in;
   if (buffers.mean != nullptr) {

@@ -133,6 +133,12 @@ class NormalizationServiceImpl final
                       absl::Time deadline, std::function<bool()> is_cancelled,
                       std::function<void(const absl::Status&)> finish);
 
+  // What Submit would answer for `decoded` on the grounds of queue room
+  // alone (Batcher::CheckRoom, with the least bytes its job can have: its
+  // inputs and output), so that a handler refuses a request under overload
+  // before it allocates the output buffers. OK when there is room now.
+  absl::Status CheckRoom(const DecodedRequest& decoded);
+
   // Byte sizes of a decoded request's input and output tensors.
   static size_t InputBytes(const DecodedRequest& decoded);
   static size_t OutputBytes(const DecodedRequest& decoded);

@@ -295,6 +295,45 @@ TEST(BatchQueuesTest, DeadJobsMakeRoomUnderTheByteBound) {
   EXPECT_EQ(queues.bytes(), 600);
 }
 
+// Room answers what Add would, for either bound, and adds nothing; it
+// takes dead jobs out as Add does.
+TEST(BatchQueuesTest, RoomAnswersAsAddWouldWithoutAdding) {
+  BatchQueues queues(1000);
+  const QueueOptions q = Opts(100, absl::Hours(1), /*max_requests=*/2);
+  auto job = [&](int64_t bytes) {
+    auto j = MakeJob(1, q);
+    j->bytes = bytes;
+    return j;
+  };
+  BatchKey key;
+  key.model = "m";
+  key.dim = 4;
+  BatchKey other = key;
+  other.model = "other";
+  EXPECT_TRUE(queues.Room(key, 5000, kT0).ok());  // nothing queued
+  auto doomed = job(300);
+  doomed->deadline = kT0 + absl::Seconds(1);
+  ASSERT_TRUE(queues.Add(std::move(doomed), kT0).ok());
+  ASSERT_TRUE(queues.Add(job(300), kT0).ok());
+  EXPECT_EQ(queues.size(), 2);
+  // The queue's bound (2 jobs), and the byte bound for another key.
+  const absl::Status full = queues.Room(key, 1, kT0);
+  EXPECT_EQ(full.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(full, queues.Add(job(1), kT0));
+  EXPECT_EQ(queues.Room(other, 401, kT0).code(),
+            absl::StatusCode::kResourceExhausted);
+  EXPECT_TRUE(queues.Room(other, 400, kT0).ok());
+  EXPECT_EQ(queues.size(), 2);
+  EXPECT_EQ(queues.bytes(), 600);
+  // Past the first job's deadline it is taken out to make room.
+  BatchQueues::Popped dropped;
+  const absl::Time later = kT0 + absl::Seconds(2);
+  EXPECT_TRUE(queues.Room(key, 1, later, &dropped).ok());
+  EXPECT_EQ(dropped.expired.size(), 1u);
+  EXPECT_EQ(queues.size(), 1);
+  EXPECT_EQ(queues.bytes(), 300);
+}
+
 TEST(BatchQueuesTest, KeysNeverShareABatchAndOldestGoesFirst) {
   BatchQueues queues;
   const QueueOptions q = Opts(100, absl::ZeroDuration());
@@ -369,6 +408,49 @@ TEST(BatcherTest, SubmitToAFullQueueAnswersItsExpiredJobsAndAdmits) {
   EXPECT_EQ(code, static_cast<int>(absl::StatusCode::kDeadlineExceeded));
   EXPECT_EQ((*batcher)->queued_jobs(), 1);
   (*batcher)->Stop();
+}
+
+// CheckRoom refuses as Submit would, counts the refusal with the observer,
+// answers the dead jobs it takes out to make room, and queues nothing;
+// after Stop it answers UNAVAILABLE.
+TEST(BatcherTest, CheckRoomAnswersAsSubmitWouldAndQueuesNothing) {
+  struct Counts : BatchObserver {
+    std::atomic<int> refused{0};
+    void OnQueueDepth(int64_t) override {}
+    void OnBatch(const BatchKey&, int64_t, int64_t, absl::Duration) override {}
+    void OnRefused() override { ++refused; }
+  } counts;
+  FakeClock clock(kT0);
+  Batcher::Options o;
+  o.clock = &clock;
+  o.observer = &counts;
+  o.runner = [](absl::Span<Job* const>) { return absl::OkStatus(); };
+  auto batcher = Batcher::Create(std::move(o));
+  ASSERT_TRUE(batcher.ok());
+  const QueueOptions q = Opts(100, absl::Hours(1), /*max_requests=*/1);
+  BatchKey key;
+  key.model = "m";
+  key.dim = 4;
+  EXPECT_TRUE((*batcher)->CheckRoom(key, 100).ok());
+  EXPECT_EQ((*batcher)->queued_jobs(), 0);
+  int code = -1;
+  auto doomed = MakeJob(1, q, "m", &code);
+  doomed->deadline = kT0 + absl::Seconds(1);
+  ASSERT_TRUE((*batcher)->Submit(std::move(doomed)).ok());
+  const absl::Status full = (*batcher)->CheckRoom(key, 100);
+  EXPECT_EQ(full.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(full.message().find("queue for model 'm' (D = 4) is full"),
+            absl::string_view::npos)
+      << full;
+  EXPECT_EQ(counts.refused.load(), 1);
+  clock.Advance(absl::Seconds(2));
+  EXPECT_TRUE((*batcher)->CheckRoom(key, 100).ok());
+  EXPECT_EQ(code, static_cast<int>(absl::StatusCode::kDeadlineExceeded));
+  EXPECT_EQ((*batcher)->queued_jobs(), 0);
+  EXPECT_EQ(counts.refused.load(), 1);
+  (*batcher)->Stop();
+  EXPECT_EQ((*batcher)->CheckRoom(key, 100).code(),
+            absl::StatusCode::kUnavailable);
 }
 
 // A job whose deadline passes while its queue waits out a long delay is

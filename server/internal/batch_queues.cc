@@ -17,17 +17,10 @@ absl::Status BatchQueues::Add(std::unique_ptr<Job> job, absl::Time now,
         ", max_queue_delay = ", absl::FormatDuration(o.max_queue_delay),
         ": expected positive sizes and a non-negative delay"));
   }
-  absl::Status full = Full(*job);
-  if (!full.ok() && dropped != nullptr) {
-    if (OverBytes(*job) && now >= next_dead_scan_) {
-      DropDead(now, nullptr, dropped);
-      next_dead_scan_ = now + kDeadScanInterval;
-    } else {
-      DropDead(now, &job->key, dropped);
-    }
-    full = Full(*job);
+  if (absl::Status full = Room(job->key, job->bytes, now, dropped);
+      !full.ok()) {
+    return full;
   }
-  if (!full.ok()) return full;
   auto it = queues_.find(job->key);
   if (it == queues_.end()) {
     it = queues_.emplace(job->key, Queue{}).first;
@@ -43,23 +36,38 @@ absl::Status BatchQueues::Add(std::unique_ptr<Job> job, absl::Time now,
   return absl::OkStatus();
 }
 
-bool BatchQueues::OverBytes(const Job& job) const {
-  return max_queued_bytes_ > 0 && size_ > 0 &&
-         bytes_ + job.bytes > max_queued_bytes_;
+absl::Status BatchQueues::Room(const BatchKey& key, int64_t bytes,
+                               absl::Time now, Popped* dropped) {
+  absl::Status full = Full(key, bytes);
+  if (!full.ok() && dropped != nullptr) {
+    if (OverBytes(bytes) && now >= next_dead_scan_) {
+      DropDead(now, nullptr, dropped);
+      next_dead_scan_ = now + kDeadScanInterval;
+    } else {
+      DropDead(now, &key, dropped);
+    }
+    full = Full(key, bytes);
+  }
+  return full;
 }
 
-absl::Status BatchQueues::Full(const Job& job) const {
-  if (OverBytes(job)) {
+bool BatchQueues::OverBytes(int64_t bytes) const {
+  return max_queued_bytes_ > 0 && size_ > 0 &&
+         bytes_ + bytes > max_queued_bytes_;
+}
+
+absl::Status BatchQueues::Full(const BatchKey& key, int64_t bytes) const {
+  if (OverBytes(bytes)) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "the server's queues are full: ", size_, " requests of ", bytes_,
-        " bytes waiting, and this one needs ", job.bytes,
+        " bytes waiting, and this one needs ", bytes,
         " more (max_queued_bytes ", max_queued_bytes_, "); retry later"));
   }
-  const auto it = queues_.find(job.key);
+  const auto it = queues_.find(key);
   if (it != queues_.end() && static_cast<int64_t>(it->second.jobs.size()) >=
                                  it->second.options.max_queue_requests) {
     return absl::ResourceExhaustedError(
-        absl::StrCat("queue for model '", job.key.model, "' (D = ", job.key.dim,
+        absl::StrCat("queue for model '", key.model, "' (D = ", key.dim,
                      ") is full: ", it->second.options.max_queue_requests,
                      " requests waiting; retry later"));
   }

@@ -42,6 +42,13 @@ class BatchQueues {
   absl::Status Add(std::unique_ptr<Job> job, absl::Time now,
                    Popped* dropped = nullptr);
 
+  // What Add would answer now for a job of `key` and `bytes` (Job::bytes)
+  // with valid queue options: RESOURCE_EXHAUSTED, after taking the dead
+  // jobs out into *dropped as Add does, or OK. Adds nothing: a caller can
+  // refuse a request before it builds the job.
+  absl::Status Room(const BatchKey& key, int64_t bytes, absl::Time now,
+                    Popped* dropped = nullptr);
+
   // Cuts the next batch from the ready queue whose oldest job is oldest.
   // With `flush`, every non-empty queue counts as ready (shutdown). A queue
   // is ready when it holds max_batch_rows rows, or its oldest job has
@@ -79,9 +86,9 @@ class BatchQueues {
   // enqueue time lies after it (the clock stepped back).
   static absl::Time DelayEnds(const Queue& q, absl::Time now);
   bool Ready(const Queue& q, absl::Time now) const;
-  // Why `job` cannot be queued now, or OK.
-  absl::Status Full(const Job& job) const;
-  bool OverBytes(const Job& job) const;
+  // Why a job of `key` and `bytes` cannot be queued now, or OK.
+  absl::Status Full(const BatchKey& key, int64_t bytes) const;
+  bool OverBytes(int64_t bytes) const;
   // Moves the expired and cancelled jobs of `key`'s queue, or of every
   // queue (key null), into *dropped.
   void DropDead(absl::Time now, const BatchKey* key, Popped* dropped);
