@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Checks of deploy/: the Dockerfile (hadolint), the Kubernetes manifests
 (kubernetes-validate against the Kubernetes schemas; the ServiceMonitor
-selects exactly one Service), the Prometheus config and rules (promtool),
+selects exactly one Service; the PrometheusRule is the rules file), the
+Prometheus config and rules (promtool),
 the Grafana dashboard and the rules (every metric, label and label value
 they query exists in a live server's /metrics; p50 and p99 for every stage),
 and a real Prometheus server running the shipped config and rules against a
@@ -177,9 +178,12 @@ class DeployTest(unittest.TestCase):
         self.assertGreaterEqual(len(services), 2)
         self.assertGreaterEqual(len(deployments), 2)
         self.assertTrue(crds)
+        kinds = sorted(load_yaml(path)["kind"] for path in crds)
+        self.assertEqual(kinds, ["PrometheusRule", "ServiceMonitor"])
         for path in crds:
             mon = load_yaml(path)
-            self.assertEqual(mon["kind"], "ServiceMonitor")
+            if mon["kind"] != "ServiceMonitor":
+                continue  # the PrometheusRule: its own test
             selected = [s for s in services if service_matches(mon["spec"]["selector"], s)]
             for dep in deployments:
                 pod_labels = dep["spec"]["template"]["metadata"]["labels"]
@@ -256,6 +260,23 @@ class DeployTest(unittest.TestCase):
         for args in (["check", "config", os.path.join(DEPLOY, "prometheus", "prometheus.yml")],
                      ["check", "rules", os.path.join(DEPLOY, "prometheus", "normserve-rules.yml")]):
             r = subprocess.run(["promtool", *args], capture_output=True, text=True)
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+
+    def test_prometheusrule_carries_the_shipped_rules(self):
+        # The Operator's copy of the rules is the plain-Prometheus file's,
+        # group for group, and passes promtool as a rule file; the label
+        # that names it is the ServiceMonitor's.
+        rule = load_yaml(os.path.join(DEPLOY, "k8s", "prometheusrule.yaml"))
+        shipped = load_yaml(os.path.join(DEPLOY, "prometheus", "normserve-rules.yml"))
+        self.assertEqual(rule["kind"], "PrometheusRule")
+        self.assertEqual(rule["spec"]["groups"], shipped["groups"])
+        monitor = load_yaml(os.path.join(DEPLOY, "k8s", "servicemonitor.yaml"))
+        self.assertEqual(rule["metadata"]["labels"], monitor["metadata"]["labels"])
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "rules.yml")
+            with open(path, "w") as f:
+                yaml.safe_dump({"groups": rule["spec"]["groups"]}, f)
+            r = subprocess.run(["promtool", "check", "rules", path], capture_output=True, text=True)
             self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
 
     def test_dashboard_shows_p50_p99_and_the_batch_size_distribution(self):
