@@ -6,7 +6,9 @@
 #include <vector>
 
 #include "absl/container/inlined_vector.h"
+#include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "server/internal/response_wire.h"
 #include "server/internal/stream_reactor.h"
 
 namespace normserve {
@@ -67,7 +69,8 @@ NormalizationServiceImpl::NormalizationServiceImpl(const Options& options,
 int64_t NormalizationServiceImpl::Start(
     const v1::NormalizeRequest& request, v1::NormalizeResponse* response,
     absl::Time deadline, std::function<bool()> is_cancelled,
-    std::function<void(const absl::Status&)> finish) {
+    std::function<void(const absl::Status&)> finish,
+    grpc::Slice* output_slice) {
   const absl::Time arrival = absl::Now();
   if (draining_.load()) {
     finish(absl::UnavailableError("server is shutting down"));
@@ -125,6 +128,9 @@ int64_t NormalizationServiceImpl::Start(
     out->mutable_float_data()->Resize(static_cast<int>(decoded->elements),
                                       0.0f);
     buffers.output = out->mutable_float_data()->mutable_data();
+  } else if (output_slice != nullptr) {
+    *output_slice =
+        internal::UninitializedSlice(OutputBytes(*decoded), &buffers.output);
   } else {
     std::string* data = out->mutable_data();
     data->resize(OutputBytes(*decoded));
@@ -312,13 +318,42 @@ NormalizationServiceImpl::NewUnaryInference(
 }
 
 grpc::ServerUnaryReactor* NormalizationServiceImpl::Normalize(
-    grpc::CallbackServerContext* context, const v1::NormalizeRequest* request,
-    v1::NormalizeResponse* response) {
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response) {
   UnaryInference call =
       NewUnaryInference(context, Metrics::InferenceMethod::kNormalize);
+  // The request and the answer, until the answer is on its way: the
+  // decoded request points into the request's bytes.
+  struct Exchange {
+    v1::NormalizeRequest request;
+    v1::NormalizeResponse response;
+    grpc::Slice output;
+  };
+  auto exchange = std::make_shared<Exchange>();
+  grpc::ByteBuffer incoming = *request;  // shares the slices
+  if (!grpc::SerializationTraits<v1::NormalizeRequest>::Deserialize(
+           &incoming, &exchange->request)
+           .ok()) {
+    call.finish(absl::InvalidArgumentError(
+        absl::StrCat("request: does not parse as ",
+                     v1::NormalizeRequest::descriptor()->full_name())));
+    return call.reactor;
+  }
   Start(
-      *request, response, CallDeadline(context),
-      [context] { return context->IsCancelled(); }, std::move(call.finish));
+      exchange->request, &exchange->response, CallDeadline(context),
+      [context] { return context->IsCancelled(); },
+      [exchange, response,
+       finish = std::move(call.finish)](const absl::Status& status) {
+        if (status.ok()) {
+          static constexpr int kOutputData[] = {
+              v1::NormalizeResponse::kOutputFieldNumber,
+              v1::Tensor::kDataFieldNumber};
+          *response = internal::SerializeWithBytes(
+              exchange->response, kOutputData, exchange->output);
+        }
+        finish(status);
+      },
+      &exchange->output);
   return call.reactor;
 }
 
@@ -357,6 +392,11 @@ NormalizationServiceImpl::NormalizeStream(
       [this](grpc::CallbackServerContext* context,
              const std::shared_ptr<Reactor::Item>& item,
              std::function<void(const absl::Status&)> done) {
+        static constexpr int kOutputData[] = {
+            v1::NormalizeStreamResponse::kResponseFieldNumber,
+            v1::NormalizeResponse::kOutputFieldNumber,
+            v1::Tensor::kDataFieldNumber};
+        item->bytes_path = kOutputData;
         return Start(
             item->request.request(), item->answer.mutable_response(),
             CallDeadline(context), [context] { return context->IsCancelled(); },
@@ -366,11 +406,13 @@ NormalizationServiceImpl::NormalizeStream(
                   std::string(EchoedId(item->request.request().request_id())));
               if (!status.ok()) {
                 a.clear_response();
+                item->bytes_apart = grpc::Slice();
                 a.set_status_code(static_cast<int>(status.code()));
                 a.set_status_message(ClientMessage(status));
               }
               done(status);
-            });
+            },
+            &item->bytes_apart);
       },
       [](const absl::Status& status, v1::NormalizeStreamResponse* answer) {
         answer->set_status_code(static_cast<int>(status.code()));

@@ -48,9 +48,13 @@ absl::Time CallDeadline(const grpc::CallbackServerContext* context);
 
 namespace internal {
 using Native = v1::NormalizationService;
-// The callback service, with NormalizeStream registered raw: its reactor
-// parses each message itself (see internal/stream_reactor.h).
-using NormalizationServiceBase = Native::WithCallbackMethod_Normalize<
+// The callback service, with Normalize and NormalizeStream registered raw:
+// Normalize parses its request itself and writes its answer with the
+// output tensor's bytes as the kernel wrote them (SerializeWithBytes,
+// internal/response_wire.h);
+// the stream's reactor parses each message itself (see
+// internal/stream_reactor.h).
+using NormalizationServiceBase = Native::WithRawCallbackMethod_Normalize<
     Native::WithRawCallbackMethod_NormalizeStream<
         Native::WithCallbackMethod_ListModels<Native::Service>>>;
 }  // namespace internal
@@ -85,8 +89,8 @@ class NormalizationServiceImpl final
   bool WaitForCalls(absl::Time deadline);
 
   grpc::ServerUnaryReactor* Normalize(grpc::CallbackServerContext* context,
-                                      const v1::NormalizeRequest* request,
-                                      v1::NormalizeResponse* response) override;
+                                      const grpc::ByteBuffer* request,
+                                      grpc::ByteBuffer* response) override;
   grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* NormalizeStream(
       grpc::CallbackServerContext* context) override;
   grpc::ServerUnaryReactor* ListModels(
@@ -98,11 +102,15 @@ class NormalizationServiceImpl final
   // inline on a validation error or later from a batcher worker. `request`
   // and `response` must stay valid until then. Returns the bytes of the
   // response tensors allocated for a queued request, 0 where it was
-  // answered at once (a stream's window counts them).
+  // answered at once (a stream's window counts them). With `output_slice`,
+  // an output that goes to response->output().data() is written into a
+  // new slice there instead, not zero-filled first, and output.data stays
+  // empty (SerializeWithBytes puts it on the wire).
   int64_t Start(const v1::NormalizeRequest& request,
                 v1::NormalizeResponse* response, absl::Time deadline,
                 std::function<bool()> is_cancelled,
-                std::function<void(const absl::Status&)> finish);
+                std::function<void(const absl::Status&)> finish,
+                grpc::Slice* output_slice = nullptr);
 
   // Where the kernel writes one request's results: buffers inside the
   // response message, sized by the caller after decoding. Null: not asked.

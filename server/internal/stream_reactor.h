@@ -45,8 +45,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "absl/types/span.h"
 #include "grpcpp/grpcpp.h"
 #include "server/internal/mutex.h"
+#include "server/internal/response_wire.h"
 #include "server/metrics.h"
 #include "server/service.h"
 
@@ -83,6 +85,12 @@ class StreamReactor final
   struct Item {
     Request request;
     Response answer;
+    // Where `start` may put the bytes of a bytes field of the answer
+    // (field numbers from the answer down: `bytes_path`), to be written
+    // apart from the rest of it (SerializeWithBytes,
+    // internal/response_wire.h); empty: none.
+    grpc::Slice bytes_apart;
+    absl::Span<const int> bytes_path;
     grpc::ByteBuffer wire;  // The answer, serialized for its write.
     // What the item counts in the window: the larger of its message and its
     // answer, as far as known. Guarded by the reactor's mu_ once counted.
@@ -218,11 +226,17 @@ class StreamReactor final
   void Answered(const std::shared_ptr<Item>& item, const absl::Status& status) {
     service_->metrics()->RequestAnswered(method_,
                                          static_cast<int>(status.code()));
-    bool own_buffer;
-    // Serializing a message we built cannot fail.
-    grpc::SerializationTraits<Response>::Serialize(item->answer, &item->wire,
-                                                   &own_buffer)
-        .IgnoreError();
+    if (item->bytes_apart.size() > 0) {
+      item->wire =
+          SerializeWithBytes(item->answer, item->bytes_path, item->bytes_apart);
+      item->bytes_apart = grpc::Slice();  // the wire holds it now
+    } else {
+      bool own_buffer;
+      // Serializing a message we built cannot fail.
+      grpc::SerializationTraits<Response>::Serialize(item->answer, &item->wire,
+                                                     &own_buffer)
+          .IgnoreError();
+    }
     // Their memory goes now (Clear would keep the strings' capacity).
     Request().Swap(&item->request);
     Response().Swap(&item->answer);

@@ -826,6 +826,50 @@ TEST(ReliabilityTest, GarbageOnAStreamGetsAnErrorAnswerAndTheStreamGoesOn) {
   EXPECT_EQ(server.Stop(SIGTERM, 30), 0);
 }
 
+// A unary Normalize call whose bytes do not parse is INVALID_ARGUMENT and
+// names the message type; a valid one sent as raw bytes is answered with
+// bytes that parse (the output's bytes travel apart from the rest of the
+// message, internal/response_wire.h) as the typed client's answer.
+TEST(ReliabilityTest, UnaryBytesThatDoNotParseAreInvalidArgument) {
+  ServerProcess server(NORMSERVE_BINARY, {});
+  auto client = Connect(server.grpc_target());
+  const std::string method = "/normserve.v1.NormalizationService/Normalize";
+  {
+    RawStream call(client->channel(), method);
+    ASSERT_TRUE(call.Write("\xff\xff\xff\xff garbage \x0a\xff"));
+    ASSERT_TRUE(call.WritesDone());
+    std::string bytes;
+    EXPECT_FALSE(call.Read(&bytes));
+    const grpc::Status status = call.Finish();
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_EQ(status.error_message(),
+              "request: does not parse as normserve.v1.NormalizeRequest");
+  }
+  const NormalizeInput in = RandomInput(64, 1000, 9);
+  v1::NormalizeRequest request = NormClient::BuildRequest(in);
+  request.set_request_id("raw");
+  request.set_return_statistics(true);
+  v1::NormalizeResponse typed;
+  {
+    grpc::ClientContext ctx;
+    ASSERT_TRUE(client->stub()->Normalize(&ctx, request, &typed).ok());
+  }
+  RawStream call(client->channel(), method);
+  ASSERT_TRUE(call.Write(request.SerializeAsString()));
+  ASSERT_TRUE(call.WritesDone());
+  std::string bytes;
+  ASSERT_TRUE(call.Read(&bytes));
+  EXPECT_TRUE(call.Finish().ok());
+  v1::NormalizeResponse raw;
+  ASSERT_TRUE(raw.ParseFromString(bytes));
+  EXPECT_EQ(raw.SerializeAsString(), typed.SerializeAsString());
+  EXPECT_EQ(raw.output().data().size(), 64u * 1000 * sizeof(float));
+  NormalizeOutput out;
+  out.values = *TensorValues(raw.output());
+  EXPECT_TRUE(MatchesReference(in, out));
+  EXPECT_EQ(server.Stop(SIGTERM, 30), 0);
+}
+
 // ---- TLS ----
 
 class TlsTest : public ::testing::Test {
