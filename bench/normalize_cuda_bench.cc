@@ -339,11 +339,11 @@ void BM_CudaTuning(benchmark::State& state) {
 // buffers; the default grid, and resident blocks or 8 rows per group,
 // whichever is not the default). RMSNorm where its default is not
 // LayerNorm's measured one: 16-bit D = 1024 (three buffers, from
-// LayerNorm's table alone) and float32 D = 4096 (the register kernel, as
-// LayerNorm's measured). Float32 LayerNorm at D = 8192, where the register
-// kernel has not been measured since the staged kernels became faster at
-// 4096 and 16384. And a 16-bit streaming row that two buffers hold
-// (D = 32768: one by default).
+// LayerNorm's table alone) and float32 D = 4096 (the register kernel by
+// default, from LayerNorm's measurement alone). Float32 LayerNorm at D = 8192,
+// where the register kernel has not been measured since the staged kernels
+// became faster at 4096 and 16384. And a 16-bit streaming row that two buffers
+// hold (D = 32768: one by default).
 void TuningCases(benchmark::internal::Benchmark* b) {
   const auto f32 = static_cast<int64_t>(DType::kFloat32);
   const auto bf16 = static_cast<int64_t>(DType::kBFloat16);

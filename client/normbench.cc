@@ -101,6 +101,7 @@ struct Stages {
   double queue_ms = 0, compute_ms = 0, end_to_end_ms = 0;
   bool cpu_valid = false;
   double cpu_seconds = 0;
+  double cpu_window_seconds = 0;  // between the two reads of it
 };
 
 constexpr char kCpuMetric[] = "process_cpu_seconds_total";
@@ -117,7 +118,10 @@ std::string Scrape() {
   return body.ok() ? *body : "";
 }
 
-Stages StageDelta(const std::string& before, const std::string& after) {
+// The server's stages between two scrapes of /metrics, the first ending at
+// `before_time` and the second starting at `after_time`.
+Stages StageDelta(const std::string& before, absl::Time before_time,
+                  const std::string& after, absl::Time after_time) {
   Stages s;
   if (before.empty() || after.empty()) return s;
   auto mean_ms = [&](const std::string& family) {
@@ -135,6 +139,7 @@ Stages StageDelta(const std::string& before, const std::string& after) {
   if (s.cpu_valid) {
     s.cpu_seconds =
         SumMetric(after, kCpuMetric) - SumMetric(before, kCpuMetric);
+    s.cpu_window_seconds = absl::ToDoubleSeconds(after_time - before_time);
   }
   return s;
 }
@@ -145,12 +150,12 @@ std::string ServerColumn(const Stages& stages, double ms, const char* missing) {
   return stages.valid ? absl::StrFormat("%.4f", ms) : std::string(missing);
 }
 
-// The server's CPU cores in use over a step of `seconds`: its CPU time
-// over the wall time; `missing` where unknown.
-std::string CpuColumn(const Stages& stages, double seconds,
-                      const char* missing) {
-  return stages.cpu_valid && seconds > 0
-             ? absl::StrFormat("%.3f", stages.cpu_seconds / seconds)
+// The server's CPU cores in use over a step: its CPU time over the wall
+// time between the scrapes that read it; `missing` where unknown.
+std::string CpuColumn(const Stages& stages, const char* missing) {
+  return stages.cpu_valid && stages.cpu_window_seconds > 0
+             ? absl::StrFormat("%.3f",
+                               stages.cpu_seconds / stages.cpu_window_seconds)
              : std::string(missing);
 }
 
@@ -327,7 +332,7 @@ Step RunStep(const Target& target, bool stream, int concurrency) {
   }
   absl::SleepFor(absl::Seconds(absl::GetFlag(FLAGS_warmup_s)));
   const std::string before = Scrape();
-  const absl::Time start = absl::Now();
+  const absl::Time start = absl::Now();  // the scrape's end
   measure = true;
   if (limit == 0) {
     const absl::Duration length =
@@ -346,7 +351,7 @@ Step RunStep(const Target& target, bool stream, int concurrency) {
   const absl::Time end = absl::Now();
   std::fprintf(stderr, "\r%60s\r", "");
   Step step;
-  step.stages = StageDelta(before, Scrape());
+  step.stages = StageDelta(before, start, Scrape(), end);
   step.concurrency = concurrency;
   step.seconds = absl::ToDoubleSeconds(end - start);
   for (int i = 0; i < concurrency; ++i) {
@@ -389,9 +394,11 @@ Step RunRateStep(const Target& target, double rate, bool poisson,
   // so that its HTTP round trip does not delay the calls due then (their
   // latency counts from the schedule).
   std::string before;
-  std::thread before_scrape([&before, measure_from] {
+  absl::Time before_time;
+  std::thread before_scrape([&before, &before_time, measure_from] {
     absl::SleepFor(measure_from - absl::Now());
     before = Scrape();
+    before_time = absl::Now();
   });
   absl::Time next = begin;
   absl::Time last_progress = begin;
@@ -456,7 +463,10 @@ Step RunRateStep(const Target& target, double rate, bool poisson,
   }
   std::fprintf(stderr, "\r%60s\r", "");
   Step step;
-  step.stages = StageDelta(before, Scrape());
+  // After the calls in flight at the schedule's end have drained: the
+  // server's CPU counts over the window between the scrapes.
+  const absl::Time after_time = absl::Now();
+  step.stages = StageDelta(before, before_time, Scrape(), after_time);
   step.rate = rate;
   // Throughput over the schedule's window (answers that came after it
   // still count: they were sent within it).
@@ -699,7 +709,7 @@ int main(int argc, char** argv) {
           ServerColumn(s.stages, s.stages.queue_ms, "null").c_str(),
           ServerColumn(s.stages, s.stages.compute_ms, "null").c_str(),
           ServerColumn(s.stages, s.stages.end_to_end_ms, "null").c_str(),
-          CpuColumn(s.stages, s.seconds, "null").c_str());
+          CpuColumn(s.stages, "null").c_str());
     } else if (csv) {
       std::printf(
           "%d,%.1f,%.1f,%.1f,%.1f,%.4f,%.4f,%.4f,%.4f,%.4f,%lld,%s,%s,%s,%s\n",
@@ -709,7 +719,7 @@ int main(int argc, char** argv) {
           ServerColumn(s.stages, s.stages.queue_ms, "").c_str(),
           ServerColumn(s.stages, s.stages.compute_ms, "").c_str(),
           ServerColumn(s.stages, s.stages.end_to_end_ms, "").c_str(),
-          CpuColumn(s.stages, s.seconds, "").c_str());
+          CpuColumn(s.stages, "").c_str());
     } else {
       const std::string stages =
           s.stages.valid
@@ -718,7 +728,7 @@ int main(int argc, char** argv) {
               : std::string("n/a");
       const std::string load =
           open_loop ? absl::StrFormat("%.0f", s.rate) : absl::StrCat(c);
-      const std::string cpu = CpuColumn(s.stages, s.seconds, "n/a");
+      const std::string cpu = CpuColumn(s.stages, "n/a");
       std::printf(
           "%-11s %12.0f %12.0f %12.1f %8.3f %8.3f %8.3f %8.3f %8.3f  %-28s "
           "%10s %s\n",

@@ -349,7 +349,7 @@ grpc::ServerUnaryReactor* NormalizationServiceImpl::Normalize(
               v1::NormalizeResponse::kOutputFieldNumber,
               v1::Tensor::kDataFieldNumber};
           *response = internal::SerializeWithBytes(
-              exchange->response, kOutputData, exchange->output);
+              &exchange->response, kOutputData, exchange->output);
         }
         finish(status);
       },

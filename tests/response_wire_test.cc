@@ -1,14 +1,18 @@
-// SerializeWithBytes: a response sent as its message without the output's
-// bytes, then those bytes as a slice of their own, parses (protobuf's own
-// parser) as the whole response, for outputs around the varint length
-// boundaries and with every other field set.
+// SerializeWithBytes: a response written with the output's bytes in a
+// slice of their own parses (protobuf's own parser) as the whole response,
+// for outputs whose lengths sit around the varint boundaries, with every
+// other field set; every field occurs once at every level (a parser that
+// replaced a repeated message field instead of merging it would read the
+// same message); the message written is left as it was.
 #include "server/internal/response_wire.h"
 
+#include <algorithm>
 #include <cstring>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "google/protobuf/unknown_field_set.h"
 #include "gtest/gtest.h"
 #include "normserve/v1/normalization_service.pb.h"
 
@@ -26,6 +30,29 @@ std::string Bytes(const grpc::ByteBuffer& buffer) {
     out.append(reinterpret_cast<const char*>(s.begin()), s.size());
   }
   return out;
+}
+
+// That no field number occurs twice in `wire` at the top level, nor in the
+// length-delimited field of each number of `path` below it (the last
+// number: the bytes field itself, not parsed).
+void ExpectEveryFieldOnce(const std::string& wire, absl::Span<const int> path) {
+  google::protobuf::UnknownFieldSet fields;
+  ASSERT_TRUE(fields.ParseFromString(wire));
+  std::vector<int> seen;
+  const google::protobuf::UnknownField* next = nullptr;
+  for (int i = 0; i < fields.field_count(); ++i) {
+    const int number = fields.field(i).number();
+    EXPECT_EQ(std::count(seen.begin(), seen.end(), number), 0)
+        << "field " << number << " twice";
+    seen.push_back(number);
+    if (!path.empty() && number == path[0]) next = &fields.field(i);
+  }
+  if (path.size() > 1) {
+    ASSERT_NE(next, nullptr);
+    ASSERT_EQ(next->type(),
+              google::protobuf::UnknownField::TYPE_LENGTH_DELIMITED);
+    ExpectEveryFieldOnce(next->length_delimited(), path.subspan(1));
+  }
 }
 
 v1::NormalizeResponse Response(bool with_statistics) {
@@ -48,7 +75,10 @@ v1::NormalizeResponse Response(bool with_statistics) {
 TEST(ResponseWireTest, ParsesAsTheWholeResponse) {
   std::mt19937 rng(5);
   for (bool stats : {false, true}) {
-    for (size_t n : {size_t{1}, size_t{120}, size_t{127}, size_t{128},
+    // Where the data's length, or the output's (a few bytes more), takes
+    // another varint byte.
+    for (size_t n : {size_t{1}, size_t{120}, size_t{125}, size_t{126},
+                     size_t{127}, size_t{128}, size_t{16380}, size_t{16381},
                      size_t{16383}, size_t{16384}, size_t{1} << 20}) {
       SCOPED_TRACE(::testing::Message() << "bytes " << n << " stats " << stats);
       void* data = nullptr;
@@ -57,13 +87,17 @@ TEST(ResponseWireTest, ParsesAsTheWholeResponse) {
       std::string want_data(n, '\0');
       for (char& c : want_data) c = static_cast<char>(rng());
       std::memcpy(data, want_data.data(), n);
-      const v1::NormalizeResponse head = Response(stats);
+      v1::NormalizeResponse head = Response(stats);
+      const std::string before = head.SerializeAsString();
       v1::NormalizeResponse want = head;
       want.mutable_output()->set_data(want_data);
 
+      const std::string wire =
+          Bytes(SerializeWithBytes(&head, kOutputData, slice));
+      EXPECT_EQ(head.SerializeAsString(), before);
+      ExpectEveryFieldOnce(wire, kOutputData);
       v1::NormalizeResponse got;
-      ASSERT_TRUE(got.ParseFromString(
-          Bytes(SerializeWithBytes(head, kOutputData, slice))));
+      ASSERT_TRUE(got.ParseFromString(wire));
       EXPECT_EQ(got.output().data(), want_data);
       // Equal messages serialize to equal bytes.
       EXPECT_EQ(got.SerializeAsString(), want.SerializeAsString());
@@ -88,16 +122,18 @@ TEST(ResponseWireTest, NestedInAStreamAnswer) {
     *head.mutable_response() = Response(true);
     v1::NormalizeStreamResponse want = head;
     want.mutable_response()->mutable_output()->set_data(std::string(n, 'Z'));
+    const std::string wire =
+        Bytes(SerializeWithBytes(&head, kStreamOutputData, slice));
+    ExpectEveryFieldOnce(wire, kStreamOutputData);
     v1::NormalizeStreamResponse got;
-    ASSERT_TRUE(got.ParseFromString(
-        Bytes(SerializeWithBytes(head, kStreamOutputData, slice))));
+    ASSERT_TRUE(got.ParseFromString(wire));
     EXPECT_EQ(got.SerializeAsString(), want.SerializeAsString());
   }
 }
 
 TEST(ResponseWireTest, WithoutAnOutputItIsTheMessageAsItIs) {
-  const v1::NormalizeResponse head = Response(true);
-  EXPECT_EQ(Bytes(SerializeWithBytes(head, kOutputData, grpc::Slice())),
+  v1::NormalizeResponse head = Response(true);
+  EXPECT_EQ(Bytes(SerializeWithBytes(&head, kOutputData, grpc::Slice())),
             head.SerializeAsString());
 }
 

@@ -246,7 +246,9 @@ bool ValidStagedTuning(const StagedTuning& tuning);
 // 0.922 and 0.925 for the best staged choice, in two runs
 // (bench/results/cuda_2026-11-27_h200/ and cuda_2026-11-28_h200/tuning.md);
 // add & norm's register kernel ran at 0.75-0.78 (staged 0.93), and the
-// staged kernel is faster from D = 16384 (0.93 against 0.72).
+// staged kernel is faster from D = 16384 (0.93 against 0.72). RMSNorm
+// follows LayerNorm's measurement, not its own (BM_CudaTuning's float32
+// RMSNorm row at 4096 measures it).
 bool StagesLaunch(const LaunchPlan& plan, const StagedTuning& tuning,
                   int64_t dim, bool residual);
 

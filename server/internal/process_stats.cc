@@ -24,9 +24,9 @@ absl::StatusOr<std::string> ReadFile(const char* path) {
   return text.str();
 }
 
-// Entries of /proc/self/fd but "." and ".." (and the descriptor that reads
-// the directory, counted once like any other open descriptor); -1 where it
-// cannot be read.
+// Entries of /proc/self/fd but "." and "..", the descriptor that reads
+// the directory included, as Prometheus' Go and Python clients count them;
+// -1 where it cannot be read.
 int64_t CountOpenFds() {
   DIR* dir = opendir("/proc/self/fd");
   if (dir == nullptr) return -1;
@@ -35,7 +35,7 @@ int64_t CountOpenFds() {
     if (e->d_name[0] != '.') ++n;
   }
   closedir(dir);
-  return n - 1;  // the directory's own descriptor
+  return n;
 }
 
 }  // namespace

@@ -1,13 +1,53 @@
 #include "server/internal/response_wire.h"
 
 #include <string>
-#include <vector>
 
+#include "google/protobuf/descriptor.h"
 #include "google/protobuf/io/coded_stream.h"
 #include "google/protobuf/io/zero_copy_stream_impl_lite.h"
 #include "google/protobuf/wire_format_lite.h"
 
 namespace normserve::internal {
+namespace {
+
+using google::protobuf::Message;
+using google::protobuf::internal::WireFormatLite;
+using google::protobuf::io::CodedOutputStream;
+
+// Appends a length-delimited field's tag and length to *out.
+void AppendTagAndLength(int field, uint64_t length, std::string* out) {
+  google::protobuf::io::StringOutputStream stream(out);
+  CodedOutputStream coded(&stream);
+  coded.WriteVarint32(WireFormatLite::MakeTag(
+      field, WireFormatLite::WIRETYPE_LENGTH_DELIMITED));
+  coded.WriteVarint64(length);
+}
+
+// Appends to *out `*m` without its field path[0], then that field: for the
+// last field of the path, its tag and the length of the `n` bytes that
+// follow; else, its tag, its length and its message written the same way
+// with the rest of the path. Restores `*m`'s detached field.
+void AppendWithFieldLast(Message* m, absl::Span<const int> path, uint64_t n,
+                         std::string* out) {
+  const google::protobuf::FieldDescriptor* f =
+      m->GetDescriptor()->FindFieldByNumber(path[0]);
+  if (path.size() == 1) {
+    m->AppendToString(out);  // the bytes field is empty: not written
+    AppendTagAndLength(path[0], n, out);
+    return;
+  }
+  const google::protobuf::Reflection* r = m->GetReflection();
+  r->MutableMessage(m, f);  // set, so that the release returns it
+  Message* sub = r->ReleaseMessage(m, f);
+  m->AppendToString(out);
+  std::string inner;
+  AppendWithFieldLast(sub, path.subspan(1), n, &inner);
+  AppendTagAndLength(path[0], inner.size() + n, out);
+  out->append(inner);
+  r->SetAllocatedMessage(m, sub, f);
+}
+
+}  // namespace
 
 grpc::Slice UninitializedSlice(size_t bytes, void** data) {
   // Always on the heap: a small grpc_slice_malloc slice holds its bytes
@@ -17,40 +57,16 @@ grpc::Slice UninitializedSlice(size_t bytes, void** data) {
   return grpc::Slice(slice, grpc::Slice::STEAL_REF);
 }
 
-grpc::ByteBuffer SerializeWithBytes(
-    const google::protobuf::MessageLite& message, absl::Span<const int> path,
-    const grpc::Slice& bytes) {
-  using google::protobuf::internal::WireFormatLite;
-  using google::protobuf::io::CodedOutputStream;
-  std::string head = message.SerializeAsString();
-  if (bytes.size() == 0 || path.size() == 0) {
+grpc::ByteBuffer SerializeWithBytes(Message* message,
+                                    absl::Span<const int> path,
+                                    const grpc::Slice& bytes) {
+  std::string head;
+  if (bytes.size() == 0 || path.empty()) {
+    message->SerializeToString(&head);
     grpc::Slice whole(head);
     return grpc::ByteBuffer(&whole, 1);
   }
-  // Every field on the path is length-delimited: its tag, then the length
-  // of what it holds, which is the next field's tag, length and contents,
-  // down to the bytes themselves (in their own slice).
-  const std::vector<int> fields(path.begin(), path.end());
-  std::vector<uint32_t> tags;
-  for (int f : fields) {
-    tags.push_back(
-        WireFormatLite::MakeTag(f, WireFormatLite::WIRETYPE_LENGTH_DELIMITED));
-  }
-  std::vector<uint64_t> lengths(fields.size());
-  uint64_t inner = bytes.size();
-  for (size_t i = fields.size(); i-- > 0;) {
-    lengths[i] = inner;
-    inner += CodedOutputStream::VarintSize32(tags[i]) +
-             CodedOutputStream::VarintSize64(inner);
-  }
-  {
-    google::protobuf::io::StringOutputStream stream(&head);
-    CodedOutputStream coded(&stream);
-    for (size_t i = 0; i < fields.size(); ++i) {
-      coded.WriteVarint32(tags[i]);
-      coded.WriteVarint64(lengths[i]);
-    }
-  }
+  AppendWithFieldLast(message, path, bytes.size(), &head);
   grpc::Slice slices[2] = {grpc::Slice(head), bytes};
   return grpc::ByteBuffer(slices, 2);
 }

@@ -2,14 +2,14 @@
 // their own, neither copied into the serialized message nor zero-filled
 // before the kernel writes them.
 //
-// The message is serialized without the output's bytes, then followed by
-// a second occurrence of each message field on the way to the bytes field
-// (a NormalizeResponse's `output`, field 1, then its `data`, field 3; a
-// NormalizeStreamResponse's `response` first), holding only that field,
-// whose bytes are the given slice. Protobuf parsers merge the occurrences
-// of a singular message field (the encoding's rule for embedded messages),
-// so every reader sees the message with the bytes field set, as if it had
-// been serialized whole.
+// Each message on the way to the bytes field (a NormalizeResponse's
+// `output`, field 1, then its `data`, field 3; a NormalizeStreamResponse's
+// `response` first) is written without the field that leads on, then that
+// field, last: its tag and length, and its own contents the same way, down
+// to the bytes field's tag and length, after which the bytes follow in
+// their own slice. Every field occurs once, so the message is the same to
+// every parser (protobuf allows fields in any order); only their order
+// differs from a whole serialization.
 //
 // Thread-safe (no state).
 #ifndef NORMSERVE_SERVER_INTERNAL_RESPONSE_WIRE_H_
@@ -18,7 +18,7 @@
 #include <cstddef>
 
 #include "absl/types/span.h"
-#include "google/protobuf/message_lite.h"
+#include "google/protobuf/message.h"
 #include "grpcpp/support/byte_buffer.h"
 #include "grpcpp/support/slice.h"
 
@@ -28,13 +28,14 @@ namespace normserve::internal {
 // them (which stays where it is when the slice is copied).
 grpc::Slice UninitializedSlice(size_t bytes, void** data);
 
-// `message`, whose bytes field at `path` is empty, with that field set to
+// `*message`, whose bytes field at `path` is empty, with that field set to
 // `bytes`: `path` names the field numbers from `message` down, singular
 // message fields and last the bytes field (e.g. {1, 3}: output.data of a
-// NormalizeResponse). `bytes` empty: `message` as it is.
-grpc::ByteBuffer SerializeWithBytes(
-    const google::protobuf::MessageLite& message, absl::Span<const int> path,
-    const grpc::Slice& bytes);
+// NormalizeResponse). `bytes` empty: `*message` as it is. `*message` is
+// left as it was (its fields are detached while it is written).
+grpc::ByteBuffer SerializeWithBytes(google::protobuf::Message* message,
+                                    absl::Span<const int> path,
+                                    const grpc::Slice& bytes);
 
 }  // namespace normserve::internal
 

@@ -227,8 +227,8 @@ class StreamReactor final
     service_->metrics()->RequestAnswered(method_,
                                          static_cast<int>(status.code()));
     if (item->bytes_apart.size() > 0) {
-      item->wire =
-          SerializeWithBytes(item->answer, item->bytes_path, item->bytes_apart);
+      item->wire = SerializeWithBytes(&item->answer, item->bytes_path,
+                                      item->bytes_apart);
       item->bytes_apart = grpc::Slice();  // the wire holds it now
     } else {
       bool own_buffer;
