@@ -51,30 +51,30 @@ class Metrics::CudaCollectable : public prometheus::Collectable {
     if (!source_) return {};
     const std::optional<CudaDeviceStats> stats = source_();
     if (!stats.has_value()) return {};
-    const auto family = OneValueFamily;
     std::vector<prometheus::MetricFamily> families;
     if (stats->memory_total_bytes > 0) {
-      families.push_back(family("normserve_cuda_memory_used_bytes",
-                                "CUDA device memory in use, all processes.",
-                                prometheus::MetricType::Gauge,
-                                static_cast<double>(stats->memory_used_bytes)));
       families.push_back(
-          family("normserve_cuda_memory_total_bytes", "CUDA device memory.",
-                 prometheus::MetricType::Gauge,
-                 static_cast<double>(stats->memory_total_bytes)));
+          OneValueFamily("normserve_cuda_memory_used_bytes",
+                         "CUDA device memory in use, all processes.",
+                         prometheus::MetricType::Gauge,
+                         static_cast<double>(stats->memory_used_bytes)));
+      families.push_back(
+          OneValueFamily("normserve_cuda_memory_total_bytes",
+                         "CUDA device memory.", prometheus::MetricType::Gauge,
+                         static_cast<double>(stats->memory_total_bytes)));
     }
     if (stats->utilization.has_value()) {
-      families.push_back(
-          family("normserve_cuda_utilization_ratio",
-                 "NVML GPU utilization: fraction of the last sample period in "
-                 "which a kernel ran, any process.",
-                 prometheus::MetricType::Gauge, *stats->utilization));
+      families.push_back(OneValueFamily(
+          "normserve_cuda_utilization_ratio",
+          "NVML GPU utilization: fraction of the last sample period in "
+          "which a kernel ran, any process.",
+          prometheus::MetricType::Gauge, *stats->utilization));
     }
-    families.push_back(
-        family("normserve_cuda_busy_seconds_total",
-               "Time the CUDA backend had a batch on the GPU (its rate is "
-               "the busy fraction; not NVML utilization).",
-               prometheus::MetricType::Counter, stats->busy_seconds));
+    families.push_back(OneValueFamily(
+        "normserve_cuda_busy_seconds_total",
+        "Time the CUDA backend had a batch on the GPU (its rate is "
+        "the busy fraction; not NVML utilization).",
+        prometheus::MetricType::Counter, stats->busy_seconds));
     return families;
   }
 

@@ -35,6 +35,19 @@ std::unique_ptr<Job> MakeJob(int64_t rows, QueueOptions q,
   return job;
 }
 
+// A job of `q` whose deadline is kT0 + 1 s; its answer's code goes to
+// *code, then *answered is notified (whichever thread answers it).
+std::unique_ptr<Job> DoomedJob(QueueOptions q, std::atomic<int>* code,
+                               Notification* answered) {
+  auto job = MakeJob(1, q);
+  job->deadline = kT0 + absl::Seconds(1);
+  job->done = [code, answered](const absl::Status& s, const JobTimings&) {
+    *code = static_cast<int>(s.code());
+    answered->Notify();
+  };
+  return job;
+}
+
 QueueOptions Opts(int64_t rows, absl::Duration delay,
                   int64_t max_requests = 100) {
   QueueOptions q;
@@ -399,12 +412,7 @@ TEST(BatcherTest, SubmitToAFullQueueAnswersItsExpiredJobsAndAdmits) {
   const QueueOptions q = Opts(100, absl::Hours(1), /*max_requests=*/1);
   std::atomic<int> code{-1};
   Notification answered;
-  auto doomed = MakeJob(1, q);
-  doomed->done = [&](const absl::Status& s, const JobTimings&) {
-    code = static_cast<int>(s.code());
-    answered.Notify();
-  };
-  doomed->deadline = kT0 + absl::Seconds(1);
+  auto doomed = DoomedJob(q, &code, &answered);
   ASSERT_TRUE((*batcher)->Submit(std::move(doomed)).ok());
   EXPECT_EQ((*batcher)->Submit(MakeJob(1, q)).code(),
             absl::StatusCode::kResourceExhausted);
@@ -443,12 +451,7 @@ TEST(BatcherTest, CheckRoomAnswersAsSubmitWouldAndQueuesNothing) {
   EXPECT_EQ((*batcher)->queued_jobs(), 0);
   std::atomic<int> code{-1};
   Notification answered;
-  auto doomed = MakeJob(1, q);
-  doomed->done = [&](const absl::Status& s, const JobTimings&) {
-    code = static_cast<int>(s.code());
-    answered.Notify();
-  };
-  doomed->deadline = kT0 + absl::Seconds(1);
+  auto doomed = DoomedJob(q, &code, &answered);
   ASSERT_TRUE((*batcher)->Submit(std::move(doomed)).ok());
   const absl::Status full = (*batcher)->CheckRoom(key, 100);
   EXPECT_EQ(full.code(), absl::StatusCode::kResourceExhausted);
